@@ -1,0 +1,5 @@
+DROP TABLE dead_letters;
+DROP TABLE outbox;
+DROP TABLE messages;
+DROP TABLE inbox;
+DROP TABLE sessions;

@@ -1,0 +1,203 @@
+//! Persistence on PostgreSQL: the embedded cluster, the pool, migrations, and
+//! the primitives every contract rests on (versioned write, atomic dedupe).
+//!
+//! [`Database`] is the handle the rest of the engine uses: one pool per
+//! process and a retry policy for transient errors.
+
+pub mod embedded;
+pub mod inbox;
+pub mod migrations;
+pub mod pool;
+#[rustfmt::skip]
+pub mod schema;
+pub mod sessions;
+
+use std::sync::{Arc, Mutex};
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+pub use embedded::EmbeddedPostgres;
+pub use inbox::{InboxRecord, NewDelivery, Registration};
+pub use pool::{Conn, DbPool, PoolStats};
+pub use sessions::{SessionRecord, SessionUpdate};
+
+use crate::config::{DatabaseSettings, Secret};
+use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
+
+/// The database of one process: its pool, its retry policy and, when
+/// embedded, the cluster it runs (stopped when the last clone is dropped or
+/// [`Database::shutdown`] is called).
+#[derive(Clone)]
+pub struct Database {
+    pool: DbPool,
+    retry: RetryPolicy,
+    url: Secret,
+    embedded: Option<Arc<Mutex<EmbeddedPostgres>>>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("url", &crate::config::redact_url(self.url.expose()))
+            .field("embedded", &self.embedded.is_some())
+            .finish()
+    }
+}
+
+impl Database {
+    /// Starts the embedded cluster if no URL is configured, applies pending
+    /// migrations, and builds the pool.
+    #[tracing::instrument(skip_all)]
+    pub async fn open(settings: &DatabaseSettings) -> Result<Self> {
+        let (url, embedded) = match &settings.url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let s = settings.embedded.clone();
+                let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&s, &[]))
+                    .await
+                    .map_err(|e| Error::Embedded(format!("start task failed: {e}")))??;
+                create_database_if_missing(pg.url_for("postgres").expose(), embedded::DATABASE)
+                    .await?;
+                (pg.url(), Some(Arc::new(Mutex::new(pg))))
+            }
+        };
+        let applied = migrations::run_pending(url.expose()).await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "applied migrations");
+        }
+        Ok(Self::with_url(url, settings, embedded))
+    }
+
+    /// A handle on an already migrated database (no embedded cluster).
+    pub fn connect(url: Secret, settings: &DatabaseSettings) -> Self {
+        Self::with_url(url, settings, None)
+    }
+
+    fn with_url(
+        url: Secret,
+        settings: &DatabaseSettings,
+        embedded: Option<Arc<Mutex<EmbeddedPostgres>>>,
+    ) -> Self {
+        Self {
+            pool: DbPool::build(url.expose(), settings),
+            retry: (&settings.retry).into(),
+            url,
+            embedded,
+        }
+    }
+
+    pub fn pool(&self) -> &DbPool {
+        &self.pool
+    }
+
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// The URL in use (a secret: it may carry a password).
+    pub fn url(&self) -> &Secret {
+        &self.url
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// Registers an inbound delivery (atomic dedupe), retrying transient errors.
+    pub async fn register_delivery(&self, d: &NewDelivery<'_>) -> Result<Registration> {
+        self.retry
+            .run("register_delivery", || async {
+                inbox::register(&mut *self.pool.get().await?, d).await
+            })
+            .await
+    }
+
+    /// Reads a session, retrying transient errors.
+    pub async fn load_session(&self, phone: &str) -> Result<Option<SessionRecord>> {
+        self.retry
+            .run("load_session", || async {
+                sessions::load(&mut *self.pool.get().await?, phone).await
+            })
+            .await
+    }
+
+    /// Reads or creates (race-free) a session, retrying transient errors.
+    pub async fn load_or_create_session(
+        &self,
+        phone: &str,
+        initial_state: &str,
+    ) -> Result<SessionRecord> {
+        self.retry
+            .run("load_or_create_session", || async {
+                sessions::load_or_create(&mut *self.pool.get().await?, phone, initial_state).await
+            })
+            .await
+    }
+
+    /// Versioned write. Transient errors are retried; a conflict is returned
+    /// at once (the caller must reload and re-run its transition).
+    pub async fn update_session(
+        &self,
+        phone: &str,
+        expected: i64,
+        update: &SessionUpdate<'_>,
+    ) -> Result<SessionRecord> {
+        self.retry
+            .run("update_session", || async {
+                sessions::update_versioned(&mut *self.pool.get().await?, phone, expected, update)
+                    .await
+            })
+            .await
+    }
+
+    /// Whether the database answers now (for readiness).
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.pool.get().await?;
+        diesel::sql_query("SELECT 1").execute(&mut *conn).await?;
+        Ok(())
+    }
+
+    /// Stops the embedded cluster, if this process runs one. Idempotent.
+    pub async fn shutdown(&self) -> Result<()> {
+        if let Some(pg) = self.embedded.clone() {
+            tokio::task::spawn_blocking(move || match pg.lock() {
+                Ok(mut pg) => pg.stop(),
+                Err(poisoned) => poisoned.into_inner().stop(),
+            })
+            .await
+            .map_err(|e| Error::Embedded(format!("stop task failed: {e}")))??;
+        }
+        Ok(())
+    }
+}
+
+/// Creates `name` on the server at `admin_url` unless it exists. Two
+/// processes racing here both succeed.
+pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<()> {
+    use diesel::sql_types::Text;
+    let mut conn = AsyncPgConnection::establish(admin_url).await?;
+    let exists: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "SELECT count(*) FROM pg_database WHERE datname = ",
+    )
+    .bind::<Text, _>(name)
+    .get_result(&mut conn)
+    .await?;
+    if exists == 0 {
+        let quoted = name.replace('"', "\"\"");
+        match diesel::sql_query(format!("CREATE DATABASE \"{quoted}\""))
+            .execute(&mut conn)
+            .await
+        {
+            Ok(_) => {}
+            // Created meanwhile by another process.
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            )) => {}
+            Err(e) if e.to_string().contains("already exists") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! The one connection pool of a process. Every limit is explicit here.
+
+use std::time::{Duration, Instant};
+
+use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use futures_util::FutureExt;
+use serde::Serialize;
+
+use crate::config::DatabaseSettings;
+use crate::error::{Error, Result};
+
+/// `application_name` of every pooled connection, so operators (and the
+/// connection-kill tests) can find the engine's backends in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "switchboard";
+
+/// A pooled connection, borrowed from [`DbPool`].
+pub type Conn<'a> = PooledConnection<'a, AsyncPgConnection>;
+
+/// The pool plus the acquire timeout it was built with (bb8 does not report it).
+#[derive(Clone)]
+pub struct DbPool {
+    pool: Pool<AsyncPgConnection>,
+    acquire_timeout: Duration,
+}
+
+/// Pool figures for `/metrics` and tests.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct PoolStats {
+    pub max_size: u32,
+    pub connections: u32,
+    pub idle: u32,
+    pub gets: u64,
+    pub gets_waited: u64,
+    pub gets_timed_out: u64,
+    pub wait_time_ms: u64,
+    pub created: u64,
+    pub closed_broken: u64,
+    pub closed_invalid: u64,
+}
+
+impl DbPool {
+    /// Builds the pool. Connections are opened lazily (up to `min_idle` in the
+    /// background), so building never fails because the server is down: the
+    /// first `get` reports it as a retryable error instead.
+    pub fn build(url: &str, s: &DatabaseSettings) -> Self {
+        let statement_timeout = s.statement_timeout_ms;
+        let idle_tx_timeout = s.idle_in_transaction_timeout_ms;
+        let connect_timeout = s.connect_timeout();
+        let mut config = ManagerConfig::<AsyncPgConnection>::default();
+        config.custom_setup = Box::new(move |url| {
+            let url = url.to_string();
+            async move {
+                let mut conn =
+                    tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
+                        .await
+                        .map_err(|_| {
+                            diesel::ConnectionError::BadConnection(format!(
+                                "connect timed out after {connect_timeout:?}"
+                            ))
+                        })??;
+                conn.batch_execute(&format!(
+                    "SET application_name = '{APPLICATION_NAME}'; \
+                     SET statement_timeout = {statement_timeout}; \
+                     SET idle_in_transaction_session_timeout = {idle_tx_timeout};"
+                ))
+                .await
+                .map_err(|e| {
+                    diesel::ConnectionError::BadConnection(format!("session set-up failed: {e}"))
+                })?;
+                Ok(conn)
+            }
+            .boxed()
+        });
+        // `Verified` runs `SELECT 1` when bb8 tests a connection on checkout.
+        config.recycling_method = RecyclingMethod::Verified;
+        let manager = AsyncDieselConnectionManager::new_with_config(url, config);
+        let pool = Pool::builder()
+            .max_size(s.max_connections)
+            .min_idle(Some(s.min_idle))
+            .connection_timeout(s.acquire_timeout())
+            .idle_timeout(Some(Duration::from_secs(s.idle_timeout_s)))
+            .max_lifetime(Some(Duration::from_secs(s.max_lifetime_s)))
+            .test_on_check_out(s.test_on_checkout)
+            // Connect errors are retried inside the acquire timeout; callers
+            // see one pool-timeout error, not a storm of connect errors.
+            .retry_connection(true)
+            .error_sink(Box::new(LogErrorSink))
+            .build_unchecked(manager);
+        Self {
+            pool,
+            acquire_timeout: s.acquire_timeout(),
+        }
+    }
+
+    /// Borrows a connection, waiting at most the acquire timeout.
+    pub async fn get(&self) -> Result<Conn<'_>> {
+        let start = Instant::now();
+        self.pool.get().await.map_err(|e| match Error::from(e) {
+            Error::PoolTimeout(_) => Error::PoolTimeout(start.elapsed().max(self.acquire_timeout)),
+            other => other,
+        })
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let state = self.pool.state();
+        let st = state.statistics;
+        PoolStats {
+            max_size: self.pool.config().max_size,
+            connections: state.connections,
+            idle: state.idle_connections,
+            gets: st.get_direct + st.get_waited + st.get_timed_out,
+            gets_waited: st.get_waited,
+            gets_timed_out: st.get_timed_out,
+            wait_time_ms: st.get_wait_time.as_millis() as u64,
+            created: st.connections_created,
+            closed_broken: st.connections_closed_broken,
+            closed_invalid: st.connections_closed_invalid,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LogErrorSink;
+
+impl bb8::ErrorSink<diesel_async::pooled_connection::PoolError> for LogErrorSink {
+    fn sink(&self, e: diesel_async::pooled_connection::PoolError) {
+        tracing::warn!(error = %e, "database connection failed");
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<diesel_async::pooled_connection::PoolError>> {
+        Box::new(*self)
+    }
+}

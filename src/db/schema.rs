@@ -1,0 +1,76 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    dead_letters (phone, id) {
+        id -> Int8,
+        phone -> Text,
+        source -> Text,
+        source_id -> Int8,
+        payload -> Jsonb,
+        reason -> Text,
+        created_at -> Timestamptz,
+        replayed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    inbox (phone, id) {
+        id -> Int8,
+        phone -> Text,
+        provider_message_id -> Text,
+        payload -> Jsonb,
+        received_at -> Timestamptz,
+        delivery_count -> Int4,
+        last_delivery_at -> Timestamptz,
+        processed_at -> Nullable<Timestamptz>,
+        attempts -> Int4,
+        last_error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    messages (phone, id) {
+        id -> Int8,
+        phone -> Text,
+        direction -> Text,
+        origin -> Text,
+        body -> Text,
+        inbox_id -> Nullable<Int8>,
+        provider_message_id -> Nullable<Text>,
+        status -> Text,
+        error -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    outbox (phone, id) {
+        id -> Int8,
+        phone -> Text,
+        kind -> Text,
+        payload -> Jsonb,
+        idempotency_key -> Text,
+        status -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_error -> Nullable<Text>,
+        provider_message_id -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    sessions (phone) {
+        phone -> Text,
+        flow_state -> Text,
+        data -> Jsonb,
+        version -> Int8,
+        handoff -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(dead_letters, inbox, messages, outbox, sessions,);

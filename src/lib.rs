@@ -1,0 +1,31 @@
+//! # switchboard
+//!
+//! An actor-based, concurrent message-processing engine for chatbots. Inbound
+//! messages (WhatsApp webhooks, agent replies) go in; ordered, durable,
+//! exactly-once conversation transitions, replies and events come out.
+//!
+//! Components (see `ARCHITECTURE.md` for the map and the invariants):
+//!
+//! - [`config`]: the typed settings tree, loaded from one TOML file with
+//!   `SWITCHBOARD__SECTION__KEY` overrides; secrets never print.
+//! - [`db`]: PostgreSQL — the embedded cluster ([`db::embedded`]), the one
+//!   pool per process ([`db::pool`]), embedded migrations
+//!   ([`db::migrations`]), the versioned session write ([`db::sessions`]) and
+//!   the atomic delivery dedupe ([`db::inbox`]).
+//! - [`error`]: the boundary error type; every variant says if it is retryable.
+//! - [`retry`]: exponential backoff with full jitter for transient errors.
+//! - [`phone`]: the conversation key — validation and masking for logs.
+//! - [`startup`]: builds the application and stops it in order.
+//! - [`telemetry`]: logging set-up.
+//! - [`cli`]: the `switchboard` command line.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod phone;
+pub mod retry;
+pub mod startup;
+pub mod telemetry;
+
+pub use error::{Error, Result};

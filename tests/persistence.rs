@@ -1,0 +1,267 @@
+//! The persistence primitives against a real PostgreSQL: migrations, the
+//! versioned write, race-free create, atomic dedupe.
+
+mod support;
+
+use std::sync::Arc;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde_json::json;
+use support::TestDb;
+use switchboard::db::{self, migrations, NewDelivery, SessionUpdate};
+use switchboard::Error;
+
+const PHONE: &str = "5215512341234";
+
+async fn table_names(db: &TestDb) -> Vec<String> {
+    #[derive(QueryableByName)]
+    struct T {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        table_name: String,
+    }
+    let mut conn = db.admin().await;
+    let mut names: Vec<String> = diesel::sql_query(
+        "SELECT table_name::text AS table_name FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_name <> '__diesel_schema_migrations'",
+    )
+    .load::<T>(&mut conn)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|t| t.table_name)
+    .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn migrations_go_all_up_all_down_and_all_up_again() {
+    let db = TestDb::empty().await;
+    let url = db.url.expose();
+    let applied = migrations::run_pending(url).await.unwrap();
+    assert!(!applied.is_empty());
+    assert!(migrations::status(url)
+        .await
+        .unwrap()
+        .iter()
+        .all(|m| m.applied));
+    assert_eq!(
+        table_names(&db).await,
+        ["dead_letters", "inbox", "messages", "outbox", "sessions"]
+    );
+
+    let reverted = migrations::revert_all(url).await.unwrap();
+    assert_eq!(reverted.len(), applied.len());
+    assert!(migrations::status(url)
+        .await
+        .unwrap()
+        .iter()
+        .all(|m| !m.applied));
+    assert!(
+        table_names(&db).await.is_empty(),
+        "down.sql left tables behind"
+    );
+
+    assert_eq!(migrations::run_pending(url).await.unwrap(), applied);
+    assert!(
+        migrations::run_pending(url).await.unwrap().is_empty(),
+        "second run applies nothing"
+    );
+}
+
+#[tokio::test]
+async fn every_table_has_a_comment_and_the_phone_in_its_primary_key() {
+    #[derive(QueryableByName, Debug)]
+    struct T {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        name: String,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        commented: bool,
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        phone_in_pk: bool,
+    }
+    let db = TestDb::migrated().await;
+    let rows: Vec<T> = diesel::sql_query(
+        "SELECT c.relname::text AS name, obj_description(c.oid, 'pg_class') IS NOT NULL AS commented, \
+                EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey) \
+                        WHERE i.indrelid = c.oid AND i.indisprimary AND a.attname = 'phone') AS phone_in_pk \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname <> '__diesel_schema_migrations'",
+    )
+    .load(&mut db.admin().await)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 5);
+    for t in rows {
+        assert!(t.commented && t.phone_in_pk, "table {}: {t:?}", t.name);
+    }
+}
+
+#[tokio::test]
+async fn two_writers_with_the_same_version_one_wins_the_other_gets_a_conflict() {
+    let test = TestDb::migrated().await;
+    let db = test.database();
+    let s = db.load_or_create_session(PHONE, "inicio").await.unwrap();
+    assert_eq!(s.version, 0);
+
+    let data_a = json!({"intent": "refrigerador"});
+    let data_b = json!({"intent": "vehiculo"});
+    let a = SessionUpdate {
+        flow_state: "pide_sap",
+        data: &data_a,
+        handoff: false,
+    };
+    let b = SessionUpdate {
+        flow_state: "pide_empleado",
+        data: &data_b,
+        handoff: false,
+    };
+    let (ra, rb) = tokio::join!(
+        db.update_session(PHONE, 0, &a),
+        db.update_session(PHONE, 0, &b)
+    );
+    let (winner, loser) = match (ra, rb) {
+        (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+        other => panic!("expected exactly one winner, got {other:?}"),
+    };
+    assert_eq!(winner.version, 1);
+    match loser {
+        Error::Conflict {
+            expected, actual, ..
+        } => {
+            assert_eq!(expected, 0);
+            assert_eq!(actual, Some(1));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert!(!Error::Conflict {
+        phone: String::new(),
+        expected: 0,
+        actual: None
+    }
+    .is_retryable());
+    // The stored state is the winner's, untouched by the loser.
+    let stored = db.load_session(PHONE).await.unwrap().unwrap();
+    assert_eq!(stored.flow_state, winner.flow_state);
+    assert_eq!(stored.version, 1);
+}
+
+#[tokio::test]
+async fn a_versioned_write_to_a_missing_session_is_a_conflict_with_no_actual_version() {
+    let db = TestDb::migrated().await.database();
+    let data = json!({});
+    let update = SessionUpdate {
+        flow_state: "x",
+        data: &data,
+        handoff: false,
+    };
+    match db.update_session("5215500000000", 0, &update).await {
+        Err(Error::Conflict {
+            actual: None,
+            phone,
+            ..
+        }) => {
+            assert!(
+                !phone.contains("5500000000"),
+                "phone must be masked: {phone}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn versions_are_contiguous_over_many_writes() {
+    let db = TestDb::migrated().await.database();
+    let mut s = db.load_or_create_session(PHONE, "inicio").await.unwrap();
+    for i in 0..50 {
+        let data = json!({ "n": i });
+        s = db
+            .update_session(
+                PHONE,
+                s.version,
+                &SessionUpdate {
+                    flow_state: "loop",
+                    data: &data,
+                    handoff: false,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(s.version, i + 1);
+    }
+    assert_eq!(s.data, json!({"n": 49}));
+}
+
+#[tokio::test]
+async fn concurrent_creates_of_one_session_all_get_the_same_row() {
+    let db = TestDb::migrated()
+        .await
+        .database_with(|s| s.max_connections = 10);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move { db.load_or_create_session(PHONE, "inicio").await })
+        })
+        .collect();
+    let mut created_at = None;
+    for t in tasks {
+        let s = t.await.unwrap().unwrap();
+        assert_eq!(s.version, 0);
+        assert_eq!(*created_at.get_or_insert(s.created_at), s.created_at);
+    }
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_deliveries_of_one_message_register_one_first_and_count_a_hundred() {
+    let test = TestDb::migrated().await;
+    let db = Arc::new(test.database_with(|s| s.max_connections = 16));
+    let payload = Arc::new(json!({"text": {"body": "Hola, mi refri no enfría ❄️ / urgente"}}));
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let db = db.clone();
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                db.register_delivery(&NewDelivery {
+                    phone: PHONE,
+                    provider_message_id: "wamid.HBgNNTIxNTUxMjM0MTIzNBUCABIYFjNFQjA=",
+                    payload: &payload,
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut firsts = 0;
+    let mut counts = Vec::new();
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        let r = t.await.unwrap().unwrap();
+        firsts += usize::from(r.first);
+        counts.push(r.delivery_count);
+        ids.insert(r.inbox_id);
+        assert!(!r.processed);
+    }
+    assert_eq!(firsts, 1, "exactly one delivery is the first");
+    assert_eq!(ids.len(), 1, "all deliveries land on one inbox row");
+    counts.sort();
+    assert_eq!(
+        counts,
+        (1..=100).collect::<Vec<_>>(),
+        "every delivery got its own count"
+    );
+    let mut conn = test.admin().await;
+    let row = db::inbox::get(
+        &mut conn,
+        PHONE,
+        "wamid.HBgNNTIxNTUxMjM0MTIzNBUCABIYFjNFQjA=",
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(row.delivery_count, 100);
+    assert_eq!(
+        row.payload, *payload,
+        "non-ASCII text and '/' survive untouched"
+    );
+}

@@ -1,0 +1,213 @@
+//! Test support: one real PostgreSQL cluster per test binary, a fresh
+//! database per test.
+//!
+//! The cluster lives in a temporary folder, runs with `fsync = off` (tests
+//! measure correctness, not durability) and is stopped and removed by a
+//! watchdog process when the test binary exits, whatever way it exits.
+//! Set `TEST_LOG=1` to see the engine's logs.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use switchboard::config::{DatabaseSettings, EmbeddedSettings, Secret};
+use switchboard::db::{self, Database, EmbeddedPostgres};
+use tokio::sync::OnceCell;
+
+/// Settings that make a throw-away cluster fast.
+pub const FAST_SERVER: &[(&str, &str)] = &[
+    ("fsync", "off"),
+    ("synchronous_commit", "off"),
+    ("full_page_writes", "off"),
+    ("max_connections", "300"),
+];
+
+const TEMPLATE: &str = "switchboard_template";
+
+pub struct TestCluster {
+    pub pg: EmbeddedPostgres,
+    pub base: PathBuf,
+}
+
+static CLUSTER: OnceCell<TestCluster> = OnceCell::const_new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber_init();
+    }
+}
+
+fn tracing_subscriber_init() -> Result<(), ()> {
+    switchboard::telemetry::init(&switchboard::config::LogSettings {
+        format: switchboard::config::LogFormat::Text,
+        level: "debug".into(),
+    });
+    Ok(())
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The UID/GID the cluster's files must belong to (the `postgres` user when
+/// we are root, ourselves otherwise).
+pub fn server_owner() -> Option<(u32, u32)> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return None;
+    }
+    let u = nix::unistd::User::from_name("postgres")
+        .unwrap()
+        .expect("user postgres");
+    Some((u.uid.as_raw(), u.gid.as_raw()))
+}
+
+/// A temporary folder the server user can enter and write.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "switchboard-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if let Some((uid, gid)) = server_owner() {
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
+    }
+    dir
+}
+
+pub fn embedded_settings(data_dir: &Path, port: u16) -> EmbeddedSettings {
+    EmbeddedSettings {
+        data_dir: data_dir.to_path_buf(),
+        port,
+        ..EmbeddedSettings::default()
+    }
+}
+
+/// Stops the cluster in `data_dir` and removes `base` once process `pid` is gone.
+pub fn spawn_watchdog(pid: u32, data_dir: &Path, base: &Path) {
+    let bin = db::embedded::find_bin_dir(None).unwrap();
+    let script = format!(
+        "while [ -d /proc/{pid} ]; do sleep 0.2; done; \
+         '{}' -D '{}' -m immediate -w stop >/dev/null 2>&1; rm -rf '{}'",
+        bin.join("pg_ctl").display(),
+        data_dir.display(),
+        base.display()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir("/");
+    if let Some((uid, gid)) = server_owner() {
+        cmd.uid(uid).gid(gid);
+    }
+    // A new process group: Ctrl-C on the test run must not kill the watchdog first.
+    cmd.process_group(0);
+    cmd.spawn().unwrap();
+}
+
+/// The test binary's cluster, started on first use, with a migrated template database.
+pub async fn cluster() -> &'static TestCluster {
+    CLUSTER
+        .get_or_init(|| async {
+            init_logs();
+            let base = scratch_dir("tests");
+            let data_dir = base.join("data");
+            let settings = embedded_settings(&data_dir, free_port());
+            let pg = tokio::task::spawn_blocking(move || {
+                EmbeddedPostgres::start(&settings, FAST_SERVER)
+            })
+            .await
+            .unwrap()
+            .expect("start the test cluster");
+            spawn_watchdog(std::process::id(), &data_dir, &base);
+            db::create_database_if_missing(pg.url_for("postgres").expose(), TEMPLATE)
+                .await
+                .unwrap();
+            db::migrations::run_pending(pg.url_for(TEMPLATE).expose())
+                .await
+                .unwrap();
+            TestCluster { pg, base }
+        })
+        .await
+}
+
+/// A fresh database for one test.
+pub struct TestDb {
+    pub name: String,
+    pub url: Secret,
+}
+
+impl TestDb {
+    /// A new database with every migration applied (copied from the template).
+    pub async fn migrated() -> Self {
+        Self::create(Some(TEMPLATE)).await
+    }
+
+    /// A new, empty database (no migrations).
+    pub async fn empty() -> Self {
+        Self::create(None).await
+    }
+
+    async fn create(template: Option<&str>) -> Self {
+        use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+        let cluster = cluster().await;
+        let name = format!(
+            "t_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut conn = AsyncPgConnection::establish(cluster.pg.url_for("postgres").expose())
+            .await
+            .unwrap();
+        let sql = match template {
+            Some(t) => format!("CREATE DATABASE {name} TEMPLATE {t}"),
+            None => format!("CREATE DATABASE {name}"),
+        };
+        diesel::sql_query(sql).execute(&mut conn).await.unwrap();
+        let url = cluster.pg.url_for(&name);
+        Self { name, url }
+    }
+
+    /// Settings for a pool on this database (defaults, with this URL).
+    pub fn settings(&self) -> DatabaseSettings {
+        DatabaseSettings {
+            url: Some(self.url.clone()),
+            ..DatabaseSettings::default()
+        }
+    }
+
+    /// A handle with default settings.
+    pub fn database(&self) -> Database {
+        Database::connect(self.url.clone(), &self.settings())
+    }
+
+    /// A handle with adjusted settings.
+    pub fn database_with(&self, adjust: impl FnOnce(&mut DatabaseSettings)) -> Database {
+        let mut s = self.settings();
+        adjust(&mut s);
+        Database::connect(self.url.clone(), &s)
+    }
+
+    /// A direct (not pooled) connection, for checks from outside the engine.
+    pub async fn admin(&self) -> diesel_async::AsyncPgConnection {
+        use diesel_async::AsyncConnection;
+        diesel_async::AsyncPgConnection::establish(self.url.expose())
+            .await
+            .unwrap()
+    }
+}
