@@ -70,6 +70,7 @@ impl Database {
     }
 
     /// A handle on an already migrated database (no embedded cluster).
+    /// Call it inside a tokio runtime: the pool spawns its maintenance task.
     pub fn connect(url: Secret, settings: &DatabaseSettings) -> Self {
         Self::with_url(url, settings, None)
     }

@@ -1,0 +1,158 @@
+//! The embedded cluster and `switchboard serve` on it.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use diesel_async::RunQueryDsl;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::{embedded_settings, free_port, scratch_dir, spawn_watchdog};
+use switchboard::db::{self, EmbeddedPostgres};
+
+/// Whether `pid` is a running process. A zombie has exited (it only waits
+/// for its parent, here init, to reap it), so it does not count.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) => !status.lines().any(|l| l.starts_with("State:") && l.contains('Z')),
+        Err(_) => false,
+    }
+}
+
+async fn start(settings: switchboard::config::EmbeddedSettings) -> EmbeddedPostgres {
+    tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&settings, support::FAST_SERVER))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn first_start_initializes_second_start_reuses_the_data_and_stop_leaves_no_process() {
+    let base = scratch_dir("embedded");
+    let data_dir = base.join("cluster/data");
+    spawn_watchdog(std::process::id(), &data_dir, &base);
+    let settings = embedded_settings(&data_dir, free_port());
+
+    let mut pg = start(settings.clone()).await;
+    assert!(pg.initialized(), "first start runs initdb");
+    let pid = pg.postmaster_pid().unwrap();
+    assert!(alive(pid));
+    db::create_database_if_missing(pg.url_for("postgres").expose(), db::embedded::DATABASE)
+        .await
+        .unwrap();
+    db::migrations::run_pending(pg.url().expose()).await.unwrap();
+    let database = db::Database::connect(pg.url(), &Default::default());
+    database.load_or_create_session("5215512341234", "inicio").await.unwrap();
+    drop(database);
+    pg.stop().unwrap();
+    assert!(!alive(pid), "postmaster {pid} still running after stop");
+
+    let mut pg = start(settings).await;
+    assert!(!pg.initialized(), "second start reuses the cluster");
+    let database = db::Database::connect(pg.url(), &Default::default());
+    let s = database.load_session("5215512341234").await.unwrap();
+    assert!(s.is_some(), "data survived the restart");
+    drop(database);
+    let pid = pg.postmaster_pid().unwrap();
+    drop(pg); // Drop stops the server too.
+    assert!(!alive(pid), "postmaster {pid} still running after drop");
+}
+
+#[test]
+fn missing_binaries_give_an_error_that_says_what_to_install_and_how_to_use_a_url() {
+    let empty = tempfile::tempdir().unwrap();
+    let settings = switchboard::config::EmbeddedSettings {
+        bin_dir: Some(empty.path().to_path_buf()),
+        data_dir: empty.path().join("data"),
+        ..Default::default()
+    };
+    let err = EmbeddedPostgres::start(&settings, &[]).unwrap_err().to_string();
+    assert!(err.contains("apt-get install postgresql"), "{err}");
+    assert!(err.contains("database.url"), "{err}");
+}
+
+#[test]
+fn a_data_directory_the_server_user_cannot_reach_is_refused_with_a_clear_message() {
+    if support::server_owner().is_none() {
+        // Not root: the server runs as ourselves and can reach what we can.
+        return;
+    }
+    let private = tempfile::tempdir().unwrap(); // mode 0700, owned by root
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let settings = embedded_settings(&private.path().join("pg"), free_port());
+    let err = EmbeddedPostgres::start(&settings, &[]).unwrap_err().to_string();
+    assert!(err.contains("cannot enter"), "{err}");
+    assert!(err.contains("database.embedded.data_dir"), "{err}");
+}
+
+/// `switchboard serve` with no database URL: starts its own cluster, applies
+/// migrations, stops everything on SIGTERM and exits 0.
+#[tokio::test]
+async fn serve_runs_on_the_embedded_database_and_stops_cleanly_on_sigterm() {
+    let base = scratch_dir("serve");
+    let data_dir = base.join("pg");
+    spawn_watchdog(std::process::id(), &data_dir, &base);
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("serve")
+        .current_dir(&base)
+        .env("SWITCHBOARD__DATABASE__EMBEDDED__DATA_DIR", &data_dir)
+        .env("SWITCHBOARD__DATABASE__EMBEDDED__PORT", port.to_string())
+        .env("SWITCHBOARD__SERVER__BIND", format!("127.0.0.1:{}", free_port()))
+        .env("SWITCHBOARD__LOG__FORMAT", "json")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // Read log lines until the ready line (the engine says when it is ready: no sleeps).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no ready line; logs:\n{}", seen.join("\n")));
+        let ready = line.contains("switchboard is ready");
+        seen.push(line);
+        if ready {
+            break;
+        }
+    }
+    let pg_pid: i32 = std::fs::read_to_string(data_dir.join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The schema is there.
+    let pw = std::fs::read_to_string(data_dir.join("switchboard.password")).unwrap();
+    let url = format!("postgres://switchboard:{}@127.0.0.1:{port}/switchboard", pw.trim());
+    let status = db::migrations::status(&url).await.unwrap();
+    assert!(status.iter().all(|m| m.applied), "{status:?}");
+    let mut conn = <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url)
+        .await
+        .unwrap();
+    diesel::sql_query("SELECT 1 FROM sessions").execute(&mut conn).await.unwrap();
+    drop(conn);
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "serve exited with {exit}");
+    assert!(!alive(pg_pid), "embedded postmaster {pg_pid} outlived serve");
+    let logs: Vec<String> = rx.try_iter().collect();
+    assert!(
+        logs.iter().any(|l| l.contains("embedded PostgreSQL stopped")),
+        "{logs:?}"
+    );
+}
