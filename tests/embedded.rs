@@ -32,7 +32,7 @@ async fn start(settings: switchboard::config::EmbeddedSettings) -> EmbeddedPostg
 #[tokio::test]
 async fn first_start_initializes_second_start_reuses_the_data_and_stop_leaves_no_process() {
     let base = scratch_dir("embedded");
-    let data_dir = base.join("cluster/data");
+    let data_dir = base.join("data");
     spawn_watchdog(std::process::id(), &data_dir, &base);
     let settings = embedded_settings(&data_dir, free_port());
 
