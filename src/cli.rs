@@ -58,7 +58,7 @@ pub enum ConfigAction {
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // An explicitly named file must exist; the default may be absent (defaults apply).
-    let required = cli.config != PathBuf::from("config.toml");
+    let required = cli.config != std::path::Path::new("config.toml");
     let loaded = config::load(&cli.config, required)?;
     match cli.command {
         Command::Config {

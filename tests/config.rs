@@ -1,6 +1,8 @@
 //! Configuration: file, environment overrides, errors that name the key,
 //! and secrets that never print.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,7 +16,10 @@ fn file(text: &str) -> tempfile::NamedTempFile {
 }
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn load(text: &str, vars: &[(&str, &str)]) -> Result<config::Loaded, ConfigError> {
@@ -26,14 +31,20 @@ fn load(text: &str, vars: &[(&str, &str)]) -> Result<config::Loaded, ConfigError
 fn the_shipped_config_toml_parses_and_equals_the_built_in_defaults() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config.toml");
     let loaded = config::load_with_env(&path, true, Vec::new()).unwrap();
-    assert_eq!(loaded.settings, Settings::default(), "config.toml documents the defaults");
+    assert_eq!(
+        loaded.settings,
+        Settings::default(),
+        "config.toml documents the defaults"
+    );
 }
 
 #[test]
 fn a_missing_default_file_means_all_defaults_but_a_named_one_is_an_error() {
     let missing = PathBuf::from("/nonexistent/switchboard.toml");
     assert_eq!(
-        config::load_with_env(&missing, false, Vec::new()).unwrap().settings,
+        config::load_with_env(&missing, false, Vec::new())
+            .unwrap()
+            .settings,
         Settings::default()
     );
     assert!(matches!(
@@ -44,23 +55,33 @@ fn a_missing_default_file_means_all_defaults_but_a_named_one_is_an_error() {
 
 #[test]
 fn an_unknown_key_in_the_file_is_an_error_naming_the_key_and_line() {
-    let err = load("[server]\nbind = \"127.0.0.1:9000\"\n\n[database]\nmax_conections = 5\n", &[])
-        .unwrap_err()
-        .to_string();
+    let err = load(
+        "[server]\nbind = \"127.0.0.1:9000\"\n\n[database]\nmax_conections = 5\n",
+        &[],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("max_conections"), "{err}");
     assert!(err.contains("line 5"), "{err}");
 }
 
 #[test]
 fn an_unknown_section_is_an_error_naming_it() {
-    let err = load("[databse]\nurl = \"postgres://x@y/z\"\n", &[]).unwrap_err().to_string();
+    let err = load("[databse]\nurl = \"postgres://x@y/z\"\n", &[])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("databse"), "{err}");
 }
 
 #[test]
 fn a_wrong_type_is_an_error_naming_the_key_and_line() {
-    let err = load("[database]\nmax_connections = \"many\"\n", &[]).unwrap_err().to_string();
-    assert!(err.contains("max_connections") || err.contains("line 2"), "{err}");
+    let err = load("[database]\nmax_connections = \"many\"\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("max_connections") || err.contains("line 2"),
+        "{err}"
+    );
     assert!(err.contains("line 2"), "{err}");
 }
 
@@ -70,9 +91,13 @@ fn an_invalid_value_is_an_error_naming_the_key() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("database.min_idle"), "{err}");
-    let err = load("[server]\nbind = \"everywhere\"\n", &[]).unwrap_err().to_string();
+    let err = load("[server]\nbind = \"everywhere\"\n", &[])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("server.bind"), "{err}");
-    let err = load("[ai]\nprovider = \"magic\"\n", &[]).unwrap_err().to_string();
+    let err = load("[ai]\nprovider = \"magic\"\n", &[])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("magic") && err.contains("line 2"), "{err}");
 }
 
@@ -84,7 +109,10 @@ fn environment_variables_override_the_file() {
             ("SWITCHBOARD__SERVER__BIND", "0.0.0.0:8081"),
             ("SWITCHBOARD__DATABASE__MAX_CONNECTIONS", "32"),
             ("SWITCHBOARD__DATABASE__EMBEDDED__PORT", "6000"),
-            ("SWITCHBOARD__DATABASE__URL", "postgres://app:pw@db:5432/chat"),
+            (
+                "SWITCHBOARD__DATABASE__URL",
+                "postgres://app:pw@db:5432/chat",
+            ),
             ("SWITCHBOARD__AI__PROVIDER", "simulated"),
             ("SWITCHBOARD__API__TOKENS", "[\"a\", \"b\"]"),
             ("UNRELATED", "x"),
@@ -95,7 +123,10 @@ fn environment_variables_override_the_file() {
     assert_eq!(s.server.bind, "0.0.0.0:8081");
     assert_eq!(s.database.max_connections, 32);
     assert_eq!(s.database.embedded.port, 6000);
-    assert_eq!(s.database.url.unwrap().expose(), "postgres://app:pw@db:5432/chat");
+    assert_eq!(
+        s.database.url.unwrap().expose(),
+        "postgres://app:pw@db:5432/chat"
+    );
     assert_eq!(s.ai.provider, AiProvider::Simulated);
     assert_eq!(s.api.tokens.len(), 2);
     assert_eq!(loaded.env_keys.len(), 6);
@@ -121,7 +152,10 @@ fn a_bad_environment_variable_is_an_error_naming_the_variable_and_key() {
     let err = load("", &[("SWITCHBOARD__DATABASE__MAX_CONNECTIONS", "lots")])
         .unwrap_err()
         .to_string();
-    assert!(err.contains("SWITCHBOARD__DATABASE__MAX_CONNECTIONS"), "{err}");
+    assert!(
+        err.contains("SWITCHBOARD__DATABASE__MAX_CONNECTIONS"),
+        "{err}"
+    );
     assert!(err.contains("database.max_connections"), "{err}");
     let err = load("", &[("SWITCHBOARD__DATABASE__NO_SUCH_KEY", "1")])
         .unwrap_err()
@@ -151,7 +185,10 @@ fn secrets_never_appear_in_debug_output_or_the_rendered_configuration() {
         assert!(!debug.contains(secret), "{secret} in Debug output");
         assert!(!rendered.contains(secret), "{secret} in rendered config");
     }
-    assert!(rendered.contains("postgres://app:[redacted]@db:5432/chat"), "{rendered}");
+    assert!(
+        rendered.contains("postgres://app:[redacted]@db:5432/chat"),
+        "{rendered}"
+    );
     assert!(rendered.contains("[redacted]"));
 }
 
@@ -173,9 +210,16 @@ fn config_check_prints_the_effective_configuration_redacted_and_exits_zero() {
         &[("SWITCHBOARD__DATABASE__MAX_CONNECTIONS", "7")],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("max_connections = 7"), "{stdout}");
-    assert!(stdout.contains("database.max_connections"), "names the override: {stdout}");
+    assert!(
+        stdout.contains("database.max_connections"),
+        "names the override: {stdout}"
+    );
     assert!(!stdout.contains("EAAG-very-secret"), "{stdout}");
     assert!(stdout.contains("access_token = \"[redacted]\""), "{stdout}");
 }
@@ -183,8 +227,14 @@ fn config_check_prints_the_effective_configuration_redacted_and_exits_zero() {
 #[test]
 fn config_check_prints_the_errors_and_exits_non_zero() {
     let f = file("[server]\nbnd = \"x\"\n");
-    let out = switchboard(&["config", "check", "--config", f.path().to_str().unwrap()], &[]);
+    let out = switchboard(
+        &["config", "check", "--config", f.path().to_str().unwrap()],
+        &[],
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("bnd") && stderr.contains("line 2"), "{stderr}");
+    assert!(
+        stderr.contains("bnd") && stderr.contains("line 2"),
+        "{stderr}"
+    );
 }

@@ -1,6 +1,8 @@
 //! The persistence primitives against a real PostgreSQL: migrations, the
 //! versioned write, race-free create, atomic dedupe.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::sync::Arc;

@@ -1,5 +1,7 @@
 //! The retry helper: backoff bounds, attempt limits, and what is never retried.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 

@@ -117,7 +117,9 @@ pub fn spawn_watchdog(pid: u32, data_dir: &Path, base: &Path) {
     }
     // A new process group: Ctrl-C on the test run must not kill the watchdog first.
     cmd.process_group(0);
-    cmd.spawn().unwrap();
+    // Deliberately not waited for: it must outlive this process.
+    #[allow(clippy::zombie_processes)]
+    let _watchdog = cmd.spawn().unwrap();
 }
 
 /// The test binary's cluster, started on first use, with a migrated template database.
