@@ -19,10 +19,13 @@
 //! - [`telemetry`]: logging set-up.
 //! - [`cli`]: the `switchboard` command line.
 
+pub mod ai;
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod flow;
 pub mod phone;
 pub mod retry;
 pub mod startup;

@@ -50,7 +50,14 @@ async fn migrations_go_all_up_all_down_and_all_up_again() {
         .all(|m| m.applied));
     assert_eq!(
         table_names(&db).await,
-        ["dead_letters", "inbox", "messages", "outbox", "sessions"]
+        [
+            "dead_letters",
+            "inbox",
+            "messages",
+            "outbox",
+            "outcomes",
+            "sessions"
+        ]
     );
 
     let reverted = migrations::revert_all(url).await.unwrap();
@@ -94,7 +101,7 @@ async fn every_table_has_a_comment_and_the_phone_in_its_primary_key() {
     .load(&mut db.admin().await)
     .await
     .unwrap();
-    assert_eq!(rows.len(), 5);
+    assert_eq!(rows.len(), 6);
     for t in rows {
         assert!(t.commented && t.phone_in_pk, "table {}: {t:?}", t.name);
     }

@@ -1,4 +1,5 @@
 DROP TABLE dead_letters;
+DROP TABLE outcomes;
 DROP TABLE outbox;
 DROP TABLE messages;
 DROP TABLE inbox;

@@ -41,6 +41,8 @@ CREATE TABLE messages (
     provider_message_id  TEXT,
     status               TEXT        NOT NULL DEFAULT 'received',
     error                TEXT,
+    -- For outbound messages: the outbox row that delivers it.
+    outbox_key           TEXT,
     created_at           TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at           TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (phone, id)
@@ -69,6 +71,20 @@ CREATE TABLE outbox (
 );
 COMMENT ON TABLE outbox IS 'Outbound side effects committed with the transition that caused them; each row is sent successfully at most once.';
 CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE status IN ('pending', 'sending');
+
+-- What terminal flow states record: a report, a ticket.
+CREATE TABLE outcomes (
+    id          BIGSERIAL   NOT NULL,
+    phone       TEXT        NOT NULL,
+    kind        TEXT        NOT NULL,
+    ticket      TEXT        NOT NULL,
+    data        JSONB       NOT NULL,
+    inbox_id    BIGINT,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (phone, id),
+    UNIQUE (phone, ticket)
+);
+COMMENT ON TABLE outcomes IS 'Results recorded by terminal flow states (reports, tickets), written in the step transaction.';
 
 -- What could not be processed or delivered, with the reason, for inspection and replay.
 CREATE TABLE dead_letters (

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::secret::Secret;
+pub use crate::ai::AiSettings;
 
 /// The whole configuration of one switchboard process.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -201,12 +202,6 @@ pub enum AiProvider {
     Openai,
     /// Configurable latency, errors and hangs, for load and fault tests.
     Simulated,
-}
-
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct AiSettings {
-    pub provider: AiProvider,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -11,6 +11,7 @@ pub mod pool;
 #[rustfmt::skip]
 pub mod schema;
 pub mod sessions;
+pub mod steps;
 
 use std::sync::{Arc, Mutex};
 

@@ -39,6 +39,7 @@ diesel::table! {
         provider_message_id -> Nullable<Text>,
         status -> Text,
         error -> Nullable<Text>,
+        outbox_key -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
     }
@@ -62,6 +63,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    outcomes (phone, id) {
+        id -> Int8,
+        phone -> Text,
+        kind -> Text,
+        ticket -> Text,
+        data -> Jsonb,
+        inbox_id -> Nullable<Int8>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     sessions (phone) {
         phone -> Text,
         flow_state -> Text,
@@ -73,4 +86,11 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(dead_letters, inbox, messages, outbox, sessions,);
+diesel::allow_tables_to_appear_in_same_query!(
+    dead_letters,
+    inbox,
+    messages,
+    outbox,
+    outcomes,
+    sessions,
+);

@@ -1,0 +1,103 @@
+//! The `simulated` provider: the rules provider's answers with configurable
+//! latency, errors and hangs, for the load harness and fault tests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{rules, IntentRequest, Model, ModelError, SlotRequest};
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatedSettings {
+    /// Minimum latency of a call.
+    pub latency_ms: u64,
+    /// Extra latency, uniform in `[0, jitter_ms]`.
+    pub jitter_ms: u64,
+    /// Share of calls (0..=1) that fail with a provider error.
+    pub error_rate: f64,
+    /// Share of calls (0..=1) that never answer.
+    pub hang_rate: f64,
+}
+
+impl Default for SimulatedSettings {
+    fn default() -> Self {
+        Self {
+            latency_ms: 50,
+            jitter_ms: 50,
+            error_rate: 0.0,
+            hang_rate: 0.0,
+        }
+    }
+}
+
+/// Rules answers, delivered late, wrongly or never. Settings can be changed
+/// while running (fault tests turn hangs on and off).
+#[derive(Debug, Clone)]
+pub struct SimulatedModel {
+    settings: Arc<std::sync::RwLock<SimulatedSettings>>,
+}
+
+impl SimulatedModel {
+    pub fn new(settings: SimulatedSettings) -> Self {
+        Self {
+            settings: Arc::new(std::sync::RwLock::new(settings)),
+        }
+    }
+
+    /// Replaces the behaviour of calls that start from now on.
+    pub fn set(&self, settings: SimulatedSettings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
+    }
+
+    fn behaviour(&self) -> (Duration, bool, bool) {
+        let s = self
+            .settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut rng = rand::rng();
+        let latency = Duration::from_millis(s.latency_ms + rng.random_range(0..=s.jitter_ms));
+        let hang = rng.random_bool(s.hang_rate.clamp(0.0, 1.0));
+        let fail = rng.random_bool(s.error_rate.clamp(0.0, 1.0));
+        (latency, hang, fail)
+    }
+
+    fn call<T: Send + 'static>(&self, answer: T) -> BoxFuture<'static, Result<T, ModelError>> {
+        let (latency, hang, fail) = self.behaviour();
+        async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(latency).await;
+            if fail {
+                return Err(ModelError::Provider("simulated failure".into()));
+            }
+            Ok(answer)
+        }
+        .boxed()
+    }
+}
+
+impl Model for SimulatedModel {
+    fn name(&self) -> &'static str {
+        "simulated"
+    }
+
+    fn detect_intent(
+        &self,
+        req: Arc<IntentRequest>,
+    ) -> BoxFuture<'static, Result<Option<String>, ModelError>> {
+        self.call(rules::detect(&req))
+    }
+
+    fn extract_slot(
+        &self,
+        req: Arc<SlotRequest>,
+    ) -> BoxFuture<'static, Result<Option<String>, ModelError>> {
+        self.call(rules::extract(&req))
+    }
+}

@@ -1,0 +1,344 @@
+//! The step transaction: everything one conversation step changes, written
+//! together, for a batch of independent phones at once (group commit).
+//!
+//! One batch = one transaction:
+//! 1. lock the batch's session rows in phone order (`FOR UPDATE`, sorted, so
+//!    concurrent batches cannot deadlock) and read their versions;
+//! 2. drop the writes whose expected version is stale (a conflict) or whose
+//!    inbound message is already processed (a duplicate);
+//! 3. apply the rest with one statement per table: versioned session
+//!    update, messages, outbox, outcomes, `inbox.processed_at`.
+//!
+//! Each write gets its own [`WriteOutcome`].
+
+use std::collections::{HashMap, HashSet};
+
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Bool, Jsonb, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+
+use super::schema::{dead_letters, inbox, messages, outbox, outcomes};
+use crate::error::{Error, Result};
+use crate::phone::mask;
+
+/// A message row to insert.
+#[derive(Debug, Clone, PartialEq, Insertable, Serialize)]
+#[diesel(table_name = messages)]
+pub struct NewMessage {
+    pub phone: String,
+    pub direction: &'static str,
+    pub origin: &'static str,
+    pub body: String,
+    pub inbox_id: Option<i64>,
+    pub provider_message_id: Option<String>,
+    pub status: &'static str,
+    pub outbox_key: Option<String>,
+}
+
+/// An outbox row to insert.
+#[derive(Debug, Clone, PartialEq, Insertable, Serialize)]
+#[diesel(table_name = outbox)]
+pub struct NewOutbox {
+    pub phone: String,
+    pub kind: &'static str,
+    pub payload: serde_json::Value,
+    pub idempotency_key: String,
+}
+
+/// An outcome row to insert.
+#[derive(Debug, Clone, PartialEq, Insertable, Serialize)]
+#[diesel(table_name = outcomes)]
+pub struct NewOutcome {
+    pub phone: String,
+    pub kind: String,
+    pub ticket: String,
+    pub data: serde_json::Value,
+    pub inbox_id: Option<i64>,
+}
+
+/// Everything one step of one conversation writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepWrite {
+    pub phone: String,
+    pub expected_version: i64,
+    pub flow_state: String,
+    pub data: serde_json::Value,
+    pub handoff: bool,
+    /// The inbound message this step applies (marked processed), if any.
+    pub inbox_id: Option<i64>,
+    pub messages: Vec<NewMessage>,
+    pub outbox: Vec<NewOutbox>,
+    pub outcomes: Vec<NewOutcome>,
+}
+
+/// What happened to one write of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Committed; the session is now at `version`.
+    Committed { version: i64 },
+    /// The session was at another version (`None`: it does not exist).
+    Conflict { actual: Option<i64> },
+    /// The inbound message was already applied (by a restart or another process).
+    AlreadyProcessed,
+}
+
+/// Commits a batch of writes for distinct phones in one transaction.
+/// Returns one outcome per write, in the input order. A database error
+/// fails the whole batch (nothing is committed) and is returned to all.
+#[tracing::instrument(skip_all, fields(batch = writes.len()))]
+pub async fn commit_batch(
+    conn: &mut AsyncPgConnection,
+    writes: &[StepWrite],
+) -> Result<Vec<WriteOutcome>> {
+    if writes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut phones: Vec<&str> = writes.iter().map(|w| w.phone.as_str()).collect();
+    phones.sort_unstable();
+    if phones.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Error::InvalidInput(
+            "a batch holds at most one write per phone".into(),
+        ));
+    }
+    conn.transaction::<_, Error, _>(async move |conn| {
+        let versions = lock_sessions(conn, &phones).await?;
+        let processed = processed_inbox(conn, writes).await?;
+        let mut results = Vec::with_capacity(writes.len());
+        let mut valid: Vec<&StepWrite> = Vec::with_capacity(writes.len());
+        for w in writes {
+            let actual = versions.get(w.phone.as_str()).copied();
+            let outcome = if w
+                .inbox_id
+                .is_some_and(|id| processed.contains(&(w.phone.clone(), id)))
+            {
+                WriteOutcome::AlreadyProcessed
+            } else if actual != Some(w.expected_version) {
+                WriteOutcome::Conflict { actual }
+            } else {
+                valid.push(w);
+                WriteOutcome::Committed {
+                    version: w.expected_version + 1,
+                }
+            };
+            results.push(outcome);
+        }
+        if !valid.is_empty() {
+            apply(conn, &valid).await?;
+        }
+        Ok(results)
+    })
+    .await
+}
+
+#[derive(QueryableByName)]
+struct PhoneVersion {
+    #[diesel(sql_type = Text)]
+    phone: String,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+}
+
+async fn lock_sessions(
+    conn: &mut AsyncPgConnection,
+    sorted_phones: &[&str],
+) -> Result<HashMap<String, i64>> {
+    let rows: Vec<PhoneVersion> = diesel::sql_query(
+        "SELECT phone, version FROM sessions WHERE phone = ANY($1) ORDER BY phone FOR UPDATE",
+    )
+    .bind::<Array<Text>, _>(sorted_phones)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.phone, r.version)).collect())
+}
+
+async fn processed_inbox(
+    conn: &mut AsyncPgConnection,
+    writes: &[StepWrite],
+) -> Result<HashSet<(String, i64)>> {
+    let (phones, ids): (Vec<&str>, Vec<i64>) = writes
+        .iter()
+        .filter_map(|w| w.inbox_id.map(|id| (w.phone.as_str(), id)))
+        .unzip();
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows: Vec<(String, i64)> = inbox::table
+        .filter(inbox::phone.eq_any(&phones))
+        .filter(inbox::id.eq_any(&ids))
+        .filter(inbox::processed_at.is_not_null())
+        .select((inbox::phone, inbox::id))
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()> {
+    let phones: Vec<&str> = valid.iter().map(|w| w.phone.as_str()).collect();
+    let states: Vec<&str> = valid.iter().map(|w| w.flow_state.as_str()).collect();
+    let data: Vec<&serde_json::Value> = valid.iter().map(|w| &w.data).collect();
+    let handoffs: Vec<bool> = valid.iter().map(|w| w.handoff).collect();
+    let expected: Vec<i64> = valid.iter().map(|w| w.expected_version).collect();
+    let updated = diesel::sql_query(
+        "UPDATE sessions AS s SET flow_state = u.flow_state, data = u.data, handoff = u.handoff, \
+                version = s.version + 1, updated_at = now() \
+         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::bool[], $5::int8[]) \
+              AS u(phone, flow_state, data, handoff, expected) \
+         WHERE s.phone = u.phone AND s.version = u.expected",
+    )
+    .bind::<Array<Text>, _>(&phones)
+    .bind::<Array<Text>, _>(&states)
+    .bind::<Array<Jsonb>, _>(&data)
+    .bind::<Array<Bool>, _>(&handoffs)
+    .bind::<Array<BigInt>, _>(&expected)
+    .execute(conn)
+    .await?;
+    if updated != valid.len() {
+        // Impossible while the rows are locked; refuse to commit half a batch.
+        return Err(Error::InvalidInput(format!(
+            "versioned update touched {updated} of {} locked sessions",
+            valid.len()
+        )));
+    }
+    let msgs: Vec<&NewMessage> = valid.iter().flat_map(|w| &w.messages).collect();
+    if !msgs.is_empty() {
+        diesel::insert_into(messages::table)
+            .values(msgs.into_iter().cloned().collect::<Vec<_>>())
+            .execute(conn)
+            .await?;
+    }
+    let out: Vec<NewOutbox> = valid
+        .iter()
+        .flat_map(|w| w.outbox.iter().cloned())
+        .collect();
+    if !out.is_empty() {
+        diesel::insert_into(outbox::table)
+            .values(out)
+            .execute(conn)
+            .await?;
+    }
+    let results: Vec<NewOutcome> = valid
+        .iter()
+        .flat_map(|w| w.outcomes.iter().cloned())
+        .collect();
+    if !results.is_empty() {
+        diesel::insert_into(outcomes::table)
+            .values(results)
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .await?;
+    }
+    let (in_phones, in_ids): (Vec<&str>, Vec<i64>) = valid
+        .iter()
+        .filter_map(|w| w.inbox_id.map(|id| (w.phone.as_str(), id)))
+        .unzip();
+    if !in_ids.is_empty() {
+        diesel::sql_query(
+            "UPDATE inbox AS i SET processed_at = now(), attempts = i.attempts + 1 \
+             FROM unnest($1::text[], $2::int8[]) AS u(phone, id) \
+             WHERE i.phone = u.phone AND i.id = u.id AND i.processed_at IS NULL",
+        )
+        .bind::<Array<Text>, _>(&in_phones)
+        .bind::<Array<BigInt>, _>(&in_ids)
+        .execute(conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// An inbound message waiting to be applied.
+#[derive(Debug, Clone, PartialEq, Queryable, Serialize)]
+pub struct PendingInbound {
+    pub id: i64,
+    pub provider_message_id: String,
+    pub payload: serde_json::Value,
+}
+
+/// Unprocessed inbox rows of one phone, in acceptance order.
+#[tracing::instrument(skip_all, fields(phone = %mask(phone)))]
+pub async fn unprocessed(
+    conn: &mut AsyncPgConnection,
+    phone: &str,
+    limit: i64,
+) -> Result<Vec<PendingInbound>> {
+    Ok(inbox::table
+        .filter(inbox::phone.eq(phone))
+        .filter(inbox::processed_at.is_null())
+        .order(inbox::id)
+        .limit(limit)
+        .select((inbox::id, inbox::provider_message_id, inbox::payload))
+        .load(conn)
+        .await?)
+}
+
+/// Phones with unprocessed inbox rows (for resume at start-up).
+#[tracing::instrument(skip_all)]
+pub async fn phones_with_unprocessed(conn: &mut AsyncPgConnection) -> Result<Vec<String>> {
+    Ok(inbox::table
+        .filter(inbox::processed_at.is_null())
+        .select(inbox::phone)
+        .distinct()
+        .load(conn)
+        .await?)
+}
+
+/// Records a failed attempt at an inbound message; returns the attempts so far.
+#[tracing::instrument(skip_all, fields(phone = %mask(phone), inbox_id))]
+pub async fn record_failure(
+    conn: &mut AsyncPgConnection,
+    phone: &str,
+    inbox_id: i64,
+    reason: &str,
+) -> Result<i32> {
+    Ok(diesel::update(inbox::table)
+        .filter(inbox::phone.eq(phone))
+        .filter(inbox::id.eq(inbox_id))
+        .set((
+            inbox::attempts.eq(inbox::attempts + 1),
+            inbox::last_error.eq(reason),
+        ))
+        .returning(inbox::attempts)
+        .get_result(conn)
+        .await?)
+}
+
+/// Moves a poison inbound message to dead letters and marks it handled, in
+/// one transaction, so the conversation goes on with the next message.
+#[tracing::instrument(skip_all, fields(phone = %mask(phone), inbox_id))]
+pub async fn quarantine(
+    conn: &mut AsyncPgConnection,
+    phone: &str,
+    inbox_id: i64,
+    reason: &str,
+) -> Result<()> {
+    let phone = phone.to_string();
+    let reason = reason.to_string();
+    conn.transaction::<_, Error, _>(async move |conn| {
+        let payload: Option<serde_json::Value> = diesel::update(inbox::table)
+            .filter(inbox::phone.eq(&phone))
+            .filter(inbox::id.eq(inbox_id))
+            .filter(inbox::processed_at.is_null())
+            .set((
+                inbox::processed_at.eq(diesel::dsl::now),
+                inbox::last_error.eq(&reason),
+            ))
+            .returning(inbox::payload)
+            .get_result(conn)
+            .await
+            .optional()?;
+        if let Some(payload) = payload {
+            diesel::insert_into(dead_letters::table)
+                .values((
+                    dead_letters::phone.eq(&phone),
+                    dead_letters::source.eq("inbox"),
+                    dead_letters::source_id.eq(inbox_id),
+                    dead_letters::payload.eq(payload),
+                    dead_letters::reason.eq(&reason),
+                ))
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    })
+    .await
+}
