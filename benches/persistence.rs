@@ -30,9 +30,7 @@ fn setup(rt: &tokio::runtime::Runtime) -> Bench {
         db::create_database_if_missing(pg.url_for("postgres").expose(), db::embedded::DATABASE)
             .await
             .unwrap();
-        db::migrations::run_pending(pg.url().expose())
-            .await
-            .unwrap();
+        db::migrations::run_pending(pg.url().expose()).await.unwrap();
     });
     // The pool spawns its reaper task: build it inside the runtime.
     let _guard = rt.enter();
@@ -45,8 +43,7 @@ fn persistence(c: &mut Criterion) {
     let bench = setup(&rt);
     let db = &bench.db;
     let phone = "5215512341234";
-    rt.block_on(db.load_or_create_session(phone, "inicio"))
-        .unwrap();
+    rt.block_on(db.load_or_create_session(phone, "inicio")).unwrap();
     let version = AtomicU64::new(0);
     let data = json!({"sap": "100234", "n": 1});
 

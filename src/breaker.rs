@@ -100,8 +100,7 @@ impl Default for ManualClock {
 
 impl ManualClock {
     pub fn advance(&self, by: Duration) {
-        self.offset_ns
-            .fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
+        self.offset_ns.fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
     }
 }
 
@@ -221,11 +220,7 @@ pub struct Permit {
 impl Permit {
     pub fn record(mut self, result: CallResult) {
         self.reported = true;
-        let elapsed = self
-            .breaker
-            .clock
-            .now()
-            .saturating_duration_since(self.started);
+        let elapsed = self.breaker.clock.now().saturating_duration_since(self.started);
         self.breaker.on_result(self.probe, result, elapsed);
     }
 }
@@ -233,13 +228,8 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if !self.reported {
-            let elapsed = self
-                .breaker
-                .clock
-                .now()
-                .saturating_duration_since(self.started);
-            self.breaker
-                .on_result(self.probe, CallResult::Failure, elapsed);
+            let elapsed = self.breaker.clock.now().saturating_duration_since(self.started);
+            self.breaker.on_result(self.probe, CallResult::Failure, elapsed);
         }
     }
 }
@@ -249,11 +239,7 @@ impl CircuitBreaker {
         Self::with_clock(name, settings, Arc::new(SystemClock))
     }
 
-    pub fn with_clock(
-        name: &'static str,
-        settings: BreakerSettings,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    pub fn with_clock(name: &'static str, settings: BreakerSettings, clock: Arc<dyn Clock>) -> Self {
         Self {
             name,
             settings: Arc::new(settings),
@@ -387,11 +373,7 @@ impl CircuitBreaker {
             Phase::Closed => {
                 // Permits from an earlier half-open phase report here too;
                 // they count like any closed-state call.
-                inner.consecutive_failures = if failed {
-                    inner.consecutive_failures + 1
-                } else {
-                    0
-                };
+                inner.consecutive_failures = if failed { inner.consecutive_failures + 1 } else { 0 };
                 inner.window.push_back((failed, slow));
                 while inner.window.len() > self.settings.window.max(1) as usize {
                     inner.window.pop_front();
@@ -452,9 +434,7 @@ impl CircuitBreaker {
         // Up to 10% jitter, so breakers of several processes do not probe in step.
         let jitter = rand::random_range(0..=capped / 10);
         let period = Duration::from_millis(capped.saturating_add(jitter).min(max));
-        inner.phase = Phase::Open {
-            until: now + period,
-        };
+        inner.phase = Phase::Open { until: now + period };
         inner.consecutive_failures = 0;
         inner.window.clear();
         inner.counters.opened += 1;

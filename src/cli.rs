@@ -70,10 +70,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             println!("# configuration OK — from {source}");
             if !loaded.env_keys.is_empty() {
-                println!(
-                    "# overridden by the environment: {}",
-                    loaded.env_keys.join(", ")
-                );
+                println!("# overridden by the environment: {}", loaded.env_keys.join(", "));
             }
             print!("{}", config::render_redacted(&loaded.settings));
             Ok(())
@@ -85,9 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     crate::telemetry::init(&settings.log);
-    let app = Application::build(settings)
-        .await
-        .context("starting switchboard")?;
+    let app = Application::build(settings).await.context("starting switchboard")?;
     app.run_until_stopped(shutdown_signal())
         .await
         .context("stopping switchboard")?;
@@ -102,24 +97,20 @@ async fn migrate(settings: Settings, action: MigrateAction) -> anyhow::Result<()
         Some(url) => (url.clone(), None),
         None => {
             let s = settings.database.embedded.clone();
-            let pg =
-                tokio::task::spawn_blocking(move || db::EmbeddedPostgres::start(&s, &[])).await??;
-            db::create_database_if_missing(pg.url_for("postgres").expose(), db::embedded::DATABASE)
-                .await?;
+            let pg = tokio::task::spawn_blocking(move || db::EmbeddedPostgres::start(&s, &[])).await??;
+            db::create_database_if_missing(pg.url_for("postgres").expose(), db::embedded::DATABASE).await?;
             (pg.url(), Some(pg))
         }
     };
     let result = match action {
-        MigrateAction::Run => db::migrations::run_pending(url.expose())
-            .await
-            .map(|applied| {
-                if applied.is_empty() {
-                    println!("no pending migrations");
-                }
-                for v in applied {
-                    println!("applied {v}");
-                }
-            }),
+        MigrateAction::Run => db::migrations::run_pending(url.expose()).await.map(|applied| {
+            if applied.is_empty() {
+                println!("no pending migrations");
+            }
+            for v in applied {
+                println!("applied {v}");
+            }
+        }),
         MigrateAction::Revert => db::migrations::revert_last(url.expose())
             .await
             .map(|v| println!("reverted {v}")),

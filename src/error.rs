@@ -11,9 +11,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 pub enum Error {
     /// A versioned write found another version: somebody else wrote first.
     /// `actual` is `None` when the session does not exist at all.
-    #[error(
-        "concurrency conflict on session {phone}: expected version {expected}, found {actual:?}"
-    )]
+    #[error("concurrency conflict on session {phone}: expected version {expected}, found {actual:?}")]
     Conflict {
         /// Masked phone (personal data never travels in error text).
         phone: String,
@@ -45,19 +43,33 @@ pub enum Error {
     /// The embedded PostgreSQL cluster could not be prepared, started or stopped.
     #[error("embedded PostgreSQL: {0}")]
     Embedded(String),
+    /// The engine has too much queued work; try again later (HTTP 503).
+    #[error("engine overloaded: {0}")]
+    Overloaded(String),
+    /// The engine is stopping or a part of it is gone.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+    /// A message could not be processed (it is retried, then quarantined).
+    #[error("processing failed: {0}")]
+    Processing(String),
+    /// The flow file is invalid.
+    #[error(transparent)]
+    Flow(#[from] crate::flow::FlowError),
 }
 
 impl Error {
     /// Whether the same operation may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::PoolTimeout(_) | Error::Connection(_) => true,
+            Error::PoolTimeout(_) | Error::Connection(_) | Error::Overloaded(_) | Error::Unavailable(_) => true,
             Error::Database { retryable, .. } => *retryable,
             Error::Conflict { .. }
             | Error::NotFound(_)
             | Error::InvalidInput(_)
             | Error::Migration(_)
-            | Error::Embedded(_) => false,
+            | Error::Embedded(_)
+            | Error::Processing(_)
+            | Error::Flow(_) => false,
         }
     }
 }
@@ -71,10 +83,7 @@ const TRANSIENT_MESSAGES: &[(&str, &str)] = &[
     ("deadlock detected", "deadlock"),
     ("terminating connection", "connection terminated"),
     ("the database system is", "server unavailable"),
-    (
-        "canceling statement due to statement timeout",
-        "statement timeout",
-    ),
+    ("canceling statement due to statement timeout", "statement timeout"),
     ("canceling statement due to lock timeout", "lock timeout"),
     ("server closed the connection", "connection terminated"),
     ("connection closed", "connection terminated"),
@@ -102,12 +111,8 @@ impl From<DieselError> for Error {
                     .map(|(_, kind)| (*kind, true))
                     .unwrap_or(("database", false)),
             },
-            DieselError::BrokenTransactionManager => {
-                return Error::Connection("broken transaction manager".into())
-            }
-            DieselError::DeserializationError(_) | DieselError::SerializationError(_) => {
-                ("data mapping", false)
-            }
+            DieselError::BrokenTransactionManager => return Error::Connection("broken transaction manager".into()),
+            DieselError::DeserializationError(_) | DieselError::SerializationError(_) => ("data mapping", false),
             _ => ("database", false),
         };
         Error::Database {

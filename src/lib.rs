@@ -19,11 +19,13 @@
 //! - [`telemetry`]: logging set-up.
 //! - [`cli`]: the `switchboard` command line.
 
+pub mod actors;
 pub mod ai;
 pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod engine;
 pub mod error;
 pub mod flow;
 pub mod phone;
@@ -31,4 +33,5 @@ pub mod retry;
 pub mod startup;
 pub mod telemetry;
 
+pub use engine::{Engine, InboundMessage};
 pub use error::{Error, Result};

@@ -16,10 +16,7 @@ fn file(text: &str) -> tempfile::NamedTempFile {
 }
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn load(text: &str, vars: &[(&str, &str)]) -> Result<config::Loaded, ConfigError> {
@@ -42,9 +39,7 @@ fn the_shipped_config_toml_parses_and_equals_the_built_in_defaults() {
 fn a_missing_default_file_means_all_defaults_but_a_named_one_is_an_error() {
     let missing = PathBuf::from("/nonexistent/switchboard.toml");
     assert_eq!(
-        config::load_with_env(&missing, false, Vec::new())
-            .unwrap()
-            .settings,
+        config::load_with_env(&missing, false, Vec::new()).unwrap().settings,
         Settings::default()
     );
     assert!(matches!(
@@ -78,10 +73,7 @@ fn a_wrong_type_is_an_error_naming_the_key_and_line() {
     let err = load("[database]\nmax_connections = \"many\"\n", &[])
         .unwrap_err()
         .to_string();
-    assert!(
-        err.contains("max_connections") || err.contains("line 2"),
-        "{err}"
-    );
+    assert!(err.contains("max_connections") || err.contains("line 2"), "{err}");
     assert!(err.contains("line 2"), "{err}");
 }
 
@@ -91,13 +83,9 @@ fn an_invalid_value_is_an_error_naming_the_key() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("database.min_idle"), "{err}");
-    let err = load("[server]\nbind = \"everywhere\"\n", &[])
-        .unwrap_err()
-        .to_string();
+    let err = load("[server]\nbind = \"everywhere\"\n", &[]).unwrap_err().to_string();
     assert!(err.contains("server.bind"), "{err}");
-    let err = load("[ai]\nprovider = \"magic\"\n", &[])
-        .unwrap_err()
-        .to_string();
+    let err = load("[ai]\nprovider = \"magic\"\n", &[]).unwrap_err().to_string();
     assert!(err.contains("magic") && err.contains("line 2"), "{err}");
 }
 
@@ -109,10 +97,7 @@ fn environment_variables_override_the_file() {
             ("SWITCHBOARD__SERVER__BIND", "0.0.0.0:8081"),
             ("SWITCHBOARD__DATABASE__MAX_CONNECTIONS", "32"),
             ("SWITCHBOARD__DATABASE__EMBEDDED__PORT", "6000"),
-            (
-                "SWITCHBOARD__DATABASE__URL",
-                "postgres://app:pw@db:5432/chat",
-            ),
+            ("SWITCHBOARD__DATABASE__URL", "postgres://app:pw@db:5432/chat"),
             ("SWITCHBOARD__AI__PROVIDER", "simulated"),
             ("SWITCHBOARD__API__TOKENS", "[\"a\", \"b\"]"),
             ("UNRELATED", "x"),
@@ -123,10 +108,7 @@ fn environment_variables_override_the_file() {
     assert_eq!(s.server.bind, "0.0.0.0:8081");
     assert_eq!(s.database.max_connections, 32);
     assert_eq!(s.database.embedded.port, 6000);
-    assert_eq!(
-        s.database.url.unwrap().expose(),
-        "postgres://app:pw@db:5432/chat"
-    );
+    assert_eq!(s.database.url.unwrap().expose(), "postgres://app:pw@db:5432/chat");
     assert_eq!(s.ai.provider, AiProvider::Simulated);
     assert_eq!(s.api.tokens.len(), 2);
     assert_eq!(loaded.env_keys.len(), 6);
@@ -152,10 +134,7 @@ fn a_bad_environment_variable_is_an_error_naming_the_variable_and_key() {
     let err = load("", &[("SWITCHBOARD__DATABASE__MAX_CONNECTIONS", "lots")])
         .unwrap_err()
         .to_string();
-    assert!(
-        err.contains("SWITCHBOARD__DATABASE__MAX_CONNECTIONS"),
-        "{err}"
-    );
+    assert!(err.contains("SWITCHBOARD__DATABASE__MAX_CONNECTIONS"), "{err}");
     assert!(err.contains("database.max_connections"), "{err}");
     let err = load("", &[("SWITCHBOARD__DATABASE__NO_SUCH_KEY", "1")])
         .unwrap_err()
@@ -210,11 +189,7 @@ fn config_check_prints_the_effective_configuration_redacted_and_exits_zero() {
         &[("SWITCHBOARD__DATABASE__MAX_CONNECTIONS", "7")],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("max_connections = 7"), "{stdout}");
     assert!(
         stdout.contains("database.max_connections"),
@@ -227,14 +202,8 @@ fn config_check_prints_the_effective_configuration_redacted_and_exits_zero() {
 #[test]
 fn config_check_prints_the_errors_and_exits_non_zero() {
     let f = file("[server]\nbnd = \"x\"\n");
-    let out = switchboard(
-        &["config", "check", "--config", f.path().to_str().unwrap()],
-        &[],
-    );
+    let out = switchboard(&["config", "check", "--config", f.path().to_str().unwrap()], &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("bnd") && stderr.contains("line 2"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("bnd") && stderr.contains("line 2"), "{stderr}");
 }

@@ -19,9 +19,7 @@ use switchboard::db::{self, EmbeddedPostgres};
 /// for its parent, here init, to reap it), so it does not count.
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        Ok(status) => !status
-            .lines()
-            .any(|l| l.starts_with("State:") && l.contains('Z')),
+        Ok(status) => !status.lines().any(|l| l.starts_with("State:") && l.contains('Z')),
         Err(_) => false,
     }
 }
@@ -47,9 +45,7 @@ async fn first_start_initializes_second_start_reuses_the_data_and_stop_leaves_no
     db::create_database_if_missing(pg.url_for("postgres").expose(), db::embedded::DATABASE)
         .await
         .unwrap();
-    db::migrations::run_pending(pg.url().expose())
-        .await
-        .unwrap();
+    db::migrations::run_pending(pg.url().expose()).await.unwrap();
     let database = db::Database::connect(pg.url(), &Default::default());
     database
         .load_or_create_session("5215512341234", "inicio")
@@ -78,9 +74,7 @@ fn missing_binaries_give_an_error_that_says_what_to_install_and_how_to_use_a_url
         data_dir: empty.path().join("data"),
         ..Default::default()
     };
-    let err = EmbeddedPostgres::start(&settings, &[])
-        .unwrap_err()
-        .to_string();
+    let err = EmbeddedPostgres::start(&settings, &[]).unwrap_err().to_string();
     assert!(err.contains("apt-get install postgresql"), "{err}");
     assert!(err.contains("database.url"), "{err}");
 }
@@ -94,9 +88,7 @@ fn a_data_directory_the_server_user_cannot_reach_is_refused_with_a_clear_message
     let private = tempfile::tempdir().unwrap(); // mode 0700, owned by root
     std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let settings = embedded_settings(&private.path().join("pg"), free_port());
-    let err = EmbeddedPostgres::start(&settings, &[])
-        .unwrap_err()
-        .to_string();
+    let err = EmbeddedPostgres::start(&settings, &[]).unwrap_err().to_string();
     assert!(err.contains("cannot enter"), "{err}");
     assert!(err.contains("database.embedded.data_dir"), "{err}");
 }
@@ -114,10 +106,7 @@ async fn serve_runs_on_the_embedded_database_and_stops_cleanly_on_sigterm() {
         .current_dir(&base)
         .env("SWITCHBOARD__DATABASE__EMBEDDED__DATA_DIR", &data_dir)
         .env("SWITCHBOARD__DATABASE__EMBEDDED__PORT", port.to_string())
-        .env(
-            "SWITCHBOARD__SERVER__BIND",
-            format!("127.0.0.1:{}", free_port()),
-        )
+        .env("SWITCHBOARD__SERVER__BIND", format!("127.0.0.1:{}", free_port()))
         .env("SWITCHBOARD__LOG__FORMAT", "json")
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
@@ -153,16 +142,12 @@ async fn serve_runs_on_the_embedded_database_and_stops_cleanly_on_sigterm() {
         .unwrap();
     // The schema is there.
     let pw = std::fs::read_to_string(data_dir.join("switchboard.password")).unwrap();
-    let url = format!(
-        "postgres://switchboard:{}@127.0.0.1:{port}/switchboard",
-        pw.trim()
-    );
+    let url = format!("postgres://switchboard:{}@127.0.0.1:{port}/switchboard", pw.trim());
     let status = db::migrations::status(&url).await.unwrap();
     assert!(status.iter().all(|m| m.applied), "{status:?}");
-    let mut conn =
-        <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url)
-            .await
-            .unwrap();
+    let mut conn = <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&url)
+        .await
+        .unwrap();
     diesel::sql_query("SELECT 1 FROM sessions")
         .execute(&mut conn)
         .await
@@ -175,14 +160,10 @@ async fn serve_runs_on_the_embedded_database_and_stops_cleanly_on_sigterm() {
         .unwrap()
         .unwrap();
     assert!(exit.success(), "serve exited with {exit}");
-    assert!(
-        !alive(pg_pid),
-        "embedded postmaster {pg_pid} outlived serve"
-    );
+    assert!(!alive(pg_pid), "embedded postmaster {pg_pid} outlived serve");
     let logs: Vec<String> = rx.try_iter().collect();
     assert!(
-        logs.iter()
-            .any(|l| l.contains("embedded PostgreSQL stopped")),
+        logs.iter().any(|l| l.contains("embedded PostgreSQL stopped")),
         "{logs:?}"
     );
 }

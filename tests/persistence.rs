@@ -43,34 +43,16 @@ async fn migrations_go_all_up_all_down_and_all_up_again() {
     let url = db.url.expose();
     let applied = migrations::run_pending(url).await.unwrap();
     assert!(!applied.is_empty());
-    assert!(migrations::status(url)
-        .await
-        .unwrap()
-        .iter()
-        .all(|m| m.applied));
+    assert!(migrations::status(url).await.unwrap().iter().all(|m| m.applied));
     assert_eq!(
         table_names(&db).await,
-        [
-            "dead_letters",
-            "inbox",
-            "messages",
-            "outbox",
-            "outcomes",
-            "sessions"
-        ]
+        ["dead_letters", "inbox", "messages", "outbox", "outcomes", "sessions"]
     );
 
     let reverted = migrations::revert_all(url).await.unwrap();
     assert_eq!(reverted.len(), applied.len());
-    assert!(migrations::status(url)
-        .await
-        .unwrap()
-        .iter()
-        .all(|m| !m.applied));
-    assert!(
-        table_names(&db).await.is_empty(),
-        "down.sql left tables behind"
-    );
+    assert!(migrations::status(url).await.unwrap().iter().all(|m| !m.applied));
+    assert!(table_names(&db).await.is_empty(), "down.sql left tables behind");
 
     assert_eq!(migrations::run_pending(url).await.unwrap(), applied);
     assert!(
@@ -126,19 +108,14 @@ async fn two_writers_with_the_same_version_one_wins_the_other_gets_a_conflict() 
         data: &data_b,
         handoff: false,
     };
-    let (ra, rb) = tokio::join!(
-        db.update_session(PHONE, 0, &a),
-        db.update_session(PHONE, 0, &b)
-    );
+    let (ra, rb) = tokio::join!(db.update_session(PHONE, 0, &a), db.update_session(PHONE, 0, &b));
     let (winner, loser) = match (ra, rb) {
         (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
         other => panic!("expected exactly one winner, got {other:?}"),
     };
     assert_eq!(winner.version, 1);
     match loser {
-        Error::Conflict {
-            expected, actual, ..
-        } => {
+        Error::Conflict { expected, actual, .. } => {
             assert_eq!(expected, 0);
             assert_eq!(actual, Some(1));
         }
@@ -167,14 +144,9 @@ async fn a_versioned_write_to_a_missing_session_is_a_conflict_with_no_actual_ver
     };
     match db.update_session("5215500000000", 0, &update).await {
         Err(Error::Conflict {
-            actual: None,
-            phone,
-            ..
+            actual: None, phone, ..
         }) => {
-            assert!(
-                !phone.contains("5500000000"),
-                "phone must be masked: {phone}"
-            )
+            assert!(!phone.contains("5500000000"), "phone must be masked: {phone}")
         }
         other => panic!("{other:?}"),
     }
@@ -205,9 +177,7 @@ async fn versions_are_contiguous_over_many_writes() {
 
 #[tokio::test]
 async fn concurrent_creates_of_one_session_all_get_the_same_row() {
-    let db = TestDb::migrated()
-        .await
-        .database_with(|s| s.max_connections = 10);
+    let db = TestDb::migrated().await.database_with(|s| s.max_connections = 10);
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let db = db.clone();
@@ -260,17 +230,10 @@ async fn a_hundred_concurrent_deliveries_of_one_message_register_one_first_and_c
         "every delivery got its own count"
     );
     let mut conn = test.admin().await;
-    let row = db::inbox::get(
-        &mut conn,
-        PHONE,
-        "wamid.HBgNNTIxNTUxMjM0MTIzNBUCABIYFjNFQjA=",
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let row = db::inbox::get(&mut conn, PHONE, "wamid.HBgNNTIxNTUxMjM0MTIzNBUCABIYFjNFQjA=")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.delivery_count, 100);
-    assert_eq!(
-        row.payload, *payload,
-        "non-ASCII text and '/' survive untouched"
-    );
+    assert_eq!(row.payload, *payload, "non-ASCII text and '/' survive untouched");
 }

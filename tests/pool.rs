@@ -49,11 +49,7 @@ async fn a_pooled_connection_killed_by_the_server_is_replaced_before_the_next_op
 
     let s = db.load_session(PHONE).await.unwrap().unwrap();
     assert_eq!(s.version, 0);
-    assert_ne!(
-        backend_pid(&db).await,
-        pid,
-        "the dead connection was replaced"
-    );
+    assert_ne!(backend_pid(&db).await, pid, "the dead connection was replaced");
 }
 
 #[tokio::test]
@@ -97,10 +93,7 @@ async fn an_exhausted_pool_fails_fast_with_a_retryable_timeout() {
     // Generous bound: the point is "no hang", not a timing target.
     assert!(waited < acquire * 10, "hung for {waited:?}");
     // The high-level operations fail the same way, and recover once a connection is free.
-    assert!(matches!(
-        db.load_session(PHONE).await,
-        Err(Error::PoolTimeout(_))
-    ));
+    assert!(matches!(db.load_session(PHONE).await, Err(Error::PoolTimeout(_))));
     drop(held);
     assert!(db.load_session(PHONE).await.unwrap().is_none());
     assert!(db.stats().gets_timed_out >= 2);

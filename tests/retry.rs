@@ -22,11 +22,7 @@ fn the_default_backoff_ceilings_double_from_fifty_milliseconds_up_to_the_maximum
     let p = RetryPolicy::default();
     let ceilings: Vec<u64> = (0..8).map(|i| p.ceiling(i).as_millis() as u64).collect();
     assert_eq!(ceilings, [50, 100, 200, 400, 800, 1600, 2000, 2000]);
-    assert_eq!(
-        p.ceiling(u32::MAX),
-        Duration::from_millis(2_000),
-        "no overflow"
-    );
+    assert_eq!(p.ceiling(u32::MAX), Duration::from_millis(2_000), "no overflow");
 }
 
 #[test]

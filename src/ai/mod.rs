@@ -62,14 +62,8 @@ pub enum ModelError {
 /// An intent and slot model. Calls are independent and may run concurrently.
 pub trait Model: Send + Sync + 'static {
     fn name(&self) -> &'static str;
-    fn detect_intent(
-        &self,
-        req: Arc<IntentRequest>,
-    ) -> BoxFuture<'static, Result<Option<String>, ModelError>>;
-    fn extract_slot(
-        &self,
-        req: Arc<SlotRequest>,
-    ) -> BoxFuture<'static, Result<Option<String>, ModelError>>;
+    fn detect_intent(&self, req: Arc<IntentRequest>) -> BoxFuture<'static, Result<Option<String>, ModelError>>;
+    fn extract_slot(&self, req: Arc<SlotRequest>) -> BoxFuture<'static, Result<Option<String>, ModelError>>;
 }
 
 /// `[ai]`: the provider and what wraps every call to it.

@@ -89,8 +89,7 @@ impl OpenAiModel {
             .pointer("/choices/0/message/content")
             .and_then(Value::as_str)
             .ok_or_else(|| ModelError::InvalidAnswer("no choices[0].message.content".into()))?;
-        serde_json::from_str(content)
-            .map_err(|e| ModelError::InvalidAnswer(format!("content is not JSON: {e}")))
+        serde_json::from_str(content).map_err(|e| ModelError::InvalidAnswer(format!("content is not JSON: {e}")))
     }
 }
 
@@ -99,10 +98,7 @@ impl Model for OpenAiModel {
         "openai"
     }
 
-    fn detect_intent(
-        &self,
-        req: Arc<IntentRequest>,
-    ) -> BoxFuture<'static, Result<Option<String>, ModelError>> {
+    fn detect_intent(&self, req: Arc<IntentRequest>) -> BoxFuture<'static, Result<Option<String>, ModelError>> {
         let this = self.clone();
         async move {
             let names: Vec<&str> = req.candidates.iter().map(|c| c.name.as_str()).collect();
@@ -115,18 +111,13 @@ impl Model for OpenAiModel {
             match v.get("intent") {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) if names.contains(&s.as_str()) => Ok(Some(s.clone())),
-                Some(other) => Err(ModelError::InvalidAnswer(format!(
-                    "intent {other} is not a candidate"
-                ))),
+                Some(other) => Err(ModelError::InvalidAnswer(format!("intent {other} is not a candidate"))),
             }
         }
         .boxed()
     }
 
-    fn extract_slot(
-        &self,
-        req: Arc<SlotRequest>,
-    ) -> BoxFuture<'static, Result<Option<String>, ModelError>> {
+    fn extract_slot(&self, req: Arc<SlotRequest>) -> BoxFuture<'static, Result<Option<String>, ModelError>> {
         let this = self.clone();
         async move {
             let system = format!(
@@ -143,9 +134,7 @@ impl Model for OpenAiModel {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
                 Some(Value::Number(n)) => Ok(Some(n.to_string())),
-                Some(other) => Err(ModelError::InvalidAnswer(format!(
-                    "value {other} is not a string"
-                ))),
+                Some(other) => Err(ModelError::InvalidAnswer(format!("value {other} is not a string"))),
             }
         }
         .boxed()

@@ -63,17 +63,11 @@ impl Model for RulesModel {
         "rules"
     }
 
-    fn detect_intent(
-        &self,
-        req: Arc<IntentRequest>,
-    ) -> BoxFuture<'static, Result<Option<String>, ModelError>> {
+    fn detect_intent(&self, req: Arc<IntentRequest>) -> BoxFuture<'static, Result<Option<String>, ModelError>> {
         futures_util::future::ready(Ok(detect(&req))).boxed()
     }
 
-    fn extract_slot(
-        &self,
-        req: Arc<SlotRequest>,
-    ) -> BoxFuture<'static, Result<Option<String>, ModelError>> {
+    fn extract_slot(&self, req: Arc<SlotRequest>) -> BoxFuture<'static, Result<Option<String>, ModelError>> {
         futures_util::future::ready(Ok(extract(&req))).boxed()
     }
 }
@@ -94,10 +88,7 @@ mod tests {
     fn keywords_match_whole_words_without_accents_or_case() {
         let req = IntentRequest {
             text: "Mi REFRI no enfría!".into(),
-            candidates: vec![
-                cand("vehiculo", &["carro"]),
-                cand("refrigerador", &["refri"]),
-            ],
+            candidates: vec![cand("vehiculo", &["carro"]), cand("refrigerador", &["refri"])],
         };
         assert_eq!(detect(&req).as_deref(), Some("refrigerador"));
         let req = IntentRequest {

@@ -54,11 +54,7 @@ impl SimulatedModel {
     }
 
     fn behaviour(&self) -> (Duration, bool, bool) {
-        let s = self
-            .settings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let s = self.settings.read().unwrap_or_else(|p| p.into_inner()).clone();
         let mut rng = rand::rng();
         let latency = Duration::from_millis(s.latency_ms + rng.random_range(0..=s.jitter_ms));
         let hang = rng.random_bool(s.hang_rate.clamp(0.0, 1.0));
@@ -87,17 +83,11 @@ impl Model for SimulatedModel {
         "simulated"
     }
 
-    fn detect_intent(
-        &self,
-        req: Arc<IntentRequest>,
-    ) -> BoxFuture<'static, Result<Option<String>, ModelError>> {
+    fn detect_intent(&self, req: Arc<IntentRequest>) -> BoxFuture<'static, Result<Option<String>, ModelError>> {
         self.call(rules::detect(&req))
     }
 
-    fn extract_slot(
-        &self,
-        req: Arc<SlotRequest>,
-    ) -> BoxFuture<'static, Result<Option<String>, ModelError>> {
+    fn extract_slot(&self, req: Arc<SlotRequest>) -> BoxFuture<'static, Result<Option<String>, ModelError>> {
         self.call(rules::extract(&req))
     }
 }

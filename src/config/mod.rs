@@ -28,11 +28,7 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("environment variable {var} (key `{key}`): {message}")]
-    Env {
-        var: String,
-        key: String,
-        message: String,
-    },
+    Env { var: String, key: String, message: String },
     #[error("invalid configuration:\n  {}", .0.join("\n  "))]
     Invalid(Vec<String>),
 }
@@ -84,12 +80,10 @@ pub fn load_with_env(
     };
     let overrides = env_overrides(env);
     for o in &overrides {
-        set_path(&mut table, &o.path, parse_env_value(&o.raw)).map_err(|message| {
-            ConfigError::Env {
-                var: o.var.clone(),
-                key: o.key(),
-                message,
-            }
+        set_path(&mut table, &o.path, parse_env_value(&o.raw)).map_err(|message| ConfigError::Env {
+            var: o.var.clone(),
+            key: o.key(),
+            message,
         })?;
     }
     let settings = deserialize_with_env(table, &overrides)?;
@@ -122,34 +116,21 @@ pub fn parse_str(text: &str) -> Result<Settings, ConfigError> {
 pub fn render_redacted(settings: &Settings) -> String {
     let mut shown = settings.clone();
     // URLs keep their host and user (useful), lose their password.
-    shown.database.url = shown
-        .database
-        .url
-        .map(|u| Secret::new(redact_url(u.expose())));
-    shown.database.read_url = shown
-        .database
-        .read_url
-        .map(|u| Secret::new(redact_url(u.expose())));
+    shown.database.url = shown.database.url.map(|u| Secret::new(redact_url(u.expose())));
+    shown.database.read_url = shown.database.read_url.map(|u| Secret::new(redact_url(u.expose())));
     let mut value = match toml::Value::try_from(&shown) {
         Ok(v) => v,
         Err(e) => return format!("# cannot render configuration: {e}\n"),
     };
     // `Secret` serializes as the redaction marker; URLs show their redacted form.
-    if let Some(db) = value
-        .get_mut("database")
-        .and_then(toml::Value::as_table_mut)
-    {
-        for (key, url) in [
-            ("url", &shown.database.url),
-            ("read_url", &shown.database.read_url),
-        ] {
+    if let Some(db) = value.get_mut("database").and_then(toml::Value::as_table_mut) {
+        for (key, url) in [("url", &shown.database.url), ("read_url", &shown.database.read_url)] {
             if let Some(url) = url {
                 db.insert(key.into(), toml::Value::String(url.expose().to_string()));
             }
         }
     }
-    toml::to_string_pretty(&value)
-        .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    toml::to_string_pretty(&value).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
 }
 
 struct EnvOverride {
@@ -210,14 +191,10 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
 /// Deserializes the merged tree. An environment value that parsed as a
 /// number or boolean but lands on a string key (a token `12345`) is retried
 /// as the string it was.
-fn deserialize_with_env(
-    mut table: toml::Table,
-    overrides: &[EnvOverride],
-) -> Result<Settings, ConfigError> {
+fn deserialize_with_env(mut table: toml::Table, overrides: &[EnvOverride]) -> Result<Settings, ConfigError> {
     let mut retried = std::collections::HashSet::new();
     loop {
-        let result: Result<Settings, _> =
-            serde_path_to_error::deserialize(toml::Value::Table(table.clone()));
+        let result: Result<Settings, _> = serde_path_to_error::deserialize(toml::Value::Table(table.clone()));
         let err = match result {
             Ok(settings) => return Ok(settings),
             Err(err) => err,

@@ -75,10 +75,7 @@ pub fn redact_url(url: &str) -> String {
     } else {
         user.to_string()
     };
-    format!(
-        "{scheme}://{userinfo}@{host}{}",
-        redact_query_password(tail)
-    )
+    format!("{scheme}://{userinfo}@{host}{}", redact_query_password(tail))
 }
 
 fn redact_query_password(tail: &str) -> String {
@@ -103,10 +100,7 @@ mod tests {
     fn debug_and_serialize_never_show_the_value() {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?}"), REDACTED);
-        assert_eq!(
-            serde_json::to_string(&s).ok().as_deref(),
-            Some("\"[redacted]\"")
-        );
+        assert_eq!(serde_json::to_string(&s).ok().as_deref(), Some("\"[redacted]\""));
         assert_eq!(s.expose(), "hunter2");
     }
 
@@ -116,10 +110,7 @@ mod tests {
             redact_url("postgres://app:s3cret@db:5432/chat?sslmode=require"),
             "postgres://app:[redacted]@db:5432/chat?sslmode=require"
         );
-        assert_eq!(
-            redact_url("postgres://app@db/chat"),
-            "postgres://app@db/chat"
-        );
+        assert_eq!(redact_url("postgres://app@db/chat"), "postgres://app@db/chat");
         assert_eq!(
             redact_url("postgres://db/chat?user=a&password=x"),
             "postgres://db/chat?user=a&password=[redacted]"

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::secret::Secret;
 pub use crate::ai::AiSettings;
+pub use crate::engine::EngineSettings;
 
 /// The whole configuration of one switchboard process.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -19,6 +20,7 @@ pub struct Settings {
     pub whatsapp: WhatsAppSettings,
     pub api: ApiSettings,
     pub ai: AiSettings,
+    pub engine: EngineSettings,
     pub flow: FlowSettings,
     pub log: LogSettings,
 }
@@ -279,16 +281,8 @@ impl Settings {
             "database.acquire_timeout_ms",
             "must be positive",
         );
-        check(
-            db.max_lifetime_s > 0,
-            "database.max_lifetime_s",
-            "must be positive",
-        );
-        check(
-            db.idle_timeout_s > 0,
-            "database.idle_timeout_s",
-            "must be positive",
-        );
+        check(db.max_lifetime_s > 0, "database.max_lifetime_s", "must be positive");
+        check(db.idle_timeout_s > 0, "database.idle_timeout_s", "must be positive");
         check(
             db.retry.max_attempts >= 1,
             "database.retry.max_attempts",
@@ -299,10 +293,7 @@ impl Settings {
             "database.retry.base_delay_ms",
             "must not exceed database.retry.max_delay_ms",
         );
-        for (key, url) in [
-            ("database.url", &db.url),
-            ("database.read_url", &db.read_url),
-        ] {
+        for (key, url) in [("database.url", &db.url), ("database.read_url", &db.read_url)] {
             if let Some(url) = url {
                 let u = url.expose();
                 check(
@@ -328,8 +319,7 @@ impl Settings {
             "must not be empty",
         );
         check(
-            self.whatsapp.api_base.starts_with("http://")
-                || self.whatsapp.api_base.starts_with("https://"),
+            self.whatsapp.api_base.starts_with("http://") || self.whatsapp.api_base.starts_with("https://"),
             "whatsapp.api_base",
             "must be an http:// or https:// URL",
         );

@@ -33,9 +33,7 @@ struct Runner {
 impl Runner {
     fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(self.bin_dir.join(program));
-        cmd.stdin(Stdio::null())
-            .env("LC_ALL", "C")
-            .env_remove("PGDATA");
+        cmd.stdin(Stdio::null()).env("LC_ALL", "C").env_remove("PGDATA");
         if let Some((uid, gid, _)) = &self.user {
             cmd.uid(uid.as_raw()).gid(gid.as_raw()).current_dir("/");
         }
@@ -43,25 +41,18 @@ impl Runner {
     }
 
     fn run(&self, program: &str, args: &[&str]) -> Result<Output> {
-        let out = self.command(program).args(args).output().map_err(|e| {
-            Error::Embedded(format!(
-                "cannot run {}: {e}",
-                self.bin_dir.join(program).display()
-            ))
-        })?;
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .map_err(|e| Error::Embedded(format!("cannot run {}: {e}", self.bin_dir.join(program).display())))?;
         Ok(out)
     }
 
     fn chown(&self, path: &Path) -> Result<()> {
         if let Some((uid, gid, _)) = &self.user {
-            std::os::unix::fs::chown(path, Some(uid.as_raw()), Some(gid.as_raw())).map_err(
-                |e| {
-                    Error::Embedded(format!(
-                        "cannot give {} to the server user: {e}",
-                        path.display()
-                    ))
-                },
-            )?;
+            std::os::unix::fs::chown(path, Some(uid.as_raw()), Some(gid.as_raw()))
+                .map_err(|e| Error::Embedded(format!("cannot give {} to the server user: {e}", path.display())))?;
         }
         Ok(())
     }
@@ -161,15 +152,11 @@ impl EmbeddedPostgres {
         }
         let data = self.data_dir.to_string_lossy().into_owned();
         let timeout = self.timeout.as_secs().max(1).to_string();
-        let out = self.runner.run(
-            "pg_ctl",
-            &["-D", &data, "-m", "fast", "-w", "-t", &timeout, "stop"],
-        )?;
+        let out = self
+            .runner
+            .run("pg_ctl", &["-D", &data, "-m", "fast", "-w", "-t", &timeout, "stop"])?;
         if !out.status.success() && self.status_running()? {
-            return Err(Error::Embedded(format!(
-                "pg_ctl stop failed: {}",
-                output_text(&out)
-            )));
+            return Err(Error::Embedded(format!("pg_ctl stop failed: {}", output_text(&out))));
         }
         self.running = false;
         tracing::info!("embedded PostgreSQL stopped");
@@ -179,12 +166,7 @@ impl EmbeddedPostgres {
     fn status_running(&self) -> Result<bool> {
         let data = self.data_dir.to_string_lossy().into_owned();
         // pg_ctl status: 0 running, 3 not running, 4 no data directory.
-        Ok(self
-            .runner
-            .run("pg_ctl", &["-D", &data, "status"])?
-            .status
-            .code()
-            == Some(0))
+        Ok(self.runner.run("pg_ctl", &["-D", &data, "status"])?.status.code() == Some(0))
     }
 
     fn pg_ctl_start(&self) -> Result<()> {
@@ -194,16 +176,11 @@ impl EmbeddedPostgres {
             return Ok(());
         }
         let data = self.data_dir.to_string_lossy().into_owned();
-        let log = self
-            .data_dir
-            .join("server.log")
-            .to_string_lossy()
-            .into_owned();
+        let log = self.data_dir.join("server.log").to_string_lossy().into_owned();
         let timeout = self.timeout.as_secs().max(1).to_string();
-        let out = self.runner.run(
-            "pg_ctl",
-            &["-D", &data, "-l", &log, "-w", "-t", &timeout, "start"],
-        )?;
+        let out = self
+            .runner
+            .run("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", &timeout, "start"])?;
         if !out.status.success() {
             let tail = std::fs::read_to_string(&log)
                 .map(|l| {
@@ -246,8 +223,7 @@ fn output_text(out: &Output) -> String {
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {
-    std::path::absolute(path)
-        .map_err(|e| Error::Embedded(format!("bad data directory {}: {e}", path.display())))
+    std::path::absolute(path).map_err(|e| Error::Embedded(format!("bad data directory {}: {e}", path.display())))
 }
 
 const MISSING_BINARIES: &str = "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found. \
@@ -256,11 +232,7 @@ to their folder, or point `database.url` (SWITCHBOARD__DATABASE__URL) at an exis
 
 /// Finds the folder with `initdb`, `pg_ctl` and `postgres`.
 pub fn find_bin_dir(configured: Option<&Path>) -> Result<PathBuf> {
-    let has_all = |dir: &Path| {
-        ["initdb", "pg_ctl", "postgres"]
-            .iter()
-            .all(|b| dir.join(b).is_file())
-    };
+    let has_all = |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file());
     if let Some(dir) = configured {
         return if has_all(dir) {
             Ok(dir.to_path_buf())
@@ -322,8 +294,7 @@ fn prepare_data_dir(runner: &Runner, data_dir: &Path) -> Result<()> {
     let parent = data_dir
         .parent()
         .ok_or_else(|| Error::Embedded("the data directory cannot be /".into()))?;
-    std::fs::create_dir_all(parent)
-        .map_err(|e| Error::Embedded(format!("cannot create {}: {e}", parent.display())))?;
+    std::fs::create_dir_all(parent).map_err(|e| Error::Embedded(format!("cannot create {}: {e}", parent.display())))?;
     if let Some((uid, gid, name)) = &runner.user {
         for dir in parent.ancestors() {
             let meta = std::fs::metadata(dir)
@@ -391,17 +362,15 @@ fn initdb(runner: &Runner, data_dir: &Path) -> Result<()> {
     let _ = std::fs::remove_file(&pwfile);
     let out = result?;
     if !out.status.success() {
-        return Err(Error::Embedded(format!(
-            "initdb failed: {}",
-            output_text(&out)
-        )));
+        return Err(Error::Embedded(format!("initdb failed: {}", output_text(&out))));
     }
     let conf = data_dir.join("postgresql.conf");
-    let mut text = std::fs::read_to_string(&conf)
-        .map_err(|e| Error::Embedded(format!("cannot read {}: {e}", conf.display())))?;
-    text.push_str(&format!("\n# Written by switchboard; rewritten at every start.\ninclude_if_exists = '{CONF_FILE}'\n"));
-    std::fs::write(&conf, text)
-        .map_err(|e| Error::Embedded(format!("cannot write {}: {e}", conf.display())))?;
+    let mut text =
+        std::fs::read_to_string(&conf).map_err(|e| Error::Embedded(format!("cannot read {}: {e}", conf.display())))?;
+    text.push_str(&format!(
+        "\n# Written by switchboard; rewritten at every start.\ninclude_if_exists = '{CONF_FILE}'\n"
+    ));
+    std::fs::write(&conf, text).map_err(|e| Error::Embedded(format!("cannot write {}: {e}", conf.display())))?;
     let pw_path = data_dir.join(PASSWORD_FILE);
     std::fs::write(&pw_path, &password)
         .and_then(|()| std::fs::set_permissions(&pw_path, std::fs::Permissions::from_mode(0o600)))
@@ -424,12 +393,7 @@ fn read_password(data_dir: &Path) -> Result<Secret> {
         })
 }
 
-fn write_conf(
-    runner: &Runner,
-    data_dir: &Path,
-    port: u16,
-    extra: ServerSettings<'_>,
-) -> Result<()> {
+fn write_conf(runner: &Runner, data_dir: &Path, port: u16, extra: ServerSettings<'_>) -> Result<()> {
     let mut conf = format!(
         "# Written by switchboard at start; edit config.toml instead.\n\
          listen_addresses = '127.0.0.1'\n\
@@ -442,7 +406,6 @@ fn write_conf(
         conf.push_str(&format!("{k} = {v}\n"));
     }
     let path = data_dir.join(CONF_FILE);
-    std::fs::write(&path, conf)
-        .map_err(|e| Error::Embedded(format!("cannot write {}: {e}", path.display())))?;
+    std::fs::write(&path, conf).map_err(|e| Error::Embedded(format!("cannot write {}: {e}", path.display())))?;
     runner.chown(&path)
 }

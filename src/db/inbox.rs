@@ -75,11 +75,7 @@ pub async fn register(conn: &mut AsyncPgConnection, d: &NewDelivery<'_>) -> Resu
 
 /// Reads one inbox row.
 #[tracing::instrument(skip_all, fields(phone = %mask(phone)))]
-pub async fn get(
-    conn: &mut AsyncPgConnection,
-    phone: &str,
-    provider_message_id: &str,
-) -> Result<Option<InboxRecord>> {
+pub async fn get(conn: &mut AsyncPgConnection, phone: &str, provider_message_id: &str) -> Result<Option<InboxRecord>> {
     Ok(inbox::table
         .filter(inbox::phone.eq(phone))
         .filter(inbox::provider_message_id.eq(provider_message_id))

@@ -38,8 +38,7 @@ pub async fn run_pending(url: &str) -> Result<Vec<String>> {
 #[tracing::instrument(skip_all)]
 pub async fn revert_last(url: &str) -> Result<String> {
     with_conn(url, |conn| {
-        conn.revert_last_migration(MIGRATIONS)
-            .map(|v| v.to_string())
+        conn.revert_last_migration(MIGRATIONS).map(|v| v.to_string())
     })
     .await
 }
@@ -58,11 +57,7 @@ pub async fn revert_all(url: &str) -> Result<Vec<String>> {
 #[tracing::instrument(skip_all)]
 pub async fn status(url: &str) -> Result<Vec<MigrationState>> {
     with_conn(url, |conn| {
-        let applied: Vec<String> = conn
-            .applied_migrations()?
-            .into_iter()
-            .map(|v| v.to_string())
-            .collect();
+        let applied: Vec<String> = conn.applied_migrations()?.into_iter().map(|v| v.to_string()).collect();
         let mut all: Vec<MigrationState> =
             diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)?
                 .iter()
@@ -89,11 +84,9 @@ async fn with_conn<T: Send + 'static>(
     let url = url.to_string();
     tokio::task::spawn_blocking(move || {
         let mut conn = SyncConn::establish(&url)?;
-        diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
-            .execute(&mut conn)?;
+        diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).execute(&mut conn)?;
         let result = f(&mut conn).map_err(|e| Error::Migration(e.to_string()));
-        let unlock = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"))
-            .execute(&mut conn);
+        let unlock = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")).execute(&mut conn);
         let value = result?;
         unlock?;
         Ok(value)

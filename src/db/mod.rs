@@ -58,8 +58,7 @@ impl Database {
                 let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&s, &[]))
                     .await
                     .map_err(|e| Error::Embedded(format!("start task failed: {e}")))??;
-                create_database_if_missing(pg.url_for("postgres").expose(), embedded::DATABASE)
-                    .await?;
+                create_database_if_missing(pg.url_for("postgres").expose(), embedded::DATABASE).await?;
                 (pg.url(), Some(Arc::new(Mutex::new(pg))))
             }
         };
@@ -76,11 +75,7 @@ impl Database {
         Self::with_url(url, settings, None)
     }
 
-    fn with_url(
-        url: Secret,
-        settings: &DatabaseSettings,
-        embedded: Option<Arc<Mutex<EmbeddedPostgres>>>,
-    ) -> Self {
+    fn with_url(url: Secret, settings: &DatabaseSettings, embedded: Option<Arc<Mutex<EmbeddedPostgres>>>) -> Self {
         Self {
             pool: DbPool::build(url.expose(), settings),
             retry: (&settings.retry).into(),
@@ -125,11 +120,7 @@ impl Database {
     }
 
     /// Reads or creates (race-free) a session, retrying transient errors.
-    pub async fn load_or_create_session(
-        &self,
-        phone: &str,
-        initial_state: &str,
-    ) -> Result<SessionRecord> {
+    pub async fn load_or_create_session(&self, phone: &str, initial_state: &str) -> Result<SessionRecord> {
         self.retry
             .run("load_or_create_session", || async {
                 sessions::load_or_create(&mut *self.pool.get().await?, phone, initial_state).await
@@ -147,8 +138,7 @@ impl Database {
     ) -> Result<SessionRecord> {
         self.retry
             .run("update_session", || async {
-                sessions::update_versioned(&mut *self.pool.get().await?, phone, expected, update)
-                    .await
+                sessions::update_versioned(&mut *self.pool.get().await?, phone, expected, update).await
             })
             .await
     }
@@ -179,12 +169,11 @@ impl Database {
 pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<()> {
     use diesel::sql_types::Text;
     let mut conn = AsyncPgConnection::establish(admin_url).await?;
-    let exists: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
-        "SELECT count(*) FROM pg_database WHERE datname = ",
-    )
-    .bind::<Text, _>(name)
-    .get_result(&mut conn)
-    .await?;
+    let exists: i64 =
+        diesel::dsl::sql::<diesel::sql_types::BigInt>("SELECT count(*) FROM pg_database WHERE datname = ")
+            .bind::<Text, _>(name)
+            .get_result(&mut conn)
+            .await?;
     if exists == 0 {
         let quoted = name.replace('"', "\"\"");
         match diesel::sql_query(format!("CREATE DATABASE \"{quoted}\""))
@@ -193,10 +182,7 @@ pub async fn create_database_if_missing(admin_url: &str, name: &str) -> Result<(
         {
             Ok(_) => {}
             // Created meanwhile by another process.
-            Err(diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                _,
-            )) => {}
+            Err(diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)) => {}
             Err(e) if e.to_string().contains("already exists") => {}
             Err(e) => return Err(e.into()),
         }

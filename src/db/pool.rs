@@ -3,9 +3,7 @@
 use std::time::{Duration, Instant};
 
 use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
-use diesel_async::pooled_connection::{
-    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
-};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::FutureExt;
 use serde::Serialize;
@@ -54,23 +52,18 @@ impl DbPool {
         config.custom_setup = Box::new(move |url| {
             let url = url.to_string();
             async move {
-                let mut conn =
-                    tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
-                        .await
-                        .map_err(|_| {
-                            diesel::ConnectionError::BadConnection(format!(
-                                "connect timed out after {connect_timeout:?}"
-                            ))
-                        })??;
+                let mut conn = tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
+                    .await
+                    .map_err(|_| {
+                        diesel::ConnectionError::BadConnection(format!("connect timed out after {connect_timeout:?}"))
+                    })??;
                 conn.batch_execute(&format!(
                     "SET application_name = '{APPLICATION_NAME}'; \
                      SET statement_timeout = {statement_timeout}; \
                      SET idle_in_transaction_session_timeout = {idle_tx_timeout};"
                 ))
                 .await
-                .map_err(|e| {
-                    diesel::ConnectionError::BadConnection(format!("session set-up failed: {e}"))
-                })?;
+                .map_err(|e| diesel::ConnectionError::BadConnection(format!("session set-up failed: {e}")))?;
                 Ok(conn)
             }
             .boxed()

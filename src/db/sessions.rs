@@ -46,16 +46,9 @@ pub async fn load(conn: &mut AsyncPgConnection, phone: &str) -> Result<Option<Se
 /// if it does not exist. Race-free: concurrent callers all get the same row
 /// (`INSERT … ON CONFLICT DO NOTHING`, then read).
 #[tracing::instrument(skip_all, fields(phone = %mask(phone)))]
-pub async fn load_or_create(
-    conn: &mut AsyncPgConnection,
-    phone: &str,
-    initial_state: &str,
-) -> Result<SessionRecord> {
+pub async fn load_or_create(conn: &mut AsyncPgConnection, phone: &str, initial_state: &str) -> Result<SessionRecord> {
     let inserted = diesel::insert_into(sessions::table)
-        .values((
-            sessions::phone.eq(phone),
-            sessions::flow_state.eq(initial_state),
-        ))
+        .values((sessions::phone.eq(phone), sessions::flow_state.eq(initial_state)))
         .on_conflict_do_nothing()
         .returning(SessionRecord::as_returning())
         .get_result(conn)
@@ -63,9 +56,9 @@ pub async fn load_or_create(
         .optional()?;
     match inserted {
         Some(row) => Ok(row),
-        None => load(conn, phone).await?.ok_or_else(|| {
-            Error::NotFound(format!("session {} vanished after create", mask(phone)))
-        }),
+        None => load(conn, phone)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("session {} vanished after create", mask(phone)))),
     }
 }
 

@@ -67,6 +67,9 @@ pub struct StepWrite {
     pub handoff: bool,
     /// The inbound message this step applies (marked processed), if any.
     pub inbox_id: Option<i64>,
+    /// For steps without an inbound message (agent sends): an outbox
+    /// idempotency key; if it is stored already, the step was applied.
+    pub dedupe_key: Option<String>,
     pub messages: Vec<NewMessage>,
     pub outbox: Vec<NewOutbox>,
     pub outcomes: Vec<NewOutcome>,
@@ -87,31 +90,30 @@ pub enum WriteOutcome {
 /// Returns one outcome per write, in the input order. A database error
 /// fails the whole batch (nothing is committed) and is returned to all.
 #[tracing::instrument(skip_all, fields(batch = writes.len()))]
-pub async fn commit_batch(
-    conn: &mut AsyncPgConnection,
-    writes: &[StepWrite],
-) -> Result<Vec<WriteOutcome>> {
+pub async fn commit_batch(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> Result<Vec<WriteOutcome>> {
     if writes.is_empty() {
         return Ok(Vec::new());
     }
     let mut phones: Vec<&str> = writes.iter().map(|w| w.phone.as_str()).collect();
     phones.sort_unstable();
     if phones.windows(2).any(|w| w[0] == w[1]) {
-        return Err(Error::InvalidInput(
-            "a batch holds at most one write per phone".into(),
-        ));
+        return Err(Error::InvalidInput("a batch holds at most one write per phone".into()));
     }
     conn.transaction::<_, Error, _>(async move |conn| {
         let versions = lock_sessions(conn, &phones).await?;
-        let processed = processed_inbox(conn, writes).await?;
+        let mut processed = processed_inbox(conn, writes).await?;
+        processed.extend(existing_keys(conn, writes).await?);
         let mut results = Vec::with_capacity(writes.len());
         let mut valid: Vec<&StepWrite> = Vec::with_capacity(writes.len());
         for w in writes {
             let actual = versions.get(w.phone.as_str()).copied();
-            let outcome = if w
+            let applied = w
                 .inbox_id
-                .is_some_and(|id| processed.contains(&(w.phone.clone(), id)))
-            {
+                .is_some_and(|id| processed.contains(&(w.phone.clone(), Key::Inbox(id))))
+                || w.dedupe_key
+                    .as_ref()
+                    .is_some_and(|k| processed.contains(&(w.phone.clone(), Key::Outbox(k.clone()))));
+            let outcome = if applied {
                 WriteOutcome::AlreadyProcessed
             } else if actual != Some(w.expected_version) {
                 WriteOutcome::Conflict { actual }
@@ -139,23 +141,40 @@ struct PhoneVersion {
     version: i64,
 }
 
-async fn lock_sessions(
-    conn: &mut AsyncPgConnection,
-    sorted_phones: &[&str],
-) -> Result<HashMap<String, i64>> {
-    let rows: Vec<PhoneVersion> = diesel::sql_query(
-        "SELECT phone, version FROM sessions WHERE phone = ANY($1) ORDER BY phone FOR UPDATE",
-    )
-    .bind::<Array<Text>, _>(sorted_phones)
-    .load(conn)
-    .await?;
+async fn lock_sessions(conn: &mut AsyncPgConnection, sorted_phones: &[&str]) -> Result<HashMap<String, i64>> {
+    let rows: Vec<PhoneVersion> =
+        diesel::sql_query("SELECT phone, version FROM sessions WHERE phone = ANY($1) ORDER BY phone FOR UPDATE")
+            .bind::<Array<Text>, _>(sorted_phones)
+            .load(conn)
+            .await?;
     Ok(rows.into_iter().map(|r| (r.phone, r.version)).collect())
 }
 
-async fn processed_inbox(
-    conn: &mut AsyncPgConnection,
-    writes: &[StepWrite],
-) -> Result<HashSet<(String, i64)>> {
+/// What marks a step as already applied.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Inbox(i64),
+    Outbox(String),
+}
+
+async fn existing_keys(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> Result<HashSet<(String, Key)>> {
+    let (phones, keys): (Vec<&str>, Vec<&str>) = writes
+        .iter()
+        .filter_map(|w| w.dedupe_key.as_deref().map(|k| (w.phone.as_str(), k)))
+        .unzip();
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows: Vec<(String, String)> = outbox::table
+        .filter(outbox::phone.eq_any(&phones))
+        .filter(outbox::idempotency_key.eq_any(&keys))
+        .select((outbox::phone, outbox::idempotency_key))
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|(p, k)| (p, Key::Outbox(k))).collect())
+}
+
+async fn processed_inbox(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> Result<HashSet<(String, Key)>> {
     let (phones, ids): (Vec<&str>, Vec<i64>) = writes
         .iter()
         .filter_map(|w| w.inbox_id.map(|id| (w.phone.as_str(), id)))
@@ -170,7 +189,7 @@ async fn processed_inbox(
         .select((inbox::phone, inbox::id))
         .load(conn)
         .await?;
-    Ok(rows.into_iter().collect())
+    Ok(rows.into_iter().map(|(p, id)| (p, Key::Inbox(id))).collect())
 }
 
 async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()> {
@@ -207,20 +226,11 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
             .execute(conn)
             .await?;
     }
-    let out: Vec<NewOutbox> = valid
-        .iter()
-        .flat_map(|w| w.outbox.iter().cloned())
-        .collect();
+    let out: Vec<NewOutbox> = valid.iter().flat_map(|w| w.outbox.iter().cloned()).collect();
     if !out.is_empty() {
-        diesel::insert_into(outbox::table)
-            .values(out)
-            .execute(conn)
-            .await?;
+        diesel::insert_into(outbox::table).values(out).execute(conn).await?;
     }
-    let results: Vec<NewOutcome> = valid
-        .iter()
-        .flat_map(|w| w.outcomes.iter().cloned())
-        .collect();
+    let results: Vec<NewOutcome> = valid.iter().flat_map(|w| w.outcomes.iter().cloned()).collect();
     if !results.is_empty() {
         diesel::insert_into(outcomes::table)
             .values(results)
@@ -256,11 +266,7 @@ pub struct PendingInbound {
 
 /// Unprocessed inbox rows of one phone, in acceptance order.
 #[tracing::instrument(skip_all, fields(phone = %mask(phone)))]
-pub async fn unprocessed(
-    conn: &mut AsyncPgConnection,
-    phone: &str,
-    limit: i64,
-) -> Result<Vec<PendingInbound>> {
+pub async fn unprocessed(conn: &mut AsyncPgConnection, phone: &str, limit: i64) -> Result<Vec<PendingInbound>> {
     Ok(inbox::table
         .filter(inbox::phone.eq(phone))
         .filter(inbox::processed_at.is_null())
@@ -284,19 +290,11 @@ pub async fn phones_with_unprocessed(conn: &mut AsyncPgConnection) -> Result<Vec
 
 /// Records a failed attempt at an inbound message; returns the attempts so far.
 #[tracing::instrument(skip_all, fields(phone = %mask(phone), inbox_id))]
-pub async fn record_failure(
-    conn: &mut AsyncPgConnection,
-    phone: &str,
-    inbox_id: i64,
-    reason: &str,
-) -> Result<i32> {
+pub async fn record_failure(conn: &mut AsyncPgConnection, phone: &str, inbox_id: i64, reason: &str) -> Result<i32> {
     Ok(diesel::update(inbox::table)
         .filter(inbox::phone.eq(phone))
         .filter(inbox::id.eq(inbox_id))
-        .set((
-            inbox::attempts.eq(inbox::attempts + 1),
-            inbox::last_error.eq(reason),
-        ))
+        .set((inbox::attempts.eq(inbox::attempts + 1), inbox::last_error.eq(reason)))
         .returning(inbox::attempts)
         .get_result(conn)
         .await?)
@@ -305,12 +303,7 @@ pub async fn record_failure(
 /// Moves a poison inbound message to dead letters and marks it handled, in
 /// one transaction, so the conversation goes on with the next message.
 #[tracing::instrument(skip_all, fields(phone = %mask(phone), inbox_id))]
-pub async fn quarantine(
-    conn: &mut AsyncPgConnection,
-    phone: &str,
-    inbox_id: i64,
-    reason: &str,
-) -> Result<()> {
+pub async fn quarantine(conn: &mut AsyncPgConnection, phone: &str, inbox_id: i64, reason: &str) -> Result<()> {
     let phone = phone.to_string();
     let reason = reason.to_string();
     conn.transaction::<_, Error, _>(async move |conn| {
@@ -318,10 +311,7 @@ pub async fn quarantine(
             .filter(inbox::phone.eq(&phone))
             .filter(inbox::id.eq(inbox_id))
             .filter(inbox::processed_at.is_null())
-            .set((
-                inbox::processed_at.eq(diesel::dsl::now),
-                inbox::last_error.eq(&reason),
-            ))
+            .set((inbox::processed_at.eq(diesel::dsl::now), inbox::last_error.eq(&reason)))
             .returning(inbox::payload)
             .get_result(conn)
             .await

@@ -70,9 +70,7 @@ impl Slot {
     /// if a pattern is set, matching it.
     pub fn accepts(&self, value: &str) -> bool {
         let n = value.chars().count();
-        n >= self.min_len
-            && n <= self.max_len
-            && self.pattern.as_ref().is_none_or(|p| p.is_match(value))
+        n >= self.min_len && n <= self.max_len && self.pattern.as_ref().is_none_or(|p| p.is_match(value))
     }
 }
 
@@ -196,9 +194,7 @@ impl Flow {
             problems,
         };
         let raw: FileFlow = toml::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
-        let line = |span: std::ops::Range<usize>| {
-            text[..span.start.min(text.len())].matches('\n').count() + 1
-        };
+        let line = |span: std::ops::Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
         let mut problems = Vec::new();
 
         if !raw.states.contains_key(raw.initial.get_ref()) {
@@ -232,9 +228,7 @@ impl Flow {
             let mut bad = |why: String| problems.push(format!("state `{name}` (line {at}): {why}"));
             for (intent, target) in &s.on {
                 if !known(target) {
-                    bad(format!(
-                        "transition `{intent}` goes to unknown state `{target}`"
-                    ));
+                    bad(format!("transition `{intent}` goes to unknown state `{target}`"));
                 }
                 if !intents.contains(intent.as_str()) {
                     bad(format!(
@@ -277,10 +271,7 @@ impl Flow {
                     }
                     if let Some(t) = &fs.exhausted_target {
                         if !known(t) {
-                            bad(format!(
-                                "slot `{}`: unknown exhausted_target `{t}`",
-                                fs.name
-                            ));
+                            bad(format!("slot `{}`: unknown exhausted_target `{t}`", fs.name));
                         }
                     }
                     Some(Slot {
@@ -318,11 +309,7 @@ impl Flow {
             // Reachability from the initial state, global targets included.
             let mut seen = BTreeSet::new();
             let mut queue: VecDeque<&str> = VecDeque::from([raw.initial.get_ref().as_str()]);
-            queue.extend(
-                raw.global
-                    .values()
-                    .filter_map(|g| g.get_ref().target.as_deref()),
-            );
+            queue.extend(raw.global.values().filter_map(|g| g.get_ref().target.as_deref()));
             while let Some(s) = queue.pop_front() {
                 if !seen.insert(s.to_string()) {
                     continue;
@@ -330,11 +317,7 @@ impl Flow {
                 if let Some(st) = states.get(s) {
                     queue.extend(st.on.values().map(String::as_str));
                     queue.extend(st.next.as_deref());
-                    queue.extend(
-                        st.slot
-                            .as_ref()
-                            .and_then(|sl| sl.exhausted_target.as_deref()),
-                    );
+                    queue.extend(st.slot.as_ref().and_then(|sl| sl.exhausted_target.as_deref()));
                 }
             }
             for (name, spanned) in &raw.states {

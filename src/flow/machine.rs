@@ -79,14 +79,7 @@ impl Flow {
 /// Applies one inbound message. `ticket` names the outcome if a terminal
 /// state is reached (the caller derives it from the message, so a retried
 /// step produces the same ticket).
-pub fn step(
-    flow: &Flow,
-    state: &str,
-    data: &Value,
-    handoff: bool,
-    u: &Understanding,
-    ticket: &str,
-) -> StepResult {
+pub fn step(flow: &Flow, state: &str, data: &Value, handoff: bool, u: &Understanding, ticket: &str) -> StepResult {
     let mut out = StepResult {
         state: flow.current(state).name.clone(),
         data: if data.is_object() {
@@ -122,11 +115,7 @@ pub fn step(
         return out;
     }
     if let Some(slot) = &current.slot {
-        let value = u
-            .slot_value
-            .as_deref()
-            .map(str::trim)
-            .filter(|v| slot.accepts(v));
+        let value = u.slot_value.as_deref().map(str::trim).filter(|v| slot.accepts(v));
         match value {
             Some(v) => {
                 if let Some(obj) = out.data.as_object_mut() {
@@ -144,10 +133,7 @@ pub fn step(
                     if slot.exhausted_handoff {
                         out.handoff = true;
                     } else {
-                        let target = slot
-                            .exhausted_target
-                            .clone()
-                            .unwrap_or_else(|| flow.initial.clone());
+                        let target = slot.exhausted_target.clone().unwrap_or_else(|| flow.initial.clone());
                         if target == flow.initial {
                             out.data = Value::Object(Map::new());
                         }

@@ -53,11 +53,7 @@ fn tracing_subscriber_init() -> Result<(), ()> {
 
 /// A loopback TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The UID/GID the cluster's files must belong to (the `postgres` user when
@@ -130,12 +126,10 @@ pub async fn cluster() -> &'static TestCluster {
             let base = scratch_dir("tests");
             let data_dir = base.join("data");
             let settings = embedded_settings(&data_dir, free_port());
-            let pg = tokio::task::spawn_blocking(move || {
-                EmbeddedPostgres::start(&settings, FAST_SERVER)
-            })
-            .await
-            .unwrap()
-            .expect("start the test cluster");
+            let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&settings, FAST_SERVER))
+                .await
+                .unwrap()
+                .expect("start the test cluster");
             spawn_watchdog(std::process::id(), &data_dir, &base);
             db::create_database_if_missing(pg.url_for("postgres").expose(), TEMPLATE)
                 .await
@@ -168,11 +162,7 @@ impl TestDb {
     async fn create(template: Option<&str>) -> Self {
         use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
         let cluster = cluster().await;
-        let name = format!(
-            "t_{}_{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
+        let name = format!("t_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
         let mut conn = AsyncPgConnection::establish(cluster.pg.url_for("postgres").expose())
             .await
             .unwrap();

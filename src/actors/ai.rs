@@ -1,0 +1,232 @@
+//! The AI actor: every model call gets a timeout, a fallback, a place in the
+//! bulkhead and a pass through the circuit breaker. Calls run concurrently
+//! (the handler returns a future; the actor never waits on one call).
+//!
+//! Model calls never run inside a transaction or while a pooled connection
+//! is held: the session actor asks here first and writes afterwards.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::FutureExt;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::ai::{rules, AiSettings, IntentCandidate, IntentRequest, Model, ModelError, SlotRequest};
+use crate::breaker::{CallResult, CircuitBreaker};
+use crate::flow::Understanding;
+
+/// Understand one message: detect an intent among `intents`; unless the
+/// intent found is one of the first `global_count` (global intents are
+/// commands), extract `slot`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Understood")]
+pub struct Understand {
+    pub text: String,
+    pub intents: Vec<IntentCandidate>,
+    pub global_count: usize,
+    pub slot: Option<SlotRequest>,
+}
+
+/// The answer, and whether a fallback produced any part of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Understood {
+    pub understanding: Understanding,
+    pub fallback_used: bool,
+}
+
+/// Model call figures.
+#[derive(Debug, Default)]
+pub struct AiStats {
+    pub calls: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub errors: AtomicU64,
+    pub rejected: AtomicU64,
+    pub fallbacks: AtomicU64,
+    latency_us: Mutex<Option<Histogram<u64>>>,
+}
+
+/// A snapshot of [`AiStats`].
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct AiStatsSnapshot {
+    pub calls: u64,
+    pub timeouts: u64,
+    pub errors: u64,
+    pub rejected: u64,
+    pub fallbacks: u64,
+    pub latency_p50_us: u64,
+    pub latency_p99_us: u64,
+    pub latency_max_us: u64,
+}
+
+impl AiStats {
+    fn record_latency(&self, d: Duration) {
+        let mut h = self.latency_us.lock().unwrap_or_else(|p| p.into_inner());
+        if h.is_none() {
+            *h = Histogram::new_with_bounds(1, 600_000_000, 3).ok();
+        }
+        if let Some(h) = h.as_mut() {
+            let _ = h.record((d.as_micros() as u64).max(1));
+        }
+    }
+
+    pub fn snapshot(&self) -> AiStatsSnapshot {
+        let h = self.latency_us.lock().unwrap_or_else(|p| p.into_inner());
+        let q = |f: f64| h.as_ref().map(|h| h.value_at_quantile(f)).unwrap_or(0);
+        AiStatsSnapshot {
+            calls: self.calls.load(Ordering::Relaxed),
+            timeouts: self.timeouts.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            latency_p50_us: q(0.5),
+            latency_p99_us: q(0.99),
+            latency_max_us: h.as_ref().map(|h| h.max()).unwrap_or(0),
+        }
+    }
+}
+
+/// Wraps one model provider.
+pub struct AiActor {
+    model: Arc<dyn Model>,
+    breaker: CircuitBreaker,
+    bulkhead: Arc<Semaphore>,
+    intent_timeout: Duration,
+    extract_timeout: Duration,
+    fallback_to_rules: bool,
+    stats: Arc<AiStats>,
+}
+
+impl AiActor {
+    pub fn new(model: Arc<dyn Model>, settings: &AiSettings, breaker: CircuitBreaker, stats: Arc<AiStats>) -> Self {
+        Self {
+            model,
+            breaker,
+            bulkhead: Arc::new(Semaphore::new(settings.max_concurrent.max(1) as usize)),
+            intent_timeout: Duration::from_millis(settings.intent_timeout_ms),
+            extract_timeout: Duration::from_millis(settings.extract_timeout_ms),
+            fallback_to_rules: settings.fallback_to_rules,
+            stats,
+        }
+    }
+}
+
+impl Actor for AiActor {
+    type Context = Context<Self>;
+}
+
+/// Everything one call needs, detached from the actor so calls run concurrently.
+#[derive(Clone)]
+struct Caller {
+    breaker: CircuitBreaker,
+    bulkhead: Arc<Semaphore>,
+    stats: Arc<AiStats>,
+}
+
+impl Caller {
+    /// Runs `call` within `timeout` (bulkhead wait included) through the
+    /// breaker. `None` means "use the fallback".
+    async fn call<T>(&self, timeout: Duration, call: impl Future<Output = Result<T, ModelError>> + Send) -> Option<T> {
+        let permit = match self.breaker.try_acquire() {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let bulkhead = self.bulkhead.clone();
+        // A panicking provider is a failed call, not a dead arbiter.
+        let guarded = async move {
+            let _slot = bulkhead.acquire_owned().await;
+            std::panic::AssertUnwindSafe(call).catch_unwind().await
+        };
+        let result = tokio::time::timeout(timeout, guarded).await;
+        self.stats.record_latency(started.elapsed());
+        match result {
+            Ok(Ok(Ok(v))) => {
+                permit.record(CallResult::Success);
+                Some(v)
+            }
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "model call failed; using the fallback");
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                permit.record(CallResult::Failure);
+                None
+            }
+            Ok(Err(_panic)) => {
+                tracing::error!("model provider panicked; using the fallback");
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                permit.record(CallResult::Failure);
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = timeout.as_millis() as u64,
+                    "model call timed out; using the fallback"
+                );
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                permit.record(CallResult::Failure);
+                None
+            }
+        }
+    }
+}
+
+impl Handler<Understand> for AiActor {
+    type Result = ResponseFuture<Understood>;
+
+    fn handle(&mut self, msg: Understand, _: &mut Context<Self>) -> Self::Result {
+        let caller = Caller {
+            breaker: self.breaker.clone(),
+            bulkhead: self.bulkhead.clone(),
+            stats: self.stats.clone(),
+        };
+        let model = self.model.clone();
+        let (intent_timeout, extract_timeout) = (self.intent_timeout, self.extract_timeout);
+        let fallback_to_rules = self.fallback_to_rules;
+        Box::pin(async move {
+            let mut out = Understood::default();
+            let req = Arc::new(IntentRequest {
+                text: msg.text.clone(),
+                candidates: msg.intents,
+            });
+            if !req.candidates.is_empty() {
+                let answer = caller.call(intent_timeout, model.detect_intent(req.clone())).await;
+                out.understanding.intent = match answer {
+                    // Only a candidate counts, whatever the provider says.
+                    Some(found) => found.filter(|i| req.candidates.iter().any(|c| &c.name == i)),
+                    None => {
+                        out.fallback_used = true;
+                        fallback_to_rules.then(|| rules::detect(&req)).flatten()
+                    }
+                };
+            }
+            let global = out.understanding.intent.as_ref().is_some_and(|i| {
+                req.candidates[..msg.global_count.min(req.candidates.len())]
+                    .iter()
+                    .any(|c| &c.name == i)
+            });
+            if let (Some(slot), false) = (msg.slot, global) {
+                let slot = Arc::new(slot);
+                let answer = caller.call(extract_timeout, model.extract_slot(slot.clone())).await;
+                out.understanding.slot_value = match answer {
+                    Some(v) => v,
+                    None => {
+                        out.fallback_used = true;
+                        fallback_to_rules.then(|| rules::extract(&slot)).flatten()
+                    }
+                };
+            }
+            if out.fallback_used {
+                caller.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+            }
+            out
+        })
+    }
+}

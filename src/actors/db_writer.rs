@@ -1,0 +1,180 @@
+//! The DB actor: owns the step writes and commits them in groups.
+//!
+//! Writes that arrive while every in-flight batch is busy wait together and
+//! go out as one transaction when a slot frees up ("group commit"): under no
+//! load each write commits alone at once; under load batches grow by
+//! themselves, so one disk flush covers many messages. Up to
+//! `max_in_flight` batches run at once, each on its own pooled connection;
+//! sessions are locked in phone order, so batches never deadlock.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::db::steps::{self, StepWrite, WriteOutcome};
+use crate::db::Database;
+use crate::error::Error;
+
+/// Group-commit tuning (`[engine.group_commit]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupCommitSettings {
+    /// Most writes in one transaction.
+    pub max_batch: usize,
+    /// Batches committing at once (each holds one pooled connection).
+    pub max_in_flight: usize,
+}
+
+impl Default for GroupCommitSettings {
+    fn default() -> Self {
+        Self {
+            // 64 rows per multi-row statement reached ~14k msg/s on one
+            // client in the reference measurements; 4 batches in flight keep
+            // the disk busy while one batch waits for its flush.
+            max_batch: 64,
+            max_in_flight: 4,
+        }
+    }
+}
+
+/// Commit one step. The answer comes when its batch has committed.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<WriteOutcome, Error>")]
+pub struct Persist(pub StepWrite);
+
+/// Group-commit figures.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub batches: AtomicU64,
+    pub writes: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub failed_batches: AtomicU64,
+    pub largest_batch: AtomicU64,
+}
+
+type Waiter = oneshot::Sender<Result<WriteOutcome, Error>>;
+
+pub struct DbWriter {
+    db: Database,
+    settings: GroupCommitSettings,
+    pending: Vec<(StepWrite, Waiter)>,
+    in_flight: usize,
+    stats: Arc<WriterStats>,
+}
+
+impl DbWriter {
+    pub fn new(db: Database, settings: GroupCommitSettings, stats: Arc<WriterStats>) -> Self {
+        Self {
+            db,
+            settings,
+            pending: Vec::new(),
+            in_flight: 0,
+            stats,
+        }
+    }
+
+    /// Starts batches while there is work and a free slot.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        while self.in_flight < self.settings.max_in_flight.max(1) && !self.pending.is_empty() {
+            let batch = self.take_batch();
+            self.in_flight += 1;
+            let db = self.db.clone();
+            let stats = self.stats.clone();
+            ctx.spawn(
+                async move { commit(db, batch, stats).await }
+                    .into_actor(self)
+                    .map(|(), act, ctx| {
+                        act.in_flight -= 1;
+                        act.flush(ctx);
+                    }),
+            );
+        }
+    }
+
+    /// Up to `max_batch` pending writes, at most one per phone (a second
+    /// write for a phone waits for the next batch, keeping per-phone order).
+    fn take_batch(&mut self) -> Vec<(StepWrite, Waiter)> {
+        let mut phones = HashSet::new();
+        let mut batch = Vec::new();
+        let mut rest = Vec::new();
+        for (w, tx) in self.pending.drain(..) {
+            if batch.len() < self.settings.max_batch.max(1) && phones.insert(w.phone.clone()) {
+                batch.push((w, tx));
+            } else {
+                rest.push((w, tx));
+            }
+        }
+        self.pending = rest;
+        batch
+    }
+}
+
+async fn commit(db: Database, batch: Vec<(StepWrite, Waiter)>, stats: Arc<WriterStats>) {
+    let (writes, waiters): (Vec<StepWrite>, Vec<Waiter>) = batch.into_iter().unzip();
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
+    stats.largest_batch.fetch_max(writes.len() as u64, Ordering::Relaxed);
+    // A failed batch rolled back entirely, so retrying it is safe: versions
+    // and processed marks are checked again under the row locks.
+    let result = db
+        .retry_policy()
+        .run("commit_batch", || async {
+            let mut conn = db.pool().get().await?;
+            steps::commit_batch(&mut conn, &writes).await
+        })
+        .await;
+    match result {
+        Ok(outcomes) => {
+            for (outcome, tx) in outcomes.into_iter().zip(waiters) {
+                match outcome {
+                    WriteOutcome::Conflict { .. } => stats.conflicts.fetch_add(1, Ordering::Relaxed),
+                    WriteOutcome::AlreadyProcessed => stats.duplicates.fetch_add(1, Ordering::Relaxed),
+                    WriteOutcome::Committed { .. } => 0,
+                };
+                let _ = tx.send(Ok(outcome));
+            }
+        }
+        Err(e) => {
+            stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, batch = waiters.len(), "step batch failed");
+            let retryable = e.is_retryable();
+            let text = e.to_string();
+            for tx in waiters {
+                let err = if retryable {
+                    Error::Connection(text.clone())
+                } else {
+                    Error::InvalidInput(text.clone())
+                };
+                let _ = tx.send(Err(err));
+            }
+        }
+    }
+}
+
+impl Actor for DbWriter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Every session writes through here: never make them wait for room.
+        ctx.set_mailbox_capacity(usize::MAX);
+    }
+}
+
+impl Handler<Persist> for DbWriter {
+    type Result = ResponseFuture<Result<WriteOutcome, Error>>;
+
+    fn handle(&mut self, msg: Persist, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.pending.push((msg.0, tx));
+        self.flush(ctx);
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(Error::Connection("the DB writer stopped".into())))
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! The registry: at most one live session actor per phone in this process.
+//!
+//! Each entry counts the messages sent to its actor and not yet answered
+//! (`pending`). The count is changed under the map's shard lock, and an
+//! actor is removed (passivated or evicted) only while its count is zero,
+//! under the same lock — so no message is ever sent to an actor that is
+//! going away, and passivation never drops a queued message.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use actix::prelude::*;
+use dashmap::DashMap;
+
+use super::session::{SessionActor, SessionDeps, Stop};
+
+/// One live actor.
+#[derive(Clone)]
+pub(crate) struct Slot {
+    pub addr: Addr<SessionActor>,
+    pub id: u64,
+    pub pending: Arc<AtomicUsize>,
+    last_used_ms: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Default)]
+pub struct RegistryStats {
+    pub activations: AtomicU64,
+    pub passivations: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+pub(crate) struct RegistryInner {
+    map: DashMap<String, Slot>,
+    arbiters: Vec<ArbiterHandle>,
+    next_id: AtomicU64,
+    cap: usize,
+    epoch: Instant,
+    deps: OnceLock<Arc<SessionDeps>>,
+    pub stats: RegistryStats,
+}
+
+/// Cheap to clone; clones share the map.
+#[derive(Clone)]
+pub(crate) struct Registry(Arc<RegistryInner>);
+
+impl Registry {
+    pub fn new(arbiters: Vec<ArbiterHandle>, cap: usize) -> Self {
+        Self(Arc::new(RegistryInner {
+            map: DashMap::new(),
+            arbiters,
+            next_id: AtomicU64::new(1),
+            cap: cap.max(1),
+            epoch: Instant::now(),
+            deps: OnceLock::new(),
+            stats: RegistryStats::default(),
+        }))
+    }
+
+    /// Completes construction (the actors' dependencies hold the registry).
+    pub fn set_deps(&self, deps: Arc<SessionDeps>) {
+        let _ = self.0.deps.set(deps);
+    }
+
+    pub fn stats(&self) -> &RegistryStats {
+        &self.0.stats
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.0.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The live actor of `phone`, started if needed, with its pending count
+    /// already raised. Pair every call with [`Registry::release`].
+    pub fn acquire(&self, phone: &str) -> Option<Slot> {
+        let deps = self.0.deps.get()?.clone();
+        let mut created = false;
+        let slot = {
+            let entry = self.0.map.entry(phone.to_string()).or_insert_with(|| {
+                created = true;
+                let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+                let arbiter = &self.0.arbiters[(id as usize) % self.0.arbiters.len()];
+                let phone = phone.to_string();
+                let deps = deps.clone();
+                let addr = SessionActor::start_in_arbiter(arbiter, move |_| SessionActor::new(phone, id, deps));
+                Slot {
+                    addr,
+                    id,
+                    pending: Arc::new(AtomicUsize::new(0)),
+                    last_used_ms: Arc::new(AtomicU64::new(0)),
+                }
+            });
+            entry.pending.fetch_add(1, Ordering::SeqCst);
+            entry.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+            entry.clone()
+        };
+        if created {
+            self.0.stats.activations.fetch_add(1, Ordering::Relaxed);
+            if self.0.map.len() > self.0.cap {
+                self.evict_lru(phone);
+            }
+        }
+        Some(slot)
+    }
+
+    /// The answer to a message from [`Registry::acquire`] arrived.
+    pub fn release(&self, slot: &Slot) {
+        slot.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+        slot.pending.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Removes actor `id` of `phone` if nothing is pending for it. The
+    /// caller (the actor itself) stops when this returns true.
+    pub fn try_passivate(&self, phone: &str, id: u64) -> bool {
+        let removed = self
+            .0
+            .map
+            .remove_if(phone, |_, s| s.id == id && s.pending.load(Ordering::SeqCst) == 0)
+            .is_some();
+        if removed {
+            self.0.stats.passivations.fetch_add(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Evicts the least recently used idle actor (never `keep`). Over the
+    /// cap with every actor busy, nothing is evicted: the cap is soft rather
+    /// than drop a queued message.
+    fn evict_lru(&self, keep: &str) {
+        let victim = self
+            .0
+            .map
+            .iter()
+            .filter(|e| e.key() != keep && e.value().pending.load(Ordering::SeqCst) == 0)
+            .min_by_key(|e| e.value().last_used_ms.load(Ordering::Relaxed))
+            .map(|e| (e.key().clone(), e.value().id));
+        let Some((phone, id)) = victim else { return };
+        if let Some((_, slot)) = self
+            .0
+            .map
+            .remove_if(&phone, |_, s| s.id == id && s.pending.load(Ordering::SeqCst) == 0)
+        {
+            self.0.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            slot.addr.do_send(Stop);
+        }
+    }
+
+    /// Live actors now.
+    pub fn live(&self) -> usize {
+        self.0.map.len()
+    }
+
+    /// Messages sent to live actors and not yet answered.
+    pub fn mailbox_depth(&self) -> usize {
+        self.0
+            .map
+            .iter()
+            .map(|e| e.value().pending.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Whether `phone` has a live actor.
+    pub fn is_live(&self, phone: &str) -> bool {
+        self.0.map.contains_key(phone)
+    }
+
+    /// Stops every actor (at shutdown, once no work is pending).
+    pub fn stop_all(&self) {
+        let all: Vec<Slot> = self.0.map.iter().map(|e| e.value().clone()).collect();
+        self.0.map.clear();
+        for s in all {
+            s.addr.do_send(Stop);
+        }
+    }
+}

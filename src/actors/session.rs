@@ -1,0 +1,684 @@
+//! The session actor: one per phone. It holds the conversation's state and
+//! version in memory and applies its messages one at a time — each handler
+//! is an `AtomicResponse`, so the next message waits until the model call
+//! *and* the database write of this one are done (seed 004's race cannot
+//! happen inside a process; the version column catches it across processes).
+//!
+//! A crash (an error that retries cannot fix, or a panic) restarts the
+//! actor from the database; the supervisor quarantines a message that keeps
+//! crashing it, so one poison message never blocks a conversation.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::FutureExt;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::ai::{AiActor, Understand};
+use super::db_writer::{DbWriter, Persist};
+use super::registry::Registry;
+use super::supervisor::{CrashDecision, Crashed, Supervisor};
+use crate::ai::{candidates, SlotRequest};
+use crate::db::steps::{self, NewMessage, NewOutbox, NewOutcome, PendingInbound, StepWrite, WriteOutcome};
+use crate::db::Database;
+use crate::engine::{inbound_text, EngineSettings, EngineStats, Event, EventKind, EventMessage, Middleware};
+use crate::error::{Error, Result};
+use crate::flow::{self, Flow, StepResult};
+use crate::phone::mask;
+
+/// Inbox ids remembered per actor to skip a message already applied
+/// (a resumed row whose mailbox copy arrives later).
+const RECENT_CAPACITY: usize = 1024;
+/// Unprocessed inbox rows fetched per resume round.
+const RESUME_BATCH: i64 = 500;
+
+/// What every session actor shares.
+pub(crate) struct SessionDeps {
+    pub db: Database,
+    pub flow: Arc<Flow>,
+    pub ai: Addr<AiActor>,
+    pub writer: Addr<DbWriter>,
+    pub supervisor: Addr<Supervisor>,
+    pub events: tokio::sync::broadcast::Sender<Event>,
+    pub settings: EngineSettings,
+    pub stats: Arc<EngineStats>,
+    pub registry: Registry,
+    pub middleware: Option<Arc<dyn Middleware>>,
+}
+
+/// A conversation as its actor knows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConversationView {
+    pub phone: String,
+    pub flow_state: String,
+    pub data: Value,
+    pub version: i64,
+    pub handoff: bool,
+}
+
+/// The in-memory state; taken out of the actor while a handler runs.
+#[derive(Debug, Clone)]
+struct Core {
+    state: String,
+    data: Value,
+    version: i64,
+    handoff: bool,
+    recent: VecDeque<i64>,
+}
+
+impl Core {
+    fn remember(&mut self, inbox_id: i64) {
+        if self.recent.len() >= RECENT_CAPACITY {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(inbox_id);
+    }
+}
+
+// ---- messages -------------------------------------------------------------
+
+/// Apply one accepted inbound message.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<()>")]
+pub struct Apply(pub PendingInbound);
+
+/// Load the session and apply any unprocessed inbox rows (resume).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<()>")]
+pub struct Wake;
+
+/// Send a message written by a human agent.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<AgentAck>")]
+pub struct AgentSend {
+    pub body: String,
+    /// Makes a retried request harmless: the same key is stored once.
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentAck {
+    pub version: i64,
+    pub idempotency_key: String,
+    /// False when this key had been stored already.
+    pub created: bool,
+}
+
+/// Give the conversation to a human agent (`true`) or back to the bot.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<ConversationView>")]
+pub struct SetHandoff(pub bool);
+
+/// Read the conversation, after every message queued before this one.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<ConversationView>")]
+pub struct Read;
+
+/// Stop (passivation or eviction). Sent only when nothing is pending.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+// ---- the actor ------------------------------------------------------------
+
+pub struct SessionActor {
+    phone: String,
+    id: u64,
+    deps: Arc<SessionDeps>,
+    core: Option<Core>,
+    last_active: Instant,
+}
+
+impl SessionActor {
+    pub(crate) fn new(phone: String, id: u64, deps: Arc<SessionDeps>) -> Self {
+        Self {
+            phone,
+            id,
+            deps,
+            core: None,
+            last_active: Instant::now(),
+        }
+    }
+
+    /// Runs `work` with the core taken out, atomically (no other message is
+    /// handled until it completes), and puts the core back.
+    fn atomic<R: 'static>(
+        &mut self,
+        work: impl FnOnce(
+            Arc<SessionDeps>,
+            String,
+            Option<Core>,
+        ) -> futures_util::future::BoxFuture<'static, (Option<Core>, R)>,
+    ) -> AtomicResponse<Self, R> {
+        let core = self.core.take();
+        let fut = work(self.deps.clone(), self.phone.clone(), core);
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|(core, r), act, _| {
+            act.core = core;
+            act.last_active = Instant::now();
+            r
+        })))
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.deps.settings.mailbox_capacity.max(1));
+        let ttl = Duration::from_secs(self.deps.settings.idle_ttl_s.max(1));
+        // Check twice per TTL: an idle actor lives between 1 and 1.5 TTLs.
+        ctx.run_interval(ttl / 2, move |act, ctx| {
+            if act.last_active.elapsed() >= ttl && act.deps.registry.try_passivate(&act.phone, act.id) {
+                ctx.stop();
+            }
+        });
+    }
+}
+
+impl Handler<Apply> for SessionActor {
+    type Result = AtomicResponse<Self, Result<()>>;
+
+    fn handle(&mut self, msg: Apply, _: &mut Context<Self>) -> Self::Result {
+        self.atomic(|deps, phone, core| {
+            async move {
+                let (core, r) = run_inbound(&deps, &phone, core, Some(msg.0)).await;
+                (core, r)
+            }
+            .boxed()
+        })
+    }
+}
+
+impl Handler<Wake> for SessionActor {
+    type Result = AtomicResponse<Self, Result<()>>;
+
+    fn handle(&mut self, _: Wake, _: &mut Context<Self>) -> Self::Result {
+        self.atomic(|deps, phone, core| async move { run_inbound(&deps, &phone, core, None).await }.boxed())
+    }
+}
+
+impl Handler<AgentSend> for SessionActor {
+    type Result = AtomicResponse<Self, Result<AgentAck>>;
+
+    fn handle(&mut self, msg: AgentSend, _: &mut Context<Self>) -> Self::Result {
+        self.atomic(|deps, phone, core| {
+            async move {
+                let mut core = match ensure_core(&deps, &phone, core).await {
+                    Ok(c) => c,
+                    Err(e) => return (None, Err(e)),
+                };
+                let r = agent_send(&deps, &phone, &mut core, msg).await;
+                (Some(core), r)
+            }
+            .boxed()
+        })
+    }
+}
+
+impl Handler<SetHandoff> for SessionActor {
+    type Result = AtomicResponse<Self, Result<ConversationView>>;
+
+    fn handle(&mut self, msg: SetHandoff, _: &mut Context<Self>) -> Self::Result {
+        self.atomic(|deps, phone, core| {
+            async move {
+                let mut core = match ensure_core(&deps, &phone, core).await {
+                    Ok(c) => c,
+                    Err(e) => return (None, Err(e)),
+                };
+                let r = set_handoff(&deps, &phone, &mut core, msg.0).await;
+                (Some(core), r)
+            }
+            .boxed()
+        })
+    }
+}
+
+impl Handler<Read> for SessionActor {
+    type Result = AtomicResponse<Self, Result<ConversationView>>;
+
+    fn handle(&mut self, _: Read, _: &mut Context<Self>) -> Self::Result {
+        self.atomic(|deps, phone, core| {
+            async move {
+                match ensure_core(&deps, &phone, core).await {
+                    Ok(c) => {
+                        let v = view(&phone, &c);
+                        (Some(c), Ok(v))
+                    }
+                    Err(e) => (None, Err(e)),
+                }
+            }
+            .boxed()
+        })
+    }
+}
+
+impl Handler<Stop> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+// ---- the work -------------------------------------------------------------
+
+fn view(phone: &str, c: &Core) -> ConversationView {
+    ConversationView {
+        phone: phone.to_string(),
+        flow_state: c.state.clone(),
+        data: c.data.clone(),
+        version: c.version,
+        handoff: c.handoff,
+    }
+}
+
+/// The core, loading (creating) the session if this actor has none yet.
+async fn ensure_core(deps: &SessionDeps, phone: &str, core: Option<Core>) -> Result<Core> {
+    match core {
+        Some(c) => Ok(c),
+        None => load_core(deps, phone, VecDeque::new()).await,
+    }
+}
+
+async fn load_core(deps: &SessionDeps, phone: &str, recent: VecDeque<i64>) -> Result<Core> {
+    let s = deps.db.load_or_create_session(phone, &deps.flow.initial).await?;
+    Ok(Core {
+        state: s.flow_state,
+        data: s.data,
+        version: s.version,
+        handoff: s.handoff,
+        recent,
+    })
+}
+
+async fn fetch_unprocessed(deps: &SessionDeps, phone: &str) -> Result<Vec<PendingInbound>> {
+    deps.db
+        .retry_policy()
+        .run("unprocessed", || async {
+            steps::unprocessed(&mut *deps.db.pool().get().await?, phone, RESUME_BATCH).await
+        })
+        .await
+}
+
+/// Applies `first` (if any) and, after a (re)start, every unprocessed inbox
+/// row of the phone in acceptance order. Crashes restart from the database.
+async fn run_inbound(
+    deps: &SessionDeps,
+    phone: &str,
+    core: Option<Core>,
+    first: Option<PendingInbound>,
+) -> (Option<Core>, Result<()>) {
+    let mut queue: VecDeque<PendingInbound> = VecDeque::new();
+    let mut core = match core {
+        Some(c) => {
+            queue.extend(first);
+            c
+        }
+        None => {
+            // Activation: load, then resume whatever is waiting (it includes `first`).
+            let c = match load_core(deps, phone, VecDeque::new()).await {
+                Ok(c) => c,
+                Err(e) => return (None, Err(e)),
+            };
+            match fetch_unprocessed(deps, phone).await {
+                Ok(rows) => queue.extend(rows),
+                Err(e) => return (Some(c), Err(e)),
+            }
+            if let Some(f) = first {
+                if !queue.iter().any(|p| p.id == f.id) {
+                    queue.push_back(f);
+                }
+            }
+            c
+        }
+    };
+    while let Some(item) = queue.pop_front() {
+        if core.recent.contains(&item.id) {
+            continue;
+        }
+        let id = item.id;
+        let outcome = std::panic::AssertUnwindSafe(apply_inbound(deps, phone, &mut core, item))
+            .catch_unwind()
+            .await;
+        let reason = match outcome {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) if e.is_retryable() => {
+                // The database is unreachable beyond the retry budget: leave the
+                // row in the inbox (resumed later) and report it.
+                return (Some(core), Err(e));
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => panic_text(&panic),
+        };
+        // A crash: let the supervisor decide, restart from the database, resume.
+        let decision = deps
+            .supervisor
+            .send(Crashed {
+                phone: phone.to_string(),
+                inbox_id: id,
+                reason,
+            })
+            .await;
+        match decision {
+            Ok(Ok(CrashDecision::Retry { .. } | CrashDecision::Quarantined)) => {}
+            Ok(Err(e)) => return (None, Err(e)),
+            Err(e) => return (None, Err(Error::Unavailable(format!("supervisor: {e}")))),
+        }
+        core = match load_core(deps, phone, std::mem::take(&mut core.recent)).await {
+            Ok(c) => c,
+            Err(e) => return (None, Err(e)),
+        };
+        queue = match fetch_unprocessed(deps, phone).await {
+            Ok(rows) => rows.into(),
+            Err(e) => return (Some(core), Err(e)),
+        };
+    }
+    (Some(core), Ok(()))
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("panic: {msg}")
+}
+
+/// Applies one inbound message: understand, step the flow, commit — and on
+/// a version conflict reload and run the transition again on fresh state.
+async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Core, msg: PendingInbound) -> Result<()> {
+    let text = inbound_text(&msg.payload);
+    if let Some(m) = &deps.middleware {
+        m.before_step(phone, &text).map_err(Error::Processing)?;
+    }
+    let retries = deps.settings.conflict_retries;
+    let policy = deps.db.retry_policy();
+    for attempt in 0..=retries {
+        let result = understand_and_step(deps, core, &text, msg.id).await;
+        let write = inbound_write(phone, core, &msg, &text, &result);
+        let answer = deps
+            .writer
+            .send(Persist(write))
+            .await
+            .map_err(|e| Error::Unavailable(format!("DB writer: {e}")))?;
+        match answer {
+            Ok(WriteOutcome::Committed { version }) => {
+                deps.stats.processed.fetch_add(1, Ordering::Relaxed);
+                let replies = result.replies.len();
+                publish(deps, phone, version, &result, EventKind::Transition, &text);
+                core.state = result.state;
+                core.data = result.data;
+                core.handoff = result.handoff;
+                core.version = version;
+                core.remember(msg.id);
+                tracing::debug!(phone = %mask(phone), version, replies, "message applied");
+                return Ok(());
+            }
+            Ok(WriteOutcome::AlreadyProcessed) => {
+                deps.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                *core = load_core(deps, phone, std::mem::take(&mut core.recent)).await?;
+                core.remember(msg.id);
+                return Ok(());
+            }
+            Ok(WriteOutcome::Conflict { actual }) => {
+                deps.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(phone = %mask(phone), expected = core.version, ?actual, attempt, "version conflict; re-running on fresh state");
+                *core = load_core(deps, phone, std::mem::take(&mut core.recent)).await?;
+            }
+            Err(e) if e.is_retryable() && attempt < retries => {
+                deps.stats.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+        }
+        deps.stats.retries.fetch_add(1, Ordering::Relaxed);
+        let pause = policy.delay(attempt, &mut rand::rng());
+        tokio::time::sleep(pause).await;
+    }
+    Err(Error::Processing(format!("gave up after {} conflicts", retries + 1)))
+}
+
+async fn understand_and_step(deps: &SessionDeps, core: &Core, text: &str, inbox_id: i64) -> StepResult {
+    let flow = &deps.flow;
+    let mut understanding = flow::Understanding::default();
+    if !core.handoff {
+        let needs = flow.needs(&core.state);
+        let request = Understand {
+            text: text.to_string(),
+            intents: candidates(flow, &needs.intents),
+            global_count: flow.global.len(),
+            slot: needs.slot.map(|s| SlotRequest {
+                text: text.to_string(),
+                name: s.name.clone(),
+                pattern: s.pattern.as_ref().map(|p| p.as_str().to_string()),
+                min_len: s.min_len,
+                max_len: s.max_len,
+            }),
+        };
+        understanding = match deps.ai.send(request).await {
+            Ok(u) => u.understanding,
+            // The AI actor is gone: the rules inside the flow still apply.
+            Err(_) => flow::Understanding::default(),
+        };
+    }
+    flow::step(
+        flow,
+        &core.state,
+        &core.data,
+        core.handoff,
+        &understanding,
+        &format!("R{inbox_id}"),
+    )
+}
+
+fn inbound_write(phone: &str, core: &Core, msg: &PendingInbound, text: &str, r: &StepResult) -> StepWrite {
+    let mut messages = vec![NewMessage {
+        phone: phone.to_string(),
+        direction: "in",
+        origin: "user",
+        body: text.to_string(),
+        inbox_id: Some(msg.id),
+        provider_message_id: Some(msg.provider_message_id.clone()),
+        status: "received",
+        outbox_key: None,
+    }];
+    let mut outbox = Vec::new();
+    for (i, reply) in r.replies.iter().enumerate() {
+        let key = format!("in:{}:{i}", msg.id);
+        messages.push(NewMessage {
+            phone: phone.to_string(),
+            direction: "out",
+            origin: "bot",
+            body: reply.text.clone(),
+            inbox_id: Some(msg.id),
+            provider_message_id: None,
+            status: "queued",
+            outbox_key: Some(key.clone()),
+        });
+        outbox.push(NewOutbox {
+            phone: phone.to_string(),
+            kind: if reply.choices.is_empty() {
+                "text"
+            } else {
+                "interactive"
+            },
+            payload: json!({"text": reply.text, "choices": reply.choices}),
+            idempotency_key: key,
+        });
+    }
+    StepWrite {
+        phone: phone.to_string(),
+        expected_version: core.version,
+        flow_state: r.state.clone(),
+        data: r.data.clone(),
+        handoff: r.handoff,
+        inbox_id: Some(msg.id),
+        dedupe_key: None,
+        messages,
+        outbox,
+        outcomes: r
+            .outcome
+            .iter()
+            .map(|o| NewOutcome {
+                phone: phone.to_string(),
+                kind: o.kind.clone(),
+                ticket: o.ticket.clone(),
+                data: o.data.clone(),
+                inbox_id: Some(msg.id),
+            })
+            .collect(),
+    }
+}
+
+fn publish(deps: &SessionDeps, phone: &str, version: i64, r: &StepResult, kind: EventKind, inbound: &str) {
+    let mut messages = vec![EventMessage {
+        origin: "user",
+        body: inbound.to_string(),
+    }];
+    messages.extend(r.replies.iter().map(|m| EventMessage {
+        origin: "bot",
+        body: m.text.clone(),
+    }));
+    // Best-effort: no subscriber, or a slow one, never fails a message.
+    let _ = deps.events.send(Event {
+        kind,
+        phone: phone.to_string(),
+        version,
+        flow_state: r.state.clone(),
+        handoff: r.handoff,
+        messages,
+    });
+}
+
+/// Stores and queues an agent's message (no flow step), bumping the version.
+async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core, msg: AgentSend) -> Result<AgentAck> {
+    let retries = deps.settings.conflict_retries;
+    for attempt in 0..=retries {
+        let key = format!("agent:{}", msg.idempotency_key);
+        let write = StepWrite {
+            phone: phone.to_string(),
+            expected_version: core.version,
+            flow_state: core.state.clone(),
+            data: core.data.clone(),
+            handoff: core.handoff,
+            inbox_id: None,
+            dedupe_key: Some(key.clone()),
+            messages: vec![NewMessage {
+                phone: phone.to_string(),
+                direction: "out",
+                origin: "agent",
+                body: msg.body.clone(),
+                inbox_id: None,
+                provider_message_id: None,
+                status: "queued",
+                outbox_key: Some(key.clone()),
+            }],
+            outbox: vec![NewOutbox {
+                phone: phone.to_string(),
+                kind: "text",
+                payload: json!({"text": msg.body, "choices": []}),
+                idempotency_key: key,
+            }],
+            outcomes: Vec::new(),
+        };
+        let answer = deps
+            .writer
+            .send(Persist(write))
+            .await
+            .map_err(|e| Error::Unavailable(format!("DB writer: {e}")))?;
+        match answer {
+            Ok(WriteOutcome::Committed { version }) => {
+                core.version = version;
+                let _ = deps.events.send(Event {
+                    kind: EventKind::AgentMessage,
+                    phone: phone.to_string(),
+                    version,
+                    flow_state: core.state.clone(),
+                    handoff: core.handoff,
+                    messages: vec![EventMessage {
+                        origin: "agent",
+                        body: msg.body.clone(),
+                    }],
+                });
+                return Ok(AgentAck {
+                    version,
+                    idempotency_key: msg.idempotency_key,
+                    created: true,
+                });
+            }
+            Ok(WriteOutcome::AlreadyProcessed) => {
+                *core = load_core(deps, phone, std::mem::take(&mut core.recent)).await?;
+                return Ok(AgentAck {
+                    version: core.version,
+                    idempotency_key: msg.idempotency_key,
+                    created: false,
+                });
+            }
+            Ok(WriteOutcome::Conflict { .. }) => {
+                deps.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                *core = load_core(deps, phone, std::mem::take(&mut core.recent)).await?;
+            }
+            Err(e) if e.is_retryable() && attempt < retries => {}
+            Err(e) => return Err(e),
+        }
+        deps.stats.retries.fetch_add(1, Ordering::Relaxed);
+        let pause = deps.db.retry_policy().delay(attempt, &mut rand::rng());
+        tokio::time::sleep(pause).await;
+    }
+    Err(Error::Processing(format!("gave up after {} conflicts", retries + 1)))
+}
+
+/// Hands the conversation to a human agent or back to the bot.
+async fn set_handoff(deps: &SessionDeps, phone: &str, core: &mut Core, on: bool) -> Result<ConversationView> {
+    let retries = deps.settings.conflict_retries;
+    for attempt in 0..=retries {
+        if core.handoff == on {
+            return Ok(view(phone, core));
+        }
+        let write = StepWrite {
+            phone: phone.to_string(),
+            expected_version: core.version,
+            flow_state: core.state.clone(),
+            data: core.data.clone(),
+            handoff: on,
+            inbox_id: None,
+            dedupe_key: None,
+            messages: Vec::new(),
+            outbox: Vec::new(),
+            outcomes: Vec::new(),
+        };
+        let answer = deps
+            .writer
+            .send(Persist(write))
+            .await
+            .map_err(|e| Error::Unavailable(format!("DB writer: {e}")))?;
+        match answer {
+            Ok(WriteOutcome::Committed { version }) => {
+                core.version = version;
+                core.handoff = on;
+                let _ = deps.events.send(Event {
+                    kind: EventKind::Handoff,
+                    phone: phone.to_string(),
+                    version,
+                    flow_state: core.state.clone(),
+                    handoff: on,
+                    messages: Vec::new(),
+                });
+                return Ok(view(phone, core));
+            }
+            Ok(WriteOutcome::Conflict { .. } | WriteOutcome::AlreadyProcessed) => {
+                deps.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                *core = load_core(deps, phone, std::mem::take(&mut core.recent)).await?;
+            }
+            Err(e) if e.is_retryable() && attempt < retries => {}
+            Err(e) => return Err(e),
+        }
+        let pause = deps.db.retry_policy().delay(attempt, &mut rand::rng());
+        tokio::time::sleep(pause).await;
+    }
+    Err(Error::Processing(format!("gave up after {} conflicts", retries + 1)))
+}

@@ -1,0 +1,53 @@
+//! Realtime events: what changed in a conversation, broadcast best-effort
+//! (a slow subscriber loses events; it never slows or fails a message).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Events kept for a subscriber that falls behind.
+pub const EVENT_BUFFER: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// An inbound message was applied (with the bot's replies).
+    Transition,
+    /// A human agent's message was stored and queued.
+    AgentMessage,
+    /// The conversation went to a human agent or back to the bot.
+    Handoff,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventMessage {
+    pub origin: &'static str,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub phone: String,
+    pub version: i64,
+    pub flow_state: String,
+    pub handoff: bool,
+    pub messages: Vec<EventMessage>,
+}
+
+/// The text of an inbound WhatsApp message object, whatever its type:
+/// text body, button or list reply title, template button text, a media
+/// caption. Other types (location, contacts, reactions, media without
+/// caption) have no text: the flow sees an empty message.
+pub fn inbound_text(payload: &Value) -> String {
+    let s = |p: &str| payload.pointer(p).and_then(Value::as_str);
+    s("/text/body")
+        .or_else(|| s("/text"))
+        .or_else(|| s("/interactive/button_reply/title"))
+        .or_else(|| s("/interactive/list_reply/title"))
+        .or_else(|| s("/button/text"))
+        .or_else(|| s("/image/caption"))
+        .or_else(|| s("/video/caption"))
+        .or_else(|| s("/document/caption"))
+        .unwrap_or_default()
+        .to_string()
+}
