@@ -57,6 +57,9 @@ pub struct WriterStats {
     pub largest_batch: AtomicU64,
 }
 
+/// Room in the writer's mailbox (far above `engine.max_live_sessions`).
+const WRITER_MAILBOX: usize = 1 << 20;
+
 type Waiter = oneshot::Sender<Result<WriteOutcome, Error>>;
 
 pub struct DbWriter {
@@ -160,8 +163,9 @@ impl Actor for DbWriter {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // Every session writes through here: never make them wait for room.
-        ctx.set_mailbox_capacity(usize::MAX);
+        // Every live session has at most one write here at a time: the
+        // mailbox needs room for all of them, never a wait.
+        ctx.set_mailbox_capacity(WRITER_MAILBOX);
     }
 }
 

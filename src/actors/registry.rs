@@ -5,6 +5,11 @@
 //! actor is removed (passivated or evicted) only while its count is zero,
 //! under the same lock — so no message is ever sent to an actor that is
 //! going away, and passivation never drops a queued message.
+//!
+//! The entry also bounds the actor's mailbox and keeps it FIFO: senders take
+//! a fair (first-come, first-served) lock, wait while `pending` exceeds the
+//! capacity, then enqueue. actix's own bounded mailbox is not used for this,
+//! because senders parked on a full actix mailbox may enter in any order.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -21,6 +26,12 @@ pub(crate) struct Slot {
     pub addr: Addr<SessionActor>,
     pub id: u64,
     pub pending: Arc<AtomicUsize>,
+    /// Messages in the actor's mailbox or handler (≤ the mailbox capacity).
+    pub queued: Arc<AtomicUsize>,
+    /// Held while enqueueing: keeps senders of one phone in arrival order.
+    pub order: Arc<tokio::sync::Mutex<()>>,
+    /// Signalled when a message of this actor is answered (room in the mailbox).
+    pub room: Arc<tokio::sync::Notify>,
     last_used_ms: Arc<AtomicU64>,
 }
 
@@ -88,6 +99,9 @@ impl Registry {
                     addr,
                     id,
                     pending: Arc::new(AtomicUsize::new(0)),
+                    queued: Arc::new(AtomicUsize::new(0)),
+                    order: Arc::new(tokio::sync::Mutex::new(())),
+                    room: Arc::new(tokio::sync::Notify::new()),
                     last_used_ms: Arc::new(AtomicU64::new(0)),
                 }
             });
@@ -97,16 +111,22 @@ impl Registry {
         };
         if created {
             self.0.stats.activations.fetch_add(1, Ordering::Relaxed);
-            if self.0.map.len() > self.0.cap {
-                self.evict_lru(phone);
-            }
+        }
+        // Over the cap (it is soft while every actor is busy): shed idle ones.
+        if self.0.map.len() > self.0.cap {
+            self.evict_lru(phone);
         }
         Some(slot)
     }
 
-    /// The answer to a message from [`Registry::acquire`] arrived.
-    pub fn release(&self, slot: &Slot) {
+    /// The answer to an enqueued message arrived (or it was never sent:
+    /// `enqueued` false).
+    pub fn release(&self, slot: &Slot, enqueued: bool) {
         slot.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+        if enqueued {
+            slot.queued.fetch_sub(1, Ordering::SeqCst);
+            slot.room.notify_one();
+        }
         slot.pending.fetch_sub(1, Ordering::SeqCst);
     }
 

@@ -168,7 +168,9 @@ impl Actor for SessionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.deps.settings.mailbox_capacity.max(1));
+        // The registry bounds the mailbox and keeps it FIFO; actix's own
+        // bound sits just above, so senders never park inside actix.
+        ctx.set_mailbox_capacity(self.deps.settings.mailbox_capacity.max(1) + 8);
         let ttl = Duration::from_secs(self.deps.settings.idle_ttl_s.max(1));
         // Check twice per TTL: an idle actor lives between 1 and 1.5 TTLs.
         ctx.run_interval(ttl / 2, move |act, ctx| {
@@ -352,7 +354,7 @@ async fn run_inbound(
                 return (Some(core), Err(e));
             }
             Ok(Err(e)) => e.to_string(),
-            Err(panic) => panic_text(&panic),
+            Err(panic) => panic_text(panic.as_ref()),
         };
         // A crash: let the supervisor decide, restart from the database, resume.
         let decision = deps
@@ -363,15 +365,20 @@ async fn run_inbound(
                 reason,
             })
             .await;
-        match decision {
-            Ok(Ok(CrashDecision::Retry { .. } | CrashDecision::Quarantined)) => {}
+        let quarantined = match decision {
+            Ok(Ok(CrashDecision::Retry { .. })) => false,
+            Ok(Ok(CrashDecision::Quarantined)) => true,
             Ok(Err(e)) => return (None, Err(e)),
             Err(e) => return (None, Err(Error::Unavailable(format!("supervisor: {e}")))),
-        }
+        };
         core = match load_core(deps, phone, std::mem::take(&mut core.recent)).await {
             Ok(c) => c,
             Err(e) => return (None, Err(e)),
         };
+        if quarantined {
+            // Its mailbox copy, if any, must not crash the actor again.
+            core.remember(id);
+        }
         queue = match fetch_unprocessed(deps, phone).await {
             Ok(rows) => rows.into(),
             Err(e) => return (Some(core), Err(e)),

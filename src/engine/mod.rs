@@ -21,7 +21,7 @@ pub use settings::EngineSettings;
 
 use crate::actors::ai::{AiActor, AiStats, AiStatsSnapshot};
 use crate::actors::db_writer::{DbWriter, WriterStats};
-use crate::actors::registry::Registry;
+use crate::actors::registry::{Registry, Slot};
 use crate::actors::session::{
     AgentAck, AgentSend, Apply, ConversationView, Read, SessionActor, SessionDeps, SetHandoff, Wake,
 };
@@ -351,7 +351,7 @@ impl Engine {
                 provider_message_id: m.provider_message_id,
                 payload: m.payload,
             });
-            self.dispatch_background(phone, msg, Some(permit));
+            self.dispatch(phone, msg, Some(permit)).await?;
         }
         Ok(Accepted {
             inbox_id: reg.inbox_id,
@@ -521,6 +521,46 @@ impl Engine {
         }
     }
 
+    /// Puts `msg` in the phone's actor mailbox, in arrival order, waiting
+    /// while the mailbox is full. Returns the slot (to release when the
+    /// answer comes) and the pending answer.
+    async fn enqueue<M>(&self, phone: &str, msg: M) -> Result<(Slot, Request<SessionActor, M>)>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        SessionActor: Handler<M>,
+    {
+        let capacity = self.inner.settings.engine.mailbox_capacity.max(1);
+        let slot = self
+            .inner
+            .registry
+            .acquire(phone)
+            .ok_or_else(|| Error::Unavailable("engine not started".into()))?;
+        let wait = Duration::from_millis(self.inner.settings.engine.enqueue_timeout_ms);
+        let turn = async {
+            let turn = slot.order.clone().lock_owned().await;
+            // Only the holder of `turn` waits here, so a freed place is its.
+            loop {
+                let room = slot.room.notified();
+                if slot.queued.load(Ordering::SeqCst) < capacity {
+                    break;
+                }
+                room.await;
+            }
+            turn
+        };
+        let Ok(turn) = tokio::time::timeout(wait, turn).await else {
+            self.inner.registry.release(&slot, false);
+            return Err(Error::Overloaded(format!(
+                "the conversation already has {capacity} queued messages"
+            )));
+        };
+        slot.queued.fetch_add(1, Ordering::SeqCst);
+        let request = slot.addr.send(msg);
+        drop(turn);
+        Ok((slot, request))
+    }
+
     /// Sends `msg` to the phone's actor and waits for the answer. An actor
     /// that stopped between lookup and delivery is replaced and the message
     /// sent again.
@@ -531,13 +571,9 @@ impl Engine {
         SessionActor: Handler<M>,
     {
         for _ in 0..3 {
-            let slot = self
-                .inner
-                .registry
-                .acquire(phone)
-                .ok_or_else(|| Error::Unavailable("engine not started".into()))?;
-            let answer = slot.addr.send(msg.clone()).await;
-            self.inner.registry.release(&slot);
+            let (slot, request) = self.enqueue(phone, msg.clone()).await?;
+            let answer = request.await;
+            self.inner.registry.release(&slot, true);
             match answer {
                 Ok(r) => return Ok(r),
                 Err(MailboxError::Closed) => continue,
@@ -547,24 +583,32 @@ impl Engine {
         Err(Error::Unavailable("session actor kept stopping".into()))
     }
 
-    /// Sends `msg` in the background, counting it in flight until applied.
-    fn dispatch_background<M>(&self, phone: String, msg: M, permit: Option<OwnedSemaphorePermit>)
+    /// Enqueues `msg` now (so messages keep their arrival order) and waits
+    /// for its answer in the background, counting it in flight until applied.
+    async fn dispatch<M>(&self, phone: String, msg: M, permit: Option<OwnedSemaphorePermit>) -> Result<()>
     where
         M: Message<Result = Result<()>> + Send + Clone + 'static,
         SessionActor: Handler<M>,
     {
         let guard = InFlightGuard::new(&self.inner.in_flight);
+        let (slot, request) = self.enqueue(&phone, msg.clone()).await?;
         let this = self.clone();
         self.inner.main_arbiter.spawn(async move {
-            match this.call(&phone, msg).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) | Err(e) => {
-                    tracing::warn!(phone = %phone::mask(&phone), error = %e, "message left in the inbox; it will be resumed");
-                }
+            let answer = request.await;
+            this.inner.registry.release(&slot, true);
+            let result = match answer {
+                Ok(r) => r,
+                // The actor died with the message queued: send it again.
+                Err(MailboxError::Closed) => this.call(&phone, msg).await.and_then(|r| r),
+                Err(MailboxError::Timeout) => Err(Error::Unavailable("session actor timed out".into())),
+            };
+            if let Err(e) = result {
+                tracing::warn!(phone = %phone::mask(&phone), error = %e, "message left in the inbox; it will be resumed");
             }
             drop(permit);
             drop(guard);
         });
+        Ok(())
     }
 
     /// Wakes the actor of every phone with unprocessed inbox rows.
@@ -580,7 +624,7 @@ impl Engine {
             tracing::info!(phones = phones.len(), "resuming unprocessed messages");
         }
         for phone in phones {
-            self.dispatch_background(phone, Wake, None);
+            self.dispatch(phone, Wake, None).await?;
         }
         Ok(())
     }

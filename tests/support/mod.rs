@@ -203,3 +203,49 @@ impl TestDb {
             .unwrap()
     }
 }
+
+/// The shipped example flow.
+pub fn example_flow() -> switchboard::flow::Flow {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/reporte.toml");
+    switchboard::flow::Flow::load(&path).expect("the example flow is valid")
+}
+
+/// Settings for an engine on `db` (defaults, quick resume sweep off).
+pub fn engine_settings(db: &TestDb) -> switchboard::config::Settings {
+    let mut s = switchboard::config::Settings::default();
+    s.database = db.settings();
+    s.engine.resume_interval_s = 0;
+    s.server.shutdown_timeout_s = 10;
+    s
+}
+
+/// A text message payload as WhatsApp sends it.
+pub fn text(body: &str) -> serde_json::Value {
+    serde_json::json!({"type": "text", "text": {"body": body}})
+}
+
+/// Submits one text message.
+pub async fn say(engine: &switchboard::Engine, phone: &str, id: &str, body: &str) -> switchboard::engine::Accepted {
+    engine
+        .submit_inbound(switchboard::InboundMessage {
+            phone: phone.into(),
+            provider_message_id: id.into(),
+            payload: text(body),
+        })
+        .await
+        .unwrap()
+}
+
+/// The conversation's messages as (origin, body), oldest first.
+pub async fn transcript(db: &TestDb, phone: &str) -> Vec<(String, String)> {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use switchboard::db::schema::messages;
+    messages::table
+        .filter(messages::phone.eq(phone))
+        .order(messages::id)
+        .select((messages::origin, messages::body))
+        .load(&mut db.admin().await)
+        .await
+        .unwrap()
+}
