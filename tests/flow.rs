@@ -1,0 +1,247 @@
+//! Flow files: validation errors and the example flow walked end to end
+//! through the real engine.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use support::{engine_settings, example_flow, say, transcript, TestDb};
+use switchboard::flow::Flow;
+use switchboard::Engine;
+
+const PHONE: &str = "5215512341234";
+
+fn err(text: &str) -> String {
+    Flow::parse(text, "test.toml").unwrap_err().to_string()
+}
+
+const MINIMAL: &str = r#"
+name = "t"
+initial = "a"
+[intents]
+go = ["go"]
+[states.a]
+prompt = "A"
+[states.a.on]
+go = "b"
+[states.b]
+prompt = "B"
+outcome = "done"
+"#;
+
+#[test]
+fn a_minimal_flow_is_valid() {
+    let f = Flow::parse(MINIMAL, "t.toml").unwrap();
+    assert_eq!(f.initial, "a");
+}
+
+#[test]
+fn an_unknown_target_state_is_named_with_its_line() {
+    let e = err(&MINIMAL.replace("go = \"b\"", "go = \"nowhere\""));
+    assert!(
+        e.contains("state `a` (line 6)") && e.contains("unknown state `nowhere`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_unreachable_state_is_an_error() {
+    let e = err(&format!(
+        "{MINIMAL}\n[states.island]\nprompt = \"I\"\noutcome = \"x\"\n"
+    ));
+    assert!(e.contains("state `island`") && e.contains("unreachable"), "{e}");
+}
+
+#[test]
+fn a_duplicate_state_name_is_an_error_with_its_line() {
+    let e = err(&format!("{MINIMAL}\n[states.b]\nprompt = \"again\"\n"));
+    assert!(e.contains("duplicate") && e.contains("line 14"), "{e}");
+}
+
+#[test]
+fn a_missing_initial_state_is_an_error() {
+    let e = err(&MINIMAL.replace("initial = \"a\"", "initial = \"zz\""));
+    assert!(e.contains("initial state `zz`") && e.contains("not declared"), "{e}");
+}
+
+#[test]
+fn an_invalid_pattern_is_an_error_naming_the_state() {
+    let bad = r#"
+name = "t"
+initial = "a"
+[states.a]
+prompt = "A"
+next = "b"
+[states.a.slot]
+name = "sap"
+pattern = "^[0-9{10}$"
+[states.b]
+prompt = "B"
+outcome = "done"
+"#;
+    let e = err(bad);
+    assert!(e.contains("state `a`") && e.contains("invalid pattern"), "{e}");
+}
+
+#[test]
+fn an_unknown_key_is_an_error() {
+    let e = err(&MINIMAL.replace("prompt = \"A\"", "prompt = \"A\"\npromt = \"typo\""));
+    assert!(e.contains("promt"), "{e}");
+}
+
+#[test]
+fn the_engine_refuses_to_start_on_an_invalid_flow_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, MINIMAL.replace("go = \"b\"", "go = \"nowhere\"")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut s = switchboard::config::Settings::default();
+    s.flow.path = path;
+    s.database.url = Some(switchboard::config::Secret::new("postgres://nobody@127.0.0.1:1/none"));
+    let e = rt.block_on(Engine::start(s)).unwrap_err();
+    assert!(matches!(e, switchboard::Error::Flow(_)), "{e:?}");
+}
+
+async fn engine(db: &TestDb) -> Engine {
+    Engine::builder(engine_settings(db))
+        .database(db.database())
+        .flow(example_flow())
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Sends the messages in order and returns the bot's replies to the last one.
+async fn walk(engine: &Engine, db: &TestDb, steps: &[&str]) -> Vec<String> {
+    let before = transcript(db, PHONE).await.len();
+    for (i, text) in steps.iter().enumerate() {
+        say(engine, PHONE, &format!("wamid.{before}.{i}.{text}"), text).await;
+        engine.wait_idle().await;
+    }
+    let t = transcript(db, PHONE).await;
+    let last_user = t.iter().rposition(|(o, _)| o == "user").unwrap();
+    t[last_user + 1..].iter().map(|(_, b)| b.clone()).collect()
+}
+
+async fn outcomes(db: &TestDb) -> Vec<(String, serde_json::Value)> {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use switchboard::db::schema::outcomes;
+    outcomes::table
+        .order(outcomes::id)
+        .select((outcomes::kind, outcomes::data))
+        .load(&mut db.admin().await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_fridge_path_validates_the_sap_number_re_asks_and_records_the_report() {
+    let db = TestDb::migrated().await;
+    let e = engine(&db).await;
+    let r = walk(&e, &db, &["Hola"]).await;
+    assert!(r[0].contains("¿Qué quieres reportar?"), "{r:?}");
+    let r = walk(&e, &db, &["Mi refri no enfría"]).await;
+    assert!(r[0].contains("número SAP"), "{r:?}");
+    let r = walk(&e, &db, &["12345"]).await;
+    assert!(
+        r[0].contains("no es válido") && r[1].contains("número SAP"),
+        "re-asked: {r:?}"
+    );
+    let r = walk(&e, &db, &["es el 1234567890"]).await;
+    assert!(
+        r[0].contains("SAP 1234567890") && r[0].contains("¿Es correcto?"),
+        "{r:?}"
+    );
+    let r = walk(&e, &db, &["Sí"]).await;
+    assert!(
+        r[0].contains("Registré el reporte R") && r[0].contains("1234567890"),
+        "{r:?}"
+    );
+    let o = outcomes(&db).await;
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].0, "reporte_refrigerador");
+    assert_eq!(o[0].1["sap"], "1234567890");
+    let s = e.conversation(PHONE).await.unwrap().unwrap();
+    assert_eq!(s.flow_state, "inicio", "back to the start after the report");
+    e.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn three_invalid_sap_numbers_hand_the_conversation_to_a_person() {
+    let db = TestDb::migrated().await;
+    let e = engine(&db).await;
+    walk(&e, &db, &["refrigerador", "1", "22", "333"]).await;
+    let s = e.conversation(PHONE).await.unwrap().unwrap();
+    assert!(s.handoff);
+    e.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_vehicle_path_asks_the_employee_number_then_the_problem() {
+    let db = TestDb::migrated().await;
+    let e = engine(&db).await;
+    let r = walk(&e, &db, &["Quiero reportar mi camioneta"]).await;
+    assert!(r[0].contains("número de empleado"), "{r:?}");
+    let r = walk(&e, &db, &["98765"]).await;
+    assert!(r[0].contains("qué le pasa"), "{r:?}");
+    let r = walk(&e, &db, &["no arranca / la batería está muerta 🔋"]).await;
+    assert!(
+        r[0].contains("98765") && r[0].contains("no arranca / la batería está muerta 🔋"),
+        "{r:?}"
+    );
+    walk(&e, &db, &["si"]).await;
+    let o = outcomes(&db).await;
+    assert_eq!(o[0].0, "reporte_vehiculo");
+    assert_eq!(o[0].1["problema"], "no arranca / la batería está muerta 🔋");
+    e.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancel_returns_to_the_start_and_help_repeats_the_question() {
+    let db = TestDb::migrated().await;
+    let e = engine(&db).await;
+    walk(&e, &db, &["vehiculo"]).await;
+    let r = walk(&e, &db, &["ayuda"]).await;
+    assert!(
+        r[0].contains("Puedo levantar reportes") && r[1].contains("número de empleado"),
+        "{r:?}"
+    );
+    let r = walk(&e, &db, &["cancelar"]).await;
+    assert!(
+        r[0].contains("cancelé") && r[1].contains("¿Qué quieres reportar?"),
+        "{r:?}"
+    );
+    let s = e.conversation(PHONE).await.unwrap().unwrap();
+    assert_eq!(s.flow_state, "inicio");
+    assert_eq!(s.data, serde_json::json!({}));
+    e.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn while_a_human_agent_holds_the_conversation_the_bot_does_not_reply() {
+    let db = TestDb::migrated().await;
+    let e = engine(&db).await;
+    let r = walk(&e, &db, &["quiero hablar con un agente"]).await;
+    assert!(r[0].contains("Te comunico con una persona"), "{r:?}");
+    let r = walk(&e, &db, &["hola?", "refrigerador"]).await;
+    assert!(r.is_empty(), "the bot stayed silent: {r:?}");
+    let ack = e
+        .submit_agent_message(PHONE, "Hola, soy Ana. ¿En qué te ayudo?", "k1")
+        .await
+        .unwrap();
+    assert!(ack.created);
+    let again = e
+        .submit_agent_message(PHONE, "Hola, soy Ana. ¿En qué te ayudo?", "k1")
+        .await
+        .unwrap();
+    assert!(!again.created, "a retried agent send is stored once");
+    let t = transcript(&db, PHONE).await;
+    assert_eq!(t.iter().filter(|(o, _)| o == "agent").count(), 1);
+    // Handed back to the bot, it answers again.
+    let v = e.set_handoff(PHONE, false).await.unwrap();
+    assert!(!v.handoff);
+    let r = walk(&e, &db, &["refrigerador"]).await;
+    assert!(r[0].contains("número SAP"), "{r:?}");
+    e.shutdown().await.unwrap();
+}
