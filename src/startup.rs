@@ -5,43 +5,41 @@
 use std::future::Future;
 
 use crate::config::Settings;
-use crate::db::Database;
+use crate::engine::Engine;
 use crate::error::Result;
 
 /// A built, running switchboard process.
 pub struct Application {
-    settings: Settings,
-    db: Database,
+    engine: Engine,
 }
 
 impl Application {
-    /// Opens the database (embedded cluster if no URL), applies migrations
-    /// and builds the pool.
+    /// Opens the database (embedded cluster if no URL), applies migrations,
+    /// loads the flow and starts the engine (resuming unprocessed messages).
     pub async fn build(settings: Settings) -> Result<Self> {
-        let db = Database::open(&settings.database).await?;
-        let stats = db.stats();
+        let embedded = settings.database.url.is_none();
+        let engine = Engine::start(settings).await?;
+        let stats = engine.database().stats();
         tracing::info!(
             pool_max = stats.max_size,
-            embedded = settings.database.url.is_none(),
+            embedded,
+            flow = %engine.flow().name,
             "switchboard is ready"
         );
-        Ok(Self { settings, db })
+        Ok(Self { engine })
     }
 
-    pub fn database(&self) -> &Database {
-        &self.db
+    pub fn engine(&self) -> &Engine {
+        &self.engine
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
-    /// Runs until `shutdown` completes, then stops in order: the database
-    /// last (the embedded cluster with a fast, clean shutdown).
+    /// Runs until `shutdown` completes, then stops in order: no new work,
+    /// queued work drained (bounded by `server.shutdown_timeout_s`), actors
+    /// stopped, the database last.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         shutdown.await;
         tracing::info!("shutting down");
-        self.db.shutdown().await
+        self.engine.shutdown().await
     }
 }
 

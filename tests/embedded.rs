@@ -108,6 +108,10 @@ async fn serve_runs_on_the_embedded_database_and_stops_cleanly_on_sigterm() {
         .env("SWITCHBOARD__DATABASE__EMBEDDED__PORT", port.to_string())
         .env("SWITCHBOARD__SERVER__BIND", format!("127.0.0.1:{}", free_port()))
         .env("SWITCHBOARD__LOG__FORMAT", "json")
+        .env(
+            "SWITCHBOARD__FLOW__PATH",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/reporte.toml"),
+        )
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -39,6 +39,8 @@ pub struct OpenAiModel {
 }
 
 impl OpenAiModel {
+    /// A client whose API key comes from the environment variable named by
+    /// `api_key_env`.
     pub fn new(s: &OpenAiSettings) -> Result<Self, ModelError> {
         let key = std::env::var(&s.api_key_env).map_err(|_| {
             ModelError::Unavailable(format!(
@@ -46,6 +48,11 @@ impl OpenAiModel {
                 s.api_key_env
             ))
         })?;
+        Self::with_key(s, crate::config::Secret::new(key))
+    }
+
+    /// A client with an explicit API key.
+    pub fn with_key(s: &OpenAiSettings, key: crate::config::Secret) -> Result<Self, ModelError> {
         let client = reqwest::Client::builder()
             .build()
             .map_err(|e| ModelError::Unavailable(e.to_string()))?;
@@ -53,7 +60,7 @@ impl OpenAiModel {
             client,
             url: format!("{}/chat/completions", s.base_url.trim_end_matches('/')),
             model: s.model.clone(),
-            key: crate::config::Secret::new(key),
+            key,
         })
     }
 

@@ -212,8 +212,10 @@ pub fn example_flow() -> switchboard::flow::Flow {
 
 /// Settings for an engine on `db` (defaults, quick resume sweep off).
 pub fn engine_settings(db: &TestDb) -> switchboard::config::Settings {
-    let mut s = switchboard::config::Settings::default();
-    s.database = db.settings();
+    let mut s = switchboard::config::Settings {
+        database: db.settings(),
+        ..Default::default()
+    };
     s.engine.resume_interval_s = 0;
     s.server.shutdown_timeout_s = 10;
     s
