@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use switchboard::config::Settings;
-use switchboard::db::{self, Database, EmbeddedPostgres};
+use switchboard::db::Database;
 use switchboard::{Engine, InboundMessage};
 
 const PHONES: usize = 200;
@@ -40,17 +40,7 @@ fn engine(rt: &tokio::runtime::Runtime, url: &switchboard::config::Secret, max_b
 
 fn throughput(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let base = support::scratch_dir("bench-engine");
-    let data_dir = base.join("pg");
-    support::spawn_watchdog(std::process::id(), &data_dir, &base);
-    let settings = support::embedded_settings(&data_dir, support::free_port());
-    let pg = EmbeddedPostgres::start(&settings, &[]).unwrap();
-    rt.block_on(async {
-        db::create_database_if_missing(pg.url_for("postgres").expose(), db::embedded::DATABASE)
-            .await
-            .unwrap();
-        db::migrations::run_pending(pg.url().expose()).await.unwrap();
-    });
+    let pg = support::durable_cluster(&rt, "bench-engine");
     let url = pg.url();
     let seq = AtomicU64::new(0);
 

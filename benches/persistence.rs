@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
-use switchboard::db::{self, Database, EmbeddedPostgres, NewDelivery, SessionUpdate};
+use switchboard::db::{Database, EmbeddedPostgres, NewDelivery, SessionUpdate};
 
 struct Bench {
     db: Database,
@@ -20,18 +20,7 @@ struct Bench {
 }
 
 fn setup(rt: &tokio::runtime::Runtime) -> Bench {
-    let base = support::scratch_dir("bench");
-    let data_dir = base.join("pg");
-    support::spawn_watchdog(std::process::id(), &data_dir, &base);
-    let settings = support::embedded_settings(&data_dir, support::free_port());
-    // Durable settings: no FAST_SERVER here.
-    let pg = EmbeddedPostgres::start(&settings, &[]).unwrap();
-    rt.block_on(async {
-        db::create_database_if_missing(pg.url_for("postgres").expose(), db::embedded::DATABASE)
-            .await
-            .unwrap();
-        db::migrations::run_pending(pg.url().expose()).await.unwrap();
-    });
+    let pg = support::durable_cluster(rt, "bench");
     // The pool spawns its reaper task: build it inside the runtime.
     let _guard = rt.enter();
     let db = Database::connect(pg.url(), &Default::default());

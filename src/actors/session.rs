@@ -561,69 +561,37 @@ fn publish(deps: &SessionDeps, phone: &str, version: i64, r: &StepResult, kind: 
     });
 }
 
-/// Stores and queues an agent's message (no flow step), bumping the version.
-async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core, msg: AgentSend) -> Result<AgentAck> {
+/// How a write made by [`write_fresh`] ended.
+enum Written {
+    Committed {
+        version: i64,
+    },
+    /// Its idempotency key was already stored: applied before.
+    AlreadyApplied,
+}
+
+/// Commits the write `build` makes from the current state; on a version
+/// conflict reloads the session and builds it again (bounded, with backoff).
+/// `build` returning `None` means there is nothing to write.
+async fn write_fresh(
+    deps: &SessionDeps,
+    phone: &str,
+    core: &mut Core,
+    build: impl Fn(&Core) -> Option<StepWrite>,
+) -> Result<Option<Written>> {
     let retries = deps.settings.conflict_retries;
     for attempt in 0..=retries {
-        let key = format!("agent:{}", msg.idempotency_key);
-        let write = StepWrite {
-            phone: phone.to_string(),
-            expected_version: core.version,
-            flow_state: core.state.clone(),
-            data: core.data.clone(),
-            handoff: core.handoff,
-            inbox_id: None,
-            dedupe_key: Some(key.clone()),
-            messages: vec![NewMessage {
-                phone: phone.to_string(),
-                direction: "out",
-                origin: "agent",
-                body: msg.body.clone(),
-                inbox_id: None,
-                provider_message_id: None,
-                status: "queued",
-                outbox_key: Some(key.clone()),
-            }],
-            outbox: vec![NewOutbox {
-                phone: phone.to_string(),
-                kind: "text",
-                payload: json!({"text": msg.body, "choices": []}),
-                idempotency_key: key,
-            }],
-            outcomes: Vec::new(),
-        };
+        let Some(write) = build(core) else { return Ok(None) };
         let answer = deps
             .writer
             .send(Persist(write))
             .await
             .map_err(|e| Error::Unavailable(format!("DB writer: {e}")))?;
         match answer {
-            Ok(WriteOutcome::Committed { version }) => {
-                core.version = version;
-                let _ = deps.events.send(Event {
-                    kind: EventKind::AgentMessage,
-                    phone: phone.to_string(),
-                    version,
-                    flow_state: core.state.clone(),
-                    handoff: core.handoff,
-                    messages: vec![EventMessage {
-                        origin: "agent",
-                        body: msg.body.clone(),
-                    }],
-                });
-                return Ok(AgentAck {
-                    version,
-                    idempotency_key: msg.idempotency_key,
-                    created: true,
-                });
-            }
+            Ok(WriteOutcome::Committed { version }) => return Ok(Some(Written::Committed { version })),
             Ok(WriteOutcome::AlreadyProcessed) => {
                 *core = load_core(deps, phone, std::mem::take(&mut core.recent)).await?;
-                return Ok(AgentAck {
-                    version: core.version,
-                    idempotency_key: msg.idempotency_key,
-                    created: false,
-                });
+                return Ok(Some(Written::AlreadyApplied));
             }
             Ok(WriteOutcome::Conflict { .. }) => {
                 deps.stats.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -639,53 +607,89 @@ async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Agent
     Err(Error::Processing(format!("gave up after {} conflicts", retries + 1)))
 }
 
+/// A write that changes nothing but what `edit` sets (and the version).
+fn same_state(phone: &str, c: &Core) -> StepWrite {
+    StepWrite {
+        phone: phone.to_string(),
+        expected_version: c.version,
+        flow_state: c.state.clone(),
+        data: c.data.clone(),
+        handoff: c.handoff,
+        inbox_id: None,
+        dedupe_key: None,
+        messages: Vec::new(),
+        outbox: Vec::new(),
+        outcomes: Vec::new(),
+    }
+}
+
+/// Stores and queues an agent's message (no flow step), bumping the version.
+async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core, msg: AgentSend) -> Result<AgentAck> {
+    let key = format!("agent:{}", msg.idempotency_key);
+    let written = write_fresh(deps, phone, core, |c| {
+        let mut w = same_state(phone, c);
+        w.dedupe_key = Some(key.clone());
+        w.messages.push(NewMessage {
+            phone: phone.to_string(),
+            direction: "out",
+            origin: "agent",
+            body: msg.body.clone(),
+            inbox_id: None,
+            provider_message_id: None,
+            status: "queued",
+            outbox_key: Some(key.clone()),
+        });
+        w.outbox.push(NewOutbox {
+            phone: phone.to_string(),
+            kind: "text",
+            payload: json!({"text": msg.body, "choices": []}),
+            idempotency_key: key.clone(),
+        });
+        Some(w)
+    })
+    .await?;
+    let created = matches!(written, Some(Written::Committed { .. }));
+    if let Some(Written::Committed { version }) = written {
+        core.version = version;
+        let _ = deps.events.send(Event {
+            kind: EventKind::AgentMessage,
+            phone: phone.to_string(),
+            version,
+            flow_state: core.state.clone(),
+            handoff: core.handoff,
+            messages: vec![EventMessage {
+                origin: "agent",
+                body: msg.body.clone(),
+            }],
+        });
+    }
+    Ok(AgentAck {
+        version: core.version,
+        idempotency_key: msg.idempotency_key,
+        created,
+    })
+}
+
 /// Hands the conversation to a human agent or back to the bot.
 async fn set_handoff(deps: &SessionDeps, phone: &str, core: &mut Core, on: bool) -> Result<ConversationView> {
-    let retries = deps.settings.conflict_retries;
-    for attempt in 0..=retries {
-        if core.handoff == on {
-            return Ok(view(phone, core));
-        }
-        let write = StepWrite {
-            phone: phone.to_string(),
-            expected_version: core.version,
-            flow_state: core.state.clone(),
-            data: core.data.clone(),
+    let written = write_fresh(deps, phone, core, |c| {
+        (c.handoff != on).then(|| StepWrite {
             handoff: on,
-            inbox_id: None,
-            dedupe_key: None,
+            ..same_state(phone, c)
+        })
+    })
+    .await?;
+    if let Some(Written::Committed { version }) = written {
+        core.version = version;
+        core.handoff = on;
+        let _ = deps.events.send(Event {
+            kind: EventKind::Handoff,
+            phone: phone.to_string(),
+            version,
+            flow_state: core.state.clone(),
+            handoff: on,
             messages: Vec::new(),
-            outbox: Vec::new(),
-            outcomes: Vec::new(),
-        };
-        let answer = deps
-            .writer
-            .send(Persist(write))
-            .await
-            .map_err(|e| Error::Unavailable(format!("DB writer: {e}")))?;
-        match answer {
-            Ok(WriteOutcome::Committed { version }) => {
-                core.version = version;
-                core.handoff = on;
-                let _ = deps.events.send(Event {
-                    kind: EventKind::Handoff,
-                    phone: phone.to_string(),
-                    version,
-                    flow_state: core.state.clone(),
-                    handoff: on,
-                    messages: Vec::new(),
-                });
-                return Ok(view(phone, core));
-            }
-            Ok(WriteOutcome::Conflict { .. } | WriteOutcome::AlreadyProcessed) => {
-                deps.stats.conflicts.fetch_add(1, Ordering::Relaxed);
-                *core = load_core(deps, phone, std::mem::take(&mut core.recent)).await?;
-            }
-            Err(e) if e.is_retryable() && attempt < retries => {}
-            Err(e) => return Err(e),
-        }
-        let pause = deps.db.retry_policy().delay(attempt, &mut rand::rng());
-        tokio::time::sleep(pause).await;
+        });
     }
-    Err(Error::Processing(format!("gave up after {} conflicts", retries + 1)))
+    Ok(view(phone, core))
 }

@@ -251,3 +251,19 @@ pub async fn transcript(db: &TestDb, phone: &str) -> Vec<(String, String)> {
         .await
         .unwrap()
 }
+
+/// A cluster with durable settings (`fsync`, `synchronous_commit` on) and the
+/// migrated engine database, for benchmarks. Stopped on drop.
+pub fn durable_cluster(rt: &tokio::runtime::Runtime, tag: &str) -> EmbeddedPostgres {
+    let base = scratch_dir(tag);
+    let data_dir = base.join("pg");
+    spawn_watchdog(std::process::id(), &data_dir, &base);
+    let pg = EmbeddedPostgres::start(&embedded_settings(&data_dir, free_port()), &[]).unwrap();
+    rt.block_on(async {
+        db::create_database_if_missing(pg.url_for("postgres").expose(), db::embedded::DATABASE)
+            .await
+            .unwrap();
+        db::migrations::run_pending(pg.url().expose()).await.unwrap();
+    });
+    pg
+}
