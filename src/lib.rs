@@ -28,10 +28,12 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod flow;
+pub mod outbox;
 pub mod phone;
 pub mod retry;
 pub mod startup;
 pub mod telemetry;
+pub mod whatsapp;
 
 pub use engine::{Engine, InboundMessage};
 pub use error::{Error, Result};

@@ -68,16 +68,24 @@ pub struct DbWriter {
     pending: Vec<(StepWrite, Waiter)>,
     in_flight: usize,
     stats: Arc<WriterStats>,
+    /// Woken after a commit that queued outbound messages.
+    outbox: Arc<tokio::sync::Notify>,
 }
 
 impl DbWriter {
-    pub fn new(db: Database, settings: GroupCommitSettings, stats: Arc<WriterStats>) -> Self {
+    pub fn new(
+        db: Database,
+        settings: GroupCommitSettings,
+        stats: Arc<WriterStats>,
+        outbox: Arc<tokio::sync::Notify>,
+    ) -> Self {
         Self {
             db,
             settings,
             pending: Vec::new(),
             in_flight: 0,
             stats,
+            outbox,
         }
     }
 
@@ -88,13 +96,18 @@ impl DbWriter {
             self.in_flight += 1;
             let db = self.db.clone();
             let stats = self.stats.clone();
+            let outbox = self.outbox.clone();
             ctx.spawn(
-                async move { commit(db, batch, stats).await }
-                    .into_actor(self)
-                    .map(|(), act, ctx| {
-                        act.in_flight -= 1;
-                        act.flush(ctx);
-                    }),
+                async move {
+                    if commit(db, batch, stats).await {
+                        outbox.notify_one();
+                    }
+                }
+                .into_actor(self)
+                .map(|(), act, ctx| {
+                    act.in_flight -= 1;
+                    act.flush(ctx);
+                }),
             );
         }
     }
@@ -117,8 +130,11 @@ impl DbWriter {
     }
 }
 
-async fn commit(db: Database, batch: Vec<(StepWrite, Waiter)>, stats: Arc<WriterStats>) {
+/// Commits one batch and answers its waiters; true if outbound messages
+/// were committed.
+async fn commit(db: Database, batch: Vec<(StepWrite, Waiter)>, stats: Arc<WriterStats>) -> bool {
     let (writes, waiters): (Vec<StepWrite>, Vec<Waiter>) = batch.into_iter().unzip();
+    let mut queued_outbound = false;
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
     stats.largest_batch.fetch_max(writes.len() as u64, Ordering::Relaxed);
@@ -133,7 +149,10 @@ async fn commit(db: Database, batch: Vec<(StepWrite, Waiter)>, stats: Arc<Writer
         .await;
     match result {
         Ok(outcomes) => {
-            for (outcome, tx) in outcomes.into_iter().zip(waiters) {
+            for ((outcome, tx), w) in outcomes.into_iter().zip(waiters).zip(&writes) {
+                if matches!(outcome, WriteOutcome::Committed { .. }) && !w.outbox.is_empty() {
+                    queued_outbound = true;
+                }
                 match outcome {
                     WriteOutcome::Conflict { .. } => stats.conflicts.fetch_add(1, Ordering::Relaxed),
                     WriteOutcome::AlreadyProcessed => stats.duplicates.fetch_add(1, Ordering::Relaxed),
@@ -157,6 +176,7 @@ async fn commit(db: Database, batch: Vec<(StepWrite, Waiter)>, stats: Arc<Writer
             }
         }
     }
+    queued_outbound
 }
 
 impl Actor for DbWriter {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::secret::Secret;
 pub use crate::ai::AiSettings;
 pub use crate::engine::EngineSettings;
+pub use crate::outbox::OutboxSettings;
 
 /// The whole configuration of one switchboard process.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -21,6 +22,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub ai: AiSettings,
     pub engine: EngineSettings,
+    pub outbox: OutboxSettings,
     pub flow: FlowSettings,
     pub log: LogSettings,
 }

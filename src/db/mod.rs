@@ -7,6 +7,7 @@
 pub mod embedded;
 pub mod inbox;
 pub mod migrations;
+pub mod outbox;
 pub mod pool;
 #[rustfmt::skip]
 pub mod schema;

@@ -33,7 +33,9 @@ use crate::db::steps::{self, PendingInbound};
 use crate::db::{Database, NewDelivery, PoolStats};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
+use crate::outbox::Dispatcher;
 use crate::phone;
+use crate::whatsapp::sender::Sender;
 
 /// Application code run before each step of an inbound message (business
 /// validation, enrichment). An `Err` — or a panic — counts as a crash of
@@ -127,6 +129,7 @@ struct Inner {
     ai_stats: Arc<AiStats>,
     supervisor_stats: Arc<SupervisorStats>,
     ai_breaker: CircuitBreaker,
+    dispatcher: Dispatcher,
 }
 
 impl std::fmt::Debug for Engine {
@@ -142,9 +145,16 @@ pub struct EngineBuilder {
     flow: Option<Flow>,
     model: Option<Arc<dyn Model>>,
     middleware: Option<Arc<dyn Middleware>>,
+    sender: Option<Arc<dyn Sender>>,
 }
 
 impl EngineBuilder {
+    /// Deliver outbound messages with this sender instead of the one the
+    /// `[whatsapp]` settings choose.
+    pub fn sender(mut self, sender: Arc<dyn Sender>) -> Self {
+        self.sender = Some(sender);
+        self
+    }
     /// Use this database (already migrated) instead of opening one; the
     /// engine then leaves it running at shutdown.
     pub fn database(mut self, db: Database) -> Self {
@@ -187,6 +197,11 @@ impl EngineBuilder {
         let ai_stats = Arc::new(AiStats::default());
         let supervisor_stats = Arc::new(SupervisorStats::default());
         let ai_breaker = CircuitBreaker::new("ai", settings.ai.breaker.clone());
+        let outbound_breaker = CircuitBreaker::new("outbound", settings.outbox.breaker.clone());
+        let outbox_wake = Arc::new(tokio::sync::Notify::new());
+        let sender = self
+            .sender
+            .unwrap_or_else(|| crate::whatsapp::sender::build(&settings.whatsapp));
         let arbiters = match settings.engine.arbiters {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             n => n,
@@ -202,18 +217,19 @@ impl EngineBuilder {
                 supervisor_stats.clone(),
                 ai_breaker.clone(),
             );
+            let (outbound_breaker, outbox_wake) = (outbound_breaker.clone(), outbox_wake.clone());
             std::thread::Builder::new()
                 .name("switchboard-actors".into())
                 .spawn(move || {
                     let system = actix::System::new();
                     system.block_on(async move {
                         let handles: Vec<ArbiterHandle> = (0..arbiters).map(|_| Arbiter::new().handle()).collect();
-                        let writer =
-                            DbWriter::new(db.clone(), settings.engine.group_commit.clone(), writer_stats).start();
+                        let group = settings.engine.group_commit.clone();
+                        let writer = DbWriter::new(db.clone(), group, writer_stats, outbox_wake).start();
                         let ai = AiActor::new(model, &settings.ai, ai_breaker.clone(), ai_stats).start();
+                        let breakers = vec![ai_breaker, outbound_breaker];
                         let supervisor =
-                            Supervisor::new(db, settings.engine.max_crashes, vec![ai_breaker], supervisor_stats)
-                                .start();
+                            Supervisor::new(db, settings.engine.max_crashes, breakers, supervisor_stats).start();
                         let _ = tx.send((
                             actix::System::current(),
                             Arbiter::current(),
@@ -233,6 +249,16 @@ impl EngineBuilder {
             .await
             .map_err(|_| Error::Unavailable("the actor system did not start".into()))?;
 
+        let dispatcher = Dispatcher::start(
+            db.clone(),
+            sender,
+            settings.outbox.clone(),
+            outbound_breaker,
+            outbox_wake,
+            |fut| {
+                main_arbiter.spawn(fut);
+            },
+        );
         let registry = Registry::new(handles, settings.engine.max_live_sessions);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         registry.set_deps(Arc::new(SessionDeps {
@@ -266,6 +292,7 @@ impl EngineBuilder {
                 ai_stats,
                 supervisor_stats,
                 ai_breaker,
+                dispatcher,
                 settings,
             }),
         };
@@ -299,6 +326,7 @@ impl Engine {
             flow: None,
             model: None,
             middleware: None,
+            sender: None,
         }
     }
 
@@ -403,6 +431,11 @@ impl Engine {
         }))
     }
 
+    /// The outbox dispatcher (backlog, wait until drained, its breaker).
+    pub fn outbox(&self) -> &Dispatcher {
+        &self.inner.dispatcher
+    }
+
     /// Realtime events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
@@ -486,6 +519,7 @@ impl Engine {
                 "shutdown grace period over; unapplied messages stay in the inbox and resume at next start"
             );
         }
+        self.inner.dispatcher.stop().await;
         self.inner.registry.stop_all();
         self.inner.system.stop();
         let thread = self.inner.thread.lock().unwrap_or_else(|p| p.into_inner()).take();

@@ -1,0 +1,186 @@
+//! Outbox rows: claim due rows (`FOR UPDATE SKIP LOCKED`, so several
+//! processes share the work), and record each send's result.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Jsonb, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use super::schema::{dead_letters, messages, outbox};
+use crate::error::{Error, Result};
+
+/// A claimed row, leased to this process until `lease` passes.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct Claimed {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Text)]
+    pub phone: String,
+    #[diesel(sql_type = Jsonb)]
+    pub payload: serde_json::Value,
+    #[diesel(sql_type = Text)]
+    pub idempotency_key: String,
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+}
+
+/// Claims up to `limit` due rows: pending ones, and `sending` ones whose
+/// lease expired (their process died mid-send). Each claim counts an attempt.
+#[tracing::instrument(skip_all, fields(limit))]
+pub async fn claim(conn: &mut AsyncPgConnection, limit: i64, lease_ms: i64) -> Result<Vec<Claimed>> {
+    Ok(diesel::sql_query(
+        "UPDATE outbox AS o SET status = 'sending', attempts = o.attempts + 1, \
+                next_attempt_at = now() + make_interval(secs => $2 / 1000.0), updated_at = now() \
+         FROM (SELECT phone, id FROM outbox \
+               WHERE status IN ('pending', 'sending') AND next_attempt_at <= now() \
+               ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) AS due \
+         WHERE o.phone = due.phone AND o.id = due.id \
+         RETURNING o.id, o.phone, o.payload, o.idempotency_key, o.attempts",
+    )
+    .bind::<BigInt, _>(limit)
+    .bind::<BigInt, _>(lease_ms)
+    .load(conn)
+    .await?)
+}
+
+/// The row was sent: store the provider id on it and on its message.
+pub async fn mark_sent(conn: &mut AsyncPgConnection, row: &Claimed, provider_id: &str) -> Result<()> {
+    let (phone, key, id) = (row.phone.clone(), row.idempotency_key.clone(), row.id);
+    let provider_id = provider_id.to_string();
+    conn.transaction::<_, Error, _>(async move |conn| {
+        diesel::update(outbox::table.find((&phone, id)))
+            .set((
+                outbox::status.eq("sent"),
+                outbox::provider_message_id.eq(&provider_id),
+                outbox::last_error.eq(None::<String>),
+                outbox::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .await?;
+        diesel::update(messages::table)
+            .filter(messages::phone.eq(&phone))
+            .filter(messages::outbox_key.eq(&key))
+            .set((
+                messages::status.eq("sent"),
+                messages::provider_message_id.eq(&provider_id),
+                messages::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Try again at `at`.
+pub async fn mark_retry(conn: &mut AsyncPgConnection, row: &Claimed, at: DateTime<Utc>, reason: &str) -> Result<()> {
+    diesel::update(outbox::table.find((&row.phone, row.id)))
+        .set((
+            outbox::status.eq("pending"),
+            outbox::next_attempt_at.eq(at),
+            outbox::last_error.eq(reason),
+            outbox::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Gives a claim back untouched (the sender's breaker is open): the attempt
+/// does not count.
+pub async fn release(conn: &mut AsyncPgConnection, row: &Claimed, at: DateTime<Utc>) -> Result<()> {
+    diesel::update(outbox::table.find((&row.phone, row.id)))
+        .set((
+            outbox::status.eq("pending"),
+            outbox::attempts.eq(outbox::attempts - 1),
+            outbox::next_attempt_at.eq(at),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Ends the row: `failed` (permanent error) or `dead` (out of attempts, also
+/// copied to dead letters). Its message shows the failure.
+pub async fn mark_final(conn: &mut AsyncPgConnection, row: &Claimed, dead: bool, reason: &str) -> Result<()> {
+    let row = row.clone();
+    let reason = reason.to_string();
+    conn.transaction::<_, Error, _>(async move |conn| {
+        diesel::update(outbox::table.find((&row.phone, row.id)))
+            .set((
+                outbox::status.eq(if dead { "dead" } else { "failed" }),
+                outbox::last_error.eq(&reason),
+                outbox::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .await?;
+        diesel::update(messages::table)
+            .filter(messages::phone.eq(&row.phone))
+            .filter(messages::outbox_key.eq(&row.idempotency_key))
+            .set((
+                messages::status.eq("failed"),
+                messages::error.eq(&reason),
+                messages::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .await?;
+        if dead {
+            diesel::insert_into(dead_letters::table)
+                .values((
+                    dead_letters::phone.eq(&row.phone),
+                    dead_letters::source.eq("outbox"),
+                    dead_letters::source_id.eq(row.id),
+                    dead_letters::payload.eq(&row.payload),
+                    dead_letters::reason.eq(&reason),
+                ))
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Rows still to deliver (pending or being sent).
+pub async fn backlog(conn: &mut AsyncPgConnection) -> Result<i64> {
+    Ok(outbox::table
+        .filter(outbox::status.eq_any(["pending", "sending"]))
+        .count()
+        .get_result(conn)
+        .await?)
+}
+
+/// Applies a delivery status webhook to our outbound message with that
+/// provider id. Returns whether a message was found. A status never moves
+/// backwards (`read` is not overwritten by a late `delivered`).
+pub async fn apply_status(
+    conn: &mut AsyncPgConnection,
+    provider_id: &str,
+    status: &str,
+    error: Option<&str>,
+) -> Result<bool> {
+    let rank = |s: &str| match s {
+        "queued" => 0,
+        "sent" => 1,
+        "delivered" => 2,
+        "read" => 3,
+        "failed" => 4,
+        _ => -1,
+    };
+    let allowed: Vec<&str> = ["queued", "sent", "delivered", "read"]
+        .into_iter()
+        .filter(|s| rank(s) < rank(status) || status == "failed")
+        .collect();
+    let n = diesel::update(messages::table)
+        .filter(messages::provider_message_id.eq(provider_id))
+        .filter(messages::direction.eq("out"))
+        .filter(messages::status.eq_any(&allowed))
+        .set((
+            messages::status.eq(status),
+            messages::error.eq(error),
+            messages::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(n > 0)
+}

@@ -1,0 +1,309 @@
+//! The outbox dispatcher: delivers the replies and agent messages that step
+//! transactions committed, through a [`Sender`], with retries, backoff,
+//! dead letters, a circuit breaker and a per-number rate limit.
+//!
+//! Rows are claimed with `FOR UPDATE SKIP LOCKED` and a lease, so several
+//! processes share one outbox and a row whose process died mid-send is
+//! retried after its lease. A row is marked `sent` once; it is never claimed
+//! again after that. (A crash between the provider's accept and our record
+//! can still repeat one send: no send API offers an idempotency key.)
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Mutex, Notify};
+
+use crate::breaker::{BreakerSettings, CallResult, CircuitBreaker};
+use crate::db::outbox::{self as rows, Claimed};
+use crate::db::Database;
+use crate::error::Result;
+use crate::phone::mask;
+use crate::retry::RetryPolicy;
+use crate::whatsapp::sender::{OutboundMessage, SendOutcome, Sender};
+
+/// `[outbox]` settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxSettings {
+    /// Longest pause between looks at the outbox when nothing wakes the dispatcher.
+    pub poll_interval_ms: u64,
+    /// Rows claimed at once.
+    pub batch: i64,
+    /// Sends in flight at once.
+    pub concurrency: usize,
+    /// Attempts before a row goes to dead letters.
+    pub max_attempts: i32,
+    /// Retry backoff: ceiling doubles from `base_delay_ms` up to `max_delay_ms`, full jitter.
+    pub base_delay_ms: u64,
+    pub max_delay_ms: u64,
+    /// A claimed row not recorded within this is claimed again (its process died).
+    pub lease_ms: i64,
+    /// Sends per second per business number (WhatsApp's default tier is 80).
+    pub rate_per_s: u32,
+    pub breaker: BreakerSettings,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 500,
+            batch: 32,
+            concurrency: 8,
+            max_attempts: 8,
+            base_delay_ms: 1_000,
+            // WhatsApp retries its own webhooks for days; five minutes between
+            // our send attempts keeps a long outage cheap.
+            max_delay_ms: 300_000,
+            lease_ms: 30_000,
+            rate_per_s: 80,
+            breaker: BreakerSettings::default(),
+        }
+    }
+}
+
+/// Spaces sends at `1/rate` seconds.
+struct RateLimit {
+    next: Mutex<Instant>,
+    every: Duration,
+}
+
+impl RateLimit {
+    fn new(rate: u32) -> Self {
+        Self {
+            next: Mutex::new(Instant::now()),
+            every: Duration::from_secs_f64(1.0 / f64::from(rate.max(1))),
+        }
+    }
+
+    async fn wait(&self) {
+        let at = {
+            let mut next = self.next.lock().await;
+            let now = Instant::now();
+            let at = (*next).max(now);
+            *next = at + self.every;
+            at
+        };
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct OutboxStats {
+    pub sent: std::sync::atomic::AtomicU64,
+    pub retried: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+    pub dead: std::sync::atomic::AtomicU64,
+}
+
+/// The running dispatcher.
+#[derive(Clone)]
+pub struct Dispatcher {
+    wake: Arc<Notify>,
+    /// (rounds completed, backlog at the end of the last one).
+    backlog: watch::Receiver<(u64, i64)>,
+    stop: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+    pub breaker: CircuitBreaker,
+    pub stats: Arc<OutboxStats>,
+}
+
+struct Worker {
+    db: Database,
+    sender: Arc<dyn Sender>,
+    settings: OutboxSettings,
+    breaker: CircuitBreaker,
+    rate: RateLimit,
+    stats: Arc<OutboxStats>,
+}
+
+impl Dispatcher {
+    /// Starts the dispatcher on `spawn` (a runtime or an arbiter).
+    pub fn start(
+        db: Database,
+        sender: Arc<dyn Sender>,
+        settings: OutboxSettings,
+        breaker: CircuitBreaker,
+        wake: Arc<Notify>,
+        spawn: impl FnOnce(futures_util::future::BoxFuture<'static, ()>),
+    ) -> Self {
+        let stats = Arc::new(OutboxStats::default());
+        let (backlog_tx, backlog) = watch::channel((0, -1));
+        let (stop, mut stop_rx) = watch::channel(false);
+        let (done_tx, done) = watch::channel(false);
+        let worker = Arc::new(Worker {
+            db,
+            sender,
+            rate: RateLimit::new(settings.rate_per_s),
+            settings,
+            breaker: breaker.clone(),
+            stats: stats.clone(),
+        });
+        let w = wake.clone();
+        spawn(Box::pin(async move {
+            loop {
+                if *stop_rx.borrow() {
+                    break;
+                }
+                match worker.round().await {
+                    Ok((claimed, backlog)) => {
+                        backlog_tx.send_modify(|(round, b)| {
+                            *round += 1;
+                            *b = backlog;
+                        });
+                        if claimed > 0 {
+                            continue; // more may be due right away
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "outbox round failed"),
+                }
+                let pause = Duration::from_millis(worker.settings.poll_interval_ms);
+                tokio::select! {
+                    _ = w.notified() => {}
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop_rx.changed() => {}
+                }
+            }
+            let _ = done_tx.send(true);
+        }));
+        Self {
+            wake,
+            backlog,
+            stop,
+            done,
+            breaker,
+            stats,
+        }
+    }
+
+    /// Rows not yet delivered, as of the last round (-1 before the first).
+    pub fn backlog(&self) -> i64 {
+        self.backlog.borrow().1
+    }
+
+    /// Waits until no row is pending or being sent, as seen by a round that
+    /// started after this call.
+    pub async fn wait_drained(&self) {
+        let mut rx = self.backlog.clone();
+        let start = rx.borrow_and_update().0;
+        loop {
+            self.wake.notify_one();
+            if rx.changed().await.is_err() {
+                return;
+            }
+            let (round, backlog) = *rx.borrow_and_update();
+            // The first round to end may have counted before this call.
+            if round > start + 1 && backlog == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Finishes the sends in progress, then stops.
+    pub async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+}
+
+impl Worker {
+    /// Claims due rows, sends them, records the results. Returns the rows
+    /// claimed and the backlog left.
+    async fn round(&self) -> Result<(usize, i64)> {
+        let claimed = {
+            let mut conn = self.db.pool().get().await?;
+            rows::claim(&mut conn, self.settings.batch, self.settings.lease_ms).await?
+        };
+        let n = claimed.len();
+        let chunk = self.settings.concurrency.max(1);
+        for group in claimed.chunks(chunk) {
+            join_all(group.iter().map(|row| self.deliver(row))).await;
+        }
+        let backlog = rows::backlog(&mut *self.db.pool().get().await?).await?;
+        Ok((n, backlog))
+    }
+
+    #[tracing::instrument(skip_all, fields(phone = %mask(&row.phone), outbox_id = row.id, attempt = row.attempts))]
+    async fn deliver(&self, row: &Claimed) {
+        let policy = self.db.retry_policy();
+        let result = match self.breaker.try_acquire() {
+            Err(_) => {
+                let at = Utc::now() + chrono::Duration::milliseconds(self.settings.breaker.open_ms as i64);
+                policy
+                    .run("outbox_release", || async {
+                        rows::release(&mut *self.db.pool().get().await?, row, at).await
+                    })
+                    .await
+            }
+            Ok(permit) => {
+                self.rate.wait().await;
+                let outcome = self
+                    .sender
+                    .send(OutboundMessage::from_outbox(&row.phone, &row.payload))
+                    .await;
+                permit.record(match outcome {
+                    SendOutcome::Retry { .. } => CallResult::Failure,
+                    _ => CallResult::Success,
+                });
+                self.record(row, outcome).await
+            }
+        };
+        if let Err(e) = result {
+            // The lease makes the row due again; it is retried then.
+            tracing::warn!(error = %e, "could not record a send result");
+        }
+    }
+
+    async fn record(&self, row: &Claimed, outcome: SendOutcome) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let policy = self.db.retry_policy();
+        match outcome {
+            SendOutcome::Sent { provider_id } => {
+                self.stats.sent.fetch_add(1, Relaxed);
+                policy
+                    .run("outbox_sent", || async {
+                        rows::mark_sent(&mut *self.db.pool().get().await?, row, &provider_id).await
+                    })
+                    .await
+            }
+            SendOutcome::Retry { reason } if row.attempts < self.settings.max_attempts => {
+                self.stats.retried.fetch_add(1, Relaxed);
+                let backoff = RetryPolicy {
+                    max_attempts: u32::MAX,
+                    base_delay: Duration::from_millis(self.settings.base_delay_ms),
+                    max_delay: Duration::from_millis(self.settings.max_delay_ms),
+                }
+                .delay(row.attempts.max(1) as u32 - 1, &mut rand::rng());
+                let at = Utc::now() + chrono::Duration::from_std(backoff).unwrap_or_default();
+                tracing::info!(%reason, retry_in_ms = backoff.as_millis() as u64, "send failed; will retry");
+                policy
+                    .run("outbox_retry", || async {
+                        rows::mark_retry(&mut *self.db.pool().get().await?, row, at, &reason).await
+                    })
+                    .await
+            }
+            SendOutcome::Retry { reason } => {
+                self.stats.dead.fetch_add(1, Relaxed);
+                tracing::error!(%reason, "send failed on every attempt; moved to dead letters");
+                policy
+                    .run("outbox_dead", || async {
+                        rows::mark_final(&mut *self.db.pool().get().await?, row, true, &reason).await
+                    })
+                    .await
+            }
+            SendOutcome::Failed { reason } => {
+                self.stats.failed.fetch_add(1, Relaxed);
+                tracing::warn!(%reason, "send failed permanently");
+                policy
+                    .run("outbox_failed", || async {
+                        rows::mark_final(&mut *self.db.pool().get().await?, row, false, &reason).await
+                    })
+                    .await
+            }
+        }
+    }
+}

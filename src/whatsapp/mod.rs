@@ -1,0 +1,5 @@
+//! The WhatsApp Cloud API: inbound webhooks ([`webhook`]) and the send API
+//! ([`sender`]).
+
+pub mod sender;
+pub mod webhook;

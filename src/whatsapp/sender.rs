@@ -1,0 +1,232 @@
+//! Sending messages: the WhatsApp Cloud API send endpoint, or a log sink
+//! when no credentials are configured (so `serve` works out of the box).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use serde_json::{json, Value};
+
+use crate::config::{Secret, WhatsAppSettings};
+use crate::phone::mask;
+
+/// Budget of one send request.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// WhatsApp error codes worth retrying: throughput limit, pair rate limit,
+/// generic/temporary errors. (Meta: "Error codes", Cloud API.)
+const RETRYABLE_CODES: &[i64] = &[1, 2, 4, 80007, 130429, 131000, 131016, 131056, 133004];
+
+/// How a send ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// Accepted by the provider, with its message id.
+    Sent { provider_id: String },
+    /// Try again later (network, 5xx, 429, throughput limits).
+    Retry { reason: String },
+    /// Will never succeed (outside the 24 h window, undeliverable, invalid).
+    Failed { reason: String },
+}
+
+/// One outbound message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundMessage {
+    pub to: String,
+    pub text: String,
+    /// Reply buttons (at most 3 are sent, titles cut to 20 characters).
+    pub choices: Vec<String>,
+}
+
+impl OutboundMessage {
+    /// From an outbox payload (`{"text": …, "choices": […]}`).
+    pub fn from_outbox(phone: &str, payload: &Value) -> Self {
+        Self {
+            to: phone.to_string(),
+            text: payload
+                .get("text")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            choices: payload
+                .get("choices")
+                .and_then(Value::as_array)
+                .map(|c| c.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The send API's JSON body.
+    pub fn to_graph_json(&self) -> Value {
+        if self.choices.is_empty() || self.choices.len() > 3 {
+            return json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": self.to,
+                "type": "text",
+                "text": {"preview_url": false, "body": self.text},
+            });
+        }
+        let buttons: Vec<Value> = self
+            .choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| json!({"type": "reply", "reply": {"id": format!("opt{}", i + 1), "title": c.chars().take(20).collect::<String>()}}))
+            .collect();
+        json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": self.to,
+            "type": "interactive",
+            "interactive": {"type": "button", "body": {"text": self.text}, "action": {"buttons": buttons}},
+        })
+    }
+}
+
+/// Something that delivers outbound messages.
+pub trait Sender: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    fn send(&self, msg: OutboundMessage) -> BoxFuture<'static, SendOutcome>;
+}
+
+/// Builds the configured sender: the Cloud API with credentials, else the log sink.
+pub fn build(s: &WhatsAppSettings) -> Arc<dyn Sender> {
+    match (&s.access_token, &s.phone_number_id) {
+        (Some(token), Some(id)) if !token.is_empty() && !id.is_empty() => Arc::new(CloudApi::new(s, token.clone(), id)),
+        _ => Arc::new(LogSink),
+    }
+}
+
+/// Prints replies to the log instead of sending them.
+#[derive(Debug, Clone, Copy)]
+pub struct LogSink;
+
+impl Sender for LogSink {
+    fn name(&self) -> &'static str {
+        "log"
+    }
+
+    fn send(&self, msg: OutboundMessage) -> BoxFuture<'static, SendOutcome> {
+        tracing::info!(to = %mask(&msg.to), chars = msg.text.chars().count(), "reply (log sink; no WhatsApp credentials)");
+        tracing::debug!(body = %msg.text, "reply body");
+        let id = format!("log.{}", rand::random::<u64>());
+        futures_util::future::ready(SendOutcome::Sent { provider_id: id }).boxed()
+    }
+}
+
+/// The WhatsApp Cloud API send endpoint.
+#[derive(Clone)]
+pub struct CloudApi {
+    client: reqwest::Client,
+    url: String,
+    token: Secret,
+}
+
+impl CloudApi {
+    pub fn new(s: &WhatsAppSettings, token: Secret, phone_number_id: &str) -> Self {
+        Self {
+            client: reqwest::Client::builder()
+                .timeout(SEND_TIMEOUT)
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new()),
+            url: format!(
+                "{}/{}/{}/messages",
+                s.api_base.trim_end_matches('/'),
+                s.api_version,
+                phone_number_id
+            ),
+            token,
+        }
+    }
+}
+
+/// Classifies a send API answer.
+pub fn classify(status: u16, body: &Value) -> SendOutcome {
+    if (200..300).contains(&status) {
+        return match body.pointer("/messages/0/id").and_then(Value::as_str) {
+            Some(id) => SendOutcome::Sent {
+                provider_id: id.to_string(),
+            },
+            None => SendOutcome::Retry {
+                reason: "accepted without a message id".into(),
+            },
+        };
+    }
+    let code = body.pointer("/error/code").and_then(Value::as_i64);
+    let message = body.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
+    let reason = format!(
+        "HTTP {status}, code {}: {message}",
+        code.map(|c| c.to_string()).unwrap_or_else(|| "-".into())
+    );
+    if status >= 500 || status == 429 || code.is_some_and(|c| RETRYABLE_CODES.contains(&c)) {
+        SendOutcome::Retry { reason }
+    } else {
+        SendOutcome::Failed { reason }
+    }
+}
+
+impl Sender for CloudApi {
+    fn name(&self) -> &'static str {
+        "whatsapp"
+    }
+
+    fn send(&self, msg: OutboundMessage) -> BoxFuture<'static, SendOutcome> {
+        let this = self.clone();
+        async move {
+            let resp = this
+                .client
+                .post(&this.url)
+                .bearer_auth(this.token.expose())
+                .json(&msg.to_graph_json())
+                .send()
+                .await;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    return SendOutcome::Retry {
+                        reason: format!("network: {}", e.without_url()),
+                    }
+                }
+            };
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            classify(status, &body)
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified_as_meta_documents_them() {
+        let ok = json!({"messages": [{"id": "wamid.X"}]});
+        assert_eq!(
+            classify(200, &ok),
+            SendOutcome::Sent {
+                provider_id: "wamid.X".into()
+            }
+        );
+        let err = |code: i64| json!({"error": {"code": code, "message": "m"}});
+        assert!(matches!(classify(400, &err(130429)), SendOutcome::Retry { .. }));
+        assert!(matches!(classify(400, &err(131056)), SendOutcome::Retry { .. }));
+        assert!(matches!(classify(400, &err(131047)), SendOutcome::Failed { .. }));
+        assert!(matches!(classify(400, &err(131026)), SendOutcome::Failed { .. }));
+        assert!(matches!(classify(400, &err(100)), SendOutcome::Failed { .. }));
+        assert!(matches!(classify(500, &Value::Null), SendOutcome::Retry { .. }));
+        assert!(matches!(classify(429, &Value::Null), SendOutcome::Retry { .. }));
+    }
+
+    #[test]
+    fn choices_become_reply_buttons() {
+        let m = OutboundMessage {
+            to: "521".into(),
+            text: "¿Es correcto?".into(),
+            choices: vec!["Sí".into(), "No".into()],
+        };
+        let j = m.to_graph_json();
+        assert_eq!(j["type"], "interactive");
+        assert_eq!(j["interactive"]["action"]["buttons"][1]["reply"]["title"], "No");
+    }
+}

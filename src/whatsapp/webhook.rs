@@ -1,0 +1,171 @@
+//! WhatsApp Cloud API webhook deliveries: parsing and signatures.
+//!
+//! A delivery (`object = "whatsapp_business_account"`) holds entries, each
+//! with changes; a change's `value` holds `messages` (inbound), `statuses`
+//! (of our outbound messages) and `contacts`. Every message is kept as the
+//! exact JSON object received; unknown types and fields are carried, never an
+//! error. Reference: Meta's "Webhooks payload examples" for the Cloud API.
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+/// One inbound message of a delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundWa {
+    /// Sender (`from`), the conversation key.
+    pub from: String,
+    /// The provider's message id (`wamid…`).
+    pub id: String,
+    /// `text`, `interactive`, `button`, `image`, … (unknown types kept).
+    pub kind: String,
+    /// The sender's profile name from `contacts`, if given.
+    pub contact_name: Option<String>,
+    /// The message object exactly as received.
+    pub raw: Value,
+}
+
+/// A delivery status of one of our outbound messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusWa {
+    /// The id of our outbound message (the send API's `messages[0].id`).
+    pub id: String,
+    pub recipient: String,
+    /// `sent`, `delivered`, `read`, `failed` (others kept as given).
+    pub status: String,
+    /// For `failed`: the errors as received (code, title, details).
+    pub errors: Option<Value>,
+}
+
+/// What a delivery carries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delivery {
+    pub messages: Vec<InboundWa>,
+    pub statuses: Vec<StatusWa>,
+}
+
+/// Why a body is not a delivery we can take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("malformed JSON: {0}")]
+    Json(String),
+    #[error("not a WhatsApp Cloud API delivery: {0}")]
+    Shape(String),
+}
+
+fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// Parses a delivery body. Messages and statuses that lack the fields we
+/// need (`from`/`id`, `id`/`status`) make the delivery malformed: the
+/// provider would never send them, and accepting half a delivery hides bugs.
+pub fn parse(body: &[u8]) -> Result<Delivery, DeliveryError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| DeliveryError::Json(e.to_string()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| DeliveryError::Shape("the body is not a JSON object".into()))?;
+    match obj.get("object").and_then(Value::as_str) {
+        Some("whatsapp_business_account") => {}
+        Some(other) => return Err(DeliveryError::Shape(format!("unexpected object `{other}`"))),
+        None => return Err(DeliveryError::Shape("missing `object`".into())),
+    }
+    let entries = obj
+        .get("entry")
+        .and_then(Value::as_array)
+        .ok_or_else(|| DeliveryError::Shape("missing `entry` list".into()))?;
+    let mut d = Delivery::default();
+    for entry in entries {
+        let Some(changes) = entry.get("changes").and_then(Value::as_array) else {
+            continue;
+        };
+        for change in changes {
+            let Some(value) = change.get("value") else { continue };
+            let contacts: Vec<(&str, &str)> = value
+                .get("contacts")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| Some((str_at(c, "wa_id")?, c.pointer("/profile/name")?.as_str()?)))
+                .collect();
+            for m in value.get("messages").and_then(Value::as_array).into_iter().flatten() {
+                let (Some(from), Some(id)) = (str_at(m, "from"), str_at(m, "id")) else {
+                    return Err(DeliveryError::Shape("a message without `from` or `id`".into()));
+                };
+                d.messages.push(InboundWa {
+                    from: from.to_string(),
+                    id: id.to_string(),
+                    kind: str_at(m, "type").unwrap_or("unknown").to_string(),
+                    contact_name: contacts.iter().find(|(wa, _)| *wa == from).map(|(_, n)| n.to_string()),
+                    raw: m.clone(),
+                });
+            }
+            for s in value.get("statuses").and_then(Value::as_array).into_iter().flatten() {
+                let (Some(id), Some(status)) = (str_at(s, "id"), str_at(s, "status")) else {
+                    return Err(DeliveryError::Shape("a status without `id` or `status`".into()));
+                };
+                d.statuses.push(StatusWa {
+                    id: id.to_string(),
+                    recipient: str_at(s, "recipient_id").unwrap_or_default().to_string(),
+                    status: status.to_string(),
+                    errors: s.get("errors").cloned(),
+                });
+            }
+        }
+    }
+    Ok(d)
+}
+
+/// Checks `X-Hub-Signature-256: sha256=<hex>` over the exact raw body, in
+/// constant time.
+pub fn verify_signature(app_secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
+    let Some(hex_sig) = header.and_then(|h| h.strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Ok(given) = hex::decode(hex_sig.trim()) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(app_secret) else {
+        return false;
+    };
+    mac.update(body);
+    let expected = mac.finalize().into_bytes();
+    expected.as_slice().ct_eq(&given).into()
+}
+
+/// The header value a provider would send for `body` (tests, load harness).
+pub fn sign(app_secret: &[u8], body: &[u8]) -> String {
+    let mut mac = match Hmac::<Sha256>::new_from_slice(app_secret) {
+        Ok(m) => m,
+        Err(_) => return String::new(), // HMAC takes keys of any length
+    };
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Constant-time string equality (tokens).
+pub fn secure_eq(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_is_checked_over_the_exact_bytes() {
+        let body = "{\"text\":\"¿Qué tal? 😀 / ok\"}".as_bytes();
+        let sig = sign(b"secret", body);
+        assert!(verify_signature(b"secret", body, Some(&sig)));
+        assert!(!verify_signature(b"other", body, Some(&sig)));
+        assert!(!verify_signature(b"secret", b"{}", Some(&sig)));
+        assert!(!verify_signature(b"secret", body, None));
+        assert!(!verify_signature(b"secret", body, Some("sha256=zz")));
+        assert!(!verify_signature(
+            b"secret",
+            body,
+            Some(&sig.replace("sha256=", "sha1="))
+        ));
+    }
+}

@@ -1,0 +1,177 @@
+//! The outbox dispatcher against a local fake of the WhatsApp send API.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use support::graph::{wa_error, FakeGraph};
+use support::{engine_settings, example_flow, say, TestDb};
+use switchboard::breaker::BreakerState;
+use switchboard::db::schema::{dead_letters, messages, outbox};
+use switchboard::Engine;
+
+const PHONE: &str = "5215512341234";
+
+async fn engine(db: &TestDb, fake: &FakeGraph, adjust: impl FnOnce(&mut switchboard::config::Settings)) -> Engine {
+    let mut s = engine_settings(db);
+    s.whatsapp = fake.settings();
+    s.outbox.base_delay_ms = 10;
+    s.outbox.max_delay_ms = 20;
+    s.outbox.poll_interval_ms = 20;
+    adjust(&mut s);
+    Engine::builder(s)
+        .database(db.database())
+        .flow(example_flow())
+        .start()
+        .await
+        .unwrap()
+}
+
+async fn rows(db: &TestDb) -> Vec<(String, i32, Option<String>, Option<String>)> {
+    outbox::table
+        .order(outbox::id)
+        .select((
+            outbox::status,
+            outbox::attempts,
+            outbox::provider_message_id,
+            outbox::last_error,
+        ))
+        .load(&mut db.admin().await)
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn a_reply_is_sent_once_and_its_provider_id_stored_on_the_message() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start();
+    let e = engine(&db, &fake, |_| {}).await;
+    say(&e, PHONE, "wamid.o1", "hola").await;
+    e.wait_idle().await;
+    e.outbox().wait_drained().await;
+    let r = rows(&db).await;
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].0.as_str(), r[0].1), ("sent", 1));
+    let id = r[0].2.clone().unwrap();
+    assert!(id.starts_with("wamid.fake."));
+    let req = &fake.requests()[0];
+    assert_eq!(req["to"], PHONE);
+    assert_eq!(req["type"], "interactive", "the greeting offers choices as buttons");
+    let (status, pid): (String, Option<String>) = messages::table
+        .filter(messages::origin.eq("bot"))
+        .select((messages::status, messages::provider_message_id))
+        .first(&mut db.admin().await)
+        .await
+        .unwrap();
+    assert_eq!((status.as_str(), pid.as_deref()), ("sent", Some(id.as_str())));
+    assert_eq!(fake.requests().len(), 1, "sent exactly once");
+    e.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn a_server_error_then_a_throughput_limit_are_retried_until_success() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start();
+    fake.script([wa_error(500, 1), wa_error(400, 130429)]);
+    let e = engine(&db, &fake, |_| {}).await;
+    say(&e, PHONE, "wamid.o2", "hola").await;
+    e.wait_idle().await;
+    e.outbox().wait_drained().await;
+    let r = rows(&db).await;
+    assert_eq!((r[0].0.as_str(), r[0].1), ("sent", 3));
+    assert_eq!(fake.requests().len(), 3);
+    e.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn an_undeliverable_message_fails_without_retry_and_shows_the_error() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start();
+    fake.script([wa_error(400, 131026)]);
+    let e = engine(&db, &fake, |_| {}).await;
+    say(&e, PHONE, "wamid.o3", "hola").await;
+    e.wait_idle().await;
+    e.outbox().wait_drained().await;
+    let r = rows(&db).await;
+    assert_eq!((r[0].0.as_str(), r[0].1), ("failed", 1));
+    assert!(r[0].3.as_deref().unwrap().contains("131026"));
+    let (status, error): (String, Option<String>) = messages::table
+        .filter(messages::origin.eq("bot"))
+        .select((messages::status, messages::error))
+        .first(&mut db.admin().await)
+        .await
+        .unwrap();
+    assert_eq!(status, "failed");
+    assert!(error.unwrap().contains("131026"));
+    assert_eq!(fake.requests().len(), 1);
+    e.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn out_of_attempts_a_row_goes_to_dead_letters() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start();
+    fake.script((0..3).map(|_| wa_error(503, 2)));
+    let e = engine(&db, &fake, |s| {
+        s.outbox.max_attempts = 3;
+        s.outbox.breaker.failure_threshold = 100;
+    })
+    .await;
+    say(&e, PHONE, "wamid.o4", "hola").await;
+    e.wait_idle().await;
+    e.outbox().wait_drained().await;
+    assert_eq!(rows(&db).await[0].0, "dead");
+    let n: i64 = dead_letters::table
+        .filter(dead_letters::source.eq("outbox"))
+        .count()
+        .get_result(&mut db.admin().await)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    e.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn when_the_api_is_down_the_breaker_opens_and_the_backlog_drains_once_it_returns() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start();
+    fake.set_down(true);
+    let e = engine(&db, &fake, |s| {
+        s.outbox.breaker.failure_threshold = 3;
+        s.outbox.breaker.open_ms = 100;
+        s.outbox.breaker.max_open_ms = 100;
+        s.outbox.max_attempts = 1000;
+    })
+    .await;
+    for i in 0..5 {
+        say(&e, &format!("52155700000{i:02}"), &format!("wamid.d{i}"), "hola").await;
+    }
+    e.wait_idle().await;
+    // Webhooks keep being accepted while the API is down.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while e.outbox().breaker.snapshot().counters.opened == 0 {
+        assert!(std::time::Instant::now() < deadline, "the breaker never opened");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(e.outbox().backlog() > 0 || rows(&db).await.iter().any(|r| r.0 != "sent"));
+    fake.set_down(false);
+    e.outbox().wait_drained().await;
+    let r = rows(&db).await;
+    assert!(r.iter().all(|r| r.0 == "sent"), "{r:?}");
+    // Each of the 5 replies reached the API exactly once.
+    let mut to: Vec<String> = fake
+        .requests()
+        .iter()
+        .map(|q| q["to"].as_str().unwrap().to_string())
+        .collect();
+    to.sort();
+    to.dedup();
+    assert_eq!((fake.requests().len(), to.len()), (5, 5));
+    assert_ne!(
+        e.breakers().await.iter().find(|b| b.name == "outbound").unwrap().state,
+        BreakerState::Open
+    );
+    e.shutdown().await.unwrap();
+}
