@@ -52,6 +52,9 @@ pub enum Error {
     /// A message could not be processed (it is retried, then quarantined).
     #[error("processing failed: {0}")]
     Processing(String),
+    /// The HTTP server could not be set up (bind address in use, …).
+    #[error("server: {0}")]
+    Server(String),
     /// The flow file is invalid.
     #[error(transparent)]
     Flow(#[from] crate::flow::FlowError),
@@ -69,6 +72,7 @@ impl Error {
             | Error::Migration(_)
             | Error::Embedded(_)
             | Error::Processing(_)
+            | Error::Server(_)
             | Error::Flow(_) => false,
         }
     }

@@ -28,6 +28,7 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod flow;
+pub mod http;
 pub mod outbox;
 pub mod phone;
 pub mod retry;

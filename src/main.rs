@@ -2,7 +2,7 @@
 
 use clap::Parser;
 
-#[tokio::main]
+#[actix_web::main]
 async fn main() -> std::process::ExitCode {
     let cli = switchboard::cli::Cli::parse();
     match switchboard::cli::run(cli).await {

@@ -3,42 +3,78 @@
 //! use this, so they exercise the real wiring.
 
 use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
 
 use crate::config::Settings;
 use crate::engine::Engine;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::http::{self, AppState, Metrics};
 
-/// A built, running switchboard process.
+/// A built switchboard process: the engine and its HTTP server (bound, not
+/// yet serving).
 pub struct Application {
     engine: Engine,
+    server: Server,
+    port: u16,
 }
 
 impl Application {
     /// Opens the database (embedded cluster if no URL), applies migrations,
-    /// loads the flow and starts the engine (resuming unprocessed messages).
+    /// loads the flow, starts the engine (resuming unprocessed messages) and
+    /// binds the HTTP server to `server.bind` (port 0: any free port).
     pub async fn build(settings: Settings) -> Result<Self> {
-        let embedded = settings.database.url.is_none();
-        let engine = Engine::start(settings).await?;
-        let stats = engine.database().stats();
+        let engine = Engine::start(settings.clone()).await?;
+        Self::with_engine(engine, settings)
+    }
+
+    /// Serves an engine built by the caller (tests inject a database, a
+    /// model or a sender this way).
+    pub fn with_engine(engine: Engine, settings: Settings) -> Result<Self> {
+        let listener = TcpListener::bind(&settings.server.bind)
+            .map_err(|e| Error::Server(format!("cannot listen on {}: {e}", settings.server.bind)))?;
+        let port = listener.local_addr().map_err(|e| Error::Server(e.to_string()))?.port();
+        let metrics = Metrics::new().map_err(|e| Error::Server(format!("metrics: {e}")))?;
+        let state = Arc::new(AppState {
+            engine: engine.clone(),
+            settings: settings.clone(),
+            metrics,
+        });
+        let server = http::build_server(state, listener).map_err(|e| Error::Server(e.to_string()))?;
+        let pool = engine.database().stats();
         tracing::info!(
-            pool_max = stats.max_size,
-            embedded,
+            port,
+            pool_max = pool.max_size,
+            embedded = settings.database.url.is_none(),
             flow = %engine.flow().name,
             "switchboard is ready"
         );
-        Ok(Self { engine })
+        Ok(Self { engine, server, port })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
-    /// Runs until `shutdown` completes, then stops in order: no new work,
-    /// queued work drained (bounded by `server.shutdown_timeout_s`), actors
-    /// stopped, the database last.
+    /// The port the HTTP server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` completes, then stops in order: stop
+    /// accepting and finish in-flight requests, drain the session mailboxes
+    /// and the DB writer, let the dispatcher finish its sends, stop the
+    /// actors, close the database (the embedded cluster last).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        shutdown.await;
-        tracing::info!("shutting down");
+        let handle = self.server.handle();
+        let mut server = actix_web::rt::spawn(self.server);
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutting down"),
+            r = &mut server => tracing::error!(result = ?r, "the HTTP server stopped by itself"),
+        }
+        handle.stop(true).await;
         self.engine.shutdown().await
     }
 }

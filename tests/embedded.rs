@@ -106,7 +106,7 @@ async fn serve_runs_on_the_embedded_database_and_stops_cleanly_on_sigterm() {
         .current_dir(&base)
         .env("SWITCHBOARD__DATABASE__EMBEDDED__DATA_DIR", &data_dir)
         .env("SWITCHBOARD__DATABASE__EMBEDDED__PORT", port.to_string())
-        .env("SWITCHBOARD__SERVER__BIND", format!("127.0.0.1:{}", free_port()))
+        .env("SWITCHBOARD__SERVER__BIND", "127.0.0.1:0")
         .env("SWITCHBOARD__LOG__FORMAT", "json")
         .env(
             "SWITCHBOARD__FLOW__PATH",
@@ -137,6 +137,17 @@ async fn serve_runs_on_the_embedded_database_and_stops_cleanly_on_sigterm() {
             break;
         }
     }
+    // The HTTP server answers on the port it logged.
+    let ready: serde_json::Value = serde_json::from_str(seen.last().unwrap()).unwrap();
+    let http_port = ready["port"].as_u64().unwrap();
+    let health = reqwest::get(format!("http://127.0.0.1:{http_port}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::get(format!("http://127.0.0.1:{http_port}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
     let pg_pid: i32 = std::fs::read_to_string(data_dir.join("postmaster.pid"))
         .unwrap()
         .lines()

@@ -558,6 +558,7 @@ fn publish(deps: &SessionDeps, phone: &str, version: i64, r: &StepResult, kind: 
         flow_state: r.state.clone(),
         handoff: r.handoff,
         messages,
+        delivery: None,
     });
 }
 
@@ -661,6 +662,7 @@ async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Agent
                 origin: "agent",
                 body: msg.body.clone(),
             }],
+            delivery: None,
         });
     }
     Ok(AgentAck {
@@ -689,6 +691,7 @@ async fn set_handoff(deps: &SessionDeps, phone: &str, core: &mut Core, on: bool)
             flow_state: core.state.clone(),
             handoff: on,
             messages: Vec::new(),
+            delivery: None,
         });
     }
     Ok(view(phone, core))

@@ -9,6 +9,7 @@ pub mod inbox;
 pub mod migrations;
 pub mod outbox;
 pub mod pool;
+pub mod read;
 #[rustfmt::skip]
 pub mod schema;
 pub mod sessions;

@@ -151,14 +151,14 @@ pub async fn backlog(conn: &mut AsyncPgConnection) -> Result<i64> {
 }
 
 /// Applies a delivery status webhook to our outbound message with that
-/// provider id. Returns whether a message was found. A status never moves
-/// backwards (`read` is not overwritten by a late `delivered`).
+/// provider id. Returns the message's phone if one was updated. A status
+/// never moves backwards (`read` is not overwritten by a late `delivered`).
 pub async fn apply_status(
     conn: &mut AsyncPgConnection,
     provider_id: &str,
     status: &str,
     error: Option<&str>,
-) -> Result<bool> {
+) -> Result<Option<String>> {
     let rank = |s: &str| match s {
         "queued" => 0,
         "sent" => 1,
@@ -171,7 +171,7 @@ pub async fn apply_status(
         .into_iter()
         .filter(|s| rank(s) < rank(status) || status == "failed")
         .collect();
-    let n = diesel::update(messages::table)
+    let phones: Vec<String> = diesel::update(messages::table)
         .filter(messages::provider_message_id.eq(provider_id))
         .filter(messages::direction.eq("out"))
         .filter(messages::status.eq_any(&allowed))
@@ -180,7 +180,8 @@ pub async fn apply_status(
             messages::error.eq(error),
             messages::updated_at.eq(diesel::dsl::now),
         ))
-        .execute(conn)
+        .returning(messages::phone)
+        .get_results(conn)
         .await?;
-    Ok(n > 0)
+    Ok(phones.into_iter().next())
 }

@@ -16,6 +16,8 @@ pub enum EventKind {
     AgentMessage,
     /// The conversation went to a human agent or back to the bot.
     Handoff,
+    /// WhatsApp reported the delivery status of an outbound message.
+    DeliveryStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -24,14 +26,26 @@ pub struct EventMessage {
     pub body: String,
 }
 
+/// A delivery status report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeliveryEvent {
+    pub provider_message_id: String,
+    pub status: String,
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     pub kind: EventKind,
     pub phone: String,
+    /// Session version after the change (0 for delivery statuses).
     pub version: i64,
     pub flow_state: String,
     pub handoff: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub messages: Vec<EventMessage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryEvent>,
 }
 
 /// The text of an inbound WhatsApp message object, whatever its type:

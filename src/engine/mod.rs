@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 
-pub use events::{inbound_text, Event, EventKind, EventMessage, EVENT_BUFFER};
+pub use events::{inbound_text, DeliveryEvent, Event, EventKind, EventMessage, EVENT_BUFFER};
 pub use settings::EngineSettings;
 
 use crate::actors::ai::{AiActor, AiStats, AiStatsSnapshot};
@@ -429,6 +429,39 @@ impl Engine {
             version: s.version,
             handoff: s.handoff,
         }))
+    }
+
+    /// Applies a delivery status report (`sent`, `delivered`, `read`,
+    /// `failed`) to the outbound message with that provider id; publishes
+    /// it. Returns false when no such message is known.
+    pub async fn apply_status(&self, provider_id: &str, status: &str, error: Option<&str>) -> Result<bool> {
+        let db = &self.inner.db;
+        let phone = db
+            .retry_policy()
+            .run("apply_status", || async {
+                crate::db::outbox::apply_status(&mut *db.pool().get().await?, provider_id, status, error).await
+            })
+            .await?;
+        let Some(phone) = phone else { return Ok(false) };
+        let _ = self.inner.events.send(Event {
+            kind: EventKind::DeliveryStatus,
+            phone,
+            version: 0,
+            flow_state: String::new(),
+            handoff: false,
+            messages: Vec::new(),
+            delivery: Some(DeliveryEvent {
+                provider_message_id: provider_id.to_string(),
+                status: status.to_string(),
+                error: error.map(str::to_string),
+            }),
+        });
+        Ok(true)
+    }
+
+    /// Whether the engine is shutting down.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::SeqCst)
     }
 
     /// The outbox dispatcher (backlog, wait until drained, its breaker).

@@ -1,0 +1,175 @@
+//! The agent API under `/api` (bearer token when configured).
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, Scope};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{sse, ApiError, AppState};
+use crate::db::read::{self, ListFilter};
+use crate::phone;
+use crate::whatsapp::webhook::secure_eq;
+
+/// Largest page of the conversation list.
+const MAX_PAGE: i64 = 200;
+/// Messages returned with one conversation.
+const RECENT_MESSAGES: i64 = 50;
+
+pub fn scope() -> Scope {
+    web::scope("/api")
+        .route("/events", web::get().to(sse::all))
+        .route("/conversations", web::get().to(list))
+        .route("/conversations/{phone}", web::get().to(get))
+        .route("/conversations/{phone}/messages", web::post().to(send))
+        .route("/conversations/{phone}/handoff", web::post().to(handoff))
+        .route("/conversations/{phone}/events", web::get().to(sse::conversation))
+}
+
+/// Checks `Authorization: Bearer <token>` against every configured token
+/// (several allow rotation), in constant time. No token configured: open.
+pub fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    let tokens = &state.settings.api.tokens;
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare with every token, whatever matches, so timing says nothing.
+    let ok = tokens.iter().fold(false, |ok, t| secure_eq(given, t.expose()) | ok);
+    if ok {
+        Ok(())
+    } else {
+        state.metrics.rejected("api_token");
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid bearer token",
+        ))
+    }
+}
+
+fn valid_phone(state: &AppState, raw: &str) -> Result<String, ApiError> {
+    phone::normalize(raw).map_err(|why| {
+        state.metrics.rejected("api_phone");
+        ApiError::new(StatusCode::BAD_REQUEST, format!("invalid phone: {why}"))
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+    handoff: Option<bool>,
+    phone: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+async fn list(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let q = q.into_inner();
+    if let Some(p) = &q.phone {
+        if !p.trim_start_matches('+').bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "phone filter: digits only"));
+        }
+    }
+    let filter = ListFilter {
+        state: q.state,
+        handoff: q.handoff,
+        phone_prefix: q.phone.map(|p| p.trim_start_matches('+').to_string()),
+        limit: q.limit.unwrap_or(50).clamp(1, MAX_PAGE),
+        offset: q.offset.unwrap_or(0).max(0),
+    };
+    let db = state.engine.database();
+    let rows = db
+        .retry_policy()
+        .run("list_conversations", || async {
+            read::list(&mut *db.pool().get().await?, &filter).await
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"conversations": rows, "limit": filter.limit, "offset": filter.offset})))
+}
+
+async fn get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let phone = valid_phone(&state, &path)?;
+    // Through the actor when live: the read comes after everything queued before it.
+    let Some(session) = state.engine.conversation(&phone).await? else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such conversation"));
+    };
+    let db = state.engine.database();
+    let messages = db
+        .retry_policy()
+        .run("recent_messages", || async {
+            read::recent_messages(&mut *db.pool().get().await?, &phone, RECENT_MESSAGES).await
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"session": session, "messages": messages})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendBody {
+    text: String,
+    /// Makes a retried request harmless; generated when absent.
+    idempotency_key: Option<String>,
+}
+
+async fn send(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<SendBody>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let phone = valid_phone(&state, &path)?;
+    let body = body.into_inner();
+    let key = match body.idempotency_key {
+        Some(k) if !k.is_empty() && k.len() <= 128 => k,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "idempotency_key has 1 to 128 characters",
+            ))
+        }
+        None => format!("{:032x}", rand::random::<u128>()),
+    };
+    let ack = state.engine.submit_agent_message(&phone, &body.text, &key).await?;
+    let status = if ack.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(json!({
+        "id": format!("agent:{}", ack.idempotency_key),
+        "idempotency_key": ack.idempotency_key,
+        "version": ack.version,
+        "created": ack.created,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoffBody {
+    /// True: a human agent takes the conversation; false: back to the bot.
+    active: bool,
+}
+
+async fn handoff(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<HandoffBody>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let phone = valid_phone(&state, &path)?;
+    let view = state.engine.set_handoff(&phone, body.active).await?;
+    Ok(HttpResponse::Ok().json(json!({"session": view})))
+}

@@ -1,0 +1,213 @@
+//! Prometheus metrics: HTTP requests and latency by route and status, and
+//! the engine's own figures, read at scrape time.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::web;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use super::AppState;
+use crate::breaker::BreakerState;
+use crate::engine::Engine;
+
+macro_rules! counters {
+    ($($field:ident => $name:literal, $help:literal;)*) => {
+        /// Engine counters mirrored at scrape time.
+        struct EngineCounters { $($field: IntCounter,)* }
+        impl EngineCounters {
+            fn new(r: &Registry) -> prometheus::Result<Self> {
+                Ok(Self { $($field: {
+                    let c = IntCounter::new($name, $help)?;
+                    r.register(Box::new(c.clone()))?;
+                    c
+                },)* })
+            }
+        }
+    };
+}
+
+counters! {
+    deliveries => "switchboard_deliveries_total", "Inbound messages accepted (first deliveries).";
+    duplicates => "switchboard_duplicate_deliveries_total", "Redeliveries of messages already accepted.";
+    processed => "switchboard_messages_processed_total", "Inbound messages applied.";
+    conflicts => "switchboard_version_conflicts_total", "Versioned writes that found another version.";
+    retries => "switchboard_retries_total", "Steps retried after a conflict or a transient error.";
+    crashes => "switchboard_session_crashes_total", "Session actor crashes.";
+    quarantined => "switchboard_dead_letters_inbound_total", "Inbound messages moved to dead letters.";
+    batches => "switchboard_commit_batches_total", "Group-commit transactions.";
+    ai_calls => "switchboard_model_calls_total", "Model calls.";
+    ai_timeouts => "switchboard_model_timeouts_total", "Model calls over their timeout.";
+    ai_errors => "switchboard_model_errors_total", "Model calls that failed.";
+    ai_fallbacks => "switchboard_model_fallbacks_total", "Answers given by the fallback.";
+    ai_rejected => "switchboard_model_rejected_total", "Model calls refused by the open breaker.";
+    sent => "switchboard_outbound_sent_total", "Outbound messages sent.";
+    send_retries => "switchboard_outbound_retries_total", "Outbound sends to retry.";
+    send_failed => "switchboard_outbound_failed_total", "Outbound messages failed permanently.";
+    send_dead => "switchboard_dead_letters_outbound_total", "Outbound messages moved to dead letters.";
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    rejected: IntCounterVec,
+    engine: EngineCounters,
+    gauges: IntGaugeVec,
+    breakers: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "switchboard_http_requests_total",
+                "HTTP requests by route, method and status.",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "switchboard_http_request_duration_seconds",
+                "HTTP request latency by route.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["route"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new("switchboard_rejected_requests_total", "Requests refused, by reason."),
+            &["reason"],
+        )?;
+        let gauges = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_gauge",
+                "Engine levels: live sessions, mailbox depth, pool, outbox backlog.",
+            ),
+            &["name"],
+        )?;
+        let breakers = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_breaker_state",
+                "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            ),
+            &["breaker"],
+        )?;
+        for c in [&requests, &rejected] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(gauges.clone()))?;
+        registry.register(Box::new(breakers.clone()))?;
+        let engine = EngineCounters::new(&registry)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                latency,
+                rejected,
+                engine,
+                gauges,
+                breakers,
+            }),
+        })
+    }
+
+    /// Counts a refused request.
+    pub fn rejected(&self, reason: &str) {
+        self.inner.rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Webhook figures are mirrored from the engine at scrape time; nothing to do.
+    pub fn deliveries(&self, _accepted: usize, _duplicates: usize) {}
+
+    fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        self.inner
+            .requests
+            .with_label_values(&[route, method, &status.to_string()])
+            .inc();
+        self.inner.latency.with_label_values(&[route]).observe(seconds);
+    }
+
+    /// The text exposition, with the engine's figures read now.
+    pub async fn render(&self, engine: &Engine) -> String {
+        let s = engine.stats();
+        let e = &self.inner.engine;
+        let sync = |c: &IntCounter, v: u64| {
+            let now = c.get();
+            if v > now {
+                c.inc_by(v - now);
+            }
+        };
+        sync(&e.deliveries, s.accepted);
+        sync(&e.duplicates, s.redeliveries);
+        sync(&e.processed, s.processed);
+        sync(&e.conflicts, s.conflicts);
+        sync(&e.retries, s.retries);
+        sync(&e.crashes, s.crashes);
+        sync(&e.quarantined, s.quarantined);
+        sync(&e.batches, s.batches);
+        sync(&e.ai_calls, s.ai.calls);
+        sync(&e.ai_timeouts, s.ai.timeouts);
+        sync(&e.ai_errors, s.ai.errors);
+        sync(&e.ai_fallbacks, s.ai.fallbacks);
+        sync(&e.ai_rejected, s.ai.rejected);
+        let o = &engine.outbox().stats;
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        sync(&e.sent, l(&o.sent));
+        sync(&e.send_retries, l(&o.retried));
+        sync(&e.send_failed, l(&o.failed));
+        sync(&e.send_dead, l(&o.dead));
+        let g = |name: &str, v: i64| self.inner.gauges.with_label_values(&[name]).set(v);
+        g("live_sessions", s.live_sessions as i64);
+        g("mailbox_depth", s.mailbox_depth as i64);
+        g("in_flight", s.in_flight as i64);
+        g("pool_size", i64::from(s.pool.connections));
+        g("pool_idle", i64::from(s.pool.idle));
+        g("pool_in_use", i64::from(s.pool.connections.saturating_sub(s.pool.idle)));
+        g("pool_max", i64::from(s.pool.max_size));
+        g("pool_gets_timed_out", s.pool.gets_timed_out as i64);
+        g("outbox_backlog", engine.outbox().backlog().max(0));
+        g("ai_latency_p99_us", s.ai.latency_p99_us as i64);
+        for b in engine.breakers().await {
+            let v = match b.state {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open => 2,
+            };
+            self.inner.breakers.with_label_values(&[&b.name]).set(v);
+        }
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.inner.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Middleware: counts and times every request by its route pattern (not
+/// its path: phones never become label values).
+pub async fn track(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let metrics = req.app_data::<web::Data<AppState>>().map(|s| s.metrics.clone());
+    let res = next.call(req).await?;
+    if let Some(m) = metrics {
+        let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+        m.observe(&route, &method, res.status().as_u16(), start.elapsed().as_secs_f64());
+    }
+    Ok(res)
+}

@@ -1,0 +1,124 @@
+//! The HTTP layer (actix-web): the WhatsApp webhook, the agent API with
+//! realtime events, and the operations endpoints.
+
+mod api;
+mod metrics;
+mod ops;
+mod sse;
+mod webhook;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
+use serde_json::json;
+
+pub use metrics::Metrics;
+
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::error::Error;
+
+/// Request bodies of the agent API are small.
+pub const API_BODY_LIMIT: usize = 64 * 1024;
+
+/// What every handler shares.
+pub struct AppState {
+    pub engine: Engine,
+    pub settings: Settings,
+    pub metrics: Metrics,
+}
+
+/// An error as an HTTP answer: a status and a JSON reason.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub reason: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.status, self.reason)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut r = HttpResponse::build(self.status);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.insert_header(("Retry-After", "1"));
+        }
+        r.json(json!({"error": self.reason}))
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, "request failed");
+        }
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// A JSON error for bodies that fail to parse or are too large.
+fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(API_BODY_LIMIT)
+        .error_handler(|err, _req: &HttpRequest| {
+            let status = match &err {
+                actix_web::error::JsonPayloadError::Overflow { .. }
+                | actix_web::error::JsonPayloadError::OverflowKnownLength { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            ApiError::new(status, err.to_string()).into()
+        })
+}
+
+/// Binds the server (port 0 picks a free port) without running it.
+pub fn build_server(state: Arc<AppState>, listener: TcpListener) -> std::io::Result<Server> {
+    let data = web::Data::from(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(json_config())
+            .wrap(actix_web::middleware::from_fn(metrics::track))
+            .route("/healthz", web::get().to(ops::healthz))
+            .route("/readyz", web::get().to(ops::readyz))
+            .route("/metrics", web::get().to(ops::metrics))
+            .service(
+                web::resource("/webhook")
+                    .app_data(web::PayloadConfig::new(webhook::BODY_LIMIT))
+                    .route(web::get().to(webhook::verify))
+                    .route(web::post().to(webhook::receive)),
+            )
+            .service(api::scope())
+    })
+    // Signals are ours: `serve` stops the server, then the engine, in order.
+    .disable_signals()
+    .shutdown_timeout(30)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}

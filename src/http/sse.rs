@@ -1,0 +1,79 @@
+//! Server-Sent Events: `GET /api/events` and `GET /api/conversations/{phone}/events`.
+//!
+//! Each subscriber reads from the engine's broadcast channel with its own
+//! bounded buffer; one that falls behind is disconnected (it can reconnect
+//! and re-read state) — processing never waits for a subscriber.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream, IntervalStream};
+
+use super::api::authorize;
+use super::{ApiError, AppState};
+use crate::engine::Event;
+use crate::phone;
+
+/// A comment line this often keeps proxies from closing an idle stream.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Formats one event in the SSE wire format.
+pub fn encode(e: &Event) -> String {
+    let kind = serde_json::to_value(e.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "event".into());
+    let data = serde_json::to_string(e).unwrap_or_else(|_| "{}".into());
+    // JSON has no raw newlines, so one `data:` line is enough.
+    format!("event: {kind}\ndata: {data}\n\n")
+}
+
+fn stream(state: &AppState, only: Option<String>) -> HttpResponse {
+    let events = BroadcastStream::new(state.engine.subscribe())
+        .take_while(|r| std::future::ready(!matches!(r, Err(BroadcastStreamRecvError::Lagged(_)))))
+        .filter_map(move |r| {
+            let keep = match (&r, &only) {
+                (Ok(e), Some(p)) => &e.phone == p,
+                (Ok(_), None) => true,
+                (Err(_), _) => false,
+            };
+            std::future::ready(match r {
+                Ok(e) if keep => Some(encode(&e)),
+                _ => None,
+            })
+        });
+    let keepalive = IntervalStream::new(tokio::time::interval(KEEPALIVE)).map(|_| ": keepalive\n\n".to_string());
+    // Ends when the event stream ends (a lagging subscriber is dropped).
+    let body = futures_util::stream::select(
+        events.map(Some).chain(futures_util::stream::once(async { None })),
+        keepalive.map(Some),
+    )
+    .take_while(|x| std::future::ready(x.is_some()))
+    .filter_map(|x| std::future::ready(x.map(|s| Ok::<_, actix_web::Error>(web::Bytes::from(s)))));
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body)
+}
+
+pub async fn all(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    Ok(stream(&state, None))
+}
+
+pub async fn conversation(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let p = phone::normalize(&path).map_err(|why| {
+        ApiError::new(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            format!("invalid phone: {why}"),
+        )
+    })?;
+    Ok(stream(&state, Some(p)))
+}

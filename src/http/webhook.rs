@@ -1,0 +1,91 @@
+//! `GET /webhook` (verification handshake) and `POST /webhook` (deliveries).
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+use crate::engine::InboundMessage;
+use crate::phone;
+use crate::whatsapp::webhook::{parse, secure_eq, verify_signature};
+
+/// Largest delivery accepted (Meta sends up to 3 MB).
+pub const BODY_LIMIT: usize = 3 * 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+pub struct Handshake {
+    #[serde(rename = "hub.mode")]
+    mode: Option<String>,
+    #[serde(rename = "hub.verify_token")]
+    token: Option<String>,
+    #[serde(rename = "hub.challenge")]
+    challenge: Option<String>,
+}
+
+/// Echoes `hub.challenge` when the mode is `subscribe` and the token matches.
+pub async fn verify(state: web::Data<AppState>, q: web::Query<Handshake>) -> HttpResponse {
+    let expected = state.settings.whatsapp.verify_token.as_ref().map(|t| t.expose());
+    match (q.mode.as_deref(), q.token.as_deref(), expected, q.challenge.as_deref()) {
+        (Some("subscribe"), Some(given), Some(expected), Some(challenge)) if secure_eq(given, expected) => {
+            HttpResponse::Ok()
+                .content_type("text/plain")
+                .body(challenge.to_string())
+        }
+        _ => HttpResponse::Forbidden().json(json!({"error": "verification failed"})),
+    }
+}
+
+/// Registers every message of the delivery durably, then answers 200.
+/// Statuses update our outbound messages.
+pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    if let Some(secret) = &state.settings.whatsapp.app_secret {
+        let header = req.headers().get("x-hub-signature-256").and_then(|h| h.to_str().ok());
+        if !verify_signature(secret.expose().as_bytes(), &body, header) {
+            state.metrics.rejected("webhook_signature");
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or invalid X-Hub-Signature-256",
+            ));
+        }
+    }
+    let delivery = parse(&body).map_err(|e| {
+        state.metrics.rejected("webhook_malformed");
+        ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
+    })?;
+    // Check every phone before storing anything: a delivery is taken whole.
+    for m in &delivery.messages {
+        phone::normalize(&m.from).map_err(|why| {
+            state.metrics.rejected("webhook_phone");
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("message {}: invalid phone: {why}", m.id),
+            )
+        })?;
+    }
+    let engine = &state.engine;
+    let (mut accepted, mut duplicates) = (0, 0);
+    for m in delivery.messages {
+        let a = engine
+            .submit_inbound(InboundMessage {
+                phone: m.from,
+                provider_message_id: m.id,
+                payload: m.raw,
+            })
+            .await?;
+        if a.first {
+            accepted += 1;
+        } else {
+            duplicates += 1;
+        }
+    }
+    let mut statuses = 0;
+    for s in &delivery.statuses {
+        let error = s.errors.as_ref().map(|e| e.to_string());
+        if engine.apply_status(&s.id, &s.status, error.as_deref()).await? {
+            statuses += 1;
+        }
+    }
+    state.metrics.deliveries(accepted, duplicates);
+    Ok(HttpResponse::Ok().json(json!({"accepted": accepted, "duplicates": duplicates, "statuses": statuses})))
+}
