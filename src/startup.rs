@@ -19,6 +19,7 @@ pub struct Application {
     engine: Engine,
     server: Server,
     port: u16,
+    state: Arc<AppState>,
 }
 
 impl Application {
@@ -41,8 +42,9 @@ impl Application {
             engine: engine.clone(),
             settings: settings.clone(),
             metrics,
+            closing: tokio::sync::watch::channel(false).0,
         });
-        let server = http::build_server(state, listener).map_err(|e| Error::Server(e.to_string()))?;
+        let server = http::build_server(state.clone(), listener).map_err(|e| Error::Server(e.to_string()))?;
         let pool = engine.database().stats();
         tracing::info!(
             port,
@@ -51,7 +53,12 @@ impl Application {
             flow = %engine.flow().name,
             "switchboard is ready"
         );
-        Ok(Self { engine, server, port })
+        Ok(Self {
+            engine,
+            server,
+            port,
+            state,
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -74,6 +81,7 @@ impl Application {
             _ = shutdown => tracing::info!("shutting down"),
             r = &mut server => tracing::error!(result = ?r, "the HTTP server stopped by itself"),
         }
+        self.state.closing.send_replace(true);
         handle.stop(true).await;
         self.engine.shutdown().await
     }

@@ -29,6 +29,9 @@ pub struct AppState {
     pub engine: Engine,
     pub settings: Settings,
     pub metrics: Metrics,
+    /// Set when the server begins to stop: long-lived streams (SSE) end, so
+    /// a graceful stop does not wait for them.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// An error as an HTTP answer: a status and a JSON reason.

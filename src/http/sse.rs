@@ -44,12 +44,18 @@ fn stream(state: &AppState, only: Option<String>) -> HttpResponse {
             })
         });
     let keepalive = IntervalStream::new(tokio::time::interval(KEEPALIVE)).map(|_| ": keepalive\n\n".to_string());
-    // Ends when the event stream ends (a lagging subscriber is dropped).
+    let mut closing = state.closing.subscribe();
+    let closed = async move {
+        let _ = closing.wait_for(|c| *c).await;
+    };
+    // Ends when the event stream ends (a lagging subscriber is dropped) or
+    // the server begins to stop.
     let body = futures_util::stream::select(
         events.map(Some).chain(futures_util::stream::once(async { None })),
         keepalive.map(Some),
     )
     .take_while(|x| std::future::ready(x.is_some()))
+    .take_until(closed)
     .filter_map(|x| std::future::ready(x.map(|s| Ok::<_, actix_web::Error>(web::Bytes::from(s)))));
     HttpResponse::Ok()
         .content_type("text/event-stream")

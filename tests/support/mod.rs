@@ -8,6 +8,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod app;
 pub mod graph;
 
 use std::net::TcpListener;

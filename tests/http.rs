@@ -1,0 +1,458 @@
+//! The HTTP server end to end: webhook verification, signatures, every
+//! message and status type, bad input, the agent API, SSE, metrics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde_json::{json, Value};
+use support::app::{change, delivery, message, status, text_message, TestApp, APP_SECRET};
+use support::TestDb;
+use switchboard::config::Secret;
+use switchboard::db::schema::{inbox, messages};
+
+const PHONE: &str = "5215512341234";
+const TOKEN: &str = "agent-token-1";
+
+fn secure(s: &mut switchboard::config::Settings) {
+    s.whatsapp.app_secret = Some(Secret::new(APP_SECRET));
+    s.whatsapp.verify_token = Some(Secret::new("verify-me"));
+    s.api.tokens = vec![Secret::new("old-token"), Secret::new(TOKEN)];
+}
+
+async fn app(db: &TestDb) -> TestApp {
+    TestApp::spawn(db, secure, None).await
+}
+
+async fn inbox_count(db: &TestDb) -> i64 {
+    inbox::table.count().get_result(&mut db.admin().await).await.unwrap()
+}
+
+#[actix_web::test]
+async fn the_verification_handshake_echoes_the_challenge_only_for_the_right_token() {
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    let ok = app
+        .client
+        .get(app.url("/webhook?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=1158201444"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap(), "1158201444");
+    for q in [
+        "hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1",
+        "hub.mode=unsubscribe&hub.verify_token=verify-me&hub.challenge=1",
+        "hub.challenge=1",
+    ] {
+        let r = app.client.get(app.url(&format!("/webhook?{q}"))).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{q}");
+    }
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn deliveries_need_a_valid_signature_over_the_exact_bytes() {
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    // Non-ASCII text and '/' as Meta sends them: escaped and unescaped forms differ.
+    let body = r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"value":{"messaging_product":"whatsapp","messages":[{"from":"5215512341234","id":"wamid.sig1","timestamp":"1","type":"text","text":{"body":"¿Dónde está mi técnico? 🔧 \/ urgente"}}]},"field":"messages"}]}]}"#;
+    assert_eq!(app.deliver(body.as_bytes(), None).await.status(), 401, "missing");
+    assert_eq!(
+        app.deliver(body.as_bytes(), Some("wrong-secret")).await.status(),
+        401,
+        "wrong"
+    );
+    assert_eq!(inbox_count(&db).await, 0, "nothing stored without a valid signature");
+    let r = app.deliver(body.as_bytes(), Some(APP_SECRET)).await;
+    assert_eq!(r.status(), 200);
+    app.engine.wait_idle().await;
+    let stored: Value = inbox::table
+        .select(inbox::payload)
+        .first(&mut db.admin().await)
+        .await
+        .unwrap();
+    assert_eq!(stored["text"]["body"], "¿Dónde está mi técnico? 🔧 / urgente");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn every_message_type_is_accepted_stored_as_received_and_applied_once() {
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    let kinds = vec![
+        ("text", json!({"body": "hola"})),
+        (
+            "interactive",
+            json!({"type": "button_reply", "button_reply": {"id": "opt1", "title": "Refrigerador"}}),
+        ),
+        (
+            "interactive",
+            json!({"type": "list_reply", "list_reply": {"id": "r1", "title": "Vehículo", "description": "Carros"}}),
+        ),
+        ("button", json!({"text": "Sí", "payload": "CONFIRM"})),
+        (
+            "image",
+            json!({"caption": "la etiqueta", "mime_type": "image/jpeg", "sha256": "abc", "id": "1001"}),
+        ),
+        (
+            "audio",
+            json!({"mime_type": "audio/ogg; codecs=opus", "sha256": "abc", "id": "1002", "voice": true}),
+        ),
+        (
+            "video",
+            json!({"mime_type": "video/mp4", "sha256": "abc", "id": "1003"}),
+        ),
+        (
+            "document",
+            json!({"filename": "factura.pdf", "mime_type": "application/pdf", "sha256": "abc", "id": "1004"}),
+        ),
+        (
+            "sticker",
+            json!({"mime_type": "image/webp", "sha256": "abc", "id": "1005", "animated": false}),
+        ),
+        (
+            "location",
+            json!({"latitude": 19.4326, "longitude": -99.1332, "name": "Oficina", "address": "CDMX"}),
+        ),
+        (
+            "contacts",
+            json!([{"name": {"formatted_name": "Luis", "first_name": "Luis"}, "phones": [{"phone": "+52 55 1111 2222", "type": "CELL", "wa_id": "5215511112222"}]}]),
+        ),
+        ("reaction", json!({"message_id": "wamid.prev", "emoji": "👍"})),
+        (
+            "unsupported",
+            json!([{"code": 131051, "title": "Message type unknown", "message": "Message type unknown"}]),
+        ),
+        ("brand_new_type", json!({"whatever": [1, 2, 3]})),
+    ];
+    for (i, (kind, part)) in kinds.iter().enumerate() {
+        let mut m = message(PHONE, &format!("wamid.type.{i}"), kind, part.clone());
+        m["unknown_field"] = json!({"kept": true});
+        let r = app.deliver_value(vec![m.clone()], vec![]).await;
+        assert_eq!(r.status(), 200, "{kind}: {}", r.text().await.unwrap());
+        app.engine.wait_idle().await;
+        let stored: Value = inbox::table
+            .filter(inbox::provider_message_id.eq(format!("wamid.type.{i}")))
+            .select(inbox::payload)
+            .first(&mut db.admin().await)
+            .await
+            .unwrap();
+        assert_eq!(stored, m, "{kind} stored as received");
+    }
+    let s = app.engine.conversation(PHONE).await.unwrap().unwrap();
+    assert_eq!(s.version, kinds.len() as i64, "each applied exactly once");
+    let users: Vec<String> = messages::table
+        .filter(messages::origin.eq("user"))
+        .order(messages::id)
+        .select(messages::body)
+        .load(&mut db.admin().await)
+        .await
+        .unwrap();
+    assert_eq!(&users[..4], ["hola", "Refrigerador", "Vehículo", "Sí"]);
+    assert_eq!(users[4], "la etiqueta", "a caption is the text of a media message");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_delivery_with_several_entries_and_changes_registers_every_message() {
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    let mut body = delivery(vec![
+        change(
+            vec![
+                text_message(PHONE, "wamid.m1", "hola"),
+                text_message(PHONE, "wamid.m2", "vehiculo"),
+            ],
+            vec![],
+        ),
+        change(vec![text_message("5215599990000", "wamid.m3", "hola")], vec![]),
+    ]);
+    body["entry"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"id": "2", "changes": [change(vec![text_message("5215588880000", "wamid.m4", "hola")], vec![])]}));
+    let raw = serde_json::to_vec(&body).unwrap();
+    let r = app.deliver(&raw, Some(APP_SECRET)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["accepted"], 4);
+    app.engine.wait_idle().await;
+    let s = app.engine.conversation(PHONE).await.unwrap().unwrap();
+    assert_eq!(
+        (s.version, s.flow_state.as_str()),
+        (2, "vehiculo_empleado"),
+        "in order within the delivery"
+    );
+    // The same delivery again: all duplicates, nothing applied twice.
+    let r = app.deliver(&raw, Some(APP_SECRET)).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["duplicates"], 4);
+    app.engine.wait_idle().await;
+    assert_eq!(app.engine.conversation(PHONE).await.unwrap().unwrap().version, 2);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn bad_bodies_get_a_clear_4xx_and_store_nothing() {
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"{not json".to_vec(), 400, "malformed JSON"),
+        (br#"{"object":"page","entry":[]}"#.to_vec(), 400, "not a WhatsApp"),
+        (br#"{"entry":[]}"#.to_vec(), 400, "missing `object`"),
+        (
+            serde_json::to_vec(&delivery(vec![change(
+                vec![text_message("12ab", "wamid.bad", "x")],
+                vec![],
+            )]))
+            .unwrap(),
+            400,
+            "invalid phone",
+        ),
+        (vec![b' '; 3 * 1024 * 1024 + 1], 413, ""),
+    ];
+    for (body, code, reason) in cases {
+        let r = app.deliver(&body, Some(APP_SECRET)).await;
+        assert_eq!(r.status().as_u16(), code, "{reason}");
+        if !reason.is_empty() {
+            let text = r.text().await.unwrap();
+            assert!(text.contains(reason), "{text}");
+        }
+    }
+    assert_eq!(inbox_count(&db).await, 0);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn delivery_statuses_update_the_outbound_message_and_never_go_backwards() {
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    app.deliver_value(vec![text_message(PHONE, "wamid.s1", "hola")], vec![])
+        .await;
+    app.engine.wait_idle().await;
+    app.engine.outbox().wait_drained().await;
+    let out_id: String = messages::table
+        .filter(messages::origin.eq("bot"))
+        .select(messages::provider_message_id.assume_not_null())
+        .first(&mut db.admin().await)
+        .await
+        .unwrap();
+    let current = || async {
+        messages::table
+            .filter(messages::provider_message_id.eq(out_id.clone()))
+            .select((messages::status, messages::error))
+            .first::<(String, Option<String>)>(&mut db.admin().await)
+            .await
+            .unwrap()
+    };
+    for s in ["sent", "delivered", "read"] {
+        let r = app.deliver_value(vec![], vec![status(&out_id, PHONE, s)]).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(current().await.0, s);
+    }
+    app.deliver_value(vec![], vec![status(&out_id, PHONE, "delivered")])
+        .await;
+    assert_eq!(current().await.0, "read", "a late 'delivered' does not undo 'read'");
+    app.deliver_value(vec![], vec![status(&out_id, PHONE, "failed")]).await;
+    let (st, err) = current().await;
+    assert_eq!(st, "failed");
+    assert!(err.unwrap().contains("131047"));
+    // A status for a message we do not know is accepted and ignored.
+    let r = app
+        .deliver_value(vec![], vec![status("wamid.unknown", PHONE, "read")])
+        .await;
+    assert_eq!(r.json::<Value>().await.unwrap()["statuses"], 0);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn the_agent_api_needs_a_token_and_reads_its_own_writes() {
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    let url = app.url(&format!("/api/conversations/{PHONE}/messages"));
+    let r = app
+        .client
+        .post(&url)
+        .json(&json!({"text": "hola"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = app
+        .client
+        .post(&url)
+        .bearer_auth("nope")
+        .json(&json!({"text": "hola"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    for i in 0..5 {
+        let text = format!("Hola, soy Ana ({i}). ¿Me confirmas tu número SAP?");
+        let r = app
+            .client
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .json(&json!({"text": text}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let created: Value = r.json().await.unwrap();
+        // Immediately after the 201, the conversation shows it.
+        let got: Value = app
+            .client
+            .get(app.url(&format!("/api/conversations/{PHONE}")))
+            .bearer_auth("old-token")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(got["session"]["version"], created["version"]);
+        assert_eq!(got["messages"].as_array().unwrap().last().unwrap()["body"], text);
+    }
+    let r = app
+        .client
+        .post(app.url("/api/conversations/12x/messages"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"text": "hola"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("invalid phone"));
+    let r = app
+        .client
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body("{\"txt\": 1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let list: Value = app
+        .client
+        .get(app.url("/api/conversations?handoff=false&limit=10"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["conversations"][0]["phone"], PHONE);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn hand_off_stops_the_bot_replies_and_release_resumes_them() {
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    let handoff = |active: bool| {
+        app.client
+            .post(app.url(&format!("/api/conversations/{PHONE}/handoff")))
+            .bearer_auth(TOKEN)
+            .json(&json!({"active": active}))
+            .send()
+    };
+    assert_eq!(handoff(true).await.unwrap().status(), 200);
+    app.deliver_value(vec![text_message(PHONE, "wamid.h1", "hola")], vec![])
+        .await;
+    app.engine.wait_idle().await;
+    let bots = || async {
+        messages::table
+            .filter(messages::origin.eq("bot"))
+            .count()
+            .get_result::<i64>(&mut db.admin().await)
+            .await
+            .unwrap()
+    };
+    assert_eq!(bots().await, 0, "no bot reply while an agent holds the conversation");
+    assert_eq!(handoff(false).await.unwrap().status(), 200);
+    app.deliver_value(vec![text_message(PHONE, "wamid.h2", "hola")], vec![])
+        .await;
+    app.engine.wait_idle().await;
+    assert_eq!(bots().await, 1);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn an_sse_subscriber_receives_the_events_of_a_processed_message() {
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    let resp = app
+        .client
+        .get(app.url(&format!("/api/conversations/{PHONE}/events")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut resp = resp;
+    app.deliver_value(vec![text_message("5215500001111", "wamid.other", "hola")], vec![])
+        .await;
+    app.deliver_value(vec![text_message(PHONE, "wamid.e1", "mi refri no enfría")], vec![])
+        .await;
+    // Frames end with a blank line; comment frames (`: keepalive`) are skipped.
+    let mut buf = String::new();
+    let frame = loop {
+        if let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            if frame.starts_with(':') {
+                continue;
+            }
+            break frame;
+        }
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(30), resp.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    };
+    assert!(frame.starts_with("event: transition\ndata: "), "{frame}");
+    let data: Value = serde_json::from_str(frame.lines().nth(1).unwrap().trim_start_matches("data: ")).unwrap();
+    assert_eq!(data["phone"], PHONE, "only this conversation's events");
+    assert_eq!(data["flow_state"], "refri_sap");
+    assert_eq!(data["messages"][0]["body"], "mi refri no enfría");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn health_readiness_and_metrics_answer() {
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), 200);
+    app.deliver_value(vec![text_message(PHONE, "wamid.x1", "hola")], vec![])
+        .await;
+    app.deliver(b"{}", None).await;
+    app.engine.wait_idle().await;
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "switchboard_messages_processed_total 1",
+        "switchboard_deliveries_total 1",
+        "switchboard_http_requests_total{method=\"POST\",route=\"/webhook\",status=\"200\"} 1",
+        "switchboard_rejected_requests_total{reason=\"webhook_signature\"} 1",
+        "switchboard_breaker_state{breaker=\"ai\"} 0",
+        "switchboard_gauge{name=\"pool_max\"}",
+        "switchboard_http_request_duration_seconds_bucket",
+    ] {
+        assert!(text.contains(needle), "missing {needle}\n{text}");
+    }
+    assert!(!text.contains(PHONE), "no phone in metric labels");
+    app.stop().await;
+}
