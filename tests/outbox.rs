@@ -175,3 +175,29 @@ async fn when_the_api_is_down_the_breaker_opens_and_the_backlog_drains_once_it_r
     );
     e.shutdown().await.unwrap();
 }
+
+#[actix_web::test]
+async fn a_row_left_in_flight_by_a_dead_process_is_sent_after_its_lease() {
+    let db = TestDb::migrated().await;
+    // A process claimed this row (attempt 1) and died before recording the result.
+    diesel::insert_into(outbox::table)
+        .values((
+            outbox::phone.eq(PHONE),
+            outbox::kind.eq("text"),
+            outbox::payload.eq(serde_json::json!({"text": "Hola", "choices": []})),
+            outbox::idempotency_key.eq("in:1:0"),
+            outbox::status.eq("sending"),
+            outbox::attempts.eq(1),
+            outbox::next_attempt_at.eq(diesel::dsl::now),
+        ))
+        .execute(&mut db.admin().await)
+        .await
+        .unwrap();
+    let fake = FakeGraph::start();
+    let e = engine(&db, &fake, |_| {}).await;
+    e.outbox().wait_drained().await;
+    let r = rows(&db).await;
+    assert_eq!((r[0].0.as_str(), r[0].1), ("sent", 2));
+    assert_eq!(fake.requests().len(), 1);
+    e.shutdown().await.unwrap();
+}

@@ -34,6 +34,8 @@ pub struct PoolStats {
     pub gets: u64,
     pub gets_waited: u64,
     pub gets_timed_out: u64,
+    /// Callers waiting for a connection right now.
+    pub waiting: u64,
     pub wait_time_ms: u64,
     pub created: u64,
     pub closed_broken: u64,
@@ -108,6 +110,7 @@ impl DbPool {
             gets: st.get_direct + st.get_waited + st.get_timed_out,
             gets_waited: st.get_waited,
             gets_timed_out: st.get_timed_out,
+            waiting: st.pending_gets(),
             wait_time_ms: st.get_wait_time.as_millis() as u64,
             created: st.connections_created,
             closed_broken: st.connections_closed_broken,

@@ -178,6 +178,7 @@ impl Metrics {
         g("pool_idle", i64::from(s.pool.idle));
         g("pool_in_use", i64::from(s.pool.connections.saturating_sub(s.pool.idle)));
         g("pool_max", i64::from(s.pool.max_size));
+        g("pool_waiting", s.pool.waiting as i64);
         g("pool_gets_timed_out", s.pool.gets_timed_out as i64);
         g("outbox_backlog", engine.outbox().backlog().max(0));
         g("ai_latency_p99_us", s.ai.latency_p99_us as i64);
