@@ -189,6 +189,9 @@ struct Inner {
     counters: BreakerCounters,
 }
 
+/// Called on every state change (from inside the breaker: keep it quick).
+pub type Observer = Box<dyn Fn(&'static str, BreakerState) + Send + Sync>;
+
 /// A circuit breaker. Cheap to clone; clones share state.
 #[derive(Clone)]
 pub struct CircuitBreaker {
@@ -196,6 +199,7 @@ pub struct CircuitBreaker {
     settings: Arc<BreakerSettings>,
     clock: Arc<dyn Clock>,
     inner: Arc<Mutex<Inner>>,
+    observer: Arc<std::sync::OnceLock<Observer>>,
 }
 
 impl std::fmt::Debug for CircuitBreaker {
@@ -252,6 +256,18 @@ impl CircuitBreaker {
                 next_probe_id: 0,
                 counters: BreakerCounters::default(),
             })),
+            observer: Arc::new(std::sync::OnceLock::new()),
+        }
+    }
+
+    /// Sets the function told of every state change (once; later calls are ignored).
+    pub fn observe(&self, f: Observer) {
+        let _ = self.observer.set(f);
+    }
+
+    fn notify(&self, state: BreakerState) {
+        if let Some(f) = self.observer.get() {
+            f(self.name, state);
         }
     }
 
@@ -344,6 +360,7 @@ impl CircuitBreaker {
                 };
                 inner.counters.half_opened += 1;
                 tracing::info!(breaker = self.name, "circuit breaker half-open");
+                self.notify(BreakerState::HalfOpen);
             }
         }
         let expired = match &inner.phase {
@@ -444,6 +461,7 @@ impl CircuitBreaker {
             open_ms = period.as_millis() as u64,
             "circuit breaker opened"
         );
+        self.notify(BreakerState::Open);
     }
 
     fn close(&self, inner: &mut Inner, reason: &'static str) {
@@ -453,6 +471,7 @@ impl CircuitBreaker {
         inner.reopen_count = 0;
         inner.counters.closed += 1;
         tracing::info!(breaker = self.name, reason, "circuit breaker closed");
+        self.notify(BreakerState::Closed);
     }
 }
 

@@ -80,10 +80,19 @@ async fn the_breaker_opens_on_failures_fails_fast_and_closes_when_the_model_reco
         s.ai.breaker.max_open_ms = 200;
     })
     .await;
+    let mut events = engine.subscribe();
     for i in 0..3 {
         say(&engine, &format!("52155300000{i:02}"), &format!("wamid.b{i}"), "hola").await;
         engine.wait_idle().await;
     }
+    // The transition is published (SSE subscribers see it).
+    let opened = loop {
+        let e = events.try_recv().expect("a breaker event was published");
+        if let Some(b) = e.breaker {
+            break b;
+        }
+    };
+    assert_eq!((opened.name, opened.state), ("ai", BreakerState::Open));
     let ai = |e: &Engine| e.stats().ai;
     assert_eq!(ai(&engine).errors, 3);
     let b = &engine.breakers().await[0];

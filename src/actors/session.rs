@@ -559,6 +559,7 @@ fn publish(deps: &SessionDeps, phone: &str, version: i64, r: &StepResult, kind: 
         handoff: r.handoff,
         messages,
         delivery: None,
+        breaker: None,
     });
 }
 
@@ -663,6 +664,7 @@ async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Agent
                 body: msg.body.clone(),
             }],
             delivery: None,
+            breaker: None,
         });
     }
     Ok(AgentAck {
@@ -692,6 +694,7 @@ async fn set_handoff(deps: &SessionDeps, phone: &str, core: &mut Core, on: bool)
             handoff: on,
             messages: Vec::new(),
             delivery: None,
+            breaker: None,
         });
     }
     Ok(view(phone, core))

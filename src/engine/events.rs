@@ -18,6 +18,8 @@ pub enum EventKind {
     Handoff,
     /// WhatsApp reported the delivery status of an outbound message.
     DeliveryStatus,
+    /// A circuit breaker changed state (`phone` is empty).
+    BreakerState,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -46,6 +48,31 @@ pub struct Event {
     pub messages: Vec<EventMessage>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliveryEvent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerEvent>,
+}
+
+/// A breaker's new state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BreakerEvent {
+    pub name: &'static str,
+    pub state: crate::breaker::BreakerState,
+}
+
+impl Event {
+    /// An event about a breaker, not a conversation.
+    pub fn breaker(name: &'static str, state: crate::breaker::BreakerState) -> Self {
+        Self {
+            kind: EventKind::BreakerState,
+            phone: String::new(),
+            version: 0,
+            flow_state: String::new(),
+            handoff: false,
+            messages: Vec::new(),
+            delivery: None,
+            breaker: Some(BreakerEvent { name, state }),
+        }
+    }
 }
 
 /// The text of an inbound WhatsApp message object, whatever its type:

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 
-pub use events::{inbound_text, DeliveryEvent, Event, EventKind, EventMessage, EVENT_BUFFER};
+pub use events::{inbound_text, BreakerEvent, DeliveryEvent, Event, EventKind, EventMessage, EVENT_BUFFER};
 pub use settings::EngineSettings;
 
 use crate::actors::ai::{AiActor, AiStats, AiStatsSnapshot};
@@ -199,6 +199,13 @@ impl EngineBuilder {
         let ai_breaker = CircuitBreaker::new("ai", settings.ai.breaker.clone());
         let outbound_breaker = CircuitBreaker::new("outbound", settings.outbox.breaker.clone());
         let outbox_wake = Arc::new(tokio::sync::Notify::new());
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        for b in [&ai_breaker, &outbound_breaker] {
+            let tx: broadcast::Sender<Event> = events.clone();
+            b.observe(Box::new(move |name, state| {
+                let _ = tx.send(Event::breaker(name, state));
+            }));
+        }
         let sender = self
             .sender
             .unwrap_or_else(|| crate::whatsapp::sender::build(&settings.whatsapp));
@@ -260,7 +267,6 @@ impl EngineBuilder {
             },
         );
         let registry = Registry::new(handles, settings.engine.max_live_sessions);
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
         registry.set_deps(Arc::new(SessionDeps {
             db: db.clone(),
             flow: flow.clone(),
@@ -455,6 +461,7 @@ impl Engine {
                 status: status.to_string(),
                 error: error.map(str::to_string),
             }),
+            breaker: None,
         });
         Ok(true)
     }
