@@ -29,6 +29,7 @@ pub mod engine;
 pub mod error;
 pub mod flow;
 pub mod http;
+pub mod load;
 pub mod outbox;
 pub mod phone;
 pub mod retry;

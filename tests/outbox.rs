@@ -46,7 +46,7 @@ async fn rows(db: &TestDb) -> Vec<(String, i32, Option<String>, Option<String>)>
 #[actix_web::test]
 async fn a_reply_is_sent_once_and_its_provider_id_stored_on_the_message() {
     let db = TestDb::migrated().await;
-    let fake = FakeGraph::start();
+    let fake = FakeGraph::start().unwrap();
     let e = engine(&db, &fake, |_| {}).await;
     say(&e, PHONE, "wamid.o1", "hola").await;
     e.wait_idle().await;
@@ -73,7 +73,7 @@ async fn a_reply_is_sent_once_and_its_provider_id_stored_on_the_message() {
 #[actix_web::test]
 async fn a_server_error_then_a_throughput_limit_are_retried_until_success() {
     let db = TestDb::migrated().await;
-    let fake = FakeGraph::start();
+    let fake = FakeGraph::start().unwrap();
     fake.script([wa_error(500, 1), wa_error(400, 130429)]);
     let e = engine(&db, &fake, |_| {}).await;
     say(&e, PHONE, "wamid.o2", "hola").await;
@@ -88,7 +88,7 @@ async fn a_server_error_then_a_throughput_limit_are_retried_until_success() {
 #[actix_web::test]
 async fn an_undeliverable_message_fails_without_retry_and_shows_the_error() {
     let db = TestDb::migrated().await;
-    let fake = FakeGraph::start();
+    let fake = FakeGraph::start().unwrap();
     fake.script([wa_error(400, 131026)]);
     let e = engine(&db, &fake, |_| {}).await;
     say(&e, PHONE, "wamid.o3", "hola").await;
@@ -112,7 +112,7 @@ async fn an_undeliverable_message_fails_without_retry_and_shows_the_error() {
 #[actix_web::test]
 async fn out_of_attempts_a_row_goes_to_dead_letters() {
     let db = TestDb::migrated().await;
-    let fake = FakeGraph::start();
+    let fake = FakeGraph::start().unwrap();
     fake.script((0..3).map(|_| wa_error(503, 2)));
     let e = engine(&db, &fake, |s| {
         s.outbox.max_attempts = 3;
@@ -136,7 +136,7 @@ async fn out_of_attempts_a_row_goes_to_dead_letters() {
 #[actix_web::test]
 async fn when_the_api_is_down_the_breaker_opens_and_the_backlog_drains_once_it_returns() {
     let db = TestDb::migrated().await;
-    let fake = FakeGraph::start();
+    let fake = FakeGraph::start().unwrap();
     fake.set_down(true);
     let e = engine(&db, &fake, |s| {
         s.outbox.breaker.failure_threshold = 3;
@@ -193,7 +193,7 @@ async fn a_row_left_in_flight_by_a_dead_process_is_sent_after_its_lease() {
         .execute(&mut db.admin().await)
         .await
         .unwrap();
-    let fake = FakeGraph::start();
+    let fake = FakeGraph::start().unwrap();
     let e = engine(&db, &fake, |_| {}).await;
     e.outbox().wait_drained().await;
     let r = rows(&db).await;

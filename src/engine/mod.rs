@@ -308,6 +308,12 @@ impl EngineBuilder {
     }
 }
 
+/// A phone's turn to register and enqueue (see [`Engine::turn`]).
+struct Turn {
+    slot: Slot,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
 /// Counts work in flight; [`Engine::wait_idle`] waits for zero.
 struct InFlightGuard(watch::Sender<usize>);
 
@@ -362,6 +368,10 @@ impl Engine {
             ));
         }
         let permit = self.enqueue_permit().await?;
+        // Registration happens during the phone's turn: inbox ids of a phone
+        // grow in the order its messages enter the mailbox, i.e. the order
+        // they are applied.
+        let turn = self.turn(&phone).await?;
         let reg = self
             .inner
             .db
@@ -370,13 +380,22 @@ impl Engine {
                 provider_message_id: &m.provider_message_id,
                 payload: &m.payload,
             })
-            .await?;
+            .await;
+        let reg = match reg {
+            Ok(r) => r,
+            Err(e) => {
+                self.abandon(turn);
+                return Err(e);
+            }
+        };
         if reg.first {
             self.inner.stats.accepted.fetch_add(1, Ordering::Relaxed);
         } else {
             self.inner.stats.redeliveries.fetch_add(1, Ordering::Relaxed);
         }
-        if !reg.processed {
+        if reg.processed {
+            self.abandon(turn);
+        } else {
             // A redelivery of a message not yet applied is dispatched again:
             // harmless (the actor skips what it applied) and it makes progress
             // if the first dispatch was lost with a crashed process.
@@ -385,7 +404,7 @@ impl Engine {
                 provider_message_id: m.provider_message_id,
                 payload: m.payload,
             });
-            self.dispatch(phone, msg, Some(permit)).await?;
+            self.dispatch(phone, msg, Some(turn), Some(permit)).await?;
         }
         Ok(Accepted {
             inbox_id: reg.inbox_id,
@@ -595,25 +614,44 @@ impl Engine {
         }
     }
 
-    /// Puts `msg` in the phone's actor mailbox, in arrival order, waiting
-    /// while the mailbox is full. Returns the slot (to release when the
-    /// answer comes) and the pending answer.
-    async fn enqueue<M>(&self, phone: &str, msg: M) -> Result<(Slot, Request<SessionActor, M>)>
-    where
-        M: Message + Send + 'static,
-        M::Result: Send,
-        SessionActor: Handler<M>,
-    {
-        let capacity = self.inner.settings.engine.mailbox_capacity.max(1);
+    /// Waits for the phone's turn: senders of one phone go one at a time,
+    /// first come, first served, so what they register and enqueue keeps one
+    /// order. Activates the phone's actor if needed.
+    async fn turn(&self, phone: &str) -> Result<Turn> {
         let slot = self
             .inner
             .registry
             .acquire(phone)
             .ok_or_else(|| Error::Unavailable("engine not started".into()))?;
         let wait = Duration::from_millis(self.inner.settings.engine.enqueue_timeout_ms);
-        let turn = async {
-            let turn = slot.order.clone().lock_owned().await;
-            // Only the holder of `turn` waits here, so a freed place is its.
+        match tokio::time::timeout(wait, slot.order.clone().lock_owned()).await {
+            Ok(guard) => Ok(Turn { slot, _guard: guard }),
+            Err(_) => {
+                self.inner.registry.release(&slot, false);
+                Err(Error::Overloaded("the conversation is busy; try again".into()))
+            }
+        }
+    }
+
+    /// Gives a turn back without sending anything.
+    fn abandon(&self, turn: Turn) {
+        self.inner.registry.release(&turn.slot, false);
+    }
+
+    /// Puts `msg` in the mailbox during `turn`, waiting while the mailbox is
+    /// full. Returns the slot (to release when the answer comes) and the
+    /// pending answer.
+    async fn send_in_turn<M>(&self, turn: Turn, msg: M) -> Result<(Slot, Request<SessionActor, M>)>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        SessionActor: Handler<M>,
+    {
+        let capacity = self.inner.settings.engine.mailbox_capacity.max(1);
+        let wait = Duration::from_millis(self.inner.settings.engine.enqueue_timeout_ms);
+        let slot = &turn.slot;
+        // Only the holder of the turn waits here, so a freed place is its.
+        let room = async {
             loop {
                 let room = slot.room.notified();
                 if slot.queued.load(Ordering::SeqCst) < capacity {
@@ -621,18 +659,27 @@ impl Engine {
                 }
                 room.await;
             }
-            turn
         };
-        let Ok(turn) = tokio::time::timeout(wait, turn).await else {
-            self.inner.registry.release(&slot, false);
+        if tokio::time::timeout(wait, room).await.is_err() {
+            self.abandon(turn);
             return Err(Error::Overloaded(format!(
                 "the conversation already has {capacity} queued messages"
             )));
-        };
+        }
         slot.queued.fetch_add(1, Ordering::SeqCst);
         let request = slot.addr.send(msg);
-        drop(turn);
-        Ok((slot, request))
+        Ok((turn.slot.clone(), request))
+    }
+
+    /// Puts `msg` in the phone's actor mailbox, in arrival order.
+    async fn enqueue<M>(&self, phone: &str, msg: M) -> Result<(Slot, Request<SessionActor, M>)>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        SessionActor: Handler<M>,
+    {
+        let turn = self.turn(phone).await?;
+        self.send_in_turn(turn, msg).await
     }
 
     /// Sends `msg` to the phone's actor and waits for the answer. An actor
@@ -657,15 +704,25 @@ impl Engine {
         Err(Error::Unavailable("session actor kept stopping".into()))
     }
 
-    /// Enqueues `msg` now (so messages keep their arrival order) and waits
-    /// for its answer in the background, counting it in flight until applied.
-    async fn dispatch<M>(&self, phone: String, msg: M, permit: Option<OwnedSemaphorePermit>) -> Result<()>
+    /// Enqueues `msg` now (during `turn`, or a new turn) and waits for its
+    /// answer in the background, counting it in flight until applied.
+    async fn dispatch<M>(
+        &self,
+        phone: String,
+        msg: M,
+        turn: Option<Turn>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<()>
     where
         M: Message<Result = Result<()>> + Send + Clone + 'static,
         SessionActor: Handler<M>,
     {
         let guard = InFlightGuard::new(&self.inner.in_flight);
-        let (slot, request) = self.enqueue(&phone, msg.clone()).await?;
+        let turn = match turn {
+            Some(t) => t,
+            None => self.turn(&phone).await?,
+        };
+        let (slot, request) = self.send_in_turn(turn, msg.clone()).await?;
         let this = self.clone();
         self.inner.main_arbiter.spawn(async move {
             let answer = request.await;
@@ -698,7 +755,7 @@ impl Engine {
             tracing::info!(phones = phones.len(), "resuming unprocessed messages");
         }
         for phone in phones {
-            self.dispatch(phone, Wake, None).await?;
+            self.dispatch(phone, Wake, None, None).await?;
         }
         Ok(())
     }

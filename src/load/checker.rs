@@ -1,0 +1,109 @@
+//! The invariant checker: run against the database after a load run.
+
+use diesel::sql_types::{BigInt, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use crate::error::Result;
+
+/// One check that found rows breaking it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub count: i64,
+    /// A few offending keys (masked phones, ids), for a first look.
+    pub examples: Vec<String>,
+}
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = Text)]
+    key: String,
+}
+
+/// Each check selects the keys that break it (an empty result holds).
+const CHECKS: &[(&str, &str)] = &[
+    (
+        "every acked message is processed",
+        "SELECT phone || ':' || provider_message_id AS key FROM inbox \
+         WHERE provider_message_id = ANY($1) AND processed_at IS NULL",
+    ),
+    (
+        "every acked message is registered",
+        "SELECT a.id AS key FROM unnest($1::text[]) AS a(id) \
+         WHERE NOT EXISTS (SELECT 1 FROM inbox i WHERE i.provider_message_id = a.id)",
+    ),
+    (
+        "each inbound message applied exactly once",
+        "SELECT i.phone || ':' || i.provider_message_id AS key FROM inbox i \
+         LEFT JOIN messages m ON m.phone = i.phone AND m.inbox_id = i.id AND m.origin = 'user' \
+         WHERE i.processed_at IS NOT NULL AND NOT EXISTS \
+               (SELECT 1 FROM dead_letters d WHERE d.phone = i.phone AND d.source = 'inbox' AND d.source_id = i.id) \
+         GROUP BY i.phone, i.provider_message_id HAVING count(m.id) <> 1",
+    ),
+    (
+        "no inbound message has its replies twice",
+        "SELECT m.phone || ':' || m.inbox_id AS key FROM messages m WHERE m.origin = 'bot' \
+         GROUP BY m.phone, m.inbox_id, m.outbox_key HAVING count(*) > 1",
+    ),
+    (
+        "every reply has exactly one outbox row",
+        "SELECT m.phone || ':' || coalesce(m.outbox_key, '-') AS key FROM messages m \
+         WHERE m.direction = 'out' AND NOT EXISTS \
+               (SELECT 1 FROM outbox o WHERE o.phone = m.phone AND o.idempotency_key = m.outbox_key)",
+    ),
+    (
+        "versions are contiguous and count the applied steps",
+        "SELECT s.phone || ' v' || s.version AS key FROM sessions s \
+         WHERE s.version <> (SELECT count(*) FROM messages m \
+                             WHERE m.phone = s.phone AND m.origin IN ('user', 'agent'))",
+    ),
+    (
+        "messages of a phone are applied in acceptance order",
+        "SELECT phone AS key FROM (SELECT phone, inbox_id, \
+                lag(inbox_id) OVER (PARTITION BY phone ORDER BY id) AS prev \
+              FROM messages WHERE origin = 'user') t \
+         WHERE prev IS NOT NULL AND inbox_id < prev GROUP BY phone",
+    ),
+    (
+        "no outbox row is sent twice",
+        "SELECT provider_message_id AS key FROM outbox WHERE provider_message_id IS NOT NULL \
+         GROUP BY provider_message_id HAVING count(*) > 1",
+    ),
+];
+
+/// Runs every check. `acked` are the provider ids the server acked (200).
+pub async fn check(database_url: &str, acked: &[String]) -> Result<Vec<Violation>> {
+    let mut conn = AsyncPgConnection::establish(database_url).await?;
+    let mut out = Vec::new();
+    for (name, sql) in CHECKS {
+        let q = diesel::sql_query(*sql);
+        let rows: Vec<Row> = if sql.contains("$1") {
+            q.bind::<diesel::sql_types::Array<Text>, _>(acked)
+                .load(&mut conn)
+                .await?
+        } else {
+            q.load(&mut conn).await?
+        };
+        if !rows.is_empty() {
+            out.push(Violation {
+                invariant: name,
+                count: rows.len() as i64,
+                examples: rows.into_iter().take(5).map(|r| r.key).collect(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Rows in `table` (for reports).
+pub async fn count(database_url: &str, sql: &str) -> Result<i64> {
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(database_url).await?;
+    let r: N = diesel::sql_query(sql).get_result(&mut conn).await?;
+    Ok(r.n)
+}

@@ -1,0 +1,112 @@
+//! A local fake of the WhatsApp Cloud API send endpoint, for the load
+//! harness (which must not send real messages) and the tests. Answers from
+//! a script, then with success; counts what it receives.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+
+#[derive(Default)]
+struct State {
+    script: VecDeque<(u16, Value)>,
+    requests: Vec<Value>,
+    down: bool,
+    next_id: u64,
+}
+
+/// The fake; cheap to clone.
+#[derive(Clone)]
+pub struct FakeGraph {
+    pub base: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeGraph {
+    /// Starts the fake on a free loopback port, on the current actix runtime.
+    pub fn start() -> std::io::Result<Self> {
+        let state = Arc::new(Mutex::new(State::default()));
+        let s = state.clone();
+        let server = HttpServer::new(move || {
+            let s = s.clone();
+            App::new().route(
+                "/{version}/{number}/messages",
+                web::post().to(move |body: web::Json<Value>| {
+                    let s = s.clone();
+                    async move { answer(&s, body.into_inner()) }
+                }),
+            )
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(("127.0.0.1", 0))?;
+        let addr = server.addrs()[0];
+        actix_web::rt::spawn(server.run());
+        Ok(Self {
+            base: format!("http://{addr}"),
+            state,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next answers, in order (then success again).
+    pub fn script(&self, answers: impl IntoIterator<Item = (u16, Value)>) {
+        self.lock().script.extend(answers);
+    }
+
+    /// While down, every request gets 503 (and is not recorded).
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    /// Requests received while up.
+    pub fn requests(&self) -> Vec<Value> {
+        self.lock().requests.clone()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.lock().requests.len()
+    }
+
+    /// `[whatsapp]` settings pointing at this fake.
+    pub fn settings(&self) -> crate::config::WhatsAppSettings {
+        crate::config::WhatsAppSettings {
+            access_token: Some(crate::config::Secret::new("EAAG-fake-token")),
+            phone_number_id: Some("1098765432".into()),
+            api_base: self.base.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+fn answer(state: &Mutex<State>, body: Value) -> HttpResponse {
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    if st.down {
+        return HttpResponse::ServiceUnavailable().json(json!({"error": {"code": 1, "message": "down"}}));
+    }
+    st.requests.push(body);
+    let (status, body) = match st.script.pop_front() {
+        Some(a) => a,
+        None => {
+            st.next_id += 1;
+            (
+                200,
+                json!({"messaging_product": "whatsapp", "messages": [{"id": format!("wamid.fake.{}", st.next_id)}]}),
+            )
+        }
+    };
+    let status = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::OK);
+    HttpResponse::build(status).json(body)
+}
+
+/// A WhatsApp error answer.
+pub fn wa_error(status: u16, code: i64) -> (u16, Value) {
+    (
+        status,
+        json!({"error": {"message": "fake", "type": "OAuthException", "code": code}}),
+    )
+}
