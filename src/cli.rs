@@ -32,6 +32,8 @@ pub enum Command {
         #[command(subcommand)]
         action: MigrateAction,
     },
+    /// Drive a server with a load scenario and check the invariants after.
+    Load(crate::load::LoadArgs),
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -76,6 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => serve(loaded.settings).await,
+        Command::Load(args) => load(loaded.settings, args).await,
         Command::Migrate { action } => migrate(loaded.settings, action).await,
     }
 }
@@ -86,6 +89,19 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     app.run_until_stopped(shutdown_signal())
         .await
         .context("stopping switchboard")?;
+    Ok(())
+}
+
+async fn load(settings: Settings, args: crate::load::LoadArgs) -> anyhow::Result<()> {
+    // The harness talks to the server; only warnings of its own server show.
+    let mut log = settings.log.clone();
+    log.level = "warn".into();
+    crate::telemetry::init(&log);
+    let report = crate::load::run(args).await?;
+    print!("{}", report.table());
+    if !report.invariant_violations.is_empty() {
+        anyhow::bail!("{} invariant(s) violated", report.invariant_violations.len());
+    }
     Ok(())
 }
 

@@ -6,10 +6,10 @@ mod support;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use support::graph::{wa_error, FakeGraph};
 use support::{engine_settings, example_flow, say, TestDb};
 use switchboard::breaker::BreakerState;
 use switchboard::db::schema::{dead_letters, messages, outbox};
+use switchboard::load::fake_graph::{wa_error, FakeGraph};
 use switchboard::Engine;
 
 const PHONE: &str = "5215512341234";

@@ -417,7 +417,7 @@ async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Pe
             Ok(WriteOutcome::Committed { version }) => {
                 deps.stats.processed.fetch_add(1, Ordering::Relaxed);
                 let replies = result.replies.len();
-                publish(deps, phone, version, &result, EventKind::Transition, &text);
+                publish(deps, phone, version, &result, &msg, &text);
                 core.state = result.state;
                 core.data = result.data;
                 core.handoff = result.handoff;
@@ -541,7 +541,7 @@ fn inbound_write(phone: &str, core: &Core, msg: &PendingInbound, text: &str, r: 
     }
 }
 
-fn publish(deps: &SessionDeps, phone: &str, version: i64, r: &StepResult, kind: EventKind, inbound: &str) {
+fn publish(deps: &SessionDeps, phone: &str, version: i64, r: &StepResult, msg: &PendingInbound, inbound: &str) {
     let mut messages = vec![EventMessage {
         origin: "user",
         body: inbound.to_string(),
@@ -552,12 +552,13 @@ fn publish(deps: &SessionDeps, phone: &str, version: i64, r: &StepResult, kind: 
     }));
     // Best-effort: no subscriber, or a slow one, never fails a message.
     let _ = deps.events.send(Event {
-        kind,
+        kind: EventKind::Transition,
         phone: phone.to_string(),
         version,
         flow_state: r.state.clone(),
         handoff: r.handoff,
         messages,
+        provider_message_id: Some(msg.provider_message_id.clone()),
         delivery: None,
         breaker: None,
     });
@@ -663,6 +664,7 @@ async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Agent
                 origin: "agent",
                 body: msg.body.clone(),
             }],
+            provider_message_id: None,
             delivery: None,
             breaker: None,
         });
@@ -693,6 +695,7 @@ async fn set_handoff(deps: &SessionDeps, phone: &str, core: &mut Core, on: bool)
             flow_state: core.state.clone(),
             handoff: on,
             messages: Vec::new(),
+            provider_message_id: None,
             delivery: None,
             breaker: None,
         });

@@ -46,6 +46,9 @@ pub struct Event {
     pub handoff: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub messages: Vec<EventMessage>,
+    /// For transitions: the provider id of the inbound message applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_message_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliveryEvent>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,6 +72,7 @@ impl Event {
             flow_state: String::new(),
             handoff: false,
             messages: Vec::new(),
+            provider_message_id: None,
             delivery: None,
             breaker: Some(BreakerEvent { name, state }),
         }

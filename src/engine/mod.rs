@@ -475,6 +475,7 @@ impl Engine {
             flow_state: String::new(),
             handoff: false,
             messages: Vec::new(),
+            provider_message_id: None,
             delivery: Some(DeliveryEvent {
                 provider_message_id: provider_id.to_string(),
                 status: status.to_string(),

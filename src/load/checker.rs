@@ -107,3 +107,17 @@ pub async fn count(database_url: &str, sql: &str) -> Result<i64> {
     let r: N = diesel::sql_query(sql).get_result(&mut conn).await?;
     Ok(r.n)
 }
+
+/// A server setting (`SHOW name`).
+pub async fn setting(database_url: &str, name: &str) -> Result<String> {
+    #[derive(QueryableByName)]
+    struct S {
+        #[diesel(sql_type = Text)]
+        v: String,
+    }
+    let mut conn = AsyncPgConnection::establish(database_url).await?;
+    let r: S = diesel::sql_query(format!("SELECT current_setting('{}') AS v", name.replace('\'', "")))
+        .get_result(&mut conn)
+        .await?;
+    Ok(r.v)
+}

@@ -1,7 +1,272 @@
 //! The load-test harness behind `switchboard load`: open-loop scenarios
 //! against a server (its own, or `--target`), latency in HdrHistogram
-//! measured from each request's intended send time, and an invariant
-//! checker run against the database afterwards.
+//! measured from each request's intended send time (coordinated omission
+//! corrected), and an invariant checker run against the database afterwards.
 
 pub mod checker;
+pub mod driver;
 pub mod fake_graph;
+pub mod report;
+pub mod scenario;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use self::driver::Target;
+use self::fake_graph::FakeGraph;
+use self::report::{Percentiles, Report};
+use self::scenario::{Options, Scenario};
+use crate::config::{AiProvider, Secret, Settings};
+use crate::engine::Engine;
+use crate::flow::Flow;
+use crate::startup::Application;
+
+/// The example flow, built in, so `load` runs from any folder.
+pub const EXAMPLE_FLOW: &str = include_str!("../../flows/reporte.toml");
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// A running server. Without it, the harness starts its own (embedded
+    /// database, fake send API) on loopback and removes it afterwards.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Requests per second (open loop); with --max, the number of workers.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 120)]
+    pub duration: u64,
+    /// Distinct conversations.
+    #[arg(long, default_value_t = 100)]
+    pub phones: usize,
+    /// Most deliveries of one message (duplicates scenario).
+    #[arg(long, default_value_t = 5)]
+    pub max_deliveries: u32,
+    /// Zipf exponent of the phone choice (hot scenario).
+    #[arg(long, default_value_t = 1.1)]
+    pub skew: f64,
+    /// Closed loop: `--rate` workers send back to back, to find the ceiling.
+    #[arg(long)]
+    pub max: bool,
+    /// Where to write the JSON report (and the SVG plot beside it).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Database to check invariants on, with --target.
+    #[arg(long, env = "SWITCHBOARD_LOAD_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// App secret to sign deliveries with, with --target.
+    #[arg(long, env = "SWITCHBOARD_LOAD_APP_SECRET")]
+    pub app_secret: Option<String>,
+    /// API token for the event stream and agent calls, with --target.
+    #[arg(long, env = "SWITCHBOARD_LOAD_API_TOKEN")]
+    pub api_token: Option<String>,
+    /// Seconds to wait after the last send for messages to be applied.
+    #[arg(long, default_value_t = 30)]
+    pub drain: u64,
+    /// Seed of the workload's random choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// A server the harness started for itself.
+struct OwnServer {
+    base: String,
+    db_url: Secret,
+    engine: Engine,
+    graph: FakeGraph,
+    app_secret: Secret,
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: actix_web::rt::task::JoinHandle<crate::Result<()>>,
+    dir: PathBuf,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn start_own(args: &LoadArgs) -> anyhow::Result<OwnServer> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!(
+        "switchboard-load-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let graph = FakeGraph::start()?;
+    let app_secret = Secret::new(format!("{:032x}", rand::random::<u128>()));
+    let mut s = Settings::default();
+    s.database.embedded.data_dir = dir.join("pg");
+    s.database.embedded.port = free_port()?;
+    s.database.max_connections = 32;
+    s.server.bind = "127.0.0.1:0".into();
+    s.whatsapp = graph.settings();
+    s.whatsapp.app_secret = Some(app_secret.clone());
+    // The fake API takes any rate; WhatsApp's 80/s tier would only measure itself.
+    s.outbox.rate_per_s = 100_000;
+    if args.scenario == Scenario::AiSlow {
+        s.ai.provider = AiProvider::Simulated;
+        s.ai.simulated.latency_ms = 100;
+        s.ai.simulated.jitter_ms = 150;
+        s.ai.simulated.error_rate = 0.05;
+        s.ai.simulated.hang_rate = 0.01;
+        s.ai.intent_timeout_ms = 500;
+        s.ai.extract_timeout_ms = 500;
+    }
+    let flow = Flow::parse(EXAMPLE_FLOW, "flows/reporte.toml")?;
+    let engine = Engine::builder(s.clone())
+        .flow(flow)
+        .start()
+        .await
+        .context("starting the server")?;
+    let db_url = engine.database().url().clone();
+    let app = Application::with_engine(engine.clone(), s)?;
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let done = actix_web::rt::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    Ok(OwnServer {
+        base,
+        db_url,
+        engine,
+        graph,
+        app_secret,
+        stop,
+        done,
+        dir,
+    })
+}
+
+/// Reads a counter from the server's `/metrics`.
+async fn metric(base: &str, name: &str) -> u64 {
+    let Ok(r) = reqwest::get(format!("{base}/metrics")).await else {
+        return 0;
+    };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Runs a scenario and returns its report (also written to `--report`).
+pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
+    let own = match &args.target {
+        Some(_) => None,
+        None => Some(start_own(&args).await?),
+    };
+    let target = match (&own, &args.target) {
+        (Some(o), _) => Target {
+            base: o.base.clone(),
+            app_secret: Some(o.app_secret.clone()),
+            api_token: None,
+        },
+        (None, Some(t)) => Target {
+            base: t.trim_end_matches('/').to_string(),
+            app_secret: args.app_secret.clone().map(Secret::new),
+            api_token: args.api_token.clone().map(Secret::new),
+        },
+        (None, None) => unreachable!("one of the two is set"),
+    };
+    let options = Options {
+        scenario: args.scenario,
+        rate: args.rate,
+        duration: Duration::from_secs(args.duration),
+        phones: args.phones,
+        max_deliveries: args.max_deliveries,
+        skew: args.skew,
+        seed: args.seed,
+    };
+    let plan = if args.max { Vec::new() } else { scenario::plan(&options) };
+    let closed = args.max.then(|| {
+        (
+            args.rate.max(1.0) as usize,
+            Duration::from_secs(args.duration),
+            args.phones,
+        )
+    });
+    let measured = driver::drive(
+        target.clone(),
+        plan,
+        closed,
+        Duration::from_secs(args.drain),
+        !args.quiet,
+    )
+    .await;
+
+    let db_url = own
+        .as_ref()
+        .map(|o| o.db_url.expose().to_string())
+        .or(args.database_url.clone());
+    let mut violations = Vec::new();
+    let mut synchronous_commit = "unknown".to_string();
+    if let Some(o) = &own {
+        let _ = tokio::time::timeout(Duration::from_secs(args.drain), o.engine.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(args.drain), o.engine.outbox().wait_drained()).await;
+    }
+    if let Some(url) = &db_url {
+        violations = checker::check(url, &measured.acked_ids).await?;
+        synchronous_commit = checker::setting(url, "synchronous_commit").await.unwrap_or_default();
+        if let Some(o) = &own {
+            let sent = checker::count(url, "SELECT count(*) AS n FROM outbox WHERE status = 'sent'").await?;
+            let requests = o.graph.request_count() as i64;
+            if requests != sent {
+                violations.push(checker::Violation {
+                    invariant: "no outbox row is sent twice",
+                    count: requests - sent,
+                    examples: vec![format!("{requests} send requests for {sent} sent rows")],
+                });
+            }
+        }
+    }
+    let secs = measured.elapsed.as_secs_f64().max(0.001);
+    let report = Report {
+        scenario: args.scenario.name().to_string(),
+        target: args
+            .target
+            .clone()
+            .unwrap_or_else(|| "own server (embedded PostgreSQL)".into()),
+        mode: if args.max { "closed-loop" } else { "open-loop" },
+        rate: args.rate,
+        duration_s: args.duration as f64,
+        phones: args.phones,
+        sent: measured.sent,
+        acked: measured.acked,
+        errors: measured.errors,
+        duplicates_sent: measured.duplicates_sent,
+        throughput_msgs_per_s: measured.applied as f64 / secs,
+        applied: measured.applied,
+        ack_latency_ms: Percentiles::from_us(&measured.ack_us),
+        e2e_latency_ms: Percentiles::from_us(&measured.e2e_us),
+        conflicts: metric(&target.base, "switchboard_version_conflicts_total").await,
+        retries: metric(&target.base, "switchboard_retries_total").await,
+        outbound_requests: own.as_ref().map(|o| o.graph.request_count() as u64),
+        invariants_checked: db_url.is_some(),
+        invariant_violations: violations,
+        error_samples: measured.error_samples,
+        timeline: measured
+            .timeline
+            .iter()
+            .map(|(s, a, p99)| (*s, *a, *p99 as f64 / 1000.0))
+            .collect(),
+        synchronous_commit,
+    };
+    if let Some(o) = own {
+        let _ = o.stop.send(());
+        let _ = o.done.await;
+        let _ = std::fs::remove_dir_all(&o.dir);
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path.with_extension("svg"), report.svg())?;
+    }
+    Ok(report)
+}

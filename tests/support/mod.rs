@@ -9,7 +9,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod app;
-pub mod graph;
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;

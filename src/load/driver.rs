@@ -1,0 +1,377 @@
+//! Sends a plan open-loop (each request at its intended time, whatever the
+//! answers) or closed-loop (`--max`), and measures ack and end-to-end
+//! latency from the intended send time into HdrHistogram.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use super::scenario::{Action, Planned, SCRIPT};
+use crate::config::Secret;
+use crate::whatsapp::webhook::sign;
+
+/// Where to send, and the credentials it wants.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub base: String,
+    pub app_secret: Option<Secret>,
+    pub api_token: Option<Secret>,
+}
+
+/// Requests in flight at most (the generator's own memory bound).
+const MAX_IN_FLIGHT: usize = 20_000;
+
+/// What a run measured.
+pub struct Measured {
+    pub sent: u64,
+    pub acked: u64,
+    pub errors: u64,
+    pub duplicates_sent: u64,
+    pub ack_us: Histogram<u64>,
+    pub e2e_us: Histogram<u64>,
+    /// Provider ids acked with 200.
+    pub acked_ids: Vec<String>,
+    /// Distinct messages seen applied (through the event stream).
+    pub applied: u64,
+    /// From the first intended send to the last message seen applied (or acked).
+    pub elapsed: Duration,
+    /// Per second: (sent, acked, ack p99 µs).
+    pub timeline: Vec<(u64, u64, u64)>,
+    pub error_samples: Vec<String>,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 10 min, 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+struct Shared {
+    client: reqwest::Client,
+    target: Target,
+    ack: Mutex<Histogram<u64>>,
+    e2e: Mutex<Histogram<u64>>,
+    per_second: Mutex<Vec<(u64, u64, Histogram<u64>)>>,
+    acked_ids: Mutex<Vec<String>>,
+    /// Intended send time of each message not yet seen applied.
+    waiting: DashMap<String, Instant>,
+    applied: AtomicU64,
+    last_applied: Mutex<Option<Instant>>,
+    sent: AtomicU64,
+    acked: AtomicU64,
+    errors: AtomicU64,
+    error_samples: Mutex<Vec<String>>,
+    in_flight: AtomicU64,
+    start: Instant,
+}
+
+impl Shared {
+    fn second(&self, at: Instant) -> usize {
+        at.saturating_duration_since(self.start).as_secs() as usize
+    }
+
+    fn record(&self, intended: Instant, ok: bool, err: Option<String>) {
+        let now = Instant::now();
+        let us = now.saturating_duration_since(intended).as_micros().max(1) as u64;
+        let sec = self.second(intended);
+        {
+            let mut ps = self.per_second.lock().unwrap_or_else(|p| p.into_inner());
+            while ps.len() <= sec {
+                ps.push((0, 0, histogram()));
+            }
+            ps[sec].0 += 1;
+            if ok {
+                ps[sec].1 += 1;
+                let _ = ps[sec].2.record(us);
+            }
+        }
+        if ok {
+            self.acked.fetch_add(1, Ordering::Relaxed);
+            let _ = self.ack.lock().unwrap_or_else(|p| p.into_inner()).record(us);
+        } else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            let mut s = self.error_samples.lock().unwrap_or_else(|p| p.into_inner());
+            if s.len() < 10 {
+                s.push(err.unwrap_or_default());
+            }
+        }
+    }
+
+    async fn execute(self: Arc<Self>, action: Action, intended: Instant) {
+        let t = &self.target;
+        let result = match &action {
+            Action::Webhook { phone, id, text } => {
+                self.waiting.entry(id.clone()).or_insert(intended);
+                let body = delivery_body(
+                    json!([{"from": phone, "id": id, "timestamp": "1732320000", "type": "text", "text": {"body": text}}]),
+                    json!([]),
+                    phone,
+                );
+                self.post_webhook(body).await
+            }
+            Action::Status { phone, id, status } => {
+                let body = delivery_body(
+                    json!([]),
+                    json!([{"id": id, "status": status, "timestamp": "1732320001", "recipient_id": phone}]),
+                    phone,
+                );
+                self.post_webhook(body).await
+            }
+            Action::Agent { phone, text } => {
+                let mut r = self
+                    .client
+                    .post(format!("{}/api/conversations/{phone}/messages", t.base))
+                    .json(&json!({"text": text}));
+                if let Some(tok) = &t.api_token {
+                    r = r.bearer_auth(tok.expose());
+                }
+                r.send().await
+            }
+            Action::Read { phone } => {
+                let mut r = self.client.get(format!("{}/api/conversations/{phone}", t.base));
+                if let Some(tok) = &t.api_token {
+                    r = r.bearer_auth(tok.expose());
+                }
+                r.send().await
+            }
+        };
+        let (ok, err) = match result {
+            Ok(r) if r.status().is_success() || (matches!(action, Action::Read { .. }) && r.status() == 404) => {
+                (true, None)
+            }
+            Ok(r) => {
+                let status = r.status();
+                (
+                    false,
+                    Some(format!("HTTP {status}: {}", r.text().await.unwrap_or_default())),
+                )
+            }
+            Err(e) => (false, Some(format!("request failed: {e}"))),
+        };
+        if ok {
+            if let Action::Webhook { id, .. } = &action {
+                self.acked_ids
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(id.clone());
+            }
+        }
+        self.record(intended, ok, err);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn post_webhook(&self, body: Vec<u8>) -> reqwest::Result<reqwest::Response> {
+        let mut r = self
+            .client
+            .post(format!("{}/webhook", self.target.base))
+            .header("content-type", "application/json");
+        if let Some(s) = &self.target.app_secret {
+            r = r.header("x-hub-signature-256", sign(s.expose().as_bytes(), &body));
+        }
+        r.body(body).send().await
+    }
+}
+
+/// A delivery in the shape Meta sends.
+pub fn delivery_body(messages: Value, statuses: Value, phone: &str) -> Vec<u8> {
+    let mut value = json!({
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550001111", "phone_number_id": "1098765432"},
+    });
+    if messages.as_array().is_some_and(|m| !m.is_empty()) {
+        value["contacts"] = json!([{"profile": {"name": "Carga"}, "wa_id": phone}]);
+        value["messages"] = messages;
+    }
+    if statuses.as_array().is_some_and(|s| !s.is_empty()) {
+        value["statuses"] = statuses;
+    }
+    serde_json::to_vec(&json!({"object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"value": value, "field": "messages"}]}]}))
+    .unwrap_or_default()
+}
+
+/// Follows `/api/events`, recording each message's end-to-end latency when
+/// its transition is published (the reply is committed by then).
+async fn follow_events(shared: Arc<Shared>) {
+    let mut req = shared.client.get(format!("{}/api/events", shared.target.base));
+    if let Some(t) = &shared.target.api_token {
+        req = req.bearer_auth(t.expose());
+    }
+    let Ok(mut resp) = req.send().await else { return };
+    let mut buf = String::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                continue;
+            };
+            let Ok(event) = serde_json::from_str::<Value>(data) else {
+                continue;
+            };
+            let Some(id) = event.get("provider_message_id").and_then(Value::as_str) else {
+                continue;
+            };
+            if let Some((_, intended)) = shared.waiting.remove(id) {
+                let now = Instant::now();
+                let us = now.saturating_duration_since(intended).as_micros().max(1) as u64;
+                let _ = shared.e2e.lock().unwrap_or_else(|p| p.into_inner()).record(us);
+                shared.applied.fetch_add(1, Ordering::Relaxed);
+                *shared.last_applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+            }
+        }
+    }
+}
+
+/// Runs `plan` open-loop; or, with `closed_workers`, that many workers
+/// sending back-to-back for `duration`. Waits up to `drain` after the last
+/// send for messages to be applied.
+pub async fn drive(
+    target: Target,
+    plan: Vec<Planned>,
+    closed_workers: Option<(usize, Duration, usize)>,
+    drain: Duration,
+    progress: bool,
+) -> Measured {
+    let shared = Arc::new(Shared {
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(1024)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new()),
+        target,
+        ack: Mutex::new(histogram()),
+        e2e: Mutex::new(histogram()),
+        per_second: Mutex::new(Vec::new()),
+        acked_ids: Mutex::new(Vec::new()),
+        waiting: DashMap::new(),
+        applied: AtomicU64::new(0),
+        last_applied: Mutex::new(None),
+        sent: AtomicU64::new(0),
+        acked: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        error_samples: Mutex::new(Vec::new()),
+        in_flight: AtomicU64::new(0),
+        start: Instant::now() + Duration::from_millis(200),
+    });
+    let events = actix_web::rt::spawn(follow_events(shared.clone()));
+    let reporter = progress.then(|| actix_web::rt::spawn(report_progress(shared.clone())));
+    let duplicates = plan.iter().filter(|p| p.duplicate).count() as u64;
+    let mut tasks = Vec::new();
+    match closed_workers {
+        None => {
+            for p in plan {
+                let intended = shared.start + p.at;
+                tokio::time::sleep_until(intended.into()).await;
+                while shared.in_flight.load(Ordering::Relaxed) as usize >= MAX_IN_FLIGHT {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                shared.sent.fetch_add(1, Ordering::Relaxed);
+                shared.in_flight.fetch_add(1, Ordering::Relaxed);
+                tasks.push(actix_web::rt::spawn(shared.clone().execute(p.action, intended)));
+            }
+        }
+        Some((workers, duration, phones)) => {
+            tokio::time::sleep_until(shared.start.into()).await;
+            let end = shared.start + duration;
+            for w in 0..workers {
+                let shared = shared.clone();
+                tasks.push(actix_web::rt::spawn(async move {
+                    let mut n = 0usize;
+                    while Instant::now() < end {
+                        let p = (w + n * workers) % phones.max(1);
+                        let action = Action::Webhook {
+                            phone: super::scenario::phone(p),
+                            id: format!("wamid.max.{w}.{n}"),
+                            text: SCRIPT[(n / phones.max(1)) % SCRIPT.len()].to_string(),
+                        };
+                        shared.sent.fetch_add(1, Ordering::Relaxed);
+                        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+                        shared.clone().execute(action, Instant::now()).await;
+                        n += 1;
+                    }
+                }));
+            }
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let sends_done = Instant::now();
+    // Wait for acked messages to show up applied (bounded).
+    let deadline = sends_done + drain;
+    while Instant::now() < deadline {
+        let acked: Vec<String> = shared.acked_ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if acked.iter().all(|id| !shared.waiting.contains_key(id)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    events.abort();
+    if let Some(r) = reporter {
+        r.abort();
+    }
+    let last = shared
+        .last_applied
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or(sends_done);
+    let timeline = shared
+        .per_second
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(s, a, h)| (*s, *a, if h.is_empty() { 0 } else { h.value_at_quantile(0.99) }))
+        .collect();
+    let acked_ids = shared.acked_ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut distinct: HashMap<&str, ()> = HashMap::new();
+    for id in &acked_ids {
+        distinct.insert(id, ());
+    }
+    let ack_us = shared.ack.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let e2e_us = shared.e2e.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let error_samples = shared.error_samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Measured {
+        sent: shared.sent.load(Ordering::Relaxed),
+        acked: shared.acked.load(Ordering::Relaxed),
+        errors: shared.errors.load(Ordering::Relaxed),
+        duplicates_sent: duplicates,
+        ack_us,
+        e2e_us,
+        applied: shared.applied.load(Ordering::Relaxed),
+        elapsed: last.max(sends_done).saturating_duration_since(shared.start),
+        acked_ids: distinct.into_keys().map(str::to_string).collect(),
+        timeline,
+        error_samples,
+    }
+}
+
+/// One line a second on stderr: elapsed, rate, in flight, p99 so far, errors.
+async fn report_progress(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_sent = 0;
+    loop {
+        tick.tick().await;
+        let sent = shared.sent.load(Ordering::Relaxed);
+        let p99 = shared
+            .ack
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .value_at_quantile(0.99);
+        eprintln!(
+            "t={:>4}s  rate={:>6}/s  in-flight={:>5}  ack p99={:>8.2} ms  applied={:>7}  errors={}",
+            Instant::now().saturating_duration_since(shared.start).as_secs(),
+            sent - last_sent,
+            shared.in_flight.load(Ordering::Relaxed),
+            p99 as f64 / 1000.0,
+            shared.applied.load(Ordering::Relaxed),
+            shared.errors.load(Ordering::Relaxed),
+        );
+        last_sent = sent;
+    }
+}

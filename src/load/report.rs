@@ -1,0 +1,138 @@
+//! The load report: JSON (the interface contract's fields), a table for the
+//! terminal, and a latency-over-time plot (SVG).
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::checker::Violation;
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub count: u64,
+}
+
+impl Percentiles {
+    /// From a histogram in microseconds, in milliseconds.
+    pub fn from_us(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let ms = |v: u64| v as f64 / 1000.0;
+        Self {
+            p50: ms(h.value_at_quantile(0.5)),
+            p90: ms(h.value_at_quantile(0.9)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            count: h.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub target: String,
+    pub mode: &'static str,
+    pub rate: f64,
+    pub duration_s: f64,
+    pub phones: usize,
+    pub sent: u64,
+    pub acked: u64,
+    pub errors: u64,
+    pub duplicates_sent: u64,
+    /// Distinct messages seen applied per second of the run.
+    pub throughput_msgs_per_s: f64,
+    pub applied: u64,
+    pub ack_latency_ms: Percentiles,
+    pub e2e_latency_ms: Percentiles,
+    pub conflicts: u64,
+    pub retries: u64,
+    pub outbound_requests: Option<u64>,
+    pub invariant_violations: Vec<Violation>,
+    /// `false` when no database was reachable to check.
+    pub invariants_checked: bool,
+    pub error_samples: Vec<String>,
+    /// Per second of intended send time: requests, acked, ack p99 (ms).
+    pub timeline: Vec<(u64, u64, f64)>,
+    pub synchronous_commit: String,
+}
+
+impl Report {
+    pub fn table(&self) -> String {
+        let row = |name: &str, p: &Percentiles| {
+            format!(
+                "  {name:<12} p50 {:>8.2}  p90 {:>8.2}  p99 {:>8.2}  p99.9 {:>8.2}  max {:>8.2} ms  (n={})\n",
+                p.p50, p.p90, p.p99, p.p999, p.max, p.count
+            )
+        };
+        let mut t = format!(
+            "scenario {} ({}) against {}\n  sent {}  acked {}  errors {}  duplicates sent {}\n  applied {}  throughput {:.1} msg/s  conflicts {}  retries {}\n",
+            self.scenario,
+            self.mode,
+            self.target,
+            self.sent,
+            self.acked,
+            self.errors,
+            self.duplicates_sent,
+            self.applied,
+            self.throughput_msgs_per_s,
+            self.conflicts,
+            self.retries
+        );
+        t.push_str(&row("ack", &self.ack_latency_ms));
+        t.push_str(&row("end-to-end", &self.e2e_latency_ms));
+        if !self.invariants_checked {
+            t.push_str("  invariants: NOT CHECKED (no database URL)\n");
+        } else if self.invariant_violations.is_empty() {
+            t.push_str("  invariants: all hold\n");
+        } else {
+            for v in &self.invariant_violations {
+                t.push_str(&format!(
+                    "  VIOLATION {}: {} (e.g. {:?})\n",
+                    v.invariant, v.count, v.examples
+                ));
+            }
+        }
+        t
+    }
+
+    /// Ack p99 per second of the run, as an SVG line chart.
+    pub fn svg(&self) -> String {
+        let (w, h, pad) = (720.0, 300.0, 40.0);
+        let max_ms = self.timeline.iter().map(|t| t.2).fold(1.0_f64, f64::max);
+        let n = self.timeline.len().max(2) as f64;
+        let points: Vec<String> = self
+            .timeline
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let x = pad + (w - 2.0 * pad) * i as f64 / (n - 1.0);
+                let y = h - pad - (h - 2.0 * pad) * t.2 / max_ms;
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\
+             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
+             <text x=\"{pad}\" y=\"20\">switchboard load: {} — ack latency p99 per second (max {max_ms:.1} ms)</text>\
+             <line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#888\"/>\
+             <line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{}\" stroke=\"#888\"/>\
+             <text x=\"{}\" y=\"{}\">time (s)</text><text x=\"4\" y=\"{pad}\">{max_ms:.0} ms</text>\
+             <polyline fill=\"none\" stroke=\"#c0392b\" stroke-width=\"1.5\" points=\"{}\"/></svg>\n",
+            self.scenario,
+            h - pad,
+            w - pad,
+            h - pad,
+            h - pad,
+            w / 2.0,
+            h - 8.0,
+            points.join(" ")
+        )
+    }
+}

@@ -1,0 +1,143 @@
+//! Short smoke runs of every load scenario (seconds, not minutes), and the
+//! invariant checker catching planted violations.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use clap::Parser;
+use diesel_async::RunQueryDsl;
+use support::{engine_settings, example_flow, say, TestDb};
+use switchboard::load::{self, checker, LoadArgs};
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+fn args(line: &str) -> LoadArgs {
+    Args::parse_from(std::iter::once("load").chain(line.split_whitespace())).load
+}
+
+async fn smoke(scenario: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let report_path = dir.path().join("report.json");
+    let a = args(&format!(
+        "--scenario {scenario} --rate 40 --duration 1 --phones 10 --drain 30 --quiet --report {}",
+        report_path.display()
+    ));
+    let report = load::run(a).await.unwrap();
+    assert!(report.invariants_checked);
+    assert!(
+        report.invariant_violations.is_empty(),
+        "{:?}",
+        report.invariant_violations
+    );
+    assert_eq!(report.errors, 0, "{:?}", report.error_samples);
+    assert_eq!(report.acked, report.sent);
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    for field in [
+        "scenario",
+        "sent",
+        "acked",
+        "errors",
+        "throughput_msgs_per_s",
+        "ack_latency_ms",
+        "e2e_latency_ms",
+        "duplicates_sent",
+        "conflicts",
+        "retries",
+        "invariant_violations",
+    ] {
+        assert!(json.get(field).is_some(), "report lacks {field}");
+    }
+    for p in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(json["ack_latency_ms"].get(p).is_some() && json["e2e_latency_ms"].get(p).is_some());
+    }
+    assert!(std::fs::read_to_string(report_path.with_extension("svg"))
+        .unwrap()
+        .starts_with("<svg"));
+}
+
+#[actix_web::test]
+async fn steady_smoke_run_reports_and_holds_every_invariant() {
+    smoke("steady").await;
+}
+
+#[actix_web::test]
+async fn burst_smoke_run_reports_and_holds_every_invariant() {
+    smoke("burst").await;
+}
+
+#[actix_web::test]
+async fn duplicates_smoke_run_reports_and_holds_every_invariant() {
+    smoke("duplicates").await;
+}
+
+#[actix_web::test]
+async fn hot_smoke_run_reports_and_holds_every_invariant() {
+    smoke("hot").await;
+}
+
+#[actix_web::test]
+async fn ai_slow_smoke_run_reports_and_holds_every_invariant() {
+    smoke("ai-slow").await;
+}
+
+#[actix_web::test]
+async fn mixed_smoke_run_reports_and_holds_every_invariant() {
+    smoke("mixed").await;
+}
+
+#[tokio::test]
+async fn the_checker_catches_a_version_gap_a_duplicated_reply_and_an_unprocessed_ack() {
+    let db = TestDb::migrated().await;
+    let engine = switchboard::Engine::builder(engine_settings(&db))
+        .database(db.database())
+        .flow(example_flow())
+        .start()
+        .await
+        .unwrap();
+    let phone = "5215512341234";
+    for (i, t) in ["hola", "refrigerador"].iter().enumerate() {
+        say(&engine, phone, &format!("wamid.ck.{i}"), t).await;
+    }
+    engine.wait_idle().await;
+    engine.shutdown().await.unwrap();
+    let acked = vec!["wamid.ck.0".to_string(), "wamid.ck.1".to_string()];
+    let url = db.url.expose();
+    assert!(
+        checker::check(url, &acked).await.unwrap().is_empty(),
+        "a clean run holds"
+    );
+
+    let mut admin = db.admin().await;
+    let mut plant = async |sql: &str| {
+        diesel::sql_query(sql).execute(&mut admin).await.unwrap();
+    };
+    let found = |v: Vec<checker::Violation>, name: &str| v.iter().any(|x| x.invariant == name);
+
+    plant("UPDATE sessions SET version = version + 1").await;
+    let v = checker::check(url, &acked).await.unwrap();
+    assert!(found(v, "versions are contiguous and count the applied steps"));
+    plant("UPDATE sessions SET version = version - 1").await;
+
+    plant(
+        "INSERT INTO messages (phone, direction, origin, body, inbox_id, status, outbox_key) \
+         SELECT phone, direction, origin, body, inbox_id, status, outbox_key FROM messages \
+         WHERE origin = 'bot' LIMIT 1",
+    )
+    .await;
+    let v = checker::check(url, &acked).await.unwrap();
+    assert!(found(v, "no inbound message has its replies twice"));
+
+    let mut more = acked.clone();
+    more.push("wamid.never-stored".into());
+    let v = checker::check(url, &more).await.unwrap();
+    assert!(found(v, "every acked message is registered"));
+
+    plant("UPDATE inbox SET processed_at = NULL WHERE provider_message_id = 'wamid.ck.1'").await;
+    let v = checker::check(url, &acked).await.unwrap();
+    assert!(found(v, "every acked message is processed"));
+}
