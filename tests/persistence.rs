@@ -237,3 +237,28 @@ async fn a_hundred_concurrent_deliveries_of_one_message_register_one_first_and_c
     assert_eq!(row.delivery_count, 100);
     assert_eq!(row.payload, *payload, "non-ASCII text and '/' survive untouched");
 }
+
+#[tokio::test]
+async fn a_batch_of_registrations_dedupes_like_single_ones_and_answers_in_input_order() {
+    use switchboard::db::inbox::{register_batch, OwnedDelivery};
+    let test = TestDb::migrated().await;
+    let mut conn = test.admin().await;
+    let d = |phone: &str, id: &str| OwnedDelivery {
+        phone: phone.into(),
+        provider_message_id: id.into(),
+        payload: json!({"id": id}),
+    };
+    let first = register_batch(&mut conn, &[d("5215500000002", "w.b"), d("5215500000001", "w.a")])
+        .await
+        .unwrap();
+    assert!(first.iter().all(|r| r.first && r.delivery_count == 1));
+    assert!(first[0].inbox_id != first[1].inbox_id);
+    let again = register_batch(&mut conn, &[d("5215500000001", "w.a"), d("5215500000003", "w.c")])
+        .await
+        .unwrap();
+    assert_eq!(
+        (again[0].first, again[0].delivery_count, again[0].inbox_id),
+        (false, 2, first[1].inbox_id)
+    );
+    assert!(again[1].first);
+}

@@ -15,6 +15,7 @@ use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::db::inbox::{self, OwnedDelivery, Registration};
 use crate::db::steps::{self, StepWrite, WriteOutcome};
 use crate::db::Database;
 use crate::error::Error;
@@ -46,6 +47,12 @@ impl Default for GroupCommitSettings {
 #[rtype(result = "Result<WriteOutcome, Error>")]
 pub struct Persist(pub StepWrite);
 
+/// Register one inbound delivery (atomic dedupe). Registrations of
+/// concurrent requests share one statement and one commit.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Registration, Error>")]
+pub struct Register(pub OwnedDelivery);
+
 /// Group-commit figures.
 #[derive(Debug, Default)]
 pub struct WriterStats {
@@ -66,6 +73,7 @@ pub struct DbWriter {
     db: Database,
     settings: GroupCommitSettings,
     pending: Vec<(StepWrite, Waiter)>,
+    registrations: Vec<(OwnedDelivery, oneshot::Sender<Result<Registration, Error>>)>,
     in_flight: usize,
     stats: Arc<WriterStats>,
     /// Woken after a commit that queued outbound messages.
@@ -83,6 +91,7 @@ impl DbWriter {
             db,
             settings,
             pending: Vec::new(),
+            registrations: Vec::new(),
             in_flight: 0,
             stats,
             outbox,
@@ -91,7 +100,18 @@ impl DbWriter {
 
     /// Starts batches while there is work and a free slot.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        while self.in_flight < self.settings.max_in_flight.max(1) && !self.pending.is_empty() {
+        let slots = self.settings.max_in_flight.max(1);
+        // Registrations first: a webhook waits for them to answer.
+        while self.in_flight < slots && !self.registrations.is_empty() {
+            let batch = self.take_registrations();
+            self.in_flight += 1;
+            let db = self.db.clone();
+            ctx.spawn(register(db, batch).into_actor(self).map(|(), act, ctx| {
+                act.in_flight -= 1;
+                act.flush(ctx);
+            }));
+        }
+        while self.in_flight < slots && !self.pending.is_empty() {
             let batch = self.take_batch();
             self.in_flight += 1;
             let db = self.db.clone();
@@ -110,6 +130,24 @@ impl DbWriter {
                 }),
             );
         }
+    }
+
+    /// Up to `max_batch` registrations with distinct keys (a repeated key
+    /// waits for the next batch: one statement may not touch a row twice).
+    fn take_registrations(&mut self) -> Vec<(OwnedDelivery, oneshot::Sender<Result<Registration, Error>>)> {
+        let mut keys = HashSet::new();
+        let mut batch = Vec::new();
+        let mut rest = Vec::new();
+        for (d, tx) in self.registrations.drain(..) {
+            let key = (d.phone.clone(), d.provider_message_id.clone());
+            if batch.len() < self.settings.max_batch.max(1) && keys.insert(key) {
+                batch.push((d, tx));
+            } else {
+                rest.push((d, tx));
+            }
+        }
+        self.registrations = rest;
+        batch
     }
 
     /// Up to `max_batch` pending writes, at most one per phone (a second
@@ -179,6 +217,46 @@ async fn commit(db: Database, batch: Vec<(StepWrite, Waiter)>, stats: Arc<Writer
     queued_outbound
 }
 
+async fn register(db: Database, batch: Vec<(OwnedDelivery, oneshot::Sender<Result<Registration, Error>>)>) {
+    let (deliveries, waiters): (Vec<OwnedDelivery>, Vec<_>) = batch.into_iter().unzip();
+    let result = db
+        .retry_policy()
+        .run("register_batch", || async {
+            inbox::register_batch(&mut *db.pool().get().await?, &deliveries).await
+        })
+        .await;
+    match result {
+        Ok(regs) => {
+            for (r, tx) in regs.into_iter().zip(waiters) {
+                let _ = tx.send(Ok(r));
+            }
+        }
+        Err(e) if !e.is_retryable() && waiters.len() > 1 => {
+            // One bad delivery must not fail the others: register one by one.
+            for (d, tx) in deliveries.into_iter().zip(waiters) {
+                let one = async {
+                    let mut r = inbox::register_batch(&mut *db.pool().get().await?, std::slice::from_ref(&d)).await?;
+                    r.pop().ok_or_else(|| Error::NotFound("registration".into()))
+                }
+                .await;
+                let _ = tx.send(one);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, batch = waiters.len(), "registration batch failed");
+            let retryable = e.is_retryable();
+            let text = e.to_string();
+            for tx in waiters {
+                let _ = tx.send(Err(if retryable {
+                    Error::Connection(text.clone())
+                } else {
+                    Error::InvalidInput(text.clone())
+                }));
+            }
+        }
+    }
+}
+
 impl Actor for DbWriter {
     type Context = Context<Self>;
 
@@ -195,6 +273,20 @@ impl Handler<Persist> for DbWriter {
     fn handle(&mut self, msg: Persist, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         self.pending.push((msg.0, tx));
+        self.flush(ctx);
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(Error::Connection("the DB writer stopped".into())))
+        })
+    }
+}
+
+impl Handler<Register> for DbWriter {
+    type Result = ResponseFuture<Result<Registration, Error>>;
+
+    fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.registrations.push((msg.0, tx));
         self.flush(ctx);
         Box::pin(async move {
             rx.await

@@ -84,3 +84,78 @@ pub async fn get(conn: &mut AsyncPgConnection, phone: &str, provider_message_id:
         .await
         .optional()?)
 }
+
+/// A delivery to register, owned (it waits in a batch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnedDelivery {
+    pub phone: String,
+    pub provider_message_id: String,
+    pub payload: serde_json::Value,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Registered {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    phone: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    provider_message_id: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    delivery_count: i32,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    processed: bool,
+}
+
+/// Registers many deliveries in one statement (one commit): the batched
+/// form of [`register`], with the same atomic dedupe. Keys must be distinct
+/// within the batch; rows are written in key order, so concurrent batches
+/// cannot deadlock. Results come back in input order.
+#[tracing::instrument(skip_all, fields(batch = batch.len()))]
+pub async fn register_batch(conn: &mut AsyncPgConnection, batch: &[OwnedDelivery]) -> Result<Vec<Registration>> {
+    use diesel::sql_types::{Array, Jsonb, Text};
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by(|a, b| {
+        (&batch[*a].phone, &batch[*a].provider_message_id).cmp(&(&batch[*b].phone, &batch[*b].provider_message_id))
+    });
+    let phones: Vec<&str> = order.iter().map(|i| batch[*i].phone.as_str()).collect();
+    let ids: Vec<&str> = order.iter().map(|i| batch[*i].provider_message_id.as_str()).collect();
+    let payloads: Vec<&serde_json::Value> = order.iter().map(|i| &batch[*i].payload).collect();
+    let rows: Vec<Registered> = diesel::sql_query(
+        "INSERT INTO inbox (phone, provider_message_id, payload) \
+         SELECT u.phone, u.pid, u.payload \
+         FROM unnest($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS u(phone, pid, payload, ord) \
+         ORDER BY u.ord \
+         ON CONFLICT (phone, provider_message_id) DO UPDATE \
+            SET delivery_count = inbox.delivery_count + 1, last_delivery_at = now() \
+         RETURNING phone, provider_message_id, id, delivery_count, processed_at IS NOT NULL AS processed",
+    )
+    .bind::<Array<Text>, _>(&phones)
+    .bind::<Array<Text>, _>(&ids)
+    .bind::<Array<Jsonb>, _>(&payloads)
+    .load(conn)
+    .await?;
+    let found: std::collections::HashMap<(String, String), Registration> = rows
+        .into_iter()
+        .map(|r| {
+            (
+                (r.phone, r.provider_message_id),
+                Registration {
+                    inbox_id: r.id,
+                    first: r.delivery_count == 1,
+                    delivery_count: r.delivery_count,
+                    processed: r.processed,
+                },
+            )
+        })
+        .collect();
+    batch
+        .iter()
+        .map(|d| {
+            found
+                .get(&(d.phone.clone(), d.provider_message_id.clone()))
+                .copied()
+                .ok_or_else(|| crate::Error::NotFound("a registered delivery was not returned".into()))
+        })
+        .collect()
+}

@@ -20,7 +20,7 @@ pub use events::{inbound_text, BreakerEvent, DeliveryEvent, Event, EventKind, Ev
 pub use settings::EngineSettings;
 
 use crate::actors::ai::{AiActor, AiStats, AiStatsSnapshot};
-use crate::actors::db_writer::{DbWriter, WriterStats};
+use crate::actors::db_writer::{DbWriter, Register, WriterStats};
 use crate::actors::registry::{Registry, Slot};
 use crate::actors::session::{
     AgentAck, AgentSend, Apply, ConversationView, Read, SessionActor, SessionDeps, SetHandoff, Wake,
@@ -29,8 +29,9 @@ use crate::actors::supervisor::{ForceBreaker, GetBreakers, Supervisor, Superviso
 use crate::ai::Model;
 use crate::breaker::{BreakerSnapshot, CircuitBreaker};
 use crate::config::Settings;
+use crate::db::inbox::OwnedDelivery;
 use crate::db::steps::{self, PendingInbound};
-use crate::db::{Database, NewDelivery, PoolStats};
+use crate::db::{Database, PoolStats};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
 use crate::outbox::Dispatcher;
@@ -117,6 +118,7 @@ struct Inner {
     settings: Settings,
     registry: Registry,
     supervisor: Addr<Supervisor>,
+    writer: Addr<DbWriter>,
     events: broadcast::Sender<Event>,
     queue: Arc<Semaphore>,
     in_flight: watch::Sender<usize>,
@@ -271,7 +273,7 @@ impl EngineBuilder {
             db: db.clone(),
             flow: flow.clone(),
             ai,
-            writer,
+            writer: writer.clone(),
             supervisor: supervisor.clone(),
             events: events.clone(),
             settings: settings.engine.clone(),
@@ -287,6 +289,7 @@ impl EngineBuilder {
                 flow,
                 registry,
                 supervisor,
+                writer,
                 events,
                 in_flight: watch::channel(0).0,
                 stopping: AtomicBool::new(false),
@@ -372,15 +375,17 @@ impl Engine {
         // grow in the order its messages enter the mailbox, i.e. the order
         // they are applied.
         let turn = self.turn(&phone).await?;
+        // Registrations of concurrent requests share one commit (DB writer).
         let reg = self
             .inner
-            .db
-            .register_delivery(&NewDelivery {
-                phone: &phone,
-                provider_message_id: &m.provider_message_id,
-                payload: &m.payload,
-            })
-            .await;
+            .writer
+            .send(Register(OwnedDelivery {
+                phone: phone.clone(),
+                provider_message_id: m.provider_message_id.clone(),
+                payload: m.payload.clone(),
+            }))
+            .await
+            .unwrap_or_else(|e| Err(Error::Unavailable(format!("DB writer: {e}"))));
         let reg = match reg {
             Ok(r) => r,
             Err(e) => {
