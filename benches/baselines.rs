@@ -201,8 +201,8 @@ async fn run_design(url: &str, design: Design) -> (f64, u64, u64, i64) {
     };
     (
         MESSAGES as f64 / secs,
-        counts.conflicts.load(Ordering::Relaxed),
-        counts.retries.load(Ordering::Relaxed),
+        AtomicU64::load(&counts.conflicts, Ordering::Relaxed),
+        AtomicU64::load(&counts.retries, Ordering::Relaxed),
         lost,
     )
 }
