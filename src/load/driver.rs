@@ -198,7 +198,9 @@ pub fn delivery_body(messages: Value, statuses: Value, phone: &str) -> Vec<u8> {
 /// Follows `/api/events`, recording each message's end-to-end latency when
 /// its transition is published (the reply is committed by then).
 async fn follow_events(shared: Arc<Shared>) {
-    let mut req = shared.client.get(format!("{}/api/events", shared.target.base));
+    // Its own client: the request timeout of the others would cut the stream.
+    let client = reqwest::Client::new();
+    let mut req = client.get(format!("{}/api/events", shared.target.base));
     if let Some(t) = &shared.target.api_token {
         req = req.bearer_auth(t.expose());
     }
