@@ -22,7 +22,8 @@ use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
 const MESSAGES: usize = 4_000;
-const PHONES: usize = 50;
+/// Fewer phones than clients: concurrent messages for one phone are the point.
+const PHONES: usize = 8;
 const CLIENTS: usize = 16;
 
 #[derive(QueryableByName)]
@@ -45,8 +46,11 @@ enum Design {
     Pessimistic,
 }
 
+/// The phone of message `i`: a fixed pseudo-random choice, so every design
+/// gets the same sequence and concurrent clients collide on phones.
 fn phone(i: usize) -> String {
-    format!("52155800{:05}", i % PHONES)
+    let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 59;
+    format!("52155800{:05}", h as usize % PHONES)
 }
 
 async fn reset(url: &str) {
@@ -56,7 +60,7 @@ async fn reset(url: &str) {
         .unwrap();
     for p in 0..PHONES {
         diesel::sql_query("INSERT INTO sessions (phone, flow_state, data) VALUES ($1, 'inicio', '{\"seen\": []}')")
-            .bind::<Text, _>(phone(p))
+            .bind::<Text, _>(format!("52155800{p:05}"))
             .execute(&mut c)
             .await
             .unwrap();
