@@ -154,7 +154,7 @@ async fn many_phones_run_in_parallel_and_a_slow_conversation_does_not_delay_othe
     }
     let db = TestDb::migrated().await;
     let slow = SimulatedModel::new(SimulatedSettings {
-        latency_ms: 2_500,
+        latency_ms: 5_000,
         jitter_ms: 0,
         ..Default::default()
     });
