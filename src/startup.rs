@@ -34,6 +34,15 @@ impl Application {
     /// Serves an engine built by the caller (tests inject a database, a
     /// model or a sender this way).
     pub fn with_engine(engine: Engine, settings: Settings) -> Result<Self> {
+        if let Some(problem) = settings.exposure_problem() {
+            if !settings.server.insecure {
+                return Err(Error::Server(problem));
+            }
+            tracing::warn!(
+                "INSECURE: {problem} (server.insecure = true): anyone who reaches this port can inject \
+                 messages and read conversations"
+            );
+        }
         let listener = TcpListener::bind(&settings.server.bind)
             .map_err(|e| Error::Server(format!("cannot listen on {}: {e}", settings.server.bind)))?;
         let port = listener.local_addr().map_err(|e| Error::Server(e.to_string()))?.port();

@@ -456,3 +456,31 @@ async fn health_readiness_and_metrics_answer() {
     assert!(!text.contains(PHONE), "no phone in metric labels");
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn serve_refuses_a_public_bind_without_signatures_and_tokens_unless_insecure() {
+    let db = TestDb::migrated().await;
+    let mut settings = support::engine_settings(&db);
+    settings.server.bind = "0.0.0.0:0".into();
+    let engine = switchboard::Engine::builder(settings.clone())
+        .database(db.database())
+        .flow(support::example_flow())
+        .start()
+        .await
+        .unwrap();
+    let err = switchboard::startup::Application::with_engine(engine.clone(), settings.clone())
+        .err()
+        .expect("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("whatsapp.app_secret") && text.contains("api.tokens"),
+        "{text}"
+    );
+    // With both configured it starts; and `insecure` overrides the refusal.
+    let mut secured = settings.clone();
+    secure(&mut secured);
+    assert!(switchboard::startup::Application::with_engine(engine.clone(), secured).is_ok());
+    settings.server.insecure = true;
+    assert!(switchboard::startup::Application::with_engine(engine.clone(), settings).is_ok());
+    engine.shutdown().await.unwrap();
+}

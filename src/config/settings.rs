@@ -35,6 +35,9 @@ pub struct ServerSettings {
     pub bind: String,
     /// Seconds given to in-flight work on SIGTERM/SIGINT before the process exits.
     pub shutdown_timeout_s: u64,
+    /// Allow a non-loopback `bind` without a WhatsApp app secret and an API
+    /// token. Logged as a loud warning; for closed networks only.
+    pub insecure: bool,
 }
 
 impl Default for ServerSettings {
@@ -42,6 +45,7 @@ impl Default for ServerSettings {
         Self {
             bind: "127.0.0.1:8080".into(),
             shutdown_timeout_s: 30,
+            insecure: false,
         }
     }
 }
@@ -249,6 +253,31 @@ impl Default for LogSettings {
 }
 
 impl Settings {
+    /// Why serving with these settings would expose the engine, if it would:
+    /// a non-loopback bind needs signed webhooks and an API token.
+    pub fn exposure_problem(&self) -> Option<String> {
+        let addr: SocketAddr = self.server.bind.parse().ok()?;
+        if addr.ip().is_loopback() {
+            return None;
+        }
+        let mut missing = Vec::new();
+        if self.whatsapp.app_secret.as_ref().is_none_or(|s| s.is_empty()) {
+            missing.push("whatsapp.app_secret (webhook signatures)");
+        }
+        if self.api.tokens.is_empty() {
+            missing.push("api.tokens (the agent API)");
+        }
+        if missing.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "server.bind = {} is reachable from other machines, but {} not configured. \
+             Configure them, bind to 127.0.0.1, or set server.insecure = true on a closed network.",
+            self.server.bind,
+            missing.join(" and ") + if missing.len() > 1 { " are" } else { " is" }
+        ))
+    }
+
     /// Checks what types alone cannot. Every problem names its key.
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
