@@ -52,6 +52,8 @@ impl Application {
             settings: settings.clone(),
             metrics,
             closing: tokio::sync::watch::channel(false).0,
+            limiter: http::limits::RateLimiter::new(settings.api.rate_per_s, settings.api.burst),
+            streams: http::limits::StreamSlots::new(settings.api.max_sse_subscribers),
         });
         let server = http::build_server(state.clone(), listener).map_err(|e| Error::Server(e.to_string()))?;
         let pool = engine.database().stats();

@@ -484,3 +484,84 @@ async fn serve_refuses_a_public_bind_without_signatures_and_tokens_unless_insecu
     assert!(switchboard::startup::Application::with_engine(engine.clone(), settings).is_ok());
     engine.shutdown().await.unwrap();
 }
+
+#[actix_web::test]
+async fn limits_answer_with_a_clear_4xx_and_store_nothing() {
+    let db = TestDb::migrated().await;
+    let app = TestApp::spawn(
+        &db,
+        |s| {
+            secure(s);
+            s.api.rate_per_s = 1;
+            s.api.burst = 2;
+            s.api.max_sse_subscribers = 1;
+        },
+        None,
+    )
+    .await;
+    // JSON nested deeper than the parser allows.
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let r = app.deliver(deep.as_bytes(), Some(APP_SECRET)).await;
+    assert_eq!(r.status(), 400);
+    // Too many messages in one delivery.
+    let many: Vec<Value> = (0..1001)
+        .map(|i| text_message(PHONE, &format!("wamid.many.{i}"), "hola"))
+        .collect();
+    let r = app.deliver_value(many, vec![]).await;
+    assert_eq!(r.status(), 413);
+    // A text over WhatsApp's 4,096 characters.
+    let r = app
+        .deliver_value(vec![text_message(PHONE, "wamid.long", &"a".repeat(4097))], vec![])
+        .await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("4096"));
+    assert_eq!(inbox_count(&db).await, 0);
+
+    // One event stream at a time.
+    let first = app
+        .client
+        .get(app.url("/api/events"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let second = app
+        .client
+        .get(app.url("/api/events"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 503);
+    drop(first);
+
+    // Per-client rate: the burst is spent, then 429 with Retry-After.
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = app
+            .client
+            .get(app.url("/api/conversations"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        statuses.push((r.status().as_u16(), r.headers().get("retry-after").cloned()));
+    }
+    let limited = statuses
+        .iter()
+        .find(|(s, _)| *s == 429)
+        .expect("a 429 within the burst + 1");
+    assert!(limited.1.is_some(), "429 carries Retry-After");
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("reason=\"api_rate_limit\""), "{text}");
+    app.stop().await;
+}

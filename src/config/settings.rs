@@ -193,11 +193,30 @@ impl Default for WhatsAppSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
     /// Bearer tokens accepted on `/api` (several, for rotation). Empty: open.
     pub tokens: Vec<Secret>,
+    /// Requests per second per client address on `/api` (then 429 with
+    /// Retry-After), with bursts up to `burst`.
+    pub rate_per_s: u32,
+    pub burst: u32,
+    /// Open Server-Sent Event streams at once (then 503).
+    pub max_sse_subscribers: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            tokens: Vec::new(),
+            // An agent console polls a few times a second; 50/s with bursts
+            // of 100 never slows a person and stops a runaway script.
+            rate_per_s: 50,
+            burst: 100,
+            max_sse_subscribers: 200,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]

@@ -25,9 +25,18 @@ pub fn scope() -> Scope {
         .route("/conversations/{phone}/events", web::get().to(sse::conversation))
 }
 
-/// Checks `Authorization: Bearer <token>` against every configured token
-/// (several allow rotation), in constant time. No token configured: open.
+/// Applies the client's rate limit (429), then checks `Authorization:
+/// Bearer <token>` against every configured token (several allow rotation),
+/// in constant time. No token configured: open.
 pub fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    if let Some(ip) = req.peer_addr().map(|a| a.ip()) {
+        if let Err(wait) = state.limiter.check(ip) {
+            state.metrics.rejected("api_rate_limit");
+            let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many requests; slow down");
+            e.retry_after = Some(wait);
+            return Err(e);
+        }
+    }
     let tokens = &state.settings.api.tokens;
     if tokens.is_empty() {
         return Ok(());

@@ -2,6 +2,7 @@
 //! realtime events, and the operations endpoints.
 
 mod api;
+pub mod limits;
 mod metrics;
 mod ops;
 mod sse;
@@ -32,6 +33,10 @@ pub struct AppState {
     /// Set when the server begins to stop: long-lived streams (SSE) end, so
     /// a graceful stop does not wait for them.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// Per-client request rate on `/api`.
+    pub limiter: limits::RateLimiter,
+    /// Open event streams.
+    pub streams: limits::StreamSlots,
 }
 
 /// An error as an HTTP answer: a status and a JSON reason.
@@ -39,6 +44,8 @@ pub struct AppState {
 pub struct ApiError {
     pub status: StatusCode,
     pub reason: String,
+    /// Seconds for `Retry-After` (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -46,6 +53,7 @@ impl ApiError {
         Self {
             status,
             reason: reason.into(),
+            retry_after: None,
         }
     }
 }
@@ -63,8 +71,14 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut r = HttpResponse::build(self.status);
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            r.insert_header(("Retry-After", "1"));
+        match (self.retry_after, self.status) {
+            (Some(s), _) => {
+                r.insert_header(("Retry-After", s.to_string()));
+            }
+            (None, StatusCode::SERVICE_UNAVAILABLE) => {
+                r.insert_header(("Retry-After", "1"));
+            }
+            _ => {}
         }
         r.json(json!({"error": self.reason}))
     }

@@ -29,7 +29,14 @@ pub fn encode(e: &Event) -> String {
     format!("event: {kind}\ndata: {data}\n\n")
 }
 
-fn stream(state: &AppState, only: Option<String>) -> HttpResponse {
+fn stream(state: &AppState, only: Option<String>) -> Result<HttpResponse, ApiError> {
+    let Some(slot) = state.streams.try_open() else {
+        state.metrics.rejected("sse_subscribers");
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many event streams open",
+        ));
+    };
     let events = BroadcastStream::new(state.engine.subscribe())
         .take_while(|r| std::future::ready(!matches!(r, Err(BroadcastStreamRecvError::Lagged(_)))))
         .filter_map(move |r| {
@@ -56,17 +63,21 @@ fn stream(state: &AppState, only: Option<String>) -> HttpResponse {
     )
     .take_while(|x| std::future::ready(x.is_some()))
     .take_until(closed)
-    .filter_map(|x| std::future::ready(x.map(|s| Ok::<_, actix_web::Error>(web::Bytes::from(s)))));
-    HttpResponse::Ok()
+    .filter_map(move |x| {
+        // The slot lives as long as the stream.
+        let _held = &slot;
+        std::future::ready(x.map(|s| Ok::<_, actix_web::Error>(web::Bytes::from(s))))
+    });
+    Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body)
+        .streaming(body))
 }
 
 pub async fn all(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    Ok(stream(&state, None))
+    stream(&state, None)
 }
 
 pub async fn conversation(
@@ -81,5 +92,5 @@ pub async fn conversation(
             format!("invalid phone: {why}"),
         )
     })?;
-    Ok(stream(&state, Some(p)))
+    stream(&state, Some(p))
 }

@@ -12,6 +12,10 @@ use crate::whatsapp::webhook::{parse, secure_eq, verify_signature};
 
 /// Largest delivery accepted (Meta sends up to 3 MB).
 pub const BODY_LIMIT: usize = 3 * 1024 * 1024;
+/// Most messages and statuses in one delivery (Meta batches far fewer).
+pub const MAX_ITEMS: usize = 1_000;
+/// WhatsApp's limit on a text message, in characters.
+pub const MAX_TEXT_CHARS: usize = 4_096;
 
 #[derive(Debug, Deserialize)]
 pub struct Handshake {
@@ -53,8 +57,22 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
         state.metrics.rejected("webhook_malformed");
         ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
     })?;
-    // Check every phone before storing anything: a delivery is taken whole.
+    if delivery.messages.len() + delivery.statuses.len() > MAX_ITEMS {
+        state.metrics.rejected("webhook_too_many");
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a delivery holds at most {MAX_ITEMS} messages and statuses"),
+        ));
+    }
+    // Check every message before storing anything: a delivery is taken whole.
     for m in &delivery.messages {
+        if crate::engine::inbound_text(&m.raw).chars().count() > MAX_TEXT_CHARS {
+            state.metrics.rejected("webhook_text_length");
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("message {}: text over {MAX_TEXT_CHARS} characters", m.id),
+            ));
+        }
         phone::normalize(&m.from).map_err(|why| {
             state.metrics.rejected("webhook_phone");
             ApiError::new(

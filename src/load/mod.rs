@@ -111,6 +111,9 @@ async fn start_own(args: &LoadArgs) -> anyhow::Result<OwnServer> {
     s.whatsapp.app_secret = Some(app_secret.clone());
     // The fake API takes any rate; WhatsApp's 80/s tier would only measure itself.
     s.outbox.rate_per_s = 100_000;
+    // The generator is one client address: lift the per-client API limit.
+    s.api.rate_per_s = 1_000_000;
+    s.api.burst = 1_000_000;
     if args.scenario == Scenario::AiSlow {
         s.ai.provider = AiProvider::Simulated;
         s.ai.simulated.latency_ms = 100;
