@@ -179,6 +179,11 @@ impl Dispatcher {
         }
     }
 
+    /// Looks at the outbox now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Rows not yet delivered, as of the last round (-1 before the first).
     pub fn backlog(&self) -> i64 {
         self.backlog.borrow().1

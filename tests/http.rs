@@ -565,3 +565,90 @@ async fn limits_answer_with_a_clear_4xx_and_store_nothing() {
     assert!(text.contains("reason=\"api_rate_limit\""), "{text}");
     app.stop().await;
 }
+
+struct PoisonWhile(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl switchboard::engine::Middleware for PoisonWhile {
+    fn before_step(&self, _phone: &str, text: &str) -> Result<(), String> {
+        if text == "veneno" && std::sync::atomic::AtomicBool::load(&self.0, std::sync::atomic::Ordering::SeqCst) {
+            return Err("downstream system rejected it".into());
+        }
+        Ok(())
+    }
+}
+
+#[actix_web::test]
+async fn a_dead_letter_is_listed_and_its_replay_is_applied_exactly_once() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let db = TestDb::migrated().await;
+    let poisoned = Arc::new(AtomicBool::new(true));
+    let p = poisoned.clone();
+    let app = TestApp::spawn_with(&db, secure, |b| b.middleware(Arc::new(PoisonWhile(p)))).await;
+    app.deliver_value(vec![text_message(PHONE, "wamid.dl1", "veneno")], vec![])
+        .await;
+    app.engine.wait_idle().await;
+    let get = |path: &str| app.client.get(app.url(path)).bearer_auth(TOKEN).send();
+    assert_eq!(get("/api/admin/dead-letters").await.unwrap().status(), 200);
+    let r = app.client.get(app.url("/api/admin/dead-letters")).send().await.unwrap();
+    assert_eq!(r.status(), 401, "admin actions need the token");
+    let list: Value = get("/api/admin/dead-letters").await.unwrap().json().await.unwrap();
+    let letter = &list["dead_letters"][0];
+    assert_eq!(letter["source"], "inbox");
+    assert!(letter["reason"]
+        .as_str()
+        .unwrap()
+        .contains("downstream system rejected it"));
+    let id = letter["id"].as_i64().unwrap();
+    assert_eq!(app.engine.conversation(PHONE).await.unwrap().unwrap().version, 0);
+
+    // Fixed downstream; replay goes through the normal path once.
+    poisoned.store(false, Ordering::SeqCst);
+    let replay = |id: i64| {
+        app.client
+            .post(app.url(&format!("/api/admin/dead-letters/{PHONE}/{id}/replay")))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    assert_eq!(replay(id).await.unwrap().status(), 202);
+    app.engine.wait_idle().await;
+    assert_eq!(replay(id).await.unwrap().status(), 404, "a letter is replayed once");
+    app.engine.wait_idle().await;
+    let s = app.engine.conversation(PHONE).await.unwrap().unwrap();
+    assert_eq!(s.version, 1, "applied exactly once");
+    let users: i64 = messages::table
+        .filter(messages::origin.eq("user"))
+        .count()
+        .get_result(&mut db.admin().await)
+        .await
+        .unwrap();
+    assert_eq!(users, 1);
+    let pending: Value = get("/api/admin/dead-letters?pending=true")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pending["dead_letters"].as_array().unwrap().len(), 0);
+
+    // Breakers can be read and forced.
+    let r = app
+        .client
+        .post(app.url("/api/admin/breakers/outbound"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"state": "open"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let b: Value = get("/api/admin/breakers").await.unwrap().json().await.unwrap();
+    let outbound = b["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "outbound")
+        .unwrap()
+        .clone();
+    assert_eq!(outbound["state"], "open");
+    app.stop().await;
+}

@@ -316,10 +316,23 @@ async fn run_inbound(
 ) -> (Option<Core>, Result<()>) {
     let mut queue: VecDeque<PendingInbound> = VecDeque::new();
     let mut core = match core {
-        Some(c) => {
-            queue.extend(first);
-            c
-        }
+        Some(c) => match first {
+            // A mailbox copy of a row this actor already applied (or
+            // quarantined) while resuming: nothing to do.
+            Some(f) if c.recent.contains(&f.id) => c,
+            Some(f) => {
+                queue.push_back(f);
+                c
+            }
+            // A wake-up (resume sweep, replayed dead letter): look for work.
+            None => match fetch_unprocessed(deps, phone).await {
+                Ok(rows) => {
+                    queue.extend(rows);
+                    c
+                }
+                Err(e) => return (Some(c), Err(e)),
+            },
+        },
         None => {
             // Activation: load, then resume whatever is waiting (it includes `first`).
             let c = match load_core(deps, phone, VecDeque::new()).await {
@@ -338,10 +351,9 @@ async fn run_inbound(
             c
         }
     };
+    // Rows read from the inbox are unprocessed by definition; only the
+    // mailbox copy (`first`) needed the check above.
     while let Some(item) = queue.pop_front() {
-        if core.recent.contains(&item.id) {
-            continue;
-        }
         let id = item.id;
         let outcome = std::panic::AssertUnwindSafe(apply_inbound(deps, phone, &mut core, item))
             .catch_unwind()

@@ -491,6 +491,26 @@ impl Engine {
         Ok(true)
     }
 
+    /// Replays a dead letter through the normal path (see
+    /// [`crate::db::dead_letters::replay`]) and wakes whatever must act on it.
+    pub async fn replay_dead_letter(&self, phone: &str, id: i64) -> Result<()> {
+        self.check_running()?;
+        let phone = phone::normalize(phone).map_err(Error::InvalidInput)?;
+        let db = &self.inner.db;
+        let (phone, source) = db
+            .retry_policy()
+            .run("replay_dead_letter", || async {
+                crate::db::dead_letters::replay(&mut *db.pool().get().await?, &phone, id).await
+            })
+            .await?;
+        if source == "inbox" {
+            self.dispatch(phone, Wake, None, None).await?;
+        } else {
+            self.inner.dispatcher.wake();
+        }
+        Ok(())
+    }
+
     /// Whether the engine is shutting down.
     pub fn is_stopping(&self) -> bool {
         self.inner.stopping.load(Ordering::SeqCst)

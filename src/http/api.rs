@@ -23,6 +23,77 @@ pub fn scope() -> Scope {
         .route("/conversations/{phone}/messages", web::post().to(send))
         .route("/conversations/{phone}/handoff", web::post().to(handoff))
         .route("/conversations/{phone}/events", web::get().to(sse::conversation))
+        .route("/admin/dead-letters", web::get().to(dead_letters))
+        .route("/admin/dead-letters/{phone}/{id}/replay", web::post().to(replay))
+        .route("/admin/breakers", web::get().to(breakers))
+        .route("/admin/breakers/{name}", web::post().to(force_breaker))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterQuery {
+    /// Only letters not replayed yet (default true).
+    pending: Option<bool>,
+    limit: Option<i64>,
+}
+
+async fn dead_letters(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<DeadLetterQuery>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let db = state.engine.database();
+    let (pending, limit) = (q.pending.unwrap_or(true), q.limit.unwrap_or(50).clamp(1, MAX_PAGE));
+    let rows = db
+        .retry_policy()
+        .run("list_dead_letters", || async {
+            crate::db::dead_letters::list(&mut *db.pool().get().await?, pending, limit).await
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"dead_letters": rows})))
+}
+
+async fn replay(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(String, i64)>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let (phone, id) = path.into_inner();
+    let phone = valid_phone(&state, &phone)?;
+    state.engine.replay_dead_letter(&phone, id).await?;
+    Ok(HttpResponse::Accepted().json(json!({"replayed": id})))
+}
+
+async fn breakers(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    Ok(HttpResponse::Ok().json(json!({"breakers": state.engine.breakers().await})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForceBody {
+    /// `open` or `closed`.
+    state: String,
+}
+
+async fn force_breaker(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<ForceBody>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let open = match body.state.as_str() {
+        "open" => true,
+        "closed" => false,
+        _ => return Err(ApiError::new(StatusCode::BAD_REQUEST, "state is `open` or `closed`")),
+    };
+    if !state.engine.force_breaker(&path, open).await {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such breaker"));
+    }
+    Ok(HttpResponse::Ok().json(json!({"breakers": state.engine.breakers().await})))
 }
 
 /// Applies the client's rate limit (429), then checks `Authorization:

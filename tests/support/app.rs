@@ -24,16 +24,26 @@ pub struct TestApp {
 impl TestApp {
     /// Starts an app on `db` with the example flow; `adjust` edits the settings.
     pub async fn spawn(db: &TestDb, adjust: impl FnOnce(&mut Settings), sender: Option<Arc<dyn Sender>>) -> Self {
+        Self::spawn_with(db, adjust, |b| match sender {
+            Some(s) => b.sender(s),
+            None => b,
+        })
+        .await
+    }
+
+    /// Like [`TestApp::spawn`], with a last word on the engine builder.
+    pub async fn spawn_with(
+        db: &TestDb,
+        adjust: impl FnOnce(&mut Settings),
+        build: impl FnOnce(switchboard::engine::EngineBuilder) -> switchboard::engine::EngineBuilder,
+    ) -> Self {
         let mut settings = engine_settings(db);
         settings.server.bind = "127.0.0.1:0".into();
         adjust(&mut settings);
-        let mut builder = Engine::builder(settings.clone())
+        let builder = Engine::builder(settings.clone())
             .database(db.database())
             .flow(example_flow());
-        if let Some(s) = sender {
-            builder = builder.sender(s);
-        }
-        let engine = builder.start().await.unwrap();
+        let engine = build(builder).start().await.unwrap();
         let app = Application::with_engine(engine.clone(), settings).unwrap();
         let base = format!("http://127.0.0.1:{}", app.port());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -1,0 +1,89 @@
+//! Dead letters: listing, and replay through the normal path.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+
+use super::schema::{dead_letters, inbox, outbox};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Queryable, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub phone: String,
+    pub source: String,
+    pub source_id: i64,
+    pub payload: serde_json::Value,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+    pub replayed_at: Option<DateTime<Utc>>,
+}
+
+/// Dead letters, newest first; `pending_only` hides replayed ones.
+pub async fn list(conn: &mut AsyncPgConnection, pending_only: bool, limit: i64) -> Result<Vec<DeadLetter>> {
+    let mut q = dead_letters::table
+        .order(dead_letters::id.desc())
+        .limit(limit)
+        .select((
+            dead_letters::id,
+            dead_letters::phone,
+            dead_letters::source,
+            dead_letters::source_id,
+            dead_letters::payload,
+            dead_letters::reason,
+            dead_letters::created_at,
+            dead_letters::replayed_at,
+        ))
+        .into_boxed();
+    if pending_only {
+        q = q.filter(dead_letters::replayed_at.is_null());
+    }
+    Ok(q.load(conn).await?)
+}
+
+/// Puts a dead letter back on its normal path: an inbound message becomes
+/// unprocessed again (attempts reset; it goes through dedupe, order and the
+/// version check like any message), an outbound one pending again. Marks
+/// the letter replayed. Returns the letter's phone and source.
+pub async fn replay(conn: &mut AsyncPgConnection, phone: &str, id: i64) -> Result<(String, String)> {
+    let phone = phone.to_string();
+    conn.transaction::<_, Error, _>(async move |conn| {
+        let letter: Option<(String, i64)> = diesel::update(dead_letters::table)
+            .filter(dead_letters::phone.eq(&phone))
+            .filter(dead_letters::id.eq(id))
+            .filter(dead_letters::replayed_at.is_null())
+            .set(dead_letters::replayed_at.eq(diesel::dsl::now))
+            .returning((dead_letters::source, dead_letters::source_id))
+            .get_result(conn)
+            .await
+            .optional()?;
+        let Some((source, source_id)) = letter else {
+            return Err(Error::NotFound("no such dead letter waiting for replay".into()));
+        };
+        match source.as_str() {
+            "inbox" => {
+                diesel::update(inbox::table.find((&phone, source_id)))
+                    .set((
+                        inbox::processed_at.eq(None::<DateTime<Utc>>),
+                        inbox::attempts.eq(0),
+                        inbox::last_error.eq(None::<String>),
+                    ))
+                    .execute(conn)
+                    .await?;
+            }
+            _ => {
+                diesel::update(outbox::table.find((&phone, source_id)))
+                    .set((
+                        outbox::status.eq("pending"),
+                        outbox::attempts.eq(0),
+                        outbox::next_attempt_at.eq(diesel::dsl::now),
+                    ))
+                    .execute(conn)
+                    .await?;
+            }
+        }
+        Ok((phone, source))
+    })
+    .await
+}
