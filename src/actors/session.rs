@@ -164,6 +164,30 @@ impl SessionActor {
     }
 }
 
+impl SessionActor {
+    /// [`SessionActor::atomic`] with the session loaded (created if new)
+    /// before `work` runs.
+    fn atomic_loaded<R: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(Arc<SessionDeps>, String, Core) -> futures_util::future::BoxFuture<'static, (Core, Result<R>)>
+            + Send
+            + 'static,
+    ) -> AtomicResponse<Self, Result<R>> {
+        self.atomic(|deps, phone, core| {
+            async move {
+                match ensure_core(&deps, &phone, core).await {
+                    Ok(c) => {
+                        let (c, r) = work(deps, phone, c).await;
+                        (Some(c), r)
+                    }
+                    Err(e) => (None, Err(e)),
+                }
+            }
+            .boxed()
+        })
+    }
+}
+
 impl Actor for SessionActor {
     type Context = Context<Self>;
 
@@ -207,14 +231,10 @@ impl Handler<AgentSend> for SessionActor {
     type Result = AtomicResponse<Self, Result<AgentAck>>;
 
     fn handle(&mut self, msg: AgentSend, _: &mut Context<Self>) -> Self::Result {
-        self.atomic(|deps, phone, core| {
+        self.atomic_loaded(move |deps, phone, mut core| {
             async move {
-                let mut core = match ensure_core(&deps, &phone, core).await {
-                    Ok(c) => c,
-                    Err(e) => return (None, Err(e)),
-                };
                 let r = agent_send(&deps, &phone, &mut core, msg).await;
-                (Some(core), r)
+                (core, r)
             }
             .boxed()
         })
@@ -225,14 +245,11 @@ impl Handler<SetHandoff> for SessionActor {
     type Result = AtomicResponse<Self, Result<ConversationView>>;
 
     fn handle(&mut self, msg: SetHandoff, _: &mut Context<Self>) -> Self::Result {
-        self.atomic(|deps, phone, core| {
+        let on = msg.0;
+        self.atomic_loaded(move |deps, phone, mut core| {
             async move {
-                let mut core = match ensure_core(&deps, &phone, core).await {
-                    Ok(c) => c,
-                    Err(e) => return (None, Err(e)),
-                };
-                let r = set_handoff(&deps, &phone, &mut core, msg.0).await;
-                (Some(core), r)
+                let r = set_handoff(&deps, &phone, &mut core, on).await;
+                (core, r)
             }
             .boxed()
         })
@@ -243,17 +260,9 @@ impl Handler<Read> for SessionActor {
     type Result = AtomicResponse<Self, Result<ConversationView>>;
 
     fn handle(&mut self, _: Read, _: &mut Context<Self>) -> Self::Result {
-        self.atomic(|deps, phone, core| {
-            async move {
-                match ensure_core(&deps, &phone, core).await {
-                    Ok(c) => {
-                        let v = view(&phone, &c);
-                        (Some(c), Ok(v))
-                    }
-                    Err(e) => (None, Err(e)),
-                }
-            }
-            .boxed()
+        self.atomic_loaded(|_, phone, core| {
+            let v = view(&phone, &core);
+            futures_util::future::ready((core, Ok(v))).boxed()
         })
     }
 }
