@@ -455,6 +455,27 @@ async fn health_readiness_and_metrics_answer() {
     }
     assert!(!text.contains(PHONE), "no phone in metric labels");
     app.stop().await;
+
+    // Optionally behind the API token.
+    let app = TestApp::spawn(
+        &db,
+        |s| {
+            secure(s);
+            s.api.protect_metrics = true;
+        },
+        None,
+    )
+    .await;
+    assert_eq!(app.client.get(app.url("/metrics")).send().await.unwrap().status(), 401);
+    let r = app
+        .client
+        .get(app.url("/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.stop().await;
 }
 
 #[actix_web::test]

@@ -204,6 +204,8 @@ pub struct ApiSettings {
     pub burst: u32,
     /// Open Server-Sent Event streams at once (then 503).
     pub max_sse_subscribers: usize,
+    /// Require the API token on `/metrics` too.
+    pub protect_metrics: bool,
 }
 
 impl Default for ApiSettings {
@@ -215,6 +217,7 @@ impl Default for ApiSettings {
             rate_per_s: 50,
             burst: 100,
             max_sse_subscribers: 200,
+            protect_metrics: false,
         }
     }
 }

@@ -1,9 +1,10 @@
 //! `GET /healthz`, `GET /readyz`, `GET /metrics`.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::AppState;
+use super::api::authorize;
+use super::{ApiError, AppState};
 
 /// The process is alive.
 pub async fn healthz() -> HttpResponse {
@@ -23,10 +24,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// Prometheus text format.
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+/// Prometheus text format (token-protected when `api.protect_metrics`).
+pub async fn metrics(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    if state.settings.api.protect_metrics {
+        authorize(&state, &req)?;
+    }
     let body = state.metrics.render(&state.engine).await;
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(body)
+        .body(body))
 }
