@@ -171,3 +171,65 @@ async fn after_a_stop_with_queued_work_a_restart_applies_every_acked_message_exa
     assert_eq!(distinct.len(), replies.len());
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn a_read_only_database_gives_503_loses_nothing_and_recovers_when_fixed() {
+    let db = TestDb::migrated().await;
+    let app = TestApp::spawn(
+        &db,
+        |s| {
+            s.database.retry.max_attempts = 2;
+            s.database.retry.base_delay_ms = 10;
+        },
+        None,
+    )
+    .await;
+    assert_eq!(
+        app.deliver_value(vec![text_message(PHONE, "wamid.ro1", "hola")], vec![])
+            .await
+            .status(),
+        200
+    );
+    app.engine.wait_idle().await;
+    // An operator (or a failover) makes the database read-only; sessions reconnect.
+    let set_read_only = |on: bool| {
+        let db = &db;
+        async move {
+            let mut admin = db.admin().await;
+            // The operator's own session stays writable.
+            diesel::sql_query("SET default_transaction_read_only = off")
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            diesel::sql_query(format!(
+                "ALTER DATABASE {} SET default_transaction_read_only = {on}",
+                db.name
+            ))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+            diesel::sql_query(format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{}' AND pid <> pg_backend_pid()",
+                db.name
+            ))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        }
+    };
+    set_read_only(true).await;
+    let r = app
+        .deliver_value(vec![text_message(PHONE, "wamid.ro2", "refrigerador")], vec![])
+        .await;
+    assert_eq!(r.status(), 503, "{}", r.text().await.unwrap());
+    set_read_only(false).await;
+    let r = app
+        .deliver_value(vec![text_message(PHONE, "wamid.ro2", "refrigerador")], vec![])
+        .await;
+    assert_eq!(r.status(), 200, "the redelivery is taken once the database is writable");
+    app.engine.wait_idle().await;
+    let s = app.engine.conversation(PHONE).await.unwrap().unwrap();
+    assert_eq!((s.version, s.flow_state.as_str()), (2, "refri_sap"));
+    app.stop().await;
+}
