@@ -84,45 +84,16 @@ async fn one(c: &mut AsyncPgConnection, design: Design, n: usize, counts: &Count
         }
         Design::Naive => {
             // Read, decide, write — no version check (the seeds' original code).
-            let seen: String = diesel::sql_query("SELECT (data->'seen')::text AS v FROM sessions WHERE phone = $1")
-                .bind::<Text, _>(&p)
-                .get_result::<S>(c)
-                .await
-                .unwrap()
-                .v;
-            let mut list: Vec<i64> = serde_json::from_str(&seen).unwrap();
-            list.push(n as i64);
+            let (_, list) = read_seen(c, &p, false, n).await;
             c.batch_execute("BEGIN").await.unwrap();
-            diesel::sql_query("UPDATE sessions SET data = jsonb_build_object('seen', $2::jsonb), version = version + 1 WHERE phone = $1")
-                .bind::<Text, _>(&p)
-                .bind::<Text, _>(serde_json::to_string(&list).unwrap())
-                .execute(c)
-                .await
-                .unwrap();
+            write_seen(c, &p, &list, None).await;
             diesel::sql_query(msg).bind::<Text, _>(&p).execute(c).await.unwrap();
             c.batch_execute("COMMIT").await.unwrap();
         }
         Design::Optimistic => loop {
-            let row: VS =
-                diesel::sql_query("SELECT version AS v, (data->'seen')::text AS s FROM sessions WHERE phone = $1")
-                    .bind::<Text, _>(&p)
-                    .get_result(c)
-                    .await
-                    .unwrap();
-            let mut list: Vec<i64> = serde_json::from_str(&row.s).unwrap();
-            list.push(n as i64);
+            let (version, list) = read_seen(c, &p, false, n).await;
             c.batch_execute("BEGIN").await.unwrap();
-            let updated = diesel::sql_query(
-                "UPDATE sessions SET data = jsonb_build_object('seen', $3::jsonb), version = version + 1 \
-                 WHERE phone = $1 AND version = $2",
-            )
-            .bind::<Text, _>(&p)
-            .bind::<BigInt, _>(row.v)
-            .bind::<Text, _>(serde_json::to_string(&list).unwrap())
-            .execute(c)
-            .await
-            .unwrap();
-            if updated == 1 {
+            if write_seen(c, &p, &list, Some(version)).await == 1 {
                 diesel::sql_query(msg).bind::<Text, _>(&p).execute(c).await.unwrap();
                 c.batch_execute("COMMIT").await.unwrap();
                 break;
@@ -135,31 +106,43 @@ async fn one(c: &mut AsyncPgConnection, design: Design, n: usize, counts: &Count
         },
         Design::Pessimistic => {
             c.batch_execute("BEGIN").await.unwrap();
-            let seen: String =
-                diesel::sql_query("SELECT (data->'seen')::text AS v FROM sessions WHERE phone = $1 FOR UPDATE")
-                    .bind::<Text, _>(&p)
-                    .get_result::<S>(c)
-                    .await
-                    .unwrap()
-                    .v;
-            let mut list: Vec<i64> = serde_json::from_str(&seen).unwrap();
-            list.push(n as i64);
-            diesel::sql_query("UPDATE sessions SET data = jsonb_build_object('seen', $2::jsonb), version = version + 1 WHERE phone = $1")
-                .bind::<Text, _>(&p)
-                .bind::<Text, _>(serde_json::to_string(&list).unwrap())
-                .execute(c)
-                .await
-                .unwrap();
+            let (_, list) = read_seen(c, &p, true, n).await;
+            write_seen(c, &p, &list, None).await;
             diesel::sql_query(msg).bind::<Text, _>(&p).execute(c).await.unwrap();
             c.batch_execute("COMMIT").await.unwrap();
         }
     }
 }
 
-#[derive(QueryableByName)]
-struct S {
-    #[diesel(sql_type = Text)]
-    v: String,
+/// The session's version and its `seen` list with `n` appended (`lock`: FOR UPDATE).
+async fn read_seen(c: &mut AsyncPgConnection, phone: &str, lock: bool, n: usize) -> (i64, Vec<i64>) {
+    let sql = format!(
+        "SELECT version AS v, (data->'seen')::text AS s FROM sessions WHERE phone = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let row: VS = diesel::sql_query(sql)
+        .bind::<Text, _>(phone)
+        .get_result(c)
+        .await
+        .unwrap();
+    let mut list: Vec<i64> = serde_json::from_str(&row.s).unwrap();
+    list.push(n as i64);
+    (row.v, list)
+}
+
+/// Writes the list and bumps the version, only at `expected` if given.
+/// Returns the rows updated.
+async fn write_seen(c: &mut AsyncPgConnection, phone: &str, list: &[i64], expected: Option<i64>) -> usize {
+    diesel::sql_query(
+        "UPDATE sessions SET data = jsonb_build_object('seen', $2::jsonb), version = version + 1 \
+         WHERE phone = $1 AND ($3::int8 IS NULL OR version = $3)",
+    )
+    .bind::<Text, _>(phone)
+    .bind::<Text, _>(serde_json::to_string(list).unwrap())
+    .bind::<diesel::sql_types::Nullable<BigInt>, _>(expected)
+    .execute(c)
+    .await
+    .unwrap()
 }
 
 #[derive(QueryableByName)]
@@ -213,17 +196,7 @@ async fn run_design(url: &str, design: Design) -> (f64, u64, u64, i64) {
 
 async fn run_switchboard(url: &switchboard::config::Secret) -> (f64, u64, u64, i64) {
     reset(url.expose()).await;
-    let mut s = switchboard::config::Settings::default();
-    s.database.url = Some(url.clone());
-    s.database.max_connections = CLIENTS as u32;
-    s.engine.resume_interval_s = 0;
-    s.outbox.rate_per_s = 1_000_000;
-    let engine = switchboard::Engine::builder(s)
-        .flow(support::example_flow())
-        .sender(Arc::new(switchboard::whatsapp::sender::LogSink))
-        .start()
-        .await
-        .unwrap();
+    let engine = support::bench_engine(url, |s| s.database.max_connections = CLIENTS as u32).await;
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();

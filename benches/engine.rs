@@ -15,27 +15,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use switchboard::config::Settings;
-use switchboard::db::Database;
 use switchboard::{Engine, InboundMessage};
 
 const PHONES: usize = 200;
 const PER_PHONE: usize = 10;
 
 fn engine(rt: &tokio::runtime::Runtime, url: &switchboard::config::Secret, max_batch: usize) -> Engine {
-    rt.block_on(async {
-        let mut s = Settings::default();
-        s.database.url = Some(url.clone());
+    rt.block_on(support::bench_engine(url, |s| {
         s.database.max_connections = 16;
-        s.engine.resume_interval_s = 0;
         s.engine.group_commit.max_batch = max_batch;
-        Engine::builder(s)
-            .database(Database::connect(url.clone(), &Default::default()))
-            .flow(support::example_flow())
-            .start()
-            .await
-            .unwrap()
-    })
+    }))
 }
 
 fn throughput(c: &mut Criterion) {

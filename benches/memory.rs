@@ -13,7 +13,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 const PHONES: usize = 100_000;
@@ -37,18 +36,11 @@ fn main() {
     let pg = support::durable_cluster(&rt, "bench-memory");
     let url = pg.url();
     rt.block_on(async {
-        let mut s = switchboard::config::Settings::default();
-        s.database.url = Some(url.clone());
-        s.database.max_connections = 32;
-        s.engine.max_live_sessions = PHONES;
-        s.engine.resume_interval_s = 0;
-        s.outbox.rate_per_s = 1_000_000;
-        let engine = switchboard::Engine::builder(s)
-            .flow(support::example_flow())
-            .sender(Arc::new(switchboard::whatsapp::sender::LogSink))
-            .start()
-            .await
-            .unwrap();
+        let engine = support::bench_engine(&url, |s| {
+            s.database.max_connections = 32;
+            s.engine.max_live_sessions = PHONES;
+        })
+        .await;
         let before = rss_mib();
         let start = Instant::now();
         let mut tasks = Vec::new();

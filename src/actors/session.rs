@@ -458,9 +458,7 @@ async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Pe
                 tracing::info!(phone = %mask(phone), expected = core.version, ?actual, attempt, "version conflict; re-running on fresh state");
                 *core = load_core(deps, phone, std::mem::take(&mut core.recent)).await?;
             }
-            Err(e) if e.is_retryable() && attempt < retries => {
-                deps.stats.retries.fetch_add(1, Ordering::Relaxed);
-            }
+            Err(e) if e.is_retryable() && attempt < retries => {}
             Err(e) => return Err(e),
         }
         deps.stats.retries.fetch_add(1, Ordering::Relaxed);

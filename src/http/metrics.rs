@@ -130,9 +130,6 @@ impl Metrics {
         self.inner.rejected.with_label_values(&[reason]).inc();
     }
 
-    /// Webhook figures are mirrored from the engine at scrape time; nothing to do.
-    pub fn deliveries(&self, _accepted: usize, _duplicates: usize) {}
-
     fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
         self.inner
             .requests

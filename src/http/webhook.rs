@@ -104,6 +104,5 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
             statuses += 1;
         }
     }
-    state.metrics.deliveries(accepted, duplicates);
     Ok(HttpResponse::Ok().json(json!({"accepted": accepted, "duplicates": duplicates, "statuses": statuses})))
 }

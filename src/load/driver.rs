@@ -2,7 +2,7 @@
 //! answers) or closed-loop (`--max`), and measures ack and end-to-end
 //! latency from the intended send time into HdrHistogram.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -330,11 +330,14 @@ pub async fn drive(
         .iter()
         .map(|(s, a, h)| (*s, *a, if h.is_empty() { 0 } else { h.value_at_quantile(0.99) }))
         .collect();
-    let acked_ids = shared.acked_ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let mut distinct: HashMap<&str, ()> = HashMap::new();
-    for id in &acked_ids {
-        distinct.insert(id, ());
-    }
+    // Distinct: a redelivered message is acked more than once.
+    let acked_ids: HashSet<String> = shared
+        .acked_ids
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect();
     let ack_us = shared.ack.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let e2e_us = shared.e2e.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let error_samples = shared.error_samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -347,7 +350,7 @@ pub async fn drive(
         e2e_us,
         applied: shared.applied.load(Ordering::Relaxed),
         elapsed: last.max(sends_done).saturating_duration_since(shared.start),
-        acked_ids: distinct.into_keys().map(str::to_string).collect(),
+        acked_ids: acked_ids.into_iter().collect(),
         timeline,
         error_samples,
     }

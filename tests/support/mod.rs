@@ -41,16 +41,11 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber_init();
+        switchboard::telemetry::init(&switchboard::config::LogSettings {
+            format: switchboard::config::LogFormat::Text,
+            level: "debug".into(),
+        });
     }
-}
-
-fn tracing_subscriber_init() -> Result<(), ()> {
-    switchboard::telemetry::init(&switchboard::config::LogSettings {
-        format: switchboard::config::LogFormat::Text,
-        level: "debug".into(),
-    });
-    Ok(())
 }
 
 /// A loopback TCP port that was free a moment ago.
@@ -268,4 +263,23 @@ pub fn durable_cluster(rt: &tokio::runtime::Runtime, tag: &str) -> EmbeddedPostg
         db::migrations::run_pending(pg.url().expose()).await.unwrap();
     });
     pg
+}
+
+/// An engine on `url` for benchmarks: example flow, log sink, no resume
+/// sweep, an unthrottled outbox; `adjust` edits the rest.
+pub async fn bench_engine(
+    url: &switchboard::config::Secret,
+    adjust: impl FnOnce(&mut switchboard::config::Settings),
+) -> switchboard::Engine {
+    let mut s = switchboard::config::Settings::default();
+    s.database.url = Some(url.clone());
+    s.engine.resume_interval_s = 0;
+    s.outbox.rate_per_s = 1_000_000;
+    adjust(&mut s);
+    switchboard::Engine::builder(s)
+        .flow(example_flow())
+        .sender(std::sync::Arc::new(switchboard::whatsapp::sender::LogSink))
+        .start()
+        .await
+        .unwrap()
 }
