@@ -55,6 +55,7 @@ fn throughput(c: &mut Criterion) {
                                         phone: format!("5215560{p:06}"),
                                         provider_message_id: format!("wamid.bench.{round}.{p}.{i}"),
                                         payload: support::text("hola"),
+                                        contact_name: None,
                                     })
                                     .await
                                     .unwrap();

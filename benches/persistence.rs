@@ -65,6 +65,7 @@ fn persistence(c: &mut Criterion) {
                 phone,
                 provider_message_id: &id,
                 payload: &payload,
+                contact_name: None,
             })
             .await
             .unwrap();
@@ -76,6 +77,7 @@ fn persistence(c: &mut Criterion) {
                 phone,
                 provider_message_id: "wamid.bench.dup",
                 payload: &payload,
+                contact_name: None,
             })
             .await
             .unwrap();

@@ -20,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
                 phone: phone.into(),
                 provider_message_id: format!("wamid.example.{}.{i}", std::process::id()),
                 payload: serde_json::json!({"type": "text", "text": {"body": text}}),
+                contact_name: Some("Ana".into()),
             })
             .await?;
         let event = events.recv().await?;

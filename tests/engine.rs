@@ -402,6 +402,7 @@ async fn messages_accepted_but_not_applied_are_resumed_at_start() {
                 phone: PHONE,
                 provider_message_id: &format!("wamid.r{i}"),
                 payload: &support::text(["hola", "vehiculo", "12345"][i]),
+                contact_name: None,
             })
             .await
             .unwrap();
@@ -423,6 +424,7 @@ async fn an_invalid_phone_is_refused_and_nothing_is_stored() {
             phone: "12ab".into(),
             provider_message_id: "wamid.bad".into(),
             payload: support::text("hola"),
+            contact_name: None,
         })
         .await
         .unwrap_err();

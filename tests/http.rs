@@ -673,3 +673,59 @@ async fn a_dead_letter_is_listed_and_its_replay_is_applied_exactly_once() {
     assert_eq!(outbound["state"], "open");
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn the_list_names_the_contact_and_the_overview_needs_a_token() {
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    let r = app
+        .deliver_value(vec![text_message(PHONE, "wamid.named", "hola")], vec![])
+        .await;
+    assert_eq!(r.status(), 200);
+    app.engine.wait_idle().await;
+    let get = |path: String, token: Option<&'static str>| {
+        let mut req = app.client.get(app.url(&path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let list: Value = get("/api/conversations".into(), Some(TOKEN))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let row = &list["conversations"][0];
+    assert_eq!(row["phone"], PHONE);
+    assert_eq!(row["contact_name"], "Ana Pérez", "from the delivery's contacts block");
+    assert_eq!(row["last_origin"], "bot", "the bot's reply is the newest message");
+    let one: Value = get(format!("/api/conversations/{PHONE}"), Some(TOKEN))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["contact_name"], "Ana Pérez");
+
+    assert_eq!(get("/api/admin/overview".into(), None).await.unwrap().status(), 401);
+    let o: Value = get("/api/admin/overview".into(), Some(TOKEN))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(o["ready"], true);
+    assert_eq!(o["processed"], 1);
+    assert_eq!(o["dead_letters_pending"], 0);
+    assert_eq!(o["acks"]["count"], 1, "the webhook ack is counted: {o}");
+    assert!(o["acks"]["p99_ms"].as_f64().unwrap() > 0.0);
+    let names: Vec<&str> = o["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"ai") && names.contains(&"outbound"), "{names:?}");
+    app.stop().await;
+}

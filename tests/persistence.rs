@@ -206,6 +206,7 @@ async fn a_hundred_concurrent_deliveries_of_one_message_register_one_first_and_c
                     phone: PHONE,
                     provider_message_id: "wamid.HBgNNTIxNTUxMjM0MTIzNBUCABIYFjNFQjA=",
                     payload: &payload,
+                    contact_name: None,
                 })
                 .await
             })
@@ -247,6 +248,7 @@ async fn a_batch_of_registrations_dedupes_like_single_ones_and_answers_in_input_
         phone: phone.into(),
         provider_message_id: id.into(),
         payload: json!({"id": id}),
+        contact_name: None,
     };
     let first = register_batch(&mut conn, &[d("5215500000002", "w.b"), d("5215500000001", "w.a")])
         .await

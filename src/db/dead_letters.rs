@@ -42,6 +42,15 @@ pub async fn list(conn: &mut AsyncPgConnection, pending_only: bool, limit: i64) 
     Ok(q.load(conn).await?)
 }
 
+/// Dead letters not replayed yet.
+pub async fn pending_count(conn: &mut AsyncPgConnection) -> Result<i64> {
+    Ok(dead_letters::table
+        .filter(dead_letters::replayed_at.is_null())
+        .count()
+        .get_result(conn)
+        .await?)
+}
+
 /// Puts a dead letter back on its normal path: an inbound message becomes
 /// unprocessed again (attempts reset; it goes through dedupe, order and the
 /// version check like any message), an outbound one pending again. Marks

@@ -16,6 +16,8 @@ pub struct NewDelivery<'a> {
     pub phone: &'a str,
     pub provider_message_id: &'a str,
     pub payload: &'a serde_json::Value,
+    /// The sender's profile name, if the delivery gave one.
+    pub contact_name: Option<&'a str>,
 }
 
 /// What registering a delivery found.
@@ -45,6 +47,7 @@ pub struct InboxRecord {
     pub processed_at: Option<DateTime<Utc>>,
     pub attempts: i32,
     pub last_error: Option<String>,
+    pub contact_name: Option<String>,
 }
 
 /// Registers one delivery in a single statement: the first delivery inserts
@@ -91,6 +94,7 @@ pub struct OwnedDelivery {
     pub phone: String,
     pub provider_message_id: String,
     pub payload: serde_json::Value,
+    pub contact_name: Option<String>,
 }
 
 #[derive(diesel::QueryableByName)]
@@ -113,7 +117,7 @@ struct Registered {
 /// cannot deadlock. Results come back in input order.
 #[tracing::instrument(skip_all, fields(batch = batch.len()))]
 pub async fn register_batch(conn: &mut AsyncPgConnection, batch: &[OwnedDelivery]) -> Result<Vec<Registration>> {
-    use diesel::sql_types::{Array, Jsonb, Text};
+    use diesel::sql_types::{Array, Jsonb, Nullable, Text};
     let mut order: Vec<usize> = (0..batch.len()).collect();
     order.sort_by(|a, b| {
         (&batch[*a].phone, &batch[*a].provider_message_id).cmp(&(&batch[*b].phone, &batch[*b].provider_message_id))
@@ -121,10 +125,12 @@ pub async fn register_batch(conn: &mut AsyncPgConnection, batch: &[OwnedDelivery
     let phones: Vec<&str> = order.iter().map(|i| batch[*i].phone.as_str()).collect();
     let ids: Vec<&str> = order.iter().map(|i| batch[*i].provider_message_id.as_str()).collect();
     let payloads: Vec<&serde_json::Value> = order.iter().map(|i| &batch[*i].payload).collect();
+    let names: Vec<Option<&str>> = order.iter().map(|i| batch[*i].contact_name.as_deref()).collect();
     let rows: Vec<Registered> = diesel::sql_query(
-        "INSERT INTO inbox (phone, provider_message_id, payload) \
-         SELECT u.phone, u.pid, u.payload \
-         FROM unnest($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS u(phone, pid, payload, ord) \
+        "INSERT INTO inbox (phone, provider_message_id, payload, contact_name) \
+         SELECT u.phone, u.pid, u.payload, u.name \
+         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[]) \
+              WITH ORDINALITY AS u(phone, pid, payload, name, ord) \
          ORDER BY u.ord \
          ON CONFLICT (phone, provider_message_id) DO UPDATE \
             SET delivery_count = inbox.delivery_count + 1, last_delivery_at = now() \
@@ -133,6 +139,7 @@ pub async fn register_batch(conn: &mut AsyncPgConnection, batch: &[OwnedDelivery
     .bind::<Array<Text>, _>(&phones)
     .bind::<Array<Text>, _>(&ids)
     .bind::<Array<Jsonb>, _>(&payloads)
+    .bind::<Array<Nullable<Text>>, _>(&names)
     .load(conn)
     .await?;
     let found: std::collections::HashMap<(String, String), Registration> = rows

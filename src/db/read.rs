@@ -2,20 +2,34 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
-use super::schema::{messages, sessions};
+use super::schema::messages;
 use crate::error::Result;
 
 /// One row of the conversation list.
-#[derive(Debug, Clone, PartialEq, Queryable, Serialize)]
+#[derive(Debug, Clone, PartialEq, QueryableByName, Serialize)]
 pub struct ConversationSummary {
+    #[diesel(sql_type = Text)]
     pub phone: String,
+    #[diesel(sql_type = Text)]
     pub flow_state: String,
+    #[diesel(sql_type = BigInt)]
     pub version: i64,
+    #[diesel(sql_type = Bool)]
     pub handoff: bool,
+    #[diesel(sql_type = Timestamptz)]
     pub updated_at: DateTime<Utc>,
+    /// The customer's WhatsApp profile name, from their latest message.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub contact_name: Option<String>,
+    /// The newest message of the conversation, either way.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub last_message: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub last_origin: Option<String>,
 }
 
 /// Filters of the conversation list.
@@ -29,30 +43,44 @@ pub struct ListFilter {
     pub offset: i64,
 }
 
-/// Conversations, most recently active first.
+/// Conversations, most recently active first, each with its contact name
+/// and newest message (one index probe each, by primary key).
 pub async fn list(conn: &mut AsyncPgConnection, f: &ListFilter) -> Result<Vec<ConversationSummary>> {
-    let mut q = sessions::table
-        .select((
-            sessions::phone,
-            sessions::flow_state,
-            sessions::version,
-            sessions::handoff,
-            sessions::updated_at,
-        ))
-        .order((sessions::updated_at.desc(), sessions::phone))
-        .limit(f.limit)
-        .offset(f.offset)
-        .into_boxed();
-    if let Some(s) = &f.state {
-        q = q.filter(sessions::flow_state.eq(s.clone()));
-    }
-    if let Some(h) = f.handoff {
-        q = q.filter(sessions::handoff.eq(h));
-    }
-    if let Some(p) = &f.phone_prefix {
-        q = q.filter(sessions::phone.like(format!("{p}%")));
-    }
+    let q = diesel::sql_query(
+        "SELECT s.phone, s.flow_state, s.version, s.handoff, s.updated_at, \
+                i.contact_name, m.body AS last_message, m.origin AS last_origin \
+         FROM sessions s \
+         LEFT JOIN LATERAL (SELECT contact_name FROM inbox \
+                            WHERE inbox.phone = s.phone AND contact_name IS NOT NULL \
+                            ORDER BY id DESC LIMIT 1) i ON true \
+         LEFT JOIN LATERAL (SELECT body, origin FROM messages \
+                            WHERE messages.phone = s.phone ORDER BY id DESC LIMIT 1) m ON true \
+         WHERE ($1::text IS NULL OR s.flow_state = $1) \
+           AND ($2::bool IS NULL OR s.handoff = $2) \
+           AND ($3::text IS NULL OR s.phone LIKE $3 || '%') \
+         ORDER BY s.updated_at DESC, s.phone \
+         LIMIT $4 OFFSET $5",
+    )
+    .bind::<Nullable<Text>, _>(f.state.as_deref())
+    .bind::<Nullable<Bool>, _>(f.handoff)
+    .bind::<Nullable<Text>, _>(f.phone_prefix.as_deref())
+    .bind::<BigInt, _>(f.limit)
+    .bind::<BigInt, _>(f.offset);
     Ok(q.load(conn).await?)
+}
+
+/// The customer's WhatsApp profile name, from their latest message.
+pub async fn contact_name(conn: &mut AsyncPgConnection, phone: &str) -> Result<Option<String>> {
+    use super::schema::inbox;
+    let name: Option<Option<String>> = inbox::table
+        .filter(inbox::phone.eq(phone))
+        .filter(inbox::contact_name.is_not_null())
+        .order(inbox::id.desc())
+        .select(inbox::contact_name)
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(name.flatten())
 }
 
 /// One message of a transcript.

@@ -25,6 +25,7 @@ diesel::table! {
         processed_at -> Nullable<Timestamptz>,
         attempts -> Int4,
         last_error -> Nullable<Text>,
+        contact_name -> Nullable<Text>,
     }
 }
 

@@ -55,6 +55,8 @@ pub struct InboundMessage {
     pub provider_message_id: String,
     /// The provider's message object, stored as received.
     pub payload: Value,
+    /// The sender's profile name, when the provider gives one.
+    pub contact_name: Option<String>,
 }
 
 /// The answer to [`Engine::submit_inbound`]: the message is durable.
@@ -383,6 +385,7 @@ impl Engine {
                 phone: phone.clone(),
                 provider_message_id: m.provider_message_id.clone(),
                 payload: m.payload.clone(),
+                contact_name: m.contact_name.clone(),
             }))
             .await
             .unwrap_or_else(|e| Err(Error::Unavailable(format!("DB writer: {e}"))));

@@ -26,6 +26,7 @@ pub fn scope() -> Scope {
         .route("/admin/dead-letters", web::get().to(dead_letters))
         .route("/admin/dead-letters/{phone}/{id}/replay", web::post().to(replay))
         .route("/admin/breakers", web::get().to(breakers))
+        .route("/admin/overview", web::get().to(overview))
         .route("/admin/breakers/{name}", web::post().to(force_breaker))
 }
 
@@ -69,6 +70,41 @@ async fn replay(
 async fn breakers(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     Ok(HttpResponse::Ok().json(json!({"breakers": state.engine.breakers().await})))
+}
+
+/// Everything the console's operations panel shows, in one answer.
+async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let engine = &state.engine;
+    let db = engine.database();
+    let (ready, reason) = if engine.is_stopping() {
+        (false, Some("stopping".to_string()))
+    } else {
+        match db.ping().await {
+            Ok(()) => (true, None),
+            Err(e) => (false, Some(format!("database unavailable: {e}"))),
+        }
+    };
+    // A dead database must not fail the panel: the count is then unknown.
+    let dead_letters = match db.pool().get().await {
+        Ok(mut conn) => crate::db::dead_letters::pending_count(&mut conn).await.ok(),
+        Err(_) => None,
+    };
+    let s = engine.stats();
+    Ok(HttpResponse::Ok().json(json!({
+        "ready": ready,
+        "not_ready_reason": reason,
+        "breakers": engine.breakers().await,
+        "live_sessions": s.live_sessions,
+        "mailbox_depth": s.mailbox_depth,
+        "in_flight": s.in_flight,
+        "accepted": s.accepted,
+        "processed": s.processed,
+        "conflicts": s.conflicts,
+        "outbox_backlog": engine.outbox().backlog().max(0),
+        "dead_letters_pending": dead_letters,
+        "acks": state.metrics.recent_acks(),
+    })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -185,13 +221,15 @@ async fn get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<Strin
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such conversation"));
     };
     let db = state.engine.database();
-    let messages = db
+    let (messages, contact_name) = db
         .retry_policy()
         .run("recent_messages", || async {
-            read::recent_messages(&mut *db.pool().get().await?, &phone, RECENT_MESSAGES).await
+            let mut conn = db.pool().get().await?;
+            let messages = read::recent_messages(&mut conn, &phone, RECENT_MESSAGES).await?;
+            Ok((messages, read::contact_name(&mut conn, &phone).await?))
         })
         .await?;
-    Ok(HttpResponse::Ok().json(json!({"session": session, "messages": messages})))
+    Ok(HttpResponse::Ok().json(json!({"session": session, "contact_name": contact_name, "messages": messages})))
 }
 
 #[derive(Debug, Deserialize)]

@@ -65,6 +65,52 @@ struct Inner {
     engine: EngineCounters,
     gauges: IntGaugeVec,
     breakers: IntGaugeVec,
+    /// Webhook ack latency of the last few seconds, for the console.
+    acks: std::sync::Mutex<AckWindow>,
+}
+
+/// How long one window of ack latencies lasts; the figure covers the
+/// current window and the one before it.
+const ACK_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Two rotating HdrHistograms of webhook ack latency (microseconds).
+struct AckWindow {
+    started: Instant,
+    current: hdrhistogram::Histogram<u64>,
+    previous: hdrhistogram::Histogram<u64>,
+}
+
+impl AckWindow {
+    fn new() -> Self {
+        let h = || hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2).unwrap_or_else(|_| unreachable!());
+        Self {
+            started: Instant::now(),
+            current: h(),
+            previous: h(),
+        }
+    }
+
+    fn rotate(&mut self, now: Instant) {
+        let age = now.saturating_duration_since(self.started);
+        if age >= ACK_WINDOW * 2 {
+            self.current.reset();
+            self.previous.reset();
+            self.started = now;
+        } else if age >= ACK_WINDOW {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.reset();
+            self.started += ACK_WINDOW;
+        }
+    }
+}
+
+/// Recent webhook acks, as the console shows them.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct RecentAcks {
+    /// Acks counted (the last 5 to 10 seconds).
+    pub count: u64,
+    /// Their 99th percentile, milliseconds; none without acks.
+    pub p99_ms: Option<f64>,
 }
 
 impl Metrics {
@@ -121,6 +167,7 @@ impl Metrics {
                 engine,
                 gauges,
                 breakers,
+                acks: std::sync::Mutex::new(AckWindow::new()),
             }),
         })
     }
@@ -136,6 +183,27 @@ impl Metrics {
             .with_label_values(&[route, method, &status.to_string()])
             .inc();
         self.inner.latency.with_label_values(&[route]).observe(seconds);
+        if route == "/webhook" && method == "POST" && status < 300 {
+            if let Ok(mut w) = self.inner.acks.lock() {
+                w.rotate(Instant::now());
+                let _ = w.current.record(((seconds * 1e6) as u64).max(1));
+            }
+        }
+    }
+
+    /// Webhook acks of the last seconds and their p99.
+    pub fn recent_acks(&self) -> RecentAcks {
+        let Ok(mut w) = self.inner.acks.lock() else {
+            return RecentAcks { count: 0, p99_ms: None };
+        };
+        w.rotate(Instant::now());
+        let mut all = w.previous.clone();
+        let _ = all.add(&w.current);
+        let count = all.len();
+        RecentAcks {
+            count,
+            p99_ms: (count > 0).then(|| all.value_at_quantile(0.99) as f64 / 1000.0),
+        }
     }
 
     /// The text exposition, with the engine's figures read now.

@@ -2,6 +2,7 @@
 //! realtime events, and the operations endpoints.
 
 mod api;
+mod console;
 pub mod limits;
 mod metrics;
 mod ops;
@@ -131,6 +132,7 @@ pub fn build_server(state: Arc<AppState>, listener: TcpListener) -> std::io::Res
                     .route(web::post().to(webhook::receive)),
             )
             .service(api::scope())
+            .service(console::scope())
     })
     // Signals are ours: `serve` stops the server, then the engine, in order.
     .disable_signals()

@@ -16,6 +16,8 @@ pub const BODY_LIMIT: usize = 3 * 1024 * 1024;
 pub const MAX_ITEMS: usize = 1_000;
 /// WhatsApp's limit on a text message, in characters.
 pub const MAX_TEXT_CHARS: usize = 4_096;
+/// Characters kept of a sender's profile name.
+pub const MAX_PROFILE_NAME: usize = 128;
 
 #[derive(Debug, Deserialize)]
 pub struct Handshake {
@@ -89,6 +91,8 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
                 phone: m.from,
                 provider_message_id: m.id,
                 payload: m.raw,
+                // Free text from the sender: capped.
+                contact_name: m.contact_name.map(|n| n.chars().take(MAX_PROFILE_NAME).collect()),
             })
             .await?;
         if a.first {

@@ -230,6 +230,7 @@ pub async fn say(engine: &switchboard::Engine, phone: &str, id: &str, body: &str
             phone: phone.into(),
             provider_message_id: id.into(),
             payload: text(body),
+            contact_name: None,
         })
         .await
         .unwrap()

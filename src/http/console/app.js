@@ -1,0 +1,557 @@
+// switchboard agent console. Plain JavaScript, no build step: it talks to
+// the server's own `/api` with the bearer token the agent enters once (kept
+// in sessionStorage, i.e. for this tab only). Every piece of customer text
+// goes into the page through textContent, never as markup.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "switchboard.token";
+const UNREAD_KEY = "switchboard.unread";
+const CHART_POINTS = 60; // 2 minutes at one sample every 2 s
+const OPS_EVERY_MS = 2000;
+
+const state = {
+  token: sessionStorage.getItem(TOKEN_KEY) || "",
+  open: null, // the phone of the open conversation
+  conversation: null, // its last fetched answer
+  pending: [], // agent messages not in the last fetch: {key, text, status, error, ackedAt}
+  unread: JSON.parse(sessionStorage.getItem(UNREAD_KEY) || "{}"),
+  states: new Set(),
+  stream: null, // AbortController of the event stream
+  samples: [], // {rate, p99}
+  lastProcessed: null,
+  timers: {},
+};
+
+// ---------- HTTP ----------
+
+class HttpError extends Error {
+  constructor(status, reason) {
+    super(reason);
+    this.status = status;
+  }
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({ Accept: "application/json" }, options.headers || {});
+  if (state.token) headers.Authorization = "Bearer " + state.token;
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  let res;
+  try {
+    res = await fetch(path, {
+      method: options.method || "GET",
+      headers,
+      body: options.body === undefined ? undefined : JSON.stringify(options.body),
+      signal: options.signal,
+    });
+  } catch (e) {
+    if (e.name === "AbortError") throw e;
+    throw new HttpError(0, "the server cannot be reached");
+  }
+  let data = null;
+  try {
+    data = await res.json();
+  } catch (_) {
+    data = null;
+  }
+  if (!res.ok) {
+    const reason = (data && data.error) || res.statusText || "request failed";
+    if (res.status === 401 && !options.probe) signOut("The token was refused (401): " + reason);
+    throw new HttpError(res.status, reason);
+  }
+  return data;
+}
+
+function describe(e) {
+  if (e instanceof HttpError) return e.status ? `${e.message} (${e.status})` : e.message;
+  return String(e && e.message ? e.message : e);
+}
+
+// ---------- sign in / out ----------
+
+async function signIn(token) {
+  state.token = token;
+  // Any protected read tells whether the token is good.
+  await api("/api/admin/overview", { probe: true });
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $("login").hidden = true;
+  $("app").hidden = false;
+  $("login-error").textContent = "";
+  startApp();
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  state.token = "";
+  stopApp();
+  $("app").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+  $("token").value = "";
+  $("token").focus();
+}
+
+// ---------- conversation list ----------
+
+function maskPhone(p) {
+  const d = String(p).replace(/\D/g, "");
+  if (d.length < 7) return "*".repeat(Math.max(d.length, 4));
+  return "+" + d.slice(0, 2) + "*".repeat(d.length - 6) + d.slice(-4);
+}
+
+function el(tag, className, text) {
+  const e = document.createElement(tag);
+  if (className) e.className = className;
+  if (text !== undefined && text !== null) e.textContent = text;
+  return e;
+}
+
+function listQuery() {
+  const q = new URLSearchParams({ limit: "100" });
+  const s = $("filter-state").value;
+  const h = $("filter-handoff").value;
+  const p = $("search").value.replace(/[^\d]/g, "");
+  if (s) q.set("state", s);
+  if (h) q.set("handoff", h);
+  if (p) q.set("phone", p);
+  return q.toString();
+}
+
+async function refreshList() {
+  try {
+    const data = await api("/api/conversations?" + listQuery());
+    $("list-error").textContent = "";
+    renderList(data.conversations);
+  } catch (e) {
+    if (e.status !== 401) $("list-error").textContent = "Conversations: " + describe(e);
+  }
+}
+
+function renderList(rows) {
+  const ul = $("conversations");
+  ul.replaceChildren();
+  for (const c of rows) {
+    state.states.add(c.flow_state);
+    const li = el("li", "conv" + (c.phone === state.open ? " open" : ""));
+    li.dataset.phone = c.phone;
+    li.tabIndex = 0;
+    li.setAttribute("role", "button");
+    li.append(el("span", "name", c.contact_name || "—"));
+    const unread = state.unread[c.phone] || 0;
+    const badge = el("span", "unread", unread ? String(unread) : "");
+    badge.hidden = !unread;
+    li.append(badge);
+    li.append(el("span", "phone", c.phone === state.open ? "+" + c.phone : maskPhone(c.phone)));
+    const tags = el("span", "tags");
+    tags.append(el("span", "tag state", c.flow_state));
+    tags.append(el("span", "tag" + (c.handoff ? " agent" : ""), c.handoff ? "agent" : "bot"));
+    li.append(tags);
+    if (c.last_message) {
+      const who = ORIGIN_LABEL[c.last_origin] || c.last_origin;
+      li.append(el("span", "preview", (who ? who + ": " : "") + c.last_message));
+    }
+    li.addEventListener("click", () => openConversation(c.phone));
+    li.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" || ev.key === " ") {
+        ev.preventDefault();
+        openConversation(c.phone);
+      }
+    });
+    ul.append(li);
+  }
+  $("list-empty").hidden = rows.length > 0;
+  // Keep the state filter's choices current.
+  const select = $("filter-state");
+  const have = new Set(Array.from(select.options).map((o) => o.value));
+  for (const s of Array.from(state.states).sort()) {
+    if (!have.has(s)) select.append(new Option(s, s));
+  }
+}
+
+function saveUnread() {
+  sessionStorage.setItem(UNREAD_KEY, JSON.stringify(state.unread));
+}
+
+// ---------- one conversation ----------
+
+async function openConversation(phone) {
+  state.open = phone;
+  state.pending = [];
+  state.conversation = null;
+  delete state.unread[phone];
+  saveUnread();
+  $("app").classList.add("open");
+  $("conversation").hidden = false;
+  $("placeholder").hidden = true;
+  $("messages").replaceChildren();
+  $("conv-error").textContent = "";
+  $("conv-phone").textContent = "+" + phone;
+  $("conv-name").textContent = "";
+  await refreshConversation();
+  refreshList();
+  $("reply-text").focus();
+}
+
+function closeConversation() {
+  state.open = null;
+  state.conversation = null;
+  state.pending = [];
+  $("app").classList.remove("open");
+  $("conversation").hidden = true;
+  $("placeholder").hidden = false;
+  refreshList();
+}
+
+async function refreshConversation() {
+  const phone = state.open;
+  if (!phone) return;
+  const started = performance.now();
+  try {
+    const data = await api("/api/conversations/" + encodeURIComponent(phone));
+    if (state.open !== phone) return;
+    state.conversation = data;
+    // Messages acknowledged before this read began are in it now.
+    state.pending = state.pending.filter((p) => !(p.status === "sent" && p.ackedAt <= started));
+    $("conv-error").textContent = "";
+    renderConversation();
+  } catch (e) {
+    if (state.open === phone && e.status !== 401) $("conv-error").textContent = describe(e);
+  }
+}
+
+const ORIGIN_LABEL = { user: "customer", bot: "bot", agent: "agent" };
+
+const STATUS_LABEL = {
+  queued: "✓ sent",
+  sent: "✓ sent",
+  delivered: "✓✓ delivered",
+  read: "✓✓ read",
+  failed: "✗ failed",
+  received: "",
+};
+
+function renderConversation() {
+  const data = state.conversation;
+  if (!data) return;
+  const s = data.session;
+  $("conv-state").textContent = s.flow_state;
+  $("conv-version").textContent = String(s.version);
+  $("conv-handoff").textContent = s.handoff ? "an agent has it" : "the bot has it";
+  const hb = $("handoff-button");
+  hb.textContent = s.handoff ? "Hand back to bot" : "Take over";
+  hb.dataset.active = String(s.handoff);
+  $("conv-name").textContent = data.contact_name || "";
+
+  const ol = $("messages");
+  const atBottom = ol.scrollHeight - ol.scrollTop - ol.clientHeight < 40;
+  ol.replaceChildren();
+  for (const m of data.messages) {
+    const li = el("li", `msg ${m.direction} ${m.origin}`);
+    li.dataset.id = String(m.id);
+    li.append(el("div", "origin", ORIGIN_LABEL[m.origin] || m.origin));
+    li.append(el("div", "body", m.body));
+    if (m.direction === "out") {
+      const st = el("div", "status", STATUS_LABEL[m.status] ?? m.status);
+      st.dataset.status = m.status;
+      st.title = m.status === "queued" ? "stored; going out to WhatsApp" : m.status;
+      if (m.status === "failed" && m.error) st.textContent += ": " + m.error;
+      li.append(st);
+    }
+    ol.append(li);
+  }
+  for (const p of state.pending) ol.append(pendingItem(p));
+  if (atBottom || state.pending.length) ol.scrollTop = ol.scrollHeight;
+}
+
+function pendingItem(p) {
+  const li = el("li", "msg out agent pending");
+  li.dataset.key = p.key;
+  li.append(el("div", "origin", "agent"));
+  li.append(el("div", "body", p.text));
+  const label = p.status === "sending" ? "sending…" : p.status === "sent" ? "✓ sent" : "✗ failed: " + p.error;
+  const st = el("div", "status", label);
+  st.dataset.status = p.status;
+  li.append(st);
+  if (p.status === "failed") {
+    const retry = el("button", "retry", "Retry");
+    retry.type = "button";
+    retry.addEventListener("click", () => deliver(p));
+    st.append(retry);
+  }
+  return li;
+}
+
+function newKey() {
+  const b = new Uint8Array(16);
+  crypto.getRandomValues(b);
+  return "console-" + Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+async function sendReply() {
+  const box = $("reply-text");
+  const text = box.value.trim();
+  if (!text || !state.open) return;
+  box.value = "";
+  // The key makes a retry of this very message harmless.
+  const p = { key: newKey(), text, status: "sending", error: null, ackedAt: 0, phone: state.open };
+  state.pending.push(p);
+  renderConversation();
+  await deliver(p);
+}
+
+async function deliver(p) {
+  p.status = "sending";
+  p.error = null;
+  if (state.open === p.phone) renderConversation();
+  try {
+    await api("/api/conversations/" + encodeURIComponent(p.phone) + "/messages", {
+      method: "POST",
+      body: { text: p.text, idempotency_key: p.key },
+    });
+    p.status = "sent";
+    p.ackedAt = performance.now();
+  } catch (e) {
+    p.status = "failed";
+    p.error = describe(e);
+  }
+  if (state.open === p.phone) renderConversation();
+}
+
+async function toggleHandoff() {
+  if (!state.conversation) return;
+  const active = !state.conversation.session.handoff;
+  try {
+    await api("/api/conversations/" + encodeURIComponent(state.open) + "/handoff", {
+      method: "POST",
+      body: { active },
+    });
+    await refreshConversation();
+    refreshList();
+  } catch (e) {
+    $("conv-error").textContent = "Hand-off: " + describe(e);
+  }
+}
+
+// ---------- realtime ----------
+
+// EventSource cannot send a bearer header, so the stream is read with fetch.
+async function runStream() {
+  let delay = 500;
+  while (state.token) {
+    const ctl = new AbortController();
+    state.stream = ctl;
+    try {
+      const res = await fetch("/api/events", {
+        headers: { Authorization: "Bearer " + state.token, Accept: "text/event-stream" },
+        signal: ctl.signal,
+      });
+      if (res.status === 401) {
+        signOut("The token was refused (401).");
+        return;
+      }
+      if (!res.ok || !res.body) throw new Error("stream answered " + res.status);
+      setLive(true);
+      delay = 500;
+      // Whatever happened while we were away: read the state again.
+      schedule("list", refreshList, 0);
+      schedule("conversation", refreshConversation, 0);
+      const reader = res.body.getReader();
+      const decoder = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += decoder.decode(value, { stream: true });
+        let cut;
+        while ((cut = buf.indexOf("\n\n")) >= 0) {
+          const frame = buf.slice(0, cut);
+          buf = buf.slice(cut + 2);
+          const data = frame
+            .split("\n")
+            .filter((l) => l.startsWith("data:"))
+            .map((l) => l.slice(5).trim())
+            .join("\n");
+          if (data) onEvent(JSON.parse(data));
+        }
+      }
+    } catch (e) {
+      if (ctl.signal.aborted) return;
+    }
+    setLive(false);
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, 10000);
+  }
+}
+
+function setLive(on) {
+  const l = $("live");
+  l.className = "live " + (on ? "on" : "off");
+  l.textContent = on ? "live" : "reconnecting…";
+}
+
+function schedule(name, fn, ms) {
+  if (state.timers[name]) return;
+  state.timers[name] = setTimeout(() => {
+    delete state.timers[name];
+    fn();
+  }, ms);
+}
+
+function onEvent(e) {
+  if (e.kind === "breaker_state") {
+    schedule("ops", refreshOps, 100);
+    return;
+  }
+  if (e.kind === "transition" && e.phone !== state.open) {
+    state.unread[e.phone] = (state.unread[e.phone] || 0) + 1;
+    saveUnread();
+  }
+  schedule("list", refreshList, 150);
+  if (e.phone === state.open) schedule("conversation", refreshConversation, 50);
+}
+
+// ---------- operations ----------
+
+async function refreshOps() {
+  let ready;
+  try {
+    const o = await api("/api/admin/overview");
+    ready = o.ready ? "ready" : "not ready: " + (o.not_ready_reason || "unknown");
+    $("ops-ready").className = o.ready ? "" : "bad";
+    $("ops-actors").textContent = String(o.live_sessions);
+    $("ops-backlog").textContent = String(o.outbox_backlog);
+    $("ops-dead").textContent = o.dead_letters_pending === null ? "unknown" : String(o.dead_letters_pending);
+    $("ops-dead").className = o.dead_letters_pending > 0 ? "bad" : "";
+    const now = performance.now();
+    let rate = 0;
+    if (state.lastProcessed) {
+      const dt = (now - state.lastProcessed.at) / 1000;
+      rate = dt > 0 ? Math.max(0, (o.processed - state.lastProcessed.n) / dt) : 0;
+    }
+    state.lastProcessed = { n: o.processed, at: now };
+    $("ops-rate").textContent = rate.toFixed(1);
+    $("ops-p99").textContent = o.acks.p99_ms === null ? "no traffic" : o.acks.p99_ms.toFixed(1) + " ms";
+    const ul = $("ops-breakers");
+    ul.replaceChildren();
+    for (const b of o.breakers) {
+      const li = el("li");
+      li.dataset.breaker = b.name;
+      li.append(el("span", "", b.name));
+      li.append(el("span", b.state, b.state.replace("_", "-")));
+      ul.append(li);
+    }
+    state.samples.push({ rate, p99: o.acks.p99_ms || 0 });
+    if (state.samples.length > CHART_POINTS) state.samples.shift();
+    drawChart();
+  } catch (e) {
+    if (e.status === 401) return;
+    ready = "unreachable: " + describe(e);
+    $("ops-ready").className = "bad";
+  }
+  $("ops-ready").textContent = ready;
+}
+
+function drawChart() {
+  const svg = $("ops-chart");
+  const W = 240, H = 90, pad = 12;
+  const n = state.samples.length;
+  const ns = "http://www.w3.org/2000/svg";
+  svg.replaceChildren();
+  if (n < 2) return;
+  const line = (key, cls) => {
+    const max = Math.max(1, ...state.samples.map((s) => s[key]));
+    const pts = state.samples.map((s, i) => {
+      const x = pad + ((W - 2 * pad) * (i + CHART_POINTS - n)) / (CHART_POINTS - 1);
+      const y = H - pad - ((H - 2 * pad) * s[key]) / max;
+      return x.toFixed(1) + "," + y.toFixed(1);
+    });
+    const pl = document.createElementNS(ns, "polyline");
+    pl.setAttribute("class", cls);
+    pl.setAttribute("points", pts.join(" "));
+    svg.append(pl);
+    return max;
+  };
+  const maxRate = line("rate", "rate");
+  const maxP99 = line("p99", "p99");
+  const label = document.createElementNS(ns, "text");
+  label.setAttribute("x", "2");
+  label.setAttribute("y", "9");
+  label.textContent = `max ${maxRate.toFixed(0)}/s · ${maxP99.toFixed(1)} ms`;
+  svg.append(label);
+}
+
+// ---------- wiring ----------
+
+// The operations panel sits beside the conversation on a wide screen and
+// over it on a narrow one: shown by default only when there is room.
+const WIDE = window.matchMedia("(min-width: 761px)");
+function fitOps() {
+  $("app").classList.toggle("show-ops", WIDE.matches);
+}
+
+function startApp() {
+  fitOps();
+  refreshList();
+  refreshOps();
+  state.timers.opsInterval = setInterval(refreshOps, OPS_EVERY_MS);
+  runStream();
+}
+
+function stopApp() {
+  if (state.stream) state.stream.abort();
+  for (const [k, t] of Object.entries(state.timers)) {
+    clearTimeout(t);
+    clearInterval(t);
+    delete state.timers[k];
+  }
+  state.open = null;
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const token = $("token").value.trim();
+    $("login-error").textContent = "";
+    try {
+      await signIn(token);
+    } catch (e) {
+      state.token = "";
+      $("login-error").textContent =
+        e.status === 401 ? "The token was refused (401): " + e.message : "Cannot open the console: " + describe(e);
+    }
+  });
+  $("logout").addEventListener("click", () => signOut(""));
+  $("reply").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    sendReply();
+  });
+  $("reply-text").addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
+      ev.preventDefault();
+      sendReply();
+    }
+  });
+  $("back").addEventListener("click", closeConversation);
+  $("handoff-button").addEventListener("click", toggleHandoff);
+  $("ops-toggle").addEventListener("click", () => $("app").classList.toggle("show-ops"));
+  WIDE.addEventListener("change", fitOps);
+  let searchTimer = null;
+  $("search").addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(refreshList, 200);
+  });
+  $("filter-state").addEventListener("change", refreshList);
+  $("filter-handoff").addEventListener("change", refreshList);
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && state.open) closeConversation();
+  });
+  // A token kept from earlier in this tab, or none (a server without
+  // tokens lets the console in directly).
+  signIn(state.token).catch((e) => {
+    $("app").hidden = true;
+    $("login").hidden = false;
+    if (state.token) $("login-error").textContent = describe(e);
+    state.token = "";
+    $("token").focus();
+  });
+});

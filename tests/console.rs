@@ -1,0 +1,540 @@
+//! The agent console in a real browser: headless Chromium driven over
+//! WebDriver (Debian's `chromium` and `chromium-driver`; `.ci/run` installs
+//! them). Screenshots land in `target/console/`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use fantoccini::wd::WebDriverCompatibleCommand;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use support::app::{status, text_message, TestApp};
+use support::TestDb;
+use switchboard::config::Secret;
+use switchboard::db::schema::messages;
+
+const TOKEN: &str = "console-test-token";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A chromedriver process, killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    /// Starts chromedriver on a free port and waits for its "started" line.
+    fn start() -> Self {
+        let port = support::free_port();
+        let mut child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver runs (Debian package chromium-driver; .ci/run installs it)");
+        let out = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("started successfully") => break,
+                Some(Ok(_)) => continue,
+                _ => panic!("chromedriver ended before it was ready"),
+            }
+        }
+        // Keep draining its output so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn browser(&self, profile: &std::path::Path) -> Client {
+        let caps = json!({
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                // The machine has no network: nothing in the background may try it.
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--disable-extensions",
+                    "--disable-default-apps", "--window-size=1280,800",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            },
+            "goog:loggingPrefs": {"browser": "ALL"},
+        });
+        let caps = match caps {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        };
+        // Plain HTTP to the local driver: no TLS stack needed.
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .expect("a Chromium session starts")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// ChromeDriver's own command for the browser console's log.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(r#"{"type":"browser"}"#.into()))
+    }
+}
+
+/// Waits until `expr` (JavaScript) is truthy in the page.
+async fn until(c: &Client, what: &str, expr: &str) {
+    let deadline = Instant::now() + WAIT;
+    let script = format!("return !!({expr});");
+    loop {
+        if Client::execute(c, &script, vec![]).await.unwrap() == Value::Bool(true) {
+            return;
+        }
+        if Instant::now() > deadline {
+            let shot = c.screenshot().await.unwrap_or_default();
+            let _ = std::fs::write(artifacts().join("failure.png"), shot);
+            panic!("timed out waiting for: {what} ({expr})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn js(c: &Client, expr: &str) -> Value {
+    Client::execute(c, &format!("return {expr};"), vec![]).await.unwrap()
+}
+
+fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn save_screenshot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    std::fs::write(artifacts().join(name), png).unwrap();
+}
+
+async fn type_into(c: &Client, css: &str, text: &str) {
+    let e = c.find(Locator::Css(css)).await.unwrap();
+    e.clear().await.unwrap();
+    e.send_keys(text).await.unwrap();
+}
+
+/// Severe entries of the browser's console (errors, failed loads).
+async fn console_errors(c: &Client) -> Vec<String> {
+    let log = c
+        .issue_cmd(BrowserLog)
+        .await
+        .expect("chromedriver gives the browser log");
+    log.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["level"] == "SEVERE")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[actix_web::test]
+async fn the_console_lists_answers_hands_off_and_tracks_delivery_live() {
+    let db = TestDb::migrated().await;
+    let app = TestApp::spawn(
+        &db,
+        |s| {
+            s.api.tokens = vec![Secret::new(TOKEN)];
+            s.whatsapp.app_secret = Some(Secret::new(support::app::APP_SECRET));
+        },
+        None,
+    )
+    .await;
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().unwrap();
+    let c = driver.browser(profile.path()).await;
+
+    // A wrong token is refused with a clear message.
+    c.goto(&app.url("/console")).await.unwrap();
+    until(&c, "the sign-in form", "!document.getElementById('login').hidden").await;
+    type_into(&c, "#token", "not-the-token").await;
+    c.find(Locator::Css("#login-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the refusal",
+        "document.getElementById('login-error').textContent.includes('refused (401)')",
+    )
+    .await;
+    assert_eq!(js(&c, "document.getElementById('app').hidden").await, true);
+
+    // The right token opens the console.
+    type_into(&c, "#token", TOKEN).await;
+    c.find(Locator::Css("#login-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(&c, "the console", "!document.getElementById('app').hidden").await;
+    until(
+        &c,
+        "the live stream",
+        "document.getElementById('live').textContent === 'live'",
+    )
+    .await;
+    until(
+        &c,
+        "the operations panel",
+        "document.getElementById('ops-ready').textContent === 'ready'",
+    )
+    .await;
+
+    // A signed webhook creates a conversation; the list shows it without a reload.
+    let phone = "5215550001234";
+    let r = app
+        .deliver_value(vec![text_message(phone, "wamid.console.1", "hola")], vec![])
+        .await;
+    assert_eq!(r.status(), 200);
+    let row = format!("li.conv[data-phone='{phone}']");
+    until(
+        &c,
+        "the new conversation in the list",
+        &format!("document.querySelector(\"{row}\")"),
+    )
+    .await;
+    let row_text = js(&c, &format!("document.querySelector(\"{row}\").textContent")).await;
+    let row_text = row_text.as_str().unwrap();
+    assert!(row_text.contains("Ana Pérez"), "contact name shown: {row_text}");
+    assert!(
+        row_text.contains("+52*******1234"),
+        "the phone is masked in the list: {row_text}"
+    );
+    assert!(!row_text.contains(phone), "no clear phone in the list: {row_text}");
+    until(
+        &c,
+        "an unread count",
+        &format!("document.querySelector(\"{row} .unread\").textContent === '1'"),
+    )
+    .await;
+    save_screenshot(&c, "list.png").await;
+
+    // Opening it shows the history with origins.
+    c.find(Locator::Css(&row)).await.unwrap().click().await.unwrap();
+    until(
+        &c,
+        "the customer's message",
+        "[...document.querySelectorAll('#messages .msg.user .body')].some(e => e.textContent === 'hola')",
+    )
+    .await;
+    until(&c, "the bot's reply", "document.querySelector('#messages .msg.bot')").await;
+    assert_eq!(
+        js(&c, "document.getElementById('conv-phone').textContent").await,
+        format!("+{phone}")
+    );
+
+    // Take over: the bot stops answering.
+    c.find(Locator::Css("#handoff-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the hand-off",
+        "document.getElementById('conv-handoff').textContent === 'an agent has it'",
+    )
+    .await;
+
+    // A reply shows "sending" at once, then "sent" when the 201 arrives;
+    // every status the pending bubble showed is recorded in the page.
+    Client::execute(
+        &c,
+        "window.__seen = []; new MutationObserver(() => { \
+           for (const s of document.querySelectorAll('#messages .pending .status')) { \
+             if (window.__seen[window.__seen.length - 1] !== s.dataset.status) window.__seen.push(s.dataset.status); } \
+         }).observe(document.getElementById('messages'), {childList: true, subtree: true, characterData: true});",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let reply = "Hola Ana, soy Marta. Reviso tu reporte.";
+    type_into(&c, "#reply-text", reply).await;
+    c.find(Locator::Css("#reply-text"))
+        .await
+        .unwrap()
+        .send_keys("\u{E007}")
+        .await
+        .unwrap(); // Enter
+    until(
+        &c,
+        "the agent's message, sent",
+        &format!(
+            "[...document.querySelectorAll('#messages .msg.agent')].some(e => e.querySelector('.body').textContent === {reply:?} \
+             && e.querySelector('.status').textContent.includes('sent'))"
+        ),
+    )
+    .await;
+    let seen = js(&c, "window.__seen").await;
+    assert_eq!(seen[0], "sending", "shown as sending first: {seen}");
+    assert!(seen.as_array().unwrap().contains(&json!("sent")), "then sent: {seen}");
+    assert_eq!(js(&c, "document.getElementById('reply-text').value").await, "");
+
+    let mut conn = db.admin().await;
+    let stored: Vec<(String, String)> = messages::table
+        .filter(messages::phone.eq(phone))
+        .filter(messages::origin.eq("agent"))
+        .select((messages::body, messages::direction))
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored,
+        vec![(reply.to_string(), "out".to_string())],
+        "the reply is in the database"
+    );
+
+    // With an agent on it, a new customer message gets no bot reply.
+    let r = app
+        .deliver_value(vec![text_message(phone, "wamid.console.2", "gracias")], vec![])
+        .await;
+    assert_eq!(r.status(), 200);
+    until(
+        &c,
+        "the customer's second message, live",
+        "[...document.querySelectorAll('#messages .msg.user .body')].some(e => e.textContent === 'gracias')",
+    )
+    .await;
+    let last_origin = js(
+        &c,
+        "[...document.querySelectorAll('#messages .msg')].pop().classList.contains('user')",
+    )
+    .await;
+    assert_eq!(last_origin, true, "no bot reply after the take-over");
+    let gracias: i64 = messages::table
+        .filter(messages::phone.eq(phone))
+        .filter(messages::body.eq("gracias"))
+        .select(messages::id)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    let after: i64 = messages::table
+        .filter(messages::phone.eq(phone))
+        .filter(messages::origin.eq("bot"))
+        .filter(messages::id.gt(gracias))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(after, 0, "the bot stayed quiet");
+
+    // A delivery-status webhook turns the agent's message "read", live.
+    app.engine.outbox().wait_drained().await;
+    let wamid: String = messages::table
+        .filter(messages::phone.eq(phone))
+        .filter(messages::origin.eq("agent"))
+        .order(messages::id)
+        .select(messages::provider_message_id.assume_not_null())
+        .first(&mut conn)
+        .await
+        .unwrap();
+    let r = app.deliver_value(vec![], vec![status(&wamid, phone, "read")]).await;
+    assert_eq!(r.status(), 200);
+    until(
+        &c,
+        "the read receipt",
+        "[...document.querySelectorAll('#messages .msg.agent .status')].some(s => s.dataset.status === 'read')",
+    )
+    .await;
+    save_screenshot(&c, "conversation.png").await;
+
+    // Hand back to the bot: the bot answers again.
+    c.find(Locator::Css("#handoff-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the hand-back",
+        "document.getElementById('conv-handoff').textContent === 'the bot has it'",
+    )
+    .await;
+
+    // A send that fails shows the reason and a retry; the retry reuses the
+    // idempotency key, so the message is stored once.
+    Client::execute(
+        &c,
+        "const real = window.fetch; let failed = false; \
+         window.fetch = (url, opts) => { \
+           if (!failed && opts && opts.method === 'POST' && String(url).endsWith('/messages')) { \
+             failed = true; return Promise.reject(new TypeError('network down')); } \
+           return real(url, opts); };",
+        vec![],
+    )
+    .await
+    .unwrap();
+    let second = "¿Sigues ahí?";
+    type_into(&c, "#reply-text", second).await;
+    c.find(Locator::Css("#send")).await.unwrap().click().await.unwrap();
+    until(
+        &c,
+        "the failure and its reason",
+        "(s => s && s.dataset.status === 'failed' && s.textContent.includes('cannot be reached'))\
+         (document.querySelector('#messages .pending .status'))",
+    )
+    .await;
+    c.find(Locator::Css("#messages .pending .retry"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until(
+        &c,
+        "the retried message, sent",
+        &format!(
+            "[...document.querySelectorAll('#messages .msg.agent')].some(e => e.querySelector('.body').textContent === {second:?} \
+             && e.querySelector('.status').textContent.includes('sent'))"
+        ),
+    )
+    .await;
+    let copies: i64 = messages::table
+        .filter(messages::phone.eq(phone))
+        .filter(messages::body.eq(second))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(copies, 1, "stored once");
+
+    // Phone width: one pane at a time; Esc goes back to the list.
+    c.set_window_size(390, 844).await.unwrap();
+    until(
+        &c,
+        "the list hidden behind the open conversation",
+        "getComputedStyle(document.getElementById('sidebar')).display === 'none' \
+         && getComputedStyle(document.getElementById('conversation')).display !== 'none' \
+         && getComputedStyle(document.getElementById('ops')).display === 'none'",
+    )
+    .await;
+    save_screenshot(&c, "phone-conversation.png").await;
+    c.find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .send_keys("\u{E00C}")
+        .await
+        .unwrap(); // Esc
+    until(
+        &c,
+        "the list again",
+        "document.getElementById('conversation').hidden && getComputedStyle(document.getElementById('sidebar')).display !== 'none'",
+    )
+    .await;
+    save_screenshot(&c, "phone-list.png").await;
+
+    // The operations panel shows the server's own figures.
+    c.set_window_size(1280, 800).await.unwrap();
+    until(
+        &c,
+        "breaker states",
+        "document.querySelectorAll('#ops-breakers li').length >= 2",
+    )
+    .await;
+    until(
+        &c,
+        "an ack p99",
+        "document.getElementById('ops-p99').textContent.endsWith(' ms')",
+    )
+    .await;
+    assert_eq!(js(&c, "document.getElementById('ops-dead').textContent").await, "0");
+
+    // No console errors but the one 401 the wrong token caused.
+    let errors: Vec<String> = console_errors(&c)
+        .await
+        .into_iter()
+        .filter(|e| !e.contains("401"))
+        .collect();
+    assert!(errors.is_empty(), "browser console errors: {errors:?}");
+
+    c.close().await.unwrap();
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn the_console_assets_forbid_foreign_scripts_and_work_without_a_token() {
+    let db = TestDb::migrated().await;
+    let app = TestApp::spawn(&db, |_| {}, None).await;
+    for (path, kind) in [
+        ("/console", "text/html"),
+        ("/console/app.js", "text/javascript"),
+        ("/console/app.css", "text/css"),
+    ] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers();
+        assert!(h["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"),
+            "{csp}"
+        );
+        assert_eq!(h["x-content-type-options"], "nosniff");
+    }
+    let page = app
+        .client
+        .get(app.url("/console"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "no outside assets"
+    );
+
+    // A server without tokens: the console opens directly.
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().unwrap();
+    let c = driver.browser(profile.path()).await;
+    c.goto(&app.url("/console")).await.unwrap();
+    until(
+        &c,
+        "the console without a token",
+        "!document.getElementById('app').hidden",
+    )
+    .await;
+    until(&c, "the empty list", "!document.getElementById('list-empty').hidden").await;
+    let errors = console_errors(&c).await;
+    assert!(errors.is_empty(), "browser console errors: {errors:?}");
+    c.close().await.unwrap();
+    app.stop().await;
+}
