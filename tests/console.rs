@@ -271,6 +271,31 @@ async fn the_console_lists_answers_hands_off_and_tracks_delivery_live() {
     )
     .await;
 
+    // Filters and search narrow the list (the conversation is the agent's now).
+    let rows = "document.querySelectorAll('#conversations li.conv').length";
+    Client::execute(
+        &c,
+        "const f = document.getElementById('filter-handoff'); f.value = 'false'; \
+         f.dispatchEvent(new Event('change'));",
+        vec![],
+    )
+    .await
+    .unwrap();
+    until(&c, "no bot conversations", &format!("{rows} === 0")).await;
+    Client::execute(
+        &c,
+        "const f = document.getElementById('filter-handoff'); f.value = 'true'; \
+         f.dispatchEvent(new Event('change'));",
+        vec![],
+    )
+    .await
+    .unwrap();
+    until(&c, "the agent's conversation", &format!("{rows} === 1")).await;
+    type_into(&c, "#search", "999").await;
+    until(&c, "no match", "!document.getElementById('list-empty').hidden").await;
+    type_into(&c, "#search", "+52155").await;
+    until(&c, "the match", &format!("{rows} === 1")).await;
+
     // A reply shows "sending" at once, then "sent" when the 201 arrives;
     // every status the pending bubble showed is recorded in the page.
     Client::execute(
