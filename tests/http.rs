@@ -729,3 +729,124 @@ async fn the_list_names_the_contact_and_the_overview_needs_a_token() {
     assert!(names.contains(&"ai") && names.contains(&"outbound"), "{names:?}");
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn oversized_headers_get_431_and_store_nothing() {
+    let db = TestDb::migrated().await;
+    let app = TestApp::spawn(
+        &db,
+        |s| {
+            secure(s);
+            s.server.max_header_bytes = 4096;
+        },
+        None,
+    )
+    .await;
+    let body = serde_json::to_vec(&delivery(vec![change(
+        vec![text_message(PHONE, "wamid.big-header", "hola")],
+        vec![],
+    )]))
+    .unwrap();
+    let r = app
+        .client
+        .post(app.url("/webhook"))
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature-256",
+            switchboard::whatsapp::webhook::sign(APP_SECRET.as_bytes(), &body),
+        )
+        .header("x-padding", "a".repeat(5000))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    let reason: Value = r.json().await.unwrap();
+    assert!(reason["error"].as_str().unwrap().contains("at most 4096"), "{reason}");
+    assert_eq!(inbox_count(&db).await, 0, "nothing stored");
+    // The same delivery with ordinary headers goes through.
+    assert_eq!(app.deliver(&body, Some(APP_SECRET)).await.status(), 200);
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"switchboard_rejected_requests_total{reason="header_size"} 1"#),
+        "counted"
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_client_that_never_finishes_its_request_head_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::migrated().await;
+    let app = TestApp::spawn(
+        &db,
+        |s| {
+            secure(s);
+            s.server.request_head_timeout_ms = 200;
+        },
+        None,
+    )
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /webhook HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // The server answers 408 and closes; the read ends well before this
+    // bound, which is under actix's own 5 s default.
+    let mut answer = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(3), slow.read_to_end(&mut answer))
+        .await
+        .expect("the server closed the slow connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn connections_past_the_limit_wait_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::migrated().await;
+    let app = TestApp::spawn(
+        &db,
+        |s| {
+            secure(s);
+            s.server.max_connections = 1;
+        },
+        None,
+    )
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    // One connection per worker fills the server (the limit is shared out
+    // per worker, at least one each). Each has been served once and is
+    // kept alive.
+    let workers = std::thread::available_parallelism().unwrap().get();
+    let mut held = Vec::new();
+    for _ in 0..workers {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let waiting = client
+        .get(app.url("/healthz"))
+        .timeout(std::time::Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(waiting.is_err(), "not served while the server is full: {waiting:?}");
+    drop(held.pop());
+    let r = client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "served once a connection closed");
+    drop(held);
+    app.stop().await;
+}

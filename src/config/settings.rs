@@ -38,6 +38,14 @@ pub struct ServerSettings {
     /// Allow a non-loopback `bind` without a WhatsApp app secret and an API
     /// token. Logged as a loud warning; for closed networks only.
     pub insecure: bool,
+    /// Open client connections at most (over all workers); past it, new
+    /// connections wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// A client has this long to send a request's head (slow clients that
+    /// hold a connection without finishing a request are cut off: 408).
+    pub request_head_timeout_ms: u64,
+    /// Largest total size of a request's header names and values (431).
+    pub max_header_bytes: usize,
 }
 
 impl Default for ServerSettings {
@@ -46,6 +54,9 @@ impl Default for ServerSettings {
             bind: "127.0.0.1:8080".into(),
             shutdown_timeout_s: 30,
             insecure: false,
+            max_connections: 10_000,
+            request_head_timeout_ms: 5_000,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -312,6 +323,21 @@ impl Settings {
             self.server.bind.parse::<SocketAddr>().is_ok(),
             "server.bind",
             "must be an IP address and port, such as 127.0.0.1:8080",
+        );
+        check(
+            self.server.max_connections >= 1,
+            "server.max_connections",
+            "must be at least 1",
+        );
+        check(
+            self.server.request_head_timeout_ms > 0,
+            "server.request_head_timeout_ms",
+            "must be positive",
+        );
+        check(
+            (1024..=64 * 1024).contains(&self.server.max_header_bytes),
+            "server.max_header_bytes",
+            "must be between 1024 and 65536",
         );
         let db = &self.database;
         check(

@@ -92,3 +92,31 @@ impl StreamSlots {
         self.open.load(Ordering::SeqCst)
     }
 }
+
+/// Middleware: refuses a request whose header names and values add up to
+/// more than `server.max_header_bytes` — 431 with a JSON reason, counted —
+/// before any handler runs. (The HTTP parser's own hard limits, 96 headers
+/// and a 128 KiB head, sit above this.)
+pub async fn header_size(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<
+    actix_web::dev::ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
+    actix_web::Error,
+> {
+    use actix_web::ResponseError;
+    let state = req.app_data::<actix_web::web::Data<super::AppState>>().cloned();
+    if let Some(state) = state {
+        let limit = state.settings.server.max_header_bytes;
+        let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+        if size > limit {
+            state.metrics.rejected("header_size");
+            let e = super::ApiError::new(
+                actix_web::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("request headers hold {size} bytes; at most {limit} are accepted"),
+            );
+            return Ok(req.into_response(e.error_response()).map_into_right_body());
+        }
+    }
+    next.call(req).await.map(|r| r.map_into_left_body())
+}

@@ -116,11 +116,18 @@ fn json_config() -> web::JsonConfig {
 
 /// Binds the server (port 0 picks a free port) without running it.
 pub fn build_server(state: Arc<AppState>, listener: TcpListener) -> std::io::Result<Server> {
+    let server_settings = state.settings.server.clone();
     let data = web::Data::from(state);
+    // actix bounds connections per worker: share the total out.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_worker = server_settings.max_connections.div_ceil(workers).max(1);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .app_data(json_config())
+            // The last `wrap` runs first: every request is counted, the
+            // refused ones included.
+            .wrap(actix_web::middleware::from_fn(limits::header_size))
             .wrap(actix_web::middleware::from_fn(metrics::track))
             .route("/healthz", web::get().to(ops::healthz))
             .route("/readyz", web::get().to(ops::readyz))
@@ -137,6 +144,11 @@ pub fn build_server(state: Arc<AppState>, listener: TcpListener) -> std::io::Res
     // Signals are ours: `serve` stops the server, then the engine, in order.
     .disable_signals()
     .shutdown_timeout(30)
+    .workers(workers)
+    .max_connections(per_worker)
+    .client_request_timeout(std::time::Duration::from_millis(
+        server_settings.request_head_timeout_ms,
+    ))
     .listen(listener)?
     .run();
     Ok(server)
