@@ -33,7 +33,7 @@ pub enum Command {
         action: MigrateAction,
     },
     /// Drive a server with a load scenario and check the invariants after.
-    Load(crate::load::LoadArgs),
+    Load(Box<crate::load::LoadArgs>),
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -78,7 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => serve(loaded.settings).await,
-        Command::Load(args) => load(loaded.settings, args).await,
+        Command::Load(args) => load(loaded.settings, *args).await,
         Command::Migrate { action } => migrate(loaded.settings, action).await,
     }
 }

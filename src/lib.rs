@@ -28,6 +28,7 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod flow;
+pub mod fuzzing;
 pub mod http;
 pub mod load;
 pub mod outbox;

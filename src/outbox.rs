@@ -248,7 +248,10 @@ impl Worker {
                 self.rate.wait().await;
                 let outcome = self
                     .sender
-                    .send(OutboundMessage::from_outbox(&row.phone, &row.payload))
+                    .send(OutboundMessage {
+                        tracking: Some(row.idempotency_key.clone()),
+                        ..OutboundMessage::from_outbox(&row.phone, &row.payload)
+                    })
                     .await;
                 permit.record(match outcome {
                     SendOutcome::Retry { .. } => CallResult::Failure,

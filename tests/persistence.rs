@@ -241,7 +241,11 @@ async fn a_hundred_concurrent_deliveries_of_one_message_register_one_first_and_c
 
 #[tokio::test]
 async fn a_batch_of_registrations_dedupes_like_single_ones_and_answers_in_input_order() {
-    use switchboard::db::inbox::{register_batch, OwnedDelivery};
+    use switchboard::db::inbox::{register_batch, Lease, OwnedDelivery};
+    let lease = Lease {
+        holder: 1,
+        millis: 30_000,
+    };
     let test = TestDb::migrated().await;
     let mut conn = test.admin().await;
     let d = |phone: &str, id: &str| OwnedDelivery {
@@ -250,17 +254,106 @@ async fn a_batch_of_registrations_dedupes_like_single_ones_and_answers_in_input_
         payload: json!({"id": id}),
         contact_name: None,
     };
-    let first = register_batch(&mut conn, &[d("5215500000002", "w.b"), d("5215500000001", "w.a")])
-        .await
-        .unwrap();
+    let first = register_batch(
+        &mut conn,
+        &[d("5215500000002", "w.b"), d("5215500000001", "w.a")],
+        lease,
+    )
+    .await
+    .unwrap();
     assert!(first.iter().all(|r| r.first && r.delivery_count == 1));
     assert!(first[0].inbox_id != first[1].inbox_id);
-    let again = register_batch(&mut conn, &[d("5215500000001", "w.a"), d("5215500000003", "w.c")])
-        .await
-        .unwrap();
+    let again = register_batch(
+        &mut conn,
+        &[d("5215500000001", "w.a"), d("5215500000003", "w.c")],
+        lease,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (again[0].first, again[0].delivery_count, again[0].inbox_id),
         (false, 2, first[1].inbox_id)
     );
     assert!(again[1].first);
+}
+
+#[tokio::test]
+async fn an_accepted_message_is_resumed_by_another_process_only_when_its_holder_is_gone_or_late() {
+    use switchboard::db::inbox::{register_batch, Lease, OwnedDelivery};
+    use switchboard::db::schema::inbox;
+    use switchboard::db::steps::{phones_with_unprocessed, unprocessed};
+    const PHONE: &str = "5215500000001";
+    let test = TestDb::migrated().await;
+    let mut conn = test.admin().await;
+    // Processes A and B are alive: each holds its presence lock.
+    let (a, b, c) = (11_i64, 22_i64, 33_i64);
+    let mut alive_a = test.admin().await;
+    let mut alive_b = test.admin().await;
+    for (holder, conn) in [(a, &mut alive_a), (b, &mut alive_b)] {
+        diesel::sql_query(format!("SELECT pg_advisory_lock({holder})"))
+            .execute(conn)
+            .await
+            .unwrap();
+    }
+    let d = |id: &str| OwnedDelivery {
+        phone: PHONE.into(),
+        provider_message_id: id.into(),
+        payload: json!({"id": id}),
+        contact_name: None,
+    };
+    // A holds w.1 for a long time; A's hold on w.2 has already run out (A is late).
+    register_batch(
+        &mut conn,
+        &[d("w.1")],
+        Lease {
+            holder: a,
+            millis: 60_000,
+        },
+    )
+    .await
+    .unwrap();
+    register_batch(&mut conn, &[d("w.2")], Lease { holder: a, millis: 0 })
+        .await
+        .unwrap();
+    let ids = |rows: Vec<switchboard::db::steps::PendingInbound>| {
+        rows.into_iter().map(|r| r.provider_message_id).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(unprocessed(&mut conn, PHONE, a, 10).await.unwrap()), ["w.1", "w.2"]);
+    assert_eq!(
+        ids(unprocessed(&mut conn, PHONE, b, 10).await.unwrap()),
+        ["w.2"],
+        "another process leaves a live holder's lease alone"
+    );
+    assert_eq!(phones_with_unprocessed(&mut conn, b, true).await.unwrap(), [PHONE]);
+    assert!(
+        phones_with_unprocessed(&mut conn, a, false).await.unwrap().is_empty(),
+        "a busy process's sweep leaves its own rows to its mailboxes"
+    );
+    // A redelivery to B does not take a live lease; it takes a lapsed one.
+    register_batch(
+        &mut conn,
+        &[d("w.1"), d("w.2")],
+        Lease {
+            holder: b,
+            millis: 60_000,
+        },
+    )
+    .await
+    .unwrap();
+    let holders: Vec<(String, i64)> = inbox::table
+        .order(inbox::id)
+        .select((inbox::provider_message_id, inbox::leased_by))
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(holders, vec![("w.1".to_string(), a), ("w.2".to_string(), b)]);
+    assert!(unprocessed(&mut conn, PHONE, c, 10).await.unwrap().is_empty());
+    assert!(phones_with_unprocessed(&mut conn, c, true).await.unwrap().is_empty());
+    // A is gone (its presence lock released): its rows are anyone's at once.
+    diesel::sql_query(format!("SELECT pg_advisory_unlock({a})"))
+        .execute(&mut alive_a)
+        .await
+        .unwrap();
+    assert_eq!(ids(unprocessed(&mut conn, PHONE, c, 10).await.unwrap()), ["w.1"]);
+    assert_eq!(phones_with_unprocessed(&mut conn, c, false).await.unwrap(), [PHONE]);
 }

@@ -78,6 +78,8 @@ pub struct DbWriter {
     stats: Arc<WriterStats>,
     /// Woken after a commit that queued outbound messages.
     outbox: Arc<tokio::sync::Notify>,
+    /// This engine's hold on the messages it registers.
+    lease: inbox::Lease,
 }
 
 impl DbWriter {
@@ -86,6 +88,7 @@ impl DbWriter {
         settings: GroupCommitSettings,
         stats: Arc<WriterStats>,
         outbox: Arc<tokio::sync::Notify>,
+        lease: inbox::Lease,
     ) -> Self {
         Self {
             db,
@@ -95,6 +98,7 @@ impl DbWriter {
             in_flight: 0,
             stats,
             outbox,
+            lease,
         }
     }
 
@@ -106,7 +110,7 @@ impl DbWriter {
             let batch = self.take_registrations();
             self.in_flight += 1;
             let db = self.db.clone();
-            ctx.spawn(register(db, batch).into_actor(self).map(|(), act, ctx| {
+            ctx.spawn(register(db, batch, self.lease).into_actor(self).map(|(), act, ctx| {
                 act.in_flight -= 1;
                 act.flush(ctx);
             }));
@@ -217,12 +221,16 @@ async fn commit(db: Database, batch: Vec<(StepWrite, Waiter)>, stats: Arc<Writer
     queued_outbound
 }
 
-async fn register(db: Database, batch: Vec<(OwnedDelivery, oneshot::Sender<Result<Registration, Error>>)>) {
+async fn register(
+    db: Database,
+    batch: Vec<(OwnedDelivery, oneshot::Sender<Result<Registration, Error>>)>,
+    lease: inbox::Lease,
+) {
     let (deliveries, waiters): (Vec<OwnedDelivery>, Vec<_>) = batch.into_iter().unzip();
     let result = db
         .retry_policy()
         .run("register_batch", || async {
-            inbox::register_batch(&mut *db.pool().get().await?, &deliveries).await
+            inbox::register_batch(&mut *db.pool().get().await?, &deliveries, lease).await
         })
         .await;
     match result {
@@ -235,7 +243,8 @@ async fn register(db: Database, batch: Vec<(OwnedDelivery, oneshot::Sender<Resul
             // One bad delivery must not fail the others: register one by one.
             for (d, tx) in deliveries.into_iter().zip(waiters) {
                 let one = async {
-                    let mut r = inbox::register_batch(&mut *db.pool().get().await?, std::slice::from_ref(&d)).await?;
+                    let mut r =
+                        inbox::register_batch(&mut *db.pool().get().await?, std::slice::from_ref(&d), lease).await?;
                     r.pop().ok_or_else(|| Error::NotFound("registration".into()))
                 }
                 .await;

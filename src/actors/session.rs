@@ -48,6 +48,8 @@ pub(crate) struct SessionDeps {
     pub stats: Arc<EngineStats>,
     pub registry: Registry,
     pub middleware: Option<Arc<dyn Middleware>>,
+    /// This engine instance: the holder of the inbox leases it takes.
+    pub instance: i64,
 }
 
 /// A conversation as its actor knows it.
@@ -310,7 +312,7 @@ async fn fetch_unprocessed(deps: &SessionDeps, phone: &str) -> Result<Vec<Pendin
     deps.db
         .retry_policy()
         .run("unprocessed", || async {
-            steps::unprocessed(&mut *deps.db.pool().get().await?, phone, RESUME_BATCH).await
+            steps::unprocessed(&mut *deps.db.pool().get().await?, phone, deps.instance, RESUME_BATCH).await
         })
         .await
 }
@@ -562,11 +564,11 @@ fn inbound_write(phone: &str, core: &Core, msg: &PendingInbound, text: &str, r: 
 
 fn publish(deps: &SessionDeps, phone: &str, version: i64, r: &StepResult, msg: &PendingInbound, inbound: &str) {
     let mut messages = vec![EventMessage {
-        origin: "user",
+        origin: "user".into(),
         body: inbound.to_string(),
     }];
     messages.extend(r.replies.iter().map(|m| EventMessage {
-        origin: "bot",
+        origin: "bot".into(),
         body: m.text.clone(),
     }));
     // Best-effort: no subscriber, or a slow one, never fails a message.
@@ -580,6 +582,7 @@ fn publish(deps: &SessionDeps, phone: &str, version: i64, r: &StepResult, msg: &
         provider_message_id: Some(msg.provider_message_id.clone()),
         delivery: None,
         breaker: None,
+        relayed: false,
     });
 }
 
@@ -680,12 +683,13 @@ async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Agent
             flow_state: core.state.clone(),
             handoff: core.handoff,
             messages: vec![EventMessage {
-                origin: "agent",
+                origin: "agent".into(),
                 body: msg.body.clone(),
             }],
             provider_message_id: None,
             delivery: None,
             breaker: None,
+            relayed: false,
         });
     }
     Ok(AgentAck {
@@ -717,6 +721,7 @@ async fn set_handoff(deps: &SessionDeps, phone: &str, core: &mut Core, on: bool)
             provider_message_id: None,
             delivery: None,
             breaker: None,
+            relayed: false,
         });
     }
     Ok(view(phone, core))

@@ -31,6 +31,9 @@ pub struct Registration {
     pub delivery_count: i32,
     /// Whether the message has already been applied.
     pub processed: bool,
+    /// The engine instance that holds the message (see [`Lease`]); 0 when
+    /// registered without a lease.
+    pub leased_by: i64,
 }
 
 /// An inbox row.
@@ -48,6 +51,8 @@ pub struct InboxRecord {
     pub attempts: i32,
     pub last_error: Option<String>,
     pub contact_name: Option<String>,
+    pub leased_by: i64,
+    pub lease_until: DateTime<Utc>,
 }
 
 /// Registers one delivery in a single statement: the first delivery inserts
@@ -56,7 +61,7 @@ pub struct InboxRecord {
 /// "first" and none is lost from the count.
 #[tracing::instrument(skip_all, fields(phone = %mask(d.phone)))]
 pub async fn register(conn: &mut AsyncPgConnection, d: &NewDelivery<'_>) -> Result<Registration> {
-    let (inbox_id, delivery_count, processed_at) = diesel::insert_into(inbox::table)
+    let (inbox_id, delivery_count, processed_at, leased_by) = diesel::insert_into(inbox::table)
         .values(d)
         .on_conflict((inbox::phone, inbox::provider_message_id))
         .do_update()
@@ -64,8 +69,8 @@ pub async fn register(conn: &mut AsyncPgConnection, d: &NewDelivery<'_>) -> Resu
             inbox::delivery_count.eq(inbox::delivery_count + 1),
             inbox::last_delivery_at.eq(diesel::dsl::now),
         ))
-        .returning((inbox::id, inbox::delivery_count, inbox::processed_at))
-        .get_result::<(i64, i32, Option<DateTime<Utc>>)>(conn)
+        .returning((inbox::id, inbox::delivery_count, inbox::processed_at, inbox::leased_by))
+        .get_result::<(i64, i32, Option<DateTime<Utc>>, i64)>(conn)
         .await?;
     Ok(Registration {
         inbox_id,
@@ -73,6 +78,7 @@ pub async fn register(conn: &mut AsyncPgConnection, d: &NewDelivery<'_>) -> Resu
         first: delivery_count == 1,
         delivery_count,
         processed: processed_at.is_some(),
+        leased_by,
     })
 }
 
@@ -109,14 +115,30 @@ struct Registered {
     delivery_count: i32,
     #[diesel(sql_type = diesel::sql_types::Bool)]
     processed: bool,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    leased_by: i64,
+}
+
+/// Who holds the messages a process registers, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The engine instance (random per start, never 0).
+    pub holder: i64,
+    pub millis: i64,
 }
 
 /// Registers many deliveries in one statement (one commit): the batched
 /// form of [`register`], with the same atomic dedupe. Keys must be distinct
 /// within the batch; rows are written in key order, so concurrent batches
-/// cannot deadlock. Results come back in input order.
+/// cannot deadlock. Results come back in input order. New rows are leased
+/// to `lease.holder`; a redelivery takes the lease over only once it has
+/// run out.
 #[tracing::instrument(skip_all, fields(batch = batch.len()))]
-pub async fn register_batch(conn: &mut AsyncPgConnection, batch: &[OwnedDelivery]) -> Result<Vec<Registration>> {
+pub async fn register_batch(
+    conn: &mut AsyncPgConnection,
+    batch: &[OwnedDelivery],
+    lease: Lease,
+) -> Result<Vec<Registration>> {
     use diesel::sql_types::{Array, Jsonb, Nullable, Text};
     let mut order: Vec<usize> = (0..batch.len()).collect();
     order.sort_by(|a, b| {
@@ -127,19 +149,24 @@ pub async fn register_batch(conn: &mut AsyncPgConnection, batch: &[OwnedDelivery
     let payloads: Vec<&serde_json::Value> = order.iter().map(|i| &batch[*i].payload).collect();
     let names: Vec<Option<&str>> = order.iter().map(|i| batch[*i].contact_name.as_deref()).collect();
     let rows: Vec<Registered> = diesel::sql_query(
-        "INSERT INTO inbox (phone, provider_message_id, payload, contact_name) \
-         SELECT u.phone, u.pid, u.payload, u.name \
+        "INSERT INTO inbox (phone, provider_message_id, payload, contact_name, leased_by, lease_until) \
+         SELECT u.phone, u.pid, u.payload, u.name, $5, now() + $6 * interval '1 millisecond' \
          FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[]) \
               WITH ORDINALITY AS u(phone, pid, payload, name, ord) \
          ORDER BY u.ord \
          ON CONFLICT (phone, provider_message_id) DO UPDATE \
-            SET delivery_count = inbox.delivery_count + 1, last_delivery_at = now() \
-         RETURNING phone, provider_message_id, id, delivery_count, processed_at IS NOT NULL AS processed",
+            SET delivery_count = inbox.delivery_count + 1, last_delivery_at = now(), \
+                leased_by = CASE WHEN inbox.lease_until < now() THEN EXCLUDED.leased_by ELSE inbox.leased_by END, \
+                lease_until = CASE WHEN inbox.lease_until < now() THEN EXCLUDED.lease_until \
+                                   ELSE inbox.lease_until END \
+         RETURNING phone, provider_message_id, id, delivery_count, processed_at IS NOT NULL AS processed, leased_by",
     )
     .bind::<Array<Text>, _>(&phones)
     .bind::<Array<Text>, _>(&ids)
     .bind::<Array<Jsonb>, _>(&payloads)
     .bind::<Array<Nullable<Text>>, _>(&names)
+    .bind::<diesel::sql_types::BigInt, _>(lease.holder)
+    .bind::<diesel::sql_types::BigInt, _>(lease.millis)
     .load(conn)
     .await?;
     let found: std::collections::HashMap<(String, String), Registration> = rows
@@ -152,6 +179,7 @@ pub async fn register_batch(conn: &mut AsyncPgConnection, batch: &[OwnedDelivery
                     first: r.delivery_count == 1,
                     delivery_count: r.delivery_count,
                     processed: r.processed,
+                    leased_by: r.leased_by,
                 },
             )
         })

@@ -26,6 +26,8 @@ diesel::table! {
         attempts -> Int4,
         last_error -> Nullable<Text>,
         contact_name -> Nullable<Text>,
+        leased_by -> Int8,
+        lease_until -> Timestamptz,
     }
 }
 

@@ -257,35 +257,66 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
 }
 
 /// An inbound message waiting to be applied.
-#[derive(Debug, Clone, PartialEq, Queryable, Serialize)]
+#[derive(Debug, Clone, PartialEq, Queryable, QueryableByName, Serialize)]
 pub struct PendingInbound {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub id: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
     pub provider_message_id: String,
+    #[diesel(sql_type = diesel::sql_types::Jsonb)]
     pub payload: serde_json::Value,
 }
 
-/// Unprocessed inbox rows of one phone, in acceptance order.
+/// Rows `$holder` may resume: its own; those whose lease ran out; those
+/// whose holder is not alive — its presence lock (see
+/// `engine::presence`) is not held, because its process died.
+const RESUMABLE: &str = "(i.leased_by = $1 OR i.lease_until < now() OR i.leased_by NOT IN ( \
+       SELECT (l.classid::bigint << 32) | l.objid::bigint FROM pg_locks l \
+       WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())))";
+
+/// Unprocessed inbox rows of one phone that `holder` may resume, in
+/// acceptance order — not those another live process is applying.
 #[tracing::instrument(skip_all, fields(phone = %mask(phone)))]
-pub async fn unprocessed(conn: &mut AsyncPgConnection, phone: &str, limit: i64) -> Result<Vec<PendingInbound>> {
-    Ok(inbox::table
-        .filter(inbox::phone.eq(phone))
-        .filter(inbox::processed_at.is_null())
-        .order(inbox::id)
-        .limit(limit)
-        .select((inbox::id, inbox::provider_message_id, inbox::payload))
-        .load(conn)
-        .await?)
+pub async fn unprocessed(
+    conn: &mut AsyncPgConnection,
+    phone: &str,
+    holder: i64,
+    limit: i64,
+) -> Result<Vec<PendingInbound>> {
+    use diesel::sql_types::{BigInt, Text};
+    Ok(diesel::sql_query(format!(
+        "SELECT i.id, i.provider_message_id, i.payload FROM inbox i \
+         WHERE i.phone = $2 AND i.processed_at IS NULL AND {RESUMABLE} \
+         ORDER BY i.id LIMIT $3"
+    ))
+    .bind::<BigInt, _>(holder)
+    .bind::<Text, _>(phone)
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await?)
 }
 
-/// Phones with unprocessed inbox rows (for resume at start-up).
+#[derive(QueryableByName)]
+struct PhoneRow {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    phone: String,
+}
+
+/// Phones with unprocessed inbox rows that `holder` may resume: for
+/// start-up and sweeps. Without `own`, only rows of other processes (gone,
+/// or past their lease): a busy process's own rows are in its mailboxes.
 #[tracing::instrument(skip_all)]
-pub async fn phones_with_unprocessed(conn: &mut AsyncPgConnection) -> Result<Vec<String>> {
-    Ok(inbox::table
-        .filter(inbox::processed_at.is_null())
-        .select(inbox::phone)
-        .distinct()
-        .load(conn)
-        .await?)
+pub async fn phones_with_unprocessed(conn: &mut AsyncPgConnection, holder: i64, own: bool) -> Result<Vec<String>> {
+    let rows: Vec<PhoneRow> = diesel::sql_query(format!(
+        "SELECT DISTINCT i.phone FROM inbox i WHERE i.processed_at IS NULL AND {RESUMABLE} \
+         AND ($2 OR i.leased_by <> $1)"
+    ))
+    .bind::<diesel::sql_types::BigInt, _>(holder)
+    .bind::<diesel::sql_types::Bool, _>(own)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.phone).collect())
 }
 
 /// Records a failed attempt at an inbound message; returns the attempts so far.

@@ -22,21 +22,22 @@ pub enum EventKind {
     BreakerState,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventMessage {
-    pub origin: &'static str,
+    /// `user`, `bot` or `agent`.
+    pub origin: std::borrow::Cow<'static, str>,
     pub body: String,
 }
 
 /// A delivery status report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryEvent {
     pub provider_message_id: String,
     pub status: String,
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub kind: EventKind,
     pub phone: String,
@@ -44,15 +45,19 @@ pub struct Event {
     pub version: i64,
     pub flow_state: String,
     pub handoff: bool,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub messages: Vec<EventMessage>,
     /// For transitions: the provider id of the inbound message applied.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider_message_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliveryEvent>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Breaker states are this process's own; never relayed.
+    #[serde(skip_serializing_if = "Option::is_none", skip_deserializing)]
     pub breaker: Option<BreakerEvent>,
+    /// Came from another process (through PostgreSQL); not relayed again.
+    #[serde(skip)]
+    pub relayed: bool,
 }
 
 /// A breaker's new state.
@@ -75,6 +80,7 @@ impl Event {
             provider_message_id: None,
             delivery: None,
             breaker: Some(BreakerEvent { name, state }),
+            relayed: false,
         }
     }
 }

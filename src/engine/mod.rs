@@ -5,6 +5,7 @@
 //! well as inside actix-web. The handle is `Clone + Send + Sync`.
 
 mod events;
+pub mod presence;
 mod settings;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -114,6 +115,8 @@ pub struct Engine {
 }
 
 struct Inner {
+    /// This engine instance (see [`crate::db::inbox::Lease`]).
+    instance: i64,
     db: Database,
     owns_db: bool,
     flow: Arc<Flow>,
@@ -134,6 +137,8 @@ struct Inner {
     supervisor_stats: Arc<SupervisorStats>,
     ai_breaker: CircuitBreaker,
     dispatcher: Dispatcher,
+    /// Ends the presence connection (see [`presence`]).
+    presence_stop: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -218,6 +223,9 @@ impl EngineBuilder {
             n => n,
         };
 
+        // Random per start, never 0 (the column's default): a restarted
+        // process does not inherit the leases of its previous life.
+        let instance = (rand::random::<u64>() >> 1).max(1) as i64;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let started = {
             let db = db.clone();
@@ -236,7 +244,11 @@ impl EngineBuilder {
                     system.block_on(async move {
                         let handles: Vec<ArbiterHandle> = (0..arbiters).map(|_| Arbiter::new().handle()).collect();
                         let group = settings.engine.group_commit.clone();
-                        let writer = DbWriter::new(db.clone(), group, writer_stats, outbox_wake).start();
+                        let lease = crate::db::inbox::Lease {
+                            holder: instance,
+                            millis: i64::try_from(settings.engine.inbox_lease_ms).unwrap_or(i64::MAX),
+                        };
+                        let writer = DbWriter::new(db.clone(), group, writer_stats, outbox_wake, lease).start();
                         let ai = AiActor::new(model, &settings.ai, ai_breaker.clone(), ai_stats).start();
                         let breakers = vec![ai_breaker, outbound_breaker];
                         let supervisor =
@@ -270,6 +282,14 @@ impl EngineBuilder {
                 main_arbiter.spawn(fut);
             },
         );
+        let (presence_stop, stop_rx) = watch::channel(false);
+        main_arbiter.spawn(presence::run(
+            db.url().clone(),
+            instance,
+            events.clone(),
+            settings.engine.share_events,
+            stop_rx,
+        ));
         let registry = Registry::new(handles, settings.engine.max_live_sessions);
         registry.set_deps(Arc::new(SessionDeps {
             db: db.clone(),
@@ -282,9 +302,11 @@ impl EngineBuilder {
             stats: stats.clone(),
             registry: registry.clone(),
             middleware: self.middleware,
+            instance,
         }));
         let engine = Engine {
             inner: Arc::new(Inner {
+                instance,
                 queue: Arc::new(Semaphore::new(settings.engine.max_queued.max(1))),
                 db,
                 owns_db,
@@ -304,10 +326,11 @@ impl EngineBuilder {
                 supervisor_stats,
                 ai_breaker,
                 dispatcher,
+                presence_stop,
                 settings,
             }),
         };
-        engine.resume().await?;
+        engine.resume(true).await?;
         engine.start_resume_sweeper();
         Ok(engine)
     }
@@ -401,12 +424,15 @@ impl Engine {
         } else {
             self.inner.stats.redeliveries.fetch_add(1, Ordering::Relaxed);
         }
-        if reg.processed {
+        if reg.processed || reg.leased_by != self.inner.instance {
+            // Applied already; or another process holds it (it accepted the
+            // message first and applies it in its order; should it die,
+            // resume hands the message to a live process).
             self.abandon(turn);
         } else {
-            // A redelivery of a message not yet applied is dispatched again:
-            // harmless (the actor skips what it applied) and it makes progress
-            // if the first dispatch was lost with a crashed process.
+            // A redelivery of a message not yet applied that this process
+            // holds is dispatched again: harmless (the actor skips what it
+            // applied), and it makes progress if the first dispatch was lost.
             let msg = Apply(PendingInbound {
                 id: reg.inbox_id,
                 provider_message_id: m.provider_message_id,
@@ -490,6 +516,7 @@ impl Engine {
                 error: error.map(str::to_string),
             }),
             breaker: None,
+            relayed: false,
         });
         Ok(true)
     }
@@ -608,6 +635,7 @@ impl Engine {
             );
         }
         self.inner.dispatcher.stop().await;
+        let _ = self.inner.presence_stop.send(true);
         self.inner.registry.stop_all();
         self.inner.system.stop();
         let thread = self.inner.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -771,13 +799,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Wakes the actor of every phone with unprocessed inbox rows.
-    async fn resume(&self) -> Result<()> {
+    /// Wakes the actor of every phone with unprocessed inbox rows this
+    /// process may resume (`own`: its own rows too, see
+    /// [`steps::phones_with_unprocessed`]).
+    async fn resume(&self, own: bool) -> Result<()> {
         let db = &self.inner.db;
         let phones = db
             .retry_policy()
             .run("phones_with_unprocessed", || async {
-                steps::phones_with_unprocessed(&mut *db.pool().get().await?).await
+                steps::phones_with_unprocessed(&mut *db.pool().get().await?, self.inner.instance, own).await
             })
             .await?;
         if !phones.is_empty() {
@@ -807,11 +837,11 @@ impl Engine {
                 if engine.inner.stopping.load(Ordering::SeqCst) {
                     break;
                 }
-                // Only when idle: busy phones are being applied right now.
-                if engine.in_flight() == 0 {
-                    if let Err(e) = engine.resume().await {
-                        tracing::warn!(error = %e, "resume sweep failed");
-                    }
+                // Other processes' rows (gone, or past their lease) always;
+                // this process's own only when idle (when busy, they are in
+                // its mailboxes, being applied).
+                if let Err(e) = engine.resume(engine.in_flight() == 0).await {
+                    tracing::warn!(error = %e, "resume sweep failed");
                 }
             }
         });

@@ -28,6 +28,14 @@ pub struct EngineSettings {
     /// Seconds between sweeps that resume inbox rows left unprocessed by a
     /// failure (database outage, crash); 0 disables the sweep.
     pub resume_interval_s: u64,
+    /// Milliseconds an accepted message stays reserved for the process that
+    /// accepted it: other processes on the same database resume it only
+    /// after that (the process died or fell far behind).
+    pub inbox_lease_ms: u64,
+    /// Relay realtime events through PostgreSQL (`NOTIFY`/`LISTEN`) so a
+    /// subscriber connected to any of several processes on one database
+    /// sees every conversation's events. Off for a single process.
+    pub share_events: bool,
     pub group_commit: GroupCommitSettings,
 }
 
@@ -45,6 +53,8 @@ impl Default for EngineSettings {
             enqueue_timeout_ms: 1_000,
             arbiters: 0,
             resume_interval_s: 10,
+            inbox_lease_ms: 30_000,
+            share_events: false,
             group_commit: GroupCommitSettings::default(),
         }
     }

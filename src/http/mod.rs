@@ -18,6 +18,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 use serde_json::json;
 
 pub use metrics::Metrics;
+pub use sse::encode as encode_event;
 
 use crate::config::Settings;
 use crate::engine::Engine;

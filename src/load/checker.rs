@@ -59,10 +59,13 @@ const CHECKS: &[(&str, &str)] = &[
                              WHERE m.phone = s.phone AND m.origin IN ('user', 'agent'))",
     ),
     (
+        // In the order each process accepted them (`leased_by`: the
+        // accepting engine instance); processes run side by side.
         "messages of a phone are applied in acceptance order",
-        "SELECT phone AS key FROM (SELECT phone, inbox_id, \
-                lag(inbox_id) OVER (PARTITION BY phone ORDER BY id) AS prev \
-              FROM messages WHERE origin = 'user') t \
+        "SELECT phone AS key FROM (SELECT m.phone, m.inbox_id, \
+                lag(m.inbox_id) OVER (PARTITION BY m.phone, i.leased_by ORDER BY m.id) AS prev \
+              FROM messages m JOIN inbox i ON i.phone = m.phone AND i.id = m.inbox_id \
+              WHERE m.origin = 'user') t \
          WHERE prev IS NOT NULL AND inbox_id < prev GROUP BY phone",
     ),
     (
@@ -94,6 +97,42 @@ pub async fn check(database_url: &str, acked: &[String]) -> Result<Vec<Violation
         }
     }
     Ok(out)
+}
+
+/// Outbox rows the send API accepted more than once, from the keys of the
+/// sends it accepted (one entry per acceptance): `(real, after_crash)`. A
+/// row claimed again after its sender died mid-send (`attempts` > 1) can be
+/// sent again — WhatsApp's send API has no idempotency key — and is
+/// counted apart; any other repeat is a bug.
+pub async fn repeated_sends(database_url: &str, accepted: &[String]) -> Result<(Vec<String>, Vec<String>)> {
+    #[derive(QueryableByName)]
+    struct Attempts {
+        #[diesel(sql_type = Text)]
+        key: String,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        attempts: i32,
+    }
+    let mut seen = std::collections::HashMap::<&str, u32>::new();
+    for k in accepted {
+        *seen.entry(k.as_str()).or_default() += 1;
+    }
+    let twice: Vec<String> = seen
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(k, _)| k.to_string())
+        .collect();
+    if twice.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let mut conn = AsyncPgConnection::establish(database_url).await?;
+    let rows: Vec<Attempts> =
+        diesel::sql_query("SELECT idempotency_key AS key, attempts FROM outbox WHERE idempotency_key = ANY($1)")
+            .bind::<diesel::sql_types::Array<Text>, _>(&twice)
+            .load(&mut conn)
+            .await?;
+    let retried: std::collections::HashSet<String> =
+        rows.into_iter().filter(|r| r.attempts > 1).map(|r| r.key).collect();
+    Ok(twice.into_iter().partition(|k| !retried.contains(k)))
 }
 
 /// Rows in `table` (for reports).

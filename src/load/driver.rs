@@ -18,9 +18,31 @@ use crate::whatsapp::webhook::sign;
 /// Where to send, and the credentials it wants.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub base: String,
+    /// One server, or several processes of one deployment: each request
+    /// goes to one of them at random (not by phone).
+    pub bases: Vec<String>,
     pub app_secret: Option<Secret>,
     pub api_token: Option<Secret>,
+    /// Send each phone's requests to one process (a hash of the phone), as
+    /// a consistent-hash load balancer in front of the processes would.
+    pub by_phone: bool,
+}
+
+impl Target {
+    /// A base URL for the next request about `phone`.
+    pub fn pick(&self, phone: &str) -> &str {
+        use std::hash::{Hash, Hasher};
+        match self.bases.len() {
+            0 => "",
+            1 => &self.bases[0],
+            n if self.by_phone => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                phone.hash(&mut h);
+                &self.bases[h.finish() as usize % n]
+            }
+            n => &self.bases[rand::random::<u64>() as usize % n],
+        }
+    }
 }
 
 /// Requests in flight at most (the generator's own memory bound).
@@ -112,7 +134,7 @@ impl Shared {
                     json!([]),
                     phone,
                 );
-                self.post_webhook(body).await
+                self.post_webhook(phone, body).await
             }
             Action::Status { phone, id, status } => {
                 let body = delivery_body(
@@ -120,12 +142,12 @@ impl Shared {
                     json!([{"id": id, "status": status, "timestamp": "1732320001", "recipient_id": phone}]),
                     phone,
                 );
-                self.post_webhook(body).await
+                self.post_webhook(phone, body).await
             }
             Action::Agent { phone, text } => {
                 let mut r = self
                     .client
-                    .post(format!("{}/api/conversations/{phone}/messages", t.base))
+                    .post(format!("{}/api/conversations/{phone}/messages", t.pick(phone)))
                     .json(&json!({"text": text}));
                 if let Some(tok) = &t.api_token {
                     r = r.bearer_auth(tok.expose());
@@ -133,7 +155,7 @@ impl Shared {
                 r.send().await
             }
             Action::Read { phone } => {
-                let mut r = self.client.get(format!("{}/api/conversations/{phone}", t.base));
+                let mut r = self.client.get(format!("{}/api/conversations/{phone}", t.pick(phone)));
                 if let Some(tok) = &t.api_token {
                     r = r.bearer_auth(tok.expose());
                 }
@@ -165,10 +187,10 @@ impl Shared {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
-    async fn post_webhook(&self, body: Vec<u8>) -> reqwest::Result<reqwest::Response> {
+    async fn post_webhook(&self, phone: &str, body: Vec<u8>) -> reqwest::Result<reqwest::Response> {
         let mut r = self
             .client
-            .post(format!("{}/webhook", self.target.base))
+            .post(format!("{}/webhook", self.target.pick(phone)))
             .header("content-type", "application/json");
         if let Some(s) = &self.target.app_secret {
             r = r.header("x-hub-signature-256", sign(s.expose().as_bytes(), &body));
@@ -200,7 +222,9 @@ pub fn delivery_body(messages: Value, statuses: Value, phone: &str) -> Vec<u8> {
 async fn follow_events(shared: Arc<Shared>) {
     // Its own client: the request timeout of the others would cut the stream.
     let client = reqwest::Client::new();
-    let mut req = client.get(format!("{}/api/events", shared.target.base));
+    // With several processes, the first one relays every process's events.
+    let base = shared.target.bases.first().cloned().unwrap_or_default();
+    let mut req = client.get(format!("{base}/api/events"));
     if let Some(t) = &shared.target.api_token {
         req = req.bearer_auth(t.expose());
     }

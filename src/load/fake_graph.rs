@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 struct State {
     script: VecDeque<(u16, Value)>,
     requests: Vec<Value>,
+    /// The tracking data (`biz_opaque_callback_data`) of every send it accepted.
+    accepted: Vec<String>,
     down: bool,
     next_id: u64,
 }
@@ -68,6 +70,12 @@ impl FakeGraph {
         self.lock().requests.clone()
     }
 
+    /// The tracking data of each accepted send, one entry per acceptance:
+    /// a key that shows up twice is a message sent twice.
+    pub fn accepted_tracking(&self) -> Vec<String> {
+        self.lock().accepted.clone()
+    }
+
     pub fn request_count(&self) -> usize {
         self.lock().requests.len()
     }
@@ -88,6 +96,10 @@ fn answer(state: &Mutex<State>, body: Value) -> HttpResponse {
     if st.down {
         return HttpResponse::ServiceUnavailable().json(json!({"error": {"code": 1, "message": "down"}}));
     }
+    let tracking = body["biz_opaque_callback_data"]
+        .as_str()
+        .unwrap_or("untracked")
+        .to_string();
     st.requests.push(body);
     let (status, body) = match st.script.pop_front() {
         Some(a) => a,
@@ -100,6 +112,9 @@ fn answer(state: &Mutex<State>, body: Value) -> HttpResponse {
         }
     };
     let status = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::OK);
+    if status.is_success() {
+        st.accepted.push(tracking);
+    }
     HttpResponse::build(status).json(body)
 }
 

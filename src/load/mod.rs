@@ -6,6 +6,7 @@
 pub mod checker;
 pub mod driver;
 pub mod fake_graph;
+pub mod procs;
 pub mod report;
 pub mod scenario;
 
@@ -30,10 +31,28 @@ pub const EXAMPLE_FLOW: &str = include_str!("../../flows/reporte.toml");
 pub struct LoadArgs {
     #[arg(long, value_enum)]
     pub scenario: Scenario,
-    /// A running server. Without it, the harness starts its own (embedded
-    /// database, fake send API) on loopback and removes it afterwards.
+    /// A running server, or several processes of one deployment separated
+    /// by commas (each request goes to one at random). Without it, the
+    /// harness starts its own (embedded database, fake send API) on
+    /// loopback and removes it afterwards.
     #[arg(long)]
     pub target: Option<String>,
+    /// Without --target: run this many `switchboard serve` processes on one
+    /// database, each request sent to one of them at random.
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// With --processes: kill the last process with SIGKILL this many
+    /// seconds into the run, and start it again.
+    #[arg(long)]
+    pub kill_at: Option<u64>,
+    /// With several processes: send each phone's requests to one process
+    /// (`phone`, as a consistent-hash balancer would) instead of any
+    /// (`random`).
+    #[arg(long, value_enum, default_value_t = Route::Random)]
+    pub route: Route,
+    /// The `switchboard` binary the processes run (default: this one).
+    #[arg(long)]
+    pub serve_bin: Option<PathBuf>,
     /// Requests per second (open loop); with --max, the number of workers.
     #[arg(long, default_value_t = 50.0)]
     pub rate: f64,
@@ -73,6 +92,13 @@ pub struct LoadArgs {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// How requests are spread over several processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Route {
+    Random,
+    Phone,
 }
 
 /// A server the harness started for itself.
@@ -159,24 +185,68 @@ async fn metric(base: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Sums a counter over the servers' `/metrics`.
+async fn metric_sum(bases: &[String], name: &str) -> u64 {
+    let mut total = 0;
+    for b in bases {
+        total += metric(b, name).await;
+    }
+    total
+}
+
 /// Runs a scenario and returns its report (also written to `--report`).
 pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
-    let own = match &args.target {
-        Some(_) => None,
-        None => Some(start_own(&args).await?),
+    let multi = args.target.is_none() && (args.processes > 1 || args.kill_at.is_some());
+    let own = match (&args.target, multi) {
+        (None, false) => Some(start_own(&args).await?),
+        _ => None,
     };
-    let target = match (&own, &args.target) {
-        (Some(o), _) => Target {
-            base: o.base.clone(),
+    let mut procs = if multi {
+        let dir = std::env::temp_dir().join(format!(
+            "switchboard-load-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let bin = match &args.serve_bin {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()?,
+        };
+        Some((
+            procs::Processes::start(args.processes.max(1), &bin, args.scenario, &dir).await?,
+            dir,
+        ))
+    } else {
+        None
+    };
+    let target = match (&own, &procs, &args.target) {
+        (Some(o), _, _) => Target {
+            bases: vec![o.base.clone()],
             app_secret: Some(o.app_secret.clone()),
             api_token: None,
+            by_phone: false,
         },
-        (None, Some(t)) => Target {
-            base: t.trim_end_matches('/').to_string(),
+        (None, Some((p, _)), _) => Target {
+            bases: p.bases(),
+            app_secret: Some(p.app_secret.clone()),
+            api_token: None,
+            by_phone: args.route == Route::Phone,
+        },
+        (None, None, Some(t)) => Target {
+            bases: t
+                .split(',')
+                .map(|b| b.trim().trim_end_matches('/').to_string())
+                .filter(|b| !b.is_empty())
+                .collect(),
             app_secret: args.app_secret.clone().map(Secret::new),
             api_token: args.api_token.clone().map(Secret::new),
+            by_phone: args.route == Route::Phone,
         },
-        (None, None) => unreachable!("one of the two is set"),
+        (None, None, None) => unreachable!("one of the three is set"),
     };
     let options = Options {
         scenario: args.scenario,
@@ -195,53 +265,75 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
             args.phones,
         )
     });
-    let measured = driver::drive(
+    let driving = driver::drive(
         target.clone(),
         plan,
         closed,
         Duration::from_secs(args.drain),
         !args.quiet,
-    )
-    .await;
+    );
+    // The chaos, if any, runs beside the load.
+    let chaos = async {
+        if let (Some(at), Some((p, _))) = (args.kill_at, procs.as_mut()) {
+            tokio::time::sleep(Duration::from_secs(at)).await;
+            let last = p.bases().len() - 1;
+            p.kill_and_restart(last)
+                .await
+                .map(|()| Some(format!("process {last} killed at {at} s and restarted")))
+        } else {
+            Ok(None)
+        }
+    };
+    let (measured, chaos) = tokio::join!(driving, chaos);
+    let chaos = chaos?;
 
     let db_url = own
         .as_ref()
         .map(|o| o.db_url.expose().to_string())
+        .or_else(|| procs.as_ref().map(|(p, _)| p.db.url().expose().to_string()))
         .or(args.database_url.clone());
     let mut violations = Vec::new();
     let mut synchronous_commit = "unknown".to_string();
+    let mut resent_after_crash = 0;
     if let Some(o) = &own {
         let _ = tokio::time::timeout(Duration::from_secs(args.drain), o.engine.wait_idle()).await;
         let _ = tokio::time::timeout(Duration::from_secs(args.drain), o.engine.outbox().wait_drained()).await;
     }
+    if let Some((p, _)) = &procs {
+        p.drain(Duration::from_secs(args.drain)).await;
+    }
+    let graph = own.as_ref().map(|o| &o.graph).or(procs.as_ref().map(|(p, _)| &p.graph));
     if let Some(url) = &db_url {
         violations = checker::check(url, &measured.acked_ids).await?;
         synchronous_commit = checker::setting(url, "synchronous_commit").await.unwrap_or_default();
-        if let Some(o) = &own {
-            // Read the fake's count first: every request it has seen belongs to
-            // a row that is `sent` or still `sending` (a send in progress).
-            let requests = o.graph.request_count() as i64;
-            let rows = checker::count(
-                url,
-                "SELECT count(*) AS n FROM outbox WHERE status IN ('sent', 'sending')",
-            )
-            .await?;
-            if requests > rows {
+        if let Some(graph) = graph {
+            // Every send names its outbox row (its tracking data).
+            let (twice, after_crash) = checker::repeated_sends(url, &graph.accepted_tracking()).await?;
+            if !twice.is_empty() {
                 violations.push(checker::Violation {
                     invariant: "no outbox row is sent twice",
-                    count: requests - rows,
-                    examples: vec![format!("{requests} send requests for {rows} sent or sending rows")],
+                    count: twice.len() as i64,
+                    examples: twice.into_iter().take(5).collect(),
                 });
             }
+            resent_after_crash = after_crash.len() as u64;
         }
     }
     let secs = measured.elapsed.as_secs_f64().max(0.001);
     let report = Report {
         scenario: args.scenario.name().to_string(),
-        target: args
-            .target
-            .clone()
-            .unwrap_or_else(|| "own server (embedded PostgreSQL)".into()),
+        target: match (&args.target, &procs) {
+            (Some(t), _) => t.clone(),
+            (None, Some(_)) => format!(
+                "{} serve processes, {} routing (embedded PostgreSQL)",
+                target.bases.len(),
+                if target.by_phone { "by-phone" } else { "random" }
+            ),
+            (None, None) => "own server (embedded PostgreSQL)".into(),
+        },
+        processes: target.bases.len(),
+        chaos,
+        resent_after_crash,
         mode: if args.max { "closed-loop" } else { "open-loop" },
         rate: args.rate,
         duration_s: args.duration as f64,
@@ -254,9 +346,9 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         applied: measured.applied,
         ack_latency_ms: Percentiles::from_us(&measured.ack_us),
         e2e_latency_ms: Percentiles::from_us(&measured.e2e_us),
-        conflicts: metric(&target.base, "switchboard_version_conflicts_total").await,
-        retries: metric(&target.base, "switchboard_retries_total").await,
-        outbound_requests: own.as_ref().map(|o| o.graph.request_count() as u64),
+        conflicts: metric_sum(&target.bases, "switchboard_version_conflicts_total").await,
+        retries: metric_sum(&target.bases, "switchboard_retries_total").await,
+        outbound_requests: graph.map(|g| g.request_count() as u64),
         invariants_checked: db_url.is_some(),
         invariant_violations: violations,
         error_samples: measured.error_samples,
@@ -271,6 +363,10 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         let _ = o.stop.send(());
         let _ = o.done.await;
         let _ = std::fs::remove_dir_all(&o.dir);
+    }
+    if let Some((p, dir)) = procs {
+        p.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)

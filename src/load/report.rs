@@ -38,6 +38,14 @@ impl Percentiles {
 pub struct Report {
     pub scenario: String,
     pub target: String,
+    /// Server processes the requests were spread over.
+    pub processes: usize,
+    /// The fault injected during the run, if any.
+    pub chaos: Option<String>,
+    /// Outbound messages sent again because the process sending them died
+    /// between the API's accept and its record of it (the send API has no
+    /// idempotency key). Not a violation; any other repeat is.
+    pub resent_after_crash: u64,
     pub mode: &'static str,
     pub rate: f64,
     pub duration_s: f64,

@@ -35,12 +35,17 @@ pub struct OutboundMessage {
     pub text: String,
     /// Reply buttons (at most 3 are sent, titles cut to 20 characters).
     pub choices: Vec<String>,
+    /// Sent as `biz_opaque_callback_data`, which WhatsApp echoes in the
+    /// message's status webhooks: the outbox row's idempotency key, so a
+    /// send can be traced to its row (and a repeated send recognized).
+    pub tracking: Option<String>,
 }
 
 impl OutboundMessage {
     /// From an outbox payload (`{"text": …, "choices": […]}`).
     pub fn from_outbox(phone: &str, payload: &Value) -> Self {
         Self {
+            tracking: None,
             to: phone.to_string(),
             text: payload
                 .get("text")
@@ -57,6 +62,15 @@ impl OutboundMessage {
 
     /// The send API's JSON body.
     pub fn to_graph_json(&self) -> Value {
+        let mut body = self.body_json();
+        if let Some(t) = &self.tracking {
+            // WhatsApp takes at most 512 characters here.
+            body["biz_opaque_callback_data"] = Value::String(t.chars().take(512).collect());
+        }
+        body
+    }
+
+    fn body_json(&self) -> Value {
         if self.choices.is_empty() || self.choices.len() > 3 {
             return json!({
                 "messaging_product": "whatsapp",
@@ -224,9 +238,11 @@ mod tests {
             to: "521".into(),
             text: "¿Es correcto?".into(),
             choices: vec!["Sí".into(), "No".into()],
+            tracking: Some("out:1".into()),
         };
         let j = m.to_graph_json();
         assert_eq!(j["type"], "interactive");
         assert_eq!(j["interactive"]["action"]["buttons"][1]["reply"]["title"], "No");
+        assert_eq!(j["biz_opaque_callback_data"], "out:1");
     }
 }

@@ -1,0 +1,6 @@
+#![no_main]
+//! See `switchboard::fuzzing::webhook_delivery` for what is checked.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    switchboard::fuzzing::webhook_delivery(data);
+});

@@ -1,0 +1,1 @@
+ALTER TABLE inbox DROP COLUMN lease_until, DROP COLUMN leased_by;

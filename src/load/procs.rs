@@ -1,0 +1,215 @@
+//! Several `switchboard serve` processes on one database, for the load
+//! harness (`--processes N`): the harness starts an embedded PostgreSQL and
+//! a fake send API, writes one configuration per process, starts them, and
+//! can kill one with SIGKILL and start it again in the middle of a run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::fake_graph::FakeGraph;
+use super::scenario::Scenario;
+use crate::config::{DatabaseSettings, Secret};
+use crate::db::Database;
+
+/// One `serve` process.
+struct Proc {
+    port: u16,
+    config: PathBuf,
+    log: PathBuf,
+    child: Child,
+}
+
+/// The processes, their database and the fake send API.
+pub struct Processes {
+    pub graph: FakeGraph,
+    pub app_secret: Secret,
+    pub db: Database,
+    bin: PathBuf,
+    procs: Vec<Proc>,
+    dir: PathBuf,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// TOML's basic string: quotes and backslashes escaped.
+fn quoted(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+impl Processes {
+    /// Starts the database, the fake API and `n` processes of `bin`; returns
+    /// once each answers `/readyz`.
+    pub async fn start(n: usize, bin: &Path, scenario: Scenario, dir: &Path) -> anyhow::Result<Self> {
+        let graph = FakeGraph::start()?;
+        let app_secret = Secret::new(format!("{:032x}", rand::random::<u128>()));
+        let mut db_settings = DatabaseSettings::default();
+        db_settings.embedded.data_dir = dir.join("pg");
+        db_settings.embedded.port = free_port()?;
+        db_settings.max_connections = 8;
+        let db = Database::open(&db_settings).await.context("starting the database")?;
+        let mut me = Self {
+            graph,
+            app_secret,
+            db,
+            bin: bin.to_path_buf(),
+            procs: Vec::new(),
+            dir: dir.to_path_buf(),
+        };
+        std::fs::write(dir.join("flow.toml"), super::EXAMPLE_FLOW)?;
+        for i in 0..n {
+            let port = free_port()?;
+            let config = dir.join(format!("serve-{i}.toml"));
+            std::fs::write(&config, me.config_text(port, scenario))?;
+            let log = dir.join(format!("serve-{i}.log"));
+            let child = me.spawn(&config, &log)?;
+            me.procs.push(Proc {
+                port,
+                config,
+                log,
+                child,
+            });
+        }
+        for i in 0..n {
+            me.wait_ready(i).await?;
+        }
+        Ok(me)
+    }
+
+    fn config_text(&self, port: u16, scenario: Scenario) -> String {
+        let wa = self.graph.settings();
+        let ai = if scenario == Scenario::AiSlow {
+            "[ai]\nprovider = \"simulated\"\nintent_timeout_ms = 500\nextract_timeout_ms = 500\n\
+             [ai.simulated]\nlatency_ms = 100\njitter_ms = 150\nerror_rate = 0.05\nhang_rate = 0.01\n"
+        } else {
+            ""
+        };
+        format!(
+            "[server]\nbind = \"127.0.0.1:{port}\"\nshutdown_timeout_s = 10\n\
+             [database]\nurl = {url}\nmax_connections = 16\n\
+             [whatsapp]\napp_secret = {secret}\naccess_token = {token}\nphone_number_id = {pnid}\napi_base = {base}\n\
+             [api]\nrate_per_s = 1000000\nburst = 1000000\n\
+             [engine]\nshare_events = true\nresume_interval_s = 1\ninbox_lease_ms = 5000\n\
+             [outbox]\nrate_per_s = 100000\nlease_ms = 3000\n\
+             [flow]\npath = {flow}\n\
+             [log]\nlevel = \"warn\"\n{ai}",
+            url = quoted(self.db.url().expose()),
+            secret = quoted(self.app_secret.expose()),
+            token = quoted(wa.access_token.as_ref().map(Secret::expose).unwrap_or_default()),
+            pnid = quoted(wa.phone_number_id.as_deref().unwrap_or_default()),
+            base = quoted(&wa.api_base),
+            flow = quoted(&self.dir.join("flow.toml").display().to_string()),
+        )
+    }
+
+    fn spawn(&self, config: &Path, log: &Path) -> anyhow::Result<Child> {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        Command::new(&self.bin)
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))
+    }
+
+    async fn wait_ready(&mut self, i: usize) -> anyhow::Result<()> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.procs[i].port);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(&url).timeout(Duration::from_secs(2)).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if let Ok(Some(status)) = self.procs[i].child.try_wait() {
+                let log = std::fs::read_to_string(&self.procs[i].log).unwrap_or_default();
+                anyhow::bail!("serve process {i} exited ({status}):\n{log}");
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("serve process {i} did not become ready");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The processes' base URLs.
+    pub fn bases(&self) -> Vec<String> {
+        self.procs
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{}", p.port))
+            .collect()
+    }
+
+    /// Kills process `i` with SIGKILL (no shutdown of any kind), then
+    /// starts it again on the same port and waits until it is ready.
+    pub async fn kill_and_restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let p = &mut self.procs[i];
+        p.child.kill()?;
+        p.child.wait()?;
+        let (config, log) = (p.config.clone(), p.log.clone());
+        self.procs[i].child = self.spawn(&config, &log)?;
+        self.wait_ready(i).await
+    }
+
+    /// Waits until every accepted message is applied and every outbound
+    /// one sent (or given up), at most `limit`.
+    pub async fn drain(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let url = self.db.url().expose().to_string();
+        while Instant::now() < deadline {
+            let left = super::checker::count(
+                &url,
+                "SELECT (SELECT count(*) FROM inbox WHERE processed_at IS NULL) \
+                      + (SELECT count(*) FROM outbox WHERE status IN ('pending', 'sending')) AS n",
+            )
+            .await
+            .unwrap_or(1);
+            if left == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops every process with SIGTERM (an orderly stop), then the database.
+    pub async fn stop(mut self) {
+        for p in &mut self.procs {
+            let _ = Command::new("kill").arg("-TERM").arg(p.child.id().to_string()).status();
+        }
+        for p in &mut self.procs {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match p.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = p.child.kill();
+                        let _ = p.child.wait();
+                        break;
+                    }
+                    Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }
+        let _ = self.db.shutdown().await;
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        // Never leave processes behind, whatever happened.
+        for p in &mut self.procs {
+            if let Ok(None) = p.child.try_wait() {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+    }
+}
