@@ -191,6 +191,22 @@ async fn commit(db: Database, batch: Vec<(StepWrite, Waiter)>, stats: Arc<Writer
         .await;
     match result {
         Ok(outcomes) => {
+            if let Some(replica) = db.replica() {
+                // Before anyone hears of the commit: reads of these phones
+                // wait for the replica to pass this position.
+                let lsn = match db.pool().get().await {
+                    Ok(mut conn) => crate::db::replica::primary_lsn(&mut conn)
+                        .await
+                        .unwrap_or(crate::db::replica::ALWAYS_PRIMARY),
+                    Err(_) => crate::db::replica::ALWAYS_PRIMARY,
+                };
+                let written = outcomes
+                    .iter()
+                    .zip(&writes)
+                    .filter(|(o, _)| matches!(o, WriteOutcome::Committed { .. }))
+                    .map(|(_, w)| w.phone.as_str());
+                replica.note(written, lsn);
+            }
             for ((outcome, tx), w) in outcomes.into_iter().zip(waiters).zip(&writes) {
                 if matches!(outcome, WriteOutcome::Committed { .. }) && !w.outbox.is_empty() {
                     queued_outbound = true;

@@ -100,6 +100,8 @@ impl EmbeddedPostgres {
             running: false,
         };
         write_conf(&pg.runner, &pg.data_dir, settings.port, extra)?;
+        // Clusters initialized by older versions left it to root.
+        pg.runner.chown(&pg.data_dir.join(PASSWORD_FILE))?;
         pg.pg_ctl_start()?;
         pg.running = true;
         tracing::info!(initialized, "embedded PostgreSQL is up");
@@ -375,6 +377,9 @@ fn initdb(runner: &Runner, data_dir: &Path) -> Result<()> {
     std::fs::write(&pw_path, &password)
         .and_then(|()| std::fs::set_permissions(&pw_path, std::fs::Permissions::from_mode(0o600)))
         .map_err(|e| Error::Embedded(format!("cannot write {}: {e}", pw_path.display())))?;
+    // Every file of the data directory belongs to the server user: a base
+    // backup (pg_basebackup, for a replica) reads them all.
+    runner.chown(&pw_path)?;
     tracing::info!("initialized a new PostgreSQL cluster");
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod migrations;
 pub mod outbox;
 pub mod pool;
 pub mod read;
+pub mod replica;
 #[rustfmt::skip]
 pub mod schema;
 pub mod sessions;
@@ -38,6 +39,8 @@ pub struct Database {
     retry: RetryPolicy,
     url: Secret,
     embedded: Option<Arc<Mutex<EmbeddedPostgres>>>,
+    /// The streaming replica for conversation reads, if configured.
+    replica: Option<Arc<replica::Replica>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -84,7 +87,42 @@ impl Database {
             retry: (&settings.retry).into(),
             url,
             embedded,
+            replica: settings
+                .read_url
+                .as_ref()
+                .map(|r| Arc::new(replica::Replica::new(DbPool::build(r.expose(), settings)))),
         }
+    }
+
+    /// The replica handle, when `database.read_url` is set.
+    pub fn replica(&self) -> Option<&replica::Replica> {
+        self.replica.as_deref()
+    }
+
+    /// A connection to read `phone`'s conversation (or, with `None`, lists)
+    /// from: the replica when it has replayed this process's last write of
+    /// it (see [`replica`]), else the primary. `true` when on the replica.
+    pub async fn read_conn(&self, phone: Option<&str>) -> Result<(Conn<'_>, bool)> {
+        let Some(r) = self.replica.as_deref() else {
+            return Ok((self.pool.get().await?, false));
+        };
+        let need = match r.fence(phone) {
+            Some(lsn) => lsn,
+            None => replica::primary_lsn(&mut *self.pool.get().await?).await?,
+        };
+        if need != replica::ALWAYS_PRIMARY {
+            // A replica that is down or behind costs a fallback, not an error.
+            if let Ok(mut conn) = r.pool.get().await {
+                if let Ok(Some(replayed)) = replica::replay_lsn(&mut conn).await {
+                    if replayed >= need {
+                        r.counted(true);
+                        return Ok((conn, true));
+                    }
+                }
+            }
+        }
+        r.counted(false);
+        Ok((self.pool.get().await?, false))
     }
 
     pub fn pool(&self) -> &DbPool {

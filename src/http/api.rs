@@ -207,7 +207,7 @@ async fn list(
     let rows = db
         .retry_policy()
         .run("list_conversations", || async {
-            read::list(&mut *db.pool().get().await?, &filter).await
+            read::list(&mut db.read_conn(None).await?.0, &filter).await
         })
         .await?;
     Ok(HttpResponse::Ok().json(json!({"conversations": rows, "limit": filter.limit, "offset": filter.offset})))
@@ -224,7 +224,8 @@ async fn get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<Strin
     let (messages, contact_name) = db
         .retry_policy()
         .run("recent_messages", || async {
-            let mut conn = db.pool().get().await?;
+            // The replica only once it has this conversation's last write.
+            let (mut conn, _) = db.read_conn(Some(&phone)).await?;
             let messages = read::recent_messages(&mut conn, &phone, RECENT_MESSAGES).await?;
             Ok((messages, read::contact_name(&mut conn, &phone).await?))
         })

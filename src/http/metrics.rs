@@ -247,6 +247,11 @@ impl Metrics {
         g("pool_gets_timed_out", s.pool.gets_timed_out as i64);
         g("outbox_backlog", engine.outbox().backlog().max(0));
         g("ai_latency_p99_us", s.ai.latency_p99_us as i64);
+        if let Some(r) = engine.database().replica() {
+            let r = r.stats();
+            g("reads_on_replica", r.replica_reads as i64);
+            g("reads_on_primary", r.primary_reads as i64);
+        }
         for b in engine.breakers().await {
             let v = match b.state {
                 BreakerState::Closed => 0,
