@@ -95,3 +95,59 @@ async fn a_process_killed_mid_run_loses_nothing_and_applies_nothing_twice() {
     // goes out again — at most one per send in flight at the kill.
     assert!(report.resent_after_crash <= 8, "{}", report.resent_after_crash);
 }
+
+#[actix_web::test]
+async fn postgres_crashing_mid_run_gives_503s_then_recovers_without_losing_an_acked_message() {
+    let _one = SERIAL.lock().await;
+    let report = load::run(args(
+        "--scenario steady --processes 1 --pg-restart-at 2 --pg-restart-mode immediate --pg-down-ms 1500 \
+         --rate 40 --duration 6 --phones 10 --drain 30",
+    ))
+    .await
+    .unwrap();
+    assert!(
+        report.chaos.as_deref().unwrap_or_default().contains("immediate"),
+        "{:?}",
+        report.chaos
+    );
+    assert!(report.invariants_checked);
+    assert!(
+        report.invariant_violations.is_empty(),
+        "{:?}",
+        report.invariant_violations
+    );
+    // While it was down the webhook said 503 (WhatsApp redelivers), and
+    // only that; before and after, messages were acked and applied.
+    assert!(report.errors > 0, "the outage was felt");
+    assert!(
+        report.error_samples.iter().all(|e| e.starts_with("HTTP 503")),
+        "{:?}",
+        report.error_samples
+    );
+    assert!(
+        report.acked > report.sent / 2,
+        "{} of {} acked",
+        report.acked,
+        report.sent
+    );
+}
+
+#[actix_web::test]
+async fn connections_killed_again_and_again_are_retried_transparently() {
+    let _one = SERIAL.lock().await;
+    let report = load::run(args(
+        "--scenario steady --processes 2 --kill-connections-every-ms 1000 --rate 40 --duration 5 --phones 10 --drain 30",
+    ))
+    .await
+    .unwrap();
+    let chaos = report.chaos.clone().unwrap_or_default();
+    assert!(chaos.contains("connections terminated"), "{chaos}");
+    assert!(!chaos.starts_with("0 "), "connections were killed: {chaos}");
+    assert!(
+        report.invariant_violations.is_empty(),
+        "{:?}",
+        report.invariant_violations
+    );
+    // Within the retry budget: a killed connection costs a retry, not an answer.
+    assert_eq!(report.errors, 0, "{chaos}: {:?}", report.error_samples);
+}

@@ -165,6 +165,22 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
+    /// Stops the server with `mode` (`fast`, or `immediate`: no shutdown
+    /// checkpoint, as a crash), leaves it down for `down_for`, starts it
+    /// again: a database outage, for fault tests.
+    pub fn restart(&mut self, mode: &str, down_for: std::time::Duration) -> Result<()> {
+        let data = self.data_dir.to_string_lossy().into_owned();
+        let timeout = self.timeout.as_secs().max(1).to_string();
+        let out = self
+            .runner
+            .run("pg_ctl", &["-D", &data, "-m", mode, "-w", "-t", &timeout, "stop"])?;
+        if !out.status.success() {
+            return Err(Error::Embedded(format!("pg_ctl stop failed: {}", output_text(&out))));
+        }
+        std::thread::sleep(down_for);
+        self.pg_ctl_start()
+    }
+
     fn status_running(&self) -> Result<bool> {
         let data = self.data_dir.to_string_lossy().into_owned();
         // pg_ctl status: 0 running, 3 not running, 4 no data directory.

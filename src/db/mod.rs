@@ -94,6 +94,17 @@ impl Database {
         }
     }
 
+    /// Restarts the embedded cluster (see [`EmbeddedPostgres::restart`]);
+    /// for fault injection. An error without an embedded cluster.
+    pub async fn restart_embedded(&self, mode: &'static str, down_for: std::time::Duration) -> Result<()> {
+        let Some(pg) = self.embedded.clone() else {
+            return Err(Error::Embedded("no embedded cluster to restart".into()));
+        };
+        tokio::task::spawn_blocking(move || pg.lock().unwrap_or_else(|p| p.into_inner()).restart(mode, down_for))
+            .await
+            .map_err(|e| Error::Embedded(format!("restart task failed: {e}")))?
+    }
+
     /// The replica handle, when `database.read_url` is set.
     pub fn replica(&self) -> Option<&replica::Replica> {
         self.replica.as_deref()

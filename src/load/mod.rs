@@ -50,6 +50,19 @@ pub struct LoadArgs {
     /// (`random`).
     #[arg(long, value_enum, default_value_t = Route::Random)]
     pub route: Route,
+    /// Chaos: restart the database this many seconds into the run.
+    #[arg(long)]
+    pub pg_restart_at: Option<u64>,
+    /// How the database stops for --pg-restart-at: `fast` or `immediate` (a crash).
+    #[arg(long, default_value = "immediate", value_parser = ["fast", "immediate"])]
+    pub pg_restart_mode: String,
+    /// Milliseconds the database stays down for --pg-restart-at.
+    #[arg(long, default_value_t = 2000)]
+    pub pg_down_ms: u64,
+    /// Chaos: every this many milliseconds, terminate about half of the
+    /// servers' database connections (`pg_terminate_backend`).
+    #[arg(long)]
+    pub kill_connections_every_ms: Option<u64>,
     /// The `switchboard` binary the processes run (default: this one).
     #[arg(long)]
     pub serve_bin: Option<PathBuf>,
@@ -196,7 +209,9 @@ async fn metric_sum(bases: &[String], name: &str) -> u64 {
 
 /// Runs a scenario and returns its report (also written to `--report`).
 pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
-    let multi = args.target.is_none() && (args.processes > 1 || args.kill_at.is_some());
+    let chaos_asked =
+        args.kill_at.is_some() || args.pg_restart_at.is_some() || args.kill_connections_every_ms.is_some();
+    let multi = args.target.is_none() && (args.processes > 1 || chaos_asked);
     let own = match (&args.target, multi) {
         (None, false) => Some(start_own(&args).await?),
         _ => None,
@@ -273,16 +288,56 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         !args.quiet,
     );
     // The chaos, if any, runs beside the load.
+    let run_for = Duration::from_secs(args.duration);
     let chaos = async {
-        if let (Some(at), Some((p, _))) = (args.kill_at, procs.as_mut()) {
-            tokio::time::sleep(Duration::from_secs(at)).await;
-            let last = p.bases().len() - 1;
-            p.kill_and_restart(last)
-                .await
-                .map(|()| Some(format!("process {last} killed at {at} s and restarted")))
-        } else {
-            Ok(None)
+        let Some((p, _)) = procs.as_mut() else {
+            return Ok::<_, anyhow::Error>(None);
+        };
+        let started = std::time::Instant::now();
+        let mut notes = Vec::new();
+        {
+            let p = &*p;
+            let conn_kills = async {
+                match args.kill_connections_every_ms {
+                    Some(ms) => p
+                        .kill_connections(Duration::from_millis(ms.max(10)), started + run_for)
+                        .await
+                        .map(|n| Some(format!("{n} database connections terminated, every {ms} ms"))),
+                    None => Ok(None),
+                }
+            };
+            let restart = async {
+                match args.pg_restart_at {
+                    Some(at) => {
+                        tokio::time::sleep(Duration::from_secs(at)).await;
+                        let mode: &'static str = if args.pg_restart_mode == "fast" {
+                            "fast"
+                        } else {
+                            "immediate"
+                        };
+                        p.restart_database(mode, Duration::from_millis(args.pg_down_ms))
+                            .await
+                            .map(|()| {
+                                Some(format!(
+                                    "PostgreSQL stopped ({mode}) at {at} s for {} ms",
+                                    args.pg_down_ms
+                                ))
+                            })
+                    }
+                    None => Ok(None),
+                }
+            };
+            let (kills, restart) = tokio::join!(conn_kills, restart);
+            notes.extend(kills?);
+            notes.extend(restart?);
         }
+        if let Some(at) = args.kill_at {
+            tokio::time::sleep(Duration::from_secs(at).saturating_sub(started.elapsed())).await;
+            let last = p.bases().len() - 1;
+            p.kill_and_restart(last).await?;
+            notes.push(format!("process {last} killed (SIGKILL) at {at} s and restarted"));
+        }
+        Ok((!notes.is_empty()).then(|| notes.join("; ")))
     };
     let (measured, chaos) = tokio::join!(driving, chaos);
     let chaos = chaos?;

@@ -159,6 +159,31 @@ impl Processes {
         self.wait_ready(i).await
     }
 
+    /// Restarts the database (`fast` or `immediate`), down for `down_for`.
+    pub async fn restart_database(&self, mode: &'static str, down_for: Duration) -> anyhow::Result<()> {
+        Ok(self.db.restart_embedded(mode, down_for).await?)
+    }
+
+    /// Terminates about half of the processes' database connections (a
+    /// network blip, a proxy, an administrator), every `every` until `until`.
+    /// Returns how many were killed.
+    pub async fn kill_connections(&self, every: Duration, until: Instant) -> anyhow::Result<u64> {
+        let url = self.db.url().expose().to_string();
+        let mut killed = 0;
+        while Instant::now() < until {
+            tokio::time::sleep(every).await;
+            killed += super::checker::count(
+                &url,
+                "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                   AND backend_type = 'client backend' AND random() < 0.5",
+            )
+            .await
+            .unwrap_or(0) as u64;
+        }
+        Ok(killed)
+    }
+
     /// Waits until every accepted message is applied and every outbound
     /// one sent (or given up), at most `limit`.
     pub async fn drain(&self, limit: Duration) {
