@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the pieces on every message's path that need no
-//! database: breaker overhead, a flow transition, the rules model, webhook
-//! parsing and the signature check.
+//! database: an actor hop (request and answer through an actix mailbox),
+//! breaker overhead, a flow transition, the rules model, webhook parsing and
+//! the signature check.
 //!
 //! `cargo bench --bench micro`
 
@@ -14,6 +15,46 @@ use switchboard::ai::{rules, IntentRequest};
 use switchboard::breaker::{BreakerSettings, CallResult, CircuitBreaker};
 use switchboard::flow::{step, Flow, Understanding};
 use switchboard::whatsapp::webhook::{parse, sign, verify_signature};
+
+/// An actor that answers at once: the cost of one hop is the mailbox, the
+/// scheduling and the answer channel — what every message pays to reach its
+/// session actor and every model call to reach the AI actor.
+struct Echo;
+
+impl actix::Actor for Echo {
+    type Context = actix::Context<Self>;
+}
+
+#[derive(actix::Message)]
+#[rtype(result = "u64")]
+struct Ping(u64);
+
+impl actix::Handler<Ping> for Echo {
+    type Result = u64;
+    fn handle(&mut self, m: Ping, _: &mut Self::Context) -> u64 {
+        m.0 + 1
+    }
+}
+
+fn actor_hop(c: &mut Criterion) {
+    use actix::Actor;
+    let mut g = c.benchmark_group("micro");
+    g.throughput(Throughput::Elements(1));
+    let sys = actix::System::new();
+    let addr = sys.block_on(async { Echo.start() });
+    g.bench_function("actor_hop_send_and_answer", |b| {
+        b.iter_custom(|iters| {
+            sys.block_on(async {
+                let start = std::time::Instant::now();
+                for i in 0..iters {
+                    assert_eq!(addr.send(Ping(i)).await.unwrap(), i + 1);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
 
 fn micro(c: &mut Criterion) {
     let flow = Flow::parse(switchboard::load::EXAMPLE_FLOW, "reporte.toml").unwrap();
@@ -58,5 +99,5 @@ fn micro(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, micro);
+criterion_group!(benches, actor_hop, micro);
 criterion_main!(benches);
