@@ -226,14 +226,36 @@ impl Worker {
         let n = claimed.len();
         let chunk = self.settings.concurrency.max(1);
         for group in claimed.chunks(chunk) {
-            join_all(group.iter().map(|row| self.deliver(row))).await;
+            // Sends of a group run at once; their `sent` marks share one
+            // commit (the other outcomes are rare and recorded one by one).
+            let results = join_all(group.iter().map(|row| self.deliver(row))).await;
+            let sent: Vec<(&Claimed, String)> = group
+                .iter()
+                .zip(results)
+                .filter_map(|(row, sent)| sent.map(|provider_id| (row, provider_id)))
+                .collect();
+            if !sent.is_empty() {
+                let recorded = self
+                    .db
+                    .retry_policy()
+                    .run("outbox_sent", || async {
+                        rows::mark_sent_batch(&mut *self.db.pool().get().await?, &sent).await
+                    })
+                    .await;
+                if let Err(e) = recorded {
+                    // The lease makes the rows due again; they are sent again then.
+                    tracing::warn!(error = %e, rows = sent.len(), "could not record sends");
+                }
+            }
         }
         let backlog = rows::backlog(&mut *self.db.pool().get().await?).await?;
         Ok((n, backlog))
     }
 
+    /// Sends one row; records any result but success, and returns the
+    /// provider id of a successful send for the caller to record.
     #[tracing::instrument(skip_all, fields(phone = %mask(&row.phone), outbox_id = row.id, attempt = row.attempts))]
-    async fn deliver(&self, row: &Claimed) {
+    async fn deliver(&self, row: &Claimed) -> Option<String> {
         let policy = self.db.retry_policy();
         let result = match self.breaker.try_acquire() {
             Err(_) => {
@@ -257,6 +279,10 @@ impl Worker {
                     SendOutcome::Retry { .. } => CallResult::Failure,
                     _ => CallResult::Success,
                 });
+                if let SendOutcome::Sent { provider_id } = outcome {
+                    self.stats.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Some(provider_id);
+                }
                 self.record(row, outcome).await
             }
         };
@@ -264,6 +290,7 @@ impl Worker {
             // The lease makes the row due again; it is retried then.
             tracing::warn!(error = %e, "could not record a send result");
         }
+        None
     }
 
     async fn record(&self, row: &Claimed, outcome: SendOutcome) -> Result<()> {

@@ -72,6 +72,44 @@ pub async fn mark_sent(conn: &mut AsyncPgConnection, row: &Claimed, provider_id:
     .await
 }
 
+/// Several rows were sent: [`mark_sent`] for all of them in one
+/// transaction (one commit instead of one each). Rows are updated in key
+/// order, so concurrent batches cannot deadlock.
+pub async fn mark_sent_batch(conn: &mut AsyncPgConnection, sent: &[(&Claimed, String)]) -> Result<()> {
+    use diesel::sql_types::{Array, BigInt, Text};
+    let mut sorted: Vec<&(&Claimed, String)> = sent.iter().collect();
+    sorted.sort_by(|a, b| (&a.0.phone, a.0.id).cmp(&(&b.0.phone, b.0.id)));
+    let phones: Vec<&str> = sorted.iter().map(|(r, _)| r.phone.as_str()).collect();
+    let ids: Vec<i64> = sorted.iter().map(|(r, _)| r.id).collect();
+    let keys: Vec<&str> = sorted.iter().map(|(r, _)| r.idempotency_key.as_str()).collect();
+    let pids: Vec<&str> = sorted.iter().map(|(_, p)| p.as_str()).collect();
+    conn.transaction::<_, Error, _>(async move |conn| {
+        diesel::sql_query(
+            "UPDATE outbox AS o SET status = 'sent', provider_message_id = u.pid, last_error = NULL, \
+                    updated_at = now() \
+             FROM unnest($1::text[], $2::bigint[], $3::text[]) AS u(phone, id, pid) \
+             WHERE o.phone = u.phone AND o.id = u.id",
+        )
+        .bind::<Array<Text>, _>(&phones)
+        .bind::<Array<BigInt>, _>(&ids)
+        .bind::<Array<Text>, _>(&pids)
+        .execute(conn)
+        .await?;
+        diesel::sql_query(
+            "UPDATE messages AS m SET status = 'sent', provider_message_id = u.pid, updated_at = now() \
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS u(phone, key, pid) \
+             WHERE m.phone = u.phone AND m.outbox_key = u.key",
+        )
+        .bind::<Array<Text>, _>(&phones)
+        .bind::<Array<Text>, _>(&keys)
+        .bind::<Array<Text>, _>(&pids)
+        .execute(conn)
+        .await?;
+        Ok(())
+    })
+    .await
+}
+
 /// Try again at `at`.
 pub async fn mark_retry(conn: &mut AsyncPgConnection, row: &Claimed, at: DateTime<Utc>, reason: &str) -> Result<()> {
     diesel::update(outbox::table.find((&row.phone, row.id)))
@@ -155,6 +193,7 @@ pub async fn backlog(conn: &mut AsyncPgConnection) -> Result<i64> {
 /// never moves backwards (`read` is not overwritten by a late `delivered`).
 pub async fn apply_status(
     conn: &mut AsyncPgConnection,
+    recipient: Option<&str>,
     provider_id: &str,
     status: &str,
     error: Option<&str>,
@@ -171,10 +210,17 @@ pub async fn apply_status(
         .into_iter()
         .filter(|s| rank(s) < rank(status) || status == "failed")
         .collect();
-    let phones: Vec<String> = diesel::update(messages::table)
+    let mut q = diesel::update(messages::table)
         .filter(messages::provider_message_id.eq(provider_id))
         .filter(messages::direction.eq("out"))
         .filter(messages::status.eq_any(&allowed))
+        .into_boxed();
+    if let Some(phone) = recipient {
+        // With the phone, the (phone, provider_message_id) index finds the
+        // row; without it, the whole table is searched.
+        q = q.filter(messages::phone.eq(phone));
+    }
+    let phones: Vec<String> = q
         .set((
             messages::status.eq(status),
             messages::error.eq(error),

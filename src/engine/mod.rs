@@ -491,14 +491,31 @@ impl Engine {
     }
 
     /// Applies a delivery status report (`sent`, `delivered`, `read`,
-    /// `failed`) to the outbound message with that provider id; publishes
-    /// it. Returns false when no such message is known.
-    pub async fn apply_status(&self, provider_id: &str, status: &str, error: Option<&str>) -> Result<bool> {
+    /// `failed`) to the outbound message with that provider id (sent to
+    /// `recipient`, when given: the conversation's phone); publishes it.
+    /// Returns false when no such message is known.
+    pub async fn apply_status(
+        &self,
+        recipient: Option<&str>,
+        provider_id: &str,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<bool> {
         let db = &self.inner.db;
+        // The recipient is the conversation's phone; an unusable one only
+        // costs the index.
+        let recipient = recipient.and_then(|r| phone::normalize(r).ok());
         let phone = db
             .retry_policy()
             .run("apply_status", || async {
-                crate::db::outbox::apply_status(&mut *db.pool().get().await?, provider_id, status, error).await
+                crate::db::outbox::apply_status(
+                    &mut *db.pool().get().await?,
+                    recipient.as_deref(),
+                    provider_id,
+                    status,
+                    error,
+                )
+                .await
             })
             .await?;
         let Some(phone) = phone else { return Ok(false) };

@@ -104,7 +104,11 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
     let mut statuses = 0;
     for s in &delivery.statuses {
         let error = s.errors.as_ref().map(|e| e.to_string());
-        if engine.apply_status(&s.id, &s.status, error.as_deref()).await? {
+        let recipient = (!s.recipient.is_empty()).then_some(s.recipient.as_str());
+        if engine
+            .apply_status(recipient, &s.id, &s.status, error.as_deref())
+            .await?
+        {
             statuses += 1;
         }
     }
