@@ -299,9 +299,10 @@ impl Worker {
         match outcome {
             SendOutcome::Sent { provider_id } => {
                 self.stats.sent.fetch_add(1, Relaxed);
+                let sent = [(row, provider_id)];
                 policy
                     .run("outbox_sent", || async {
-                        rows::mark_sent(&mut *self.db.pool().get().await?, row, &provider_id).await
+                        rows::mark_sent_batch(&mut *self.db.pool().get().await?, &sent).await
                     })
                     .await
             }

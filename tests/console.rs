@@ -150,6 +150,14 @@ async fn type_into(c: &Client, css: &str, text: &str) {
     e.send_keys(text).await.unwrap();
 }
 
+/// Picks `value` in the select `id`, as a user would (a change event).
+async fn choose(c: &Client, id: &str, value: &str) {
+    let script = format!(
+        "const f = document.getElementById({id:?}); f.value = {value:?}; f.dispatchEvent(new Event('change'));"
+    );
+    Client::execute(c, &script, vec![]).await.unwrap();
+}
+
 /// Severe entries of the browser's console (errors, failed loads).
 async fn console_errors(c: &Client) -> Vec<String> {
     let log = c
@@ -279,23 +287,9 @@ async fn the_console_lists_answers_hands_off_and_tracks_delivery_live() {
 
     // Filters and search narrow the list (the conversation is the agent's now).
     let rows = "document.querySelectorAll('#conversations li.conv').length";
-    Client::execute(
-        &c,
-        "const f = document.getElementById('filter-handoff'); f.value = 'false'; \
-         f.dispatchEvent(new Event('change'));",
-        vec![],
-    )
-    .await
-    .unwrap();
+    choose(&c, "filter-handoff", "false").await;
     until(&c, "no bot conversations", &format!("{rows} === 0")).await;
-    Client::execute(
-        &c,
-        "const f = document.getElementById('filter-handoff'); f.value = 'true'; \
-         f.dispatchEvent(new Event('change'));",
-        vec![],
-    )
-    .await
-    .unwrap();
+    choose(&c, "filter-handoff", "true").await;
     until(&c, "the agent's conversation", &format!("{rows} === 1")).await;
     type_into(&c, "#search", "999").await;
     until(&c, "no match", "!document.getElementById('list-empty').hidden").await;

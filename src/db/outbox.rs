@@ -43,37 +43,8 @@ pub async fn claim(conn: &mut AsyncPgConnection, limit: i64, lease_ms: i64) -> R
     .await?)
 }
 
-/// The row was sent: store the provider id on it and on its message.
-pub async fn mark_sent(conn: &mut AsyncPgConnection, row: &Claimed, provider_id: &str) -> Result<()> {
-    let (phone, key, id) = (row.phone.clone(), row.idempotency_key.clone(), row.id);
-    let provider_id = provider_id.to_string();
-    conn.transaction::<_, Error, _>(async move |conn| {
-        diesel::update(outbox::table.find((&phone, id)))
-            .set((
-                outbox::status.eq("sent"),
-                outbox::provider_message_id.eq(&provider_id),
-                outbox::last_error.eq(None::<String>),
-                outbox::updated_at.eq(diesel::dsl::now),
-            ))
-            .execute(conn)
-            .await?;
-        diesel::update(messages::table)
-            .filter(messages::phone.eq(&phone))
-            .filter(messages::outbox_key.eq(&key))
-            .set((
-                messages::status.eq("sent"),
-                messages::provider_message_id.eq(&provider_id),
-                messages::updated_at.eq(diesel::dsl::now),
-            ))
-            .execute(conn)
-            .await?;
-        Ok(())
-    })
-    .await
-}
-
-/// Several rows were sent: [`mark_sent`] for all of them in one
-/// transaction (one commit instead of one each). Rows are updated in key
+/// Rows were sent: store each provider id on its row and on its message,
+/// all in one transaction (one commit instead of one each). Rows are updated in key
 /// order, so concurrent batches cannot deadlock.
 pub async fn mark_sent_batch(conn: &mut AsyncPgConnection, sent: &[(&Claimed, String)]) -> Result<()> {
     use diesel::sql_types::{Array, BigInt, Text};

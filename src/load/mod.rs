@@ -130,7 +130,9 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-async fn start_own(args: &LoadArgs) -> anyhow::Result<OwnServer> {
+/// A fresh folder for a run's database and files, enterable by the server
+/// user (the embedded cluster may run as another user).
+fn run_dir() -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(format!(
         "switchboard-load-{}-{}",
@@ -139,6 +141,11 @@ async fn start_own(args: &LoadArgs) -> anyhow::Result<OwnServer> {
     ));
     std::fs::create_dir_all(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
+
+async fn start_own(args: &LoadArgs) -> anyhow::Result<OwnServer> {
+    let dir = run_dir()?;
     let graph = FakeGraph::start()?;
     let app_secret = Secret::new(format!("{:032x}", rand::random::<u128>()));
     let mut s = Settings::default();
@@ -217,16 +224,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         _ => None,
     };
     let mut procs = if multi {
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-load-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&dir)?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-        }
+        let dir = run_dir()?;
         let bin = match &args.serve_bin {
             Some(b) => b.clone(),
             None => std::env::current_exe()?,
