@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use clap::Parser;
+use switchboard::load::report::Report;
 use switchboard::load::{self, LoadArgs};
 
 #[derive(Parser)]
@@ -18,6 +19,19 @@ struct Args {
 /// One multi-process run at a time: each starts a database and several
 /// processes, and the machine has two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What every run must show: the fault named in the report, and the
+/// invariant checker run and passed.
+fn holds(report: &Report, chaos: &str) {
+    let said = report.chaos.as_deref().unwrap_or_default();
+    assert!(said.contains(chaos), "{said:?} lacks {chaos:?}");
+    assert!(report.invariants_checked);
+    assert!(
+        report.invariant_violations.is_empty(),
+        "{:?}",
+        report.invariant_violations
+    );
+}
 
 fn args(line: &str) -> LoadArgs {
     let drain = if line.contains("--drain") { "" } else { "--drain 60" };
@@ -37,12 +51,7 @@ async fn three_processes_on_one_database_keep_every_contract_and_share_events() 
     .await
     .unwrap();
     assert_eq!(report.processes, 3);
-    assert!(report.invariants_checked);
-    assert!(
-        report.invariant_violations.is_empty(),
-        "{:?}",
-        report.invariant_violations
-    );
+    holds(&report, "");
     // Refusals can only be "busy, try again" (503, which WhatsApp retries),
     // when a phone's turn waits past engine.enqueue_timeout_ms on this
     // two-core machine running three debug builds: rare, never lossy.
@@ -76,19 +85,9 @@ async fn a_process_killed_mid_run_loses_nothing_and_applies_nothing_twice() {
     ))
     .await
     .unwrap();
-    assert!(
-        report.chaos.as_deref().unwrap_or_default().contains("killed"),
-        "{:?}",
-        report.chaos
-    );
-    assert!(report.invariants_checked);
     // Every acked message applied exactly once, versions contiguous, no
     // reply sent twice — with a process gone without any shutdown.
-    assert!(
-        report.invariant_violations.is_empty(),
-        "{:?}",
-        report.invariant_violations
-    );
+    holds(&report, "killed");
     assert!(report.acked > 0);
     // What the send API's lack of an idempotency key allows: a reply the
     // killed process had handed to the API but not yet recorded as sent
@@ -105,17 +104,7 @@ async fn postgres_crashing_mid_run_gives_503s_then_recovers_without_losing_an_ac
     ))
     .await
     .unwrap();
-    assert!(
-        report.chaos.as_deref().unwrap_or_default().contains("immediate"),
-        "{:?}",
-        report.chaos
-    );
-    assert!(report.invariants_checked);
-    assert!(
-        report.invariant_violations.is_empty(),
-        "{:?}",
-        report.invariant_violations
-    );
+    holds(&report, "immediate");
     // While it was down the webhook said 503 (WhatsApp redelivers), and
     // only that; before and after, messages were acked and applied.
     assert!(report.errors > 0, "the outage was felt");
@@ -140,14 +129,9 @@ async fn connections_killed_again_and_again_are_retried_transparently() {
     ))
     .await
     .unwrap();
+    holds(&report, "connections terminated");
     let chaos = report.chaos.clone().unwrap_or_default();
-    assert!(chaos.contains("connections terminated"), "{chaos}");
     assert!(!chaos.starts_with("0 "), "connections were killed: {chaos}");
-    assert!(
-        report.invariant_violations.is_empty(),
-        "{:?}",
-        report.invariant_violations
-    );
     // Within the retry budget: a killed connection costs a retry, not an answer.
     assert_eq!(report.errors, 0, "{chaos}: {:?}", report.error_samples);
 }

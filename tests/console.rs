@@ -150,6 +150,15 @@ async fn type_into(c: &Client, css: &str, text: &str) {
     e.send_keys(text).await.unwrap();
 }
 
+/// Waits until the agent message `text` shows as sent.
+async fn until_sent(c: &Client, what: &str, text: &str) {
+    let expr = format!(
+        "[...document.querySelectorAll('#messages .msg.agent')].some(e => e.querySelector('.body').textContent === {text:?} \
+         && e.querySelector('.status').textContent.includes('sent'))"
+    );
+    until(c, what, &expr).await;
+}
+
 /// Picks `value` in the select `id`, as a user would (a change event).
 async fn choose(c: &Client, id: &str, value: &str) {
     let script = format!(
@@ -316,15 +325,7 @@ async fn the_console_lists_answers_hands_off_and_tracks_delivery_live() {
         .send_keys("\u{E007}")
         .await
         .unwrap(); // Enter
-    until(
-        &c,
-        "the agent's message, sent",
-        &format!(
-            "[...document.querySelectorAll('#messages .msg.agent')].some(e => e.querySelector('.body').textContent === {reply:?} \
-             && e.querySelector('.status').textContent.includes('sent'))"
-        ),
-    )
-    .await;
+    until_sent(&c, "the agent's message, sent", reply).await;
     let seen = js(&c, "window.__seen").await;
     assert_eq!(seen[0], "sending", "shown as sending first: {seen}");
     assert!(seen.as_array().unwrap().contains(&json!("sent")), "then sent: {seen}");
@@ -441,15 +442,7 @@ async fn the_console_lists_answers_hands_off_and_tracks_delivery_live() {
         .click()
         .await
         .unwrap();
-    until(
-        &c,
-        "the retried message, sent",
-        &format!(
-            "[...document.querySelectorAll('#messages .msg.agent')].some(e => e.querySelector('.body').textContent === {second:?} \
-             && e.querySelector('.status').textContent.includes('sent'))"
-        ),
-    )
-    .await;
+    until_sent(&c, "the retried message, sent", second).await;
     let copies: i64 = messages::table
         .filter(messages::phone.eq(phone))
         .filter(messages::body.eq(second))

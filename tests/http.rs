@@ -26,6 +26,19 @@ async fn app(db: &TestDb) -> TestApp {
     TestApp::spawn(db, secure, None).await
 }
 
+/// A secured app with one more setting changed.
+async fn app_with(db: &TestDb, adjust: impl FnOnce(&mut switchboard::config::Settings)) -> TestApp {
+    TestApp::spawn(
+        db,
+        |s| {
+            secure(s);
+            adjust(s);
+        },
+        None,
+    )
+    .await
+}
+
 async fn inbox_count(db: &TestDb) -> i64 {
     inbox::table.count().get_result(&mut db.admin().await).await.unwrap()
 }
@@ -733,15 +746,7 @@ async fn the_list_names_the_contact_and_the_overview_needs_a_token() {
 #[actix_web::test]
 async fn oversized_headers_get_431_and_store_nothing() {
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(
-        &db,
-        |s| {
-            secure(s);
-            s.server.max_header_bytes = 4096;
-        },
-        None,
-    )
-    .await;
+    let app = app_with(&db, |s| s.server.max_header_bytes = 4096).await;
     let body = serde_json::to_vec(&delivery(vec![change(
         vec![text_message(PHONE, "wamid.big-header", "hola")],
         vec![],
@@ -786,16 +791,8 @@ async fn oversized_headers_get_431_and_store_nothing() {
 async fn a_client_that_never_finishes_its_request_head_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(
-        &db,
-        |s| {
-            secure(s);
-            s.server.request_head_timeout_ms = 200;
-        },
-        None,
-    )
-    .await;
-    let addr = app.base.trim_start_matches("http://").to_string();
+    let app = app_with(&db, |s| s.server.request_head_timeout_ms = 200).await;
+    let addr = app.addr();
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     slow.write_all(b"POST /webhook HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     // The server answers 408 and closes; the read ends well before this
@@ -814,16 +811,8 @@ async fn a_client_that_never_finishes_its_request_head_is_cut_off() {
 async fn connections_past_the_limit_wait_until_one_closes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(
-        &db,
-        |s| {
-            secure(s);
-            s.server.max_connections = 1;
-        },
-        None,
-    )
-    .await;
-    let addr = app.base.trim_start_matches("http://").to_string();
+    let app = app_with(&db, |s| s.server.max_connections = 1).await;
+    let addr = app.addr();
     // One connection per worker fills the server (the limit is shared out
     // per worker, at least one each). Each has been served once and is
     // kept alive.
