@@ -64,6 +64,120 @@ async fn a_thousand_messages_to_one_phone_are_applied_in_order_with_contiguous_v
     engine.shutdown().await.unwrap();
 }
 
+/// The rules model, except that a message saying "espera" is understood
+/// only once the test opens the gate.
+struct Gated(Arc<tokio::sync::Semaphore>);
+impl switchboard::ai::Model for Gated {
+    fn name(&self) -> &'static str {
+        "gated"
+    }
+    fn detect_intent(
+        &self,
+        req: Arc<switchboard::ai::IntentRequest>,
+    ) -> futures_util::future::BoxFuture<'static, Result<Option<String>, switchboard::ai::ModelError>> {
+        let gate = self.0.clone();
+        Box::pin(async move {
+            if req.text.contains("espera") {
+                let _ = gate.acquire().await;
+            }
+            switchboard::ai::rules::RulesModel.detect_intent(req).await
+        })
+    }
+    fn extract_slot(
+        &self,
+        req: Arc<switchboard::ai::SlotRequest>,
+    ) -> futures_util::future::BoxFuture<'static, Result<Option<String>, switchboard::ai::ModelError>> {
+        switchboard::ai::rules::RulesModel.extract_slot(req)
+    }
+}
+
+#[tokio::test]
+async fn messages_that_queue_up_behind_a_busy_conversation_are_applied_as_one_chain_in_order() {
+    let db = TestDb::migrated().await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut settings = engine_settings(&db);
+    settings.ai.intent_timeout_ms = 60_000;
+    let engine = Engine::builder(settings)
+        .database(db.database())
+        .flow(example_flow())
+        .model(Arc::new(Gated(gate.clone())))
+        .start()
+        .await
+        .unwrap();
+    let mut events = engine.subscribe();
+    say(&engine, PHONE, "wamid.q0", "espera").await;
+    // While the first message is being understood, twenty more are accepted.
+    for i in 1..=20 {
+        say(&engine, PHONE, &format!("wamid.q{i}"), &format!("mensaje {i}")).await;
+    }
+    gate.add_permits(1);
+    engine.wait_idle().await;
+    let s = engine.conversation(PHONE).await.unwrap().unwrap();
+    assert_eq!(s.version, 21, "one version per message");
+    let inbound: Vec<String> = transcript(&db, PHONE)
+        .await
+        .into_iter()
+        .filter(|(o, _)| o == "user")
+        .map(|(_, b)| b)
+        .collect();
+    let expected: Vec<String> = std::iter::once("espera".to_string())
+        .chain((1..=20).map(|i| format!("mensaje {i}")))
+        .collect();
+    assert_eq!(inbound, expected, "applied in the order accepted");
+    let st = engine.stats();
+    assert_eq!(st.processed, 21);
+    assert_eq!(st.conflicts, 0);
+    assert_eq!(
+        (st.batches, st.batched_writes),
+        (2, 21),
+        "what was queued when the actor started (the first message, perhaps a few more), \
+         then everything that waited behind it: two commits"
+    );
+    // Every step is published once, with its own version, in order.
+    let versions: Vec<i64> = (0..21)
+        .map(|_| events.try_recv().expect("an event per step").version)
+        .collect();
+    assert_eq!(versions, (1..=21).collect::<Vec<i64>>());
+    assert_eq!(unprocessed(&db).await, 0);
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_messages_to_one_phone_share_registration_commits_and_are_applied_in_inbox_order() {
+    let db = TestDb::migrated().await;
+    let engine = engine(&db, |_| {}).await;
+    let ids: Vec<(String, String)> = (0..200)
+        .map(|i| (format!("wamid.c{i}"), format!("mensaje {i}")))
+        .collect();
+    let acks = futures_util::future::join_all(ids.iter().map(|(id, body)| say(&engine, PHONE, id, body))).await;
+    assert!(acks.iter().all(|a| a.first));
+    engine.wait_idle().await;
+    let s = engine.conversation(PHONE).await.unwrap().unwrap();
+    assert_eq!(s.version, 200, "one version per message, none lost");
+    // Applied (messages rows are written in step order) in inbox id order.
+    let applied: Vec<Option<i64>> = switchboard::db::schema::messages::table
+        .filter(switchboard::db::schema::messages::phone.eq(PHONE))
+        .filter(switchboard::db::schema::messages::direction.eq("in"))
+        .order(switchboard::db::schema::messages::id)
+        .select(switchboard::db::schema::messages::inbox_id)
+        .load(&mut db.admin().await)
+        .await
+        .unwrap();
+    let mut in_id_order = applied.clone();
+    in_id_order.sort();
+    assert_eq!(applied.len(), 200);
+    assert_eq!(applied, in_id_order, "applied in the order the inbox numbered them");
+    let st = engine.stats();
+    assert_eq!((st.processed, st.conflicts, st.registrations), (200, 0, 200));
+    assert!(
+        st.registration_batches < 50,
+        "one phone's registrations share commits: {} statements for 200",
+        st.registration_batches
+    );
+    assert_eq!(unprocessed(&db).await, 0);
+    engine.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_seed_004_race_two_concurrent_deliveries_both_apply_one_after_the_other() {
     let db = TestDb::migrated().await;

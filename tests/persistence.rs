@@ -275,6 +275,23 @@ async fn a_batch_of_registrations_dedupes_like_single_ones_and_answers_in_input_
         (false, 2, first[1].inbox_id)
     );
     assert!(again[1].first);
+    // One phone's new messages are numbered in the order they came (the
+    // order they are applied in), whatever their provider ids.
+    let arrival = register_batch(
+        &mut conn,
+        &[
+            d("5215500000004", "w.9"),
+            d("5215500000004", "w.5"),
+            d("5215500000001", "w.a"),
+            d("5215500000004", "w.1"),
+        ],
+        lease,
+    )
+    .await
+    .unwrap();
+    let ids: Vec<i64> = [0, 1, 3].iter().map(|i| arrival[*i].inbox_id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(arrival[2].inbox_id, first[1].inbox_id);
 }
 
 #[tokio::test]
@@ -356,4 +373,144 @@ async fn an_accepted_message_is_resumed_by_another_process_only_when_its_holder_
         .unwrap();
     assert_eq!(ids(unprocessed(&mut conn, PHONE, c, 10).await.unwrap()), ["w.1"]);
     assert_eq!(phones_with_unprocessed(&mut conn, c, false).await.unwrap(), [PHONE]);
+}
+
+#[tokio::test]
+async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_it_cannot_apply() {
+    use switchboard::db::inbox::{register_batch, Lease, OwnedDelivery};
+    use switchboard::db::schema::{inbox, messages, sessions};
+    use switchboard::db::steps::{commit_batch, NewMessage, StepWrite, WriteOutcome};
+    const OTHER: &str = "5215500000009";
+    let test = TestDb::migrated().await;
+    let db = test.database();
+    let mut conn = test.admin().await;
+    db.load_or_create_session(PHONE, "inicio").await.unwrap();
+    db.load_or_create_session(OTHER, "inicio").await.unwrap();
+    let lease = Lease {
+        holder: 1,
+        millis: 30_000,
+    };
+    let d = |id: &str| OwnedDelivery {
+        phone: PHONE.into(),
+        provider_message_id: id.into(),
+        payload: json!({"id": id}),
+        contact_name: None,
+    };
+    let regs = register_batch(&mut conn, &[d("w.1"), d("w.2"), d("w.3"), d("w.4"), d("w.5")], lease)
+        .await
+        .unwrap();
+    let ids: Vec<i64> = regs.iter().map(|r| r.inbox_id).collect();
+    let step = |phone: &str, expected: i64, state: &str, inbox_id: Option<i64>| StepWrite {
+        phone: phone.into(),
+        expected_version: expected,
+        flow_state: state.into(),
+        data: json!({"at": state}),
+        handoff: false,
+        inbox_id,
+        dedupe_key: None,
+        messages: vec![NewMessage {
+            phone: phone.into(),
+            direction: "in",
+            origin: "user",
+            body: state.into(),
+            inbox_id,
+            provider_message_id: None,
+            status: "received",
+            outbox_key: None,
+        }],
+        outbox: Vec::new(),
+        outcomes: Vec::new(),
+    };
+    // Three steps of one phone and one of another, in one transaction.
+    let out = commit_batch(
+        &mut conn,
+        &[
+            step(PHONE, 0, "s1", Some(ids[0])),
+            step(OTHER, 0, "o1", None),
+            step(PHONE, 1, "s2", Some(ids[1])),
+            step(PHONE, 2, "s3", Some(ids[2])),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out,
+        [
+            WriteOutcome::Committed { version: 1 },
+            WriteOutcome::Committed { version: 1 },
+            WriteOutcome::Committed { version: 2 },
+            WriteOutcome::Committed { version: 3 },
+        ]
+    );
+    let (state, version, data): (String, i64, serde_json::Value) = sessions::table
+        .filter(sessions::phone.eq(PHONE))
+        .select((sessions::flow_state, sessions::version, sessions::data))
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((state.as_str(), version, data), ("s3", 3, json!({"at": "s3"})));
+    let bodies: Vec<String> = messages::table
+        .filter(messages::phone.eq(PHONE))
+        .order(messages::id)
+        .select(messages::body)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(bodies, ["s1", "s2", "s3"]);
+    let done: i64 = inbox::table
+        .filter(inbox::processed_at.is_not_null())
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(done, 3);
+    // A chain whose second step repeats an applied message: the first
+    // commits, the rest of the chain is refused and nothing of it is written.
+    let out = commit_batch(
+        &mut conn,
+        &[
+            step(PHONE, 3, "s4", Some(ids[3])),
+            step(PHONE, 4, "again", Some(ids[2])),
+            step(PHONE, 5, "s5", Some(ids[4])),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out,
+        [
+            WriteOutcome::Committed { version: 4 },
+            WriteOutcome::AlreadyProcessed,
+            WriteOutcome::Conflict { actual: Some(3) },
+        ]
+    );
+    // A chain built on a stale version: nothing of it commits.
+    let out = commit_batch(
+        &mut conn,
+        &[step(PHONE, 3, "stale", Some(ids[4])), step(PHONE, 4, "stale2", None)],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out,
+        [
+            WriteOutcome::Conflict { actual: Some(4) },
+            WriteOutcome::Conflict { actual: Some(4) },
+        ]
+    );
+    let (state, version): (String, i64) = sessions::table
+        .filter(sessions::phone.eq(PHONE))
+        .select((sessions::flow_state, sessions::version))
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((state.as_str(), version), ("s4", 4));
+    let bodies: Vec<String> = messages::table
+        .filter(messages::phone.eq(PHONE))
+        .order(messages::id)
+        .select(messages::body)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(bodies, ["s1", "s2", "s3", "s4"]);
 }

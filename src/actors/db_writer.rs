@@ -42,10 +42,12 @@ impl Default for GroupCommitSettings {
     }
 }
 
-/// Commit one step. The answer comes when its batch has committed.
+/// Commit the steps of one phone, in order (a chain: each on the version
+/// the one before makes). The answer — one outcome per step — comes when
+/// its batch has committed.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<WriteOutcome, Error>")]
-pub struct Persist(pub StepWrite);
+#[rtype(result = "Result<Vec<WriteOutcome>, Error>")]
+pub struct Persist(pub Vec<StepWrite>);
 
 /// Register one inbound delivery (atomic dedupe). Registrations of
 /// concurrent requests share one statement and one commit.
@@ -62,18 +64,24 @@ pub struct WriterStats {
     pub duplicates: AtomicU64,
     pub failed_batches: AtomicU64,
     pub largest_batch: AtomicU64,
+    /// Registration statements (each a commit) and the deliveries they held.
+    pub registration_batches: AtomicU64,
+    pub registrations: AtomicU64,
 }
 
 /// Room in the writer's mailbox (far above `engine.max_live_sessions`).
 const WRITER_MAILBOX: usize = 1 << 20;
 
-type Waiter = oneshot::Sender<Result<WriteOutcome, Error>>;
+type Waiter = oneshot::Sender<Result<Vec<WriteOutcome>, Error>>;
 
 pub struct DbWriter {
     db: Database,
     settings: GroupCommitSettings,
-    pending: Vec<(StepWrite, Waiter)>,
+    pending: Vec<(Vec<StepWrite>, Waiter)>,
     registrations: Vec<(OwnedDelivery, oneshot::Sender<Result<Registration, Error>>)>,
+    /// Phones with a registration batch in flight: one at a time per phone,
+    /// so a phone's messages are numbered in the order they came.
+    registering: HashSet<String>,
     in_flight: usize,
     stats: Arc<WriterStats>,
     /// Woken after a commit that queued outbound messages.
@@ -95,6 +103,7 @@ impl DbWriter {
             settings,
             pending: Vec::new(),
             registrations: Vec::new(),
+            registering: HashSet::new(),
             in_flight: 0,
             stats,
             outbox,
@@ -108,12 +117,29 @@ impl DbWriter {
         // Registrations first: a webhook waits for them to answer.
         while self.in_flight < slots && !self.registrations.is_empty() {
             let batch = self.take_registrations();
+            if batch.is_empty() {
+                // Every waiting phone has a batch in flight.
+                break;
+            }
+            let phones: Vec<String> = batch.iter().map(|(d, _)| d.phone.clone()).collect();
+            self.stats.registration_batches.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .registrations
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            self.registering.extend(phones.iter().cloned());
             self.in_flight += 1;
             let db = self.db.clone();
-            ctx.spawn(register(db, batch, self.lease).into_actor(self).map(|(), act, ctx| {
-                act.in_flight -= 1;
-                act.flush(ctx);
-            }));
+            ctx.spawn(
+                register(db, batch, self.lease)
+                    .into_actor(self)
+                    .map(move |(), act, ctx| {
+                        for p in &phones {
+                            act.registering.remove(p);
+                        }
+                        act.in_flight -= 1;
+                        act.flush(ctx);
+                    }),
+            );
         }
         while self.in_flight < slots && !self.pending.is_empty() {
             let batch = self.take_batch();
@@ -137,16 +163,23 @@ impl DbWriter {
     }
 
     /// Up to `max_batch` registrations with distinct keys (a repeated key
-    /// waits for the next batch: one statement may not touch a row twice).
+    /// waits for the next batch: one statement may not touch a row twice),
+    /// of phones with no batch in flight. Once one registration of a phone
+    /// waits, so do the phone's later ones: they keep their order.
     fn take_registrations(&mut self) -> Vec<(OwnedDelivery, oneshot::Sender<Result<Registration, Error>>)> {
         let mut keys = HashSet::new();
+        let mut held: HashSet<String> = HashSet::new();
         let mut batch = Vec::new();
         let mut rest = Vec::new();
         for (d, tx) in self.registrations.drain(..) {
-            let key = (d.phone.clone(), d.provider_message_id.clone());
-            if batch.len() < self.settings.max_batch.max(1) && keys.insert(key) {
+            let free = !self.registering.contains(&d.phone) && !held.contains(&d.phone);
+            if free
+                && batch.len() < self.settings.max_batch.max(1)
+                && keys.insert((d.phone.clone(), d.provider_message_id.clone()))
+            {
                 batch.push((d, tx));
             } else {
+                held.insert(d.phone.clone());
                 rest.push((d, tx));
             }
         }
@@ -154,17 +187,22 @@ impl DbWriter {
         batch
     }
 
-    /// Up to `max_batch` pending writes, at most one per phone (a second
-    /// write for a phone waits for the next batch, keeping per-phone order).
-    fn take_batch(&mut self) -> Vec<(StepWrite, Waiter)> {
+    /// Pending chains of up to `max_batch` writes in all (at least one
+    /// chain), at most one chain per phone (a second waits for the next
+    /// batch, keeping per-phone order).
+    fn take_batch(&mut self) -> Vec<(Vec<StepWrite>, Waiter)> {
         let mut phones = HashSet::new();
         let mut batch = Vec::new();
+        let mut writes = 0;
         let mut rest = Vec::new();
-        for (w, tx) in self.pending.drain(..) {
-            if batch.len() < self.settings.max_batch.max(1) && phones.insert(w.phone.clone()) {
-                batch.push((w, tx));
+        for (chain, tx) in self.pending.drain(..) {
+            let phone = chain.first().map(|w| w.phone.clone()).unwrap_or_default();
+            let fits = batch.is_empty() || writes + chain.len() <= self.settings.max_batch.max(1);
+            if fits && phones.insert(phone) {
+                writes += chain.len();
+                batch.push((chain, tx));
             } else {
-                rest.push((w, tx));
+                rest.push((chain, tx));
             }
         }
         self.pending = rest;
@@ -174,8 +212,10 @@ impl DbWriter {
 
 /// Commits one batch and answers its waiters; true if outbound messages
 /// were committed.
-async fn commit(db: Database, batch: Vec<(StepWrite, Waiter)>, stats: Arc<WriterStats>) -> bool {
-    let (writes, waiters): (Vec<StepWrite>, Vec<Waiter>) = batch.into_iter().unzip();
+async fn commit(db: Database, batch: Vec<(Vec<StepWrite>, Waiter)>, stats: Arc<WriterStats>) -> bool {
+    let lengths: Vec<usize> = batch.iter().map(|(c, _)| c.len()).collect();
+    let (chains, waiters): (Vec<Vec<StepWrite>>, Vec<Waiter>) = batch.into_iter().unzip();
+    let writes: Vec<StepWrite> = chains.into_iter().flatten().collect();
     let mut queued_outbound = false;
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
@@ -207,7 +247,7 @@ async fn commit(db: Database, batch: Vec<(StepWrite, Waiter)>, stats: Arc<Writer
                     .map(|(_, w)| w.phone.as_str());
                 replica.note(written, lsn);
             }
-            for ((outcome, tx), w) in outcomes.into_iter().zip(waiters).zip(&writes) {
+            for (outcome, w) in outcomes.iter().zip(&writes) {
                 if matches!(outcome, WriteOutcome::Committed { .. }) && !w.outbox.is_empty() {
                     queued_outbound = true;
                 }
@@ -216,7 +256,10 @@ async fn commit(db: Database, batch: Vec<(StepWrite, Waiter)>, stats: Arc<Writer
                     WriteOutcome::AlreadyProcessed => stats.duplicates.fetch_add(1, Ordering::Relaxed),
                     WriteOutcome::Committed { .. } => 0,
                 };
-                let _ = tx.send(Ok(outcome));
+            }
+            let mut outcomes = outcomes.into_iter();
+            for (n, tx) in lengths.into_iter().zip(waiters) {
+                let _ = tx.send(Ok(outcomes.by_ref().take(n).collect()));
             }
         }
         Err(e) => {
@@ -293,11 +336,15 @@ impl Actor for DbWriter {
 }
 
 impl Handler<Persist> for DbWriter {
-    type Result = ResponseFuture<Result<WriteOutcome, Error>>;
+    type Result = ResponseFuture<Result<Vec<WriteOutcome>, Error>>;
 
     fn handle(&mut self, msg: Persist, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        self.pending.push((msg.0, tx));
+        if msg.0.is_empty() {
+            let _ = tx.send(Ok(Vec::new()));
+        } else {
+            self.pending.push((msg.0, tx));
+        }
         self.flush(ctx);
         Box::pin(async move {
             rx.await

@@ -11,14 +11,105 @@
 //! capacity, then enqueue. actix's own bounded mailbox is not used for this,
 //! because senders parked on a full actix mailbox may enter in any order.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
 use actix::prelude::*;
 use dashmap::DashMap;
 
-use super::session::{SessionActor, SessionDeps, Stop};
+use super::session::{Inbound, SessionActor, SessionDeps, Stop};
+
+/// Turns for one phone's senders, first come, first served. A sender takes
+/// a ticket (and starts what must start in arrival order, such as its
+/// registration, while taking it), may then wait for slow work without
+/// holding anyone up, and waits for its turn only to enqueue: one phone's
+/// registrations overlap, its mailbox order stays the arrival order.
+#[derive(Default)]
+pub(crate) struct Sequencer {
+    state: Mutex<SeqState>,
+}
+
+#[derive(Default)]
+struct SeqState {
+    /// The next ticket to hand out.
+    next: u64,
+    /// The ticket whose turn it is.
+    serving: u64,
+    /// Tickets given up before their turn (skipped when it comes).
+    skipped: BTreeSet<u64>,
+    /// Tickets waiting for their turn.
+    waiting: HashMap<u64, tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Sequencer {
+    fn state(&self) -> MutexGuard<'_, SeqState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the next ticket; `start` runs before anyone can take another.
+    pub fn take<R>(self: &Arc<Self>, start: impl FnOnce() -> R) -> (Ticket, R) {
+        let mut st = self.state();
+        let number = st.next;
+        st.next += 1;
+        let r = start();
+        drop(st);
+        (
+            Ticket {
+                seq: self.clone(),
+                number,
+            },
+            r,
+        )
+    }
+}
+
+/// A place in a phone's line; its turn ends when it is dropped.
+pub(crate) struct Ticket {
+    seq: Arc<Sequencer>,
+    number: u64,
+}
+
+impl Ticket {
+    /// Waits until every earlier ticket is done (cancel-safe: dropping the
+    /// ticket gives its place up).
+    pub async fn wait(&self) {
+        let rx = {
+            let mut st = self.seq.state();
+            if st.serving == self.number {
+                return;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            st.waiting.insert(self.number, tx);
+            rx
+        };
+        let _ = rx.await;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut st = self.seq.state();
+        st.waiting.remove(&self.number);
+        if st.serving != self.number {
+            st.skipped.insert(self.number);
+            return;
+        }
+        st.serving += 1;
+        loop {
+            let next = st.serving;
+            if !st.skipped.remove(&next) {
+                break;
+            }
+            st.serving += 1;
+        }
+        let next = st.serving;
+        if let Some(tx) = st.waiting.remove(&next) {
+            let _ = tx.send(());
+        }
+    }
+}
 
 /// One live actor.
 #[derive(Clone)]
@@ -28,10 +119,13 @@ pub(crate) struct Slot {
     pub pending: Arc<AtomicUsize>,
     /// Messages in the actor's mailbox or handler (≤ the mailbox capacity).
     pub queued: Arc<AtomicUsize>,
-    /// Held while enqueueing: keeps senders of one phone in arrival order.
-    pub order: Arc<tokio::sync::Mutex<()>>,
+    /// Hands out turns: keeps senders of one phone in arrival order.
+    pub order: Arc<Sequencer>,
     /// Signalled when a message of this actor is answered (room in the mailbox).
     pub room: Arc<tokio::sync::Notify>,
+    /// Inbound messages in mailbox order, shared with the actor: it takes
+    /// every one waiting and applies them as one chain (per-phone batching).
+    pub inbound: Inbound,
     last_used_ms: Arc<AtomicU64>,
 }
 
@@ -94,14 +188,17 @@ impl Registry {
                 let arbiter = &self.0.arbiters[(id as usize) % self.0.arbiters.len()];
                 let phone = phone.to_string();
                 let deps = deps.clone();
-                let addr = SessionActor::start_in_arbiter(arbiter, move |_| SessionActor::new(phone, id, deps));
+                let inbound: Inbound = Arc::new(Mutex::new(Default::default()));
+                let side = inbound.clone();
+                let addr = SessionActor::start_in_arbiter(arbiter, move |_| SessionActor::new(phone, id, deps, side));
                 Slot {
                     addr,
                     id,
                     pending: Arc::new(AtomicUsize::new(0)),
                     queued: Arc::new(AtomicUsize::new(0)),
-                    order: Arc::new(tokio::sync::Mutex::new(())),
+                    order: Arc::new(Sequencer::default()),
                     room: Arc::new(tokio::sync::Notify::new()),
+                    inbound,
                     last_used_ms: Arc::new(AtomicU64::new(0)),
                 }
             });

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -35,6 +35,13 @@ use crate::phone::mask;
 const RECENT_CAPACITY: usize = 1024;
 /// Unprocessed inbox rows fetched per resume round.
 const RESUME_BATCH: i64 = 500;
+
+/// Inbound messages waiting for one actor, in mailbox order. The engine
+/// pushes each message here when it puts its `Apply` in the mailbox; the
+/// actor takes all that wait and applies them as one chain, committed
+/// together. An `Apply` whose message a chain already took finds it
+/// applied and answers at once.
+pub(crate) type Inbound = Arc<Mutex<VecDeque<PendingInbound>>>;
 
 /// What every session actor shares.
 pub(crate) struct SessionDeps {
@@ -131,16 +138,18 @@ pub struct SessionActor {
     phone: String,
     id: u64,
     deps: Arc<SessionDeps>,
+    inbound: Inbound,
     core: Option<Core>,
     last_active: Instant,
 }
 
 impl SessionActor {
-    pub(crate) fn new(phone: String, id: u64, deps: Arc<SessionDeps>) -> Self {
+    pub(crate) fn new(phone: String, id: u64, deps: Arc<SessionDeps>, inbound: Inbound) -> Self {
         Self {
             phone,
             id,
             deps,
+            inbound,
             core: None,
             last_active: Instant::now(),
         }
@@ -211,12 +220,9 @@ impl Handler<Apply> for SessionActor {
     type Result = AtomicResponse<Self, Result<()>>;
 
     fn handle(&mut self, msg: Apply, _: &mut Context<Self>) -> Self::Result {
+        let inbound = self.inbound.clone();
         self.atomic(|deps, phone, core| {
-            async move {
-                let (core, r) = run_inbound(&deps, &phone, core, Some(msg.0)).await;
-                (core, r)
-            }
-            .boxed()
+            async move { run_inbound(&deps, &phone, core, Some(msg.0), &inbound).await }.boxed()
         })
     }
 }
@@ -225,7 +231,8 @@ impl Handler<Wake> for SessionActor {
     type Result = AtomicResponse<Self, Result<()>>;
 
     fn handle(&mut self, _: Wake, _: &mut Context<Self>) -> Self::Result {
-        self.atomic(|deps, phone, core| async move { run_inbound(&deps, &phone, core, None).await }.boxed())
+        let inbound = self.inbound.clone();
+        self.atomic(|deps, phone, core| async move { run_inbound(&deps, &phone, core, None, &inbound).await }.boxed())
     }
 }
 
@@ -317,19 +324,22 @@ async fn fetch_unprocessed(deps: &SessionDeps, phone: &str) -> Result<Vec<Pendin
         .await
 }
 
-/// Applies `first` (if any) and, after a (re)start, every unprocessed inbox
-/// row of the phone in acceptance order. Crashes restart from the database.
+/// Applies `first` (if any), the messages waiting in `inbound`, and, after
+/// a (re)start, every unprocessed inbox row of the phone — in acceptance
+/// order, several at a time as one chain when they queue up. Crashes
+/// restart from the database.
 async fn run_inbound(
     deps: &SessionDeps,
     phone: &str,
     core: Option<Core>,
     first: Option<PendingInbound>,
+    inbound: &Inbound,
 ) -> (Option<Core>, Result<()>) {
     let mut queue: VecDeque<PendingInbound> = VecDeque::new();
     let mut core = match core {
         Some(c) => match first {
-            // A mailbox copy of a row this actor already applied (or
-            // quarantined) while resuming: nothing to do.
+            // A mailbox copy of a row this actor already applied (in a
+            // chain, or while resuming): nothing to do but what waits.
             Some(f) if c.recent.contains(&f.id) => c,
             Some(f) => {
                 queue.push_back(f);
@@ -362,22 +372,71 @@ async fn run_inbound(
             c
         }
     };
-    // Rows read from the inbox are unprocessed by definition; only the
-    // mailbox copy (`first`) needed the check above.
-    while let Some(item) = queue.pop_front() {
-        let id = item.id;
-        let outcome = std::panic::AssertUnwindSafe(apply_inbound(deps, phone, &mut core, item))
-            .catch_unwind()
-            .await;
-        let reason = match outcome {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) if e.is_retryable() => {
-                // The database is unreachable beyond the retry budget: leave the
-                // row in the inbox (resumed later) and report it.
-                return (Some(core), Err(e));
+    // Everything else waiting in the mailbox, in order (its `Apply`
+    // messages will find it applied). Rows read from the inbox are
+    // unprocessed by definition; the rest needs the check.
+    let waiting: Vec<PendingInbound> = inbound.lock().map(|mut q| q.drain(..).collect()).unwrap_or_default();
+    for p in waiting {
+        if !core.recent.contains(&p.id) && !queue.iter().any(|q| q.id == p.id) {
+            queue.push_back(p);
+        }
+    }
+    let chain_max = deps.settings.group_commit.max_batch.max(1);
+    // Messages at the front to apply one at a time (after a chain stopped
+    // on a conflict, a duplicate or a crash).
+    let mut singles = 0usize;
+    while !queue.is_empty() {
+        let (id, reason) = if singles == 0 && queue.len() > 1 && chain_max > 1 {
+            let n = queue.len().min(chain_max);
+            let chain: Vec<PendingInbound> = queue.drain(..n).collect();
+            let outcome = std::panic::AssertUnwindSafe(apply_chain(deps, phone, &mut core, chain.clone()))
+                .catch_unwind()
+                .await;
+            match outcome {
+                Ok(Ok(end)) => {
+                    let crashed = end.crash.and_then(|reason| end.rest.first().map(|m| (m.id, reason)));
+                    // The first one not committed goes the careful way.
+                    singles = usize::from(!end.rest.is_empty());
+                    for p in end.rest.into_iter().rev() {
+                        queue.push_front(p);
+                    }
+                    match crashed {
+                        Some(c) => c,
+                        None => continue,
+                    }
+                }
+                Ok(Err(e)) if e.is_retryable() => return (Some(core), Err(e)),
+                _ => {
+                    // The commit itself failed: find which message fails, one
+                    // at a time, from the database's state.
+                    core = match load_core(deps, phone, std::mem::take(&mut core.recent)).await {
+                        Ok(c) => c,
+                        Err(e) => return (None, Err(e)),
+                    };
+                    singles = chain.len();
+                    for p in chain.into_iter().rev() {
+                        queue.push_front(p);
+                    }
+                    continue;
+                }
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(panic) => panic_text(panic.as_ref()),
+        } else {
+            singles = singles.saturating_sub(1);
+            let Some(item) = queue.pop_front() else { break };
+            let id = item.id;
+            let outcome = std::panic::AssertUnwindSafe(apply_inbound(deps, phone, &mut core, item))
+                .catch_unwind()
+                .await;
+            match outcome {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) if e.is_retryable() => {
+                    // The database is unreachable beyond the retry budget: leave the
+                    // row in the inbox (resumed later) and report it.
+                    return (Some(core), Err(e));
+                }
+                Ok(Err(e)) => (id, e.to_string()),
+                Err(panic) => (id, panic_text(panic.as_ref())),
+            }
         };
         // A crash: let the supervisor decide, restart from the database, resume.
         let decision = deps
@@ -406,8 +465,108 @@ async fn run_inbound(
             Ok(rows) => rows.into(),
             Err(e) => return (Some(core), Err(e)),
         };
+        singles = 0;
     }
     (Some(core), Ok(()))
+}
+
+/// How a chain ended.
+struct ChainEnd {
+    /// The messages not committed, in order.
+    rest: Vec<PendingInbound>,
+    /// Why the first of `rest` crashed while being stepped (it and the rest
+    /// were not sent to the database; those before it were committed).
+    crash: Option<String>,
+}
+
+/// Applies several queued messages of the phone as one chain: each is
+/// understood and stepped on the state the one before leaves, and all are
+/// committed in one transaction. Returns the messages not committed: from
+/// the first that met a conflict or a duplicate, or that crashed while
+/// being stepped (those before a crash are committed without it).
+async fn apply_chain(deps: &SessionDeps, phone: &str, core: &mut Core, chain: Vec<PendingInbound>) -> Result<ChainEnd> {
+    let mut at = Snapshot::of(core);
+    let mut steps = Vec::with_capacity(chain.len());
+    let mut writes = Vec::with_capacity(chain.len());
+    let mut crash = None;
+    for msg in &chain {
+        let text = inbound_text(&msg.payload);
+        let stepped = std::panic::AssertUnwindSafe(async {
+            if let Some(m) = &deps.middleware {
+                m.before_step(phone, &text)?;
+            }
+            Ok::<_, String>(understand_and_step(deps, &at, &text, msg.id).await)
+        })
+        .catch_unwind()
+        .await;
+        let result = match stepped {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                crash = Some(Error::Processing(e).to_string());
+                break;
+            }
+            Err(panic) => {
+                crash = Some(panic_text(panic.as_ref()));
+                break;
+            }
+        };
+        writes.push(inbound_write(phone, at.version, msg, &text, &result));
+        at = Snapshot {
+            state: result.state.clone(),
+            data: result.data.clone(),
+            handoff: result.handoff,
+            version: at.version + 1,
+        };
+        steps.push((text, result));
+    }
+    let (total, stepped) = (chain.len(), writes.len());
+    let outcomes = deps
+        .writer
+        .send(Persist(writes))
+        .await
+        .map_err(|e| Error::Unavailable(format!("DB writer: {e}")))??;
+    let mut rest = Vec::new();
+    let mut steps = steps.into_iter();
+    let mut outcomes = outcomes.into_iter();
+    for msg in chain {
+        match (steps.next(), outcomes.next()) {
+            (Some((text, result)), Some(WriteOutcome::Committed { version })) if rest.is_empty() => {
+                deps.stats.processed.fetch_add(1, Ordering::Relaxed);
+                publish(deps, phone, version, &result, &msg, &text);
+                core.state = result.state;
+                core.data = result.data;
+                core.handoff = result.handoff;
+                core.version = version;
+                core.remember(msg.id);
+            }
+            _ => rest.push(msg),
+        }
+    }
+    // A crash is the first of `rest`'s only when every step before it committed.
+    if rest.len() > total - stepped {
+        crash = None;
+    }
+    tracing::debug!(phone = %mask(phone), version = core.version, left = rest.len(), "chain applied");
+    Ok(ChainEnd { rest, crash })
+}
+
+/// The part of a conversation a step reads.
+struct Snapshot {
+    state: String,
+    data: Value,
+    handoff: bool,
+    version: i64,
+}
+
+impl Snapshot {
+    fn of(c: &Core) -> Self {
+        Self {
+            state: c.state.clone(),
+            data: c.data.clone(),
+            handoff: c.handoff,
+            version: c.version,
+        }
+    }
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
@@ -429,13 +588,9 @@ async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Pe
     let retries = deps.settings.conflict_retries;
     let policy = deps.db.retry_policy();
     for attempt in 0..=retries {
-        let result = understand_and_step(deps, core, &text, msg.id).await;
-        let write = inbound_write(phone, core, &msg, &text, &result);
-        let answer = deps
-            .writer
-            .send(Persist(write))
-            .await
-            .map_err(|e| Error::Unavailable(format!("DB writer: {e}")))?;
+        let result = understand_and_step(deps, &Snapshot::of(core), &text, msg.id).await;
+        let write = inbound_write(phone, core.version, &msg, &text, &result);
+        let answer = persist_one(deps, write).await?;
         match answer {
             Ok(WriteOutcome::Committed { version }) => {
                 deps.stats.processed.fetch_add(1, Ordering::Relaxed);
@@ -470,7 +625,20 @@ async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Pe
     Err(Error::Processing(format!("gave up after {} conflicts", retries + 1)))
 }
 
-async fn understand_and_step(deps: &SessionDeps, core: &Core, text: &str, inbox_id: i64) -> StepResult {
+/// Commits one write alone (a chain of one).
+async fn persist_one(deps: &SessionDeps, write: StepWrite) -> Result<Result<WriteOutcome>> {
+    let answer = deps
+        .writer
+        .send(Persist(vec![write]))
+        .await
+        .map_err(|e| Error::Unavailable(format!("DB writer: {e}")))?;
+    Ok(answer.and_then(|mut o| {
+        o.pop()
+            .ok_or_else(|| Error::Unavailable("DB writer: no outcome".into()))
+    }))
+}
+
+async fn understand_and_step(deps: &SessionDeps, core: &Snapshot, text: &str, inbox_id: i64) -> StepResult {
     let flow = &deps.flow;
     let mut understanding = flow::Understanding::default();
     if !core.handoff {
@@ -503,7 +671,7 @@ async fn understand_and_step(deps: &SessionDeps, core: &Core, text: &str, inbox_
     )
 }
 
-fn inbound_write(phone: &str, core: &Core, msg: &PendingInbound, text: &str, r: &StepResult) -> StepWrite {
+fn inbound_write(phone: &str, expected_version: i64, msg: &PendingInbound, text: &str, r: &StepResult) -> StepWrite {
     let mut messages = vec![NewMessage {
         phone: phone.to_string(),
         direction: "in",
@@ -540,7 +708,7 @@ fn inbound_write(phone: &str, core: &Core, msg: &PendingInbound, text: &str, r: 
     }
     StepWrite {
         phone: phone.to_string(),
-        expected_version: core.version,
+        expected_version,
         flow_state: r.state.clone(),
         data: r.data.clone(),
         handoff: r.handoff,
@@ -607,11 +775,7 @@ async fn write_fresh(
     let retries = deps.settings.conflict_retries;
     for attempt in 0..=retries {
         let Some(write) = build(core) else { return Ok(None) };
-        let answer = deps
-            .writer
-            .send(Persist(write))
-            .await
-            .map_err(|e| Error::Unavailable(format!("DB writer: {e}")))?;
+        let answer = persist_one(deps, write).await?;
         match answer {
             Ok(WriteOutcome::Committed { version }) => return Ok(Some(Written::Committed { version })),
             Ok(WriteOutcome::AlreadyProcessed) => {

@@ -129,8 +129,10 @@ pub struct Lease {
 
 /// Registers many deliveries in one statement (one commit): the batched
 /// form of [`register`], with the same atomic dedupe. Keys must be distinct
-/// within the batch; rows are written in key order, so concurrent batches
-/// cannot deadlock. Results come back in input order. New rows are leased
+/// within the batch. New rows get their ids in input order (the order of
+/// acceptance: one phone's messages are applied in id order) but are
+/// written in key order, so concurrent batches cannot deadlock. Results
+/// come back in input order. New rows are leased
 /// to `lease.holder`; a redelivery takes the lease over only once it has
 /// run out.
 #[tracing::instrument(skip_all, fields(batch = batch.len()))]
@@ -140,20 +142,19 @@ pub async fn register_batch(
     lease: Lease,
 ) -> Result<Vec<Registration>> {
     use diesel::sql_types::{Array, Jsonb, Nullable, Text};
-    let mut order: Vec<usize> = (0..batch.len()).collect();
-    order.sort_by(|a, b| {
-        (&batch[*a].phone, &batch[*a].provider_message_id).cmp(&(&batch[*b].phone, &batch[*b].provider_message_id))
-    });
-    let phones: Vec<&str> = order.iter().map(|i| batch[*i].phone.as_str()).collect();
-    let ids: Vec<&str> = order.iter().map(|i| batch[*i].provider_message_id.as_str()).collect();
-    let payloads: Vec<&serde_json::Value> = order.iter().map(|i| &batch[*i].payload).collect();
-    let names: Vec<Option<&str>> = order.iter().map(|i| batch[*i].contact_name.as_deref()).collect();
+    let phones: Vec<&str> = batch.iter().map(|d| d.phone.as_str()).collect();
+    let ids: Vec<&str> = batch.iter().map(|d| d.provider_message_id.as_str()).collect();
+    let payloads: Vec<&serde_json::Value> = batch.iter().map(|d| &d.payload).collect();
+    let names: Vec<Option<&str>> = batch.iter().map(|d| d.contact_name.as_deref()).collect();
+    let arrival: Vec<i64> = (0..batch.len() as i64).collect();
     let rows: Vec<Registered> = diesel::sql_query(
-        "INSERT INTO inbox (phone, provider_message_id, payload, contact_name, leased_by, lease_until) \
-         SELECT u.phone, u.pid, u.payload, u.name, $5, now() + $6 * interval '1 millisecond' \
-         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[]) \
-              WITH ORDINALITY AS u(phone, pid, payload, name, ord) \
-         ORDER BY u.ord \
+        "INSERT INTO inbox (id, phone, provider_message_id, payload, contact_name, leased_by, lease_until) \
+         SELECT s.id, s.phone, s.pid, s.payload, s.name, $5, now() + $6 * interval '1 millisecond' \
+         FROM (SELECT u.*, nextval('inbox_id_seq') AS id \
+               FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $7::int8[]) \
+                    AS u(phone, pid, payload, name, arrival) \
+               ORDER BY u.arrival OFFSET 0) AS s \
+         ORDER BY s.phone, s.pid \
          ON CONFLICT (phone, provider_message_id) DO UPDATE \
             SET delivery_count = inbox.delivery_count + 1, last_delivery_at = now(), \
                 leased_by = CASE WHEN inbox.lease_until < now() THEN EXCLUDED.leased_by ELSE inbox.leased_by END, \
@@ -167,6 +168,7 @@ pub async fn register_batch(
     .bind::<Array<Nullable<Text>>, _>(&names)
     .bind::<diesel::sql_types::BigInt, _>(lease.holder)
     .bind::<diesel::sql_types::BigInt, _>(lease.millis)
+    .bind::<Array<diesel::sql_types::BigInt>, _>(&arrival)
     .load(conn)
     .await?;
     let found: std::collections::HashMap<(String, String), Registration> = rows

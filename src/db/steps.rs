@@ -1,5 +1,6 @@
 //! The step transaction: everything one conversation step changes, written
-//! together, for a batch of independent phones at once (group commit).
+//! together, for a batch of phones at once (group commit); several steps
+//! of one phone go as a chain, each on the version the one before made.
 //!
 //! One batch = one transaction:
 //! 1. lock the batch's session rows in phone order (`FOR UPDATE`, sorted, so
@@ -7,7 +8,8 @@
 //! 2. drop the writes whose expected version is stale (a conflict) or whose
 //!    inbound message is already processed (a duplicate);
 //! 3. apply the rest with one statement per table: versioned session
-//!    update, messages, outbox, outcomes, `inbox.processed_at`.
+//!    update (once per phone, to its chain's last state), messages, outbox,
+//!    outcomes, `inbox.processed_at`.
 //!
 //! Each write gets its own [`WriteOutcome`].
 
@@ -86,9 +88,13 @@ pub enum WriteOutcome {
     AlreadyProcessed,
 }
 
-/// Commits a batch of writes for distinct phones in one transaction.
-/// Returns one outcome per write, in the input order. A database error
-/// fails the whole batch (nothing is committed) and is returned to all.
+/// Commits a batch of writes in one transaction. Several writes of one
+/// phone form a chain: they apply in the order given, each expecting the
+/// version the one before it commits (per-phone batching). Returns one
+/// outcome per write, in the input order; once a write of a chain is not
+/// committed, the rest of its chain is reported as a conflict (it was
+/// computed on a state that did not happen). A database error fails the
+/// whole batch (nothing is committed) and is returned to all.
 #[tracing::instrument(skip_all, fields(batch = writes.len()))]
 pub async fn commit_batch(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> Result<Vec<WriteOutcome>> {
     if writes.is_empty() {
@@ -96,29 +102,35 @@ pub async fn commit_batch(conn: &mut AsyncPgConnection, writes: &[StepWrite]) ->
     }
     let mut phones: Vec<&str> = writes.iter().map(|w| w.phone.as_str()).collect();
     phones.sort_unstable();
-    if phones.windows(2).any(|w| w[0] == w[1]) {
-        return Err(Error::InvalidInput("a batch holds at most one write per phone".into()));
-    }
+    phones.dedup();
     conn.transaction::<_, Error, _>(async move |conn| {
         let versions = lock_sessions(conn, &phones).await?;
         let mut processed = processed_inbox(conn, writes).await?;
         processed.extend(existing_keys(conn, writes).await?);
+        // Per phone: the version its chain has reached, and whether it broke.
+        let mut reached: HashMap<&str, (Option<i64>, bool)> = HashMap::with_capacity(phones.len());
         let mut results = Vec::with_capacity(writes.len());
         let mut valid: Vec<&StepWrite> = Vec::with_capacity(writes.len());
         for w in writes {
             let actual = versions.get(w.phone.as_str()).copied();
+            let (at, broken) = reached.entry(w.phone.as_str()).or_insert((actual, false));
             let applied = w
                 .inbox_id
                 .is_some_and(|id| processed.contains(&(w.phone.clone(), Key::Inbox(id))))
                 || w.dedupe_key
                     .as_ref()
                     .is_some_and(|k| processed.contains(&(w.phone.clone(), Key::Outbox(k.clone()))));
-            let outcome = if applied {
+            let outcome = if *broken {
+                WriteOutcome::Conflict { actual }
+            } else if applied {
+                *broken = true;
                 WriteOutcome::AlreadyProcessed
-            } else if actual != Some(w.expected_version) {
+            } else if *at != Some(w.expected_version) {
+                *broken = true;
                 WriteOutcome::Conflict { actual }
             } else {
                 valid.push(w);
+                *at = Some(w.expected_version + 1);
                 WriteOutcome::Committed {
                     version: w.expected_version + 1,
                 }
@@ -174,6 +186,14 @@ async fn existing_keys(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> Re
     Ok(rows.into_iter().map(|(p, k)| (p, Key::Outbox(k))).collect())
 }
 
+#[derive(QueryableByName)]
+struct PhoneId {
+    #[diesel(sql_type = Text)]
+    phone: String,
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
 async fn processed_inbox(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> Result<HashSet<(String, Key)>> {
     let (phones, ids): (Vec<&str>, Vec<i64>) = writes
         .iter()
@@ -182,27 +202,61 @@ async fn processed_inbox(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> 
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
-    let rows: Vec<(String, i64)> = inbox::table
-        .filter(inbox::phone.eq_any(&phones))
-        .filter(inbox::id.eq_any(&ids))
-        .filter(inbox::processed_at.is_not_null())
-        .select((inbox::phone, inbox::id))
-        .load(conn)
-        .await?;
-    Ok(rows.into_iter().map(|(p, id)| (p, Key::Inbox(id))).collect())
+    // Pairs joined on the primary key: `phone = ANY(..) AND id = ANY(..)`
+    // over a chain repeats one phone, and the planner, counting each copy,
+    // scanned the whole table for a busy phone.
+    let rows: Vec<PhoneId> = diesel::sql_query(
+        "SELECT i.phone, i.id FROM unnest($1::text[], $2::int8[]) AS u(phone, id) \
+         JOIN inbox i ON i.phone = u.phone AND i.id = u.id \
+         WHERE i.processed_at IS NOT NULL",
+    )
+    .bind::<Array<Text>, _>(&phones)
+    .bind::<Array<BigInt>, _>(&ids)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.phone, Key::Inbox(r.id))).collect())
+}
+
+/// One session row's update: a chain's first expected version, its last
+/// write's state, and how many writes it applies.
+struct SessionUpdate<'a> {
+    expected: i64,
+    last: &'a StepWrite,
+    steps: i64,
 }
 
 async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()> {
-    let phones: Vec<&str> = valid.iter().map(|w| w.phone.as_str()).collect();
-    let states: Vec<&str> = valid.iter().map(|w| w.flow_state.as_str()).collect();
-    let data: Vec<&serde_json::Value> = valid.iter().map(|w| &w.data).collect();
-    let handoffs: Vec<bool> = valid.iter().map(|w| w.handoff).collect();
-    let expected: Vec<i64> = valid.iter().map(|w| w.expected_version).collect();
+    // A chain updates its session row once, to its last state.
+    let mut order: Vec<&str> = Vec::new();
+    let mut updates: HashMap<&str, SessionUpdate> = HashMap::new();
+    for w in valid {
+        updates
+            .entry(w.phone.as_str())
+            .and_modify(|u| {
+                u.last = w;
+                u.steps += 1;
+            })
+            .or_insert_with(|| {
+                order.push(w.phone.as_str());
+                SessionUpdate {
+                    expected: w.expected_version,
+                    last: w,
+                    steps: 1,
+                }
+            });
+    }
+    let rows: Vec<&SessionUpdate> = order.iter().map(|p| &updates[p]).collect();
+    let phones: Vec<&str> = order.clone();
+    let states: Vec<&str> = rows.iter().map(|u| u.last.flow_state.as_str()).collect();
+    let data: Vec<&serde_json::Value> = rows.iter().map(|u| &u.last.data).collect();
+    let handoffs: Vec<bool> = rows.iter().map(|u| u.last.handoff).collect();
+    let expected: Vec<i64> = rows.iter().map(|u| u.expected).collect();
+    let steps: Vec<i64> = rows.iter().map(|u| u.steps).collect();
     let updated = diesel::sql_query(
         "UPDATE sessions AS s SET flow_state = u.flow_state, data = u.data, handoff = u.handoff, \
-                version = s.version + 1, updated_at = now() \
-         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::bool[], $5::int8[]) \
-              AS u(phone, flow_state, data, handoff, expected) \
+                version = s.version + u.steps, updated_at = now() \
+         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::bool[], $5::int8[], $6::int8[]) \
+              AS u(phone, flow_state, data, handoff, expected, steps) \
          WHERE s.phone = u.phone AND s.version = u.expected",
     )
     .bind::<Array<Text>, _>(&phones)
@@ -210,13 +264,14 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
     .bind::<Array<Jsonb>, _>(&data)
     .bind::<Array<Bool>, _>(&handoffs)
     .bind::<Array<BigInt>, _>(&expected)
+    .bind::<Array<BigInt>, _>(&steps)
     .execute(conn)
     .await?;
-    if updated != valid.len() {
+    if updated != rows.len() {
         // Impossible while the rows are locked; refuse to commit half a batch.
         return Err(Error::InvalidInput(format!(
             "versioned update touched {updated} of {} locked sessions",
-            valid.len()
+            rows.len()
         )));
     }
     let msgs: Vec<&NewMessage> = valid.iter().flat_map(|w| &w.messages).collect();
@@ -243,10 +298,14 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
         .filter_map(|w| w.inbox_id.map(|id| (w.phone.as_str(), id)))
         .unzip();
     if !in_ids.is_empty() {
+        // No `processed_at IS NULL` filter (they were checked above, under
+        // the session locks): with it the planner reads the partial
+        // unprocessed index, whose statistics lag behind a busy phone's
+        // backlog, and hashed the whole backlog for every batch.
         diesel::sql_query(
-            "UPDATE inbox AS i SET processed_at = now(), attempts = i.attempts + 1 \
+            "UPDATE inbox AS i SET processed_at = coalesce(i.processed_at, now()), attempts = i.attempts + 1 \
              FROM unnest($1::text[], $2::int8[]) AS u(phone, id) \
-             WHERE i.phone = u.phone AND i.id = u.id AND i.processed_at IS NULL",
+             WHERE i.phone = u.phone AND i.id = u.id",
         )
         .bind::<Array<Text>, _>(&in_phones)
         .bind::<Array<BigInt>, _>(&in_ids)

@@ -22,7 +22,7 @@ pub use settings::EngineSettings;
 
 use crate::actors::ai::{AiActor, AiStats, AiStatsSnapshot};
 use crate::actors::db_writer::{DbWriter, Register, WriterStats};
-use crate::actors::registry::{Registry, Slot};
+use crate::actors::registry::{Registry, Slot, Ticket};
 use crate::actors::session::{
     AgentAck, AgentSend, Apply, ConversationView, Read, SessionActor, SessionDeps, SetHandoff, Wake,
 };
@@ -101,6 +101,8 @@ pub struct StatsSnapshot {
     pub batched_writes: u64,
     pub largest_batch: u64,
     pub failed_batches: u64,
+    pub registration_batches: u64,
+    pub registrations: u64,
     pub crashes: u64,
     pub restarts: u64,
     pub quarantined: u64,
@@ -339,7 +341,7 @@ impl EngineBuilder {
 /// A phone's turn to register and enqueue (see [`Engine::turn`]).
 struct Turn {
     slot: Slot,
-    _guard: tokio::sync::OwnedMutexGuard<()>,
+    _ticket: Ticket,
 }
 
 /// Counts work in flight; [`Engine::wait_idle`] waits for zero.
@@ -396,26 +398,67 @@ impl Engine {
             ));
         }
         let permit = self.enqueue_permit().await?;
-        // Registration happens during the phone's turn: inbox ids of a phone
-        // grow in the order its messages enter the mailbox, i.e. the order
-        // they are applied.
-        let turn = self.turn(&phone).await?;
-        // Registrations of concurrent requests share one commit (DB writer).
-        let reg = self
-            .inner
-            .writer
-            .send(Register(OwnedDelivery {
+        // The registration is handed to the DB writer as the phone's ticket
+        // is taken, so the writer sees a phone's messages in ticket order and
+        // numbers them in that order; registrations of concurrent requests
+        // share one commit. The message then enters the mailbox in its
+        // ticket's turn: inbox ids of a phone grow in the order they are
+        // applied, and one phone's registrations overlap.
+        let slot = self.slot(&phone)?;
+        let (ticket, registration) = slot.order.take(|| {
+            self.inner.writer.send(Register(OwnedDelivery {
                 phone: phone.clone(),
                 provider_message_id: m.provider_message_id.clone(),
                 payload: m.payload.clone(),
                 contact_name: m.contact_name.clone(),
             }))
+        });
+        // The rest goes on even if the caller stops waiting: once its
+        // registration is on its way, a message keeps its place in line
+        // (a later one must not be applied first). The caller's wait is
+        // bounded like every other wait of a webhook: past it, a 503 — the
+        // provider redelivers, and the redelivery finds the message stored.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        let guard = InFlightGuard::new(&self.inner.in_flight);
+        self.inner.main_arbiter.spawn(async move {
+            let pending = (m.provider_message_id, m.payload);
+            let r = this
+                .enqueue_registered(phone, pending, slot, ticket, registration, permit)
+                .await;
+            drop(guard);
+            let _ = tx.send(r);
+        });
+        let wait = Duration::from_millis(self.inner.settings.engine.enqueue_timeout_ms);
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(Error::Unavailable("the engine is shutting down".into())),
+            Err(_) => Err(Error::Unavailable(
+                "the message was not stored and queued in time; send it again".into(),
+            )),
+        }
+    }
+
+    /// Waits for a registration, then, in the ticket's turn, puts the
+    /// message in its actor's mailbox (unless it was applied already or
+    /// another process holds it).
+    async fn enqueue_registered(
+        &self,
+        phone: String,
+        (provider_message_id, payload): (String, serde_json::Value),
+        slot: Slot,
+        ticket: Ticket,
+        registration: Request<DbWriter, Register>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Accepted> {
+        let reg = registration
             .await
             .unwrap_or_else(|e| Err(Error::Unavailable(format!("DB writer: {e}"))));
         let reg = match reg {
             Ok(r) => r,
             Err(e) => {
-                self.abandon(turn);
+                // Not stored: its place in line is given up.
+                self.inner.registry.release(&slot, false);
                 return Err(e);
             }
         };
@@ -424,28 +467,34 @@ impl Engine {
         } else {
             self.inner.stats.redeliveries.fetch_add(1, Ordering::Relaxed);
         }
-        if reg.processed || reg.leased_by != self.inner.instance {
-            // Applied already; or another process holds it (it accepted the
-            // message first and applies it in its order; should it die,
-            // resume hands the message to a live process).
-            self.abandon(turn);
-        } else {
-            // A redelivery of a message not yet applied that this process
-            // holds is dispatched again: harmless (the actor skips what it
-            // applied), and it makes progress if the first dispatch was lost.
-            let msg = Apply(PendingInbound {
-                id: reg.inbox_id,
-                provider_message_id: m.provider_message_id,
-                payload: m.payload,
-            });
-            self.dispatch(phone, msg, Some(turn), Some(permit)).await?;
-        }
-        Ok(Accepted {
+        let accepted = Accepted {
             inbox_id: reg.inbox_id,
             first: reg.first,
             delivery_count: reg.delivery_count,
             already_processed: reg.processed,
-        })
+        };
+        if reg.processed || reg.leased_by != self.inner.instance {
+            // Applied already; or another process holds it (it accepted the
+            // message first and applies it in its order; should it die,
+            // resume hands the message to a live process).
+            self.inner.registry.release(&slot, false);
+            return Ok(accepted);
+        }
+        // Unbounded: every earlier ticket ends (a registration has a retry
+        // budget; an enqueue waits for the actor, which answers every message).
+        ticket.wait().await;
+        let turn = Turn { slot, _ticket: ticket };
+        // A redelivery of a message not yet applied that this process holds
+        // is dispatched again: harmless (the actor skips what it applied),
+        // and it makes progress if the first dispatch was lost.
+        let pending = PendingInbound {
+            id: reg.inbox_id,
+            provider_message_id,
+            payload,
+        };
+        self.dispatch(phone, Apply(pending.clone()), Some(turn), Some(permit), Some(pending))
+            .await?;
+        Ok(accepted)
     }
 
     /// Stores and queues a human agent's message; returns after the commit.
@@ -551,7 +600,7 @@ impl Engine {
             })
             .await?;
         if source == "inbox" {
-            self.dispatch(phone, Wake, None, None).await?;
+            self.dispatch(phone, Wake, None, None, None).await?;
         } else {
             self.inner.dispatcher.wake();
         }
@@ -608,6 +657,8 @@ impl Engine {
             batched_writes: l(&w.writes),
             largest_batch: l(&w.largest_batch),
             failed_batches: l(&w.failed_batches),
+            registration_batches: l(&w.registration_batches),
+            registrations: l(&w.registrations),
             crashes: l(&s.crashes),
             restarts: l(&s.restarts),
             quarantined: l(&s.quarantined),
@@ -688,19 +739,31 @@ impl Engine {
         }
     }
 
-    /// Waits for the phone's turn: senders of one phone go one at a time,
-    /// first come, first served, so what they register and enqueue keeps one
-    /// order. Activates the phone's actor if needed.
-    async fn turn(&self, phone: &str) -> Result<Turn> {
-        let slot = self
-            .inner
+    /// The phone's live actor (activated if needed), its pending count
+    /// raised: pair with a release.
+    fn slot(&self, phone: &str) -> Result<Slot> {
+        self.inner
             .registry
             .acquire(phone)
-            .ok_or_else(|| Error::Unavailable("engine not started".into()))?;
+            .ok_or_else(|| Error::Unavailable("engine not started".into()))
+    }
+
+    /// Waits for the phone's turn: senders of one phone enqueue one at a
+    /// time, first come, first served, so the mailbox keeps their order.
+    /// Activates the phone's actor if needed.
+    async fn turn(&self, phone: &str) -> Result<Turn> {
+        let slot = self.slot(phone)?;
+        let (ticket, ()) = slot.order.take(|| ());
+        self.wait_turn(slot, ticket).await
+    }
+
+    /// Waits (bounded) until `ticket`'s turn comes.
+    async fn wait_turn(&self, slot: Slot, ticket: Ticket) -> Result<Turn> {
         let wait = Duration::from_millis(self.inner.settings.engine.enqueue_timeout_ms);
-        match tokio::time::timeout(wait, slot.order.clone().lock_owned()).await {
-            Ok(guard) => Ok(Turn { slot, _guard: guard }),
+        match tokio::time::timeout(wait, ticket.wait()).await {
+            Ok(()) => Ok(Turn { slot, _ticket: ticket }),
             Err(_) => {
+                // Dropping the ticket gives its place up.
                 self.inner.registry.release(&slot, false);
                 Err(Error::Overloaded("the conversation is busy; try again".into()))
             }
@@ -713,9 +776,16 @@ impl Engine {
     }
 
     /// Puts `msg` in the mailbox during `turn`, waiting while the mailbox is
-    /// full. Returns the slot (to release when the answer comes) and the
-    /// pending answer.
-    async fn send_in_turn<M>(&self, turn: Turn, msg: M) -> Result<(Slot, Request<SessionActor, M>)>
+    /// full (`bounded`: at most `engine.enqueue_timeout_ms`), and `inbound` (the message an `Apply` carries) in the actor's
+    /// waiting list. Returns the slot (to release when the answer comes)
+    /// and the pending answer.
+    async fn send_in_turn<M>(
+        &self,
+        turn: Turn,
+        msg: M,
+        inbound: Option<PendingInbound>,
+        bounded: bool,
+    ) -> Result<(Slot, Request<SessionActor, M>)>
     where
         M: Message + Send + 'static,
         M::Result: Send,
@@ -734,13 +804,20 @@ impl Engine {
                 room.await;
             }
         };
-        if tokio::time::timeout(wait, room).await.is_err() {
+        if !bounded {
+            room.await;
+        } else if tokio::time::timeout(wait, room).await.is_err() {
             self.abandon(turn);
             return Err(Error::Overloaded(format!(
                 "the conversation already has {capacity} queued messages"
             )));
         }
         slot.queued.fetch_add(1, Ordering::SeqCst);
+        if let Some(p) = inbound {
+            if let Ok(mut waiting) = slot.inbound.lock() {
+                waiting.push_back(p);
+            }
+        }
         let request = slot.addr.send(msg);
         Ok((turn.slot.clone(), request))
     }
@@ -753,7 +830,7 @@ impl Engine {
         SessionActor: Handler<M>,
     {
         let turn = self.turn(phone).await?;
-        self.send_in_turn(turn, msg).await
+        self.send_in_turn(turn, msg, None, true).await
     }
 
     /// Sends `msg` to the phone's actor and waits for the answer. An actor
@@ -786,6 +863,7 @@ impl Engine {
         msg: M,
         turn: Option<Turn>,
         permit: Option<OwnedSemaphorePermit>,
+        inbound: Option<PendingInbound>,
     ) -> Result<()>
     where
         M: Message<Result = Result<()>> + Send + Clone + 'static,
@@ -796,7 +874,9 @@ impl Engine {
             Some(t) => t,
             None => self.turn(&phone).await?,
         };
-        let (slot, request) = self.send_in_turn(turn, msg.clone()).await?;
+        // Unbounded: the message is stored and has its place in line; the
+        // actor answers every message, so room comes.
+        let (slot, request) = self.send_in_turn(turn, msg.clone(), inbound, false).await?;
         let this = self.clone();
         self.inner.main_arbiter.spawn(async move {
             let answer = request.await;
@@ -831,7 +911,7 @@ impl Engine {
             tracing::info!(phones = phones.len(), "resuming unprocessed messages");
         }
         for phone in phones {
-            self.dispatch(phone, Wake, None, None).await?;
+            self.dispatch(phone, Wake, None, None, None).await?;
         }
         Ok(())
     }

@@ -41,6 +41,8 @@ counters! {
     crashes => "switchboard_session_crashes_total", "Session actor crashes.";
     quarantined => "switchboard_dead_letters_inbound_total", "Inbound messages moved to dead letters.";
     batches => "switchboard_commit_batches_total", "Group-commit transactions.";
+    batched_writes => "switchboard_committed_steps_total", "Steps written by group-commit transactions.";
+    registration_batches => "switchboard_registration_batches_total", "Inbox registration statements (each a commit).";
     ai_calls => "switchboard_model_calls_total", "Model calls.";
     ai_timeouts => "switchboard_model_timeouts_total", "Model calls over their timeout.";
     ai_errors => "switchboard_model_errors_total", "Model calls that failed.";
@@ -224,6 +226,8 @@ impl Metrics {
         sync(&e.crashes, s.crashes);
         sync(&e.quarantined, s.quarantined);
         sync(&e.batches, s.batches);
+        sync(&e.batched_writes, s.batched_writes);
+        sync(&e.registration_batches, s.registration_batches);
         sync(&e.ai_calls, s.ai.calls);
         sync(&e.ai_timeouts, s.ai.timeouts);
         sync(&e.ai_errors, s.ai.errors);
