@@ -403,6 +403,7 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
     let step = |phone: &str, expected: i64, state: &str, inbox_id: Option<i64>| StepWrite {
         phone: phone.into(),
         expected_version: expected,
+        create_as: None,
         flow_state: state.into(),
         data: json!({"at": state}),
         handoff: false,
@@ -513,4 +514,34 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
         .await
         .unwrap();
     assert_eq!(bodies, ["s1", "s2", "s3", "s4"]);
+    // A phone without a session: its first step creates it, in the step's
+    // transaction; a second writer that also started from "no session"
+    // finds version 1 and gets a conflict.
+    const NEW: &str = "5215500000077";
+    let first = StepWrite {
+        create_as: Some("inicio".into()),
+        ..step(NEW, 0, "n1", None)
+    };
+    assert_eq!(
+        commit_batch(&mut conn, std::slice::from_ref(&first)).await.unwrap(),
+        [WriteOutcome::Committed { version: 1 }]
+    );
+    assert_eq!(
+        commit_batch(&mut conn, &[first]).await.unwrap(),
+        [WriteOutcome::Conflict { actual: Some(1) }]
+    );
+    let (state, version): (String, i64) = sessions::table
+        .filter(sessions::phone.eq(NEW))
+        .select((sessions::flow_state, sessions::version))
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((state.as_str(), version), ("n1", 1));
+    // Without `create_as`, a missing session is a conflict, as before.
+    assert_eq!(
+        commit_batch(&mut conn, &[step("5215500000078", 0, "x", None)])
+            .await
+            .unwrap(),
+        [WriteOutcome::Conflict { actual: None }]
+    );
 }

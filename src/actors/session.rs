@@ -304,15 +304,30 @@ async fn ensure_core(deps: &SessionDeps, phone: &str, core: Option<Core>) -> Res
     }
 }
 
+/// The session as stored; a phone without one starts in the flow's initial
+/// state at version 0 (its first step creates the row: no commit here).
 async fn load_core(deps: &SessionDeps, phone: &str, recent: VecDeque<i64>) -> Result<Core> {
-    let s = deps.db.load_or_create_session(phone, &deps.flow.initial).await?;
-    Ok(Core {
-        state: s.flow_state,
-        data: s.data,
-        version: s.version,
-        handoff: s.handoff,
-        recent,
+    Ok(match deps.db.load_session(phone).await? {
+        Some(s) => Core {
+            state: s.flow_state,
+            data: s.data,
+            version: s.version,
+            handoff: s.handoff,
+            recent,
+        },
+        None => Core {
+            state: deps.flow.initial.clone(),
+            data: json!({}),
+            version: 0,
+            handoff: false,
+            recent,
+        },
     })
+}
+
+/// For a write on version 0: the state to create a missing session in.
+fn create_as(deps: &SessionDeps, expected_version: i64) -> Option<String> {
+    (expected_version == 0).then(|| deps.flow.initial.clone())
 }
 
 async fn fetch_unprocessed(deps: &SessionDeps, phone: &str) -> Result<Vec<PendingInbound>> {
@@ -510,7 +525,9 @@ async fn apply_chain(deps: &SessionDeps, phone: &str, core: &mut Core, chain: Ve
                 break;
             }
         };
-        writes.push(inbound_write(phone, at.version, msg, &text, &result));
+        let mut write = inbound_write(phone, at.version, msg, &text, &result);
+        write.create_as = create_as(deps, at.version);
+        writes.push(write);
         at = Snapshot {
             state: result.state.clone(),
             data: result.data.clone(),
@@ -589,7 +606,8 @@ async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Pe
     let policy = deps.db.retry_policy();
     for attempt in 0..=retries {
         let result = understand_and_step(deps, &Snapshot::of(core), &text, msg.id).await;
-        let write = inbound_write(phone, core.version, &msg, &text, &result);
+        let mut write = inbound_write(phone, core.version, &msg, &text, &result);
+        write.create_as = create_as(deps, core.version);
         let answer = persist_one(deps, write).await?;
         match answer {
             Ok(WriteOutcome::Committed { version }) => {
@@ -709,6 +727,7 @@ fn inbound_write(phone: &str, expected_version: i64, msg: &PendingInbound, text:
     StepWrite {
         phone: phone.to_string(),
         expected_version,
+        create_as: None,
         flow_state: r.state.clone(),
         data: r.data.clone(),
         handoff: r.handoff,
@@ -801,6 +820,8 @@ fn same_state(phone: &str, c: &Core) -> StepWrite {
     StepWrite {
         phone: phone.to_string(),
         expected_version: c.version,
+        // At version 0 the state is the one a new session starts in.
+        create_as: (c.version == 0).then(|| c.state.clone()),
         flow_state: c.state.clone(),
         data: c.data.clone(),
         handoff: c.handoff,

@@ -64,6 +64,11 @@ pub struct NewOutcome {
 pub struct StepWrite {
     pub phone: String,
     pub expected_version: i64,
+    /// With `expected_version` 0: the state to create the session in (at
+    /// version 0) if it does not exist yet. A conversation's row is created
+    /// by its first step, in the step's transaction: starting one costs no
+    /// commit of its own.
+    pub create_as: Option<String>,
     pub flow_state: String,
     pub data: serde_json::Value,
     pub handoff: bool,
@@ -104,6 +109,7 @@ pub async fn commit_batch(conn: &mut AsyncPgConnection, writes: &[StepWrite]) ->
     phones.sort_unstable();
     phones.dedup();
     conn.transaction::<_, Error, _>(async move |conn| {
+        create_sessions(conn, writes).await?;
         let versions = lock_sessions(conn, &phones).await?;
         let mut processed = processed_inbox(conn, writes).await?;
         processed.extend(existing_keys(conn, writes).await?);
@@ -143,6 +149,36 @@ pub async fn commit_batch(conn: &mut AsyncPgConnection, writes: &[StepWrite]) ->
         Ok(results)
     })
     .await
+}
+
+/// Creates, at version 0, the sessions that writes expecting version 0 say
+/// how to create — those that do not exist yet (a concurrent creator's row
+/// wins; the version check then tells whether this write still applies).
+async fn create_sessions(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> Result<()> {
+    let mut seen = HashSet::new();
+    let (phones, states): (Vec<&str>, Vec<&str>) = writes
+        .iter()
+        .filter(|w| w.expected_version == 0 && seen.insert(w.phone.as_str()))
+        .filter_map(|w| w.create_as.as_deref().map(|s| (w.phone.as_str(), s)))
+        .unzip();
+    if phones.is_empty() {
+        return Ok(());
+    }
+    let mut order: Vec<usize> = (0..phones.len()).collect();
+    order.sort_by_key(|i| phones[*i]);
+    let phones: Vec<&str> = order.iter().map(|i| phones[*i]).collect();
+    let states: Vec<&str> = order.iter().map(|i| states[*i]).collect();
+    // In phone order, like the locks below: concurrent batches cannot deadlock.
+    diesel::sql_query(
+        "INSERT INTO sessions (phone, flow_state) \
+         SELECT u.phone, u.state FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(phone, state, ord) \
+         ORDER BY u.ord ON CONFLICT (phone) DO NOTHING",
+    )
+    .bind::<Array<Text>, _>(&phones)
+    .bind::<Array<Text>, _>(&states)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 #[derive(QueryableByName)]
