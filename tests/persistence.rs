@@ -292,6 +292,21 @@ async fn a_batch_of_registrations_dedupes_like_single_ones_and_answers_in_input_
     let ids: Vec<i64> = [0, 1, 3].iter().map(|i| arrival[*i].inbox_id).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
     assert_eq!(arrival[2].inbox_id, first[1].inbox_id);
+    // Three batches of two sizes, one statement prepared on the connection
+    // (`diesel::sql_query` would have prepared it three times, unnamed).
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let prepared: Count = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_prepared_statements \
+         WHERE statement LIKE '%INSERT INTO inbox%' AND statement NOT LIKE '%pg_prepared_statements%'",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(prepared.n, 1);
 }
 
 #[tokio::test]

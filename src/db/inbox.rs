@@ -141,36 +141,46 @@ pub async fn register_batch(
     batch: &[OwnedDelivery],
     lease: Lease,
 ) -> Result<Vec<Registration>> {
-    use diesel::sql_types::{Array, Jsonb, Nullable, Text};
+    use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text};
     let phones: Vec<&str> = batch.iter().map(|d| d.phone.as_str()).collect();
     let ids: Vec<&str> = batch.iter().map(|d| d.provider_message_id.as_str()).collect();
     let payloads: Vec<&serde_json::Value> = batch.iter().map(|d| &d.payload).collect();
     let names: Vec<Option<&str>> = batch.iter().map(|d| d.contact_name.as_deref()).collect();
     let arrival: Vec<i64> = (0..batch.len() as i64).collect();
-    let rows: Vec<Registered> = diesel::sql_query(
-        "INSERT INTO inbox (id, phone, provider_message_id, payload, contact_name, leased_by, lease_until) \
-         SELECT s.id, s.phone, s.pid, s.payload, s.name, $5, now() + $6 * interval '1 millisecond' \
-         FROM (SELECT u.*, nextval('inbox_id_seq') AS id \
-               FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $7::int8[]) \
-                    AS u(phone, pid, payload, name, arrival) \
-               ORDER BY u.arrival OFFSET 0) AS s \
-         ORDER BY s.phone, s.pid \
-         ON CONFLICT (phone, provider_message_id) DO UPDATE \
-            SET delivery_count = inbox.delivery_count + 1, last_delivery_at = now(), \
-                leased_by = CASE WHEN inbox.lease_until < now() THEN EXCLUDED.leased_by ELSE inbox.leased_by END, \
-                lease_until = CASE WHEN inbox.lease_until < now() THEN EXCLUDED.lease_until \
-                                   ELSE inbox.lease_until END \
-         RETURNING phone, provider_message_id, id, delivery_count, processed_at IS NOT NULL AS processed, leased_by",
-    )
-    .bind::<Array<Text>, _>(&phones)
-    .bind::<Array<Text>, _>(&ids)
-    .bind::<Array<Jsonb>, _>(&payloads)
-    .bind::<Array<Nullable<Text>>, _>(&names)
-    .bind::<diesel::sql_types::BigInt, _>(lease.holder)
-    .bind::<diesel::sql_types::BigInt, _>(lease.millis)
-    .bind::<Array<diesel::sql_types::BigInt>, _>(&arrival)
-    .load(conn)
-    .await?;
+    let rows: Vec<Registered> = crate::db::sql::Cached::new("WITH lease AS (SELECT ")
+        .bind::<BigInt, _>(lease.holder)
+        .sql("::int8 AS holder, ")
+        .bind::<BigInt, _>(lease.millis)
+        .sql(
+            "::int8 AS millis) \
+             INSERT INTO inbox (id, phone, provider_message_id, payload, contact_name, leased_by, lease_until) \
+             SELECT s.id, s.phone, s.pid, s.payload, s.name, lease.holder, \
+                    now() + lease.millis * interval '1 millisecond' \
+             FROM (SELECT u.*, nextval('inbox_id_seq') AS id FROM unnest(",
+        )
+        .bind::<Array<Text>, _>(&phones)
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(&ids)
+        .sql("::text[], ")
+        .bind::<Array<Jsonb>, _>(&payloads)
+        .sql("::jsonb[], ")
+        .bind::<Array<Nullable<Text>>, _>(&names)
+        .sql("::text[], ")
+        .bind::<Array<BigInt>, _>(&arrival)
+        .sql(
+            "::int8[]) AS u(phone, pid, payload, name, arrival) ORDER BY u.arrival OFFSET 0) AS s, lease \
+             ORDER BY s.phone, s.pid \
+             ON CONFLICT (phone, provider_message_id) DO UPDATE \
+                SET delivery_count = inbox.delivery_count + 1, last_delivery_at = now(), \
+                    leased_by = CASE WHEN inbox.lease_until < now() THEN EXCLUDED.leased_by \
+                                     ELSE inbox.leased_by END, \
+                    lease_until = CASE WHEN inbox.lease_until < now() THEN EXCLUDED.lease_until \
+                                       ELSE inbox.lease_until END \
+             RETURNING phone, provider_message_id, id, delivery_count, processed_at IS NOT NULL AS processed, \
+                       leased_by",
+        )
+        .load(conn)
+        .await?;
     let found: std::collections::HashMap<(String, String), Registration> = rows
         .into_iter()
         .map(|r| {

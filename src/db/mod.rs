@@ -15,6 +15,7 @@ pub mod replica;
 #[rustfmt::skip]
 pub mod schema;
 pub mod sessions;
+pub mod sql;
 pub mod steps;
 
 use std::sync::{Arc, Mutex};

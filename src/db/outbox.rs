@@ -7,6 +7,7 @@ use diesel::sql_types::{BigInt, Integer, Jsonb, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::schema::{dead_letters, messages, outbox};
+use super::sql::Cached;
 use crate::error::{Error, Result};
 
 /// A claimed row, leased to this process until `lease` passes.
@@ -28,19 +29,22 @@ pub struct Claimed {
 /// lease expired (their process died mid-send). Each claim counts an attempt.
 #[tracing::instrument(skip_all, fields(limit))]
 pub async fn claim(conn: &mut AsyncPgConnection, limit: i64, lease_ms: i64) -> Result<Vec<Claimed>> {
-    Ok(diesel::sql_query(
-        "UPDATE outbox AS o SET status = 'sending', attempts = o.attempts + 1, \
-                next_attempt_at = now() + make_interval(secs => $2 / 1000.0), updated_at = now() \
-         FROM (SELECT phone, id FROM outbox \
-               WHERE status IN ('pending', 'sending') AND next_attempt_at <= now() \
-               ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) AS due \
-         WHERE o.phone = due.phone AND o.id = due.id \
-         RETURNING o.id, o.phone, o.payload, o.idempotency_key, o.attempts",
-    )
-    .bind::<BigInt, _>(limit)
-    .bind::<BigInt, _>(lease_ms)
-    .load(conn)
-    .await?)
+    Ok(Cached::new("WITH claim AS (SELECT ")
+        .bind::<BigInt, _>(limit)
+        .sql("::int8 AS n, ")
+        .bind::<BigInt, _>(lease_ms)
+        .sql(
+            "::int8 AS lease_ms) \
+             UPDATE outbox AS o SET status = 'sending', attempts = o.attempts + 1, \
+                    next_attempt_at = now() + make_interval(secs => claim.lease_ms / 1000.0), updated_at = now() \
+             FROM claim, (SELECT phone, id FROM outbox \
+                   WHERE status IN ('pending', 'sending') AND next_attempt_at <= now() \
+                   ORDER BY next_attempt_at, id LIMIT (SELECT n FROM claim) FOR UPDATE SKIP LOCKED) AS due \
+             WHERE o.phone = due.phone AND o.id = due.id \
+             RETURNING o.id, o.phone, o.payload, o.idempotency_key, o.attempts",
+        )
+        .load(conn)
+        .await?)
 }
 
 /// Rows were sent: store each provider id on its row and on its message,
@@ -55,25 +59,27 @@ pub async fn mark_sent_batch(conn: &mut AsyncPgConnection, sent: &[(&Claimed, St
     let keys: Vec<&str> = sorted.iter().map(|(r, _)| r.idempotency_key.as_str()).collect();
     let pids: Vec<&str> = sorted.iter().map(|(_, p)| p.as_str()).collect();
     conn.transaction::<_, Error, _>(async move |conn| {
-        diesel::sql_query(
+        Cached::new(
             "UPDATE outbox AS o SET status = 'sent', provider_message_id = u.pid, last_error = NULL, \
-                    updated_at = now() \
-             FROM unnest($1::text[], $2::bigint[], $3::text[]) AS u(phone, id, pid) \
-             WHERE o.phone = u.phone AND o.id = u.id",
+                    updated_at = now() FROM unnest(",
         )
         .bind::<Array<Text>, _>(&phones)
+        .sql("::text[], ")
         .bind::<Array<BigInt>, _>(&ids)
+        .sql("::bigint[], ")
         .bind::<Array<Text>, _>(&pids)
+        .sql("::text[]) AS u(phone, id, pid) WHERE o.phone = u.phone AND o.id = u.id")
         .execute(conn)
         .await?;
-        diesel::sql_query(
-            "UPDATE messages AS m SET status = 'sent', provider_message_id = u.pid, updated_at = now() \
-             FROM unnest($1::text[], $2::text[], $3::text[]) AS u(phone, key, pid) \
-             WHERE m.phone = u.phone AND m.outbox_key = u.key",
+        Cached::new(
+            "UPDATE messages AS m SET status = 'sent', provider_message_id = u.pid, updated_at = now() FROM unnest(",
         )
         .bind::<Array<Text>, _>(&phones)
+        .sql("::text[], ")
         .bind::<Array<Text>, _>(&keys)
+        .sql("::text[], ")
         .bind::<Array<Text>, _>(&pids)
+        .sql("::text[]) AS u(phone, key, pid) WHERE m.phone = u.phone AND m.outbox_key = u.key")
         .execute(conn)
         .await?;
         Ok(())

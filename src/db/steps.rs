@@ -21,6 +21,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
 use super::schema::{dead_letters, inbox, messages, outbox, outcomes};
+use super::sql::Cached;
 use crate::error::{Error, Result};
 use crate::phone::mask;
 
@@ -169,15 +170,13 @@ async fn create_sessions(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> 
     let phones: Vec<&str> = order.iter().map(|i| phones[*i]).collect();
     let states: Vec<&str> = order.iter().map(|i| states[*i]).collect();
     // In phone order, like the locks below: concurrent batches cannot deadlock.
-    diesel::sql_query(
-        "INSERT INTO sessions (phone, flow_state) \
-         SELECT u.phone, u.state FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(phone, state, ord) \
-         ORDER BY u.ord ON CONFLICT (phone) DO NOTHING",
-    )
-    .bind::<Array<Text>, _>(&phones)
-    .bind::<Array<Text>, _>(&states)
-    .execute(conn)
-    .await?;
+    Cached::new("INSERT INTO sessions (phone, flow_state) SELECT u.phone, u.state FROM unnest(")
+        .bind::<Array<Text>, _>(&phones)
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(&states)
+        .sql("::text[]) WITH ORDINALITY AS u(phone, state, ord) ORDER BY u.ord ON CONFLICT (phone) DO NOTHING")
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -190,11 +189,11 @@ struct PhoneVersion {
 }
 
 async fn lock_sessions(conn: &mut AsyncPgConnection, sorted_phones: &[&str]) -> Result<HashMap<String, i64>> {
-    let rows: Vec<PhoneVersion> =
-        diesel::sql_query("SELECT phone, version FROM sessions WHERE phone = ANY($1) ORDER BY phone FOR UPDATE")
-            .bind::<Array<Text>, _>(sorted_phones)
-            .load(conn)
-            .await?;
+    let rows: Vec<PhoneVersion> = Cached::new("SELECT phone, version FROM sessions WHERE phone = ANY(")
+        .bind::<Array<Text>, _>(sorted_phones)
+        .sql(") ORDER BY phone FOR UPDATE")
+        .load(conn)
+        .await?;
     Ok(rows.into_iter().map(|r| (r.phone, r.version)).collect())
 }
 
@@ -241,15 +240,16 @@ async fn processed_inbox(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> 
     // Pairs joined on the primary key: `phone = ANY(..) AND id = ANY(..)`
     // over a chain repeats one phone, and the planner, counting each copy,
     // scanned the whole table for a busy phone.
-    let rows: Vec<PhoneId> = diesel::sql_query(
-        "SELECT i.phone, i.id FROM unnest($1::text[], $2::int8[]) AS u(phone, id) \
-         JOIN inbox i ON i.phone = u.phone AND i.id = u.id \
-         WHERE i.processed_at IS NOT NULL",
-    )
-    .bind::<Array<Text>, _>(&phones)
-    .bind::<Array<BigInt>, _>(&ids)
-    .load(conn)
-    .await?;
+    let rows: Vec<PhoneId> = Cached::new("SELECT i.phone, i.id FROM unnest(")
+        .bind::<Array<Text>, _>(&phones)
+        .sql("::text[], ")
+        .bind::<Array<BigInt>, _>(&ids)
+        .sql(
+            "::int8[]) AS u(phone, id) JOIN inbox i ON i.phone = u.phone AND i.id = u.id \
+             WHERE i.processed_at IS NOT NULL",
+        )
+        .load(conn)
+        .await?;
     Ok(rows.into_iter().map(|r| (r.phone, Key::Inbox(r.id))).collect())
 }
 
@@ -288,19 +288,25 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
     let handoffs: Vec<bool> = rows.iter().map(|u| u.last.handoff).collect();
     let expected: Vec<i64> = rows.iter().map(|u| u.expected).collect();
     let steps: Vec<i64> = rows.iter().map(|u| u.steps).collect();
-    let updated = diesel::sql_query(
+    let updated = Cached::new(
         "UPDATE sessions AS s SET flow_state = u.flow_state, data = u.data, handoff = u.handoff, \
-                version = s.version + u.steps, updated_at = now() \
-         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::bool[], $5::int8[], $6::int8[]) \
-              AS u(phone, flow_state, data, handoff, expected, steps) \
-         WHERE s.phone = u.phone AND s.version = u.expected",
+                version = s.version + u.steps, updated_at = now() FROM unnest(",
     )
     .bind::<Array<Text>, _>(&phones)
+    .sql("::text[], ")
     .bind::<Array<Text>, _>(&states)
+    .sql("::text[], ")
     .bind::<Array<Jsonb>, _>(&data)
+    .sql("::jsonb[], ")
     .bind::<Array<Bool>, _>(&handoffs)
+    .sql("::bool[], ")
     .bind::<Array<BigInt>, _>(&expected)
+    .sql("::int8[], ")
     .bind::<Array<BigInt>, _>(&steps)
+    .sql(
+        "::int8[]) AS u(phone, flow_state, data, handoff, expected, steps) \
+         WHERE s.phone = u.phone AND s.version = u.expected",
+    )
     .execute(conn)
     .await?;
     if updated != rows.len() {
@@ -338,13 +344,14 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
         // the session locks): with it the planner reads the partial
         // unprocessed index, whose statistics lag behind a busy phone's
         // backlog, and hashed the whole backlog for every batch.
-        diesel::sql_query(
+        Cached::new(
             "UPDATE inbox AS i SET processed_at = coalesce(i.processed_at, now()), attempts = i.attempts + 1 \
-             FROM unnest($1::text[], $2::int8[]) AS u(phone, id) \
-             WHERE i.phone = u.phone AND i.id = u.id",
+             FROM unnest(",
         )
         .bind::<Array<Text>, _>(&in_phones)
+        .sql("::text[], ")
         .bind::<Array<BigInt>, _>(&in_ids)
+        .sql("::int8[]) AS u(phone, id) WHERE i.phone = u.phone AND i.id = u.id")
         .execute(conn)
         .await?;
     }
@@ -365,7 +372,8 @@ pub struct PendingInbound {
 /// Rows `$holder` may resume: its own; those whose lease ran out; those
 /// whose holder is not alive — its presence lock (see
 /// `engine::presence`) is not held, because its process died.
-const RESUMABLE: &str = "(i.leased_by = $1 OR i.lease_until < now() OR i.leased_by NOT IN ( \
+/// (`me.holder` comes from the statement's `WITH me AS (SELECT $1 AS holder)`.)
+const RESUMABLE: &str = "(i.leased_by = me.holder OR i.lease_until < now() OR i.leased_by NOT IN ( \
        SELECT (l.classid::bigint << 32) | l.objid::bigint FROM pg_locks l \
        WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted \
          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())))";
@@ -379,17 +387,16 @@ pub async fn unprocessed(
     holder: i64,
     limit: i64,
 ) -> Result<Vec<PendingInbound>> {
-    use diesel::sql_types::{BigInt, Text};
-    Ok(diesel::sql_query(format!(
-        "SELECT i.id, i.provider_message_id, i.payload FROM inbox i \
-         WHERE i.phone = $2 AND i.processed_at IS NULL AND {RESUMABLE} \
-         ORDER BY i.id LIMIT $3"
-    ))
-    .bind::<BigInt, _>(holder)
-    .bind::<Text, _>(phone)
-    .bind::<BigInt, _>(limit)
-    .load(conn)
-    .await?)
+    Ok(Cached::new("WITH me AS (SELECT ")
+        .bind::<BigInt, _>(holder)
+        .sql("::int8 AS holder) SELECT i.id, i.provider_message_id, i.payload FROM inbox i, me WHERE i.phone = ")
+        .bind::<Text, _>(phone)
+        .sql(" AND i.processed_at IS NULL AND ")
+        .sql(RESUMABLE)
+        .sql(" ORDER BY i.id LIMIT ")
+        .bind::<BigInt, _>(limit)
+        .load(conn)
+        .await?)
 }
 
 #[derive(QueryableByName)]
@@ -403,14 +410,15 @@ struct PhoneRow {
 /// or past their lease): a busy process's own rows are in its mailboxes.
 #[tracing::instrument(skip_all)]
 pub async fn phones_with_unprocessed(conn: &mut AsyncPgConnection, holder: i64, own: bool) -> Result<Vec<String>> {
-    let rows: Vec<PhoneRow> = diesel::sql_query(format!(
-        "SELECT DISTINCT i.phone FROM inbox i WHERE i.processed_at IS NULL AND {RESUMABLE} \
-         AND ($2 OR i.leased_by <> $1)"
-    ))
-    .bind::<diesel::sql_types::BigInt, _>(holder)
-    .bind::<diesel::sql_types::Bool, _>(own)
-    .load(conn)
-    .await?;
+    let rows: Vec<PhoneRow> = Cached::new("WITH me AS (SELECT ")
+        .bind::<BigInt, _>(holder)
+        .sql("::int8 AS holder, ")
+        .bind::<Bool, _>(own)
+        .sql("::bool AS own) SELECT DISTINCT i.phone FROM inbox i, me WHERE i.processed_at IS NULL AND ")
+        .sql(RESUMABLE)
+        .sql(" AND (me.own OR i.leased_by <> me.holder)")
+        .load(conn)
+        .await?;
     Ok(rows.into_iter().map(|r| r.phone).collect())
 }
 
