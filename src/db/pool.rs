@@ -59,10 +59,17 @@ impl DbPool {
                     .map_err(|_| {
                         diesel::ConnectionError::BadConnection(format!("connect timed out after {connect_timeout:?}"))
                     })??;
+                // Statements are prepared once per connection (`db::sql`), but
+                // planned on every execution with its real arguments: a generic
+                // plan made while a table was small (a seq scan and a hash
+                // join) would stay cached while the table grows, until an
+                // autovacuum analyze — minutes of a busy phone's history
+                // scanned per batch.
                 conn.batch_execute(&format!(
                     "SET application_name = '{APPLICATION_NAME}'; \
                      SET statement_timeout = {statement_timeout}; \
-                     SET idle_in_transaction_session_timeout = {idle_tx_timeout};"
+                     SET idle_in_transaction_session_timeout = {idle_tx_timeout}; \
+                     SET plan_cache_mode = force_custom_plan;"
                 ))
                 .await
                 .map_err(|e| diesel::ConnectionError::BadConnection(format!("session set-up failed: {e}")))?;
