@@ -338,7 +338,7 @@ impl EngineBuilder {
     }
 }
 
-/// A phone's turn to register and enqueue (see [`Engine::turn`]).
+/// A phone's turn to enqueue (see [`Engine::turn`]).
 struct Turn {
     slot: Slot,
     _ticket: Ticket,
