@@ -30,6 +30,16 @@ async fn engine(db: &TestDb, adjust: impl FnOnce(&mut switchboard::config::Setti
         .unwrap()
 }
 
+/// The user's messages of a conversation, in the order they were applied.
+async fn user_messages(db: &TestDb, phone: &str) -> Vec<String> {
+    transcript(db, phone)
+        .await
+        .into_iter()
+        .filter(|(o, _)| o == "user")
+        .map(|(_, b)| b)
+        .collect()
+}
+
 async fn unprocessed(db: &TestDb) -> i64 {
     inbox::table
         .filter(inbox::processed_at.is_null())
@@ -49,12 +59,7 @@ async fn a_thousand_messages_to_one_phone_are_applied_in_order_with_contiguous_v
     engine.wait_idle().await;
     let s = engine.conversation(PHONE).await.unwrap().unwrap();
     assert_eq!(s.version, 1000, "one version per message, none lost");
-    let inbound: Vec<String> = transcript(&db, PHONE)
-        .await
-        .into_iter()
-        .filter(|(o, _)| o == "user")
-        .map(|(_, b)| b)
-        .collect();
+    let inbound = user_messages(&db, PHONE).await;
     let expected: Vec<String> = (0..1000).map(|i| format!("mensaje {i}")).collect();
     assert_eq!(inbound, expected, "applied in the order accepted");
     assert_eq!(unprocessed(&db).await, 0);
@@ -114,12 +119,7 @@ async fn messages_that_queue_up_behind_a_busy_conversation_are_applied_as_one_ch
     engine.wait_idle().await;
     let s = engine.conversation(PHONE).await.unwrap().unwrap();
     assert_eq!(s.version, 21, "one version per message");
-    let inbound: Vec<String> = transcript(&db, PHONE)
-        .await
-        .into_iter()
-        .filter(|(o, _)| o == "user")
-        .map(|(_, b)| b)
-        .collect();
+    let inbound = user_messages(&db, PHONE).await;
     let expected: Vec<String> = std::iter::once("espera".to_string())
         .chain((1..=20).map(|i| format!("mensaje {i}")))
         .collect();

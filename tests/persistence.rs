@@ -390,10 +390,33 @@ async fn an_accepted_message_is_resumed_by_another_process_only_when_its_holder_
     assert_eq!(phones_with_unprocessed(&mut conn, c, false).await.unwrap(), [PHONE]);
 }
 
+/// A session's state and version.
+async fn state_and_version(conn: &mut diesel_async::AsyncPgConnection, phone: &str) -> (String, i64) {
+    use switchboard::db::schema::sessions;
+    sessions::table
+        .filter(sessions::phone.eq(phone))
+        .select((sessions::flow_state, sessions::version))
+        .first(conn)
+        .await
+        .unwrap()
+}
+
+/// The bodies of a phone's stored messages, in order.
+async fn bodies(conn: &mut diesel_async::AsyncPgConnection, phone: &str) -> Vec<String> {
+    use switchboard::db::schema::messages;
+    messages::table
+        .filter(messages::phone.eq(phone))
+        .order(messages::id)
+        .select(messages::body)
+        .load(conn)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_it_cannot_apply() {
     use switchboard::db::inbox::{register_batch, Lease, OwnedDelivery};
-    use switchboard::db::schema::{inbox, messages, sessions};
+    use switchboard::db::schema::{inbox, sessions};
     use switchboard::db::steps::{commit_batch, NewMessage, StepWrite, WriteOutcome};
     const OTHER: &str = "5215500000009";
     let test = TestDb::migrated().await;
@@ -465,14 +488,7 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
         .await
         .unwrap();
     assert_eq!((state.as_str(), version, data), ("s3", 3, json!({"at": "s3"})));
-    let bodies: Vec<String> = messages::table
-        .filter(messages::phone.eq(PHONE))
-        .order(messages::id)
-        .select(messages::body)
-        .load(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(bodies, ["s1", "s2", "s3"]);
+    assert_eq!(bodies(&mut conn, PHONE).await, ["s1", "s2", "s3"]);
     let done: i64 = inbox::table
         .filter(inbox::processed_at.is_not_null())
         .count()
@@ -514,21 +530,8 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
             WriteOutcome::Conflict { actual: Some(4) },
         ]
     );
-    let (state, version): (String, i64) = sessions::table
-        .filter(sessions::phone.eq(PHONE))
-        .select((sessions::flow_state, sessions::version))
-        .first(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!((state.as_str(), version), ("s4", 4));
-    let bodies: Vec<String> = messages::table
-        .filter(messages::phone.eq(PHONE))
-        .order(messages::id)
-        .select(messages::body)
-        .load(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(bodies, ["s1", "s2", "s3", "s4"]);
+    assert_eq!(state_and_version(&mut conn, PHONE).await, ("s4".to_string(), 4));
+    assert_eq!(bodies(&mut conn, PHONE).await, ["s1", "s2", "s3", "s4"]);
     // A phone without a session: its first step creates it, in the step's
     // transaction; a second writer that also started from "no session"
     // finds version 1 and gets a conflict.
@@ -545,13 +548,7 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
         commit_batch(&mut conn, &[first]).await.unwrap(),
         [WriteOutcome::Conflict { actual: Some(1) }]
     );
-    let (state, version): (String, i64) = sessions::table
-        .filter(sessions::phone.eq(NEW))
-        .select((sessions::flow_state, sessions::version))
-        .first(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!((state.as_str(), version), ("n1", 1));
+    assert_eq!(state_and_version(&mut conn, NEW).await, ("n1".to_string(), 1));
     // Without `create_as`, a missing session is a conflict, as before.
     assert_eq!(
         commit_batch(&mut conn, &[step("5215500000078", 0, "x", None)])

@@ -548,13 +548,7 @@ async fn apply_chain(deps: &SessionDeps, phone: &str, core: &mut Core, chain: Ve
     for msg in chain {
         match (steps.next(), outcomes.next()) {
             (Some((text, result)), Some(WriteOutcome::Committed { version })) if rest.is_empty() => {
-                deps.stats.processed.fetch_add(1, Ordering::Relaxed);
-                publish(deps, phone, version, &result, &msg, &text);
-                core.state = result.state;
-                core.data = result.data;
-                core.handoff = result.handoff;
-                core.version = version;
-                core.remember(msg.id);
+                committed(deps, phone, core, version, result, &msg, &text);
             }
             _ => rest.push(msg),
         }
@@ -565,6 +559,26 @@ async fn apply_chain(deps: &SessionDeps, phone: &str, core: &mut Core, chain: Ve
     }
     tracing::debug!(phone = %mask(phone), version = core.version, left = rest.len(), "chain applied");
     Ok(ChainEnd { rest, crash })
+}
+
+/// A step of `msg` committed at `version`: count it, publish it, and make
+/// its result the actor's state.
+fn committed(
+    deps: &SessionDeps,
+    phone: &str,
+    core: &mut Core,
+    version: i64,
+    result: StepResult,
+    msg: &PendingInbound,
+    text: &str,
+) {
+    deps.stats.processed.fetch_add(1, Ordering::Relaxed);
+    publish(deps, phone, version, &result, msg, text);
+    core.state = result.state;
+    core.data = result.data;
+    core.handoff = result.handoff;
+    core.version = version;
+    core.remember(msg.id);
 }
 
 /// The part of a conversation a step reads.
@@ -611,14 +625,8 @@ async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Pe
         let answer = persist_one(deps, write).await?;
         match answer {
             Ok(WriteOutcome::Committed { version }) => {
-                deps.stats.processed.fetch_add(1, Ordering::Relaxed);
                 let replies = result.replies.len();
-                publish(deps, phone, version, &result, &msg, &text);
-                core.state = result.state;
-                core.data = result.data;
-                core.handoff = result.handoff;
-                core.version = version;
-                core.remember(msg.id);
+                committed(deps, phone, core, version, result, &msg, &text);
                 tracing::debug!(phone = %mask(phone), version, replies, "message applied");
                 return Ok(());
             }
