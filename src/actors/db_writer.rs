@@ -121,7 +121,8 @@ impl DbWriter {
                 // Every waiting phone has a batch in flight.
                 break;
             }
-            let phones: Vec<String> = batch.iter().map(|(d, _)| d.phone.clone()).collect();
+            // One entry per phone (a busy phone fills a batch with its own).
+            let phones: HashSet<String> = batch.iter().map(|(d, _)| d.phone.clone()).collect();
             self.stats.registration_batches.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .registrations
