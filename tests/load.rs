@@ -55,9 +55,17 @@ async fn smoke(scenario: &str) {
     for p in ["p50", "p90", "p99", "p999", "max"] {
         assert!(json["ack_latency_ms"].get(p).is_some() && json["e2e_latency_ms"].get(p).is_some());
     }
-    assert!(std::fs::read_to_string(report_path.with_extension("svg"))
-        .unwrap()
-        .starts_with("<svg"));
+    // The timeline splits the run by second: every request in one, and the
+    // latencies of the seconds that had them.
+    assert_eq!(report.timeline.iter().map(|t| t.sent).sum::<u64>(), report.sent);
+    assert_eq!(report.timeline.iter().map(|t| t.acked).sum::<u64>(), report.acked);
+    assert!(report.timeline.iter().any(|t| t.ack_p99_ms > 0.0));
+    if report.e2e_latency_ms.count > 0 {
+        assert!(report.timeline.iter().any(|t| t.e2e_p99_ms > 0.0));
+    }
+    assert!(json["timeline"][0].get("e2e_p99_ms").is_some());
+    let svg = std::fs::read_to_string(report_path.with_extension("svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 2);
 }
 
 #[actix_web::test]

@@ -62,9 +62,30 @@ pub struct Measured {
     pub applied: u64,
     /// From the first intended send to the last message seen applied (or acked).
     pub elapsed: Duration,
-    /// Per second: (sent, acked, ack p99 µs).
-    pub timeline: Vec<(u64, u64, u64)>,
+    /// Per second of intended send time.
+    pub timeline: Vec<Second>,
     pub error_samples: Vec<String>,
+}
+
+/// What one second of intended send time saw.
+pub struct Second {
+    pub sent: u64,
+    pub acked: u64,
+    /// Ack latency of the requests acked (µs).
+    pub ack: Histogram<u64>,
+    /// End-to-end latency of the messages seen applied (µs).
+    pub e2e: Histogram<u64>,
+}
+
+impl Second {
+    fn new() -> Self {
+        Self {
+            sent: 0,
+            acked: 0,
+            ack: histogram(),
+            e2e: histogram(),
+        }
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -78,7 +99,7 @@ struct Shared {
     target: Target,
     ack: Mutex<Histogram<u64>>,
     e2e: Mutex<Histogram<u64>>,
-    per_second: Mutex<Vec<(u64, u64, Histogram<u64>)>>,
+    per_second: Mutex<Vec<Second>>,
     acked_ids: Mutex<Vec<String>>,
     /// Intended send time of each message not yet seen applied.
     waiting: DashMap<String, Instant>,
@@ -97,21 +118,26 @@ impl Shared {
         at.saturating_duration_since(self.start).as_secs() as usize
     }
 
+    /// Updates the second `at` falls in.
+    fn in_second(&self, at: Instant, f: impl FnOnce(&mut Second)) {
+        let sec = self.second(at);
+        let mut ps = self.per_second.lock().unwrap_or_else(|p| p.into_inner());
+        while ps.len() <= sec {
+            ps.push(Second::new());
+        }
+        f(&mut ps[sec]);
+    }
+
     fn record(&self, intended: Instant, ok: bool, err: Option<String>) {
         let now = Instant::now();
         let us = now.saturating_duration_since(intended).as_micros().max(1) as u64;
-        let sec = self.second(intended);
-        {
-            let mut ps = self.per_second.lock().unwrap_or_else(|p| p.into_inner());
-            while ps.len() <= sec {
-                ps.push((0, 0, histogram()));
-            }
-            ps[sec].0 += 1;
+        self.in_second(intended, |s| {
+            s.sent += 1;
             if ok {
-                ps[sec].1 += 1;
-                let _ = ps[sec].2.record(us);
+                s.acked += 1;
+                let _ = s.ack.record(us);
             }
-        }
+        });
         if ok {
             self.acked.fetch_add(1, Ordering::Relaxed);
             let _ = self.ack.lock().unwrap_or_else(|p| p.into_inner()).record(us);
@@ -247,6 +273,9 @@ async fn follow_events(shared: Arc<Shared>) {
                 let now = Instant::now();
                 let us = now.saturating_duration_since(intended).as_micros().max(1) as u64;
                 let _ = shared.e2e.lock().unwrap_or_else(|p| p.into_inner()).record(us);
+                shared.in_second(intended, |s| {
+                    let _ = s.e2e.record(us);
+                });
                 shared.applied.fetch_add(1, Ordering::Relaxed);
                 *shared.last_applied.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
             }
@@ -347,13 +376,7 @@ pub async fn drive(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .unwrap_or(sends_done);
-    let timeline = shared
-        .per_second
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(s, a, h)| (*s, *a, if h.is_empty() { 0 } else { h.value_at_quantile(0.99) }))
-        .collect();
+    let timeline = std::mem::take(&mut *shared.per_second.lock().unwrap_or_else(|p| p.into_inner()));
     // Distinct: a redelivered message is acked more than once.
     let acked_ids: HashSet<String> = shared
         .acked_ids

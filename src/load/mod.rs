@@ -17,7 +17,7 @@ use anyhow::Context;
 
 use self::driver::Target;
 use self::fake_graph::FakeGraph;
-use self::report::{Percentiles, Report};
+use self::report::{Percentiles, Report, TimelinePoint};
 use self::scenario::{Options, Scenario};
 use crate::config::{AiProvider, Secret, Settings};
 use crate::engine::Engine;
@@ -405,11 +405,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         invariants_checked: db_url.is_some(),
         invariant_violations: violations,
         error_samples: measured.error_samples,
-        timeline: measured
-            .timeline
-            .iter()
-            .map(|(s, a, p99)| (*s, *a, *p99 as f64 / 1000.0))
-            .collect(),
+        timeline: measured.timeline.iter().map(TimelinePoint::from_second).collect(),
         synchronous_commit,
     };
     if let Some(o) = own {

@@ -34,6 +34,35 @@ impl Percentiles {
     }
 }
 
+/// One second of the run, by intended send time.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct TimelinePoint {
+    pub sent: u64,
+    pub acked: u64,
+    /// Ack latency p99 of the requests of this second (ms; 0 when none was acked).
+    pub ack_p99_ms: f64,
+    /// End-to-end latency p99 of this second's messages seen applied (ms; 0 when none).
+    pub e2e_p99_ms: f64,
+}
+
+impl TimelinePoint {
+    pub fn from_second(s: &super::driver::Second) -> Self {
+        let p99 = |h: &Histogram<u64>| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(0.99) as f64 / 1000.0
+            }
+        };
+        Self {
+            sent: s.sent,
+            acked: s.acked,
+            ack_p99_ms: p99(&s.ack),
+            e2e_p99_ms: p99(&s.e2e),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scenario: String,
@@ -66,8 +95,8 @@ pub struct Report {
     /// `false` when no database was reachable to check.
     pub invariants_checked: bool,
     pub error_samples: Vec<String>,
-    /// Per second of intended send time: requests, acked, ack p99 (ms).
-    pub timeline: Vec<(u64, u64, f64)>,
+    /// Per second of intended send time (the first entry is second 0).
+    pub timeline: Vec<TimelinePoint>,
     pub synchronous_commit: String,
 }
 
@@ -110,28 +139,36 @@ impl Report {
         t
     }
 
-    /// Ack p99 per second of the run, as an SVG line chart.
+    /// Ack and end-to-end p99 per second of the run, as an SVG line chart
+    /// (one scale, so the two compare at a glance).
     pub fn svg(&self) -> String {
         let (w, h, pad) = (720.0, 300.0, 40.0);
-        let max_ms = self.timeline.iter().map(|t| t.2).fold(1.0_f64, f64::max);
-        let n = self.timeline.len().max(2) as f64;
-        let points: Vec<String> = self
+        let max_ms = self
             .timeline
             .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let x = pad + (w - 2.0 * pad) * i as f64 / (n - 1.0);
-                let y = h - pad - (h - 2.0 * pad) * t.2 / max_ms;
-                format!("{x:.1},{y:.1}")
-            })
-            .collect();
+            .map(|t| t.ack_p99_ms.max(t.e2e_p99_ms))
+            .fold(1.0_f64, f64::max);
+        let n = self.timeline.len().max(2) as f64;
+        let line = |value: fn(&TimelinePoint) -> f64| -> String {
+            self.timeline
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let x = pad + (w - 2.0 * pad) * i as f64 / (n - 1.0);
+                    let y = h - pad - (h - 2.0 * pad) * value(t) / max_ms;
+                    format!("{x:.1},{y:.1}")
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\
              <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
-             <text x=\"{pad}\" y=\"20\">switchboard load: {} — ack latency p99 per second (max {max_ms:.1} ms)</text>\
+             <text x=\"{pad}\" y=\"20\">switchboard load: {} — p99 per second: <tspan fill=\"#c0392b\">ack</tspan>, <tspan fill=\"#2471a3\">end-to-end</tspan> (max {max_ms:.1} ms)</text>\
              <line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#888\"/>\
              <line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{}\" stroke=\"#888\"/>\
              <text x=\"{}\" y=\"{}\">time (s)</text><text x=\"4\" y=\"{pad}\">{max_ms:.0} ms</text>\
+             <polyline fill=\"none\" stroke=\"#2471a3\" stroke-width=\"1.5\" points=\"{}\"/>\
              <polyline fill=\"none\" stroke=\"#c0392b\" stroke-width=\"1.5\" points=\"{}\"/></svg>\n",
             self.scenario,
             h - pad,
@@ -140,7 +177,8 @@ impl Report {
             h - pad,
             w / 2.0,
             h - 8.0,
-            points.join(" ")
+            line(|t| t.e2e_p99_ms),
+            line(|t| t.ack_p99_ms)
         )
     }
 }
