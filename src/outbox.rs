@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures_util::future::join_all;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex, Notify};
 
@@ -237,28 +237,35 @@ impl Worker {
             rows::claim(&mut conn, self.settings.batch, self.settings.lease_ms).await?
         };
         let n = claimed.len();
-        let chunk = self.settings.concurrency.max(1);
-        for group in claimed.chunks(chunk) {
-            // Sends of a group run at once; their `sent` marks share one
-            // commit (the other outcomes are rare and recorded one by one).
-            let results = join_all(group.iter().map(|row| self.deliver(row))).await;
-            let sent: Vec<(&Claimed, String)> = group
-                .iter()
-                .zip(results)
-                .filter_map(|(row, sent)| sent.map(|provider_id| (row, provider_id)))
-                .collect();
-            if !sent.is_empty() {
-                let recorded = self
-                    .db
-                    .retry_policy()
-                    .run("outbox_sent", || async {
-                        rows::mark_sent_batch(&mut *self.db.pool().get().await?, &sent).await
-                    })
-                    .await;
-                if let Err(e) = recorded {
-                    // The lease makes the rows due again; they are sent again then.
-                    tracing::warn!(error = %e, rows = sent.len(), "could not record sends");
-                }
+        // Up to `concurrency` sends at once over the whole round; their
+        // `sent` marks share one commit at its end (the other outcomes are
+        // rare and recorded one by one). One mark per round, not per group
+        // of sends: the marks took a fifth of PostgreSQL's statement time.
+        let mut rows = claimed.iter();
+        let mut sending = FuturesUnordered::new();
+        for row in rows.by_ref().take(self.settings.concurrency.max(1)) {
+            sending.push(self.deliver(row));
+        }
+        let mut sent: Vec<(&Claimed, String)> = Vec::with_capacity(n);
+        while let Some((row, provider_id)) = sending.next().await {
+            if let Some(p) = provider_id {
+                sent.push((row, p));
+            }
+            if let Some(next) = rows.next() {
+                sending.push(self.deliver(next));
+            }
+        }
+        if !sent.is_empty() {
+            let recorded = self
+                .db
+                .retry_policy()
+                .run("outbox_sent", || async {
+                    rows::mark_sent_batch(&mut *self.db.pool().get().await?, &sent).await
+                })
+                .await;
+            if let Err(e) = recorded {
+                // The lease makes the rows due again; they are sent again then.
+                tracing::warn!(error = %e, rows = sent.len(), "could not record sends");
             }
         }
         if n > 0 && counted.is_some_and(|at| at.elapsed() < BACKLOG_EVERY) {
@@ -268,10 +275,14 @@ impl Worker {
         Ok((n, Some(backlog)))
     }
 
-    /// Sends one row; records any result but success, and returns the
-    /// provider id of a successful send for the caller to record.
+    /// Sends one row; records any result but success, and returns the row
+    /// with the provider id of a successful send for the caller to record.
     #[tracing::instrument(skip_all, fields(phone = %mask(&row.phone), outbox_id = row.id, attempt = row.attempts))]
-    async fn deliver(&self, row: &Claimed) -> Option<String> {
+    async fn deliver<'r>(&self, row: &'r Claimed) -> (&'r Claimed, Option<String>) {
+        (row, self.deliver_one(row).await)
+    }
+
+    async fn deliver_one(&self, row: &Claimed) -> Option<String> {
         let policy = self.db.retry_policy();
         let result = match self.breaker.try_acquire() {
             Err(_) => {
