@@ -532,6 +532,20 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
     );
     assert_eq!(state_and_version(&mut conn, PHONE).await, ("s4".to_string(), 4));
     assert_eq!(bodies(&mut conn, PHONE).await, ["s1", "s2", "s3", "s4"]);
+    // Batches of 4 and 1 messages went in through one prepared statement.
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let prepared: Count = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_prepared_statements \
+         WHERE statement LIKE '%INSERT INTO messages%' AND statement NOT LIKE '%pg_prepared_statements%'",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(prepared.n, 1);
     // A phone without a session: its first step creates it, in the step's
     // transaction; a second writer that also started from "no session"
     // finds version 1 and gets a conflict.

@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Jsonb, Text};
+use diesel::sql_types::{Array, BigInt, Bool, Jsonb, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
@@ -316,22 +316,69 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
             rows.len()
         )));
     }
+    // Fixed-text statements over arrays (one prepared statement whatever the
+    // batch size; diesel's multi-row VALUES had a new text, so a new parse
+    // and plan, for every row count). Rows keep the batch's order, so ids
+    // follow it.
     let msgs: Vec<&NewMessage> = valid.iter().flat_map(|w| &w.messages).collect();
     if !msgs.is_empty() {
-        diesel::insert_into(messages::table)
-            .values(msgs.into_iter().cloned().collect::<Vec<_>>())
+        let col = |f: fn(&NewMessage) -> &str| msgs.iter().map(|m| f(m)).collect::<Vec<&str>>();
+        let opt = |f: fn(&NewMessage) -> Option<&str>| msgs.iter().map(|m| f(m)).collect::<Vec<Option<&str>>>();
+        Cached::new(
+            "INSERT INTO messages (phone, direction, origin, body, inbox_id, provider_message_id, status, outbox_key) \
+             SELECT u.phone, u.direction, u.origin, u.body, u.inbox_id, u.provider_message_id, u.status, u.outbox_key \
+             FROM unnest(",
+        )
+        .bind::<Array<Text>, _>(col(|m| &m.phone))
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(col(|m| m.direction))
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(col(|m| m.origin))
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(col(|m| &m.body))
+        .sql("::text[], ")
+        .bind::<Array<Nullable<BigInt>>, _>(msgs.iter().map(|m| m.inbox_id).collect::<Vec<Option<i64>>>())
+        .sql("::int8[], ")
+        .bind::<Array<Nullable<Text>>, _>(opt(|m| m.provider_message_id.as_deref()))
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(col(|m| m.status))
+        .sql("::text[], ")
+        .bind::<Array<Nullable<Text>>, _>(opt(|m| m.outbox_key.as_deref()))
+        .sql(
+            "::text[]) WITH ORDINALITY \
+             AS u(phone, direction, origin, body, inbox_id, provider_message_id, status, outbox_key, ord) \
+             ORDER BY u.ord",
+        )
+        .execute(conn)
+        .await?;
+    }
+    let out: Vec<&NewOutbox> = valid.iter().flat_map(|w| &w.outbox).collect();
+    if !out.is_empty() {
+        Cached::new("INSERT INTO outbox (phone, kind, payload, idempotency_key) SELECT u.phone, u.kind, u.payload, u.key FROM unnest(")
+            .bind::<Array<Text>, _>(out.iter().map(|o| o.phone.as_str()).collect::<Vec<_>>())
+            .sql("::text[], ")
+            .bind::<Array<Text>, _>(out.iter().map(|o| o.kind).collect::<Vec<_>>())
+            .sql("::text[], ")
+            .bind::<Array<Jsonb>, _>(out.iter().map(|o| &o.payload).collect::<Vec<_>>())
+            .sql("::jsonb[], ")
+            .bind::<Array<Text>, _>(out.iter().map(|o| o.idempotency_key.as_str()).collect::<Vec<_>>())
+            .sql("::text[]) WITH ORDINALITY AS u(phone, kind, payload, key, ord) ORDER BY u.ord")
             .execute(conn)
             .await?;
     }
-    let out: Vec<NewOutbox> = valid.iter().flat_map(|w| w.outbox.iter().cloned()).collect();
-    if !out.is_empty() {
-        diesel::insert_into(outbox::table).values(out).execute(conn).await?;
-    }
-    let results: Vec<NewOutcome> = valid.iter().flat_map(|w| w.outcomes.iter().cloned()).collect();
+    let results: Vec<&NewOutcome> = valid.iter().flat_map(|w| &w.outcomes).collect();
     if !results.is_empty() {
-        diesel::insert_into(outcomes::table)
-            .values(results)
-            .on_conflict_do_nothing()
+        Cached::new("INSERT INTO outcomes (phone, kind, ticket, data, inbox_id) SELECT u.phone, u.kind, u.ticket, u.data, u.inbox_id FROM unnest(")
+            .bind::<Array<Text>, _>(results.iter().map(|o| o.phone.as_str()).collect::<Vec<_>>())
+            .sql("::text[], ")
+            .bind::<Array<Text>, _>(results.iter().map(|o| o.kind.as_str()).collect::<Vec<_>>())
+            .sql("::text[], ")
+            .bind::<Array<Text>, _>(results.iter().map(|o| o.ticket.as_str()).collect::<Vec<_>>())
+            .sql("::text[], ")
+            .bind::<Array<Jsonb>, _>(results.iter().map(|o| &o.data).collect::<Vec<_>>())
+            .sql("::jsonb[], ")
+            .bind::<Array<Nullable<BigInt>>, _>(results.iter().map(|o| o.inbox_id).collect::<Vec<_>>())
+            .sql("::int8[]) WITH ORDINALITY AS u(phone, kind, ticket, data, inbox_id, ord) ORDER BY u.ord ON CONFLICT DO NOTHING")
             .execute(conn)
             .await?;
     }
