@@ -294,19 +294,7 @@ async fn a_batch_of_registrations_dedupes_like_single_ones_and_answers_in_input_
     assert_eq!(arrival[2].inbox_id, first[1].inbox_id);
     // Three batches of two sizes, one statement prepared on the connection
     // (`diesel::sql_query` would have prepared it three times, unnamed).
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let prepared: Count = diesel::sql_query(
-        "SELECT count(*) AS n FROM pg_prepared_statements \
-         WHERE statement LIKE '%INSERT INTO inbox%' AND statement NOT LIKE '%pg_prepared_statements%'",
-    )
-    .get_result(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(prepared.n, 1);
+    assert_eq!(prepared(&mut conn, "INSERT INTO inbox").await, 1);
 }
 
 #[tokio::test]
@@ -399,6 +387,24 @@ async fn state_and_version(conn: &mut diesel_async::AsyncPgConnection, phone: &s
         .first(conn)
         .await
         .unwrap()
+}
+
+/// Statements prepared on this connection whose text contains `text`.
+async fn prepared(conn: &mut diesel_async::AsyncPgConnection, text: &str) -> i64 {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let count: Count = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_prepared_statements \
+         WHERE strpos(statement, $1) > 0 AND statement NOT LIKE '%pg_prepared_statements%'",
+    )
+    .bind::<diesel::sql_types::Text, _>(text)
+    .get_result(conn)
+    .await
+    .unwrap();
+    count.n
 }
 
 /// The bodies of a phone's stored messages, in order.
@@ -533,19 +539,7 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
     assert_eq!(state_and_version(&mut conn, PHONE).await, ("s4".to_string(), 4));
     assert_eq!(bodies(&mut conn, PHONE).await, ["s1", "s2", "s3", "s4"]);
     // Batches of 4 and 1 messages went in through one prepared statement.
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let prepared: Count = diesel::sql_query(
-        "SELECT count(*) AS n FROM pg_prepared_statements \
-         WHERE statement LIKE '%INSERT INTO messages%' AND statement NOT LIKE '%pg_prepared_statements%'",
-    )
-    .get_result(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(prepared.n, 1);
+    assert_eq!(prepared(&mut conn, "INSERT INTO messages").await, 1);
     // A phone without a session: its first step creates it, in the step's
     // transaction; a second writer that also started from "no session"
     // finds version 1 and gets a conflict.
