@@ -20,14 +20,13 @@ use diesel::sql_types::{Array, BigInt, Bool, Jsonb, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
-use super::schema::{dead_letters, inbox, messages, outbox, outcomes};
+use super::schema::{dead_letters, inbox, outbox};
 use super::sql::Cached;
 use crate::error::{Error, Result};
 use crate::phone::mask;
 
 /// A message row to insert.
-#[derive(Debug, Clone, PartialEq, Insertable, Serialize)]
-#[diesel(table_name = messages)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewMessage {
     pub phone: String,
     pub direction: &'static str,
@@ -40,8 +39,7 @@ pub struct NewMessage {
 }
 
 /// An outbox row to insert.
-#[derive(Debug, Clone, PartialEq, Insertable, Serialize)]
-#[diesel(table_name = outbox)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewOutbox {
     pub phone: String,
     pub kind: &'static str,
@@ -50,8 +48,7 @@ pub struct NewOutbox {
 }
 
 /// An outcome row to insert.
-#[derive(Debug, Clone, PartialEq, Insertable, Serialize)]
-#[diesel(table_name = outcomes)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewOutcome {
     pub phone: String,
     pub kind: String,
