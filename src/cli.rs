@@ -97,6 +97,8 @@ async fn load(settings: Settings, args: crate::load::LoadArgs) -> anyhow::Result
     let mut log = settings.log.clone();
     log.level = "warn".into();
     crate::telemetry::init(&log);
+    let mut args = args;
+    args.server_settings = settings.database.embedded.server_settings.clone();
     let report = crate::load::run(args).await?;
     print!("{}", report.table());
     if !report.invariant_violations.is_empty() {

@@ -90,6 +90,45 @@ fn an_invalid_value_is_an_error_naming_the_key() {
 }
 
 #[test]
+fn embedded_server_settings_take_any_toml_scalar_and_refuse_switchboards_own_and_bad_names() {
+    let s = load(
+        "[database.embedded.server_settings]\n\
+         shared_preload_libraries = \"pg_stat_statements\"\n\
+         log_min_duration_statement = 80\n\
+         log_checkpoints = true\n\
+         checkpoint_completion_target = 0.9\n\
+         log_line_prefix = \"%m it's \"\n",
+        &[("SWITCHBOARD__DATABASE__EMBEDDED__SERVER_SETTINGS__WORK_MEM", "8MB")],
+    )
+    .unwrap()
+    .settings;
+    let lit = |k: &str| s.database.embedded.server_settings[k].conf_literal();
+    assert_eq!(lit("shared_preload_libraries"), "'pg_stat_statements'");
+    assert_eq!(lit("log_min_duration_statement"), "'80'");
+    assert_eq!(lit("log_checkpoints"), "'on'");
+    assert_eq!(lit("checkpoint_completion_target"), "'0.9'");
+    // A quote cannot end the value early.
+    assert_eq!(lit("log_line_prefix"), "'%m it''s '");
+    assert_eq!(lit("work_mem"), "'8MB'");
+
+    for (text, key) in [
+        ("port = 5432", "server_settings.port"),
+        ("Listen_Addresses = \"*\"", "server_settings.Listen_Addresses"),
+        ("\"bad name\" = 1", "server_settings.bad name"),
+        ("log_line_prefix = \"a\\nb\"", "server_settings.log_line_prefix"),
+    ] {
+        let err = load(&format!("[database.embedded.server_settings]\n{text}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{text}: {err}");
+    }
+    let err = load("[database.embedded.server_settings]\nwork_mem = [1]\n", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 2"), "{err}");
+}
+
+#[test]
 fn environment_variables_override_the_file() {
     let loaded = load(
         "[server]\nbind = \"127.0.0.1:9000\"\n[database]\nmax_connections = 5\n",

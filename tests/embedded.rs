@@ -13,6 +13,7 @@ use diesel_async::RunQueryDsl;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use support::{embedded_settings, free_port, scratch_dir, spawn_watchdog};
+use switchboard::config::PgValue;
 use switchboard::db::{self, EmbeddedPostgres};
 
 /// Whether `pid` is a running process. A zombie has exited (it only waits
@@ -55,15 +56,58 @@ async fn first_start_initializes_second_start_reuses_the_data_and_stop_leaves_no
     pg.stop().unwrap();
     assert!(!alive(pid), "postmaster {pid} still running after stop");
 
-    let pg = start(settings).await;
+    // The configuration's server settings reach the server (a quote inside
+    // one stays inside it).
+    let mut configured = settings.clone();
+    configured.server_settings = [
+        ("log_min_duration_statement", PgValue::Int(250)),
+        ("log_line_prefix", PgValue::Text("%m it's ".into())),
+        ("log_checkpoints", PgValue::Bool(true)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let pg = start(configured).await;
     assert!(!pg.initialized(), "second start reuses the cluster");
     let database = db::Database::connect(pg.url(), &Default::default());
     let s = database.load_session("5215512341234").await.unwrap();
     assert!(s.is_some(), "data survived the restart");
+    assert_eq!(setting(&database, "log_min_duration_statement").await, "250ms");
+    assert_eq!(setting(&database, "log_line_prefix").await, "%m it's ");
+    assert_eq!(setting(&database, "log_checkpoints").await, "on");
     drop(database);
     let pid = pg.postmaster_pid().unwrap();
     drop(pg); // Drop stops the server too.
     assert!(!alive(pid), "postmaster {pid} still running after drop");
+
+    // A setting the server does not know stops the start with the server's
+    // own words naming it.
+    let mut wrong = settings;
+    wrong
+        .server_settings
+        .insert("no_such_setting".into(), PgValue::Int(1));
+    let err = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&wrong, support::FAST_SERVER))
+        .await
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no_such_setting"), "{err}");
+}
+
+#[derive(diesel::QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    v: String,
+}
+
+async fn setting(database: &db::Database, name: &str) -> String {
+    let mut conn = database.pool().get().await.unwrap();
+    diesel::sql_query("SELECT current_setting($1) AS v")
+        .bind::<diesel::sql_types::Text, _>(name)
+        .get_result::<Setting>(&mut *conn)
+        .await
+        .unwrap()
+        .v
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The typed settings tree. Every key has a default here and is documented in
 //! the root `config.toml`; keep the two in step.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -163,7 +164,39 @@ pub struct EmbeddedSettings {
     pub run_as: String,
     /// Seconds to wait for the server to start or stop.
     pub start_timeout_s: u64,
+    /// Extra `postgresql.conf` settings of the embedded server (a profile's
+    /// `shared_preload_libraries`, `log_min_duration_statement`, ...), written
+    /// after switchboard's own; the ones it owns (port, addresses, sockets)
+    /// are refused.
+    pub server_settings: BTreeMap<String, PgValue>,
 }
+
+/// A `postgresql.conf` value as TOML gives it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum PgValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl PgValue {
+    /// The value as a quoted `postgresql.conf` string (every setting takes
+    /// one): `'` doubled, so it cannot end early.
+    pub fn conf_literal(&self) -> String {
+        let raw = match self {
+            PgValue::Bool(b) => if *b { "on" } else { "off" }.to_string(),
+            PgValue::Int(i) => i.to_string(),
+            PgValue::Float(f) => f.to_string(),
+            PgValue::Text(t) => t.clone(),
+        };
+        format!("'{}'", raw.replace('\'', "''"))
+    }
+}
+
+/// Settings of the embedded server that switchboard writes itself.
+pub const OWNED_SERVER_SETTINGS: &[&str] = &["listen_addresses", "port", "unix_socket_directories"];
 
 impl Default for EmbeddedSettings {
     fn default() -> Self {
@@ -173,6 +206,7 @@ impl Default for EmbeddedSettings {
             bin_dir: None,
             run_as: "postgres".into(),
             start_timeout_s: 60,
+            server_settings: BTreeMap::new(),
         }
     }
 }
@@ -397,6 +431,27 @@ impl Settings {
             "database.embedded.run_as",
             "must not be empty",
         );
+        for (name, value) in &db.embedded.server_settings {
+            let key = format!("database.embedded.server_settings.{name}");
+            let well_formed = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            check(
+                well_formed,
+                &key,
+                "must be a PostgreSQL setting name (letters, digits, `_`, `.`)",
+            );
+            check(
+                !OWNED_SERVER_SETTINGS.contains(&name.to_ascii_lowercase().as_str()),
+                &key,
+                "is set by switchboard (use database.embedded.port)",
+            );
+            let text_ok = match value {
+                PgValue::Text(t) => !t.chars().any(char::is_control),
+                PgValue::Float(f) => f.is_finite(),
+                _ => true,
+            };
+            check(text_ok, &key, "must not contain control characters (or be NaN/infinite)");
+        }
         check(
             self.whatsapp.api_base.starts_with("http://") || self.whatsapp.api_base.starts_with("https://"),
             "whatsapp.api_base",

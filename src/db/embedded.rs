@@ -99,7 +99,12 @@ impl EmbeddedPostgres {
             initialized,
             running: false,
         };
-        write_conf(&pg.runner, &pg.data_dir, settings.port, extra)?;
+        let own: Vec<(String, String)> = settings
+            .server_settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.conf_literal()))
+            .collect();
+        write_conf(&pg.runner, &pg.data_dir, settings.port, extra, &own)?;
         // Clusters initialized by older versions left it to root.
         pg.runner.chown(&pg.data_dir.join(PASSWORD_FILE))?;
         pg.pg_ctl_start()?;
@@ -213,7 +218,8 @@ impl EmbeddedPostgres {
                 })
                 .unwrap_or_default();
             return Err(Error::Embedded(format!(
-                "the server did not start (port {} in use?): {}\nlast lines of {log}:\n{tail}",
+                "the server did not start (port {} in use? a database.embedded.server_settings \
+                 entry it refuses?): {}\nlast lines of {log}:\n{tail}",
                 self.port,
                 output_text(&out)
             )));
@@ -414,7 +420,15 @@ fn read_password(data_dir: &Path) -> Result<Secret> {
         })
 }
 
-fn write_conf(runner: &Runner, data_dir: &Path, port: u16, extra: ServerSettings<'_>) -> Result<()> {
+/// Writes the server's settings: switchboard's, then the caller's `extra`,
+/// then the configuration's `server_settings` (the last one of a name wins).
+fn write_conf(
+    runner: &Runner,
+    data_dir: &Path,
+    port: u16,
+    extra: ServerSettings<'_>,
+    configured: &[(String, String)],
+) -> Result<()> {
     let mut conf = format!(
         "# Written by switchboard at start; edit config.toml instead.\n\
          listen_addresses = '127.0.0.1'\n\
@@ -424,6 +438,12 @@ fn write_conf(runner: &Runner, data_dir: &Path, port: u16, extra: ServerSettings
          lc_messages = 'C'\n"
     );
     for (k, v) in extra {
+        conf.push_str(&format!("{k} = {v}\n"));
+    }
+    if !configured.is_empty() {
+        conf.push_str("# [database.embedded.server_settings]\n");
+    }
+    for (k, v) in configured {
         conf.push_str(&format!("{k} = {v}\n"));
     }
     let path = data_dir.join(CONF_FILE);

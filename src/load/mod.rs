@@ -10,6 +10,7 @@ pub mod procs;
 pub mod report;
 pub mod scenario;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use self::driver::Target;
 use self::fake_graph::FakeGraph;
 use self::report::{Percentiles, Report, TimelinePoint};
 use self::scenario::{Options, Scenario};
-use crate::config::{AiProvider, Secret, Settings};
+use crate::config::{AiProvider, PgValue, Secret, Settings};
 use crate::engine::Engine;
 use crate::flow::Flow;
 use crate::startup::Application;
@@ -105,6 +106,12 @@ pub struct LoadArgs {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Extra settings of the harness's own PostgreSQL cluster: `switchboard
+    /// load` takes them from the configuration's
+    /// `[database.embedded.server_settings]` (to profile a run with
+    /// `pg_stat_statements`, say). Not a flag.
+    #[arg(skip)]
+    pub server_settings: BTreeMap<String, PgValue>,
 }
 
 /// How requests are spread over several processes.
@@ -151,6 +158,7 @@ async fn start_own(args: &LoadArgs) -> anyhow::Result<OwnServer> {
     let mut s = Settings::default();
     s.database.embedded.data_dir = dir.join("pg");
     s.database.embedded.port = free_port()?;
+    s.database.embedded.server_settings = args.server_settings.clone();
     s.database.max_connections = 32;
     s.server.bind = "127.0.0.1:0".into();
     s.whatsapp = graph.settings();
@@ -230,7 +238,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
             None => std::env::current_exe()?,
         };
         Some((
-            procs::Processes::start(args.processes.max(1), &bin, args.scenario, &dir).await?,
+            procs::Processes::start(args.processes.max(1), &bin, args.scenario, &dir, &args.server_settings).await?,
             dir,
         ))
     } else {

@@ -3,6 +3,7 @@
 //! a fake send API, writes one configuration per process, starts them, and
 //! can kill one with SIGKILL and start it again in the middle of a run.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use anyhow::Context;
 
 use super::fake_graph::FakeGraph;
 use super::scenario::Scenario;
-use crate::config::{DatabaseSettings, Secret};
+use crate::config::{DatabaseSettings, PgValue, Secret};
 use crate::db::Database;
 
 /// One `serve` process.
@@ -44,12 +45,19 @@ fn quoted(s: &str) -> String {
 impl Processes {
     /// Starts the database, the fake API and `n` processes of `bin`; returns
     /// once each answers `/readyz`.
-    pub async fn start(n: usize, bin: &Path, scenario: Scenario, dir: &Path) -> anyhow::Result<Self> {
+    pub async fn start(
+        n: usize,
+        bin: &Path,
+        scenario: Scenario,
+        dir: &Path,
+        server_settings: &BTreeMap<String, PgValue>,
+    ) -> anyhow::Result<Self> {
         let graph = FakeGraph::start()?;
         let app_secret = Secret::new(format!("{:032x}", rand::random::<u128>()));
         let mut db_settings = DatabaseSettings::default();
         db_settings.embedded.data_dir = dir.join("pg");
         db_settings.embedded.port = free_port()?;
+        db_settings.embedded.server_settings = server_settings.clone();
         db_settings.max_connections = 8;
         let db = Database::open(&db_settings).await.context("starting the database")?;
         let mut me = Self {
