@@ -83,9 +83,13 @@ pub struct DatabaseSettings {
     pub idle_timeout_s: u64,
     /// Connections are recycled after this long, whatever their use.
     pub max_lifetime_s: u64,
-    /// Run a cheap query on checkout so a connection killed by the server is
-    /// replaced before a caller sees it.
+    /// Check a connection on checkout, so one the server closed is replaced
+    /// before a caller sees it: the client's view of its socket and
+    /// transaction, no round trip (see `checkout_query`).
     pub test_on_checkout: bool,
+    /// With `test_on_checkout`: also run `SELECT 1`, a round trip per
+    /// checkout, for networks that drop connections without closing them.
+    pub checkout_query: bool,
     /// Per-connection `statement_timeout`: no statement runs longer.
     pub statement_timeout_ms: u64,
     /// Per-connection `idle_in_transaction_session_timeout`: a transaction left
@@ -109,6 +113,7 @@ impl Default for DatabaseSettings {
             idle_timeout_s: 600,
             max_lifetime_s: 1_800,
             test_on_checkout: true,
+            checkout_query: false,
             statement_timeout_ms: 10_000,
             idle_in_transaction_timeout_ms: 15_000,
             retry: RetrySettings::default(),

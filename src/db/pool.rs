@@ -3,7 +3,11 @@
 use std::time::{Duration, Instant};
 
 use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
+use diesel::IntoSql;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, PoolableConnection, RecyclingMethod,
+};
+use diesel_async::RunQueryDsl;
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures_util::FutureExt;
 use serde::Serialize;
@@ -77,8 +81,30 @@ impl DbPool {
             }
             .boxed()
         });
-        // `Verified` runs `SELECT 1` when bb8 tests a connection on checkout.
-        config.recycling_method = RecyclingMethod::Verified;
+        // What bb8's checkout test (`test_on_checkout`) does. By default it
+        // looks at the client's own view — the socket closed (the server
+        // ended the backend, the connection task saw it) or a transaction
+        // left broken — without a round trip, as deadpool-postgres's `Fast`
+        // recycling does: a `SELECT 1` per checkout cost a round trip through
+        // a busy server for every operation (about one per two messages under
+        // load). A connection that died unseen (a silent network) fails its
+        // first statement retryably and the retry gets another. With
+        // `checkout_query` it also runs `SELECT 1`.
+        let query = s.checkout_query;
+        config.recycling_method = RecyclingMethod::CustomFunction(Box::new(move |conn| {
+            async move {
+                if query {
+                    diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
+                        .get_result::<i32>(&mut *conn)
+                        .await?;
+                }
+                if PoolableConnection::is_broken(conn) {
+                    return Err(diesel::result::Error::BrokenTransactionManager);
+                }
+                Ok(())
+            }
+            .boxed()
+        }));
         let manager = AsyncDieselConnectionManager::new_with_config(url, config);
         let pool = Pool::builder()
             .max_size(s.max_connections)
