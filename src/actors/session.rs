@@ -24,6 +24,7 @@ use super::registry::Registry;
 use super::supervisor::{CrashDecision, Crashed, Supervisor};
 use crate::ai::{candidates, SlotRequest};
 use crate::db::steps::{self, NewMessage, NewOutbox, NewOutcome, PendingInbound, StepWrite, WriteOutcome};
+use crate::db::sessions::SessionRecord;
 use crate::db::Database;
 use crate::engine::{inbound_text, EngineSettings, EngineStats, Event, EventKind, EventMessage, Middleware};
 use crate::error::{Error, Result};
@@ -307,7 +308,25 @@ async fn ensure_core(deps: &SessionDeps, phone: &str, core: Option<Core>) -> Res
 /// The session as stored; a phone without one starts in the flow's initial
 /// state at version 0 (its first step creates the row: no commit here).
 async fn load_core(deps: &SessionDeps, phone: &str, recent: VecDeque<i64>) -> Result<Core> {
-    Ok(match deps.db.load_session(phone).await? {
+    Ok(core_of(deps, deps.db.load_session(phone).await?, recent))
+}
+
+/// The core and the phone's waiting inbox rows, in one round trip (an
+/// activation, or a restart after a crash).
+async fn load_core_and_unprocessed(
+    deps: &SessionDeps,
+    phone: &str,
+    recent: VecDeque<i64>,
+) -> Result<(Core, Vec<PendingInbound>)> {
+    let (record, rows) = deps
+        .db
+        .load_session_and_unprocessed(phone, deps.instance, RESUME_BATCH)
+        .await?;
+    Ok((core_of(deps, record, recent), rows))
+}
+
+fn core_of(deps: &SessionDeps, record: Option<SessionRecord>, recent: VecDeque<i64>) -> Core {
+    match record {
         Some(s) => Core {
             state: s.flow_state,
             data: s.data,
@@ -322,7 +341,7 @@ async fn load_core(deps: &SessionDeps, phone: &str, recent: VecDeque<i64>) -> Re
             handoff: false,
             recent,
         },
-    })
+    }
 }
 
 /// For a write on version 0: the state to create a missing session in.
@@ -370,15 +389,12 @@ async fn run_inbound(
             },
         },
         None => {
-            // Activation: load, then resume whatever is waiting (it includes `first`).
-            let c = match load_core(deps, phone, VecDeque::new()).await {
-                Ok(c) => c,
+            // Activation: load, and resume whatever is waiting (it includes `first`).
+            let (c, rows) = match load_core_and_unprocessed(deps, phone, VecDeque::new()).await {
+                Ok(loaded) => loaded,
                 Err(e) => return (None, Err(e)),
             };
-            match fetch_unprocessed(deps, phone).await {
-                Ok(rows) => queue.extend(rows),
-                Err(e) => return (Some(c), Err(e)),
-            }
+            queue.extend(rows);
             if let Some(f) = first {
                 if !queue.iter().any(|p| p.id == f.id) {
                     queue.push_back(f);
@@ -468,18 +484,16 @@ async fn run_inbound(
             Ok(Err(e)) => return (None, Err(e)),
             Err(e) => return (None, Err(Error::Unavailable(format!("supervisor: {e}")))),
         };
-        core = match load_core(deps, phone, std::mem::take(&mut core.recent)).await {
-            Ok(c) => c,
+        let rows;
+        (core, rows) = match load_core_and_unprocessed(deps, phone, std::mem::take(&mut core.recent)).await {
+            Ok(loaded) => loaded,
             Err(e) => return (None, Err(e)),
         };
         if quarantined {
             // Its mailbox copy, if any, must not crash the actor again.
             core.remember(id);
         }
-        queue = match fetch_unprocessed(deps, phone).await {
-            Ok(rows) => rows.into(),
-            Err(e) => return (Some(core), Err(e)),
-        };
+        queue = rows.into();
         singles = 0;
     }
     (Some(core), Ok(()))

@@ -172,6 +172,29 @@ impl Database {
             .await
     }
 
+    /// A conversation's activation: its session and the inbox rows waiting
+    /// for it that `holder` may resume (at most `limit`), read on one
+    /// connection in one round trip — the two statements are pipelined.
+    /// Thousands of conversations activate at once after a start; two
+    /// checkouts and two round trips each made that the slowest second.
+    pub async fn load_session_and_unprocessed(
+        &self,
+        phone: &str,
+        holder: i64,
+        limit: i64,
+    ) -> Result<(Option<SessionRecord>, Vec<steps::PendingInbound>)> {
+        self.retry
+            .run("load_session_and_unprocessed", || async {
+                let conn = self.pool.get().await?;
+                let (mut first, mut second): (&AsyncPgConnection, &AsyncPgConnection) = (&conn, &conn);
+                futures_util::try_join!(
+                    sessions::load(&mut first, phone),
+                    steps::unprocessed(&mut second, phone, holder, limit)
+                )
+            })
+            .await
+    }
+
     /// Reads or creates (race-free) a session, retrying transient errors.
     pub async fn load_or_create_session(&self, phone: &str, initial_state: &str) -> Result<SessionRecord> {
         self.retry

@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel::pg::Pg;
+use diesel_async::{AsyncConnectionCore, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
 use super::schema::sessions;
@@ -33,7 +34,13 @@ pub struct SessionUpdate<'a> {
 
 /// Reads a session, if it exists.
 #[tracing::instrument(skip_all, fields(phone = %mask(phone)))]
-pub async fn load(conn: &mut AsyncPgConnection, phone: &str) -> Result<Option<SessionRecord>> {
+///
+/// Generic over the connection so it can also run pipelined with another
+/// read on a shared `&AsyncPgConnection`.
+pub async fn load<C>(conn: &mut C, phone: &str) -> Result<Option<SessionRecord>>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
     Ok(sessions::table
         .find(phone)
         .select(SessionRecord::as_select())

@@ -17,7 +17,9 @@ use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Jsonb, Nullable, Text};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel::pg::Pg;
+use diesel_async::{AsyncConnection, AsyncConnectionCore, AsyncPgConnection, RunQueryDsl};
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 
 use super::schema::{dead_letters, inbox, outbox};
@@ -259,6 +261,14 @@ struct SessionUpdate<'a> {
 }
 
 async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()> {
+    // The statements below do not depend on one another (the versions were
+    // checked under the locks above; no row of one refers to another's), so
+    // they go out pipelined: sent back to back, answered in order, one round
+    // trip for all instead of one each (PostgreSQL still runs them one after
+    // the other, in the transaction). Each is serialized when its future is
+    // made; the futures borrow only the connection.
+    let conn: &AsyncPgConnection = conn;
+    let mut pipeline: Vec<BoxFuture<'_, diesel::QueryResult<usize>>> = Vec::with_capacity(5);
     // A chain updates its session row once, to its last state.
     let mut order: Vec<&str> = Vec::new();
     let mut updates: HashMap<&str, SessionUpdate> = HashMap::new();
@@ -285,7 +295,7 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
     let handoffs: Vec<bool> = rows.iter().map(|u| u.last.handoff).collect();
     let expected: Vec<i64> = rows.iter().map(|u| u.expected).collect();
     let steps: Vec<i64> = rows.iter().map(|u| u.steps).collect();
-    let updated = Cached::new(
+    let session_update = Cached::new(
         "UPDATE sessions AS s SET flow_state = u.flow_state, data = u.data, handoff = u.handoff, \
                 version = s.version + u.steps, updated_at = now() FROM unnest(",
     )
@@ -304,15 +314,8 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
         "::int8[]) AS u(phone, flow_state, data, handoff, expected, steps) \
          WHERE s.phone = u.phone AND s.version = u.expected",
     )
-    .execute(conn)
-    .await?;
-    if updated != rows.len() {
-        // Impossible while the rows are locked; refuse to commit half a batch.
-        return Err(Error::InvalidInput(format!(
-            "versioned update touched {updated} of {} locked sessions",
-            rows.len()
-        )));
-    }
+    .execute(&mut &*conn);
+    pipeline.push(session_update);
     // Fixed-text statements over arrays (one prepared statement whatever the
     // batch size; diesel's multi-row VALUES had a new text, so a new parse
     // and plan, for every row count). Rows keep the batch's order, so ids
@@ -321,7 +324,7 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
     if !msgs.is_empty() {
         let col = |f: fn(&NewMessage) -> &str| msgs.iter().map(|m| f(m)).collect::<Vec<&str>>();
         let opt = |f: fn(&NewMessage) -> Option<&str>| msgs.iter().map(|m| f(m)).collect::<Vec<Option<&str>>>();
-        Cached::new(
+        let insert = Cached::new(
             "INSERT INTO messages (phone, direction, origin, body, inbox_id, provider_message_id, status, outbox_key) \
              SELECT u.phone, u.direction, u.origin, u.body, u.inbox_id, u.provider_message_id, u.status, u.outbox_key \
              FROM unnest(",
@@ -346,12 +349,12 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
              AS u(phone, direction, origin, body, inbox_id, provider_message_id, status, outbox_key, ord) \
              ORDER BY u.ord",
         )
-        .execute(conn)
-        .await?;
+        .execute(&mut &*conn);
+        pipeline.push(insert);
     }
     let out: Vec<&NewOutbox> = valid.iter().flat_map(|w| &w.outbox).collect();
     if !out.is_empty() {
-        Cached::new("INSERT INTO outbox (phone, kind, payload, idempotency_key) SELECT u.phone, u.kind, u.payload, u.key FROM unnest(")
+        let insert = Cached::new("INSERT INTO outbox (phone, kind, payload, idempotency_key) SELECT u.phone, u.kind, u.payload, u.key FROM unnest(")
             .bind::<Array<Text>, _>(out.iter().map(|o| o.phone.as_str()).collect::<Vec<_>>())
             .sql("::text[], ")
             .bind::<Array<Text>, _>(out.iter().map(|o| o.kind).collect::<Vec<_>>())
@@ -360,12 +363,12 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
             .sql("::jsonb[], ")
             .bind::<Array<Text>, _>(out.iter().map(|o| o.idempotency_key.as_str()).collect::<Vec<_>>())
             .sql("::text[]) WITH ORDINALITY AS u(phone, kind, payload, key, ord) ORDER BY u.ord")
-            .execute(conn)
-            .await?;
+            .execute(&mut &*conn);
+        pipeline.push(insert);
     }
     let results: Vec<&NewOutcome> = valid.iter().flat_map(|w| &w.outcomes).collect();
     if !results.is_empty() {
-        Cached::new("INSERT INTO outcomes (phone, kind, ticket, data, inbox_id) SELECT u.phone, u.kind, u.ticket, u.data, u.inbox_id FROM unnest(")
+        let insert = Cached::new("INSERT INTO outcomes (phone, kind, ticket, data, inbox_id) SELECT u.phone, u.kind, u.ticket, u.data, u.inbox_id FROM unnest(")
             .bind::<Array<Text>, _>(results.iter().map(|o| o.phone.as_str()).collect::<Vec<_>>())
             .sql("::text[], ")
             .bind::<Array<Text>, _>(results.iter().map(|o| o.kind.as_str()).collect::<Vec<_>>())
@@ -376,8 +379,8 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
             .sql("::jsonb[], ")
             .bind::<Array<Nullable<BigInt>>, _>(results.iter().map(|o| o.inbox_id).collect::<Vec<_>>())
             .sql("::int8[]) WITH ORDINALITY AS u(phone, kind, ticket, data, inbox_id, ord) ORDER BY u.ord ON CONFLICT DO NOTHING")
-            .execute(conn)
-            .await?;
+            .execute(&mut &*conn);
+        pipeline.push(insert);
     }
     let (in_phones, in_ids): (Vec<&str>, Vec<i64>) = valid
         .iter()
@@ -388,7 +391,7 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
         // the session locks): with it the planner reads the partial
         // unprocessed index, whose statistics lag behind a busy phone's
         // backlog, and hashed the whole backlog for every batch.
-        Cached::new(
+        let mark = Cached::new(
             "UPDATE inbox AS i SET processed_at = coalesce(i.processed_at, now()), attempts = i.attempts + 1 \
              FROM unnest(",
         )
@@ -396,8 +399,17 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
         .sql("::text[], ")
         .bind::<Array<BigInt>, _>(&in_ids)
         .sql("::int8[]) AS u(phone, id) WHERE i.phone = u.phone AND i.id = u.id")
-        .execute(conn)
-        .await?;
+        .execute(&mut &*conn);
+        pipeline.push(mark);
+    }
+    let counts = futures_util::future::try_join_all(pipeline).await?;
+    let updated = counts[0];
+    if updated != rows.len() {
+        // Impossible while the rows are locked; refuse to commit half a batch.
+        return Err(Error::InvalidInput(format!(
+            "versioned update touched {updated} of {} locked sessions",
+            rows.len()
+        )));
     }
     Ok(())
 }
@@ -425,12 +437,12 @@ const RESUMABLE: &str = "(i.leased_by = me.holder OR i.lease_until < now() OR i.
 /// Unprocessed inbox rows of one phone that `holder` may resume, in
 /// acceptance order — not those another live process is applying.
 #[tracing::instrument(skip_all, fields(phone = %mask(phone)))]
-pub async fn unprocessed(
-    conn: &mut AsyncPgConnection,
-    phone: &str,
-    holder: i64,
-    limit: i64,
-) -> Result<Vec<PendingInbound>> {
+/// Generic over the connection so it can run pipelined with the session
+/// read on a shared `&AsyncPgConnection` (an activation's one round trip).
+pub async fn unprocessed<C>(conn: &mut C, phone: &str, holder: i64, limit: i64) -> Result<Vec<PendingInbound>>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
     Ok(Cached::new("WITH me AS (SELECT ")
         .bind::<BigInt, _>(holder)
         .sql("::int8 AS holder) SELECT i.id, i.provider_message_id, i.payload FROM inbox i, me WHERE i.phone = ")
