@@ -59,7 +59,9 @@ pub async fn mark_sent_batch(conn: &mut AsyncPgConnection, sent: &[(&Claimed, St
     let keys: Vec<&str> = sorted.iter().map(|(r, _)| r.idempotency_key.as_str()).collect();
     let pids: Vec<&str> = sorted.iter().map(|(_, p)| p.as_str()).collect();
     conn.transaction::<_, Error, _>(async move |conn| {
-        Cached::new(
+        // Two independent updates, pipelined: one round trip for both.
+        let (mut first, mut second): (&AsyncPgConnection, &AsyncPgConnection) = (conn, conn);
+        let rows = Cached::new(
             "UPDATE outbox AS o SET status = 'sent', provider_message_id = u.pid, last_error = NULL, \
                     updated_at = now() FROM unnest(",
         )
@@ -69,9 +71,8 @@ pub async fn mark_sent_batch(conn: &mut AsyncPgConnection, sent: &[(&Claimed, St
         .sql("::bigint[], ")
         .bind::<Array<Text>, _>(&pids)
         .sql("::text[]) AS u(phone, id, pid) WHERE o.phone = u.phone AND o.id = u.id")
-        .execute(conn)
-        .await?;
-        Cached::new(
+        .execute(&mut first);
+        let messages = Cached::new(
             "UPDATE messages AS m SET status = 'sent', provider_message_id = u.pid, updated_at = now() FROM unnest(",
         )
         .bind::<Array<Text>, _>(&phones)
@@ -80,8 +81,8 @@ pub async fn mark_sent_batch(conn: &mut AsyncPgConnection, sent: &[(&Claimed, St
         .sql("::text[], ")
         .bind::<Array<Text>, _>(&pids)
         .sql("::text[]) AS u(phone, key, pid) WHERE m.phone = u.phone AND m.outbox_key = u.key")
-        .execute(conn)
-        .await?;
+        .execute(&mut second);
+        futures_util::try_join!(rows, messages)?;
         Ok(())
     })
     .await
