@@ -83,9 +83,7 @@ async fn first_start_initializes_second_start_reuses_the_data_and_stop_leaves_no
     // A setting the server does not know stops the start with the server's
     // own words naming it.
     let mut wrong = settings;
-    wrong
-        .server_settings
-        .insert("no_such_setting".into(), PgValue::Int(1));
+    wrong.server_settings.insert("no_such_setting".into(), PgValue::Int(1));
     let err = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&wrong, support::FAST_SERVER))
         .await
         .unwrap()

@@ -4,8 +4,10 @@
 //! go out as one transaction when a slot frees up ("group commit"): under no
 //! load each write commits alone at once; under load batches grow by
 //! themselves, so one disk flush covers many messages. Up to
-//! `max_in_flight` batches run at once, each on its own pooled connection;
-//! sessions are locked in phone order, so batches never deadlock.
+//! `max_in_flight` batches run at once, each on its own pooled connection,
+//! shared between inbox registrations and steps when both wait (neither
+//! kind can starve the other); sessions are locked in phone order, so
+//! batches never deadlock.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,7 +84,11 @@ pub struct DbWriter {
     /// Phones with a registration batch in flight: one at a time per phone,
     /// so a phone's messages are numbered in the order they came.
     registering: HashSet<String>,
-    in_flight: usize,
+    /// Batches committing now, of each kind (together at most `max_in_flight`).
+    registering_batches: usize,
+    step_batches: usize,
+    /// The kind of the batch started last (ties go to the other kind).
+    last: Kind,
     stats: Arc<WriterStats>,
     /// Woken after a commit that queued outbound messages.
     outbox: Arc<tokio::sync::Notify>,
@@ -104,63 +110,97 @@ impl DbWriter {
             pending: Vec::new(),
             registrations: Vec::new(),
             registering: HashSet::new(),
-            in_flight: 0,
+            registering_batches: 0,
+            step_batches: 0,
+            last: Kind::Steps,
             stats,
             outbox,
             lease,
         }
     }
 
-    /// Starts batches while there is work and a free slot.
+    /// Starts batches while there is work and a free slot. When both kinds
+    /// wait, the kind with fewer batches in flight goes first, so under
+    /// load they share the slots: registrations used to go first always,
+    /// and a registration backlog (5,000 req/s while the disk stalled)
+    /// kept every slot and starved the steps — nothing was applied for the
+    /// rest of the run.
     fn flush(&mut self, ctx: &mut Context<Self>) {
         let slots = self.settings.max_in_flight.max(1);
-        // Registrations first: a webhook waits for them to answer.
-        while self.in_flight < slots && !self.registrations.is_empty() {
-            let batch = self.take_registrations();
-            if batch.is_empty() {
-                // Every waiting phone has a batch in flight.
+        // Registrations of phones that all have a batch in flight cannot go
+        // now; a finishing batch calls flush again.
+        let mut registrations_blocked = false;
+        while self.in_flight() < slots {
+            let waiting = Waiting {
+                registrations: !registrations_blocked && !self.registrations.is_empty(),
+                steps: !self.pending.is_empty(),
+            };
+            let Some(kind) = next_kind(waiting, self.registering_batches, self.step_batches, self.last) else {
                 break;
-            }
-            // One entry per phone (a busy phone fills a batch with its own).
-            let phones: HashSet<String> = batch.iter().map(|(d, _)| d.phone.clone()).collect();
-            self.stats.registration_batches.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .registrations
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            self.registering.extend(phones.iter().cloned());
-            self.in_flight += 1;
-            let db = self.db.clone();
-            ctx.spawn(
-                register(db, batch, self.lease)
-                    .into_actor(self)
-                    .map(move |(), act, ctx| {
-                        for p in &phones {
-                            act.registering.remove(p);
-                        }
-                        act.in_flight -= 1;
-                        act.flush(ctx);
-                    }),
-            );
-        }
-        while self.in_flight < slots && !self.pending.is_empty() {
-            let batch = self.take_batch();
-            self.in_flight += 1;
-            let db = self.db.clone();
-            let stats = self.stats.clone();
-            let outbox = self.outbox.clone();
-            ctx.spawn(
-                async move {
-                    if commit(db, batch, stats).await {
-                        outbox.notify_one();
-                    }
+            };
+            self.last = kind;
+            if kind == Kind::Registration {
+                let batch = self.take_registrations();
+                if batch.is_empty() {
+                    registrations_blocked = true;
+                    continue;
                 }
+                self.start_registration(batch, ctx);
+            } else {
+                self.start_steps(ctx);
+            }
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.registering_batches + self.step_batches
+    }
+
+    fn start_registration(
+        &mut self,
+        batch: Vec<(OwnedDelivery, oneshot::Sender<Result<Registration, Error>>)>,
+        ctx: &mut Context<Self>,
+    ) {
+        // One entry per phone (a busy phone fills a batch with its own).
+        let phones: HashSet<String> = batch.iter().map(|(d, _)| d.phone.clone()).collect();
+        self.stats.registration_batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .registrations
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.registering.extend(phones.iter().cloned());
+        self.registering_batches += 1;
+        let db = self.db.clone();
+        ctx.spawn(
+            register(db, batch, self.lease)
                 .into_actor(self)
-                .map(|(), act, ctx| {
-                    act.in_flight -= 1;
+                .map(move |(), act, ctx| {
+                    for p in &phones {
+                        act.registering.remove(p);
+                    }
+                    act.registering_batches -= 1;
                     act.flush(ctx);
                 }),
-            );
-        }
+        );
+    }
+
+    fn start_steps(&mut self, ctx: &mut Context<Self>) {
+        let batch = self.take_batch();
+        self.step_batches += 1;
+        let db = self.db.clone();
+        let stats = self.stats.clone();
+        let outbox = self.outbox.clone();
+        ctx.spawn(
+            async move {
+                if commit(db, batch, stats).await {
+                    outbox.notify_one();
+                }
+            }
+            .into_actor(self)
+            .map(|(), act, ctx| {
+                act.step_batches -= 1;
+                act.flush(ctx);
+            }),
+        );
     }
 
     /// Up to `max_batch` registrations with distinct keys (a repeated key
@@ -208,6 +248,36 @@ impl DbWriter {
         }
         self.pending = rest;
         batch
+    }
+}
+
+/// The two kinds of batch the writer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Registration,
+    Steps,
+}
+
+/// Which kinds have work that could start now.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    registrations: bool,
+    steps: bool,
+}
+
+/// The kind of batch to start in a free slot: the only one waiting, or,
+/// when both wait, the one with fewer batches in flight (a tie goes to the
+/// kind not started last). Neither can starve the other, whatever the
+/// number of slots.
+fn next_kind(waiting: Waiting, registering: usize, stepping: usize, last: Kind) -> Option<Kind> {
+    match (waiting.registrations, waiting.steps) {
+        (false, false) => None,
+        (true, false) => Some(Kind::Registration),
+        (false, true) => Some(Kind::Steps),
+        (true, true) if registering < stepping => Some(Kind::Registration),
+        (true, true) if stepping < registering => Some(Kind::Steps),
+        (true, true) if last == Kind::Registration => Some(Kind::Steps),
+        (true, true) => Some(Kind::Registration),
     }
 }
 
@@ -365,5 +435,67 @@ impl Handler<Register> for DbWriter {
             rx.await
                 .unwrap_or_else(|_| Err(Error::Connection("the DB writer stopped".into())))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both kinds always waiting; batches finish oldest first. Returns how
+    /// many of each kind started out of `starts`.
+    fn share(slots: usize, starts: usize) -> (usize, usize) {
+        let both = Waiting {
+            registrations: true,
+            steps: true,
+        };
+        let mut running: std::collections::VecDeque<Kind> = Default::default();
+        let (mut reg, mut step, mut last) = (0, 0, Kind::Steps);
+        let mut started = (0, 0);
+        for _ in 0..starts {
+            if running.len() == slots {
+                match running.pop_front() {
+                    Some(Kind::Registration) => reg -= 1,
+                    _ => step -= 1,
+                }
+            }
+            let kind = next_kind(both, reg, step, last).unwrap();
+            last = kind;
+            running.push_back(kind);
+            match kind {
+                Kind::Registration => {
+                    reg += 1;
+                    started.0 += 1;
+                }
+                Kind::Steps => {
+                    step += 1;
+                    started.1 += 1;
+                }
+            }
+        }
+        started
+    }
+
+    #[test]
+    fn under_both_loads_registrations_and_steps_share_the_slots() {
+        // Registrations first, always, gave (1000, 0): the steps starved.
+        for slots in 1..=6 {
+            let (reg, step) = share(slots, 1000);
+            assert!(
+                reg.abs_diff(step) <= slots,
+                "{slots} slots: {reg} registrations, {step} steps"
+            );
+        }
+    }
+
+    #[test]
+    fn a_kind_alone_takes_every_slot_and_nothing_waiting_starts_nothing() {
+        let only = |registrations, steps| Waiting { registrations, steps };
+        assert_eq!(
+            next_kind(only(true, false), 3, 0, Kind::Registration),
+            Some(Kind::Registration)
+        );
+        assert_eq!(next_kind(only(false, true), 0, 3, Kind::Steps), Some(Kind::Steps));
+        assert_eq!(next_kind(only(false, false), 0, 0, Kind::Steps), None);
     }
 }

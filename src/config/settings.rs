@@ -455,7 +455,11 @@ impl Settings {
                 PgValue::Float(f) => f.is_finite(),
                 _ => true,
             };
-            check(text_ok, &key, "must not contain control characters (or be NaN/infinite)");
+            check(
+                text_ok,
+                &key,
+                "must not contain control characters (or be NaN/infinite)",
+            );
         }
         check(
             self.whatsapp.api_base.starts_with("http://") || self.whatsapp.api_base.starts_with("https://"),

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
 use diesel::IntoSql;
+use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, PoolableConnection, RecyclingMethod,
 };

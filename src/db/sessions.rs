@@ -1,8 +1,8 @@
 //! Session rows: load, race-free create, and the versioned write.
 
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
 use diesel::pg::Pg;
+use diesel::prelude::*;
 use diesel_async::{AsyncConnectionCore, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 

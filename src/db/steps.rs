@@ -15,9 +15,9 @@
 
 use std::collections::{HashMap, HashSet};
 
+use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Jsonb, Nullable, Text};
-use diesel::pg::Pg;
 use diesel_async::{AsyncConnection, AsyncConnectionCore, AsyncPgConnection, RunQueryDsl};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
