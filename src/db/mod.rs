@@ -175,8 +175,9 @@ impl Database {
     /// A conversation's activation: its session and the inbox rows waiting
     /// for it that `holder` may resume (at most `limit`), read on one
     /// connection in one round trip — the two statements are pipelined.
-    /// Thousands of conversations activate at once after a start; two
-    /// checkouts and two round trips each made that the slowest second.
+    /// Thousands of conversations activate at once after a start: this
+    /// halves their checkouts and round trips (no latency difference was
+    /// measurable on the project's 2-core machine; BENCHMARKS.md).
     pub async fn load_session_and_unprocessed(
         &self,
         phone: &str,
