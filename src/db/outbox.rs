@@ -59,8 +59,9 @@ pub async fn mark_sent_batch(conn: &mut AsyncPgConnection, sent: &[(&Claimed, St
     let keys: Vec<&str> = sorted.iter().map(|(r, _)| r.idempotency_key.as_str()).collect();
     let pids: Vec<&str> = sorted.iter().map(|(_, p)| p.as_str()).collect();
     conn.transaction::<_, Error, _>(async move |conn| {
-        // Two independent updates, pipelined: one round trip for both.
-        let (mut first, mut second): (&AsyncPgConnection, &AsyncPgConnection) = (conn, conn);
+        // Two independent updates, pipelined (as in `steps::apply`): one
+        // round trip for both.
+        let conn: &AsyncPgConnection = conn;
         let rows = Cached::new(
             "UPDATE outbox AS o SET status = 'sent', provider_message_id = u.pid, last_error = NULL, \
                     updated_at = now() FROM unnest(",
@@ -71,7 +72,7 @@ pub async fn mark_sent_batch(conn: &mut AsyncPgConnection, sent: &[(&Claimed, St
         .sql("::bigint[], ")
         .bind::<Array<Text>, _>(&pids)
         .sql("::text[]) AS u(phone, id, pid) WHERE o.phone = u.phone AND o.id = u.id")
-        .execute(&mut first);
+        .execute(&mut &*conn);
         let messages = Cached::new(
             "UPDATE messages AS m SET status = 'sent', provider_message_id = u.pid, updated_at = now() FROM unnest(",
         )
@@ -81,7 +82,7 @@ pub async fn mark_sent_batch(conn: &mut AsyncPgConnection, sent: &[(&Claimed, St
         .sql("::text[], ")
         .bind::<Array<Text>, _>(&pids)
         .sql("::text[]) AS u(phone, key, pid) WHERE m.phone = u.phone AND m.outbox_key = u.key")
-        .execute(&mut second);
+        .execute(&mut &*conn);
         futures_util::try_join!(rows, messages)?;
         Ok(())
     })
