@@ -149,3 +149,24 @@ async fn the_checker_catches_a_version_gap_a_duplicated_reply_and_an_unprocessed
     let v = checker::check(url, &acked).await.unwrap();
     assert!(found(v, "every acked message is processed"));
 }
+
+#[actix_web::test]
+async fn requests_beyond_the_connection_bound_wait_their_turn_and_none_fails() {
+    // The burst sends 100 messages of one phone at once; over one
+    // connection they go one after another, and every one is acked.
+    let a = args("--scenario burst --connections 1 --drain 30 --quiet");
+    let report = load::run(a).await.unwrap();
+    assert_eq!(report.connections, 1);
+    assert_eq!(report.errors, 0, "{:?}", report.error_samples);
+    assert_eq!((report.sent, report.acked), (100, 100));
+    assert!(report.invariants_checked && report.invariant_violations.is_empty());
+    assert!(report.table().contains("open-loop, 1 connection)"));
+}
+
+#[test]
+fn a_connection_bound_of_zero_is_refused() {
+    let e = Args::try_parse_from(["load", "--scenario", "steady", "--connections", "0"])
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("--connections"), "{e}");
+}

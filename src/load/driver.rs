@@ -118,6 +118,10 @@ struct Shared {
     errors: AtomicU64,
     error_samples: Mutex<Vec<String>>,
     in_flight: AtomicU64,
+    /// Requests on the wire at most (the generator's connections); the
+    /// others wait their turn, their latency counted from the intended
+    /// send time all the same.
+    wire: tokio::sync::Semaphore,
     start: Instant,
 }
 
@@ -159,6 +163,8 @@ impl Shared {
     }
 
     async fn execute(self: Arc<Self>, action: Action, intended: Instant) {
+        // Held until the answer is read: one connection per request on the wire.
+        let _wire = self.wire.acquire().await;
         let t = &self.target;
         let result = match &action {
             Action::Webhook { phone, id, text } => {
@@ -289,19 +295,26 @@ async fn follow_events(shared: Arc<Shared>) {
     }
 }
 
-/// Runs `plan` open-loop; or, with `closed_workers`, that many workers
-/// sending back-to-back for `duration`. Waits up to `drain` after the last
-/// send for messages to be applied.
+/// Runs `plan` open-loop over at most `connections` requests on the wire
+/// at once (as wrk2 does: a request due while all are busy waits, and its
+/// latency counts from when it was due); or, with `closed_workers`, that
+/// many workers sending back-to-back for `duration`. Waits up to `drain`
+/// after the last send for messages to be applied.
 pub async fn drive(
     target: Target,
     plan: Vec<Planned>,
     closed_workers: Option<(usize, Duration, usize)>,
+    connections: usize,
     drain: Duration,
     progress: bool,
 ) -> Measured {
+    // Closed loop: each worker has its connection.
+    let connections = closed_workers
+        .map_or(connections, |(w, _, _)| w.max(connections))
+        .max(1);
     let shared = Arc::new(Shared {
         client: reqwest::Client::builder()
-            .pool_max_idle_per_host(1024)
+            .pool_max_idle_per_host(connections)
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new()),
@@ -318,6 +331,7 @@ pub async fn drive(
         errors: AtomicU64::new(0),
         error_samples: Mutex::new(Vec::new()),
         in_flight: AtomicU64::new(0),
+        wire: tokio::sync::Semaphore::new(connections),
         start: Instant::now() + Duration::from_millis(200),
     });
     let events = actix_web::rt::spawn(follow_events(shared.clone()));

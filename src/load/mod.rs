@@ -97,6 +97,14 @@ pub struct LoadArgs {
     /// API token for the event stream and agent calls, with --target.
     #[arg(long, env = "SWITCHBOARD_LOAD_API_TOKEN")]
     pub api_token: Option<String>,
+    /// Open loop: requests on the wire at most (the generator's
+    /// connections, as a provider's delivery workers). A request due while
+    /// all are busy waits; its latency counts from when it was due. Without
+    /// a bound a stall opens a connection per request: at 5,000 req/s that
+    /// was 12,000 sockets, and the generator and its own server ran out of
+    /// file descriptors.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: u32,
     /// Seconds to wait after the last send for messages to be applied.
     #[arg(long, default_value_t = 30)]
     pub drain: u64,
@@ -290,6 +298,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         target.clone(),
         plan,
         closed,
+        args.connections as usize,
         Duration::from_secs(args.drain),
         !args.quiet,
     );
@@ -397,6 +406,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         resent_after_crash,
         mode: if args.max { "closed-loop" } else { "open-loop" },
         rate: args.rate,
+        connections: args.connections as usize,
         duration_s: args.duration as f64,
         phones: args.phones,
         sent: measured.sent,

@@ -77,6 +77,8 @@ pub struct Report {
     pub resent_after_crash: u64,
     pub mode: &'static str,
     pub rate: f64,
+    /// Open loop: requests on the wire at most (`--connections`).
+    pub connections: usize,
     pub duration_s: f64,
     pub phones: usize,
     pub sent: u64,
@@ -108,10 +110,19 @@ impl Report {
                 p.p50, p.p90, p.p99, p.p999, p.max, p.count
             )
         };
+        let mode = if self.mode == "open-loop" {
+            format!(
+                "open-loop, {} connection{}",
+                self.connections,
+                if self.connections == 1 { "" } else { "s" }
+            )
+        } else {
+            self.mode.to_string()
+        };
         let mut t = format!(
             "scenario {} ({}) against {}\n  sent {}  acked {}  errors {}  duplicates sent {}\n  applied {}  throughput {:.1} msg/s  conflicts {}  retries {}\n",
             self.scenario,
-            self.mode,
+            mode,
             self.target,
             self.sent,
             self.acked,
