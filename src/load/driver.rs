@@ -60,6 +60,9 @@ pub struct Measured {
     pub acked_ids: Vec<String>,
     /// Distinct messages seen applied (through the event stream).
     pub applied: u64,
+    /// Times the event stream was lost (the subscriber fell behind) and
+    /// followed again: messages applied in between have no end-to-end time.
+    pub event_reconnects: u64,
     /// From the first intended send to the last message seen applied (or acked).
     pub elapsed: Duration,
     /// Per second of intended send time.
@@ -112,6 +115,8 @@ struct Shared {
     /// Intended send time of each message not yet seen applied.
     waiting: DashMap<String, Instant>,
     applied: AtomicU64,
+    /// Times the event stream was lost and followed again.
+    event_reconnects: AtomicU64,
     last_applied: Mutex<Option<Instant>>,
     sent: AtomicU64,
     acked: AtomicU64,
@@ -126,6 +131,32 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(target: Target, connections: usize) -> Self {
+        Self {
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(connections)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new()),
+            target,
+            ack: Mutex::new(histogram()),
+            e2e: Mutex::new(histogram()),
+            per_second: Mutex::new(Vec::new()),
+            acked_ids: Mutex::new(Vec::new()),
+            waiting: DashMap::new(),
+            applied: AtomicU64::new(0),
+            event_reconnects: AtomicU64::new(0),
+            last_applied: Mutex::new(None),
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            error_samples: Mutex::new(Vec::new()),
+            in_flight: AtomicU64::new(0),
+            wire: tokio::sync::Semaphore::new(connections),
+            start: Instant::now() + Duration::from_millis(200),
+        }
+    }
+
     fn second(&self, at: Instant) -> usize {
         at.saturating_duration_since(self.start).as_secs() as usize
     }
@@ -258,17 +289,37 @@ pub fn delivery_body(messages: Value, statuses: Value, phone: &str) -> Vec<u8> {
 }
 
 /// Follows `/api/events`, recording each message's end-to-end latency when
-/// its transition is published (the reply is committed by then).
+/// its transition is published (the reply is committed by then). The server
+/// drops a subscriber that falls behind; the follower then connects again
+/// at once (the messages applied meanwhile are not timed; the checker still
+/// counts them) and counts the reconnection.
 async fn follow_events(shared: Arc<Shared>) {
     // Its own client: the request timeout of the others would cut the stream.
     let client = reqwest::Client::new();
     // With several processes, the first one relays every process's events.
     let base = shared.target.bases.first().cloned().unwrap_or_default();
-    let mut req = client.get(format!("{base}/api/events"));
-    if let Some(t) = &shared.target.api_token {
-        req = req.bearer_auth(t.expose());
+    let mut connected_once = false;
+    loop {
+        let mut req = client.get(format!("{base}/api/events"));
+        if let Some(t) = &shared.target.api_token {
+            req = req.bearer_auth(t.expose());
+        }
+        match req.send().await {
+            Ok(resp) if resp.status().is_success() => {
+                if connected_once {
+                    shared.event_reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                connected_once = true;
+                read_events(&shared, resp).await;
+            }
+            _ => {}
+        }
+        // Lost (or not yet up): try again shortly.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let Ok(mut resp) = req.send().await else { return };
+}
+
+async fn read_events(shared: &Shared, mut resp: reqwest::Response) {
     let mut buf = String::new();
     while let Ok(Some(chunk)) = resp.chunk().await {
         buf.push_str(&String::from_utf8_lossy(&chunk));
@@ -312,28 +363,7 @@ pub async fn drive(
     let connections = closed_workers
         .map_or(connections, |(w, _, _)| w.max(connections))
         .max(1);
-    let shared = Arc::new(Shared {
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(connections)
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new()),
-        target,
-        ack: Mutex::new(histogram()),
-        e2e: Mutex::new(histogram()),
-        per_second: Mutex::new(Vec::new()),
-        acked_ids: Mutex::new(Vec::new()),
-        waiting: DashMap::new(),
-        applied: AtomicU64::new(0),
-        last_applied: Mutex::new(None),
-        sent: AtomicU64::new(0),
-        acked: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        error_samples: Mutex::new(Vec::new()),
-        in_flight: AtomicU64::new(0),
-        wire: tokio::sync::Semaphore::new(connections),
-        start: Instant::now() + Duration::from_millis(200),
-    });
+    let shared = Arc::new(Shared::new(target, connections));
     let events = actix_web::rt::spawn(follow_events(shared.clone()));
     let reporter = progress.then(|| actix_web::rt::spawn(report_progress(shared.clone())));
     let duplicates = plan.iter().filter(|p| p.duplicate).count() as u64;
@@ -416,6 +446,7 @@ pub async fn drive(
         ack_us,
         e2e_us,
         applied: shared.applied.load(Ordering::Relaxed),
+        event_reconnects: shared.event_reconnects.load(Ordering::Relaxed),
         elapsed: last.max(sends_done).saturating_duration_since(shared.start),
         acked_ids: acked_ids.into_iter().collect(),
         timeline,
@@ -445,5 +476,58 @@ async fn report_progress(shared: Arc<Shared>) {
             shared.errors.load(Ordering::Relaxed),
         );
         last_sent = sent;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server whose event stream ends after one event (as the real one
+    /// drops a subscriber that falls behind): the follower connects again
+    /// and times the messages announced on the new stream.
+    #[tokio::test]
+    async fn the_event_follower_connects_again_when_the_stream_is_lost() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (third_tx, third_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            for id in ["wamid.a", "wamid.b"] {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut req = [0u8; 4096];
+                let _ = sock.read(&mut req).await.unwrap();
+                let body = format!("event: transition\ndata: {{\"provider_message_id\":\"{id}\"}}\n\n");
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+                sock.write_all(format!("{head}{body}").as_bytes()).await.unwrap();
+                // Closing ends the stream.
+            }
+            // A third connection comes after the second stream was read
+            // to its end; it is left unanswered.
+            let (sock, _) = listener.accept().await.unwrap();
+            let _ = third_tx.send(sock);
+        });
+        let target = Target {
+            bases: vec![base],
+            app_secret: None,
+            api_token: None,
+            by_phone: false,
+        };
+        let shared = Arc::new(Shared::new(target, 1));
+        for id in ["wamid.a", "wamid.b"] {
+            shared.waiting.insert(id.to_string(), Instant::now());
+        }
+        let follower = tokio::spawn(follow_events(shared.clone()));
+        let _held = tokio::time::timeout(Duration::from_secs(30), third_rx)
+            .await
+            .expect("the follower came back a second time")
+            .unwrap();
+        follower.abort();
+        assert_eq!(shared.applied.load(Ordering::Relaxed), 2);
+        assert!(shared.waiting.is_empty());
+        assert_eq!(shared.event_reconnects.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.e2e.lock().unwrap().len(), 2);
     }
 }

@@ -415,6 +415,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         duplicates_sent: measured.duplicates_sent,
         throughput_msgs_per_s: measured.applied as f64 / secs,
         applied: measured.applied,
+        event_reconnects: measured.event_reconnects,
         ack_latency_ms: Percentiles::from_us(&measured.ack_us),
         e2e_latency_ms: Percentiles::from_us(&measured.e2e_us),
         conflicts: metric_sum(&target.bases, "switchboard_version_conflicts_total").await,

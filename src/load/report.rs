@@ -88,6 +88,10 @@ pub struct Report {
     /// Distinct messages seen applied per second of the run.
     pub throughput_msgs_per_s: f64,
     pub applied: u64,
+    /// Times the harness lost the event stream (it fell behind and the
+    /// server dropped it) and followed it again; the messages applied in
+    /// between are not in `applied` or the end-to-end latencies.
+    pub event_reconnects: u64,
     pub ack_latency_ms: Percentiles,
     pub e2e_latency_ms: Percentiles,
     pub conflicts: u64,
@@ -135,6 +139,12 @@ impl Report {
         );
         t.push_str(&row("ack", &self.ack_latency_ms));
         t.push_str(&row("end-to-end", &self.e2e_latency_ms));
+        if self.event_reconnects > 0 {
+            t.push_str(&format!(
+                "  event stream lost {} times and followed again: the messages applied meanwhile are not timed\n",
+                self.event_reconnects
+            ));
+        }
         if !self.invariants_checked {
             t.push_str("  invariants: NOT CHECKED (no database URL)\n");
         } else if self.invariant_violations.is_empty() {
