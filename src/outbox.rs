@@ -2,9 +2,14 @@
 //! transactions committed, through a [`Sender`], with retries, backoff,
 //! dead letters, a circuit breaker and a per-number rate limit.
 //!
-//! Rows are claimed with `FOR UPDATE SKIP LOCKED` and a lease, so several
-//! processes share one outbox and a row whose process died mid-send is
-//! retried after its lease. A row is marked `sent` once; it is never claimed
+//! A reply is claimed by the step transaction that writes it (status
+//! `sending`, leased to this process) and handed to the dispatcher in
+//! memory ([`Handoff`]): no claim statement, no commit of its own, on the
+//! way of a reply. Other rows — retries, rows left pending while the
+//! handoff was full, rows of a process that died — are claimed with `FOR
+//! UPDATE SKIP LOCKED` once their lease has passed, so several processes
+//! share one outbox and a row whose process died mid-send is retried
+//! after its lease. A row is marked `sent` once; it is never claimed
 //! again after that. (A crash between the provider's accept and our record
 //! can still repeat one send: no send API offers an idempotency key.)
 
@@ -99,6 +104,90 @@ pub struct OutboxStats {
     pub dead: std::sync::atomic::AtomicU64,
 }
 
+/// Outbox rows claimed by the step transaction that inserted them, on their
+/// way to this process's dispatcher in memory (no claim query, no commit of
+/// their own). Bounded: while it is full, steps insert their rows pending
+/// for the claim query. A row that waits here past half its lease is left
+/// to the claim query too (taken when the lease runs out), so it is never
+/// sent by two dispatchers.
+pub struct Handoff {
+    rows: std::sync::Mutex<std::collections::VecDeque<(Claimed, Instant)>>,
+    wake: Arc<Notify>,
+    limit: usize,
+    lease: Duration,
+    /// Set when the dispatcher stops: later commits leave their rows pending.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Handoff {
+    pub fn new(settings: &OutboxSettings, wake: Arc<Notify>) -> Self {
+        Self {
+            rows: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            wake,
+            limit: Self::limit(settings),
+            lease: Duration::from_millis(settings.lease_ms.max(0) as u64),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Room for eight rounds' worth of rows (at 2,000 replies/s, four left
+    /// one in six rows to the claim query), but no more than the rate limit
+    /// sends in a quarter of the lease: a row handed over is sent well
+    /// within it.
+    fn limit(settings: &OutboxSettings) -> usize {
+        let batch = settings.batch.max(1) as usize;
+        let quarter_lease = u64::from(settings.rate_per_s) * (settings.lease_ms.max(0) as u64) / 4_000;
+        (batch * 8).min(quarter_lease as usize).max(batch)
+    }
+
+    /// The lease to claim inserted rows with, or `None` while the handoff
+    /// is full (they are inserted pending then).
+    pub fn claim_ms(&self) -> Option<i64> {
+        let open = !self.closed.load(std::sync::atomic::Ordering::SeqCst);
+        (open && self.len() < self.limit && !self.lease.is_zero()).then_some(self.lease.as_millis() as i64)
+    }
+
+    /// Rows a commit claimed for this dispatcher; wakes it.
+    pub fn hand(&self, claimed: Vec<Claimed>) {
+        if !claimed.is_empty() {
+            let now = Instant::now();
+            self.lock().extend(claimed.into_iter().map(|c| (c, now)));
+        }
+        self.wake.notify_one();
+    }
+
+    /// Up to `n` rows, oldest first; rows older than half the lease are
+    /// dropped (the claim query takes them once the lease runs out).
+    fn take(&self, n: usize) -> Vec<Claimed> {
+        self.take_at(n, Instant::now())
+    }
+
+    fn take_at(&self, n: usize, now: Instant) -> Vec<Claimed> {
+        let mut rows = self.lock();
+        let mut out = Vec::with_capacity(n.min(rows.len()));
+        while out.len() < n {
+            let Some((row, at)) = rows.pop_front() else { break };
+            if now.saturating_duration_since(at) < self.lease / 2 {
+                out.push(row);
+            } else {
+                tracing::warn!(
+                    outbox_id = row.id,
+                    "a handed-over row waited past half its lease; the claim query takes it"
+                );
+            }
+        }
+        out
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(Claimed, Instant)>> {
+        self.rows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Longest time a busy dispatcher goes without counting its backlog.
 const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -116,6 +205,7 @@ pub struct Dispatcher {
 
 struct Worker {
     db: Database,
+    handoff: Arc<Handoff>,
     sender: Arc<dyn Sender>,
     settings: OutboxSettings,
     breaker: CircuitBreaker,
@@ -130,15 +220,17 @@ impl Dispatcher {
         sender: Arc<dyn Sender>,
         settings: OutboxSettings,
         breaker: CircuitBreaker,
-        wake: Arc<Notify>,
+        handoff: Arc<Handoff>,
         spawn: impl FnOnce(futures_util::future::BoxFuture<'static, ()>),
     ) -> Self {
+        let wake = handoff.wake.clone();
         let stats = Arc::new(OutboxStats::default());
         let (backlog_tx, backlog) = watch::channel((0, -1));
         let (stop, mut stop_rx) = watch::channel(false);
         let (done_tx, done) = watch::channel(false);
         let worker = Arc::new(Worker {
             db,
+            handoff,
             sender,
             rate: RateLimit::new(settings.rate_per_s),
             settings,
@@ -149,11 +241,13 @@ impl Dispatcher {
         spawn(Box::pin(async move {
             // When the backlog was last counted (never, at first).
             let mut counted: Option<Instant> = None;
+            // When the claim query last ran (never, at first).
+            let mut looked: Option<Instant> = None;
             loop {
                 if *stop_rx.borrow() {
                     break;
                 }
-                match worker.round(counted).await {
+                match worker.round(counted, &mut looked).await {
                     Ok((claimed, backlog)) => {
                         if let Some(backlog) = backlog {
                             counted = Some(Instant::now());
@@ -175,6 +269,7 @@ impl Dispatcher {
                     _ = stop_rx.changed() => {}
                 }
             }
+            worker.give_back_handed().await;
             let _ = done_tx.send(true);
         }));
         Self {
@@ -231,11 +326,26 @@ impl Worker {
     /// at most every [`BACKLOG_EVERY`] — the count visits every row version
     /// the busy outbox left in its index, and counting after every round
     /// was PostgreSQL's largest single cost at 2,000 msg/s.
-    async fn round(&self, counted: Option<Instant>) -> Result<(usize, Option<i64>)> {
-        let claimed = {
-            let mut conn = self.db.pool().get().await?;
-            rows::claim(&mut conn, self.settings.batch, self.settings.lease_ms).await?
-        };
+    ///
+    /// Rows handed over by the step commits go first; the claim query (rows
+    /// left pending, retries, leases run out) runs when none were handed,
+    /// and at least every `poll_interval_ms` while they flow.
+    async fn round(&self, counted: Option<Instant>, looked: &mut Option<Instant>) -> Result<(usize, Option<i64>)> {
+        let mut claimed = self.handoff.take(self.settings.batch.max(1) as usize);
+        let every = Duration::from_millis(self.settings.poll_interval_ms);
+        if claimed.is_empty() || looked.is_none_or(|at| at.elapsed() >= every) {
+            *looked = Some(Instant::now());
+            let due = async {
+                let mut conn = self.db.pool().get().await?;
+                rows::claim(&mut conn, self.settings.batch, self.settings.lease_ms).await
+            };
+            match due.await {
+                Ok(rows) => claimed.extend(rows),
+                // The handed rows are leased to us: send them all the same.
+                Err(e) if !claimed.is_empty() => tracing::warn!(error = %e, "outbox claim failed"),
+                Err(e) => return Err(e),
+            }
+        }
         let n = claimed.len();
         // Up to `concurrency` sends at once over the whole round; their
         // `sent` marks share one commit at its end (the other outcomes are
@@ -273,6 +383,27 @@ impl Worker {
         }
         let backlog = rows::backlog(&mut *self.db.pool().get().await?).await?;
         Ok((n, Some(backlog)))
+    }
+
+    /// At stop: rows handed over and not sent go back to pending (their
+    /// attempt uncounted), for the next start or another process to send
+    /// at once rather than after their lease.
+    async fn give_back_handed(&self) {
+        self.handoff.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let rows = self.handoff.take(usize::MAX);
+        if rows.is_empty() {
+            return;
+        }
+        let given = self
+            .db
+            .retry_policy()
+            .run("outbox_give_back", || async {
+                rows::give_back(&mut *self.db.pool().get().await?, &rows).await
+            })
+            .await;
+        if let Err(e) = given {
+            tracing::warn!(error = %e, rows = rows.len(), "could not give handed-over rows back; they are sent after their lease");
+        }
     }
 
     /// Sends one row; records any result but success, and returns the row
@@ -368,5 +499,76 @@ impl Worker {
                     .await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64) -> Claimed {
+        Claimed {
+            id,
+            phone: "5215500000001".into(),
+            payload: serde_json::json!({"text": "hola"}),
+            idempotency_key: format!("k.{id}"),
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn the_handoff_claims_while_it_has_room_and_gives_rows_out_in_order() {
+        let settings = OutboxSettings {
+            batch: 2,
+            lease_ms: 10_000,
+            ..OutboxSettings::default()
+        };
+        let h = Handoff::new(&settings, Arc::new(Notify::new()));
+        assert_eq!(h.claim_ms(), Some(10_000));
+        h.hand((1..=16).map(row).collect());
+        // Eight rounds' worth fill it: later commits insert their rows pending.
+        assert_eq!(h.claim_ms(), None);
+        assert_eq!(h.take(3).iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(h.claim_ms(), Some(10_000));
+        assert_eq!(h.take(usize::MAX).len(), 13);
+    }
+
+    #[test]
+    fn the_handoff_holds_no_more_than_the_rate_limit_sends_in_a_quarter_of_the_lease() {
+        let settings = OutboxSettings {
+            batch: 32,
+            rate_per_s: 10,
+            lease_ms: 8_000,
+            ..OutboxSettings::default()
+        };
+        assert_eq!(Handoff::limit(&settings), 32, "20 by the rate, but at least one round");
+        let settings = OutboxSettings {
+            rate_per_s: 80,
+            ..settings
+        };
+        assert_eq!(Handoff::limit(&settings), 160);
+        assert_eq!(Handoff::limit(&OutboxSettings::default()), 256);
+    }
+
+    #[test]
+    fn a_row_that_waited_past_half_its_lease_is_left_to_the_claim_query() {
+        let settings = OutboxSettings {
+            lease_ms: 10_000,
+            ..OutboxSettings::default()
+        };
+        let h = Handoff::new(&settings, Arc::new(Notify::new()));
+        h.hand(vec![row(1), row(2)]);
+        let later = Instant::now() + Duration::from_secs(5);
+        assert!(h.take_at(10, later).is_empty());
+        assert_eq!(h.len(), 0);
+    }
+
+    #[test]
+    fn with_no_lease_nothing_is_claimed_at_insert() {
+        let settings = OutboxSettings {
+            lease_ms: 0,
+            ..OutboxSettings::default()
+        };
+        assert_eq!(Handoff::new(&settings, Arc::new(Notify::new())).claim_ms(), None);
     }
 }

@@ -565,3 +565,81 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
         [WriteOutcome::Conflict { actual: None }]
     );
 }
+
+#[tokio::test]
+async fn a_step_can_claim_its_outbox_rows_at_insert_and_the_claim_query_leaves_them_until_given_back() {
+    use switchboard::db::outbox::{claim, give_back};
+    use switchboard::db::schema::outbox;
+    use switchboard::db::steps::{commit_batch_claiming, NewOutbox, StepWrite};
+    let test = TestDb::migrated().await;
+    let mut conn = test.admin().await;
+    let step = |phone: &str, key: &str| StepWrite {
+        phone: phone.into(),
+        expected_version: 0,
+        create_as: Some("inicio".into()),
+        flow_state: "menu".into(),
+        data: json!({}),
+        handoff: false,
+        inbox_id: None,
+        dedupe_key: Some(key.into()),
+        messages: Vec::new(),
+        outbox: vec![NewOutbox {
+            phone: phone.into(),
+            kind: "text",
+            payload: json!({"text": format!("reply {key}")}),
+            idempotency_key: key.into(),
+        }],
+        outcomes: Vec::new(),
+    };
+    // Claimed at insert: returned with their payloads, one attempt counted,
+    // leased (the claim query, as another process runs it, skips them).
+    let (outcomes, claimed) = commit_batch_claiming(
+        &mut conn,
+        &[step("5215500000101", "k.1"), step("5215500000102", "k.2")],
+        Some(60_000),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes.len(), 2);
+    let mut got: Vec<(String, serde_json::Value, i32)> = claimed
+        .iter()
+        .map(|c| (c.idempotency_key.clone(), c.payload.clone(), c.attempts))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        got,
+        vec![
+            ("k.1".to_string(), json!({"text": "reply k.1"}), 1),
+            ("k.2".to_string(), json!({"text": "reply k.2"}), 1)
+        ]
+    );
+    let stored: Vec<(String, i32)> = outbox::table
+        .order(outbox::idempotency_key)
+        .select((outbox::status, outbox::attempts))
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![("sending".to_string(), 1), ("sending".to_string(), 1)]);
+    assert!(claim(&mut conn, 10, 60_000).await.unwrap().is_empty());
+    // Without a claim they are pending, for the claim query.
+    let (_, none) = commit_batch_claiming(&mut conn, &[step("5215500000103", "k.3")], None)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let due = claim(&mut conn, 10, 60_000).await.unwrap();
+    assert_eq!(
+        due.iter().map(|c| c.idempotency_key.as_str()).collect::<Vec<_>>(),
+        ["k.3"]
+    );
+    // Given back (a dispatcher stopping before sending them): due at once,
+    // their attempt uncounted.
+    give_back(&mut conn, &claimed).await.unwrap();
+    let mut again: Vec<(String, i32)> = claim(&mut conn, 10, 60_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.idempotency_key, c.attempts))
+        .collect();
+    again.sort();
+    assert_eq!(again, vec![("k.1".to_string(), 1), ("k.2".to_string(), 1)]);
+}

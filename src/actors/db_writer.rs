@@ -18,9 +18,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::db::inbox::{self, OwnedDelivery, Registration};
+use crate::db::outbox::Claimed;
 use crate::db::steps::{self, StepWrite, WriteOutcome};
 use crate::db::Database;
 use crate::error::Error;
+use crate::outbox::Handoff;
 
 /// Group-commit tuning (`[engine.group_commit]`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -90,8 +92,9 @@ pub struct DbWriter {
     /// The kind of the batch started last (ties go to the other kind).
     last: Kind,
     stats: Arc<WriterStats>,
-    /// Woken after a commit that queued outbound messages.
-    outbox: Arc<tokio::sync::Notify>,
+    /// Where a commit hands the outbound messages it claimed (and wakes
+    /// the dispatcher after queuing any).
+    outbox: Arc<Handoff>,
     /// This engine's hold on the messages it registers.
     lease: inbox::Lease,
 }
@@ -101,7 +104,7 @@ impl DbWriter {
         db: Database,
         settings: GroupCommitSettings,
         stats: Arc<WriterStats>,
-        outbox: Arc<tokio::sync::Notify>,
+        outbox: Arc<Handoff>,
         lease: inbox::Lease,
     ) -> Self {
         Self {
@@ -191,8 +194,10 @@ impl DbWriter {
         let outbox = self.outbox.clone();
         ctx.spawn(
             async move {
-                if commit(db, batch, stats).await {
-                    outbox.notify_one();
+                // Claimed for this dispatcher at insert while it has room.
+                let claim_ms = outbox.claim_ms();
+                if let Some(claimed) = commit(db, batch, stats, claim_ms).await {
+                    outbox.hand(claimed);
                 }
             }
             .into_actor(self)
@@ -295,13 +300,20 @@ fn next_kind(waiting: Waiting, registering: usize, stepping: usize, last: Kind) 
     }
 }
 
-/// Commits one batch and answers its waiters; true if outbound messages
-/// were committed.
-async fn commit(db: Database, batch: Vec<(Vec<StepWrite>, Waiter)>, stats: Arc<WriterStats>) -> bool {
+/// Commits one batch and answers its waiters. When outbound messages were
+/// committed, returns those claimed at insert (with `claim_ms`; possibly
+/// none, the rest wait pending).
+async fn commit(
+    db: Database,
+    batch: Vec<(Vec<StepWrite>, Waiter)>,
+    stats: Arc<WriterStats>,
+    claim_ms: Option<i64>,
+) -> Option<Vec<Claimed>> {
     let lengths: Vec<usize> = batch.iter().map(|(c, _)| c.len()).collect();
     let (chains, waiters): (Vec<Vec<StepWrite>>, Vec<Waiter>) = batch.into_iter().unzip();
     let writes: Vec<StepWrite> = chains.into_iter().flatten().collect();
     let mut queued_outbound = false;
+    let mut claimed = Vec::new();
     stats.batches.fetch_add(1, Ordering::Relaxed);
     stats.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
     stats.largest_batch.fetch_max(writes.len() as u64, Ordering::Relaxed);
@@ -311,11 +323,12 @@ async fn commit(db: Database, batch: Vec<(Vec<StepWrite>, Waiter)>, stats: Arc<W
         .retry_policy()
         .run("commit_batch", || async {
             let mut conn = db.pool().get().await?;
-            steps::commit_batch(&mut conn, &writes).await
+            steps::commit_batch_claiming(&mut conn, &writes, claim_ms).await
         })
         .await;
     match result {
-        Ok(outcomes) => {
+        Ok((outcomes, rows)) => {
+            claimed = rows;
             if let Some(replica) = db.replica() {
                 // Before anyone hears of the commit: reads of these phones
                 // wait for the replica to pass this position.
@@ -362,7 +375,7 @@ async fn commit(db: Database, batch: Vec<(Vec<StepWrite>, Waiter)>, stats: Arc<W
             }
         }
     }
-    queued_outbound
+    queued_outbound.then_some(claimed)
 }
 
 async fn register(

@@ -89,6 +89,27 @@ pub async fn mark_sent_batch(conn: &mut AsyncPgConnection, sent: &[(&Claimed, St
     .await
 }
 
+/// Claimed rows not sent go back to pending, due now, their attempt
+/// uncounted (a dispatcher stopping with rows handed to it in memory).
+pub async fn give_back(conn: &mut AsyncPgConnection, rows: &[Claimed]) -> Result<()> {
+    use diesel::sql_types::Array;
+    let mut sorted: Vec<&Claimed> = rows.iter().collect();
+    sorted.sort_by(|a, b| (&a.phone, a.id).cmp(&(&b.phone, b.id)));
+    let phones: Vec<&str> = sorted.iter().map(|r| r.phone.as_str()).collect();
+    let ids: Vec<i64> = sorted.iter().map(|r| r.id).collect();
+    Cached::new(
+        "UPDATE outbox AS o SET status = 'pending', attempts = greatest(o.attempts - 1, 0), \
+                next_attempt_at = now(), updated_at = now() FROM unnest(",
+    )
+    .bind::<Array<Text>, _>(&phones)
+    .sql("::text[], ")
+    .bind::<Array<BigInt>, _>(&ids)
+    .sql("::bigint[]) AS u(phone, id) WHERE o.phone = u.phone AND o.id = u.id AND o.status = 'sending'")
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Try again at `at`.
 pub async fn mark_retry(conn: &mut AsyncPgConnection, row: &Claimed, at: DateTime<Utc>, reason: &str) -> Result<()> {
     diesel::update(outbox::table.find((&row.phone, row.id)))

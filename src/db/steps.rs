@@ -17,11 +17,12 @@ use std::collections::{HashMap, HashSet};
 
 use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Jsonb, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncConnectionCore, AsyncPgConnection, RunQueryDsl};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 
+use super::outbox::Claimed;
 use super::schema::{dead_letters, inbox, outbox};
 use super::sql::Cached;
 use crate::error::{Error, Result};
@@ -100,10 +101,24 @@ pub enum WriteOutcome {
 /// committed, the rest of its chain is reported as a conflict (it was
 /// computed on a state that did not happen). A database error fails the
 /// whole batch (nothing is committed) and is returned to all.
-#[tracing::instrument(skip_all, fields(batch = writes.len()))]
 pub async fn commit_batch(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> Result<Vec<WriteOutcome>> {
+    Ok(commit_batch_claiming(conn, writes, None).await?.0)
+}
+
+/// [`commit_batch`], and with `claim_ms` the outbox rows it inserts are
+/// claimed for this process's dispatcher at once (status `sending`, one
+/// attempt counted, leased for `claim_ms`), as its claim query would:
+/// they are returned, to be handed to the dispatcher in memory, and no
+/// other process takes them before the lease runs out. Saves the claim
+/// statement (and its commit) on the way of every reply.
+#[tracing::instrument(skip_all, fields(batch = writes.len()))]
+pub async fn commit_batch_claiming(
+    conn: &mut AsyncPgConnection,
+    writes: &[StepWrite],
+    claim_ms: Option<i64>,
+) -> Result<(Vec<WriteOutcome>, Vec<Claimed>)> {
     if writes.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let mut phones: Vec<&str> = writes.iter().map(|w| w.phone.as_str()).collect();
     phones.sort_unstable();
@@ -143,10 +158,12 @@ pub async fn commit_batch(conn: &mut AsyncPgConnection, writes: &[StepWrite]) ->
             };
             results.push(outcome);
         }
-        if !valid.is_empty() {
-            apply(conn, &valid).await?;
-        }
-        Ok(results)
+        let claimed = if valid.is_empty() {
+            Vec::new()
+        } else {
+            apply(conn, &valid, claim_ms).await?
+        };
+        Ok((results, claimed))
     })
     .await
 }
@@ -260,7 +277,8 @@ struct SessionUpdate<'a> {
     steps: i64,
 }
 
-async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()> {
+/// Returns the outbox rows inserted claimed (none without `claim_ms`).
+async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite], claim_ms: Option<i64>) -> Result<Vec<Claimed>> {
     // The statements below do not depend on one another (the versions were
     // checked under the locks above; no row of one refers to another's), so
     // they go out pipelined: sent back to back, answered in order, one round
@@ -353,8 +371,26 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
         pipeline.push(insert);
     }
     let out: Vec<&NewOutbox> = valid.iter().flat_map(|w| &w.outbox).collect();
-    if !out.is_empty() {
-        let insert = Cached::new("INSERT INTO outbox (phone, kind, payload, idempotency_key) SELECT u.phone, u.kind, u.payload, u.key FROM unnest(")
+    // Claimed at insert (see `commit_batch_claiming`) or left pending, with
+    // one statement text either way.
+    let (status, attempts, lease_ms) = match claim_ms {
+        Some(ms) => ("sending", 1, ms.max(0)),
+        None => ("pending", 0, 0),
+    };
+    let outbox_insert = (!out.is_empty()).then(|| {
+        Cached::new("WITH claim AS (SELECT ")
+            .bind::<Text, _>(status)
+            .sql("::text AS status, ")
+            .bind::<Integer, _>(attempts)
+            .sql("::int4 AS attempts, ")
+            .bind::<BigInt, _>(lease_ms)
+            .sql(
+                "::int8 AS lease_ms) \
+                 INSERT INTO outbox (phone, kind, payload, idempotency_key, status, attempts, next_attempt_at) \
+                 SELECT u.phone, u.kind, u.payload, u.key, claim.status, claim.attempts, \
+                        now() + claim.lease_ms * interval '1 millisecond' \
+                 FROM claim, unnest(",
+            )
             .bind::<Array<Text>, _>(out.iter().map(|o| o.phone.as_str()).collect::<Vec<_>>())
             .sql("::text[], ")
             .bind::<Array<Text>, _>(out.iter().map(|o| o.kind).collect::<Vec<_>>())
@@ -362,10 +398,12 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
             .bind::<Array<Jsonb>, _>(out.iter().map(|o| &o.payload).collect::<Vec<_>>())
             .sql("::jsonb[], ")
             .bind::<Array<Text>, _>(out.iter().map(|o| o.idempotency_key.as_str()).collect::<Vec<_>>())
-            .sql("::text[]) WITH ORDINALITY AS u(phone, kind, payload, key, ord) ORDER BY u.ord")
-            .execute(&mut &*conn);
-        pipeline.push(insert);
-    }
+            .sql(
+                "::text[]) WITH ORDINALITY AS u(phone, kind, payload, key, ord) ORDER BY u.ord \
+                 RETURNING id, phone, idempotency_key",
+            )
+            .load::<InsertedOutbox>(&mut &*conn)
+    });
     let results: Vec<&NewOutcome> = valid.iter().flat_map(|w| &w.outcomes).collect();
     if !results.is_empty() {
         let insert = Cached::new("INSERT INTO outcomes (phone, kind, ticket, data, inbox_id) SELECT u.phone, u.kind, u.ticket, u.data, u.inbox_id FROM unnest(")
@@ -402,7 +440,13 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
         .execute(&mut &*conn);
         pipeline.push(mark);
     }
-    let counts = futures_util::future::try_join_all(pipeline).await?;
+    let inserted = async {
+        match outbox_insert {
+            Some(f) => f.await,
+            None => Ok(Vec::new()),
+        }
+    };
+    let (counts, inserted) = futures_util::try_join!(futures_util::future::try_join_all(pipeline), inserted)?;
     let updated = counts[0];
     if updated != rows.len() {
         // Impossible while the rows are locked; refuse to commit half a batch.
@@ -411,7 +455,37 @@ async fn apply(conn: &mut AsyncPgConnection, valid: &[&StepWrite]) -> Result<()>
             rows.len()
         )));
     }
-    Ok(())
+    if claim_ms.is_none() {
+        return Ok(Vec::new());
+    }
+    // The payloads are ours already: matched by key, not read back.
+    let payloads: HashMap<(&str, &str), &NewOutbox> = out
+        .iter()
+        .map(|o| ((o.phone.as_str(), o.idempotency_key.as_str()), *o))
+        .collect();
+    Ok(inserted
+        .into_iter()
+        .filter_map(|r| {
+            let o = payloads.get(&(r.phone.as_str(), r.idempotency_key.as_str()))?;
+            Some(Claimed {
+                id: r.id,
+                payload: o.payload.clone(),
+                phone: r.phone,
+                idempotency_key: r.idempotency_key,
+                attempts,
+            })
+        })
+        .collect())
+}
+
+#[derive(QueryableByName)]
+struct InsertedOutbox {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    phone: String,
+    #[diesel(sql_type = Text)]
+    idempotency_key: String,
 }
 
 /// An inbound message waiting to be applied.

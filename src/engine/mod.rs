@@ -35,7 +35,7 @@ use crate::db::steps::{self, PendingInbound};
 use crate::db::{Database, PoolStats};
 use crate::error::{Error, Result};
 use crate::flow::Flow;
-use crate::outbox::Dispatcher;
+use crate::outbox::{Dispatcher, Handoff};
 use crate::phone;
 use crate::whatsapp::sender::Sender;
 
@@ -209,7 +209,7 @@ impl EngineBuilder {
         let supervisor_stats = Arc::new(SupervisorStats::default());
         let ai_breaker = CircuitBreaker::new("ai", settings.ai.breaker.clone());
         let outbound_breaker = CircuitBreaker::new("outbound", settings.outbox.breaker.clone());
-        let outbox_wake = Arc::new(tokio::sync::Notify::new());
+        let handoff = Arc::new(Handoff::new(&settings.outbox, Arc::new(tokio::sync::Notify::new())));
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         for b in [&ai_breaker, &outbound_breaker] {
             let tx: broadcast::Sender<Event> = events.clone();
@@ -238,7 +238,7 @@ impl EngineBuilder {
                 supervisor_stats.clone(),
                 ai_breaker.clone(),
             );
-            let (outbound_breaker, outbox_wake) = (outbound_breaker.clone(), outbox_wake.clone());
+            let (outbound_breaker, handoff) = (outbound_breaker.clone(), handoff.clone());
             std::thread::Builder::new()
                 .name("switchboard-actors".into())
                 .spawn(move || {
@@ -250,7 +250,7 @@ impl EngineBuilder {
                             holder: instance,
                             millis: i64::try_from(settings.engine.inbox_lease_ms).unwrap_or(i64::MAX),
                         };
-                        let writer = DbWriter::new(db.clone(), group, writer_stats, outbox_wake, lease).start();
+                        let writer = DbWriter::new(db.clone(), group, writer_stats, handoff, lease).start();
                         let ai = AiActor::new(model, &settings.ai, ai_breaker.clone(), ai_stats).start();
                         let breakers = vec![ai_breaker, outbound_breaker];
                         let supervisor =
@@ -279,7 +279,7 @@ impl EngineBuilder {
             sender,
             settings.outbox.clone(),
             outbound_breaker,
-            outbox_wake,
+            handoff,
             |fut| {
                 main_arbiter.spawn(fut);
             },
