@@ -643,3 +643,76 @@ async fn a_step_can_claim_its_outbox_rows_at_insert_and_the_claim_query_leaves_t
     again.sort();
     assert_eq!(again, vec![("k.1".to_string(), 1), ("k.2".to_string(), 1)]);
 }
+
+/// The step batch sends its locks and its "already applied" checks in one
+/// round trip. A check must still see what a transaction holding the
+/// session's lock committed while the batch waited for it.
+#[tokio::test]
+async fn a_batch_waiting_for_a_session_lock_sees_what_the_holder_committed() {
+    use switchboard::db::inbox::{register_batch, Lease, OwnedDelivery};
+    use switchboard::db::steps::{commit_batch, StepWrite, WriteOutcome};
+    let test = TestDb::migrated().await;
+    let db = test.database();
+    db.load_or_create_session(PHONE, "inicio").await.unwrap();
+    let mut conn = test.admin().await;
+    let lease = Lease {
+        holder: 1,
+        millis: 30_000,
+    };
+    let delivery = OwnedDelivery {
+        phone: PHONE.into(),
+        provider_message_id: "w.locked".into(),
+        payload: json!({"id": "w.locked"}),
+        contact_name: None,
+    };
+    let inbox_id = register_batch(&mut conn, &[delivery], lease).await.unwrap()[0].inbox_id;
+    // Another writer holds the session's lock and marks the message applied.
+    let mut holder = test.admin().await;
+    diesel::sql_query("BEGIN").execute(&mut holder).await.unwrap();
+    diesel::sql_query(format!("SELECT 1 FROM sessions WHERE phone = '{PHONE}' FOR UPDATE"))
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    diesel::sql_query(format!(
+        "UPDATE inbox SET processed_at = now() WHERE phone = '{PHONE}' AND id = {inbox_id}"
+    ))
+    .execute(&mut holder)
+    .await
+    .unwrap();
+    let write = StepWrite {
+        phone: PHONE.into(),
+        expected_version: 0,
+        create_as: None,
+        flow_state: "menu".into(),
+        data: json!({}),
+        handoff: false,
+        inbox_id: Some(inbox_id),
+        dedupe_key: None,
+        messages: Vec::new(),
+        outbox: Vec::new(),
+        outcomes: Vec::new(),
+    };
+    let mut batch_conn = test.admin().await;
+    let batch = tokio::spawn(async move { commit_batch(&mut batch_conn, &[write]).await.unwrap() });
+    // Until the batch waits for the lock (bounded).
+    let waiting = async {
+        loop {
+            let n: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "(SELECT count(*) FROM pg_stat_activity \
+                  WHERE datname = current_database() AND wait_event_type = 'Lock')",
+            ))
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+            if n > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), waiting)
+        .await
+        .expect("the batch waits for the session's lock");
+    diesel::sql_query("COMMIT").execute(&mut holder).await.unwrap();
+    assert_eq!(batch.await.unwrap(), vec![WriteOutcome::AlreadyProcessed]);
+}

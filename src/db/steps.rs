@@ -124,10 +124,20 @@ pub async fn commit_batch_claiming(
     phones.sort_unstable();
     phones.dedup();
     conn.transaction::<_, Error, _>(async move |conn| {
-        create_sessions(conn, writes).await?;
-        let versions = lock_sessions(conn, &phones).await?;
-        let mut processed = processed_inbox(conn, writes).await?;
-        processed.extend(existing_keys(conn, writes).await?);
+        // The creation, the locks and the two "already applied" checks go
+        // out pipelined, in one round trip. PostgreSQL still runs them one
+        // after the other, each on a snapshot taken when it starts (read
+        // committed): the checks see every commit made before the locks
+        // were granted, as when each waited for the one before.
+        let shared: &AsyncPgConnection = conn;
+        let (mut c1, mut c2, mut c3, mut c4) = (shared, shared, shared, shared);
+        let ((), versions, mut processed, keys) = futures_util::try_join!(
+            create_sessions(&mut c1, writes),
+            lock_sessions(&mut c2, &phones),
+            processed_inbox(&mut c3, writes),
+            existing_keys(&mut c4, writes),
+        )?;
+        processed.extend(keys);
         // Per phone: the version its chain has reached, and whether it broke.
         let mut reached: HashMap<&str, (Option<i64>, bool)> = HashMap::with_capacity(phones.len());
         let mut results = Vec::with_capacity(writes.len());
@@ -171,7 +181,10 @@ pub async fn commit_batch_claiming(
 /// Creates, at version 0, the sessions that writes expecting version 0 say
 /// how to create — those that do not exist yet (a concurrent creator's row
 /// wins; the version check then tells whether this write still applies).
-async fn create_sessions(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> Result<()> {
+async fn create_sessions<C>(conn: &mut C, writes: &[StepWrite]) -> Result<()>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
     let mut seen = HashSet::new();
     let (phones, states): (Vec<&str>, Vec<&str>) = writes
         .iter()
@@ -204,7 +217,10 @@ struct PhoneVersion {
     version: i64,
 }
 
-async fn lock_sessions(conn: &mut AsyncPgConnection, sorted_phones: &[&str]) -> Result<HashMap<String, i64>> {
+async fn lock_sessions<C>(conn: &mut C, sorted_phones: &[&str]) -> Result<HashMap<String, i64>>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
     let rows: Vec<PhoneVersion> = Cached::new("SELECT phone, version FROM sessions WHERE phone = ANY(")
         .bind::<Array<Text>, _>(sorted_phones)
         .sql(") ORDER BY phone FOR UPDATE")
@@ -220,7 +236,10 @@ enum Key {
     Outbox(String),
 }
 
-async fn existing_keys(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> Result<HashSet<(String, Key)>> {
+async fn existing_keys<C>(conn: &mut C, writes: &[StepWrite]) -> Result<HashSet<(String, Key)>>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
     let (phones, keys): (Vec<&str>, Vec<&str>) = writes
         .iter()
         .filter_map(|w| w.dedupe_key.as_deref().map(|k| (w.phone.as_str(), k)))
@@ -245,7 +264,10 @@ struct PhoneId {
     id: i64,
 }
 
-async fn processed_inbox(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> Result<HashSet<(String, Key)>> {
+async fn processed_inbox<C>(conn: &mut C, writes: &[StepWrite]) -> Result<HashSet<(String, Key)>>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
     let (phones, ids): (Vec<&str>, Vec<i64>) = writes
         .iter()
         .filter_map(|w| w.inbox_id.map(|id| (w.phone.as_str(), id)))
