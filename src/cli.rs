@@ -99,7 +99,8 @@ async fn load(settings: Settings, args: crate::load::LoadArgs) -> anyhow::Result
     crate::telemetry::init(&log);
     let mut args = args;
     args.server_settings = settings.database.embedded.server_settings.clone();
-    let report = crate::load::run(args).await?;
+    // Ctrl-C (or SIGTERM) tears the harness's own servers and database down.
+    let report = crate::load::run_until(args, shutdown_signal()).await?;
     print!("{}", report.table());
     if !report.invariant_violations.is_empty() {
         anyhow::bail!("{} invariant(s) violated", report.invariant_violations.len());

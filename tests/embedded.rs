@@ -12,18 +12,9 @@ use std::time::{Duration, Instant};
 use diesel_async::RunQueryDsl;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::{embedded_settings, free_port, scratch_dir, spawn_watchdog};
+use support::{alive, embedded_settings, free_port, scratch_dir, spawn_watchdog};
 use switchboard::config::PgValue;
 use switchboard::db::{self, EmbeddedPostgres};
-
-/// Whether `pid` is a running process. A zombie has exited (it only waits
-/// for its parent, here init, to reap it), so it does not count.
-fn alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        Ok(status) => !status.lines().any(|l| l.starts_with("State:") && l.contains('Z')),
-        Err(_) => false,
-    }
-}
 
 async fn start(settings: switchboard::config::EmbeddedSettings) -> EmbeddedPostgres {
     tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&settings, support::FAST_SERVER))

@@ -170,3 +170,83 @@ fn a_connection_bound_of_zero_is_refused() {
         .expect("refused");
     assert!(e.to_string().contains("--connections"), "{e}");
 }
+
+/// Ctrl-C during a run: the harness stops sending, stops its own server and
+/// database, removes their folder and exits with an error.
+#[test]
+fn ctrl_c_ends_the_run_and_leaves_no_server_or_database_behind() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let tmp = support::scratch_dir("load-interrupt");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "load",
+            "--scenario",
+            "steady",
+            "--rate",
+            "20",
+            "--duration",
+            "600",
+            "--phones",
+            "5",
+        ])
+        .current_dir(&tmp)
+        .env("TMPDIR", &tmp)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The progress line says the run is sending.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no progress line; output:\n{}", seen.join("\n")));
+        let sending = line.starts_with("t=");
+        seen.push(line);
+        if sending {
+            break;
+        }
+    }
+    let run_dir = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("switchboard-load-")
+        })
+        .expect("the run's folder");
+    let data_dir = run_dir.join("pg");
+    // Should the harness fail to, the cluster is stopped when this test ends.
+    support::spawn_watchdog(std::process::id(), &data_dir, &tmp);
+    let pg_pid: i32 = std::fs::read_to_string(data_dir.join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(support::alive(pg_pid));
+
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let exit = child.wait().unwrap();
+    assert!(!exit.success(), "an interrupted run is not a passing run");
+    let output: Vec<String> = rx.try_iter().collect();
+    assert!(output.iter().any(|l| l.contains("interrupted")), "{output:?}");
+    assert!(!support::alive(pg_pid), "the harness's PostgreSQL outlived it");
+    assert!(!run_dir.exists(), "the run's folder is left behind");
+}

@@ -230,8 +230,30 @@ async fn metric_sum(bases: &[String], name: &str) -> u64 {
     total
 }
 
+/// Stops the harness's own server or processes, then their database, and
+/// removes their folder.
+async fn teardown(own: Option<OwnServer>, procs: Option<(procs::Processes, PathBuf)>) {
+    if let Some(o) = own {
+        let _ = o.stop.send(());
+        let _ = o.done.await;
+        let _ = std::fs::remove_dir_all(&o.dir);
+    }
+    if let Some((p, dir)) = procs {
+        p.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// Runs a scenario and returns its report (also written to `--report`).
 pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
+    run_until(args, std::future::pending()).await
+}
+
+/// [`run`], cut short when `interrupt` completes (Ctrl-C): the sending
+/// stops, the harness's own server, processes and database are stopped and
+/// their folder removed, and the run ends with an error (no report: its
+/// figures would describe a run that did not happen).
+pub async fn run_until(args: LoadArgs, interrupt: impl std::future::Future<Output = ()>) -> anyhow::Result<Report> {
     let chaos_asked =
         args.kill_at.is_some() || args.pg_restart_at.is_some() || args.kill_connections_every_ms.is_some();
     let multi = args.target.is_none() && (args.processes > 1 || chaos_asked);
@@ -354,7 +376,14 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         }
         Ok((!notes.is_empty()).then(|| notes.join("; ")))
     };
-    let (measured, chaos) = tokio::join!(driving, chaos);
+    let outcome = tokio::select! {
+        pair = async { tokio::join!(driving, chaos) } => Some(pair),
+        () = interrupt => None,
+    };
+    let Some((measured, chaos)) = outcome else {
+        teardown(own, procs).await;
+        anyhow::bail!("interrupted: the run was stopped and its own servers and database removed");
+    };
     let chaos = chaos?;
 
     let db_url = own
@@ -427,15 +456,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         timeline: measured.timeline.iter().map(TimelinePoint::from_second).collect(),
         synchronous_commit,
     };
-    if let Some(o) = own {
-        let _ = o.stop.send(());
-        let _ = o.done.await;
-        let _ = std::fs::remove_dir_all(&o.dir);
-    }
-    if let Some((p, dir)) = procs {
-        p.stop().await;
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    teardown(own, procs).await;
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -80,6 +80,15 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// Whether `pid` is a running process. A zombie has exited (it only waits
+/// for its parent, here init, to reap it), so it does not count.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(status) => !status.lines().any(|l| l.starts_with("State:") && l.contains('Z')),
+        Err(_) => false,
+    }
+}
+
 pub fn embedded_settings(data_dir: &Path, port: u16) -> EmbeddedSettings {
     EmbeddedSettings {
         data_dir: data_dir.to_path_buf(),
