@@ -4,10 +4,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use diesel_async::RunQueryDsl;
 use nix::sys::signal::{kill, Signal};
@@ -150,26 +149,11 @@ async fn serve_runs_on_the_embedded_database_and_stops_cleanly_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    // Read log lines until the ready line (the engine says when it is ready: no sleeps).
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
+    let rx = support::stderr_lines(&mut child);
+    // The engine says when it is ready: no sleeps.
+    let seen = support::read_until(&rx, Duration::from_secs(120), "ready line", |l| {
+        l.contains("switchboard is ready")
     });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut seen = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("no ready line; logs:\n{}", seen.join("\n")));
-        let ready = line.contains("switchboard is ready");
-        seen.push(line);
-        if ready {
-            break;
-        }
-    }
     // The HTTP server answers on the port it logged.
     let ready: serde_json::Value = serde_json::from_str(seen.last().unwrap()).unwrap();
     let http_port = ready["port"].as_u64().unwrap();
@@ -181,13 +165,7 @@ async fn serve_runs_on_the_embedded_database_and_stops_cleanly_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
-    let pg_pid: i32 = std::fs::read_to_string(data_dir.join("postmaster.pid"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pg_pid = support::postmaster_pid(&data_dir);
     // The schema is there.
     let pw = std::fs::read_to_string(data_dir.join("switchboard.password")).unwrap();
     let url = format!("postgres://switchboard:{}@127.0.0.1:{port}/switchboard", pw.trim());

@@ -177,9 +177,8 @@ fn a_connection_bound_of_zero_is_refused() {
 fn ctrl_c_ends_the_run_and_leaves_no_server_or_database_behind() {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let tmp = support::scratch_dir("load-interrupt");
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args([
@@ -200,26 +199,9 @@ fn ctrl_c_ends_the_run_and_leaves_no_server_or_database_behind() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = support::stderr_lines(&mut child);
     // The progress line says the run is sending.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut seen = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("no progress line; output:\n{}", seen.join("\n")));
-        let sending = line.starts_with("t=");
-        seen.push(line);
-        if sending {
-            break;
-        }
-    }
+    support::read_until(&rx, Duration::from_secs(120), "progress line", |l| l.starts_with("t="));
     let run_dir = std::fs::read_dir(&tmp)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -233,13 +215,7 @@ fn ctrl_c_ends_the_run_and_leaves_no_server_or_database_behind() {
     let data_dir = run_dir.join("pg");
     // Should the harness fail to, the cluster is stopped when this test ends.
     support::spawn_watchdog(std::process::id(), &data_dir, &tmp);
-    let pg_pid: i32 = std::fs::read_to_string(data_dir.join("postmaster.pid"))
-        .unwrap()
-        .lines()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let pg_pid = support::postmaster_pid(&data_dir);
     assert!(support::alive(pg_pid));
 
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();

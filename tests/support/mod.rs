@@ -89,6 +89,52 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// The lines a child writes to its stderr (piped), as they come.
+pub fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Reads lines until one satisfies `done` (the child says it is ready: no
+/// sleeps), within `within`; returns the lines read, that one last.
+pub fn read_until(
+    lines: &std::sync::mpsc::Receiver<String>,
+    within: std::time::Duration,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or_else(|_| panic!("no {what}; output:\n{}", seen.join("\n")));
+        let found = done(&line);
+        seen.push(line);
+        if found {
+            return seen;
+        }
+    }
+}
+
+/// The pid of the postmaster running on `data_dir`.
+pub fn postmaster_pid(data_dir: &Path) -> i32 {
+    std::fs::read_to_string(data_dir.join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 pub fn embedded_settings(data_dir: &Path, port: u16) -> EmbeddedSettings {
     EmbeddedSettings {
         data_dir: data_dir.to_path_buf(),
