@@ -120,10 +120,10 @@ pub struct Handoff {
 }
 
 impl Handoff {
-    pub fn new(settings: &OutboxSettings, wake: Arc<Notify>) -> Self {
+    pub fn new(settings: &OutboxSettings) -> Self {
         Self {
             rows: std::sync::Mutex::new(std::collections::VecDeque::new()),
-            wake,
+            wake: Arc::new(Notify::new()),
             limit: Self::limit(settings),
             lease: Duration::from_millis(settings.lease_ms.max(0) as u64),
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -523,7 +523,7 @@ mod tests {
             lease_ms: 10_000,
             ..OutboxSettings::default()
         };
-        let h = Handoff::new(&settings, Arc::new(Notify::new()));
+        let h = Handoff::new(&settings);
         assert_eq!(h.claim_ms(), Some(10_000));
         h.hand((1..=16).map(row).collect());
         // Eight rounds' worth fill it: later commits insert their rows pending.
@@ -556,7 +556,7 @@ mod tests {
             lease_ms: 10_000,
             ..OutboxSettings::default()
         };
-        let h = Handoff::new(&settings, Arc::new(Notify::new()));
+        let h = Handoff::new(&settings);
         h.hand(vec![row(1), row(2)]);
         let later = Instant::now() + Duration::from_secs(5);
         assert!(h.take_at(10, later).is_empty());
@@ -569,6 +569,6 @@ mod tests {
             lease_ms: 0,
             ..OutboxSettings::default()
         };
-        assert_eq!(Handoff::new(&settings, Arc::new(Notify::new())).claim_ms(), None);
+        assert_eq!(Handoff::new(&settings).claim_ms(), None);
     }
 }

@@ -209,7 +209,7 @@ impl EngineBuilder {
         let supervisor_stats = Arc::new(SupervisorStats::default());
         let ai_breaker = CircuitBreaker::new("ai", settings.ai.breaker.clone());
         let outbound_breaker = CircuitBreaker::new("outbound", settings.outbox.breaker.clone());
-        let handoff = Arc::new(Handoff::new(&settings.outbox, Arc::new(tokio::sync::Notify::new())));
+        let handoff = Arc::new(Handoff::new(&settings.outbox));
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         for b in [&ai_breaker, &outbound_breaker] {
             let tx: broadcast::Sender<Event> = events.clone();
