@@ -114,6 +114,9 @@ struct Shared {
     acked_ids: Mutex<Vec<String>>,
     /// Intended send time of each message not yet seen applied.
     waiting: DashMap<String, Instant>,
+    /// Messages seen applied: a redelivery sent after its message was
+    /// applied waits for nothing (it used to wait, unseen, until the drain ran out).
+    seen: dashmap::DashSet<String>,
     applied: AtomicU64,
     /// Times the event stream was lost and followed again.
     event_reconnects: AtomicU64,
@@ -144,6 +147,7 @@ impl Shared {
             per_second: Mutex::new(Vec::new()),
             acked_ids: Mutex::new(Vec::new()),
             waiting: DashMap::new(),
+            seen: dashmap::DashSet::new(),
             applied: AtomicU64::new(0),
             event_reconnects: AtomicU64::new(0),
             last_applied: Mutex::new(None),
@@ -199,7 +203,13 @@ impl Shared {
         let t = &self.target;
         let result = match &action {
             Action::Webhook { phone, id, text } => {
-                self.waiting.entry(id.clone()).or_insert(intended);
+                if !self.seen.contains(id) {
+                    self.waiting.entry(id.clone()).or_insert(intended);
+                    // Seen meanwhile (the follower marks before it removes).
+                    if self.seen.contains(id) {
+                        self.waiting.remove(id);
+                    }
+                }
                 let body = delivery_body(
                     json!([{"from": phone, "id": id, "timestamp": "1732320000", "type": "text", "text": {"body": text}}]),
                     json!([]),
@@ -334,6 +344,7 @@ async fn read_events(shared: &Shared, mut resp: reqwest::Response) {
             let Some(id) = event.get("provider_message_id").and_then(Value::as_str) else {
                 continue;
             };
+            shared.seen.insert(id.to_string());
             if let Some((_, intended)) = shared.waiting.remove(id) {
                 let now = Instant::now();
                 let us = now.saturating_duration_since(intended).as_micros().max(1) as u64;
