@@ -112,11 +112,10 @@ struct Shared {
     e2e: Mutex<Histogram<u64>>,
     per_second: Mutex<Vec<Second>>,
     acked_ids: Mutex<Vec<String>>,
-    /// Intended send time of each message not yet seen applied.
-    waiting: DashMap<String, Instant>,
-    /// Messages seen applied: a redelivery sent after its message was
-    /// applied waits for nothing (it used to wait, unseen, until the drain ran out).
-    seen: dashmap::DashSet<String>,
+    /// Each message sent: its intended send time until it is seen applied,
+    /// then `None` (a redelivery sent after that waits for nothing; it used
+    /// to wait, unseen, until the drain ran out).
+    waiting: DashMap<String, Option<Instant>>,
     applied: AtomicU64,
     /// Times the event stream was lost and followed again.
     event_reconnects: AtomicU64,
@@ -147,7 +146,6 @@ impl Shared {
             per_second: Mutex::new(Vec::new()),
             acked_ids: Mutex::new(Vec::new()),
             waiting: DashMap::new(),
-            seen: dashmap::DashSet::new(),
             applied: AtomicU64::new(0),
             event_reconnects: AtomicU64::new(0),
             last_applied: Mutex::new(None),
@@ -203,13 +201,7 @@ impl Shared {
         let t = &self.target;
         let result = match &action {
             Action::Webhook { phone, id, text } => {
-                if !self.seen.contains(id) {
-                    self.waiting.entry(id.clone()).or_insert(intended);
-                    // Seen meanwhile (the follower marks before it removes).
-                    if self.seen.contains(id) {
-                        self.waiting.remove(id);
-                    }
-                }
+                self.waiting.entry(id.clone()).or_insert(Some(intended));
                 let body = delivery_body(
                     json!([{"from": phone, "id": id, "timestamp": "1732320000", "type": "text", "text": {"body": text}}]),
                     json!([]),
@@ -344,8 +336,10 @@ async fn read_events(shared: &Shared, mut resp: reqwest::Response) {
             let Some(id) = event.get("provider_message_id").and_then(Value::as_str) else {
                 continue;
             };
-            shared.seen.insert(id.to_string());
-            if let Some((_, intended)) = shared.waiting.remove(id) {
+            // Marked seen whatever comes later (one lock on the key: no race
+            // with a redelivery being sent).
+            let intended = shared.waiting.entry(id.to_string()).or_insert(None).take();
+            if let Some(intended) = intended {
                 let now = Instant::now();
                 let us = now.saturating_duration_since(intended).as_micros().max(1) as u64;
                 let _ = shared.e2e.lock().unwrap_or_else(|p| p.into_inner()).record(us);
@@ -423,7 +417,10 @@ pub async fn drive(
     let deadline = sends_done + drain;
     while Instant::now() < deadline {
         let acked: Vec<String> = shared.acked_ids.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if acked.iter().all(|id| !shared.waiting.contains_key(id)) {
+        if acked
+            .iter()
+            .all(|id| shared.waiting.get(id).is_none_or(|w| w.is_none()))
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -528,7 +525,7 @@ mod tests {
         };
         let shared = Arc::new(Shared::new(target, 1));
         for id in ["wamid.a", "wamid.b"] {
-            shared.waiting.insert(id.to_string(), Instant::now());
+            shared.waiting.insert(id.to_string(), Some(Instant::now()));
         }
         let follower = tokio::spawn(follow_events(shared.clone()));
         let _held = tokio::time::timeout(Duration::from_secs(30), third_rx)
@@ -537,7 +534,7 @@ mod tests {
             .unwrap();
         follower.abort();
         assert_eq!(shared.applied.load(Ordering::Relaxed), 2);
-        assert!(shared.waiting.is_empty());
+        assert!(shared.waiting.iter().all(|w| w.is_none()), "both seen applied");
         assert_eq!(shared.event_reconnects.load(Ordering::Relaxed), 1);
         assert_eq!(shared.e2e.lock().unwrap().len(), 2);
     }
