@@ -15,6 +15,11 @@ mod support;
 
 use std::time::Instant;
 
+/// The allocator `switchboard serve` runs with (src/main.rs), so the figure
+/// is the served process's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PHONES: usize = 100_000;
 const CLIENTS: usize = 64;
 
