@@ -201,3 +201,51 @@ async fn a_row_left_in_flight_by_a_dead_process_is_sent_after_its_lease() {
     assert_eq!(fake.requests().len(), 1);
     e.shutdown().await.unwrap();
 }
+
+#[actix_web::test]
+async fn a_send_the_provider_holds_does_not_hold_back_the_others() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start().unwrap();
+    let slow = "5215570000100";
+    fake.hold(slow);
+    let e = engine(&db, &fake, |s| {
+        s.outbox.batch = 2;
+        s.outbox.concurrency = 2;
+    })
+    .await;
+    say(&e, slow, "wamid.slow", "hola").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while fake.waiting() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the first reply was never sent");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // While the provider hangs on that send, six other conversations reply.
+    for i in 0..6 {
+        say(&e, &format!("52155700002{i:02}"), &format!("wamid.other{i}"), "hola").await;
+    }
+    while fake.accepted_tracking().len() < 6 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other replies were not sent: {} of 6",
+            fake.accepted_tracking().len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // ... while the held send was still in flight (not timed out and retried).
+    let first = &rows(&db).await[0];
+    assert_eq!(
+        (first.0.as_str(), first.1, fake.waiting()),
+        ("sending", 1, 1),
+        "the other replies waited for the held send"
+    );
+    fake.release(slow);
+    e.outbox().wait_drained().await;
+    let r = rows(&db).await;
+    assert_eq!(r.len(), 7);
+    assert!(r.iter().all(|r| r.0 == "sent" && r.1 == 1), "{r:?}");
+    let mut tracking = fake.accepted_tracking();
+    tracking.sort();
+    tracking.dedup();
+    assert_eq!((fake.requests().len(), tracking.len()), (7, 7));
+    e.shutdown().await.unwrap();
+}

@@ -16,6 +16,12 @@ struct State {
     accepted: Vec<String>,
     down: bool,
     next_id: u64,
+    /// Recipients whose sends are not answered until released.
+    held: Vec<String>,
+    /// Sends waiting for their recipient's release.
+    waiting: usize,
+    /// How long each answer takes.
+    latency: std::time::Duration,
 }
 
 /// The fake; cheap to clone.
@@ -23,20 +29,30 @@ struct State {
 pub struct FakeGraph {
     pub base: String,
     state: Arc<Mutex<State>>,
+    released: Arc<tokio::sync::Notify>,
 }
 
 impl FakeGraph {
     /// Starts the fake on a free loopback port, on the current actix runtime.
     pub fn start() -> std::io::Result<Self> {
         let state = Arc::new(Mutex::new(State::default()));
-        let s = state.clone();
+        let released = Arc::new(tokio::sync::Notify::new());
+        let (s, r) = (state.clone(), released.clone());
         let server = HttpServer::new(move || {
-            let s = s.clone();
+            let (s, r) = (s.clone(), r.clone());
             App::new().route(
                 "/{version}/{number}/messages",
                 web::post().to(move |body: web::Json<Value>| {
-                    let s = s.clone();
-                    async move { answer(&s, body.into_inner()) }
+                    let (s, r) = (s.clone(), r.clone());
+                    async move {
+                        let body = body.into_inner();
+                        hold(&s, &r, body["to"].as_str().unwrap_or_default()).await;
+                        let latency = s.lock().unwrap_or_else(|p| p.into_inner()).latency;
+                        if !latency.is_zero() {
+                            tokio::time::sleep(latency).await;
+                        }
+                        answer(&s, body)
+                    }
                 }),
             )
         })
@@ -48,6 +64,7 @@ impl FakeGraph {
         Ok(Self {
             base: format!("http://{addr}"),
             state,
+            released,
         })
     }
 
@@ -58,6 +75,28 @@ impl FakeGraph {
     /// The next answers, in order (then success again).
     pub fn script(&self, answers: impl IntoIterator<Item = (u16, Value)>) {
         self.lock().script.extend(answers);
+    }
+
+    /// Every answer takes `latency` (the real API answers in 100–500 ms).
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.lock().latency = latency;
+    }
+
+    /// Sends to `to` get no answer until [`FakeGraph::release`] (a provider
+    /// hanging on one request).
+    pub fn hold(&self, to: &str) {
+        self.lock().held.push(to.to_string());
+    }
+
+    /// Answers the held sends to `to`, and later ones at once.
+    pub fn release(&self, to: &str) {
+        self.lock().held.retain(|h| h != to);
+        self.released.notify_waiters();
+    }
+
+    /// Sends received and not answered, held for their recipient.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting
     }
 
     /// While down, every request gets 503 (and is not recorded).
@@ -88,6 +127,32 @@ impl FakeGraph {
             api_base: self.base.clone(),
             ..Default::default()
         }
+    }
+}
+
+/// Waits while sends to `to` are held.
+async fn hold(state: &Mutex<State>, released: &tokio::sync::Notify, to: &str) {
+    let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
+    let mut counted = false;
+    loop {
+        // Registered before the check, so a release in between is not missed.
+        let notified = released.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut st = lock();
+            if !st.held.iter().any(|h| h == to) {
+                if counted {
+                    st.waiting -= 1;
+                }
+                return;
+            }
+            if !counted {
+                st.waiting += 1;
+                counted = true;
+            }
+        }
+        notified.await;
     }
 }
 
