@@ -99,6 +99,7 @@ async fn load(settings: Settings, args: crate::load::LoadArgs) -> anyhow::Result
     crate::telemetry::init(&log);
     let mut args = args;
     args.server_settings = settings.database.embedded.server_settings.clone();
+    args.outbox_sends = Some((settings.outbox.batch, settings.outbox.concurrency));
     // Ctrl-C (or SIGTERM) tears the harness's own servers and database down.
     let report = crate::load::run_until(args, shutdown_signal()).await?;
     print!("{}", report.table());

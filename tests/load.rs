@@ -36,6 +36,7 @@ async fn smoke(scenario: &str) {
     );
     assert_eq!(report.errors, 0, "{:?}", report.error_samples);
     assert_eq!(report.acked, report.sent);
+    assert!(report.outbox_drained_after_s.is_some(), "replies left unsent");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
     for field in [
         "scenario",
@@ -71,6 +72,25 @@ async fn smoke(scenario: &str) {
 #[actix_web::test]
 async fn steady_smoke_run_reports_and_holds_every_invariant() {
     smoke("steady").await;
+}
+
+#[actix_web::test]
+async fn a_slow_send_api_still_gets_every_reply_and_the_report_says_when() {
+    let report = load::run(args(
+        "--scenario steady --rate 40 --duration 1 --phones 10 --drain 30 --quiet --send-latency-ms 100",
+    ))
+    .await
+    .unwrap();
+    assert!(
+        report.invariant_violations.is_empty(),
+        "{:?}",
+        report.invariant_violations
+    );
+    assert_eq!((report.errors, report.send_latency_ms), (0, 100));
+    // Every message of this flow's first turn gets a reply.
+    assert!(report.outbound_requests.unwrap() >= report.applied, "{report:?}");
+    assert!(report.outbox_drained_after_s.is_some(), "replies left unsent");
+    assert!(report.table().contains("answering in 100 ms"));
 }
 
 #[actix_web::test]

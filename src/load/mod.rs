@@ -105,6 +105,11 @@ pub struct LoadArgs {
     /// file descriptors.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub connections: u32,
+    /// Milliseconds the fake send API takes to answer each reply (the
+    /// WhatsApp Cloud API answers in about 100–500 ms), to size the
+    /// outbox's `concurrency` against `rate_per_s`.
+    #[arg(long, default_value_t = 0)]
+    pub send_latency_ms: u64,
     /// Seconds to wait after the last send for messages to be applied.
     #[arg(long, default_value_t = 30)]
     pub drain: u64,
@@ -120,6 +125,11 @@ pub struct LoadArgs {
     /// `pg_stat_statements`, say). Not a flag.
     #[arg(skip)]
     pub server_settings: BTreeMap<String, PgValue>,
+    /// The harness's own server sends with the configuration's
+    /// `outbox.batch` and `outbox.concurrency` (to size them with
+    /// `--send-latency-ms`); its rate limit is lifted. Not a flag.
+    #[arg(skip)]
+    pub outbox_sends: Option<(i64, usize)>,
 }
 
 /// How requests are spread over several processes.
@@ -162,6 +172,7 @@ fn run_dir() -> anyhow::Result<PathBuf> {
 async fn start_own(args: &LoadArgs) -> anyhow::Result<OwnServer> {
     let dir = run_dir()?;
     let graph = FakeGraph::start()?;
+    graph.set_latency(Duration::from_millis(args.send_latency_ms));
     let app_secret = Secret::new(format!("{:032x}", rand::random::<u128>()));
     let mut s = Settings::default();
     s.database.embedded.data_dir = dir.join("pg");
@@ -173,6 +184,9 @@ async fn start_own(args: &LoadArgs) -> anyhow::Result<OwnServer> {
     s.whatsapp.app_secret = Some(app_secret.clone());
     // The fake API takes any rate; WhatsApp's 80/s tier would only measure itself.
     s.outbox.rate_per_s = 100_000;
+    if let Some((batch, concurrency)) = args.outbox_sends {
+        (s.outbox.batch, s.outbox.concurrency) = (batch, concurrency);
+    }
     // The generator is one client address: lift the per-client API limit.
     s.api.rate_per_s = 1_000_000;
     s.api.burst = 1_000_000;
@@ -274,6 +288,9 @@ pub async fn run_until(args: LoadArgs, interrupt: impl std::future::Future<Outpu
     } else {
         None
     };
+    if let Some((p, _)) = &procs {
+        p.graph.set_latency(Duration::from_millis(args.send_latency_ms));
+    }
     let target = match (&own, &procs, &args.target) {
         (Some(o), _, _) => Target {
             bases: vec![o.base.clone()],
@@ -394,12 +411,21 @@ pub async fn run_until(args: LoadArgs, interrupt: impl std::future::Future<Outpu
     let mut violations = Vec::new();
     let mut synchronous_commit = "unknown".to_string();
     let mut resent_after_crash = 0;
+    let drain_from = std::time::Instant::now();
+    let mut drained = None;
     if let Some(o) = &own {
         let _ = tokio::time::timeout(Duration::from_secs(args.drain), o.engine.wait_idle()).await;
-        let _ = tokio::time::timeout(Duration::from_secs(args.drain), o.engine.outbox().wait_drained()).await;
+        if tokio::time::timeout(Duration::from_secs(args.drain), o.engine.outbox().wait_drained())
+            .await
+            .is_ok()
+        {
+            drained = Some(drain_from.elapsed().as_secs_f64());
+        }
     }
     if let Some((p, _)) = &procs {
-        p.drain(Duration::from_secs(args.drain)).await;
+        if p.drain(Duration::from_secs(args.drain)).await {
+            drained = Some(drain_from.elapsed().as_secs_f64());
+        }
     }
     let graph = own.as_ref().map(|o| &o.graph).or(procs.as_ref().map(|(p, _)| &p.graph));
     if let Some(url) = &db_url {
@@ -450,6 +476,8 @@ pub async fn run_until(args: LoadArgs, interrupt: impl std::future::Future<Outpu
         conflicts: metric_sum(&target.bases, "switchboard_version_conflicts_total").await,
         retries: metric_sum(&target.bases, "switchboard_retries_total").await,
         outbound_requests: graph.map(|g| g.request_count() as u64),
+        outbox_drained_after_s: drained,
+        send_latency_ms: args.send_latency_ms,
         invariants_checked: db_url.is_some(),
         invariant_violations: violations,
         error_samples: measured.error_samples,

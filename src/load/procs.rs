@@ -193,8 +193,8 @@ impl Processes {
     }
 
     /// Waits until every accepted message is applied and every outbound
-    /// one sent (or given up), at most `limit`.
-    pub async fn drain(&self, limit: Duration) {
+    /// one sent (or given up), at most `limit`; `false` at `limit`.
+    pub async fn drain(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         let url = self.db.url().expose().to_string();
         while Instant::now() < deadline {
@@ -206,10 +206,11 @@ impl Processes {
             .await
             .unwrap_or(1);
             if left == 0 {
-                return;
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        false
     }
 
     /// Stops every process with SIGTERM (an orderly stop), then the database.

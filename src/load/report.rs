@@ -97,6 +97,12 @@ pub struct Report {
     pub conflicts: u64,
     pub retries: u64,
     pub outbound_requests: Option<u64>,
+    /// Seconds from the last message seen applied until the outbox had
+    /// nothing pending or being sent (own server or processes; `None` when
+    /// not drained within `--drain`).
+    pub outbox_drained_after_s: Option<f64>,
+    /// The fake send API's answer time (`--send-latency-ms`).
+    pub send_latency_ms: u64,
     pub invariant_violations: Vec<Violation>,
     /// `false` when no database was reachable to check.
     pub invariants_checked: bool,
@@ -139,6 +145,16 @@ impl Report {
         );
         t.push_str(&row("ack", &self.ack_latency_ms));
         t.push_str(&row("end-to-end", &self.e2e_latency_ms));
+        if let Some(n) = self.outbound_requests {
+            t.push_str(&format!(
+                "  replies: {n} sends to the fake API (answering in {} ms), {}\n",
+                self.send_latency_ms,
+                match self.outbox_drained_after_s {
+                    Some(s) => format!("all sent {s:.1} s after the last message was applied"),
+                    None => "NOT all sent within --drain".into(),
+                }
+            ));
+        }
         if self.event_reconnects > 0 {
             t.push_str(&format!(
                 "  event stream lost {} times and followed again: the messages applied meanwhile are not timed\n",
