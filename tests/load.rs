@@ -191,6 +191,15 @@ fn a_connection_bound_of_zero_is_refused() {
     assert!(e.to_string().contains("--connections"), "{e}");
 }
 
+#[test]
+fn a_send_latency_past_the_send_timeout_is_refused() {
+    let e = Args::try_parse_from(["load", "--scenario", "steady", "--send-latency-ms", "10000"])
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("--send-latency-ms"), "{e}");
+    assert!(Args::try_parse_from(["load", "--scenario", "steady", "--send-latency-ms", "9999"]).is_ok());
+}
+
 /// Ctrl-C during a run: the harness stops sending, stops its own server and
 /// database, removes their folder and exits with an error.
 #[test]

@@ -107,8 +107,14 @@ pub struct LoadArgs {
     pub connections: u32,
     /// Milliseconds the fake send API takes to answer each reply (the
     /// WhatsApp Cloud API answers in about 100–500 ms), to size the
-    /// outbox's `concurrency` against `rate_per_s`.
-    #[arg(long, default_value_t = 0)]
+    /// outbox's `concurrency` against `rate_per_s`. Below the sender's
+    /// timeout (10 s): a send timed out and retried may have arrived, and
+    /// would count as a reply sent twice.
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u64).range(0..crate::whatsapp::sender::SEND_TIMEOUT.as_millis() as u64)
+    )]
     pub send_latency_ms: u64,
     /// Seconds to wait after the last send for messages to be applied.
     #[arg(long, default_value_t = 30)]
