@@ -183,20 +183,22 @@ async fn requests_beyond_the_connection_bound_wait_their_turn_and_none_fails() {
     assert!(report.table().contains("open-loop, 1 connection)"));
 }
 
-#[test]
-fn a_connection_bound_of_zero_is_refused() {
-    let e = Args::try_parse_from(["load", "--scenario", "steady", "--connections", "0"])
+/// The flag's value is refused with an error naming the flag.
+fn refused(flag: &str, value: &str) {
+    let e = Args::try_parse_from(["load", "--scenario", "steady", flag, value])
         .err()
         .expect("refused");
-    assert!(e.to_string().contains("--connections"), "{e}");
+    assert!(e.to_string().contains(flag), "{e}");
+}
+
+#[test]
+fn a_connection_bound_of_zero_is_refused() {
+    refused("--connections", "0");
 }
 
 #[test]
 fn a_send_latency_past_the_send_timeout_is_refused() {
-    let e = Args::try_parse_from(["load", "--scenario", "steady", "--send-latency-ms", "10000"])
-        .err()
-        .expect("refused");
-    assert!(e.to_string().contains("--send-latency-ms"), "{e}");
+    refused("--send-latency-ms", "10000");
     assert!(Args::try_parse_from(["load", "--scenario", "steady", "--send-latency-ms", "9999"]).is_ok());
 }
 
