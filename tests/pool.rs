@@ -217,3 +217,57 @@ async fn a_server_that_is_down_gives_a_retryable_error_not_a_hang() {
     assert!(err.is_retryable(), "{err:?}");
     assert!(start.elapsed() < Duration::from_secs(5));
 }
+
+/// The pathology `plan_cache_mode = force_custom_plan` once answered:
+/// PostgreSQL settles on a generic plan after five executions, and one made
+/// while the inbox was empty (a sequential scan, a hash join) stayed cached
+/// as the table grew. The pool's connections keep the planner off those
+/// paths, so a generic plan made on an empty table still probes the key.
+#[tokio::test]
+async fn a_plan_settled_while_the_inbox_was_empty_still_probes_its_key_once_it_has_grown() {
+    #[derive(QueryableByName)]
+    struct Line {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+    let test = TestDb::migrated().await;
+    let db = test.database();
+    let mut conn = db.pool().get().await.unwrap();
+    // The shapes of the step's "already processed" check and processed mark.
+    for prepare in [
+        "PREPARE processed(text[], int8[]) AS SELECT i.phone, i.id FROM unnest($1, $2) AS u(phone, id) \
+         JOIN inbox i ON i.phone = u.phone AND i.id = u.id WHERE i.processed_at IS NOT NULL",
+        "PREPARE mark(text[], int8[]) AS UPDATE inbox AS i SET processed_at = now(), attempts = i.attempts + 1 \
+         FROM unnest($1, $2) AS u(phone, id) WHERE i.phone = u.phone AND i.id = u.id",
+    ] {
+        diesel::sql_query(prepare).execute(&mut *conn).await.unwrap();
+    }
+    for _ in 0..10 {
+        for run in [
+            "EXECUTE processed('{5215512341234}', '{1}')",
+            "EXECUTE mark('{5215512341234}', '{1}')",
+        ] {
+            diesel::sql_query(run).execute(&mut *conn).await.unwrap();
+        }
+    }
+    // One busy phone's history: 20,000 rows, not yet analyzed.
+    diesel::sql_query(format!(
+        "INSERT INTO inbox (id, phone, provider_message_id, payload, processed_at) \
+         SELECT g, '{PHONE}', 'wamid.' || g, '{{}}'::jsonb, now() FROM generate_series(1, 20000) g"
+    ))
+    .execute(&mut test.admin().await)
+    .await
+    .unwrap();
+    for explain in [
+        "EXPLAIN EXECUTE processed('{5215512341234}', '{5}')",
+        "EXPLAIN EXECUTE mark('{5215512341234}', '{5}')",
+    ] {
+        let plan: Vec<Line> = diesel::sql_query(explain).load(&mut *conn).await.unwrap();
+        let plan: Vec<String> = plan.into_iter().map(|l| l.line).collect();
+        let text = plan.join("\n");
+        assert!(
+            !text.contains("Seq Scan on inbox") && !text.contains("Hash Join") && text.contains("inbox_pkey"),
+            "{explain}:\n{text}"
+        );
+    }
+}
