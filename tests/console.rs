@@ -160,6 +160,22 @@ async fn until_sent(c: &Client, what: &str, text: &str) {
 }
 
 /// Picks `value` in the select `id`, as a user would (a change event).
+/// Clicks what `css` matches. A live region (the conversation list, the
+/// messages) may replace the element between the lookup and the click —
+/// a stale element — so it is looked up again until `WAIT`.
+async fn click(c: &Client, css: &str) {
+    use fantoccini::error::{CmdError, ErrorStatus};
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match c.find(Locator::Css(css)).await.unwrap().click().await {
+            Ok(()) => return,
+            Err(CmdError::Standard(e))
+                if e.error == ErrorStatus::StaleElementReference && Instant::now() < deadline => {}
+            Err(e) => panic!("clicking {css}: {e}"),
+        }
+    }
+}
+
 async fn choose(c: &Client, id: &str, value: &str) {
     let script = format!(
         "const f = document.getElementById({id:?}); f.value = {value:?}; f.dispatchEvent(new Event('change'));"
@@ -201,12 +217,7 @@ async fn the_console_lists_answers_hands_off_and_tracks_delivery_live() {
     c.goto(&app.url("/console")).await.unwrap();
     until(&c, "the sign-in form", "!document.getElementById('login').hidden").await;
     type_into(&c, "#token", "not-the-token").await;
-    c.find(Locator::Css("#login-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#login-button").await;
     until(
         &c,
         "the refusal",
@@ -217,12 +228,7 @@ async fn the_console_lists_answers_hands_off_and_tracks_delivery_live() {
 
     // The right token opens the console.
     type_into(&c, "#token", TOKEN).await;
-    c.find(Locator::Css("#login-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#login-button").await;
     until(&c, "the console", "!document.getElementById('app').hidden").await;
     until(
         &c,
@@ -267,7 +273,7 @@ async fn the_console_lists_answers_hands_off_and_tracks_delivery_live() {
     save_screenshot(&c, "list.png").await;
 
     // Opening it shows the history with origins.
-    c.find(Locator::Css(&row)).await.unwrap().click().await.unwrap();
+    click(&c, &row).await;
     until(
         &c,
         "the customer's message",
@@ -281,12 +287,7 @@ async fn the_console_lists_answers_hands_off_and_tracks_delivery_live() {
     );
 
     // Take over: the bot stops answering.
-    c.find(Locator::Css("#handoff-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#handoff-button").await;
     until(
         &c,
         "the hand-off",
@@ -400,12 +401,7 @@ async fn the_console_lists_answers_hands_off_and_tracks_delivery_live() {
     save_screenshot(&c, "conversation.png").await;
 
     // Hand back to the bot: the bot answers again.
-    c.find(Locator::Css("#handoff-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#handoff-button").await;
     until(
         &c,
         "the hand-back",
@@ -428,7 +424,7 @@ async fn the_console_lists_answers_hands_off_and_tracks_delivery_live() {
     .unwrap();
     let second = "¿Sigues ahí?";
     type_into(&c, "#reply-text", second).await;
-    c.find(Locator::Css("#send")).await.unwrap().click().await.unwrap();
+    click(&c, "#send").await;
     until(
         &c,
         "the failure and its reason",
@@ -436,12 +432,7 @@ async fn the_console_lists_answers_hands_off_and_tracks_delivery_live() {
          (document.querySelector('#messages .pending .status'))",
     )
     .await;
-    c.find(Locator::Css("#messages .pending .retry"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#messages .pending .retry").await;
     until_sent(&c, "the retried message, sent", second).await;
     let copies: i64 = messages::table
         .filter(messages::phone.eq(phone))
