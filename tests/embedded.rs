@@ -11,7 +11,7 @@ use std::time::Duration;
 use diesel_async::RunQueryDsl;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use support::{alive, embedded_settings, free_port, scratch_dir, spawn_watchdog};
+use support::{alive, embedded_settings, free_port, rest_of, scratch_dir, spawn_watchdog};
 use switchboard::config::PgValue;
 use switchboard::db::{self, EmbeddedPostgres};
 
@@ -187,7 +187,7 @@ async fn serve_runs_on_the_embedded_database_and_stops_cleanly_on_sigterm() {
         .unwrap();
     assert!(exit.success(), "serve exited with {exit}");
     assert!(!alive(pg_pid), "embedded postmaster {pg_pid} outlived serve");
-    let logs: Vec<String> = rx.try_iter().collect();
+    let logs = rest_of(&rx, std::time::Duration::from_secs(30));
     assert!(
         logs.iter().any(|l| l.contains("embedded PostgreSQL stopped")),
         "{logs:?}"

@@ -252,7 +252,7 @@ fn ctrl_c_ends_the_run_and_leaves_no_server_or_database_behind() {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     let exit = child.wait().unwrap();
     assert!(!exit.success(), "an interrupted run is not a passing run");
-    let output: Vec<String> = rx.try_iter().collect();
+    let output = support::rest_of(&rx, Duration::from_secs(30));
     assert!(output.iter().any(|l| l.contains("interrupted")), "{output:?}");
     assert!(!support::alive(pg_pid), "the harness's PostgreSQL outlived it");
     assert!(!run_dir.exists(), "the run's folder is left behind");

@@ -124,6 +124,18 @@ pub fn read_until(
     }
 }
 
+/// The lines a child printed until its stderr closed (at most `within`).
+/// After `wait()` the reader thread may not have passed the last lines on
+/// yet: `try_iter` would race it.
+pub fn rest_of(lines: &std::sync::mpsc::Receiver<String>, within: std::time::Duration) -> Vec<String> {
+    let deadline = std::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+        seen.push(line);
+    }
+    seen
+}
+
 /// The pid of the postmaster running on `data_dir`.
 pub fn postmaster_pid(data_dir: &Path) -> i32 {
     std::fs::read_to_string(data_dir.join("postmaster.pid"))
