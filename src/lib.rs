@@ -16,6 +16,8 @@
 //! - [`retry`]: exponential backoff with full jitter for transient errors.
 //! - [`phone`]: the conversation key — validation and masking for logs.
 //! - [`startup`]: builds the application and stops it in order.
+//! - [`lifecycle`]: the one cancellation token and task tracker of a process.
+//! - [`events`]: the realtime events every part publishes.
 //! - [`telemetry`]: logging set-up.
 //! - [`cli`]: the `switchboard` command line.
 
@@ -27,9 +29,11 @@ pub mod config;
 pub mod db;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod flow;
 pub mod fuzzing;
 pub mod http;
+pub mod lifecycle;
 pub mod load;
 pub mod outbox;
 pub mod phone;

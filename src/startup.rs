@@ -51,7 +51,7 @@ impl Application {
             engine: engine.clone(),
             settings: settings.clone(),
             metrics,
-            closing: tokio::sync::watch::channel(false).0,
+            closing: engine.lifecycle().child_token(),
             limiter: http::limits::RateLimiter::new(settings.api.rate_per_s, settings.api.burst),
             streams: http::limits::StreamSlots::new(settings.api.max_sse_subscribers),
         });
@@ -92,7 +92,7 @@ impl Application {
             _ = shutdown => tracing::info!("shutting down"),
             r = &mut server => tracing::error!(result = ?r, "the HTTP server stopped by itself"),
         }
-        self.state.closing.send_replace(true);
+        self.state.closing.cancel();
         handle.stop(true).await;
         self.engine.shutdown().await
     }

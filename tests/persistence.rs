@@ -518,7 +518,7 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
         out,
         [
             WriteOutcome::Committed { version: 4 },
-            WriteOutcome::AlreadyProcessed,
+            WriteOutcome::AlreadyApplied,
             WriteOutcome::Conflict { actual: Some(3) },
         ]
     );
@@ -714,5 +714,5 @@ async fn a_batch_waiting_for_a_session_lock_sees_what_the_holder_committed() {
         .await
         .expect("the batch waits for the session's lock");
     diesel::sql_query("COMMIT").execute(&mut holder).await.unwrap();
-    assert_eq!(batch.await.unwrap(), vec![WriteOutcome::AlreadyProcessed]);
+    assert_eq!(batch.await.unwrap(), vec![WriteOutcome::AlreadyApplied]);
 }

@@ -14,37 +14,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::config::GroupCommitSettings;
 use crate::db::inbox::{self, OwnedDelivery, Registration};
 use crate::db::outbox::Claimed;
 use crate::db::steps::{self, StepWrite, WriteOutcome};
 use crate::db::Database;
 use crate::error::Error;
-use crate::outbox::Handoff;
-
-/// Group-commit tuning (`[engine.group_commit]`).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GroupCommitSettings {
-    /// Most writes in one transaction.
-    pub max_batch: usize,
-    /// Batches committing at once (each holds one pooled connection).
-    pub max_in_flight: usize,
-}
-
-impl Default for GroupCommitSettings {
-    fn default() -> Self {
-        Self {
-            // 64 rows per multi-row statement reached ~14k msg/s on one
-            // client in the reference measurements; 4 batches in flight keep
-            // the disk busy while one batch waits for its flush.
-            max_batch: 64,
-            max_in_flight: 4,
-        }
-    }
-}
+use crate::outbox::SendQueue;
 
 /// Commit the steps of one phone, in order (a chain: each on the version
 /// the one before makes). The answer — one outcome per step — comes when
@@ -64,8 +42,6 @@ pub struct Register(pub OwnedDelivery);
 pub struct WriterStats {
     pub batches: AtomicU64,
     pub writes: AtomicU64,
-    pub conflicts: AtomicU64,
-    pub duplicates: AtomicU64,
     pub failed_batches: AtomicU64,
     pub largest_batch: AtomicU64,
     /// Registration statements (each a commit) and the deliveries they held.
@@ -94,7 +70,7 @@ pub struct DbWriter {
     stats: Arc<WriterStats>,
     /// Where a commit hands the outbound messages it claimed (and wakes
     /// the dispatcher after queuing any).
-    outbox: Arc<Handoff>,
+    outbox: Arc<SendQueue>,
     /// This engine's hold on the messages it registers.
     lease: inbox::Lease,
 }
@@ -104,7 +80,7 @@ impl DbWriter {
         db: Database,
         settings: GroupCommitSettings,
         stats: Arc<WriterStats>,
-        outbox: Arc<Handoff>,
+        outbox: Arc<SendQueue>,
         lease: inbox::Lease,
     ) -> Self {
         Self {
@@ -345,16 +321,10 @@ async fn commit(
                     .map(|(_, w)| w.phone.as_str());
                 replica.note(written, lsn);
             }
-            for (outcome, w) in outcomes.iter().zip(&writes) {
-                if matches!(outcome, WriteOutcome::Committed { .. }) && !w.outbox.is_empty() {
-                    queued_outbound = true;
-                }
-                match outcome {
-                    WriteOutcome::Conflict { .. } => stats.conflicts.fetch_add(1, Ordering::Relaxed),
-                    WriteOutcome::AlreadyProcessed => stats.duplicates.fetch_add(1, Ordering::Relaxed),
-                    WriteOutcome::Committed { .. } => 0,
-                };
-            }
+            queued_outbound = outcomes
+                .iter()
+                .zip(&writes)
+                .any(|(o, w)| matches!(o, WriteOutcome::Committed { .. }) && !w.outbox.is_empty());
             let mut outcomes = outcomes.into_iter();
             for (n, tx) in lengths.into_iter().zip(waiters) {
                 let _ = tx.send(Ok(outcomes.by_ref().take(n).collect()));

@@ -6,9 +6,13 @@
 //! - [`db_writer`]: the DB actor; versioned step writes with group commit.
 //! - [`ai`]: the AI actor; timeouts, fallbacks, bulkhead, circuit breaker.
 //! - [`supervisor`]: crash decisions (restart or quarantine) and the breakers.
+//! - [`middleware`]: the application's hook before each step.
+//! - [`stats`]: the message and step counters.
 
 pub mod ai;
 pub mod db_writer;
+pub mod middleware;
 pub(crate) mod registry;
 pub mod session;
+pub mod stats;
 pub mod supervisor;

@@ -13,13 +13,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Instant;
 
 use actix::prelude::*;
 use dashmap::DashMap;
 
-use super::session::{Inbound, SessionActor, SessionDeps, Stop};
+use super::session::{Inbound, Passivation, SessionActor, SessionDeps, Stop};
 
 /// Turns for one phone's senders, first come, first served. A sender takes
 /// a ticket (and starts what must start in arrival order, such as its
@@ -163,9 +163,17 @@ impl Registry {
         }))
     }
 
-    /// Completes construction (the actors' dependencies hold the registry).
+    /// Completes construction (the actors' dependencies reach the registry
+    /// through [`Registry::downgrade`]).
     pub fn set_deps(&self, deps: Arc<SessionDeps>) {
         let _ = self.0.deps.set(deps);
+    }
+
+    /// What the session actors hold of the registry: weak, so the registry's
+    /// dependencies, which every actor shares, are no cycle through it.
+    pub fn downgrade(&self) -> Weak<dyn Passivation> {
+        let weak: Weak<RegistryInner> = Arc::downgrade(&self.0);
+        weak
     }
 
     pub fn stats(&self) -> &RegistryStats {
@@ -227,20 +235,6 @@ impl Registry {
         slot.pending.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Removes actor `id` of `phone` if nothing is pending for it. The
-    /// caller (the actor itself) stops when this returns true.
-    pub fn try_passivate(&self, phone: &str, id: u64) -> bool {
-        let removed = self
-            .0
-            .map
-            .remove_if(phone, |_, s| s.id == id && s.pending.load(Ordering::SeqCst) == 0)
-            .is_some();
-        if removed {
-            self.0.stats.passivations.fetch_add(1, Ordering::Relaxed);
-        }
-        removed
-    }
-
     /// Evicts the least recently used idle actor (never `keep`). Over the
     /// cap with every actor busy, nothing is evicted: the cap is soft rather
     /// than drop a queued message.
@@ -289,5 +283,18 @@ impl Registry {
         for s in all {
             s.addr.do_send(Stop);
         }
+    }
+}
+
+impl Passivation for RegistryInner {
+    fn try_passivate(&self, phone: &str, id: u64) -> bool {
+        let removed = self
+            .map
+            .remove_if(phone, |_, s| s.id == id && s.pending.load(Ordering::SeqCst) == 0)
+            .is_some();
+        if removed {
+            self.stats.passivations.fetch_add(1, Ordering::Relaxed);
+        }
+        removed
     }
 }

@@ -13,10 +13,10 @@ pub mod simulated;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::breaker::BreakerSettings;
 use crate::config::AiProvider;
+pub use crate::config::AiSettings;
 use crate::flow::Flow;
 
 /// An intent the model may answer with.
@@ -64,41 +64,6 @@ pub trait Model: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn detect_intent(&self, req: Arc<IntentRequest>) -> BoxFuture<'static, Result<Option<String>, ModelError>>;
     fn extract_slot(&self, req: Arc<SlotRequest>) -> BoxFuture<'static, Result<Option<String>, ModelError>>;
-}
-
-/// `[ai]`: the provider and what wraps every call to it.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AiSettings {
-    pub provider: AiProvider,
-    /// Budget of one intent detection, waiting for the bulkhead included.
-    pub intent_timeout_ms: u64,
-    /// Budget of one slot extraction.
-    pub extract_timeout_ms: u64,
-    /// Bulkhead: model calls in flight at once.
-    pub max_concurrent: u32,
-    /// On timeout, error or open breaker, answer with the rules provider
-    /// (`true`) or with "not understood" (`false`).
-    pub fallback_to_rules: bool,
-    pub breaker: BreakerSettings,
-    pub openai: openai::OpenAiSettings,
-    pub simulated: simulated::SimulatedSettings,
-}
-
-impl Default for AiSettings {
-    fn default() -> Self {
-        Self {
-            provider: AiProvider::Rules,
-            // The seed's budgets: 3 s for intents, 4 s for extraction.
-            intent_timeout_ms: 3_000,
-            extract_timeout_ms: 4_000,
-            max_concurrent: 64,
-            fallback_to_rules: true,
-            breaker: BreakerSettings::default(),
-            openai: openai::OpenAiSettings::default(),
-            simulated: simulated::SimulatedSettings::default(),
-        }
-    }
 }
 
 /// Builds the configured provider.

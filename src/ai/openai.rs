@@ -5,30 +5,11 @@
 use std::sync::Arc;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+pub use crate::config::OpenAiSettings;
+
 use super::{IntentRequest, Model, ModelError, SlotRequest};
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OpenAiSettings {
-    /// Base URL; `/chat/completions` is appended.
-    pub base_url: String,
-    pub model: String,
-    /// Environment variable holding the API key (never the key itself).
-    pub api_key_env: String,
-}
-
-impl Default for OpenAiSettings {
-    fn default() -> Self {
-        Self {
-            base_url: "https://api.openai.com/v1".into(),
-            model: "gpt-4o-mini".into(),
-            api_key_env: "OPENAI_API_KEY".into(),
-        }
-    }
-}
 
 #[derive(Clone)]
 pub struct OpenAiModel {

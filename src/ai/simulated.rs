@@ -6,33 +6,10 @@ use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
+
+pub use crate::config::SimulatedSettings;
 
 use super::{rules, IntentRequest, Model, ModelError, SlotRequest};
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SimulatedSettings {
-    /// Minimum latency of a call.
-    pub latency_ms: u64,
-    /// Extra latency, uniform in `[0, jitter_ms]`.
-    pub jitter_ms: u64,
-    /// Share of calls (0..=1) that fail with a provider error.
-    pub error_rate: f64,
-    /// Share of calls (0..=1) that never answer.
-    pub hang_rate: f64,
-}
-
-impl Default for SimulatedSettings {
-    fn default() -> Self {
-        Self {
-            latency_ms: 50,
-            jitter_ms: 50,
-            error_rate: 0.0,
-            hang_rate: 0.0,
-        }
-    }
-}
 
 /// Rules answers, delivered late, wrongly or never. Settings can be changed
 /// while running (fault tests turn hangs on and off).

@@ -4,11 +4,22 @@
 //! variables. Unknown keys, wrong types and invalid values are errors that name
 //! the key (and, for the file, the line).
 
+mod ai;
+mod breaker;
+mod database;
+mod engine;
+mod outbox;
 mod secret;
 mod settings;
+mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use ai::{AiProvider, AiSettings, OpenAiSettings, SimulatedSettings};
+pub use breaker::BreakerSettings;
+pub use database::{DatabaseSettings, EmbeddedSettings, PgValue, RetrySettings, OWNED_SERVER_SETTINGS};
+pub use engine::{EngineSettings, GroupCommitSettings};
+pub use outbox::OutboxSettings;
 pub use secret::{redact_url, Secret, REDACTED};
 pub use settings::*;
 

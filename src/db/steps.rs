@@ -91,7 +91,7 @@ pub enum WriteOutcome {
     /// The session was at another version (`None`: it does not exist).
     Conflict { actual: Option<i64> },
     /// The inbound message was already applied (by a restart or another process).
-    AlreadyProcessed,
+    AlreadyApplied,
 }
 
 /// Commits a batch of writes in one transaction. Several writes of one
@@ -155,7 +155,7 @@ pub async fn commit_batch_claiming(
                 WriteOutcome::Conflict { actual }
             } else if applied {
                 *broken = true;
-                WriteOutcome::AlreadyProcessed
+                WriteOutcome::AlreadyApplied
             } else if *at != Some(w.expected_version) {
                 *broken = true;
                 WriteOutcome::Conflict { actual }

@@ -18,11 +18,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
 use tokio_postgres::AsyncMessage;
+use tokio_util::sync::CancellationToken;
 
-use super::events::{Event, EventKind};
 use crate::config::Secret;
+use crate::events::{Event, EventKind};
 
 /// The `NOTIFY` channel of shared events.
 pub const CHANNEL: &str = "switchboard_events";
@@ -38,24 +39,18 @@ struct Shared {
     event: Event,
 }
 
-/// Keeps the presence connection until `stop` turns true.
-pub async fn run(
-    url: Secret,
-    instance: i64,
-    events: broadcast::Sender<Event>,
-    share: bool,
-    mut stop: watch::Receiver<bool>,
-) {
+/// Keeps the presence connection until `stop` is cancelled.
+pub async fn run(url: Secret, instance: i64, events: broadcast::Sender<Event>, share: bool, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let session = session(&url, instance, &events, share, &mut stop);
+        let session = session(&url, instance, &events, share, &stop);
         match session.await {
             Ok(()) => return,
             Err(why) => tracing::warn!(error = %why, "presence connection lost; reconnecting"),
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = stopped(&mut stop) => return,
+            _ = stop.cancelled() => return,
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
@@ -67,7 +62,7 @@ async fn session(
     instance: i64,
     events: &broadcast::Sender<Event>,
     share: bool,
-    stop: &mut watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> Result<(), String> {
     let e = |e: tokio_postgres::Error| e.to_string();
     let (client, mut conn) = tokio_postgres::connect(url.expose(), tokio_postgres::NoTls)
@@ -100,7 +95,7 @@ async fn session(
     let mut local = events.subscribe();
     loop {
         tokio::select! {
-            _ = stopped(stop) => return Ok(()),
+            _ = stop.cancelled() => return Ok(()),
             note = notes.recv() => {
                 let Some(payload) = note else {
                     // The driver ended: the connection is gone.
@@ -169,11 +164,6 @@ fn payload(instance: i64, mut event: Event) -> Option<String> {
     }
     let short = text(&event);
     (short.len() <= MAX_PAYLOAD).then_some(short)
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);

@@ -5,10 +5,11 @@ use actix_web::{web, HttpRequest, HttpResponse, Scope};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::authorize;
+use super::readiness::Readiness;
 use super::{sse, ApiError, AppState};
 use crate::db::read::{self, ListFilter};
 use crate::phone;
-use crate::whatsapp::webhook::secure_eq;
 
 /// Largest page of the conversation list.
 const MAX_PAGE: i64 = 200;
@@ -77,14 +78,7 @@ async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     authorize(&state, &req)?;
     let engine = &state.engine;
     let db = engine.database();
-    let (ready, reason) = if engine.is_stopping() {
-        (false, Some("stopping".to_string()))
-    } else {
-        match db.ping().await {
-            Ok(()) => (true, None),
-            Err(e) => (false, Some(format!("database unavailable: {e}"))),
-        }
-    };
+    let readiness = Readiness::of(&state).await;
     // A dead database must not fail the panel: the count is then unknown.
     let dead_letters = match db.pool().get().await {
         Ok(mut conn) => crate::db::dead_letters::pending_count(&mut conn).await.ok(),
@@ -92,8 +86,8 @@ async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     };
     let s = engine.stats();
     Ok(HttpResponse::Ok().json(json!({
-        "ready": ready,
-        "not_ready_reason": reason,
+        "ready": readiness.is_ready(),
+        "not_ready_reason": readiness.reason(),
         "breakers": engine.breakers().await,
         "live_sessions": s.live_sessions,
         "mailbox_depth": s.mailbox_depth,
@@ -130,41 +124,6 @@ async fn force_breaker(
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such breaker"));
     }
     Ok(HttpResponse::Ok().json(json!({"breakers": state.engine.breakers().await})))
-}
-
-/// Applies the client's rate limit (429), then checks `Authorization:
-/// Bearer <token>` against every configured token (several allow rotation),
-/// in constant time. No token configured: open.
-pub fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
-    if let Some(ip) = req.peer_addr().map(|a| a.ip()) {
-        if let Err(wait) = state.limiter.check(ip) {
-            state.metrics.rejected("api_rate_limit");
-            let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many requests; slow down");
-            e.retry_after = Some(wait);
-            return Err(e);
-        }
-    }
-    let tokens = &state.settings.api.tokens;
-    if tokens.is_empty() {
-        return Ok(());
-    }
-    let given = req
-        .headers()
-        .get("authorization")
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Compare with every token, whatever matches, so timing says nothing.
-    let ok = tokens.iter().fold(false, |ok, t| secure_eq(given, t.expose()) | ok);
-    if ok {
-        Ok(())
-    } else {
-        state.metrics.rejected("api_token");
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or invalid bearer token",
-        ))
-    }
 }
 
 fn valid_phone(state: &AppState, raw: &str) -> Result<String, ApiError> {

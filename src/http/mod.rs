@@ -2,10 +2,12 @@
 //! realtime events, and the operations endpoints.
 
 mod api;
+mod auth;
 mod console;
 pub mod limits;
 mod metrics;
 mod ops;
+mod readiness;
 mod sse;
 mod webhook;
 
@@ -32,9 +34,10 @@ pub struct AppState {
     pub engine: Engine,
     pub settings: Settings,
     pub metrics: Metrics,
-    /// Set when the server begins to stop: long-lived streams (SSE) end, so
-    /// a graceful stop does not wait for them.
-    pub closing: tokio::sync::watch::Sender<bool>,
+    /// Cancelled when the server begins to stop (a child of the engine's
+    /// lifecycle token, cancelled before it): long-lived streams (SSE) end,
+    /// so a graceful stop does not wait for them, and readiness turns 503.
+    pub closing: tokio_util::sync::CancellationToken,
     /// Per-client request rate on `/api`.
     pub limiter: limits::RateLimiter,
     /// Open event streams.
@@ -144,7 +147,8 @@ pub fn build_server(state: Arc<AppState>, listener: TcpListener) -> std::io::Res
     })
     // Signals are ours: `serve` stops the server, then the engine, in order.
     .disable_signals()
-    .shutdown_timeout(30)
+    // In-flight requests get the configured grace, then the engine drains.
+    .shutdown_timeout(server_settings.shutdown_timeout_s)
     .workers(workers)
     .max_connections(per_worker)
     .client_request_timeout(std::time::Duration::from_millis(

@@ -3,7 +3,8 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::api::authorize;
+use super::auth::authorize;
+use super::readiness::Readiness;
 use super::{ApiError, AppState};
 
 /// The process is alive.
@@ -13,13 +14,11 @@ pub async fn healthz() -> HttpResponse {
 
 /// Ready for traffic: the database answers and the engine is not stopping.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    if state.engine.is_stopping() {
-        return HttpResponse::ServiceUnavailable().json(json!({"status": "stopping"}));
-    }
-    match state.engine.database().ping().await {
-        Ok(()) => HttpResponse::Ok().json(json!({"status": "ready"})),
-        Err(e) => {
-            HttpResponse::ServiceUnavailable().json(json!({"status": "database unavailable", "error": e.to_string()}))
+    match Readiness::of(&state).await {
+        Readiness::Ready => HttpResponse::Ok().json(json!({"status": "ready"})),
+        Readiness::Stopping => HttpResponse::ServiceUnavailable().json(json!({"status": "stopping"})),
+        Readiness::DatabaseUnavailable(e) => {
+            HttpResponse::ServiceUnavailable().json(json!({"status": "database unavailable", "error": e}))
         }
     }
 }

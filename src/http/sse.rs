@@ -10,7 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream, IntervalStream};
 
-use super::api::authorize;
+use super::auth::authorize;
 use super::{ApiError, AppState};
 use crate::engine::Event;
 use crate::phone;
@@ -51,10 +51,7 @@ fn stream(state: &AppState, only: Option<String>) -> Result<HttpResponse, ApiErr
             })
         });
     let keepalive = IntervalStream::new(tokio::time::interval(KEEPALIVE)).map(|_| ": keepalive\n\n".to_string());
-    let mut closing = state.closing.subscribe();
-    let closed = async move {
-        let _ = closing.wait_for(|c| *c).await;
-    };
+    let closed = state.closing.clone().cancelled_owned();
     // Ends when the event stream ends (a lagging subscriber is dropped) or
     // the server begins to stop.
     let body = futures_util::stream::select(

@@ -68,19 +68,47 @@ pub struct BreakerEvent {
 }
 
 impl Event {
-    /// An event about a breaker, not a conversation.
-    pub fn breaker(name: &'static str, state: crate::breaker::BreakerState) -> Self {
+    /// A change of `phone`'s conversation, with no messages yet.
+    pub fn conversation(kind: EventKind, phone: &str, version: i64, flow_state: &str, handoff: bool) -> Self {
         Self {
-            kind: EventKind::BreakerState,
-            phone: String::new(),
-            version: 0,
-            flow_state: String::new(),
-            handoff: false,
+            kind,
+            phone: phone.to_string(),
+            version,
+            flow_state: flow_state.to_string(),
+            handoff,
             messages: Vec::new(),
             provider_message_id: None,
             delivery: None,
-            breaker: Some(BreakerEvent { name, state }),
+            breaker: None,
             relayed: false,
+        }
+    }
+
+    /// The same event carrying the messages it is about.
+    pub fn with_messages(mut self, messages: Vec<EventMessage>) -> Self {
+        self.messages = messages;
+        self
+    }
+
+    /// The same event naming the inbound message it applied.
+    pub fn applying(mut self, provider_message_id: &str) -> Self {
+        self.provider_message_id = Some(provider_message_id.to_string());
+        self
+    }
+
+    /// A delivery status of an outbound message of `phone`'s conversation.
+    pub fn delivery(phone: String, delivery: DeliveryEvent) -> Self {
+        Self {
+            delivery: Some(delivery),
+            ..Self::conversation(EventKind::DeliveryStatus, &phone, 0, "", false)
+        }
+    }
+
+    /// An event about a breaker, not a conversation.
+    pub fn breaker(name: &'static str, state: crate::breaker::BreakerState) -> Self {
+        Self {
+            breaker: Some(BreakerEvent { name, state }),
+            ..Self::conversation(EventKind::BreakerState, "", 0, "", false)
         }
     }
 }

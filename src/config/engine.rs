@@ -2,8 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::actors::db_writer::GroupCommitSettings;
-
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineSettings {
@@ -59,6 +57,28 @@ impl Default for EngineSettings {
             inbox_lease_ms: 30_000,
             share_events: false,
             group_commit: GroupCommitSettings::default(),
+        }
+    }
+}
+
+/// Group-commit tuning (`[engine.group_commit]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupCommitSettings {
+    /// Most writes in one transaction.
+    pub max_batch: usize,
+    /// Batches committing at once (each holds one pooled connection).
+    pub max_in_flight: usize,
+}
+
+impl Default for GroupCommitSettings {
+    fn default() -> Self {
+        Self {
+            // 64 rows per multi-row statement reached ~14k msg/s on one
+            // client in the reference measurements; 4 batches in flight keep
+            // the disk busy while one batch waits for its flush.
+            max_batch: 64,
+            max_in_flight: 4,
         }
     }
 }

@@ -1,0 +1,60 @@
+//! What the engine sends a session actor, one `Message` type per intent.
+
+use actix::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::db::steps::PendingInbound;
+use crate::error::Result;
+
+/// A conversation as its actor knows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConversationView {
+    pub phone: String,
+    pub flow_state: String,
+    pub data: Value,
+    pub version: i64,
+    pub handoff: bool,
+}
+
+/// Apply one accepted inbound message.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<()>")]
+pub struct Apply(pub PendingInbound);
+
+/// Load the session and apply any unprocessed inbox rows (resume).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<()>")]
+pub struct Wake;
+
+/// Send a message written by a human agent.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<AgentAck>")]
+pub struct AgentSend {
+    pub body: String,
+    /// Makes a retried request harmless: the same key is stored once.
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentAck {
+    pub version: i64,
+    pub idempotency_key: String,
+    /// False when this key had been stored already.
+    pub created: bool,
+}
+
+/// Give the conversation to a human agent (`true`) or back to the bot.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<ConversationView>")]
+pub struct SetHandoff(pub bool);
+
+/// Read the conversation, after every message queued before this one.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<ConversationView>")]
+pub struct Read;
+
+/// Stop (passivation or eviction). Sent only when nothing is pending.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Stop;

@@ -1,0 +1,127 @@
+//! The conversation as its actor holds it, and how it is loaded.
+
+use std::collections::VecDeque;
+
+use serde_json::{json, Value};
+
+use super::messages::ConversationView;
+use super::SessionDeps;
+use crate::db::sessions::SessionRecord;
+use crate::db::steps::{self, PendingInbound};
+use crate::error::Result;
+
+/// Inbox ids remembered per actor to skip a message already applied
+/// (a resumed row whose mailbox copy arrives later).
+pub(super) const RECENT_CAPACITY: usize = 1024;
+
+/// Unprocessed inbox rows fetched per resume round.
+pub(super) const RESUME_BATCH: i64 = 500;
+
+/// The in-memory state; taken out of the actor while a handler runs.
+#[derive(Debug, Clone)]
+pub(super) struct Core {
+    pub(super) state: String,
+    pub(super) data: Value,
+    pub(super) version: i64,
+    pub(super) handoff: bool,
+    pub(super) recent: VecDeque<i64>,
+}
+
+impl Core {
+    pub(super) fn remember(&mut self, inbox_id: i64) {
+        if self.recent.len() >= RECENT_CAPACITY {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(inbox_id);
+    }
+}
+
+/// The part of a conversation a step reads.
+pub(super) struct Snapshot {
+    pub(super) state: String,
+    pub(super) data: Value,
+    pub(super) handoff: bool,
+    pub(super) version: i64,
+}
+
+impl Snapshot {
+    pub(super) fn of(c: &Core) -> Self {
+        Self {
+            state: c.state.clone(),
+            data: c.data.clone(),
+            handoff: c.handoff,
+            version: c.version,
+        }
+    }
+}
+
+pub(super) fn view(phone: &str, c: &Core) -> ConversationView {
+    ConversationView {
+        phone: phone.to_string(),
+        flow_state: c.state.clone(),
+        data: c.data.clone(),
+        version: c.version,
+        handoff: c.handoff,
+    }
+}
+
+/// The core, loading (creating) the session if this actor has none yet.
+pub(super) async fn ensure_core(deps: &SessionDeps, phone: &str, core: Option<Core>) -> Result<Core> {
+    match core {
+        Some(c) => Ok(c),
+        None => load_core(deps, phone, VecDeque::new()).await,
+    }
+}
+
+/// The session as stored; a phone without one starts in the flow's initial
+/// state at version 0 (its first step creates the row: no commit here).
+pub(super) async fn load_core(deps: &SessionDeps, phone: &str, recent: VecDeque<i64>) -> Result<Core> {
+    Ok(core_of(deps, deps.db.load_session(phone).await?, recent))
+}
+
+/// The core and the phone's waiting inbox rows, in one round trip (an
+/// activation, or a restart after a crash).
+pub(super) async fn load_core_and_unprocessed(
+    deps: &SessionDeps,
+    phone: &str,
+    recent: VecDeque<i64>,
+) -> Result<(Core, Vec<PendingInbound>)> {
+    let (record, rows) = deps
+        .db
+        .load_session_and_unprocessed(phone, deps.instance, RESUME_BATCH)
+        .await?;
+    Ok((core_of(deps, record, recent), rows))
+}
+
+pub(super) fn core_of(deps: &SessionDeps, record: Option<SessionRecord>, recent: VecDeque<i64>) -> Core {
+    match record {
+        Some(s) => Core {
+            state: s.flow_state,
+            data: s.data,
+            version: s.version,
+            handoff: s.handoff,
+            recent,
+        },
+        None => Core {
+            state: deps.flow.initial.clone(),
+            data: json!({}),
+            version: 0,
+            handoff: false,
+            recent,
+        },
+    }
+}
+
+/// For a write on version 0: the state to create a missing session in.
+pub(super) fn create_as(deps: &SessionDeps, expected_version: i64) -> Option<String> {
+    (expected_version == 0).then(|| deps.flow.initial.clone())
+}
+
+pub(super) async fn fetch_unprocessed(deps: &SessionDeps, phone: &str) -> Result<Vec<PendingInbound>> {
+    deps.db
+        .retry_policy()
+        .run("unprocessed", || async {
+            steps::unprocessed(&mut *deps.db.pool().get().await?, phone, deps.instance, RESUME_BATCH).await
+        })
+        .await
+}

@@ -1,0 +1,232 @@
+//! The session's versioned writes: one conflict-retry loop for every kind of
+//! step, and the rows an inbound step, an agent message and a hand-off write.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::json;
+
+use super::messages::{AgentAck, AgentSend, ConversationView};
+use super::state::{load_core, view, Core, Snapshot};
+use super::SessionDeps;
+use crate::actors::db_writer::Persist;
+use crate::db::steps::{NewMessage, NewOutbox, NewOutcome, PendingInbound, StepWrite, WriteOutcome};
+use crate::error::{Error, Result};
+use crate::events::{Event, EventKind, EventMessage};
+use crate::flow::StepResult;
+use crate::phone::mask;
+
+/// Commits one write alone (a chain of one).
+pub(super) async fn persist_one(deps: &SessionDeps, write: StepWrite) -> Result<Result<WriteOutcome>> {
+    let answer = deps
+        .writer
+        .send(Persist(vec![write]))
+        .await
+        .map_err(|e| Error::Unavailable(format!("DB writer: {e}")))?;
+    Ok(answer.and_then(|mut o| {
+        o.pop()
+            .ok_or_else(|| Error::Unavailable("DB writer: no outcome".into()))
+    }))
+}
+
+/// The rows an inbound message's step writes: the message, the bot's replies
+/// with their outbox rows, and the outcome it produced.
+pub(super) fn inbound_write(
+    phone: &str,
+    expected_version: i64,
+    msg: &PendingInbound,
+    text: &str,
+    r: &StepResult,
+) -> StepWrite {
+    let mut messages = vec![NewMessage {
+        phone: phone.to_string(),
+        direction: "in",
+        origin: "user",
+        body: text.to_string(),
+        inbox_id: Some(msg.id),
+        provider_message_id: Some(msg.provider_message_id.clone()),
+        status: "received",
+        outbox_key: None,
+    }];
+    let mut outbox = Vec::new();
+    for (i, reply) in r.replies.iter().enumerate() {
+        let key = format!("in:{}:{i}", msg.id);
+        messages.push(NewMessage {
+            phone: phone.to_string(),
+            direction: "out",
+            origin: "bot",
+            body: reply.text.clone(),
+            inbox_id: Some(msg.id),
+            provider_message_id: None,
+            status: "queued",
+            outbox_key: Some(key.clone()),
+        });
+        outbox.push(NewOutbox {
+            phone: phone.to_string(),
+            kind: if reply.choices.is_empty() {
+                "text"
+            } else {
+                "interactive"
+            },
+            payload: json!({"text": reply.text, "choices": reply.choices}),
+            idempotency_key: key,
+        });
+    }
+    StepWrite {
+        phone: phone.to_string(),
+        expected_version,
+        create_as: None,
+        flow_state: r.state.clone(),
+        data: r.data.clone(),
+        handoff: r.handoff,
+        inbox_id: Some(msg.id),
+        dedupe_key: None,
+        messages,
+        outbox,
+        outcomes: r
+            .outcome
+            .iter()
+            .map(|o| NewOutcome {
+                phone: phone.to_string(),
+                kind: o.kind.clone(),
+                ticket: o.ticket.clone(),
+                data: o.data.clone(),
+                inbox_id: Some(msg.id),
+            })
+            .collect(),
+    }
+}
+
+/// How a versioned write ended.
+pub(super) enum Written<T> {
+    /// Committed at `version`; `made` is what the attempt that committed made.
+    Committed { version: i64, made: T },
+    /// Its inbound message or idempotency key was applied before: the core
+    /// was reloaded, nothing was written.
+    AlreadyApplied,
+}
+
+/// The one conflict-retry loop. `attempt` makes a write (and a value) from
+/// the conversation as it stands; on a version conflict the session is
+/// reloaded and `attempt` runs again on the fresh state (bounded, with
+/// backoff), so no step is ever committed on a stale one. `attempt`
+/// answering `None`: there is nothing to write.
+pub(super) async fn retry_conflicts<T, F, Fut>(
+    deps: &SessionDeps,
+    phone: &str,
+    core: &mut Core,
+    mut attempt: F,
+) -> Result<Option<Written<T>>>
+where
+    F: FnMut(Snapshot) -> Fut,
+    Fut: std::future::Future<Output = Option<(StepWrite, T)>>,
+{
+    let retries = deps.settings.conflict_retries;
+    for n in 0..=retries {
+        let Some((write, made)) = attempt(Snapshot::of(core)).await else {
+            return Ok(None);
+        };
+        match persist_one(deps, write).await? {
+            Ok(WriteOutcome::Committed { version }) => return Ok(Some(Written::Committed { version, made })),
+            Ok(WriteOutcome::AlreadyApplied) => {
+                *core = load_core(deps, phone, std::mem::take(&mut core.recent)).await?;
+                return Ok(Some(Written::AlreadyApplied));
+            }
+            Ok(WriteOutcome::Conflict { actual }) => {
+                deps.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(phone = %mask(phone), expected = core.version, ?actual, attempt = n, "version conflict; re-running on fresh state");
+                *core = load_core(deps, phone, std::mem::take(&mut core.recent)).await?;
+            }
+            Err(e) if e.is_retryable() && n < retries => {}
+            Err(e) => return Err(e),
+        }
+        deps.stats.retries.fetch_add(1, Ordering::Relaxed);
+        let pause = deps.db.retry_policy().delay(n, &mut rand::rng());
+        tokio::time::sleep(pause).await;
+    }
+    Err(Error::Processing(format!("gave up after {} conflicts", retries + 1)))
+}
+
+/// A write that changes nothing but the version (callers set what changes).
+pub(super) fn same_state(phone: &str, c: &Snapshot) -> StepWrite {
+    StepWrite {
+        phone: phone.to_string(),
+        expected_version: c.version,
+        // At version 0 the state is the one a new session starts in.
+        create_as: (c.version == 0).then(|| c.state.clone()),
+        flow_state: c.state.clone(),
+        data: c.data.clone(),
+        handoff: c.handoff,
+        inbox_id: None,
+        dedupe_key: None,
+        messages: Vec::new(),
+        outbox: Vec::new(),
+        outcomes: Vec::new(),
+    }
+}
+
+/// Stores and queues an agent's message (no flow step), bumping the version.
+pub(super) async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core, msg: AgentSend) -> Result<AgentAck> {
+    let key = format!("agent:{}", msg.idempotency_key);
+    let written = retry_conflicts(deps, phone, core, |at| {
+        let mut w = same_state(phone, &at);
+        w.dedupe_key = Some(key.clone());
+        w.messages.push(NewMessage {
+            phone: phone.to_string(),
+            direction: "out",
+            origin: "agent",
+            body: msg.body.clone(),
+            inbox_id: None,
+            provider_message_id: None,
+            status: "queued",
+            outbox_key: Some(key.clone()),
+        });
+        w.outbox.push(NewOutbox {
+            phone: phone.to_string(),
+            kind: "text",
+            payload: json!({"text": msg.body, "choices": []}),
+            idempotency_key: key.clone(),
+        });
+        std::future::ready(Some((w, ())))
+    })
+    .await?;
+    let created = matches!(written, Some(Written::Committed { .. }));
+    if let Some(Written::Committed { version, .. }) = written {
+        core.version = version;
+        let event = Event::conversation(EventKind::AgentMessage, phone, version, &core.state, core.handoff)
+            .with_messages(vec![EventMessage {
+                origin: "agent".into(),
+                body: msg.body.clone(),
+            }]);
+        let _ = deps.events.send(event);
+    }
+    Ok(AgentAck {
+        version: core.version,
+        idempotency_key: msg.idempotency_key,
+        created,
+    })
+}
+
+/// Hands the conversation to a human agent or back to the bot.
+pub(super) async fn set_handoff(
+    deps: &SessionDeps,
+    phone: &str,
+    core: &mut Core,
+    on: bool,
+) -> Result<ConversationView> {
+    let written = retry_conflicts(deps, phone, core, |at| {
+        let write = (at.handoff != on).then(|| StepWrite {
+            handoff: on,
+            ..same_state(phone, &at)
+        });
+        std::future::ready(write.map(|w| (w, ())))
+    })
+    .await?;
+    if let Some(Written::Committed { version, .. }) = written {
+        core.version = version;
+        core.handoff = on;
+        let _ = deps
+            .events
+            .send(Event::conversation(EventKind::Handoff, phone, version, &core.state, on));
+    }
+    Ok(view(phone, core))
+}

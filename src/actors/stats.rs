@@ -1,0 +1,22 @@
+//! Counters the session actors and the engine façade keep.
+
+use std::sync::atomic::AtomicU64;
+
+/// Engine-wide counters of messages and steps. Atomics, written with
+/// `Relaxed` from every actor thread and the HTTP workers: each is a count
+/// on its own, read for `/metrics`, never used to order anything.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Inbound messages stored for the first time.
+    pub accepted: AtomicU64,
+    /// Deliveries of a message already stored (provider retries).
+    pub redeliveries: AtomicU64,
+    /// Steps committed.
+    pub processed: AtomicU64,
+    /// Steps skipped because their message had been applied already.
+    pub already_applied: AtomicU64,
+    /// Writes refused for a stale version (then re-run on fresh state).
+    pub conflicts: AtomicU64,
+    /// Re-runs after a conflict or a retryable error.
+    pub retries: AtomicU64,
+}

@@ -1,0 +1,233 @@
+//! The wiring: an [`Engine`] from settings, with any part injectable (tests
+//! and the load harness give their own database, model or sender).
+
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, watch, Semaphore};
+
+use super::actor_thread::{ActorParts, ActorThread};
+use super::{presence, Engine, Inner};
+use crate::actors::ai::AiStats;
+use crate::actors::db_writer::WriterStats;
+use crate::actors::middleware::Middleware;
+use crate::actors::registry::Registry;
+use crate::actors::session::SessionDeps;
+use crate::actors::stats::EngineStats;
+use crate::actors::supervisor::SupervisorStats;
+use crate::ai::Model;
+use crate::breaker::CircuitBreaker;
+use crate::config::Settings;
+use crate::db::inbox::Lease;
+use crate::db::Database;
+use crate::error::{Error, Result};
+use crate::events::{Event, EVENT_BUFFER};
+use crate::flow::Flow;
+use crate::lifecycle::Lifecycle;
+use crate::outbox::{Dispatcher, SendQueue};
+use crate::whatsapp::sender::Sender;
+
+/// Builds an [`Engine`]; anything not given comes from the settings.
+pub struct EngineBuilder {
+    settings: Settings,
+    db: Option<Database>,
+    flow: Option<Flow>,
+    model: Option<Arc<dyn Model>>,
+    middleware: Option<Arc<dyn Middleware>>,
+    sender: Option<Arc<dyn Sender>>,
+}
+
+impl EngineBuilder {
+    pub(super) fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            db: None,
+            flow: None,
+            model: None,
+            middleware: None,
+            sender: None,
+        }
+    }
+
+    /// Deliver outbound messages with this sender instead of the one the
+    /// `[whatsapp]` settings choose.
+    pub fn sender(mut self, sender: Arc<dyn Sender>) -> Self {
+        self.sender = Some(sender);
+        self
+    }
+
+    /// Use this database (already migrated) instead of opening one; the
+    /// engine then leaves it running at shutdown.
+    pub fn database(mut self, db: Database) -> Self {
+        self.db = Some(db);
+        self
+    }
+
+    /// Use this flow instead of loading `flow.path`.
+    pub fn flow(mut self, flow: Flow) -> Self {
+        self.flow = Some(flow);
+        self
+    }
+
+    /// Use this model instead of the configured provider.
+    pub fn model(mut self, model: Arc<dyn Model>) -> Self {
+        self.model = Some(model);
+        self
+    }
+
+    /// Application code run before each step (see [`Middleware`]).
+    pub fn middleware(mut self, m: Arc<dyn Middleware>) -> Self {
+        self.middleware = Some(m);
+        self
+    }
+
+    /// Opens what is missing, starts the actors and the background tasks,
+    /// and resumes any accepted message left unprocessed by an earlier run.
+    pub async fn start(self) -> Result<Engine> {
+        let settings = self.settings;
+        let flow = Arc::new(match self.flow {
+            Some(f) => f,
+            None => Flow::load(&settings.flow.path)?,
+        });
+        let model = match self.model {
+            Some(m) => m,
+            None => crate::ai::build_model(&settings.ai).map_err(|e| Error::InvalidInput(e.to_string()))?,
+        };
+        let (db, owns_db) = match self.db {
+            Some(db) => (db, false),
+            None => (Database::open(&settings.database).await?, true),
+        };
+        let sender = self
+            .sender
+            .unwrap_or_else(|| crate::whatsapp::sender::build(&settings.whatsapp));
+        // Random per start, never 0 (the column's default): a restarted
+        // process does not inherit the leases of its previous life.
+        let instance = (rand::random::<u64>() >> 1).max(1) as i64;
+        let parts = Parts::new(&settings);
+        let life = Lifecycle::new();
+        let (actors, started) = ActorThread::start(ActorParts {
+            db: db.clone(),
+            settings: settings.clone(),
+            model,
+            lease: Lease {
+                holder: instance,
+                millis: i64::try_from(settings.engine.inbox_lease_ms).unwrap_or(i64::MAX),
+            },
+            send_queue: parts.send_queue.clone(),
+            ai_breaker: parts.ai_breaker.clone(),
+            outbound_breaker: parts.outbound_breaker.clone(),
+            writer_stats: parts.writer_stats.clone(),
+            ai_stats: parts.ai_stats.clone(),
+            supervisor_stats: parts.supervisor_stats.clone(),
+        })
+        .await?;
+        let in_flight = watch::channel(0).0;
+        let dispatcher = Dispatcher::start(
+            db.clone(),
+            sender,
+            settings.outbox.clone(),
+            parts.outbound_breaker.clone(),
+            parts.send_queue.clone(),
+            quiesced(&life, &in_flight),
+            |round| actors.spawn(life.track(round)),
+        );
+        actors.spawn(life.track(presence::run(
+            db.url().clone(),
+            instance,
+            parts.events.clone(),
+            settings.engine.share_events,
+            life.child_token(),
+        )));
+        let registry = Registry::new(started.arbiters, settings.engine.max_live_sessions);
+        registry.set_deps(Arc::new(SessionDeps {
+            db: db.clone(),
+            flow: flow.clone(),
+            ai: started.ai,
+            writer: started.writer.clone(),
+            supervisor: started.supervisor.clone(),
+            events: parts.events.clone(),
+            settings: settings.engine.clone(),
+            stats: parts.stats.clone(),
+            registry: registry.downgrade(),
+            middleware: self.middleware,
+            instance,
+        }));
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                instance,
+                queue: Arc::new(Semaphore::new(settings.engine.max_queued.max(1))),
+                db,
+                owns_db,
+                flow,
+                registry,
+                supervisor: started.supervisor,
+                writer: started.writer,
+                events: parts.events,
+                in_flight,
+                life,
+                actors,
+                stats: parts.stats,
+                writer_stats: parts.writer_stats,
+                ai_stats: parts.ai_stats,
+                supervisor_stats: parts.supervisor_stats,
+                ai_breaker: parts.ai_breaker,
+                dispatcher,
+                settings,
+            }),
+        };
+        engine.resume(true).await?;
+        engine.start_resume_sweeper();
+        Ok(engine)
+    }
+}
+
+/// What the actors, the dispatcher and the handle share: counters,
+/// breakers, the event fan-out and the outbox's send queue.
+struct Parts {
+    stats: Arc<EngineStats>,
+    writer_stats: Arc<WriterStats>,
+    ai_stats: Arc<AiStats>,
+    supervisor_stats: Arc<SupervisorStats>,
+    ai_breaker: CircuitBreaker,
+    outbound_breaker: CircuitBreaker,
+    send_queue: Arc<SendQueue>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Parts {
+    fn new(settings: &Settings) -> Self {
+        let ai_breaker = CircuitBreaker::new("ai", settings.ai.breaker.clone());
+        let outbound_breaker = CircuitBreaker::new("outbound", settings.outbox.breaker.clone());
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        for b in [&ai_breaker, &outbound_breaker] {
+            let tx: broadcast::Sender<Event> = events.clone();
+            b.observe(Box::new(move |name, state| {
+                let _ = tx.send(Event::breaker(name, state));
+            }));
+        }
+        Self {
+            stats: Arc::default(),
+            writer_stats: Arc::default(),
+            ai_stats: Arc::default(),
+            supervisor_stats: Arc::default(),
+            ai_breaker,
+            outbound_breaker,
+            send_queue: Arc::new(SendQueue::new(&settings.outbox)),
+            events,
+        }
+    }
+}
+
+/// Completes once stop was asked and nothing is in flight any more: from
+/// then on no step of this process commits a reply, so the dispatcher may
+/// finish its sends and stop.
+fn quiesced(
+    life: &Lifecycle,
+    in_flight: &watch::Sender<usize>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let stop = life.cancelled();
+    let mut idle = in_flight.subscribe();
+    async move {
+        stop.await;
+        let _ = idle.wait_for(|n| *n == 0).await;
+    }
+}

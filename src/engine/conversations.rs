@@ -1,0 +1,111 @@
+//! What agents and the provider do to a conversation besides its inbound
+//! messages: agent messages, hand-offs, reads, delivery statuses, replays.
+
+use super::mailbox::InFlightGuard;
+use super::Engine;
+use crate::actors::session::{AgentAck, AgentSend, ConversationView, Read, SetHandoff, Wake};
+use crate::error::{Error, Result};
+use crate::events::{DeliveryEvent, Event};
+use crate::phone;
+
+impl Engine {
+    /// Stores and queues a human agent's message; returns after the commit.
+    pub async fn submit_agent_message(&self, phone: &str, body: &str, idempotency_key: &str) -> Result<AgentAck> {
+        self.check_running()?;
+        let phone = phone::normalize(phone).map_err(Error::InvalidInput)?;
+        if body.trim().is_empty() || body.chars().count() > 4096 {
+            return Err(Error::InvalidInput("a message has 1 to 4,096 characters".into()));
+        }
+        let _guard = InFlightGuard::new(&self.inner.in_flight);
+        self.call(
+            &phone,
+            AgentSend {
+                body: body.to_string(),
+                idempotency_key: idempotency_key.to_string(),
+            },
+        )
+        .await?
+    }
+
+    /// Hands the conversation to a human agent (`true`) or back to the bot.
+    pub async fn set_handoff(&self, phone: &str, on: bool) -> Result<ConversationView> {
+        self.check_running()?;
+        let phone = phone::normalize(phone).map_err(Error::InvalidInput)?;
+        let _guard = InFlightGuard::new(&self.inner.in_flight);
+        self.call(&phone, SetHandoff(on)).await?
+    }
+
+    /// Reads a conversation. Through its actor when it is live (so the read
+    /// comes after every message accepted before it), else from the primary.
+    pub async fn conversation(&self, phone: &str) -> Result<Option<ConversationView>> {
+        let phone = phone::normalize(phone).map_err(Error::InvalidInput)?;
+        if self.inner.registry.is_live(&phone) {
+            return self.call(&phone, Read).await?.map(Some);
+        }
+        Ok(self.inner.db.load_session(&phone).await?.map(|s| ConversationView {
+            phone: s.phone,
+            flow_state: s.flow_state,
+            data: s.data,
+            version: s.version,
+            handoff: s.handoff,
+        }))
+    }
+
+    /// Applies a delivery status report (`sent`, `delivered`, `read`,
+    /// `failed`) to the outbound message with that provider id (sent to
+    /// `recipient`, when given: the conversation's phone); publishes it.
+    /// Returns false when no such message is known.
+    pub async fn apply_status(
+        &self,
+        recipient: Option<&str>,
+        provider_id: &str,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<bool> {
+        let db = &self.inner.db;
+        // The recipient is the conversation's phone; an unusable one only
+        // costs the index.
+        let recipient = recipient.and_then(|r| phone::normalize(r).ok());
+        let phone = db
+            .retry_policy()
+            .run("apply_status", || async {
+                crate::db::outbox::apply_status(
+                    &mut *db.pool().get().await?,
+                    recipient.as_deref(),
+                    provider_id,
+                    status,
+                    error,
+                )
+                .await
+            })
+            .await?;
+        let Some(phone) = phone else { return Ok(false) };
+        let delivery = DeliveryEvent {
+            provider_message_id: provider_id.to_string(),
+            status: status.to_string(),
+            error: error.map(str::to_string),
+        };
+        let _ = self.inner.events.send(Event::delivery(phone, delivery));
+        Ok(true)
+    }
+
+    /// Replays a dead letter through the normal path (see
+    /// [`crate::db::dead_letters::replay`]) and wakes whatever must act on it.
+    pub async fn replay_dead_letter(&self, phone: &str, id: i64) -> Result<()> {
+        self.check_running()?;
+        let phone = phone::normalize(phone).map_err(Error::InvalidInput)?;
+        let db = &self.inner.db;
+        let (phone, source) = db
+            .retry_policy()
+            .run("replay_dead_letter", || async {
+                crate::db::dead_letters::replay(&mut *db.pool().get().await?, &phone, id).await
+            })
+            .await?;
+        if source == "inbox" {
+            self.post(phone, Wake, None, None, None).await?;
+        } else {
+            self.inner.dispatcher.wake();
+        }
+        Ok(())
+    }
+}

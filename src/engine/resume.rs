@@ -1,0 +1,64 @@
+//! Resume: accepted messages not yet applied are picked up at start and,
+//! periodically, after failures (an outage longer than the retry budget, or
+//! another process that died holding them).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Engine;
+use crate::actors::session::Wake;
+use crate::db::steps;
+use crate::error::Result;
+
+impl Engine {
+    /// Wakes the actor of every phone with unprocessed inbox rows this
+    /// process may resume (`own`: its own rows too, see
+    /// [`steps::phones_with_unprocessed`]).
+    pub(super) async fn resume(&self, own: bool) -> Result<()> {
+        let db = &self.inner.db;
+        let phones = db
+            .retry_policy()
+            .run("phones_with_unprocessed", || async {
+                steps::phones_with_unprocessed(&mut *db.pool().get().await?, self.inner.instance, own).await
+            })
+            .await?;
+        if !phones.is_empty() {
+            tracing::info!(phones = phones.len(), "resuming unprocessed messages");
+        }
+        for phone in phones {
+            self.post(phone, Wake, None, None, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Periodically resumes rows left behind by failures, until stop. It
+    /// holds the engine weakly: an engine dropped without a shutdown is not
+    /// kept alive by its own sweeper.
+    pub(super) fn start_resume_sweeper(&self) {
+        let every = self.inner.settings.engine.resume_interval_s;
+        if every == 0 {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let stop = self.inner.life.cancelled();
+        self.inner.actors.spawn(self.inner.life.track(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(every));
+            tick.tick().await;
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tick.tick() => {}
+                }
+                let Some(inner) = weak.upgrade() else { break };
+                let engine = Engine { inner };
+                // Other processes' rows (gone, or past their lease) always;
+                // this process's own only when idle (when busy, they are in
+                // its mailboxes, being applied).
+                if let Err(e) = engine.resume(engine.in_flight() == 0).await {
+                    tracing::warn!(error = %e, "resume sweep failed");
+                }
+            }
+        }));
+    }
+}

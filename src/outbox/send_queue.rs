@@ -1,0 +1,173 @@
+//! Rows claimed by the step transaction that inserted them, handed to this
+//! process's dispatcher in memory.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::config::OutboxSettings;
+use crate::db::outbox::Claimed;
+
+/// Outbox rows claimed by the step transaction that inserted them, on their
+/// way to this process's dispatcher in memory (no claim query, no commit of
+/// their own). Bounded: while it is full, steps insert their rows pending
+/// for the claim query. A row that waits here past half its lease is left
+/// to the claim query too (taken when the lease runs out), so it is never
+/// sent by two dispatchers.
+pub struct SendQueue {
+    /// A std mutex: held for a push or a pop, never across an await.
+    rows: std::sync::Mutex<std::collections::VecDeque<(Claimed, Instant)>>,
+    /// Wakes the dispatcher when a commit hands it rows.
+    pub(super) wake: Arc<Notify>,
+    limit: usize,
+    lease: Duration,
+    /// Set when the dispatcher stops: later commits leave their rows pending.
+    /// An atomic: read by every step commit, set once.
+    pub(super) closed: std::sync::atomic::AtomicBool,
+}
+
+impl SendQueue {
+    pub fn new(settings: &OutboxSettings) -> Self {
+        Self {
+            rows: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            wake: Arc::new(Notify::new()),
+            limit: Self::limit(settings),
+            lease: Duration::from_millis(settings.lease_ms.max(0) as u64),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Room for eight rounds' worth of rows (at 2,000 replies/s, four left
+    /// one in six rows to the claim query), but no more than the rate limit
+    /// sends in a quarter of the lease: a row handed over is sent well
+    /// within it.
+    fn limit(settings: &OutboxSettings) -> usize {
+        let batch = settings.batch.max(1) as usize;
+        let quarter_lease = u64::from(settings.rate_per_s) * (settings.lease_ms.max(0) as u64) / 4_000;
+        (batch * 8).min(quarter_lease as usize).max(batch)
+    }
+
+    /// The lease to claim inserted rows with, or `None` while the handoff
+    /// is full (they are inserted pending then).
+    pub fn claim_ms(&self) -> Option<i64> {
+        let open = !self.closed.load(std::sync::atomic::Ordering::SeqCst);
+        (open && self.len() < self.limit && !self.lease.is_zero()).then_some(self.lease.as_millis() as i64)
+    }
+
+    /// Rows a commit claimed for this dispatcher; wakes it.
+    pub fn hand(&self, claimed: Vec<Claimed>) {
+        if !claimed.is_empty() {
+            let now = Instant::now();
+            self.lock().extend(claimed.into_iter().map(|c| (c, now)));
+        }
+        self.wake.notify_one();
+    }
+
+    /// Up to `n` rows, oldest first; rows older than half the lease are
+    /// dropped (the claim query takes them once the lease runs out).
+    pub(super) fn take(&self, n: usize) -> Vec<Claimed> {
+        self.take_at(n, Instant::now())
+    }
+
+    fn take_at(&self, n: usize, now: Instant) -> Vec<Claimed> {
+        let mut rows = self.lock();
+        let mut out = Vec::with_capacity(n.min(rows.len()));
+        while out.len() < n {
+            let Some((row, at)) = rows.pop_front() else { break };
+            if now.saturating_duration_since(at) < self.lease / 2 {
+                out.push(row);
+            } else {
+                tracing::warn!(
+                    outbox_id = row.id,
+                    "a handed-over row waited past half its lease; the claim query takes it"
+                );
+            }
+        }
+        out
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(Claimed, Instant)>> {
+        self.rows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::OutboxSettings;
+
+    fn row(id: i64) -> Claimed {
+        Claimed {
+            id,
+            phone: "5215500000001".into(),
+            payload: serde_json::json!({"text": "hola"}),
+            idempotency_key: format!("k.{id}"),
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn the_send_queue_claims_while_it_has_room_and_gives_rows_out_in_order() {
+        let settings = OutboxSettings {
+            batch: 2,
+            lease_ms: 10_000,
+            ..OutboxSettings::default()
+        };
+        let h = SendQueue::new(&settings);
+        assert_eq!(h.claim_ms(), Some(10_000));
+        h.hand((1..=16).map(row).collect());
+        // Eight rounds' worth fill it: later commits insert their rows pending.
+        assert_eq!(h.claim_ms(), None);
+        assert_eq!(h.take(3).iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(h.claim_ms(), Some(10_000));
+        assert_eq!(h.take(usize::MAX).len(), 13);
+    }
+
+    #[test]
+    fn the_send_queue_holds_no_more_than_the_rate_limit_sends_in_a_quarter_of_the_lease() {
+        let settings = OutboxSettings {
+            batch: 32,
+            rate_per_s: 10,
+            lease_ms: 8_000,
+            ..OutboxSettings::default()
+        };
+        assert_eq!(
+            SendQueue::limit(&settings),
+            32,
+            "20 by the rate, but at least one round"
+        );
+        let settings = OutboxSettings {
+            rate_per_s: 80,
+            ..settings
+        };
+        assert_eq!(SendQueue::limit(&settings), 160);
+        assert_eq!(SendQueue::limit(&OutboxSettings::default()), 256);
+    }
+
+    #[test]
+    fn a_row_that_waited_past_half_its_lease_is_left_to_the_claim_query() {
+        let settings = OutboxSettings {
+            lease_ms: 10_000,
+            ..OutboxSettings::default()
+        };
+        let h = SendQueue::new(&settings);
+        h.hand(vec![row(1), row(2)]);
+        let later = Instant::now() + Duration::from_secs(5);
+        assert!(h.take_at(10, later).is_empty());
+        assert_eq!(h.len(), 0);
+    }
+
+    #[test]
+    fn with_no_lease_nothing_is_claimed_at_insert() {
+        let settings = OutboxSettings {
+            lease_ms: 0,
+            ..OutboxSettings::default()
+        };
+        assert_eq!(SendQueue::new(&settings).claim_ms(), None);
+    }
+}
