@@ -461,8 +461,10 @@ async fn health_readiness_and_metrics_answer() {
         "switchboard_http_requests_total{method=\"POST\",route=\"/webhook\",status=\"200\"} 1",
         "switchboard_rejected_requests_total{reason=\"webhook_signature\"} 1",
         "switchboard_breaker_state{breaker=\"ai\"} 0",
-        "switchboard_gauge{name=\"pool_max\"}",
+        "switchboard_pool_connections_max ",
+        "switchboard_live_sessions ",
         "switchboard_http_request_duration_seconds_bucket",
+        "switchboard_model_call_duration_seconds_bucket",
     ] {
         assert!(text.contains(needle), "missing {needle}\n{text}");
     }
@@ -489,6 +491,103 @@ async fn health_readiness_and_metrics_answer() {
         .unwrap();
     assert_eq!(r.status(), 200);
     app.stop().await;
+}
+
+/// Whether `promtool` can be run. Without it the lint test is skipped,
+/// except under CI (`CI` set), where it must not pass unseen.
+fn promtool_available() -> bool {
+    match std::process::Command::new("promtool").arg("--version").output() {
+        Ok(out) => out.status.success(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => panic!("promtool: {e}"),
+    }
+}
+
+/// `promtool check metrics` on `text`: its exit status and what it printed.
+fn promtool_check(text: &str) -> (std::process::ExitStatus, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Dropped at the end of the statement: promtool sees the end of its input.
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, printed)
+}
+
+#[actix_web::test]
+async fn the_whole_metrics_exposition_passes_promtool_without_a_lint_message() {
+    if !promtool_available() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is not installed; under CI the metrics lint must run (Debian: apt-get install prometheus)"
+        );
+        eprintln!("skipped: promtool is not installed (Debian: apt-get install prometheus)");
+        return;
+    }
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    // A webhook (a model call: the histogram has a sample), a refused one
+    // (a labelled counter) and an agent message.
+    let r = app
+        .deliver_value(vec![text_message(PHONE, "wamid.lint1", "hola")], vec![])
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(app.deliver(b"{}", None).await.status(), 401);
+    app.engine.wait_idle().await;
+    let r = app
+        .client
+        .post(app.url(&format!("/api/conversations/{PHONE}/messages")))
+        .bearer_auth(TOKEN)
+        .json(&json!({"text": "Hola, soy Ana. ¿En qué te ayudo?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    app.engine.wait_idle().await;
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    app.stop().await;
+    let model_calls = text
+        .lines()
+        .find_map(|l| l.strip_prefix("switchboard_model_call_duration_seconds_count "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(
+        model_calls.is_some_and(|n| n >= 1.0),
+        "the model call was observed\n{text}"
+    );
+    for needle in [
+        "switchboard_http_requests_total{method=\"POST\",route=\"/api/conversations/{phone}/messages\",status=\"201\"} 1",
+        "switchboard_http_request_duration_seconds_bucket{route=\"/api/conversations/{phone}/messages\",le=\"+Inf\"} 1",
+        "switchboard_rejected_requests_total{reason=\"webhook_signature\"} 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle}\n{text}");
+    }
+    for gone in ["switchboard_gauge", "p99", "_us "] {
+        assert!(!text.contains(gone), "{gone} is still exposed\n{text}");
+    }
+    let (status, printed) = promtool_check(&text);
+    assert!(
+        status.success() && printed.trim().is_empty(),
+        "promtool check metrics: {status}\n{printed}\n--- the exposition:\n{text}"
+    );
 }
 
 #[actix_web::test]

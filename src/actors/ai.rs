@@ -39,6 +39,14 @@ pub struct Understood {
     pub fallback_used: bool,
 }
 
+const BUCKETS: usize = 11;
+
+/// Upper bounds (seconds) of the model call duration histogram's buckets.
+/// Calls range from a few milliseconds (rules, a local model) to the
+/// timeouts of seconds (3 s and 4 s by default): 10 s keeps a timed-out call
+/// in a finite bucket unless the timeouts are raised past it.
+pub const CALL_DURATION_BUCKETS: [f64; BUCKETS] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
 /// Model call figures.
 #[derive(Debug, Default)]
 pub struct AiStats {
@@ -47,7 +55,19 @@ pub struct AiStats {
     pub errors: AtomicU64,
     pub rejected: AtomicU64,
     pub fallbacks: AtomicU64,
-    latency_us: Mutex<Option<Histogram<u64>>>,
+    latency: Mutex<Latency>,
+}
+
+/// Durations of finished calls: exact percentiles and histogram buckets,
+/// under one lock so a snapshot's buckets, count and sum agree.
+#[derive(Debug, Default)]
+struct Latency {
+    /// Microseconds; created on the first call.
+    hdr: Option<Histogram<u64>>,
+    /// Calls per bucket of [`CALL_DURATION_BUCKETS`] (not cumulative).
+    buckets: [u64; BUCKETS],
+    count: u64,
+    sum_ns: u64,
 }
 
 /// A snapshot of [`AiStats`].
@@ -58,25 +78,56 @@ pub struct AiStatsSnapshot {
     pub errors: u64,
     pub rejected: u64,
     pub fallbacks: u64,
+    /// Exact percentiles of the call durations, microseconds, for tests and
+    /// tools; `/metrics` exports [`Self::call_duration`] (a histogram can be
+    /// summed over processes, percentiles cannot).
     pub latency_p50_us: u64,
     pub latency_p99_us: u64,
     pub latency_max_us: u64,
+    pub call_duration: CallDurations,
+}
+
+/// Durations of the calls finished, in the shape of a Prometheus histogram.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct CallDurations {
+    /// Calls that took at most `CALL_DURATION_BUCKETS[i]` seconds.
+    pub cumulative: [u64; BUCKETS],
+    /// Every call (the `+Inf` bucket).
+    pub count: u64,
+    /// Their durations added up, nanoseconds (an integer keeps the snapshot `Eq`).
+    pub sum_ns: u64,
 }
 
 impl AiStats {
     fn record_latency(&self, d: Duration) {
-        let mut h = self.latency_us.lock().unwrap_or_else(|p| p.into_inner());
-        if h.is_none() {
-            *h = Histogram::new_with_bounds(1, 600_000_000, 3).ok();
+        let mut l = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        if l.hdr.is_none() {
+            l.hdr = Histogram::new_with_bounds(1, 600_000_000, 3).ok();
         }
-        if let Some(h) = h.as_mut() {
+        if let Some(h) = l.hdr.as_mut() {
             let _ = h.record((d.as_micros() as u64).max(1));
         }
+        let seconds = d.as_secs_f64();
+        if let Some(i) = CALL_DURATION_BUCKETS.iter().position(|b| seconds <= *b) {
+            l.buckets[i] += 1;
+        }
+        l.count += 1;
+        l.sum_ns = l.sum_ns.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     }
 
     pub fn snapshot(&self) -> AiStatsSnapshot {
-        let h = self.latency_us.lock().unwrap_or_else(|p| p.into_inner());
-        let q = |f: f64| h.as_ref().map(|h| h.value_at_quantile(f)).unwrap_or(0);
+        let l = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let q = |f: f64| l.hdr.as_ref().map(|h| h.value_at_quantile(f)).unwrap_or(0);
+        let mut call_duration = CallDurations {
+            count: l.count,
+            sum_ns: l.sum_ns,
+            ..CallDurations::default()
+        };
+        let mut below = 0;
+        for (c, n) in call_duration.cumulative.iter_mut().zip(l.buckets) {
+            below += n;
+            *c = below;
+        }
         AiStatsSnapshot {
             calls: self.calls.load(Ordering::Relaxed),
             timeouts: self.timeouts.load(Ordering::Relaxed),
@@ -85,7 +136,8 @@ impl AiStats {
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
             latency_p50_us: q(0.5),
             latency_p99_us: q(0.99),
-            latency_max_us: h.as_ref().map(|h| h.max()).unwrap_or(0),
+            latency_max_us: l.hdr.as_ref().map(|h| h.max()).unwrap_or(0),
+            call_duration,
         }
     }
 }

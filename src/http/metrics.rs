@@ -1,5 +1,7 @@
 //! Prometheus metrics: HTTP requests and latency by route and status, and
-//! the engine's own figures, read at scrape time.
+//! the engine's own figures, read at scrape time. One metric per quantity,
+//! its unit in its name; counters end in `_total` (`promtool check metrics`
+//! passes on the whole exposition, see `tests/http.rs`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,31 +10,37 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use super::AppState;
+use crate::actors::ai::{CallDurations, CALL_DURATION_BUCKETS};
 use crate::breaker::BreakerState;
 use crate::engine::Engine;
 
-macro_rules! counters {
-    ($($field:ident => $name:literal, $help:literal;)*) => {
-        /// Engine counters mirrored at scrape time.
-        struct EngineCounters { $($field: IntCounter,)* }
-        impl EngineCounters {
+/// A struct of metrics of one kind (`IntCounter`, `IntGauge`), each
+/// registered under its name and help.
+macro_rules! metric_group {
+    ($(#[$doc:meta])* $group:ident: $kind:ident; $($field:ident => $name:literal, $help:literal;)*) => {
+        $(#[$doc])*
+        struct $group { $($field: $kind,)* }
+        impl $group {
             fn new(r: &Registry) -> prometheus::Result<Self> {
                 Ok(Self { $($field: {
-                    let c = IntCounter::new($name, $help)?;
-                    r.register(Box::new(c.clone()))?;
-                    c
+                    let m = $kind::new($name, $help)?;
+                    r.register(Box::new(m.clone()))?;
+                    m
                 },)* })
             }
         }
     };
 }
 
-counters! {
+metric_group! {
+    /// Engine counters mirrored at scrape time.
+    EngineCounters: IntCounter;
     deliveries => "switchboard_deliveries_total", "Inbound messages accepted (first deliveries).";
     duplicates => "switchboard_duplicate_deliveries_total", "Redeliveries of messages already accepted.";
     processed => "switchboard_messages_processed_total", "Inbound messages applied.";
@@ -52,6 +60,52 @@ counters! {
     send_retries => "switchboard_outbound_retries_total", "Outbound sends to retry.";
     send_failed => "switchboard_outbound_failed_total", "Outbound messages failed permanently.";
     send_dead => "switchboard_dead_letters_outbound_total", "Outbound messages moved to dead letters.";
+    pool_timeouts => "switchboard_pool_checkout_timeouts_total", "Database pool checkouts that timed out.";
+}
+
+metric_group! {
+    /// Engine levels, set at scrape time.
+    EngineGauges: IntGauge;
+    live_sessions => "switchboard_live_sessions", "Session actors alive (conversations held in memory).";
+    mailbox => "switchboard_mailbox_messages", "Messages sent to live session actors and not yet answered.";
+    in_flight => "switchboard_in_flight_messages", "Accepted messages not yet applied, plus agent actions running.";
+    pool_connections => "switchboard_pool_connections", "Database pool connections open, idle or in use.";
+    pool_idle => "switchboard_pool_connections_idle", "Database pool connections open and idle.";
+    pool_in_use => "switchboard_pool_connections_in_use", "Database pool connections checked out.";
+    pool_max => "switchboard_pool_connections_max", "Most connections the database pool opens.";
+    pool_waiting => "switchboard_pool_checkouts_waiting", "Database pool checkouts waiting for a connection.";
+    outbox_backlog => "switchboard_outbox_backlog", "Outbound messages not yet delivered, as last counted.";
+}
+
+/// The model call histogram's name. It is rendered from the AI actor's own
+/// buckets: the actor records every call, and the engine's figures reach
+/// this registry only as a snapshot.
+const MODEL_CALL_DURATION: &str = "switchboard_model_call_duration_seconds";
+
+/// `switchboard_model_call_duration_seconds` from a snapshot's buckets.
+fn model_call_duration(d: &CallDurations) -> MetricFamily {
+    let buckets: Vec<proto::Bucket> = CALL_DURATION_BUCKETS
+        .iter()
+        .zip(d.cumulative)
+        .map(|(&upper, count)| {
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(upper);
+            b.set_cumulative_count(count);
+            b
+        })
+        .collect();
+    let mut h = proto::Histogram::default();
+    h.set_sample_count(d.count);
+    h.set_sample_sum(d.sum_ns as f64 / 1e9);
+    h.set_bucket(buckets);
+    let mut m = proto::Metric::default();
+    m.set_histogram(h);
+    let mut f = MetricFamily::default();
+    f.set_name(MODEL_CALL_DURATION.to_string());
+    f.set_help("Model call duration, bulkhead wait included; a timed-out call counts its timeout.".to_string());
+    f.set_field_type(MetricType::HISTOGRAM);
+    f.set_metric(vec![m]);
+    f
 }
 
 #[derive(Clone)]
@@ -65,7 +119,9 @@ struct Inner {
     latency: HistogramVec,
     rejected: IntCounterVec,
     engine: EngineCounters,
-    gauges: IntGaugeVec,
+    levels: EngineGauges,
+    /// Reads the read-replica router sent, by the server that answered.
+    routed_reads: IntCounterVec,
     breakers: IntGaugeVec,
     /// Webhook ack latency of the last few seconds, for the console.
     acks: std::sync::Mutex<AckWindow>,
@@ -139,12 +195,12 @@ impl Metrics {
             Opts::new("switchboard_rejected_requests_total", "Requests refused, by reason."),
             &["reason"],
         )?;
-        let gauges = IntGaugeVec::new(
+        let routed_reads = IntCounterVec::new(
             Opts::new(
-                "switchboard_gauge",
-                "Engine levels: live sessions, mailbox depth, pool, outbox backlog.",
+                "switchboard_routed_reads_total",
+                "Reads routed by the read-replica router, by the server that answered (replica or primary).",
             ),
-            &["name"],
+            &["served_by"],
         )?;
         let breakers = IntGaugeVec::new(
             Opts::new(
@@ -153,13 +209,13 @@ impl Metrics {
             ),
             &["breaker"],
         )?;
-        for c in [&requests, &rejected] {
+        for c in [&requests, &rejected, &routed_reads] {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(latency.clone()))?;
-        registry.register(Box::new(gauges.clone()))?;
         registry.register(Box::new(breakers.clone()))?;
         let engine = EngineCounters::new(&registry)?;
+        let levels = EngineGauges::new(&registry)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 registry,
@@ -167,7 +223,8 @@ impl Metrics {
                 latency,
                 rejected,
                 engine,
-                gauges,
+                levels,
+                routed_reads,
                 breakers,
                 acks: std::sync::Mutex::new(AckWindow::new()),
             }),
@@ -239,23 +296,24 @@ impl Metrics {
         sync(&e.send_retries, l(&o.retried));
         sync(&e.send_failed, l(&o.failed));
         sync(&e.send_dead, l(&o.dead));
-        let g = |name: &str, v: i64| self.inner.gauges.with_label_values(&[name]).set(v);
-        g("live_sessions", s.live_sessions as i64);
-        g("mailbox_depth", s.mailbox_depth as i64);
-        g("in_flight", s.in_flight as i64);
-        g("pool_size", i64::from(s.pool.connections));
-        g("pool_idle", i64::from(s.pool.idle));
-        g("pool_in_use", i64::from(s.pool.connections.saturating_sub(s.pool.idle)));
-        g("pool_max", i64::from(s.pool.max_size));
-        g("pool_waiting", s.pool.waiting as i64);
-        g("pool_gets_timed_out", s.pool.gets_timed_out as i64);
-        g("outbox_backlog", engine.outbox().backlog().max(0));
-        g("ai_latency_p99_us", s.ai.latency_p99_us as i64);
+        sync(&e.pool_timeouts, s.pool.gets_timed_out);
         if let Some(r) = engine.database().replica() {
-            let r = r.stats();
-            g("reads_on_replica", r.replica_reads as i64);
-            g("reads_on_primary", r.primary_reads as i64);
+            let (r, routed) = (r.stats(), &self.inner.routed_reads);
+            sync(&routed.with_label_values(&["replica"]), r.replica_reads);
+            sync(&routed.with_label_values(&["primary"]), r.primary_reads);
         }
+        let g = &self.inner.levels;
+        let level = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        g.live_sessions.set(level(s.live_sessions));
+        g.mailbox.set(level(s.mailbox_depth));
+        g.in_flight.set(level(s.in_flight));
+        g.pool_connections.set(i64::from(s.pool.connections));
+        g.pool_idle.set(i64::from(s.pool.idle));
+        let in_use = s.pool.connections.saturating_sub(s.pool.idle);
+        g.pool_in_use.set(i64::from(in_use));
+        g.pool_max.set(i64::from(s.pool.max_size));
+        g.pool_waiting.set(i64::try_from(s.pool.waiting).unwrap_or(i64::MAX));
+        g.outbox_backlog.set(engine.outbox().backlog().max(0));
         for b in engine.breakers().await {
             let v = match b.state {
                 BreakerState::Closed => 0,
@@ -264,8 +322,11 @@ impl Metrics {
             };
             self.inner.breakers.with_label_values(&[&b.name]).set(v);
         }
+        let mut families = self.inner.registry.gather();
+        families.push(model_call_duration(&s.ai.call_duration));
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.inner.registry.gather(), &mut buf);
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
 }
