@@ -257,3 +257,221 @@ fn ctrl_c_ends_the_run_and_leaves_no_server_or_database_behind() {
     assert!(!support::alive(pg_pid), "the harness's PostgreSQL outlived it");
     assert!(!run_dir.exists(), "the run's folder is left behind");
 }
+
+/// How long a `switchboard load` child may take to end by itself.
+const CHILD_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How a `switchboard load` child ended, and the folder that was its
+/// working folder and its TMPDIR (where the harness makes its run folder).
+struct Ended {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: Vec<String>,
+    tmp: std::path::PathBuf,
+}
+
+/// Runs `switchboard load` with `args` in a fresh folder until it ends
+/// (its stderr closes: no sleeps), at most `CHILD_LIMIT`.
+fn load_child(tag: &str, args: &[&str]) -> Ended {
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc::RecvTimeoutError;
+    let tmp = support::scratch_dir(tag);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("load")
+        .args(args)
+        .current_dir(&tmp)
+        .env("TMPDIR", &tmp)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let printed = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let lines = support::stderr_lines(&mut child);
+    let deadline = std::time::Instant::now() + CHILD_LIMIT;
+    let mut stderr = Vec::new();
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(line) => stderr.push(line),
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                clean_up(&tmp, &leftovers(&tmp));
+                panic!("the harness did not end; it said:\n{}", stderr.join("\n"));
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    Ended {
+        status,
+        stdout: printed.join().unwrap(),
+        stderr,
+        tmp,
+    }
+}
+
+/// What a run left under `tmp`: its run folders, and the processes that
+/// work in a folder under it or name one (a PostgreSQL server and its
+/// backends work in their data folder; `postgres -D` names it).
+struct Leftovers {
+    folders: Vec<std::path::PathBuf>,
+    processes: Vec<i32>,
+}
+
+fn leftovers(tmp: &std::path::Path) -> Leftovers {
+    let folders = std::fs::read_dir(tmp)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("switchboard-load-")
+        })
+        .collect();
+    let roots = [tmp.to_path_buf(), std::fs::canonicalize(tmp).unwrap()];
+    let processes = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| support::alive(pid) && works_under(pid, &roots))
+        .collect();
+    Leftovers { folders, processes }
+}
+
+/// Whether process `pid` works in a folder under one of `roots`, or names
+/// one on its command line.
+fn works_under(pid: i32, roots: &[std::path::PathBuf]) -> bool {
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .unwrap_or_default();
+    roots.iter().any(|root| {
+        cwd.as_ref().is_some_and(|c| c.starts_with(root)) || cmdline.contains(&format!("{}/", root.display()))
+    })
+}
+
+/// Stops what a run left (its clusters once this test process exits, as
+/// the other tests' are) and removes `tmp`.
+fn clean_up(tmp: &std::path::Path, left: &Leftovers) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    for pid in &left.processes {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGQUIT);
+    }
+    for folder in &left.folders {
+        support::spawn_watchdog(std::process::id(), &folder.join("pg"), tmp);
+    }
+    if left.folders.is_empty() {
+        let _ = std::fs::remove_dir_all(tmp);
+    }
+}
+
+/// No process of the run and no run folder is left under `tmp`.
+fn assert_nothing_left(tmp: &std::path::Path) {
+    let left = leftovers(tmp);
+    clean_up(tmp, &left);
+    assert!(
+        left.processes.is_empty(),
+        "processes of the run outlived it: {:?}",
+        left.processes
+    );
+    assert!(
+        left.folders.is_empty(),
+        "the run's folder is left behind: {:?}",
+        left.folders
+    );
+}
+
+/// A run whose checker finds a violation exits non-zero, and stops and
+/// removes its own server and database as a passing run does.
+/// `--plant-violation` (hidden, for tests) tells the checker of one acked
+/// message that was never sent.
+#[test]
+fn a_run_with_a_violated_invariant_fails_and_leaves_no_database_or_folder_behind() {
+    let ended = load_child(
+        "load-violation",
+        &[
+            "--scenario",
+            "steady",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--phones",
+            "2",
+            "--drain",
+            "30",
+            "--quiet",
+            "--plant-violation",
+        ],
+    );
+    assert!(!ended.status.success(), "a run with a violation is not a passing run");
+    // It ran against its own server, and the checker found the planted
+    // violation and no other.
+    assert!(
+        ended.stdout.contains("against own server (embedded PostgreSQL)"),
+        "{}",
+        ended.stdout
+    );
+    assert!(
+        ended.stdout.contains("VIOLATION every acked message is registered"),
+        "{}",
+        ended.stdout
+    );
+    assert!(
+        ended.stderr.iter().any(|l| l.contains("1 invariant(s) violated")),
+        "{:?}",
+        ended.stderr
+    );
+    assert_nothing_left(&ended.tmp);
+}
+
+/// A flag refused as the command line is read: the run ends before its
+/// server or database starts, and leaves nothing behind.
+#[test]
+fn a_refused_flag_ends_the_run_before_anything_starts_and_leaves_nothing_behind() {
+    let ended = load_child("load-refused", &["--scenario", "steady", "--connections", "0"]);
+    assert_eq!(ended.status.code(), Some(2), "a usage error");
+    assert!(
+        ended.stderr.iter().any(|l| l.contains("--connections")),
+        "{:?}",
+        ended.stderr
+    );
+    assert_nothing_left(&ended.tmp);
+}
+
+/// A `--serve-bin` that cannot run is found only once the processes'
+/// database is up: the run fails, and stops and removes that database.
+#[test]
+fn a_serve_binary_that_cannot_start_fails_the_run_and_leaves_no_database_or_folder_behind() {
+    let ended = load_child(
+        "load-bad-bin",
+        &[
+            "--scenario",
+            "steady",
+            "--processes",
+            "2",
+            "--serve-bin",
+            "/nonexistent/switchboard",
+            "--duration",
+            "1",
+            "--quiet",
+        ],
+    );
+    assert!(
+        !ended.status.success(),
+        "a run that could not start is not a passing run"
+    );
+    assert!(
+        ended
+            .stderr
+            .iter()
+            .any(|l| l.contains("starting /nonexistent/switchboard")),
+        "{:?}",
+        ended.stderr
+    );
+    assert_nothing_left(&ended.tmp);
+}

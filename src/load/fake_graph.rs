@@ -28,7 +28,11 @@ struct State {
 #[derive(Clone)]
 pub struct FakeGraph {
     pub base: String,
+    /// Shared with the server's handlers; a mutex: an answer takes the
+    /// script's next entry and records the send in one step.
     state: Arc<Mutex<State>>,
+    /// Wakes the sends held for a recipient when it is released; a
+    /// `Notify`, as any number of held sends wait on it.
     released: Arc<tokio::sync::Notify>,
 }
 

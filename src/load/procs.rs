@@ -55,7 +55,7 @@ impl Processes {
         let graph = FakeGraph::start()?;
         let app_secret = Secret::new(format!("{:032x}", rand::random::<u128>()));
         let mut db_settings = DatabaseSettings::default();
-        db_settings.embedded.data_dir = dir.join("pg");
+        db_settings.embedded.data_dir = super::run_dir::data_dir(dir);
         db_settings.embedded.port = free_port()?;
         db_settings.embedded.server_settings = server_settings.clone();
         db_settings.max_connections = 8;

@@ -46,7 +46,7 @@ pub struct TimelinePoint {
 }
 
 impl TimelinePoint {
-    pub fn from_second(s: &super::driver::Second) -> Self {
+    pub fn from_second(s: &super::measure::Second) -> Self {
         let p99 = |h: &Histogram<u32>| {
             if h.is_empty() {
                 0.0

@@ -1,0 +1,187 @@
+//! The flags of `switchboard load`, and what the run reads from them (the
+//! plan, the loop, the durations), so no other file parses a flag again.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::scenario::{self, Options, Planned, Scenario};
+use crate::config::PgValue;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// A running server, or several processes of one deployment separated
+    /// by commas (each request goes to one at random). Without it, the
+    /// harness starts its own (embedded database, fake send API) on
+    /// loopback and removes it afterwards.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Without --target: run this many `switchboard serve` processes on one
+    /// database, each request sent to one of them at random.
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// With --processes: kill the last process with SIGKILL this many
+    /// seconds into the run, and start it again.
+    #[arg(long)]
+    pub kill_at: Option<u64>,
+    /// With several processes: send each phone's requests to one process
+    /// (`phone`, as a consistent-hash balancer would) instead of any
+    /// (`random`).
+    #[arg(long, value_enum, default_value_t = Route::Random)]
+    pub route: Route,
+    /// Chaos: restart the database this many seconds into the run.
+    #[arg(long)]
+    pub pg_restart_at: Option<u64>,
+    /// How the database stops for --pg-restart-at: `fast` or `immediate` (a crash).
+    #[arg(long, default_value = "immediate", value_parser = ["fast", "immediate"])]
+    pub pg_restart_mode: String,
+    /// Milliseconds the database stays down for --pg-restart-at.
+    #[arg(long, default_value_t = 2000)]
+    pub pg_down_ms: u64,
+    /// Chaos: every this many milliseconds, terminate about half of the
+    /// servers' database connections (`pg_terminate_backend`).
+    #[arg(long)]
+    pub kill_connections_every_ms: Option<u64>,
+    /// The `switchboard` binary the processes run (default: this one).
+    #[arg(long)]
+    pub serve_bin: Option<PathBuf>,
+    /// Requests per second (open loop); with --max, the number of workers.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 120)]
+    pub duration: u64,
+    /// Distinct conversations.
+    #[arg(long, default_value_t = 100)]
+    pub phones: usize,
+    /// Most deliveries of one message (duplicates scenario).
+    #[arg(long, default_value_t = 5)]
+    pub max_deliveries: u32,
+    /// Zipf exponent of the phone choice (hot scenario).
+    #[arg(long, default_value_t = 1.1)]
+    pub skew: f64,
+    /// Closed loop: `--rate` workers send back to back, to find the ceiling.
+    #[arg(long)]
+    pub max: bool,
+    /// Where to write the JSON report (and the SVG plot beside it).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Database to check invariants on, with --target.
+    #[arg(long, env = "SWITCHBOARD_LOAD_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// App secret to sign deliveries with, with --target.
+    #[arg(long, env = "SWITCHBOARD_LOAD_APP_SECRET")]
+    pub app_secret: Option<String>,
+    /// API token for the event stream and agent calls, with --target.
+    #[arg(long, env = "SWITCHBOARD_LOAD_API_TOKEN")]
+    pub api_token: Option<String>,
+    /// Open loop: requests on the wire at most (the generator's
+    /// connections, as a provider's delivery workers). A request due while
+    /// all are busy waits; its latency counts from when it was due. Without
+    /// a bound a stall opens a connection per request, until the generator
+    /// and its own server run out of file descriptors.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: u32,
+    /// Milliseconds the fake send API takes to answer each reply (the
+    /// WhatsApp Cloud API answers in about 100–500 ms), to size the
+    /// outbox's `concurrency` against `rate_per_s`. Below the sender's
+    /// timeout (10 s): a send timed out and retried may have arrived, and
+    /// would count as a reply sent twice.
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u64).range(0..crate::whatsapp::sender::SEND_TIMEOUT.as_millis() as u64)
+    )]
+    pub send_latency_ms: u64,
+    /// Seconds to wait after the last send for messages to be applied.
+    #[arg(long, default_value_t = 30)]
+    pub drain: u64,
+    /// Seed of the workload's random choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+    /// For tests only: the checker is also told of one acked message that
+    /// was never sent, so a run ends failed and shows it cleans up as well.
+    #[arg(long, hide = true)]
+    pub plant_violation: bool,
+    /// Extra settings of the harness's own PostgreSQL cluster: `switchboard
+    /// load` takes them from the configuration's
+    /// `[database.embedded.server_settings]` (to profile a run with
+    /// `pg_stat_statements`, say). Not a flag.
+    #[arg(skip)]
+    pub server_settings: BTreeMap<String, PgValue>,
+    /// The harness's own server sends with the configuration's
+    /// `outbox.batch` and `outbox.concurrency` (to size them with
+    /// `--send-latency-ms`); its rate limit is lifted. Not a flag.
+    #[arg(skip)]
+    pub outbox_sends: Option<(i64, usize)>,
+}
+
+/// How requests are spread over several processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Route {
+    Random,
+    Phone,
+}
+
+impl LoadArgs {
+    /// Whether a fault is asked for: each needs processes and a database
+    /// the harness can kill or restart.
+    fn chaos_asked(&self) -> bool {
+        self.kill_at.is_some() || self.pg_restart_at.is_some() || self.kill_connections_every_ms.is_some()
+    }
+
+    /// Whether the harness runs `serve` processes of its own (several, or
+    /// for a fault) instead of one server inside this process.
+    pub(super) fn wants_processes(&self) -> bool {
+        self.target.is_none() && (self.processes > 1 || self.chaos_asked())
+    }
+
+    /// The `--target` servers' base URLs, as the requests are built from
+    /// them: trimmed, no trailing slash, no empty entry.
+    pub(super) fn target_bases(&self) -> Vec<String> {
+        self.target
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_string())
+            .filter(|b| !b.is_empty())
+            .collect()
+    }
+
+    /// The open-loop plan; empty with `--max`, whose workers make their own.
+    pub(super) fn plan(&self) -> Vec<Planned> {
+        if self.max {
+            return Vec::new();
+        }
+        scenario::plan(&Options {
+            scenario: self.scenario,
+            rate: self.rate,
+            duration: self.run_for(),
+            phones: self.phones,
+            max_deliveries: self.max_deliveries,
+            skew: self.skew,
+            seed: self.seed,
+        })
+    }
+
+    /// With `--max`: how many workers, for how long, over how many phones.
+    pub(super) fn closed_loop(&self) -> Option<(usize, Duration, usize)> {
+        self.max
+            .then(|| (self.rate.max(1.0) as usize, self.run_for(), self.phones))
+    }
+
+    /// How long the sending lasts (`--duration`).
+    pub(super) fn run_for(&self) -> Duration {
+        Duration::from_secs(self.duration)
+    }
+
+    /// How long each wait after the sending may take (`--drain`).
+    pub(super) fn drain_limit(&self) -> Duration {
+        Duration::from_secs(self.drain)
+    }
+}

@@ -1,0 +1,137 @@
+//! After the sending: the servers drained, the invariants checked on the
+//! database, and the report assembled from what was measured and found.
+
+use std::time::Instant;
+
+use super::args::LoadArgs;
+use super::checker::{self, Violation};
+use super::client::{metric_sum, Target};
+use super::fake_graph::FakeGraph;
+use super::measure::Measured;
+use super::report::{Percentiles, Report, TimelinePoint};
+use super::servers::Servers;
+
+/// The provider id `--plant-violation` adds to the acked ones: never sent,
+/// so the checker finds it never registered.
+const PLANTED_ID: &str = "wamid.planted-never-sent";
+
+/// Repeated sends named in the report, for a first look.
+const REPEAT_EXAMPLES: usize = 5;
+
+/// What the checker found.
+struct Checked {
+    /// Whether a database was reachable to check.
+    checked: bool,
+    violations: Vec<Violation>,
+    synchronous_commit: String,
+    resent_after_crash: u64,
+}
+
+/// What the servers said after the run.
+struct Served {
+    target: String,
+    chaos: Option<String>,
+    conflicts: u64,
+    retries: u64,
+    outbound_requests: Option<u64>,
+    drained_after_s: Option<f64>,
+}
+
+/// Waits for the servers to drain, checks the invariants and assembles
+/// the report (the servers still up: their counters are read too).
+pub(super) async fn report(
+    args: &LoadArgs,
+    servers: &Servers,
+    target: &Target,
+    mut measured: Measured,
+    chaos: Option<String>,
+) -> anyhow::Result<Report> {
+    let drain_from = Instant::now();
+    let drained_after_s = servers
+        .drain(args.drain_limit())
+        .await
+        .then(|| drain_from.elapsed().as_secs_f64());
+    if args.plant_violation {
+        measured.acked_ids.push(PLANTED_ID.to_string());
+    }
+    let checked = match servers.database_url(args) {
+        Some(url) => check(&url, &measured.acked_ids, servers.graph()).await?,
+        None => Checked {
+            checked: false,
+            violations: Vec::new(),
+            synchronous_commit: "unknown".to_string(),
+            resent_after_crash: 0,
+        },
+    };
+    let served = Served {
+        target: servers.describe(args, target),
+        chaos,
+        conflicts: metric_sum(&target.bases, "switchboard_version_conflicts_total").await,
+        retries: metric_sum(&target.bases, "switchboard_retries_total").await,
+        outbound_requests: servers.graph().map(|g| g.request_count() as u64),
+        drained_after_s,
+    };
+    Ok(assemble(args, target, measured, served, checked))
+}
+
+/// Runs the checker on `url`: the invariants, the server's
+/// `synchronous_commit`, and repeated sends when the fake send API saw them.
+async fn check(url: &str, acked: &[String], graph: Option<&FakeGraph>) -> anyhow::Result<Checked> {
+    let mut violations = checker::check(url, acked).await?;
+    let synchronous_commit = checker::setting(url, "synchronous_commit").await.unwrap_or_default();
+    let mut resent_after_crash = 0;
+    if let Some(graph) = graph {
+        // Every send names its outbox row (its tracking data).
+        let (twice, after_crash) = checker::repeated_sends(url, &graph.accepted_tracking()).await?;
+        if !twice.is_empty() {
+            violations.push(Violation {
+                invariant: "no outbox row is sent twice",
+                count: twice.len() as i64,
+                examples: twice.into_iter().take(REPEAT_EXAMPLES).collect(),
+            });
+        }
+        resent_after_crash = after_crash.len() as u64;
+    }
+    Ok(Checked {
+        checked: true,
+        violations,
+        synchronous_commit,
+        resent_after_crash,
+    })
+}
+
+/// The report's fields, from the flags, the measures and the findings.
+fn assemble(args: &LoadArgs, target: &Target, m: Measured, served: Served, checked: Checked) -> Report {
+    let secs = m.elapsed.as_secs_f64().max(0.001);
+    Report {
+        scenario: args.scenario.name().to_string(),
+        target: served.target,
+        processes: target.bases.len(),
+        chaos: served.chaos,
+        resent_after_crash: checked.resent_after_crash,
+        mode: if args.max { "closed-loop" } else { "open-loop" },
+        rate: args.rate,
+        connections: args.connections as usize,
+        duration_s: args.duration as f64,
+        phones: args.phones,
+        sent: m.sent,
+        acked: m.acked,
+        errors: m.errors,
+        duplicates_sent: m.duplicates_sent,
+        throughput_msgs_per_s: m.applied as f64 / secs,
+        applied: m.applied,
+        event_reconnects: m.event_reconnects,
+        ack_latency_ms: Percentiles::from_us(&m.ack_us),
+        e2e_latency_ms: Percentiles::from_us(&m.e2e_us),
+        conflicts: served.conflicts,
+        retries: served.retries,
+        outbound_requests: served.outbound_requests,
+        outbox_drained_after_s: served.drained_after_s,
+        send_latency_ms: args.send_latency_ms,
+        invariants_checked: checked.checked,
+        invariant_violations: checked.violations,
+        error_samples: m.error_samples,
+        timeline: m.timeline.iter().map(TimelinePoint::from_second).collect(),
+        synchronous_commit: checked.synchronous_commit,
+    }
+}
