@@ -33,6 +33,11 @@ pub enum Error {
         #[source]
         source: DieselError,
     },
+    /// A group-committed write failed; every write of its batch gets this
+    /// copy of the cause (`retryable` as the cause was). A server fault,
+    /// never the caller's.
+    #[error("database write failed: {message}")]
+    WriteFailed { retryable: bool, message: String },
     #[error("not found: {0}")]
     NotFound(String),
     #[error("invalid input: {0}")]
@@ -61,11 +66,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// A copy of this error for each of several callers that shared one
+    /// operation (the cause itself cannot be cloned): its text and whether
+    /// it is retryable.
+    pub fn shared(&self) -> Error {
+        Error::WriteFailed {
+            retryable: self.is_retryable(),
+            message: self.to_string(),
+        }
+    }
+
     /// Whether the same operation may succeed if tried again later.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::PoolTimeout(_) | Error::Connection(_) | Error::Overloaded(_) | Error::Unavailable(_) => true,
-            Error::Database { retryable, .. } => *retryable,
+            Error::Database { retryable, .. } | Error::WriteFailed { retryable, .. } => *retryable,
             Error::Conflict { .. }
             | Error::NotFound(_)
             | Error::InvalidInput(_)

@@ -90,7 +90,7 @@ mod tests {
     async fn join_waits_for_tasks_that_watch_the_token() {
         let life = Lifecycle::new();
         let watcher = life.cancelled();
-        life.spawn(async move { watcher.await });
+        life.spawn(watcher);
         assert_eq!(life.tasks(), 1);
         assert!(!life.join(Duration::from_millis(20)).await, "not cancelled yet");
         life.cancel();

@@ -69,28 +69,36 @@ impl RetryPolicy {
     {
         let mut attempt = 1;
         loop {
-            match op().await {
+            let failed = match op().await {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_retryable() && attempt < self.max_attempts => {
-                    let delay = self.delay(attempt - 1, &mut rand::rng());
-                    tracing::warn!(
-                        operation = what,
-                        attempt,
-                        max_attempts = self.max_attempts,
-                        delay_ms = delay.as_millis() as u64,
-                        error = %e,
-                        "retrying after a transient error"
-                    );
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    if e.is_retryable() {
-                        tracing::error!(operation = what, attempts = attempt, error = %e, "giving up after retries");
-                    }
-                    return Err(e);
-                }
+                Err(e) => e,
+            };
+            match self.after(what, attempt, failed) {
+                Ok(delay) => tokio::time::sleep(delay).await,
+                Err(e) => return Err(e),
             }
+            attempt += 1;
         }
+    }
+
+    /// The pause before retrying attempt number `attempt` (1-based) that
+    /// failed with `e`, or `e` back when it is not worth retrying. Logs both.
+    pub fn after(&self, what: &'static str, attempt: u32, e: Error) -> Result<Duration, Error> {
+        if e.is_retryable() && attempt < self.max_attempts {
+            let delay = self.delay(attempt - 1, &mut rand::rng());
+            tracing::warn!(
+                operation = what,
+                attempt,
+                max_attempts = self.max_attempts,
+                delay_ms = delay.as_millis() as u64,
+                error = %e,
+                "retrying after a transient error"
+            );
+            return Ok(delay);
+        }
+        if e.is_retryable() {
+            tracing::error!(operation = what, attempts = attempt, error = %e, "giving up after retries");
+        }
+        Err(e)
     }
 }

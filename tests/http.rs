@@ -938,3 +938,30 @@ async fn connections_past_the_limit_wait_until_one_closes() {
     drop(held);
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn a_webhook_whose_lone_registration_fails_in_the_database_gets_503_not_400() {
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    // A server-side fault no retry can fix: the inbox is gone (as after a
+    // botched migration). The message is fine; the provider must redeliver.
+    diesel::sql_query("ALTER TABLE inbox RENAME TO inbox_gone")
+        .execute(&mut db.admin().await)
+        .await
+        .unwrap();
+    let r = app
+        .deliver_value(vec![text_message(PHONE, "wamid.lone.1", "Hola")], vec![])
+        .await;
+    assert_eq!(r.status(), 503, "a database fault is the server's, never the client's");
+    assert!(r.headers().contains_key("retry-after"));
+    diesel::sql_query("ALTER TABLE inbox_gone RENAME TO inbox")
+        .execute(&mut db.admin().await)
+        .await
+        .unwrap();
+    let again = app
+        .deliver_value(vec![text_message(PHONE, "wamid.lone.1", "Hola")], vec![])
+        .await;
+    assert_eq!(again.status(), 200, "the redelivery is stored once the fault is gone");
+    assert_eq!(inbox_count(&db).await, 1);
+    app.stop().await;
+}

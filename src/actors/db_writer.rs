@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use scoped_futures::ScopedFutureExt;
 use tokio::sync::oneshot;
 
 use crate::config::GroupCommitSettings;
@@ -296,10 +297,8 @@ async fn commit(
     // A failed batch rolled back entirely, so retrying it is safe: versions
     // and processed marks are checked again under the row locks.
     let result = db
-        .retry_policy()
-        .run("commit_batch", || async {
-            let mut conn = db.pool().get().await?;
-            steps::commit_batch_claiming(&mut conn, &writes, claim_ms).await
+        .run("commit_batch", |c| {
+            steps::commit_batch_claiming(c, &writes, claim_ms).scope_boxed()
         })
         .await;
     match result {
@@ -333,15 +332,8 @@ async fn commit(
         Err(e) => {
             stats.failed_batches.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, batch = waiters.len(), "step batch failed");
-            let retryable = e.is_retryable();
-            let text = e.to_string();
             for tx in waiters {
-                let err = if retryable {
-                    Error::Connection(text.clone())
-                } else {
-                    Error::InvalidInput(text.clone())
-                };
-                let _ = tx.send(Err(err));
+                let _ = tx.send(Err(e.shared()));
             }
         }
     }
@@ -355,9 +347,8 @@ async fn register(
 ) {
     let (deliveries, waiters): (Vec<OwnedDelivery>, Vec<_>) = batch.into_iter().unzip();
     let result = db
-        .retry_policy()
-        .run("register_batch", || async {
-            inbox::register_batch(&mut *db.pool().get().await?, &deliveries, lease).await
+        .run("register_batch", |c| {
+            inbox::register_batch(c, &deliveries, lease).scope_boxed()
         })
         .await;
     match result {
@@ -380,14 +371,8 @@ async fn register(
         }
         Err(e) => {
             tracing::warn!(error = %e, batch = waiters.len(), "registration batch failed");
-            let retryable = e.is_retryable();
-            let text = e.to_string();
             for tx in waiters {
-                let _ = tx.send(Err(if retryable {
-                    Error::Connection(text.clone())
-                } else {
-                    Error::InvalidInput(text.clone())
-                }));
+                let _ = tx.send(Err(e.shared()));
             }
         }
     }

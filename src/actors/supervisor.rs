@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use scoped_futures::ScopedFutureExt;
 
 use crate::breaker::{BreakerSnapshot, CircuitBreaker};
 use crate::db::{steps, Database};
@@ -81,17 +82,15 @@ impl Handler<Crashed> for Supervisor {
         stats.crashes.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
             let attempts = db
-                .retry_policy()
-                .run("record_failure", || async {
-                    steps::record_failure(&mut *db.pool().get().await?, &msg.phone, msg.inbox_id, &msg.reason).await
+                .run("record_failure", |c| {
+                    steps::record_failure(c, &msg.phone, msg.inbox_id, &msg.reason).scope_boxed()
                 })
                 .await?;
             if attempts >= max {
-                db.retry_policy()
-                    .run("quarantine", || async {
-                        steps::quarantine(&mut *db.pool().get().await?, &msg.phone, msg.inbox_id, &msg.reason).await
-                    })
-                    .await?;
+                db.run("quarantine", |c| {
+                    steps::quarantine(c, &msg.phone, msg.inbox_id, &msg.reason).scope_boxed()
+                })
+                .await?;
                 stats.quarantined.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     phone = %mask(&msg.phone),

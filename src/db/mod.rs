@@ -21,6 +21,7 @@ pub mod steps;
 use std::sync::{Arc, Mutex};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
 
 pub use embedded::EmbeddedPostgres;
 pub use inbox::{InboxRecord, NewDelivery, Registration};
@@ -145,6 +146,30 @@ impl Database {
         self.retry
     }
 
+    /// Runs `op` on a pooled connection, retrying transient errors (a lost
+    /// connection, a pool timeout, a deadlock) on a fresh one: the one way
+    /// callers reach the pool for a statement or a short transaction.
+    /// The closure answers a scoped boxed future (`async move { … }.scope_boxed()`):
+    /// it may borrow the connection and the caller's data, and stays `Send`.
+    pub async fn run<'a, T, F>(&self, what: &'static str, mut op: F) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c mut AsyncPgConnection) -> ScopedBoxFuture<'a, 'c, Result<T>> + Send + 'a,
+        T: Send + 'a,
+    {
+        let mut attempt = 1;
+        loop {
+            let result = match self.pool.get().await {
+                Ok(mut conn) => op(&mut conn).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(e) => tokio::time::sleep(self.retry.after(what, attempt, e)?).await,
+            }
+            attempt += 1;
+        }
+    }
+
     /// The URL in use (a secret: it may carry a password).
     pub fn url(&self) -> &Secret {
         &self.url
@@ -156,19 +181,13 @@ impl Database {
 
     /// Registers an inbound delivery (atomic dedupe), retrying transient errors.
     pub async fn register_delivery(&self, d: &NewDelivery<'_>) -> Result<Registration> {
-        self.retry
-            .run("register_delivery", || async {
-                inbox::register(&mut *self.pool.get().await?, d).await
-            })
+        self.run("register_delivery", |c| inbox::register(c, d).scope_boxed())
             .await
     }
 
     /// Reads a session, retrying transient errors.
     pub async fn load_session(&self, phone: &str) -> Result<Option<SessionRecord>> {
-        self.retry
-            .run("load_session", || async {
-                sessions::load(&mut *self.pool.get().await?, phone).await
-            })
+        self.run("load_session", |c| sessions::load(c, phone).scope_boxed())
             .await
     }
 
@@ -184,25 +203,25 @@ impl Database {
         holder: i64,
         limit: i64,
     ) -> Result<(Option<SessionRecord>, Vec<steps::PendingInbound>)> {
-        self.retry
-            .run("load_session_and_unprocessed", || async {
-                let conn = self.pool.get().await?;
-                let (mut first, mut second): (&AsyncPgConnection, &AsyncPgConnection) = (&conn, &conn);
+        self.run("load_session_and_unprocessed", |conn| {
+            async move {
+                let (mut first, mut second): (&AsyncPgConnection, &AsyncPgConnection) = (conn, conn);
                 futures_util::try_join!(
                     sessions::load(&mut first, phone),
                     steps::unprocessed(&mut second, phone, holder, limit)
                 )
-            })
-            .await
+            }
+            .scope_boxed()
+        })
+        .await
     }
 
     /// Reads or creates (race-free) a session, retrying transient errors.
     pub async fn load_or_create_session(&self, phone: &str, initial_state: &str) -> Result<SessionRecord> {
-        self.retry
-            .run("load_or_create_session", || async {
-                sessions::load_or_create(&mut *self.pool.get().await?, phone, initial_state).await
-            })
-            .await
+        self.run("load_or_create_session", |c| {
+            sessions::load_or_create(c, phone, initial_state).scope_boxed()
+        })
+        .await
     }
 
     /// Versioned write. Transient errors are retried; a conflict is returned
@@ -213,11 +232,10 @@ impl Database {
         expected: i64,
         update: &SessionUpdate<'_>,
     ) -> Result<SessionRecord> {
-        self.retry
-            .run("update_session", || async {
-                sessions::update_versioned(&mut *self.pool.get().await?, phone, expected, update).await
-            })
-            .await
+        self.run("update_session", |c| {
+            sessions::update_versioned(c, phone, expected, update).scope_boxed()
+        })
+        .await
     }
 
     /// Whether the database answers now (for readiness).

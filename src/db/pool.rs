@@ -15,6 +15,11 @@ use serde::Serialize;
 use crate::config::DatabaseSettings;
 use crate::error::{Error, Result};
 
+/// How often the pool closes idle and aged connections. bb8's reaper task
+/// holds its pool weakly and ends at its first tick after the pool is gone:
+/// at bb8's default (30 s) it outlived every stopped engine by up to that.
+const REAPER_RATE: Duration = Duration::from_secs(1);
+
 /// `application_name` of every pooled connection, so operators (and the
 /// connection-kill tests) can find the engine's backends in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "switchboard";
@@ -122,6 +127,7 @@ impl DbPool {
             .connection_timeout(s.acquire_timeout())
             .idle_timeout(Some(Duration::from_secs(s.idle_timeout_s)))
             .max_lifetime(Some(Duration::from_secs(s.max_lifetime_s)))
+            .reaper_rate(REAPER_RATE)
             .test_on_check_out(s.test_on_checkout)
             // Connect errors are retried inside the acquire timeout; callers
             // see one pool-timeout error, not a storm of connect errors.

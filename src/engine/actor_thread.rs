@@ -62,12 +62,18 @@ impl ActorThread {
             .name("switchboard-actors".into())
             .spawn(move || {
                 let system = actix::System::new();
-                system.block_on(async move {
-                    let started = start_actors(parts, arbiters);
+                let arbiters = system.block_on(async move {
+                    let arbiters: Vec<Arbiter> = (0..arbiters).map(|_| Arbiter::new()).collect();
+                    let started = start_actors(parts, arbiters.iter().map(Arbiter::handle).collect());
                     let _ = tx.send((actix::System::current(), Arbiter::current(), started));
+                    arbiters
                 });
                 if let Err(e) = system.run() {
                     tracing::error!(error = %e, "actor system failed");
+                }
+                // The system stopped every arbiter; their threads end with it.
+                for a in arbiters {
+                    let _ = a.join();
                 }
             })
             .map_err(|e| Error::Unavailable(format!("cannot start the actor thread: {e}")))?;
@@ -88,7 +94,7 @@ impl ActorThread {
     }
 
     /// Stops the system (every arbiter, and any task still on them) and
-    /// waits for its thread to end.
+    /// waits for its thread, which joins the arbiters' threads, to end.
     pub async fn stop(&self) {
         self.system.stop();
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -98,9 +104,9 @@ impl ActorThread {
     }
 }
 
-/// Inside the system: the arbiters and the singleton actors.
-fn start_actors(p: ActorParts, arbiters: usize) -> Started {
-    let arbiters: Vec<ArbiterHandle> = (0..arbiters).map(|_| Arbiter::new().handle()).collect();
+/// Inside the system: the singleton actors, and the arbiters' handles for
+/// the session actors.
+fn start_actors(p: ActorParts, arbiters: Vec<ArbiterHandle>) -> Started {
     let group = p.settings.engine.group_commit.clone();
     let writer = DbWriter::new(p.db.clone(), group, p.writer_stats, p.send_queue, p.lease).start();
     let ai = AiActor::new(p.model, &p.settings.ai, p.ai_breaker.clone(), p.ai_stats).start();

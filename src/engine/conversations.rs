@@ -1,5 +1,6 @@
 //! What agents and the provider do to a conversation besides its inbound
 //! messages: agent messages, hand-offs, reads, delivery statuses, replays.
+use scoped_futures::ScopedFutureExt;
 
 use super::mailbox::InFlightGuard;
 use super::Engine;
@@ -67,16 +68,8 @@ impl Engine {
         // costs the index.
         let recipient = recipient.and_then(|r| phone::normalize(r).ok());
         let phone = db
-            .retry_policy()
-            .run("apply_status", || async {
-                crate::db::outbox::apply_status(
-                    &mut *db.pool().get().await?,
-                    recipient.as_deref(),
-                    provider_id,
-                    status,
-                    error,
-                )
-                .await
+            .run("apply_status", |c| {
+                crate::db::outbox::apply_status(c, recipient.as_deref(), provider_id, status, error).scope_boxed()
             })
             .await?;
         let Some(phone) = phone else { return Ok(false) };
@@ -96,9 +89,8 @@ impl Engine {
         let phone = phone::normalize(phone).map_err(Error::InvalidInput)?;
         let db = &self.inner.db;
         let (phone, source) = db
-            .retry_policy()
-            .run("replay_dead_letter", || async {
-                crate::db::dead_letters::replay(&mut *db.pool().get().await?, &phone, id).await
+            .run("replay_dead_letter", |c| {
+                crate::db::dead_letters::replay(c, &phone, id).scope_boxed()
             })
             .await?;
         if source == "inbox" {

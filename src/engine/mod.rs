@@ -8,6 +8,7 @@
 //! - `inbound`: accepting a webhook's message (durable, then queued in order);
 //! - `conversations`: agent messages, hand-offs, reads, delivery statuses;
 //! - `mailbox`: the per-phone line into a session actor's mailbox;
+//! - `reads`: lists, histories and dead letters for the HTTP layer;
 //! - `resume`: picking up accepted messages not yet applied;
 //! - `stats` and `shutdown`.
 
@@ -17,6 +18,7 @@ mod conversations;
 mod inbound;
 mod mailbox;
 pub mod presence;
+mod reads;
 mod resume;
 mod shutdown;
 mod stats;
@@ -28,9 +30,12 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{broadcast, watch, Semaphore};
 
+pub use crate::actors::ai::{CallDurations, CALL_DURATION_BUCKETS};
 pub use crate::actors::middleware::Middleware;
 pub use crate::actors::stats::EngineStats;
 pub use crate::config::EngineSettings;
+pub use crate::db::dead_letters::DeadLetter;
+pub use crate::db::read::{ConversationSummary, ListFilter, MessageRow};
 pub use crate::events::{inbound_text, BreakerEvent, DeliveryEvent, Event, EventKind, EventMessage, EVENT_BUFFER};
 pub use builder::EngineBuilder;
 pub use stats::StatsSnapshot;

@@ -2,6 +2,7 @@
 //! periodically, after failures (an outage longer than the retry budget, or
 //! another process that died holding them).
 
+use scoped_futures::ScopedFutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +18,8 @@ impl Engine {
     pub(super) async fn resume(&self, own: bool) -> Result<()> {
         let db = &self.inner.db;
         let phones = db
-            .retry_policy()
-            .run("phones_with_unprocessed", || async {
-                steps::phones_with_unprocessed(&mut *db.pool().get().await?, self.inner.instance, own).await
+            .run("phones_with_unprocessed", |c| {
+                steps::phones_with_unprocessed(c, self.inner.instance, own).scope_boxed()
             })
             .await?;
         if !phones.is_empty() {

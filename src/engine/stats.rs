@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::Engine;
 use crate::actors::ai::AiStatsSnapshot;
+use crate::db::replica::ReadStats;
 use crate::db::PoolStats;
 
 /// Everything measurable, at one moment.
@@ -34,6 +35,8 @@ pub struct StatsSnapshot {
     pub quarantined: u64,
     pub ai: AiStatsSnapshot,
     pub pool: PoolStats,
+    /// Where conversation reads went, when a read replica is configured.
+    pub replica: Option<ReadStats>,
 }
 
 impl Engine {
@@ -67,6 +70,7 @@ impl Engine {
             quarantined: l(&s.quarantined),
             ai: i.ai_stats.snapshot(),
             pool: i.db.stats(),
+            replica: i.db.replica().map(|r| r.stats()),
         }
     }
 }

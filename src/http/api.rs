@@ -8,7 +8,7 @@ use serde_json::json;
 use super::auth::authorize;
 use super::readiness::Readiness;
 use super::{sse, ApiError, AppState};
-use crate::db::read::{self, ListFilter};
+use crate::engine::ListFilter;
 use crate::phone;
 
 /// Largest page of the conversation list.
@@ -45,14 +45,8 @@ async fn dead_letters(
     q: web::Query<DeadLetterQuery>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let db = state.engine.database();
     let (pending, limit) = (q.pending.unwrap_or(true), q.limit.unwrap_or(50).clamp(1, MAX_PAGE));
-    let rows = db
-        .retry_policy()
-        .run("list_dead_letters", || async {
-            crate::db::dead_letters::list(&mut *db.pool().get().await?, pending, limit).await
-        })
-        .await?;
+    let rows = state.engine.dead_letters(pending, limit).await?;
     Ok(HttpResponse::Ok().json(json!({"dead_letters": rows})))
 }
 
@@ -77,13 +71,8 @@ async fn breakers(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
 async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let engine = &state.engine;
-    let db = engine.database();
     let readiness = Readiness::of(&state).await;
-    // A dead database must not fail the panel: the count is then unknown.
-    let dead_letters = match db.pool().get().await {
-        Ok(mut conn) => crate::db::dead_letters::pending_count(&mut conn).await.ok(),
-        Err(_) => None,
-    };
+    let dead_letters = engine.pending_dead_letters().await;
     let s = engine.stats();
     Ok(HttpResponse::Ok().json(json!({
         "ready": readiness.is_ready(),
@@ -162,13 +151,7 @@ async fn list(
         limit: q.limit.unwrap_or(50).clamp(1, MAX_PAGE),
         offset: q.offset.unwrap_or(0).max(0),
     };
-    let db = state.engine.database();
-    let rows = db
-        .retry_policy()
-        .run("list_conversations", || async {
-            read::list(&mut db.read_conn(None).await?.0, &filter).await
-        })
-        .await?;
+    let rows = state.engine.list_conversations(&filter).await?;
     Ok(HttpResponse::Ok().json(json!({"conversations": rows, "limit": filter.limit, "offset": filter.offset})))
 }
 
@@ -179,16 +162,7 @@ async fn get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<Strin
     let Some(session) = state.engine.conversation(&phone).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such conversation"));
     };
-    let db = state.engine.database();
-    let (messages, contact_name) = db
-        .retry_policy()
-        .run("recent_messages", || async {
-            // The replica only once it has this conversation's last write.
-            let (mut conn, _) = db.read_conn(Some(&phone)).await?;
-            let messages = read::recent_messages(&mut conn, &phone, RECENT_MESSAGES).await?;
-            Ok((messages, read::contact_name(&mut conn, &phone).await?))
-        })
-        .await?;
+    let (messages, contact_name) = state.engine.recent_messages(&phone, RECENT_MESSAGES).await?;
     Ok(HttpResponse::Ok().json(json!({"session": session, "contact_name": contact_name, "messages": messages})))
 }
 

@@ -16,9 +16,9 @@ use prometheus::{
 };
 
 use super::AppState;
-use crate::actors::ai::{CallDurations, CALL_DURATION_BUCKETS};
 use crate::breaker::BreakerState;
 use crate::engine::Engine;
+use crate::engine::{CallDurations, CALL_DURATION_BUCKETS};
 
 /// A struct of metrics of one kind (`IntCounter`, `IntGauge`), each
 /// registered under its name and help.
@@ -297,8 +297,8 @@ impl Metrics {
         sync(&e.send_failed, l(&o.failed));
         sync(&e.send_dead, l(&o.dead));
         sync(&e.pool_timeouts, s.pool.gets_timed_out);
-        if let Some(r) = engine.database().replica() {
-            let (r, routed) = (r.stats(), &self.inner.routed_reads);
+        if let Some(r) = s.replica {
+            let routed = &self.inner.routed_reads;
             sync(&routed.with_label_values(&["replica"]), r.replica_reads);
             sync(&routed.with_label_values(&["primary"]), r.primary_reads);
         }

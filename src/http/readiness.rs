@@ -19,7 +19,7 @@ impl Readiness {
         if state.closing.is_cancelled() || state.engine.is_stopping() {
             return Self::Stopping;
         }
-        match state.engine.database().ping().await {
+        match state.engine.ping_database().await {
             Ok(()) => Self::Ready,
             Err(e) => Self::DatabaseUnavailable(e.to_string()),
         }

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::{ApiError, AppState};
 use crate::engine::InboundMessage;
+use crate::error::Error;
 use crate::phone;
 use crate::whatsapp::webhook::{parse, secure_eq, verify_signature};
 
@@ -94,7 +95,8 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
                 // Free text from the sender: capped.
                 contact_name: m.contact_name.map(|n| n.chars().take(MAX_PROFILE_NAME).collect()),
             })
-            .await?;
+            .await
+            .map_err(unstored)?;
         if a.first {
             accepted += 1;
         } else {
@@ -107,10 +109,25 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
         let recipient = (!s.recipient.is_empty()).then_some(s.recipient.as_str());
         if engine
             .apply_status(recipient, &s.id, &s.status, error.as_deref())
-            .await?
+            .await
+            .map_err(unstored)?
         {
             statuses += 1;
         }
     }
     Ok(HttpResponse::Ok().json(json!({"accepted": accepted, "duplicates": duplicates, "statuses": statuses})))
+}
+
+/// A message that could not be stored: 400 only when the message itself is
+/// bad; anything else is this server's fault, so 503 — the provider
+/// redelivers later and nothing was acknowledged (a 400 would tell it to
+/// drop the delivery).
+fn unstored(e: Error) -> ApiError {
+    match e {
+        Error::InvalidInput(_) => e.into(),
+        e => {
+            tracing::error!(error = %e, "a webhook message could not be stored; answering 503");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+    }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use scoped_futures::ScopedFutureExt;
 
 use super::rate::RateLimit;
 use super::{OutboxStats, SendQueue, BACKLOG_EVERY};
@@ -92,10 +93,7 @@ impl Worker {
         if !sent.is_empty() {
             let recorded = self
                 .db
-                .retry_policy()
-                .run("outbox_sent", || async {
-                    rows::mark_sent_batch(&mut *self.db.pool().get().await?, &sent).await
-                })
+                .run("outbox_sent", |c| rows::mark_sent_batch(c, &sent).scope_boxed())
                 .await;
             if let Err(e) = recorded {
                 // The lease makes the rows due again; they are sent again then.
@@ -135,10 +133,7 @@ impl Worker {
         }
         let given = self
             .db
-            .retry_policy()
-            .run("outbox_give_back", || async {
-                rows::give_back(&mut *self.db.pool().get().await?, &rows).await
-            })
+            .run("outbox_give_back", |c| rows::give_back(c, &rows).scope_boxed())
             .await;
         if let Err(e) = given {
             tracing::warn!(error = %e, rows = rows.len(), "could not give handed-over rows back; they are sent after their lease");
@@ -153,14 +148,11 @@ impl Worker {
     }
 
     async fn deliver_one(&self, row: &Claimed) -> Option<String> {
-        let policy = self.db.retry_policy();
         let result = match self.breaker.try_acquire() {
             Err(_) => {
                 let at = Utc::now() + chrono::Duration::milliseconds(self.settings.breaker.open_ms as i64);
-                policy
-                    .run("outbox_release", || async {
-                        rows::release(&mut *self.db.pool().get().await?, row, at).await
-                    })
+                self.db
+                    .run("outbox_release", |c| rows::release(c, row, at).scope_boxed())
                     .await
             }
             Ok(permit) => {
@@ -192,15 +184,12 @@ impl Worker {
 
     async fn record(&self, row: &Claimed, outcome: SendOutcome) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
-        let policy = self.db.retry_policy();
         match outcome {
             SendOutcome::Sent { provider_id } => {
                 self.stats.sent.fetch_add(1, Relaxed);
                 let sent = [(row, provider_id)];
-                policy
-                    .run("outbox_sent", || async {
-                        rows::mark_sent_batch(&mut *self.db.pool().get().await?, &sent).await
-                    })
+                self.db
+                    .run("outbox_sent", |c| rows::mark_sent_batch(c, &sent).scope_boxed())
                     .await
             }
             SendOutcome::Retry { reason } if row.attempts < self.settings.max_attempts => {
@@ -213,27 +202,23 @@ impl Worker {
                 .delay(row.attempts.max(1) as u32 - 1, &mut rand::rng());
                 let at = Utc::now() + chrono::Duration::from_std(backoff).unwrap_or_default();
                 tracing::info!(%reason, retry_in_ms = backoff.as_millis() as u64, "send failed; will retry");
-                policy
-                    .run("outbox_retry", || async {
-                        rows::mark_retry(&mut *self.db.pool().get().await?, row, at, &reason).await
-                    })
+                self.db
+                    .run("outbox_retry", |c| rows::mark_retry(c, row, at, &reason).scope_boxed())
                     .await
             }
             SendOutcome::Retry { reason } => {
                 self.stats.dead.fetch_add(1, Relaxed);
                 tracing::error!(%reason, "send failed on every attempt; moved to dead letters");
-                policy
-                    .run("outbox_dead", || async {
-                        rows::mark_final(&mut *self.db.pool().get().await?, row, true, &reason).await
-                    })
+                self.db
+                    .run("outbox_dead", |c| rows::mark_final(c, row, true, &reason).scope_boxed())
                     .await
             }
             SendOutcome::Failed { reason } => {
                 self.stats.failed.fetch_add(1, Relaxed);
                 tracing::warn!(%reason, "send failed permanently");
-                policy
-                    .run("outbox_failed", || async {
-                        rows::mark_final(&mut *self.db.pool().get().await?, row, false, &reason).await
+                self.db
+                    .run("outbox_failed", |c| {
+                        rows::mark_final(c, row, false, &reason).scope_boxed()
                     })
                     .await
             }

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 
+use scoped_futures::ScopedFutureExt;
 use serde_json::{json, Value};
 
 use super::messages::ConversationView;
@@ -119,9 +120,8 @@ pub(super) fn create_as(deps: &SessionDeps, expected_version: i64) -> Option<Str
 
 pub(super) async fn fetch_unprocessed(deps: &SessionDeps, phone: &str) -> Result<Vec<PendingInbound>> {
     deps.db
-        .retry_policy()
-        .run("unprocessed", || async {
-            steps::unprocessed(&mut *deps.db.pool().get().await?, phone, deps.instance, RESUME_BATCH).await
+        .run("unprocessed", |c| {
+            steps::unprocessed(c, phone, deps.instance, RESUME_BATCH).scope_boxed()
         })
         .await
 }

@@ -1,0 +1,56 @@
+//! Reads the HTTP layer serves that need no actor: conversation lists and
+//! histories (on the replica when it has caught up), dead letters, a ping.
+
+use scoped_futures::ScopedFutureExt;
+
+use super::Engine;
+use crate::db::dead_letters::{self, DeadLetter};
+use crate::db::read::{self, ConversationSummary, ListFilter, MessageRow};
+use crate::error::Result;
+
+impl Engine {
+    /// Conversations matching `filter`, newest activity first.
+    pub async fn list_conversations(&self, filter: &ListFilter) -> Result<Vec<ConversationSummary>> {
+        let db = &self.inner.db;
+        db.retry_policy()
+            .run("list_conversations", || async {
+                read::list(&mut db.read_conn(None).await?.0, filter).await
+            })
+            .await
+    }
+
+    /// The newest `limit` messages of `phone`'s conversation and its contact
+    /// name; from the replica only once it has this conversation's last write.
+    pub async fn recent_messages(&self, phone: &str, limit: i64) -> Result<(Vec<MessageRow>, Option<String>)> {
+        let db = &self.inner.db;
+        db.retry_policy()
+            .run("recent_messages", || async {
+                let (mut conn, _) = db.read_conn(Some(phone)).await?;
+                let messages = read::recent_messages(&mut conn, phone, limit).await?;
+                Ok((messages, read::contact_name(&mut conn, phone).await?))
+            })
+            .await
+    }
+
+    /// Inbound and outbound dead letters (only those not replayed: `pending_only`).
+    pub async fn dead_letters(&self, pending_only: bool, limit: i64) -> Result<Vec<DeadLetter>> {
+        self.inner
+            .db
+            .run("list_dead_letters", |c| {
+                dead_letters::list(c, pending_only, limit).scope_boxed()
+            })
+            .await
+    }
+
+    /// Dead letters waiting for an operator; `None` when the database does
+    /// not answer (an operations panel must not fail with it).
+    pub async fn pending_dead_letters(&self) -> Option<i64> {
+        let mut conn = self.inner.db.pool().get().await.ok()?;
+        dead_letters::pending_count(&mut conn).await.ok()
+    }
+
+    /// Whether the database answers now (readiness).
+    pub async fn ping_database(&self) -> Result<()> {
+        self.inner.db.ping().await
+    }
+}
