@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
-use switchboard::db::{Database, EmbeddedPostgres, NewDelivery, SessionUpdate};
+use support::rows::{Rows, SessionUpdate};
+use switchboard::db::{Database, EmbeddedPostgres, NewDelivery};
 
 struct Bench {
     db: Database,

@@ -9,15 +9,6 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A versioned write found another version: somebody else wrote first.
-    /// `actual` is `None` when the session does not exist at all.
-    #[error("concurrency conflict on session {phone}: expected version {expected}, found {actual:?}")]
-    Conflict {
-        /// Masked phone (personal data never travels in error text).
-        phone: String,
-        expected: i64,
-        actual: Option<i64>,
-    },
     /// No pooled connection became free within the acquire timeout.
     #[error("database pool timed out after {0:?} waiting for a connection")]
     PoolTimeout(Duration),
@@ -81,8 +72,7 @@ impl Error {
         match self {
             Error::PoolTimeout(_) | Error::Connection(_) | Error::Overloaded(_) | Error::Unavailable(_) => true,
             Error::Database { retryable, .. } | Error::WriteFailed { retryable, .. } => *retryable,
-            Error::Conflict { .. }
-            | Error::NotFound(_)
+            Error::NotFound(_)
             | Error::InvalidInput(_)
             | Error::Migration(_)
             | Error::Embedded(_)

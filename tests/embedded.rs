@@ -11,6 +11,7 @@ use std::time::Duration;
 use diesel_async::RunQueryDsl;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use support::rows::Rows;
 use support::{alive, embedded_settings, free_port, rest_of, scratch_dir, spawn_watchdog};
 use switchboard::config::PgValue;
 use switchboard::db::{self, EmbeddedPostgres};

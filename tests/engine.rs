@@ -11,9 +11,9 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde_json::json;
+use support::rows::{Rows, SessionUpdate};
 use support::{engine_settings, example_flow, say, transcript, TestDb};
 use switchboard::db::schema::{dead_letters, inbox, outbox};
-use switchboard::db::SessionUpdate;
 use switchboard::engine::Middleware;
 use switchboard::{Engine, InboundMessage};
 

@@ -85,20 +85,36 @@ async fn fifty_starts_and_stops_leave_no_task_connection_or_memory_behind() {
     }
     // A pool is closed when its last handle goes; a cycle of references
     // between the engine's parts kept every pool (and its connections) open.
-    assert_eq!(settled_connections(&db).await, 0, "every engine's connections are closed");
+    assert_eq!(
+        settled_connections(&db).await,
+        0,
+        "every engine's connections are closed"
+    );
     // The pool's reaper (a bb8 task, not ours) ends at its first tick after
     // its pool is gone; give it that tick, no more.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while tasks() > tasks0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(tasks() <= tasks0, "tasks on the caller's runtime: {} after, {tasks0} before", tasks());
+    assert!(
+        tasks() <= tasks0,
+        "tasks on the caller's runtime: {} after, {tasks0} before",
+        tasks()
+    );
     // tokio's blocking pool (the joins run there) may keep a few idle
     // threads for a while; an actor system left running would be three more
     // threads per cycle (its own and two arbiters), 135 over the run.
-    assert!(threads() <= threads0 + 4, "threads: {} after, {threads0} before", threads());
+    assert!(
+        threads() <= threads0 + 4,
+        "threads: {} after, {threads0} before",
+        threads()
+    );
     let grown = resident_bytes().saturating_sub(rss0);
     // One engine kept alive holds its event buffer, its registry and its
     // pool: megabytes. Forty-five of them could not hide under this bound.
-    assert!(grown < 32 << 20, "resident memory grew {grown} bytes over {} cycles", CYCLES - WARM_UP);
+    assert!(
+        grown < 32 << 20,
+        "resident memory grew {grown} bytes over {} cycles",
+        CYCLES - WARM_UP
+    );
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use support::rows::Rows;
 use support::TestDb;
 use switchboard::config::DatabaseSettings;
 use switchboard::db::pool::APPLICATION_NAME;

@@ -57,11 +57,7 @@ async fn a_retryable_error_is_retried_until_the_attempt_limit_then_returned() {
 async fn a_non_retryable_error_is_returned_after_one_attempt() {
     for err in [
         || Error::InvalidInput("bad".into()),
-        || Error::Conflict {
-            phone: "+52****1234".into(),
-            expected: 1,
-            actual: Some(2),
-        },
+        || Error::Processing("a step failed".into()),
         || Error::NotFound("x".into()),
     ] {
         let calls = AtomicU32::new(0);

@@ -55,33 +55,6 @@ pub struct InboxRecord {
     pub lease_until: DateTime<Utc>,
 }
 
-/// Registers one delivery in a single statement: the first delivery inserts
-/// the row; every redelivery bumps `delivery_count` and `last_delivery_at` on
-/// the same row. No read-then-write, so concurrent deliveries cannot both be
-/// "first" and none is lost from the count.
-#[tracing::instrument(skip_all, fields(phone = %mask(d.phone)))]
-pub async fn register(conn: &mut AsyncPgConnection, d: &NewDelivery<'_>) -> Result<Registration> {
-    let (inbox_id, delivery_count, processed_at, leased_by) = diesel::insert_into(inbox::table)
-        .values(d)
-        .on_conflict((inbox::phone, inbox::provider_message_id))
-        .do_update()
-        .set((
-            inbox::delivery_count.eq(inbox::delivery_count + 1),
-            inbox::last_delivery_at.eq(diesel::dsl::now),
-        ))
-        .returning((inbox::id, inbox::delivery_count, inbox::processed_at, inbox::leased_by))
-        .get_result::<(i64, i32, Option<DateTime<Utc>>, i64)>(conn)
-        .await?;
-    Ok(Registration {
-        inbox_id,
-        // The row lock serializes the upserts; only the insert sees count 1.
-        first: delivery_count == 1,
-        delivery_count,
-        processed: processed_at.is_some(),
-        leased_by,
-    })
-}
-
 /// Reads one inbox row.
 #[tracing::instrument(skip_all, fields(phone = %mask(phone)))]
 pub async fn get(conn: &mut AsyncPgConnection, phone: &str, provider_message_id: &str) -> Result<Option<InboxRecord>> {

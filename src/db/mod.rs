@@ -26,7 +26,7 @@ use scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
 pub use embedded::EmbeddedPostgres;
 pub use inbox::{InboxRecord, NewDelivery, Registration};
 pub use pool::{Conn, DbPool, PoolStats};
-pub use sessions::{SessionRecord, SessionUpdate};
+pub use sessions::SessionRecord;
 
 use crate::config::{DatabaseSettings, Secret};
 use crate::error::{Error, Result};
@@ -179,12 +179,6 @@ impl Database {
         self.pool.stats()
     }
 
-    /// Registers an inbound delivery (atomic dedupe), retrying transient errors.
-    pub async fn register_delivery(&self, d: &NewDelivery<'_>) -> Result<Registration> {
-        self.run("register_delivery", |c| inbox::register(c, d).scope_boxed())
-            .await
-    }
-
     /// Reads a session, retrying transient errors.
     pub async fn load_session(&self, phone: &str) -> Result<Option<SessionRecord>> {
         self.run("load_session", |c| sessions::load(c, phone).scope_boxed())
@@ -212,28 +206,6 @@ impl Database {
                 )
             }
             .scope_boxed()
-        })
-        .await
-    }
-
-    /// Reads or creates (race-free) a session, retrying transient errors.
-    pub async fn load_or_create_session(&self, phone: &str, initial_state: &str) -> Result<SessionRecord> {
-        self.run("load_or_create_session", |c| {
-            sessions::load_or_create(c, phone, initial_state).scope_boxed()
-        })
-        .await
-    }
-
-    /// Versioned write. Transient errors are retried; a conflict is returned
-    /// at once (the caller must reload and re-run its transition).
-    pub async fn update_session(
-        &self,
-        phone: &str,
-        expected: i64,
-        update: &SessionUpdate<'_>,
-    ) -> Result<SessionRecord> {
-        self.run("update_session", |c| {
-            sessions::update_versioned(c, phone, expected, update).scope_boxed()
         })
         .await
     }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use diesel::IntoSql;
 use diesel_async::pooled_connection::bb8::{Pool, PooledConnection};
 use diesel_async::pooled_connection::{
-    AsyncDieselConnectionManager, ManagerConfig, PoolableConnection, RecyclingMethod,
+    AsyncDieselConnectionManager, ManagerConfig, PoolableConnection, RecyclingMethod, SetupCallback,
 };
 use diesel_async::RunQueryDsl;
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
@@ -30,6 +30,7 @@ pub type Conn<'a> = PooledConnection<'a, AsyncPgConnection>;
 /// The pool plus the acquire timeout it was built with (bb8 does not report it).
 #[derive(Clone)]
 pub struct DbPool {
+    /// Shared by every clone: bb8 keeps the connections behind an `Arc`.
     pool: Pool<AsyncPgConnection>,
     acquire_timeout: Duration,
 }
@@ -56,70 +57,9 @@ impl DbPool {
     /// background), so building never fails because the server is down: the
     /// first `get` reports it as a retryable error instead.
     pub fn build(url: &str, s: &DatabaseSettings) -> Self {
-        let statement_timeout = s.statement_timeout_ms;
-        let idle_tx_timeout = s.idle_in_transaction_timeout_ms;
-        let connect_timeout = s.connect_timeout();
         let mut config = ManagerConfig::<AsyncPgConnection>::default();
-        config.custom_setup = Box::new(move |url| {
-            let url = url.to_string();
-            async move {
-                let mut conn = tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
-                    .await
-                    .map_err(|_| {
-                        diesel::ConnectionError::BadConnection(format!("connect timed out after {connect_timeout:?}"))
-                    })??;
-                // Statements are prepared once per connection (`db::sql`) and
-                // PostgreSQL may settle on a generic plan for them (its
-                // default, `plan_cache_mode = auto`): planning every execution
-                // was 24–30 % of the engine's statement time. A generic plan
-                // made while a table was small once chose a sequential scan
-                // and a hash join and kept them as the inbox grew (a hot
-                // phone fell to 1,660 msg/s); so the planner is kept off
-                // sequential scans, hash and merge joins. The hot statements
-                // read rows by key (`(phone, id)` primary keys, `phone =
-                // ANY(..)`, `unnest(..)` joined on a key): a nested loop over
-                // an index is right at any table size. A query with no index
-                // path (the conversation list's sort, a count) still gets its
-                // scan; the setting only makes it the last resort.
-                conn.batch_execute(&format!(
-                    "SET application_name = '{APPLICATION_NAME}'; \
-                     SET statement_timeout = {statement_timeout}; \
-                     SET idle_in_transaction_session_timeout = {idle_tx_timeout}; \
-                     SET plan_cache_mode = auto; \
-                     SET enable_seqscan = off; \
-                     SET enable_hashjoin = off; \
-                     SET enable_mergejoin = off;"
-                ))
-                .await
-                .map_err(|e| diesel::ConnectionError::BadConnection(format!("session set-up failed: {e}")))?;
-                Ok(conn)
-            }
-            .boxed()
-        });
-        // What bb8's checkout test (`test_on_checkout`) does. By default it
-        // looks at the client's own view — the socket closed (the server
-        // ended the backend, the connection task saw it) or a transaction
-        // left broken — without a round trip, as deadpool-postgres's `Fast`
-        // recycling does: a `SELECT 1` per checkout cost a round trip through
-        // a busy server for every operation (about one per two messages under
-        // load). A connection that died unseen (a silent network) fails its
-        // first statement retryably and the retry gets another. With
-        // `checkout_query` it also runs `SELECT 1`.
-        let query = s.checkout_query;
-        config.recycling_method = RecyclingMethod::CustomFunction(Box::new(move |conn| {
-            async move {
-                if query {
-                    diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
-                        .get_result::<i32>(&mut *conn)
-                        .await?;
-                }
-                if PoolableConnection::is_broken(conn) {
-                    return Err(diesel::result::Error::BrokenTransactionManager);
-                }
-                Ok(())
-            }
-            .boxed()
-        }));
+        config.custom_setup = session_setup(s);
+        config.recycling_method = checkout_test(s.checkout_query);
         let manager = AsyncDieselConnectionManager::new_with_config(url, config);
         let pool = Pool::builder()
             .max_size(s.max_connections)
@@ -166,6 +106,66 @@ impl DbPool {
             closed_invalid: st.connections_closed_invalid,
         }
     }
+}
+
+/// How each new connection is opened: within the connect timeout, then set up by [`session_settings`].
+fn session_setup(s: &DatabaseSettings) -> SetupCallback<AsyncPgConnection> {
+    let settings = session_settings(s);
+    let connect_timeout = s.connect_timeout();
+    Box::new(move |url| {
+        let url = url.to_string();
+        let settings = settings.clone();
+        async move {
+            let mut conn = tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
+                .await
+                .map_err(|_| {
+                    diesel::ConnectionError::BadConnection(format!("connect timed out after {connect_timeout:?}"))
+                })??;
+            conn.batch_execute(&settings)
+                .await
+                .map_err(|e| diesel::ConnectionError::BadConnection(format!("session set-up failed: {e}")))?;
+            Ok(conn)
+        }
+        .boxed()
+    })
+}
+
+/// The `SET`s every connection starts with: its name (for `pg_stat_activity`), its timeouts, the planner.
+fn session_settings(s: &DatabaseSettings) -> String {
+    // Prepared statements may keep a generic plan made while a table was small (a sequential scan);
+    // the hot statements read by key, where an index nested loop is right at any size.
+    let statement_timeout = s.statement_timeout_ms;
+    let idle_tx_timeout = s.idle_in_transaction_timeout_ms;
+    format!(
+        "SET application_name = '{APPLICATION_NAME}'; \
+         SET statement_timeout = {statement_timeout}; \
+         SET idle_in_transaction_session_timeout = {idle_tx_timeout}; \
+         SET plan_cache_mode = auto; \
+         SET enable_seqscan = off; \
+         SET enable_hashjoin = off; \
+         SET enable_mergejoin = off;"
+    )
+}
+
+/// bb8's checkout test (`test_on_checkout`): the client's own view of the
+/// connection, without a round trip, unless `query` adds a `SELECT 1`.
+fn checkout_test(query: bool) -> RecyclingMethod<AsyncPgConnection> {
+    // No round trip by default: one per checkout through a busy server costs more than a connection
+    // that died unseen, which fails its first statement retryably so the retry gets another.
+    RecyclingMethod::CustomFunction(Box::new(move |conn| {
+        async move {
+            if query {
+                diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
+                    .get_result::<i32>(&mut *conn)
+                    .await?;
+            }
+            if PoolableConnection::is_broken(conn) {
+                return Err(diesel::result::Error::BrokenTransactionManager);
+            }
+            Ok(())
+        }
+        .boxed()
+    }))
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -100,12 +100,7 @@ pub enum WriteOutcome {
 /// outcome per write, in the input order; once a write of a chain is not
 /// committed, the rest of its chain is reported as a conflict (it was
 /// computed on a state that did not happen). A database error fails the
-/// whole batch (nothing is committed) and is returned to all.
-pub async fn commit_batch(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> Result<Vec<WriteOutcome>> {
-    Ok(commit_batch_claiming(conn, writes, None).await?.0)
-}
-
-/// [`commit_batch`], and with `claim_ms` the outbox rows it inserts are
+/// whole batch (nothing is committed) and is returned to all. With `claim_ms` the outbox rows it inserts are
 /// claimed for this process's dispatcher at once (status `sending`, one
 /// attempt counted, leased for `claim_ms`), as its claim query would:
 /// they are returned, to be handed to the dispatcher in memory, and no

@@ -64,52 +64,18 @@ async fn session(
     share: bool,
     stop: &CancellationToken,
 ) -> Result<(), String> {
-    let e = |e: tokio_postgres::Error| e.to_string();
-    let (client, mut conn) = tokio_postgres::connect(url.expose(), tokio_postgres::NoTls)
-        .await
-        .map_err(e)?;
-    let (notes_tx, mut notes) = mpsc::unbounded_channel();
-    // The connection is driven here; notifications come out of it.
-    let mut driver = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(m) = messages.next().await {
-            match m {
-                Ok(AsyncMessage::Notification(n)) => {
-                    let _ = notes_tx.send(n.payload().to_string());
-                }
-                Ok(_) => {}
-                Err(e) => return e.to_string(),
-            }
-        }
-        "the server closed the connection".to_string()
-    });
-    let _abort = AbortOnDrop(driver.abort_handle());
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&instance])
-        .await
-        .map_err(e)?;
-    if share {
-        client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(e)?;
-    }
+    let mut conn = Connection::open(url, instance, share).await?;
     tracing::debug!(instance, share, "presence connection open");
     let mut local = events.subscribe();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            note = notes.recv() => {
+            note = conn.notes.recv() => {
                 let Some(payload) = note else {
                     // The driver ended: the connection is gone.
-                    return Err((&mut driver).await.unwrap_or_else(|e| e.to_string()));
+                    return Err((&mut conn.driver).await.unwrap_or_else(|e| e.to_string()));
                 };
-                match serde_json::from_str::<Shared>(&payload) {
-                    Ok(s) if s.from != instance => {
-                        let mut e = s.event;
-                        e.relayed = true;
-                        let _ = events.send(e);
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "an unreadable shared event was ignored"),
-                }
+                deliver(instance, events, &payload);
             }
             got = local.recv(), if share => {
                 let first = match got {
@@ -120,29 +86,104 @@ async fn session(
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 };
-                let mut batch = vec![first];
-                while batch.len() < NOTIFY_BATCH {
-                    match local.try_recv() {
-                        Ok(e) => batch.push(e),
-                        Err(_) => break,
-                    }
-                }
-                let payloads: Vec<String> = batch
-                    .into_iter()
-                    .filter(|e| !e.relayed && e.kind != EventKind::BreakerState)
-                    .filter_map(|e| payload(instance, e))
-                    .collect();
-                // Pipelined on the one connection: one round trip for the batch.
-                let client = &client;
-                let sends = payloads.iter().map(|p| async move {
-                    client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, p]).await
-                });
-                for r in futures_util::future::join_all(sends).await {
-                    r.map_err(e)?;
-                }
+                let batch = take_batch(first, &mut local);
+                notify(&conn.client, instance, batch).await?;
             }
         }
     }
+}
+
+/// The presence connection, with the task that drives it.
+struct Connection {
+    /// Ends the driver however the session ends (a dropped `JoinHandle` would not);
+    /// declared first, so it drops first.
+    _abort: AbortOnDrop,
+    /// The driver task: it answers why the connection ended.
+    driver: tokio::task::JoinHandle<String>,
+    /// `NOTIFY` payloads from the driver; unbounded so the driver never waits and keeps the connection polled.
+    notes: mpsc::UnboundedReceiver<String>,
+    client: tokio_postgres::Client,
+}
+
+impl Connection {
+    /// Connects, takes the instance's advisory lock (the liveness signal) and, when sharing, `LISTEN`s.
+    async fn open(url: &Secret, instance: i64, share: bool) -> Result<Self, String> {
+        let e = |e: tokio_postgres::Error| e.to_string();
+        let (client, mut conn) = tokio_postgres::connect(url.expose(), tokio_postgres::NoTls)
+            .await
+            .map_err(e)?;
+        let (notes_tx, notes) = mpsc::unbounded_channel();
+        // The connection is driven here; notifications come out of it.
+        let driver = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(m) = messages.next().await {
+                match m {
+                    Ok(AsyncMessage::Notification(n)) => {
+                        let _ = notes_tx.send(n.payload().to_string());
+                    }
+                    Ok(_) => {}
+                    Err(e) => return e.to_string(),
+                }
+            }
+            "the server closed the connection".to_string()
+        });
+        let abort = AbortOnDrop(driver.abort_handle());
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&instance])
+            .await
+            .map_err(e)?;
+        if share {
+            client.batch_execute(&format!("LISTEN {CHANNEL}")).await.map_err(e)?;
+        }
+        Ok(Self {
+            _abort: abort,
+            driver,
+            notes,
+            client,
+        })
+    }
+}
+
+/// Hands another process's event to this process's subscribers, marked relayed so it is not sent back.
+fn deliver(instance: i64, events: &broadcast::Sender<Event>, payload: &str) {
+    match serde_json::from_str::<Shared>(payload) {
+        Ok(s) if s.from != instance => {
+            let mut e = s.event;
+            e.relayed = true;
+            let _ = events.send(e);
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "an unreadable shared event was ignored"),
+    }
+}
+
+/// `first` and the events already waiting behind it, up to [`NOTIFY_BATCH`], to share one round trip.
+fn take_batch(first: Event, local: &mut broadcast::Receiver<Event>) -> Vec<Event> {
+    let mut batch = vec![first];
+    while batch.len() < NOTIFY_BATCH {
+        match local.try_recv() {
+            Ok(e) => batch.push(e),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// Sends this process's own events (not relayed ones, not breaker states) to the other processes.
+async fn notify(client: &tokio_postgres::Client, instance: i64, batch: Vec<Event>) -> Result<(), String> {
+    let payloads: Vec<String> = batch
+        .into_iter()
+        .filter(|e| !e.relayed && e.kind != EventKind::BreakerState)
+        .filter_map(|e| payload(instance, e))
+        .collect();
+    // Pipelined on the one connection: one round trip for the batch.
+    let sends = payloads
+        .iter()
+        .map(|p| async move { client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, p]).await });
+    for r in futures_util::future::join_all(sends).await {
+        r.map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// The event as a `NOTIFY` payload; message bodies are dropped when the
@@ -166,6 +207,7 @@ fn payload(instance: i64, mut event: Event) -> Option<String> {
     (short.len() <= MAX_PAYLOAD).then_some(short)
 }
 
+/// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {

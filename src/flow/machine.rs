@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::definition::{Flow, Slot, State};
+use super::definition::{Flow, GlobalIntent, Slot, State};
 
 /// Key in the session data counting invalid answers to the current slot.
 pub const ATTEMPTS_KEY: &str = "_attempts";
@@ -80,7 +80,28 @@ impl Flow {
 /// state is reached (the caller derives it from the message, so a retried
 /// step produces the same ticket).
 pub fn step(flow: &Flow, state: &str, data: &Value, handoff: bool, u: &Understanding, ticket: &str) -> StepResult {
-    let mut out = StepResult {
+    let mut out = unchanged(flow, state, data, handoff);
+    if handoff {
+        // A human agent holds the conversation: the bot stays silent.
+        return out;
+    }
+    let current = flow.current(state);
+    if let Some(g) = u.intent.as_deref().and_then(|i| flow.global.get(i)) {
+        on_global(flow, current, g, &mut out, ticket);
+    } else if let Some(slot) = &current.slot {
+        match u.slot_value.as_deref().map(str::trim).filter(|v| slot.accepts(v)) {
+            Some(v) => on_slot_filled(flow, current, slot, v, &mut out, ticket),
+            None => on_slot_invalid(flow, current, slot, &mut out, ticket),
+        }
+    } else {
+        on_transition(flow, current, u.intent.as_deref(), &mut out, ticket);
+    }
+    out
+}
+
+/// The result before this message acts: same state, data as an object (it may be null).
+fn unchanged(flow: &Flow, state: &str, data: &Value, handoff: bool) -> StepResult {
+    StepResult {
         state: flow.current(state).name.clone(),
         data: if data.is_object() {
             data.clone()
@@ -90,75 +111,74 @@ pub fn step(flow: &Flow, state: &str, data: &Value, handoff: bool, u: &Understan
         handoff,
         replies: Vec::new(),
         outcome: None,
-    };
-    if handoff {
-        // A human agent holds the conversation: the bot stays silent.
-        return out;
     }
-    let current = flow.current(state);
-    if let Some(g) = u.intent.as_deref().and_then(|i| flow.global.get(i)) {
-        out.replies.push(text(&g.reply));
-        set_attempts(&mut out.data, 0);
-        if g.handoff {
-            out.handoff = true;
-        }
-        match &g.target {
-            Some(t) => {
-                if t == &flow.initial {
-                    out.data = Value::Object(Map::new());
-                }
-                enter(flow, t, &mut out, ticket);
-            }
-            None if !g.handoff => out.replies.push(prompt(current, &out.data)),
-            None => {}
-        }
-        return out;
+}
+
+/// A global intent wins in every state: reply, then hand off, move, or re-prompt.
+fn on_global(flow: &Flow, current: &State, g: &GlobalIntent, out: &mut StepResult, ticket: &str) {
+    out.replies.push(text(&g.reply));
+    set_attempts(&mut out.data, 0);
+    if g.handoff {
+        out.handoff = true;
     }
-    if let Some(slot) = &current.slot {
-        let value = u.slot_value.as_deref().map(str::trim).filter(|v| slot.accepts(v));
-        match value {
-            Some(v) => {
-                if let Some(obj) = out.data.as_object_mut() {
-                    obj.insert(slot.name.clone(), Value::String(v.to_string()));
-                }
-                set_attempts(&mut out.data, 0);
-                let next = current.next.clone().unwrap_or_else(|| flow.initial.clone());
-                enter(flow, &next, &mut out, ticket);
+    match &g.target {
+        Some(t) => {
+            if t == &flow.initial {
+                out.data = Value::Object(Map::new());
             }
-            None => {
-                let attempts = attempts(&out.data) + 1;
-                if attempts >= slot.max_attempts {
-                    set_attempts(&mut out.data, 0);
-                    out.replies.push(text(&slot.exhausted_reply));
-                    if slot.exhausted_handoff {
-                        out.handoff = true;
-                    } else {
-                        let target = slot.exhausted_target.clone().unwrap_or_else(|| flow.initial.clone());
-                        if target == flow.initial {
-                            out.data = Value::Object(Map::new());
-                        }
-                        enter(flow, &target, &mut out, ticket);
-                    }
-                } else {
-                    set_attempts(&mut out.data, attempts);
-                    out.replies.push(text(&slot.invalid));
-                    out.replies.push(prompt(current, &out.data));
-                }
-            }
+            enter(flow, t, out, ticket);
         }
-        return out;
+        None if !g.handoff => out.replies.push(prompt(current, &out.data)),
+        None => {}
     }
-    match u.intent.as_deref().and_then(|i| current.on.get(i)) {
-        Some(target) => {
-            let target = target.clone();
-            enter(flow, &target, &mut out, ticket);
+}
+
+/// An accepted value is stored under the slot's name and the flow moves on to `next`.
+fn on_slot_filled(flow: &Flow, current: &State, slot: &Slot, value: &str, out: &mut StepResult, ticket: &str) {
+    if let Some(obj) = out.data.as_object_mut() {
+        obj.insert(slot.name.clone(), Value::String(value.to_string()));
+    }
+    set_attempts(&mut out.data, 0);
+    let next = current.next.clone().unwrap_or_else(|| flow.initial.clone());
+    enter(flow, &next, out, ticket);
+}
+
+/// A missing or invalid value asks again, until the attempts run out.
+fn on_slot_invalid(flow: &Flow, current: &State, slot: &Slot, out: &mut StepResult, ticket: &str) {
+    let attempts = attempts(&out.data) + 1;
+    if attempts >= slot.max_attempts {
+        on_slot_exhausted(flow, slot, out, ticket);
+    } else {
+        set_attempts(&mut out.data, attempts);
+        out.replies.push(text(&slot.invalid));
+        out.replies.push(prompt(current, &out.data));
+    }
+}
+
+/// Out of attempts: say so, then hand off or go to the exhausted target (a restart by default).
+fn on_slot_exhausted(flow: &Flow, slot: &Slot, out: &mut StepResult, ticket: &str) {
+    set_attempts(&mut out.data, 0);
+    out.replies.push(text(&slot.exhausted_reply));
+    if slot.exhausted_handoff {
+        out.handoff = true;
+    } else {
+        let target = slot.exhausted_target.clone().unwrap_or_else(|| flow.initial.clone());
+        if target == flow.initial {
+            out.data = Value::Object(Map::new());
         }
+        enter(flow, &target, out, ticket);
+    }
+}
+
+/// A state without a slot follows the intent's transition, or replies the fallback and re-prompts.
+fn on_transition(flow: &Flow, current: &State, intent: Option<&str>, out: &mut StepResult, ticket: &str) {
+    match intent.and_then(|i| current.on.get(i)) {
+        Some(target) => enter(flow, target, out, ticket),
         None => {
             out.replies.push(text(&flow.fallback));
             out.replies.push(prompt(current, &out.data));
         }
     }
-    out
 }
 
 /// Moves to `target`, prompting there; a terminal state records its outcome

@@ -1,0 +1,84 @@
+//! The flow file as written: TOML shapes with their defaults, before validation.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Spans are kept where errors must name a line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileFlow {
+    pub(super) name: String,
+    pub(super) initial: Spanned<String>,
+    #[serde(default = "default_fallback")]
+    pub(super) fallback: String,
+    #[serde(default)]
+    pub(super) intents: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub(super) global: BTreeMap<String, Spanned<FileGlobal>>,
+    pub(super) states: BTreeMap<String, Spanned<FileState>>,
+}
+
+fn default_fallback() -> String {
+    "Perdón, no te entendí.".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileGlobal {
+    pub(super) reply: String,
+    pub(super) target: Option<String>,
+    #[serde(default)]
+    pub(super) handoff: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileState {
+    pub(super) prompt: String,
+    #[serde(default)]
+    pub(super) choices: Vec<String>,
+    #[serde(default)]
+    pub(super) on: BTreeMap<String, String>,
+    pub(super) slot: Option<FileSlot>,
+    pub(super) next: Option<String>,
+    pub(super) outcome: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileSlot {
+    pub(super) name: String,
+    pub(super) pattern: Option<String>,
+    #[serde(default = "one")]
+    pub(super) min_len: usize,
+    #[serde(default = "default_max_len")]
+    pub(super) max_len: usize,
+    #[serde(default = "default_invalid")]
+    pub(super) invalid: String,
+    #[serde(default = "default_attempts")]
+    pub(super) max_attempts: u32,
+    #[serde(default = "default_exhausted")]
+    pub(super) exhausted_reply: String,
+    pub(super) exhausted_target: Option<String>,
+    #[serde(default)]
+    pub(super) exhausted_handoff: bool,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_max_len() -> usize {
+    // WhatsApp's text limit.
+    4096
+}
+fn default_invalid() -> String {
+    "Ese dato no es válido.".into()
+}
+fn default_attempts() -> u32 {
+    3
+}
+fn default_exhausted() -> String {
+    "No pude validar el dato. Empecemos de nuevo.".into()
+}
