@@ -446,15 +446,7 @@ async fn health_readiness_and_metrics_answer() {
         .await;
     app.deliver(b"{}", None).await;
     app.engine.wait_idle().await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.get_text("/metrics").await;
     for needle in [
         "switchboard_messages_processed_total 1",
         "switchboard_deliveries_total 1",
@@ -555,15 +547,7 @@ async fn the_whole_metrics_exposition_passes_promtool_without_a_lint_message() {
         .unwrap();
     assert_eq!(r.status(), 201);
     app.engine.wait_idle().await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.get_text("/metrics").await;
     app.stop().await;
     let model_calls = text
         .lines()
@@ -686,15 +670,7 @@ async fn limits_answer_with_a_clear_4xx_and_store_nothing() {
         .find(|(s, _)| *s == 429)
         .expect("a 429 within the burst + 1");
     assert!(limited.1.is_some(), "429 carries Retry-After");
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.get_text("/metrics").await;
     assert!(text.contains("reason=\"api_rate_limit\""), "{text}");
     app.stop().await;
 }

@@ -78,6 +78,18 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// The body of `GET path`, as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// POSTs a delivery to /webhook, signed with `secret` if given.
     pub async fn deliver(&self, body: &[u8], secret: Option<&str>) -> reqwest::Response {
         let mut req = self
