@@ -17,7 +17,8 @@ use tokio_util::task::TaskTracker;
 #[derive(Clone, Debug, Default)]
 pub struct Lifecycle {
     /// Set by the first [`Lifecycle::cancel`]: tells that caller apart from
-    /// later ones (a token cannot say who cancelled it).
+    /// later ones (a token cannot say who cancelled it). Atomic and shared
+    /// by the clones: one swap picks the first caller on any thread.
     first: Arc<AtomicBool>,
     /// Cancelled once, at stop; child tokens (the HTTP server's) may be
     /// cancelled earlier on their own.

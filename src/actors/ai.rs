@@ -50,11 +50,18 @@ pub const CALL_DURATION_BUCKETS: [f64; BUCKETS] = [0.005, 0.01, 0.025, 0.05, 0.1
 /// Model call figures.
 #[derive(Debug, Default)]
 pub struct AiStats {
+    /// Calls admitted by the breaker; atomic: counted by the calls, read from any thread.
     pub calls: AtomicU64,
+    /// Calls over their timeout; atomic: counted by the calls, read from any thread.
     pub timeouts: AtomicU64,
+    /// Calls that failed or panicked; atomic: counted by the calls, read from any thread.
     pub errors: AtomicU64,
+    /// Calls refused by the open breaker; atomic: counted by the calls, read from any thread.
     pub rejected: AtomicU64,
+    /// Answers the fallback gave; atomic: counted by the calls, read from any thread.
     pub fallbacks: AtomicU64,
+    /// A mutex: the calls record into it while the engine handle snapshots
+    /// it from another thread, and a snapshot's buckets, count and sum must agree.
     latency: Mutex<Latency>,
 }
 
@@ -144,12 +151,16 @@ impl AiStats {
 
 /// Wraps one model provider.
 pub struct AiActor {
+    /// An `Arc<dyn>`: cloned into each call's future, which runs outside the actor.
     model: Arc<dyn Model>,
+    /// The AI breaker; a clone, sharing its state with the supervisor's.
     breaker: CircuitBreaker,
+    /// `max_concurrent` permits; an `Arc`, as each call takes an owned one.
     bulkhead: Arc<Semaphore>,
     intent_timeout: Duration,
     extract_timeout: Duration,
     fallback_to_rules: bool,
+    /// Shared with the engine handle, which reads it for `/metrics`.
     stats: Arc<AiStats>,
 }
 
@@ -174,8 +185,11 @@ impl Actor for AiActor {
 /// Everything one call needs, detached from the actor so calls run concurrently.
 #[derive(Clone)]
 struct Caller {
+    /// The actor's breaker (clones share state).
     breaker: CircuitBreaker,
+    /// The actor's bulkhead, shared by every call in flight.
     bulkhead: Arc<Semaphore>,
+    /// The actor's figures, shared with the engine handle.
     stats: Arc<AiStats>,
 }
 

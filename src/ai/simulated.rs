@@ -15,6 +15,8 @@ use super::{rules, IntentRequest, Model, ModelError, SlotRequest};
 /// while running (fault tests turn hangs on and off).
 #[derive(Debug, Clone)]
 pub struct SimulatedModel {
+    /// Shared by the clones (a test keeps one to call `set`); a read-write
+    /// lock, as every call reads it and only `set` writes.
     settings: Arc<std::sync::RwLock<SimulatedSettings>>,
 }
 

@@ -8,7 +8,8 @@
 //!   doubles the period (with jitter) up to `max_open`.
 //! - **Half-open**: at most `half_open_probes` probes run at once, each with a
 //!   deadline (a probe that never reports counts as failed). Any probe failure
-//!   re-opens the breaker *and resets every counter* (the seed-004 bug);
+//!   re-opens the breaker *and resets every counter* (counts left over would
+//!   re-open it on the first failure after it closes);
 //!   `half_open_successes` successes close it.
 //!
 //! Time comes from a [`Clock`], so tests and property tests move it by hand.
@@ -39,7 +40,9 @@ pub type Observer = Box<dyn Fn(&'static str, BreakerState) + Send + Sync>;
 #[derive(Clone)]
 pub struct CircuitBreaker {
     name: &'static str,
+    /// An `Arc`: every clone (and each permit's) shares one copy; never written.
     settings: Arc<BreakerSettings>,
+    /// An `Arc`: a trait object (the real clock or a test's), shared by every clone.
     clock: Arc<dyn Clock>,
     /// One lock over all mutable state: every transition reads and writes
     /// several fields at once, and each holds it only for a few assignments.

@@ -39,7 +39,7 @@ impl Default for AiSettings {
     fn default() -> Self {
         Self {
             provider: AiProvider::Rules,
-            // The seed's budgets: 3 s for intents, 4 s for extraction.
+            // The specified budgets: 3 s for intents, 4 s for extraction.
             intent_timeout_ms: 3_000,
             extract_timeout_ms: 4_000,
             max_concurrent: 64,

@@ -22,20 +22,30 @@ use crate::outbox::SendQueue;
 pub(super) struct ActorParts {
     pub db: Database,
     pub settings: Settings,
+    /// An `Arc<dyn>`: any provider; the AI actor clones it into each call.
     pub model: Arc<dyn Model>,
     pub lease: Lease,
+    /// Shared with the dispatcher: the writer hands it rows at commit.
     pub send_queue: Arc<SendQueue>,
+    /// Clones (sharing state) for the AI actor and the supervisor.
     pub ai_breaker: CircuitBreaker,
+    /// A clone (sharing state) for the supervisor; the dispatcher gets another.
     pub outbound_breaker: CircuitBreaker,
+    /// Shared with the engine handle, which reads what the actor counts.
     pub writer_stats: Arc<WriterStats>,
+    /// Shared with the engine handle, which reads what the actor counts.
     pub ai_stats: Arc<AiStats>,
+    /// Shared with the engine handle, which reads what the actor counts.
     pub supervisor_stats: Arc<SupervisorStats>,
 }
 
 /// The singleton actors' addresses and the arbiters for session actors.
 pub(super) struct Started {
+    /// The writer's mailbox, for the engine handle and the session actors.
     pub writer: Addr<DbWriter>,
+    /// The AI actor's mailbox, for the session actors.
     pub ai: Addr<AiActor>,
+    /// The supervisor's mailbox, for the engine handle and the session actors.
     pub supervisor: Addr<Supervisor>,
     pub arbiters: Vec<ArbiterHandle>,
 }

@@ -79,6 +79,8 @@ pub struct Accepted {
 /// The engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
+    /// An `Arc`: the HTTP workers, the background tasks and the embedder
+    /// each hold a clone of one engine.
     inner: Arc<Inner>,
 }
 
@@ -88,16 +90,23 @@ struct Inner {
     db: Database,
     /// The engine opened the database, so it closes it at shutdown.
     owns_db: bool,
+    /// Shared with every session actor (through their deps); never written.
     flow: Arc<Flow>,
     settings: Settings,
+    /// Phone → live actor; a clone of the map the actors passivate themselves from.
     registry: Registry,
+    /// The supervisor's mailbox: the handle reaches the actor thread's
+    /// singleton from any thread (breakers read and forced there).
     supervisor: Addr<Supervisor>,
+    /// The writer's mailbox (registrations go through it); the session
+    /// actors hold it too.
     writer: Addr<DbWriter>,
     /// Best-effort fan-out: a slow subscriber lags and loses events; it
     /// never slows a step.
     events: broadcast::Sender<Event>,
     /// `engine.max_queued` permits: accepted messages not yet applied,
-    /// engine-wide (waiting for one is how overload turns into 503s).
+    /// engine-wide (waiting for one is how overload turns into 503s). An
+    /// `Arc`, as each message carries an owned permit until it is applied.
     queue: Arc<Semaphore>,
     /// Messages accepted and not yet applied, plus agent actions running: a
     /// watch, so [`Engine::wait_idle`] and the dispatcher's stop can wait
@@ -107,10 +116,16 @@ struct Inner {
     life: Lifecycle,
     /// The actix system on its own thread, joined at shutdown.
     actors: actor_thread::ActorThread,
+    /// Shared with the session actors, which count into it (as the handle does).
     stats: Arc<EngineStats>,
+    /// Shared with the writer, which counts into it.
     writer_stats: Arc<WriterStats>,
+    /// Shared with the AI actor, which counts into it.
     ai_stats: Arc<AiStats>,
+    /// Shared with the supervisor, which counts into it.
     supervisor_stats: Arc<SupervisorStats>,
+    /// A clone of the AI breaker (clones share state): its snapshot when the
+    /// supervisor cannot answer.
     ai_breaker: CircuitBreaker,
     dispatcher: Dispatcher,
 }

@@ -20,6 +20,8 @@ struct Bucket {
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
+    /// A sharded map: every `/api` request checks its bucket from any
+    /// worker thread, and one entry's lock makes refill-and-take atomic.
     buckets: DashMap<IpAddr, Bucket>,
 }
 
@@ -56,9 +58,11 @@ impl RateLimiter {
     }
 }
 
-/// Counts open event streams; a slot is given back when its guard drops.
+/// Counts open event streams; a place is given back when its guard drops.
 #[derive(Clone)]
 pub struct StreamSlots {
+    /// Streams open now; an `Arc`, shared with each place's guard that gives
+    /// it back on drop; atomic, so opens and drops on any worker take no lock.
     open: Arc<AtomicUsize>,
     max: usize,
 }

@@ -13,7 +13,7 @@ use super::events::follow_events;
 use super::measure::Recorder;
 use super::scenario::{self, Action, Planned, SCRIPT};
 
-// Kept at their old paths.
+// Public through `load::driver` too, the paths callers import them by.
 pub use super::client::{delivery_body, Target};
 pub use super::measure::{Measured, Second};
 
@@ -36,6 +36,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// What the request tasks share.
 struct Run {
     client: Client,
+    /// Where the answers are recorded; an `Arc`, shared with the event
+    /// follower that records the end-to-end times.
     rec: Arc<Recorder>,
     /// Requests spawned and not answered; atomic: counted up by the
     /// schedule, down by each task, read by the progress line.

@@ -10,7 +10,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
-    /// A constant rate over many phones (the seed's acceptance test: 50/s, 2 min).
+    /// A constant rate over many phones (the acceptance workload: 50/s for 2 min).
     Steady,
     /// 100 messages for one phone at once.
     Burst,

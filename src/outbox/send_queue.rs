@@ -16,9 +16,11 @@ use crate::db::outbox::Claimed;
 /// to the claim query too (taken when the lease runs out), so it is never
 /// sent by two dispatchers.
 pub struct SendQueue {
-    /// A std mutex: held for a push or a pop, never across an await.
+    /// A mutex: pushed by step commits on the writer, popped by the
+    /// dispatcher's rounds. A std one: held for a push or a pop, never across an await.
     rows: std::sync::Mutex<std::collections::VecDeque<(Claimed, Instant)>>,
-    /// Wakes the dispatcher when a commit hands it rows.
+    /// Wakes the dispatcher when a commit hands it rows; an `Arc`, shared
+    /// with the dispatcher's handle, which wakes it the same way.
     pub(super) wake: Arc<Notify>,
     limit: usize,
     lease: Duration,
@@ -38,8 +40,8 @@ impl SendQueue {
         }
     }
 
-    /// Room for eight rounds' worth of rows (at 2,000 replies/s, four left
-    /// one in six rows to the claim query), but no more than the rate limit
+    /// Room for eight rounds' worth of rows (at 2,000 replies/s, four leave
+    /// one row in six to the claim query), but no more than the rate limit
     /// sends in a quarter of the lease: a row handed over is sent well
     /// within it.
     fn limit(settings: &OutboxSettings) -> usize {
