@@ -9,7 +9,6 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::config::RetrySettings;
-use crate::error::Error;
 
 /// How many times and how patiently to retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,10 +61,11 @@ impl RetryPolicy {
 
     /// Runs `op` until it succeeds, fails with a non-retryable error, or has
     /// used `max_attempts`. The last error is returned as it was.
-    pub async fn run<T, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T, Error>
+    pub async fn run<T, E, F, Fut>(&self, what: &'static str, mut op: F) -> Result<T, E>
     where
+        E: Retryable + std::fmt::Display,
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, Error>>,
+        Fut: Future<Output = Result<T, E>>,
     {
         let mut attempt = 1;
         loop {
@@ -83,7 +83,12 @@ impl RetryPolicy {
 
     /// The pause before retrying attempt number `attempt` (1-based) that
     /// failed with `e`, or `e` back when it is not worth retrying. Logs both.
-    pub fn after(&self, what: &'static str, attempt: u32, e: Error) -> Result<Duration, Error> {
+    pub fn after<E: Retryable + std::fmt::Display>(
+        &self,
+        what: &'static str,
+        attempt: u32,
+        e: E,
+    ) -> Result<Duration, E> {
         if e.is_retryable() && attempt < self.max_attempts {
             let delay = self.delay(attempt - 1, &mut rand::rng());
             tracing::warn!(
@@ -101,4 +106,9 @@ impl RetryPolicy {
         }
         Err(e)
     }
+}
+
+/// An error that knows whether trying again can help.
+pub trait Retryable {
+    fn is_retryable(&self) -> bool;
 }

@@ -290,8 +290,8 @@ async fn a_batch_of_registrations_dedupes_like_single_ones_and_answers_in_input_
 #[tokio::test]
 async fn an_accepted_message_is_resumed_by_another_process_only_when_its_holder_is_gone_or_late() {
     use switchboard::db::inbox::{register_batch, Lease, OwnedDelivery};
+    use switchboard::db::resume::{phones_with_unprocessed, unprocessed};
     use switchboard::db::schema::inbox;
-    use switchboard::db::steps::{phones_with_unprocessed, unprocessed};
     const PHONE: &str = "5215500000001";
     let test = TestDb::migrated().await;
     let mut conn = test.admin().await;
@@ -325,7 +325,7 @@ async fn an_accepted_message_is_resumed_by_another_process_only_when_its_holder_
     register_batch(&mut conn, &[d("w.2")], Lease { holder: a, millis: 0 })
         .await
         .unwrap();
-    let ids = |rows: Vec<switchboard::db::steps::PendingInbound>| {
+    let ids = |rows: Vec<switchboard::db::resume::PendingInbound>| {
         rows.into_iter().map(|r| r.provider_message_id).collect::<Vec<_>>()
     };
     assert_eq!(ids(unprocessed(&mut conn, PHONE, a, 10).await.unwrap()), ["w.1", "w.2"]);

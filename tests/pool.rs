@@ -12,8 +12,8 @@ use support::rows::Rows;
 use support::TestDb;
 use switchboard::config::DatabaseSettings;
 use switchboard::db::pool::APPLICATION_NAME;
+use switchboard::db::DbError;
 use switchboard::db::PoolStats;
-use switchboard::Error;
 
 const PHONE: &str = "5215512341234";
 
@@ -124,13 +124,13 @@ async fn an_exhausted_pool_fails_fast_with_a_retryable_timeout() {
         Ok(_) => panic!("a second connection from a pool of one"),
     };
     let waited = start.elapsed();
-    assert!(matches!(err, Error::PoolTimeout(_)), "{err:?}");
+    assert!(matches!(err, DbError::PoolTimeout(_)), "{err:?}");
     assert!(err.is_retryable());
     assert!(waited >= acquire, "gave up early: {waited:?}");
     // Generous bound: the point is "no hang", not a timing target.
     assert!(waited < acquire * 10, "hung for {waited:?}");
     // The high-level operations fail the same way, and recover once a connection is free.
-    assert!(matches!(db.load_session(PHONE).await, Err(Error::PoolTimeout(_))));
+    assert!(matches!(db.load_session(PHONE).await, Err(DbError::PoolTimeout(_))));
     drop(held);
     assert!(db.load_session(PHONE).await.unwrap().is_none());
     assert!(db.stats().gets_timed_out >= 2);
@@ -171,7 +171,7 @@ async fn a_statement_over_the_timeout_is_cancelled_with_a_retryable_error() {
     let test = TestDb::migrated().await;
     let db = test.database_with(|s| s.statement_timeout_ms = 100);
     let mut conn = db.pool().get().await.unwrap();
-    let err: Error = diesel::sql_query("SELECT pg_sleep(5)")
+    let err: DbError = diesel::sql_query("SELECT pg_sleep(5)")
         .execute(&mut *conn)
         .await
         .unwrap_err()

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rand::SeedableRng;
+use switchboard::db::DbError;
 use switchboard::retry::RetryPolicy;
 use switchboard::Error;
 
@@ -41,13 +42,13 @@ fn jittered_delays_stay_within_zero_and_the_ceiling_and_spread_out() {
 async fn a_retryable_error_is_retried_until_the_attempt_limit_then_returned() {
     let calls = AtomicU32::new(0);
     let started = tokio::time::Instant::now();
-    let result: Result<(), Error> = policy()
+    let result: Result<(), DbError> = policy()
         .run("test", || async {
             calls.fetch_add(1, Ordering::SeqCst);
-            Err(Error::PoolTimeout(Duration::from_millis(1)))
+            Err(DbError::PoolTimeout(Duration::from_millis(1)))
         })
         .await;
-    assert!(matches!(result, Err(Error::PoolTimeout(_))));
+    assert!(matches!(result, Err(DbError::PoolTimeout(_))));
     assert_eq!(calls.load(Ordering::SeqCst), 4);
     // Three sleeps, each at most its ceiling: 50 + 100 + 200 ms.
     assert!(started.elapsed() <= Duration::from_millis(350));
@@ -78,7 +79,7 @@ async fn a_transient_failure_followed_by_success_succeeds() {
     let result = policy()
         .run("test", || async {
             if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                Err(Error::Connection("reset".into()))
+                Err(DbError::Connection("reset".into()))
             } else {
                 Ok(42)
             }

@@ -28,6 +28,8 @@ use super::session::{Inbound, Passivation, SessionActor, SessionDeps, Stop};
 /// registrations overlap, its mailbox order stays the arrival order.
 #[derive(Default)]
 pub(crate) struct Sequencer {
+    /// One std mutex over the whole line: taking, waiting and dropping a
+    /// ticket read and write several fields at once, never across an await.
     state: Mutex<SeqState>,
 }
 
@@ -39,7 +41,8 @@ struct SeqState {
     serving: u64,
     /// Tickets given up before their turn (skipped when it comes).
     skipped: BTreeSet<u64>,
-    /// Tickets waiting for their turn.
+    /// Tickets waiting for their turn; a oneshot each, as a turn comes once
+    /// and the ticket before it sends it.
     waiting: HashMap<u64, tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -67,6 +70,8 @@ impl Sequencer {
 
 /// A place in a phone's line; its turn ends when it is dropped.
 pub(crate) struct Ticket {
+    /// The phone's line, shared with its entry: the ticket gives its turn
+    /// back there when dropped, wherever that happens.
     seq: Arc<Sequencer>,
     number: u64,
 }
@@ -113,35 +118,55 @@ impl Drop for Ticket {
 
 /// One live actor.
 #[derive(Clone)]
-pub(crate) struct Slot {
+pub(crate) struct LiveActor {
+    /// The actor's mailbox; every sender of the phone holds a clone of the entry.
     pub addr: Addr<SessionActor>,
     pub id: u64,
+    /// Messages sent and not yet answered (see the module doc). Atomic and
+    /// shared by the entry's clones: raised under the shard lock, lowered by
+    /// whichever task got the answer.
     pub pending: Arc<AtomicUsize>,
-    /// Messages in the actor's mailbox or handler (≤ the mailbox capacity).
+    /// Messages in the actor's mailbox or handler (≤ the mailbox capacity);
+    /// atomic, shared by the phone's senders and read while they wait for room.
     pub queued: Arc<AtomicUsize>,
-    /// Hands out turns: keeps senders of one phone in arrival order.
+    /// Hands out turns: keeps senders of one phone in arrival order; an
+    /// `Arc`, as each ticket holds the line it came from.
     pub order: Arc<Sequencer>,
-    /// Signalled when a message of this actor is answered (room in the mailbox).
+    /// Signalled when a message of this actor is answered (room in the
+    /// mailbox); shared by the entry's clones, so any answer wakes the waiter.
     pub room: Arc<tokio::sync::Notify>,
     /// Inbound messages in mailbox order, shared with the actor: it takes
     /// every one waiting and applies them as one chain (per-phone batching).
+    /// A mutex: the sender in turn pushes while the actor drains.
     pub inbound: Inbound,
+    /// When the entry was last acquired or released (ms since the registry's
+    /// epoch); atomic: stored on every acquire and release, read to pick the LRU.
     last_used_ms: Arc<AtomicU64>,
 }
 
+/// Actor lifetimes; atomics: counted by senders and actors on any thread,
+/// read by the engine's stats without a lock.
 #[derive(Debug, Default)]
 pub struct RegistryStats {
+    /// Actors started; atomic (see above).
     pub activations: AtomicU64,
+    /// Idle actors that stopped themselves; atomic (see above).
     pub passivations: AtomicU64,
+    /// Idle actors stopped over the cap; atomic (see above).
     pub evictions: AtomicU64,
 }
 
 pub(crate) struct RegistryInner {
-    map: DashMap<String, Slot>,
+    /// Phone → live actor. Sharded: senders of different phones do not
+    /// contend, and one shard's lock orders `pending` against removal.
+    map: DashMap<String, LiveActor>,
     arbiters: Vec<ArbiterHandle>,
+    /// The next actor id; atomic, as actors start from many senders at once.
     next_id: AtomicU64,
     cap: usize,
     epoch: Instant,
+    /// Set once, after construction (the deps hold a weak handle back to the
+    /// registry); read lock-free by every activation, shared by every actor.
     deps: OnceLock<Arc<SessionDeps>>,
     pub stats: RegistryStats,
 }
@@ -186,10 +211,10 @@ impl Registry {
 
     /// The live actor of `phone`, started if needed, with its pending count
     /// already raised. Pair every call with [`Registry::release`].
-    pub fn acquire(&self, phone: &str) -> Option<Slot> {
+    pub fn acquire(&self, phone: &str) -> Option<LiveActor> {
         let deps = self.0.deps.get()?.clone();
         let mut created = false;
-        let slot = {
+        let live = {
             let entry = self.0.map.entry(phone.to_string()).or_insert_with(|| {
                 created = true;
                 let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
@@ -199,7 +224,7 @@ impl Registry {
                 let inbound: Inbound = Arc::new(Mutex::new(Default::default()));
                 let side = inbound.clone();
                 let addr = SessionActor::start_in_arbiter(arbiter, move |_| SessionActor::new(phone, id, deps, side));
-                Slot {
+                LiveActor {
                     addr,
                     id,
                     pending: Arc::new(AtomicUsize::new(0)),
@@ -221,18 +246,18 @@ impl Registry {
         if self.0.map.len() > self.0.cap {
             self.evict_lru(phone);
         }
-        Some(slot)
+        Some(live)
     }
 
     /// The answer to an enqueued message arrived (or it was never sent:
     /// `enqueued` false).
-    pub fn release(&self, slot: &Slot, enqueued: bool) {
-        slot.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+    pub fn release(&self, live: &LiveActor, enqueued: bool) {
+        live.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
         if enqueued {
-            slot.queued.fetch_sub(1, Ordering::SeqCst);
-            slot.room.notify_one();
+            live.queued.fetch_sub(1, Ordering::SeqCst);
+            live.room.notify_one();
         }
-        slot.pending.fetch_sub(1, Ordering::SeqCst);
+        live.pending.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Evicts the least recently used idle actor (never `keep`). Over the
@@ -247,13 +272,13 @@ impl Registry {
             .min_by_key(|e| e.value().last_used_ms.load(Ordering::Relaxed))
             .map(|e| (e.key().clone(), e.value().id));
         let Some((phone, id)) = victim else { return };
-        if let Some((_, slot)) = self
+        if let Some((_, live)) = self
             .0
             .map
             .remove_if(&phone, |_, s| s.id == id && s.pending.load(Ordering::SeqCst) == 0)
         {
             self.0.stats.evictions.fetch_add(1, Ordering::Relaxed);
-            slot.addr.do_send(Stop);
+            live.addr.do_send(Stop);
         }
     }
 
@@ -278,7 +303,7 @@ impl Registry {
 
     /// Stops every actor (at shutdown, once no work is pending).
     pub fn stop_all(&self) {
-        let all: Vec<Slot> = self.0.map.iter().map(|e| e.value().clone()).collect();
+        let all: Vec<LiveActor> = self.0.map.iter().map(|e| e.value().clone()).collect();
         self.0.map.clear();
         for s in all {
             s.addr.do_send(Stop);

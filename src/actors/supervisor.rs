@@ -9,7 +9,7 @@ use actix::prelude::*;
 use scoped_futures::ScopedFutureExt;
 
 use crate::breaker::{BreakerSnapshot, CircuitBreaker};
-use crate::db::{steps, Database};
+use crate::db::{resume, Database};
 use crate::error::Error;
 use crate::phone::mask;
 
@@ -43,17 +43,25 @@ pub struct ForceBreaker {
     pub open: bool,
 }
 
+/// Crash figures; atomics: counted on the actor thread, read by the engine
+/// handle from any thread without a message to the supervisor.
 #[derive(Debug, Default)]
 pub struct SupervisorStats {
+    /// Crashes reported; atomic (see above).
     pub crashes: AtomicU64,
+    /// Crashes answered with a retry; atomic (see above).
     pub restarts: AtomicU64,
+    /// Messages moved to dead letters; atomic (see above).
     pub quarantined: AtomicU64,
 }
 
 pub struct Supervisor {
     db: Database,
     max_crashes: u32,
+    /// Clones of the AI and outbound breakers, sharing their state: forcing
+    /// one here acts on the one its calls go through.
     breakers: Vec<CircuitBreaker>,
+    /// Shared with the engine handle, which reads it for `/metrics`.
     stats: Arc<SupervisorStats>,
 }
 
@@ -83,12 +91,12 @@ impl Handler<Crashed> for Supervisor {
         Box::pin(async move {
             let attempts = db
                 .run("record_failure", |c| {
-                    steps::record_failure(c, &msg.phone, msg.inbox_id, &msg.reason).scope_boxed()
+                    resume::record_failure(c, &msg.phone, msg.inbox_id, &msg.reason).scope_boxed()
                 })
                 .await?;
             if attempts >= max {
                 db.run("quarantine", |c| {
-                    steps::quarantine(c, &msg.phone, msg.inbox_id, &msg.reason).scope_boxed()
+                    resume::quarantine(c, &msg.phone, msg.inbox_id, &msg.reason).scope_boxed()
                 })
                 .await?;
                 stats.quarantined.fetch_add(1, Ordering::Relaxed);

@@ -6,7 +6,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
 use super::schema::{dead_letters, inbox, outbox};
-use crate::error::{Error, Result};
+use crate::db::error::{DbError, Result};
 
 #[derive(Debug, Clone, PartialEq, Queryable, Serialize)]
 pub struct DeadLetter {
@@ -57,7 +57,7 @@ pub async fn pending_count(conn: &mut AsyncPgConnection) -> Result<i64> {
 /// the letter replayed. Returns the letter's phone and source.
 pub async fn replay(conn: &mut AsyncPgConnection, phone: &str, id: i64) -> Result<(String, String)> {
     let phone = phone.to_string();
-    conn.transaction::<_, Error, _>(async move |conn| {
+    conn.transaction::<_, DbError, _>(async move |conn| {
         let letter: Option<(String, i64)> = diesel::update(dead_letters::table)
             .filter(dead_letters::phone.eq(&phone))
             .filter(dead_letters::id.eq(id))
@@ -68,7 +68,7 @@ pub async fn replay(conn: &mut AsyncPgConnection, phone: &str, id: i64) -> Resul
             .await
             .optional()?;
         let Some((source, source_id)) = letter else {
-            return Err(Error::NotFound("no such dead letter waiting for replay".into()));
+            return Err(DbError::NotFound("no such dead letter waiting for replay".into()));
         };
         match source.as_str() {
             "inbox" => {

@@ -6,7 +6,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
 use super::schema::inbox;
-use crate::error::Result;
+use crate::db::error::Result;
 use crate::phone::mask;
 
 /// One inbound delivery to register.
@@ -175,7 +175,7 @@ pub async fn register_batch(
             found
                 .get(&(d.phone.clone(), d.provider_message_id.clone()))
                 .copied()
-                .ok_or_else(|| crate::Error::NotFound("a registered delivery was not returned".into()))
+                .ok_or_else(|| crate::db::DbError::NotFound("a registered delivery was not returned".into()))
         })
         .collect()
 }

@@ -7,7 +7,7 @@ use diesel_async::AsyncPgConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::db::error::{DbError, Result};
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
@@ -85,12 +85,12 @@ async fn with_conn<T: Send + 'static>(
     tokio::task::spawn_blocking(move || {
         let mut conn = SyncConn::establish(&url)?;
         diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK})")).execute(&mut conn)?;
-        let result = f(&mut conn).map_err(|e| Error::Migration(e.to_string()));
+        let result = f(&mut conn).map_err(|e| DbError::Migration(e.to_string()));
         let unlock = diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})")).execute(&mut conn);
         let value = result?;
         unlock?;
         Ok(value)
     })
     .await
-    .map_err(|e| Error::Migration(format!("migration task failed: {e}")))?
+    .map_err(|e| DbError::Migration(format!("migration task failed: {e}")))?
 }

@@ -6,12 +6,14 @@
 
 pub mod dead_letters;
 pub mod embedded;
+pub mod error;
 pub mod inbox;
 pub mod migrations;
 pub mod outbox;
 pub mod pool;
 pub mod read;
 pub mod replica;
+pub mod resume;
 #[rustfmt::skip]
 pub mod schema;
 pub mod sessions;
@@ -24,13 +26,14 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use scoped_futures::{ScopedBoxFuture, ScopedFutureExt};
 
 pub use embedded::EmbeddedPostgres;
+pub use error::DbError;
 pub use inbox::{InboxRecord, NewDelivery, Registration};
 pub use pool::{Conn, DbPool, PoolStats};
 pub use sessions::SessionRecord;
 
 use crate::config::{DatabaseSettings, Secret};
-use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
+use error::Result;
 
 /// The database of one process: its pool, its retry policy and, when
 /// embedded, the cluster it runs (stopped when the last clone is dropped or
@@ -65,7 +68,7 @@ impl Database {
                 let s = settings.embedded.clone();
                 let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&s, &[]))
                     .await
-                    .map_err(|e| Error::Embedded(format!("start task failed: {e}")))??;
+                    .map_err(|e| DbError::Embedded(format!("start task failed: {e}")))??;
                 create_database_if_missing(pg.url_for("postgres").expose(), embedded::DATABASE).await?;
                 (pg.url(), Some(Arc::new(Mutex::new(pg))))
             }
@@ -100,11 +103,11 @@ impl Database {
     /// for fault injection. An error without an embedded cluster.
     pub async fn restart_embedded(&self, mode: &'static str, down_for: std::time::Duration) -> Result<()> {
         let Some(pg) = self.embedded.clone() else {
-            return Err(Error::Embedded("no embedded cluster to restart".into()));
+            return Err(DbError::Embedded("no embedded cluster to restart".into()));
         };
         tokio::task::spawn_blocking(move || pg.lock().unwrap_or_else(|p| p.into_inner()).restart(mode, down_for))
             .await
-            .map_err(|e| Error::Embedded(format!("restart task failed: {e}")))?
+            .map_err(|e| DbError::Embedded(format!("restart task failed: {e}")))?
     }
 
     /// The replica handle, when `database.read_url` is set.
@@ -170,6 +173,18 @@ impl Database {
         }
     }
 
+    /// Runs `op` once on a pooled connection, without retrying: for callers
+    /// that have a fallback of their own (an operations figure, a replica
+    /// position, the next dispatcher round), where a retry would only delay it.
+    pub async fn once<'a, T, F>(&self, op: F) -> Result<T>
+    where
+        F: for<'c> FnOnce(&'c mut AsyncPgConnection) -> ScopedBoxFuture<'a, 'c, Result<T>> + Send + 'a,
+        T: Send + 'a,
+    {
+        let mut conn = self.pool.get().await?;
+        op(&mut conn).await
+    }
+
     /// The URL in use (a secret: it may carry a password).
     pub fn url(&self) -> &Secret {
         &self.url
@@ -196,13 +211,13 @@ impl Database {
         phone: &str,
         holder: i64,
         limit: i64,
-    ) -> Result<(Option<SessionRecord>, Vec<steps::PendingInbound>)> {
+    ) -> Result<(Option<SessionRecord>, Vec<resume::PendingInbound>)> {
         self.run("load_session_and_unprocessed", |conn| {
             async move {
                 let (mut first, mut second): (&AsyncPgConnection, &AsyncPgConnection) = (conn, conn);
                 futures_util::try_join!(
                     sessions::load(&mut first, phone),
-                    steps::unprocessed(&mut second, phone, holder, limit)
+                    resume::unprocessed(&mut second, phone, holder, limit)
                 )
             }
             .scope_boxed()
@@ -225,7 +240,7 @@ impl Database {
                 Err(poisoned) => poisoned.into_inner().stop(),
             })
             .await
-            .map_err(|e| Error::Embedded(format!("stop task failed: {e}")))??;
+            .map_err(|e| DbError::Embedded(format!("stop task failed: {e}")))??;
         }
         Ok(())
     }

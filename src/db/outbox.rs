@@ -8,7 +8,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::schema::{dead_letters, messages, outbox};
 use super::sql::Cached;
-use crate::error::{Error, Result};
+use crate::db::error::{DbError, Result};
 
 /// A claimed row, leased to this process until `lease` passes.
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
@@ -58,7 +58,7 @@ pub async fn mark_sent_batch(conn: &mut AsyncPgConnection, sent: &[(&Claimed, St
     let ids: Vec<i64> = sorted.iter().map(|(r, _)| r.id).collect();
     let keys: Vec<&str> = sorted.iter().map(|(r, _)| r.idempotency_key.as_str()).collect();
     let pids: Vec<&str> = sorted.iter().map(|(_, p)| p.as_str()).collect();
-    conn.transaction::<_, Error, _>(async move |conn| {
+    conn.transaction::<_, DbError, _>(async move |conn| {
         // Two independent updates, pipelined (as in `steps::apply`): one
         // round trip for both.
         let conn: &AsyncPgConnection = conn;
@@ -143,7 +143,7 @@ pub async fn release(conn: &mut AsyncPgConnection, row: &Claimed, at: DateTime<U
 pub async fn mark_final(conn: &mut AsyncPgConnection, row: &Claimed, dead: bool, reason: &str) -> Result<()> {
     let row = row.clone();
     let reason = reason.to_string();
-    conn.transaction::<_, Error, _>(async move |conn| {
+    conn.transaction::<_, DbError, _>(async move |conn| {
         diesel::update(outbox::table.find((&row.phone, row.id)))
             .set((
                 outbox::status.eq(if dead { "dead" } else { "failed" }),

@@ -13,7 +13,7 @@ use futures_util::FutureExt;
 use serde::Serialize;
 
 use crate::config::DatabaseSettings;
-use crate::error::{Error, Result};
+use crate::db::error::{DbError, Result};
 
 /// How often the pool closes idle and aged connections. bb8's reaper task
 /// holds its pool weakly and ends at its first tick after the pool is gone:
@@ -83,8 +83,8 @@ impl DbPool {
     /// Borrows a connection, waiting at most the acquire timeout.
     pub async fn get(&self) -> Result<Conn<'_>> {
         let start = Instant::now();
-        self.pool.get().await.map_err(|e| match Error::from(e) {
-            Error::PoolTimeout(_) => Error::PoolTimeout(start.elapsed().max(self.acquire_timeout)),
+        self.pool.get().await.map_err(|e| match DbError::from(e) {
+            DbError::PoolTimeout(_) => DbError::PoolTimeout(start.elapsed().max(self.acquire_timeout)),
             other => other,
         })
     }

@@ -7,7 +7,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
 use super::schema::messages;
-use crate::error::Result;
+use crate::db::error::Result;
 
 /// One row of the conversation list.
 #[derive(Debug, Clone, PartialEq, QueryableByName, Serialize)]

@@ -18,7 +18,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
 use super::pool::DbPool;
-use crate::error::Result;
+use crate::db::error::Result;
 
 /// Phones whose fence is kept; past it the map starts over (unknown phones
 /// are fenced at the primary's position: slower, never stale).

@@ -8,7 +8,7 @@ use diesel_async::{AsyncConnectionCore, RunQueryDsl};
 use serde::Serialize;
 
 use super::schema::sessions;
-use crate::error::Result;
+use crate::db::error::Result;
 use crate::phone::mask;
 
 /// A conversation's persisted state.

@@ -31,8 +31,11 @@ pub struct EngineBuilder {
     settings: Settings,
     db: Option<Database>,
     flow: Option<Flow>,
+    /// An `Arc<dyn>`: any provider, which the caller may keep a handle to.
     model: Option<Arc<dyn Model>>,
+    /// An `Arc<dyn>`: the application's hook, shared by every session actor.
     middleware: Option<Arc<dyn Middleware>>,
+    /// An `Arc<dyn>`: any sender, which the caller may keep a handle to.
     sender: Option<Arc<dyn Sender>>,
 }
 
@@ -83,43 +86,21 @@ impl EngineBuilder {
     /// Opens what is missing, starts the actors and the background tasks,
     /// and resumes any accepted message left unprocessed by an earlier run.
     pub async fn start(self) -> Result<Engine> {
-        let settings = self.settings;
-        let flow = Arc::new(match self.flow {
-            Some(f) => f,
-            None => Flow::load(&settings.flow.path)?,
-        });
-        let model = match self.model {
-            Some(m) => m,
-            None => crate::ai::build_model(&settings.ai).map_err(|e| Error::InvalidInput(e.to_string()))?,
-        };
-        let (db, owns_db) = match self.db {
-            Some(db) => (db, false),
-            None => (Database::open(&settings.database).await?, true),
-        };
-        let sender = self
-            .sender
-            .unwrap_or_else(|| crate::whatsapp::sender::build(&settings.whatsapp));
+        let Inputs {
+            settings,
+            flow,
+            model,
+            db,
+            owns_db,
+            sender,
+            middleware,
+        } = self.inputs().await?;
         // Random per start, never 0 (the column's default): a restarted
         // process does not inherit the leases of its previous life.
         let instance = (rand::random::<u64>() >> 1).max(1) as i64;
         let parts = Parts::new(&settings);
         let life = Lifecycle::new();
-        let (actors, started) = ActorThread::start(ActorParts {
-            db: db.clone(),
-            settings: settings.clone(),
-            model,
-            lease: Lease {
-                holder: instance,
-                millis: i64::try_from(settings.engine.inbox_lease_ms).unwrap_or(i64::MAX),
-            },
-            send_queue: parts.send_queue.clone(),
-            ai_breaker: parts.ai_breaker.clone(),
-            outbound_breaker: parts.outbound_breaker.clone(),
-            writer_stats: parts.writer_stats.clone(),
-            ai_stats: parts.ai_stats.clone(),
-            supervisor_stats: parts.supervisor_stats.clone(),
-        })
-        .await?;
+        let (actors, started) = ActorThread::start(parts.for_actors(&db, &settings, model, instance)).await?;
         let in_flight = watch::channel(0).0;
         let dispatcher = Dispatcher::start(
             db.clone(),
@@ -148,7 +129,7 @@ impl EngineBuilder {
             settings: settings.engine.clone(),
             stats: parts.stats.clone(),
             registry: registry.downgrade(),
-            middleware: self.middleware,
+            middleware,
             instance,
         }));
         let engine = Engine {
@@ -180,20 +161,90 @@ impl EngineBuilder {
     }
 }
 
+/// What an engine is made from: given to the builder, or made from the settings.
+struct Inputs {
+    settings: Settings,
+    flow: Arc<Flow>,
+    model: Arc<dyn Model>,
+    db: Database,
+    /// Whether the engine opened the database (and so closes it).
+    owns_db: bool,
+    sender: Arc<dyn Sender>,
+    middleware: Option<Arc<dyn Middleware>>,
+}
+
+impl EngineBuilder {
+    async fn inputs(self) -> Result<Inputs> {
+        let settings = self.settings;
+        let flow = Arc::new(match self.flow {
+            Some(f) => f,
+            None => Flow::load(&settings.flow.path)?,
+        });
+        let model = match self.model {
+            Some(m) => m,
+            None => crate::ai::build_model(&settings.ai).map_err(|e| Error::InvalidInput(e.to_string()))?,
+        };
+        let (db, owns_db) = match self.db {
+            Some(db) => (db, false),
+            None => (Database::open(&settings.database).await?, true),
+        };
+        let sender = self
+            .sender
+            .unwrap_or_else(|| crate::whatsapp::sender::build(&settings.whatsapp));
+        Ok(Inputs {
+            settings,
+            flow,
+            model,
+            db,
+            owns_db,
+            sender,
+            middleware: self.middleware,
+        })
+    }
+}
+
 /// What the actors, the dispatcher and the handle share: counters,
 /// breakers, the event fan-out and the outbox's send queue.
 struct Parts {
+    /// Counted by the session actors and the handle, read by the handle.
     stats: Arc<EngineStats>,
+    /// Counted by the writer, read by the handle.
     writer_stats: Arc<WriterStats>,
+    /// Counted by the AI actor, read by the handle.
     ai_stats: Arc<AiStats>,
+    /// Counted by the supervisor, read by the handle.
     supervisor_stats: Arc<SupervisorStats>,
+    /// Cloned (sharing state) into the AI actor, the supervisor and the handle.
     ai_breaker: CircuitBreaker,
+    /// Cloned (sharing state) into the dispatcher and the supervisor.
     outbound_breaker: CircuitBreaker,
+    /// Filled by the writer at commit, emptied by the dispatcher.
     send_queue: Arc<SendQueue>,
+    /// A broadcast: the breakers, the session actors and presence publish,
+    /// every SSE subscriber reads its own copy.
     events: broadcast::Sender<Event>,
 }
 
 impl Parts {
+    /// What the actor thread's actors are made of.
+    fn for_actors(&self, db: &Database, settings: &Settings, model: Arc<dyn Model>, instance: i64) -> ActorParts {
+        ActorParts {
+            db: db.clone(),
+            settings: settings.clone(),
+            model,
+            lease: Lease {
+                holder: instance,
+                millis: i64::try_from(settings.engine.inbox_lease_ms).unwrap_or(i64::MAX),
+            },
+            send_queue: self.send_queue.clone(),
+            ai_breaker: self.ai_breaker.clone(),
+            outbound_breaker: self.outbound_breaker.clone(),
+            writer_stats: self.writer_stats.clone(),
+            ai_stats: self.ai_stats.clone(),
+            supervisor_stats: self.supervisor_stats.clone(),
+        }
+    }
+
     fn new(settings: &Settings) -> Self {
         let ai_breaker = CircuitBreaker::new("ai", settings.ai.breaker.clone());
         let outbound_breaker = CircuitBreaker::new("outbound", settings.outbox.breaker.clone());

@@ -10,10 +10,10 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::mailbox::{InFlightGuard, Turn};
 use super::{Accepted, Engine, InboundMessage};
 use crate::actors::db_writer::{DbWriter, Register};
-use crate::actors::registry::{Slot, Ticket};
+use crate::actors::registry::{LiveActor, Ticket};
 use crate::actors::session::Apply;
 use crate::db::inbox::OwnedDelivery;
-use crate::db::steps::PendingInbound;
+use crate::db::resume::PendingInbound;
 use crate::error::{Error, Result};
 use crate::phone;
 
@@ -37,8 +37,8 @@ impl Engine {
         // share one commit. The message then enters the mailbox in its
         // ticket's turn: inbox ids of a phone grow in the order they are
         // applied, and one phone's registrations overlap.
-        let slot = self.slot(&phone)?;
-        let (ticket, registration) = slot.order.take(|| {
+        let live = self.live_actor(&phone)?;
+        let (ticket, registration) = live.order.take(|| {
             self.inner.writer.send(Register(OwnedDelivery {
                 phone: phone.clone(),
                 provider_message_id: m.provider_message_id.clone(),
@@ -57,7 +57,7 @@ impl Engine {
         self.inner.actors.spawn(self.inner.life.track(async move {
             let pending = (m.provider_message_id, m.payload);
             let r = this
-                .enqueue_registered(phone, pending, slot, ticket, registration, permit)
+                .enqueue_registered(phone, pending, live, ticket, registration, permit)
                 .await;
             drop(guard);
             let _ = tx.send(r);
@@ -79,7 +79,7 @@ impl Engine {
         &self,
         phone: String,
         (provider_message_id, payload): (String, serde_json::Value),
-        slot: Slot,
+        live: LiveActor,
         ticket: Ticket,
         registration: Request<DbWriter, Register>,
         permit: OwnedSemaphorePermit,
@@ -91,7 +91,7 @@ impl Engine {
             Ok(r) => r,
             Err(e) => {
                 // Not stored: its place in line is given up.
-                self.inner.registry.release(&slot, false);
+                self.inner.registry.release(&live, false);
                 return Err(e);
             }
         };
@@ -110,13 +110,13 @@ impl Engine {
             // Applied already; or another process holds it (it accepted the
             // message first and applies it in its order; should it die,
             // resume hands the message to a live process).
-            self.inner.registry.release(&slot, false);
+            self.inner.registry.release(&live, false);
             return Ok(accepted);
         }
         // Unbounded: every earlier ticket ends (a registration has a retry
         // budget; an enqueue waits for the actor, which answers every message).
         ticket.wait().await;
-        let turn = Turn { slot, _ticket: ticket };
+        let turn = Turn { live, _ticket: ticket };
         // A redelivery of a message not yet applied that this process holds
         // is dispatched again: harmless (the actor skips what it applied),
         // and it makes progress if the first dispatch was lost.

@@ -10,19 +10,20 @@ use actix::prelude::*;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use super::Engine;
-use crate::actors::registry::{Slot, Ticket};
+use crate::actors::registry::{LiveActor, Ticket};
 use crate::actors::session::SessionActor;
-use crate::db::steps::PendingInbound;
+use crate::db::resume::PendingInbound;
 use crate::error::{Error, Result};
 use crate::phone;
 
 /// A phone's turn to enqueue (see [`Engine::turn`]).
 pub(super) struct Turn {
-    pub(super) slot: Slot,
+    pub(super) live: LiveActor,
     pub(super) _ticket: Ticket,
 }
 
-/// Counts work in flight; [`Engine::wait_idle`] waits for zero.
+/// Counts work in flight; [`Engine::wait_idle`] waits for zero. Holds a
+/// clone of the engine's watch sender, so the count drops wherever the work ends.
 pub(super) struct InFlightGuard(watch::Sender<usize>);
 
 impl InFlightGuard {
@@ -62,7 +63,7 @@ impl Engine {
 
     /// The phone's live actor (activated if needed), its pending count
     /// raised: pair with a release.
-    pub(super) fn slot(&self, phone: &str) -> Result<Slot> {
+    pub(super) fn live_actor(&self, phone: &str) -> Result<LiveActor> {
         self.inner
             .registry
             .acquire(phone)
@@ -73,19 +74,19 @@ impl Engine {
     /// time, first come, first served, so the mailbox keeps their order.
     /// Activates the phone's actor if needed.
     pub(super) async fn turn(&self, phone: &str) -> Result<Turn> {
-        let slot = self.slot(phone)?;
-        let (ticket, ()) = slot.order.take(|| ());
-        self.wait_turn(slot, ticket).await
+        let live = self.live_actor(phone)?;
+        let (ticket, ()) = live.order.take(|| ());
+        self.wait_turn(live, ticket).await
     }
 
     /// Waits (bounded) until `ticket`'s turn comes.
-    pub(super) async fn wait_turn(&self, slot: Slot, ticket: Ticket) -> Result<Turn> {
+    pub(super) async fn wait_turn(&self, live: LiveActor, ticket: Ticket) -> Result<Turn> {
         let wait = Duration::from_millis(self.inner.settings.engine.enqueue_timeout_ms);
         match tokio::time::timeout(wait, ticket.wait()).await {
-            Ok(()) => Ok(Turn { slot, _ticket: ticket }),
+            Ok(()) => Ok(Turn { live, _ticket: ticket }),
             Err(_) => {
                 // Dropping the ticket gives its place up.
-                self.inner.registry.release(&slot, false);
+                self.inner.registry.release(&live, false);
                 Err(Error::Overloaded("the conversation is busy; try again".into()))
             }
         }
@@ -93,12 +94,12 @@ impl Engine {
 
     /// Gives a turn back without sending anything.
     pub(super) fn abandon(&self, turn: Turn) {
-        self.inner.registry.release(&turn.slot, false);
+        self.inner.registry.release(&turn.live, false);
     }
 
     /// Puts `msg` in the mailbox during `turn`, waiting while the mailbox is
     /// full (`bounded`: at most `engine.enqueue_timeout_ms`), and `inbound` (the message an `Apply` carries) in the actor's
-    /// waiting list. Returns the slot (to release when the answer comes)
+    /// waiting list. Returns the entry (to release when the answer comes)
     /// and the pending answer.
     pub(super) async fn send_in_turn<M>(
         &self,
@@ -106,7 +107,7 @@ impl Engine {
         msg: M,
         inbound: Option<PendingInbound>,
         bounded: bool,
-    ) -> Result<(Slot, Request<SessionActor, M>)>
+    ) -> Result<(LiveActor, Request<SessionActor, M>)>
     where
         M: Message + Send + 'static,
         M::Result: Send,
@@ -114,12 +115,12 @@ impl Engine {
     {
         let capacity = self.inner.settings.engine.mailbox_capacity.max(1);
         let wait = Duration::from_millis(self.inner.settings.engine.enqueue_timeout_ms);
-        let slot = &turn.slot;
+        let live = &turn.live;
         // Only the holder of the turn waits here, so a freed place is its.
         let room = async {
             loop {
-                let room = slot.room.notified();
-                if slot.queued.load(Ordering::SeqCst) < capacity {
+                let room = live.room.notified();
+                if live.queued.load(Ordering::SeqCst) < capacity {
                     break;
                 }
                 room.await;
@@ -133,18 +134,18 @@ impl Engine {
                 "the conversation already has {capacity} queued messages"
             )));
         }
-        slot.queued.fetch_add(1, Ordering::SeqCst);
+        live.queued.fetch_add(1, Ordering::SeqCst);
         if let Some(p) = inbound {
-            if let Ok(mut waiting) = slot.inbound.lock() {
+            if let Ok(mut waiting) = live.inbound.lock() {
                 waiting.push_back(p);
             }
         }
-        let request = slot.addr.send(msg);
-        Ok((turn.slot.clone(), request))
+        let request = live.addr.send(msg);
+        Ok((turn.live.clone(), request))
     }
 
     /// Puts `msg` in the phone's actor mailbox, in arrival order.
-    pub(super) async fn enqueue<M>(&self, phone: &str, msg: M) -> Result<(Slot, Request<SessionActor, M>)>
+    pub(super) async fn enqueue<M>(&self, phone: &str, msg: M) -> Result<(LiveActor, Request<SessionActor, M>)>
     where
         M: Message + Send + 'static,
         M::Result: Send,
@@ -164,9 +165,9 @@ impl Engine {
         SessionActor: Handler<M>,
     {
         for _ in 0..3 {
-            let (slot, request) = self.enqueue(phone, msg.clone()).await?;
+            let (live, request) = self.enqueue(phone, msg.clone()).await?;
             let answer = request.await;
-            self.inner.registry.release(&slot, true);
+            self.inner.registry.release(&live, true);
             match answer {
                 Ok(r) => return Ok(r),
                 Err(MailboxError::Closed) => continue,
@@ -197,11 +198,11 @@ impl Engine {
         };
         // Unbounded: the message is stored and has its place in line; the
         // actor answers every message, so room comes.
-        let (slot, request) = self.send_in_turn(turn, msg.clone(), inbound, false).await?;
+        let (live, request) = self.send_in_turn(turn, msg.clone(), inbound, false).await?;
         let this = self.clone();
         self.inner.actors.spawn(self.inner.life.track(async move {
             let answer = request.await;
-            this.inner.registry.release(&slot, true);
+            this.inner.registry.release(&live, true);
             let result = match answer {
                 Ok(r) => r,
                 // The actor died with the message queued: send it again.

@@ -12,11 +12,13 @@ impl Engine {
     /// Conversations matching `filter`, newest activity first.
     pub async fn list_conversations(&self, filter: &ListFilter) -> Result<Vec<ConversationSummary>> {
         let db = &self.inner.db;
-        db.retry_policy()
+        let listed = db
+            .retry_policy()
             .run("list_conversations", || async {
                 read::list(&mut db.read_conn(None).await?.0, filter).await
             })
-            .await
+            .await?;
+        Ok(listed)
     }
 
     /// The newest `limit` messages of `phone`'s conversation and its contact
@@ -34,23 +36,28 @@ impl Engine {
 
     /// Inbound and outbound dead letters (only those not replayed: `pending_only`).
     pub async fn dead_letters(&self, pending_only: bool, limit: i64) -> Result<Vec<DeadLetter>> {
-        self.inner
+        let listed = self
+            .inner
             .db
             .run("list_dead_letters", |c| {
                 dead_letters::list(c, pending_only, limit).scope_boxed()
             })
-            .await
+            .await?;
+        Ok(listed)
     }
 
     /// Dead letters waiting for an operator; `None` when the database does
     /// not answer (an operations panel must not fail with it).
     pub async fn pending_dead_letters(&self) -> Option<i64> {
-        let mut conn = self.inner.db.pool().get().await.ok()?;
-        dead_letters::pending_count(&mut conn).await.ok()
+        self.inner
+            .db
+            .once(|c| dead_letters::pending_count(c).scope_boxed())
+            .await
+            .ok()
     }
 
     /// Whether the database answers now (readiness).
     pub async fn ping_database(&self) -> Result<()> {
-        self.inner.db.ping().await
+        Ok(self.inner.db.ping().await?)
     }
 }

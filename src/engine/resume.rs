@@ -8,18 +8,18 @@ use std::time::Duration;
 
 use super::Engine;
 use crate::actors::session::Wake;
-use crate::db::steps;
+use crate::db::resume;
 use crate::error::Result;
 
 impl Engine {
     /// Wakes the actor of every phone with unprocessed inbox rows this
     /// process may resume (`own`: its own rows too, see
-    /// [`steps::phones_with_unprocessed`]).
+    /// [`resume::phones_with_unprocessed`]).
     pub(super) async fn resume(&self, own: bool) -> Result<()> {
         let db = &self.inner.db;
         let phones = db
             .run("phones_with_unprocessed", |c| {
-                steps::phones_with_unprocessed(c, self.inner.instance, own).scope_boxed()
+                resume::phones_with_unprocessed(c, self.inner.instance, own).scope_boxed()
             })
             .await?;
         if !phones.is_empty() {

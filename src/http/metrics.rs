@@ -10,106 +10,18 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
-use prometheus::proto::{self, MetricFamily, MetricType};
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::proto::{self, MetricType};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 
+use super::figures::{counter, engine_counters, engine_gauges, family, gauge, model_call_duration};
 use super::AppState;
 use crate::breaker::BreakerState;
 use crate::engine::Engine;
-use crate::engine::{CallDurations, CALL_DURATION_BUCKETS};
-
-/// A struct of metrics of one kind (`IntCounter`, `IntGauge`), each
-/// registered under its name and help.
-macro_rules! metric_group {
-    ($(#[$doc:meta])* $group:ident: $kind:ident; $($field:ident => $name:literal, $help:literal;)*) => {
-        $(#[$doc])*
-        struct $group { $($field: $kind,)* }
-        impl $group {
-            fn new(r: &Registry) -> prometheus::Result<Self> {
-                Ok(Self { $($field: {
-                    let m = $kind::new($name, $help)?;
-                    r.register(Box::new(m.clone()))?;
-                    m
-                },)* })
-            }
-        }
-    };
-}
-
-metric_group! {
-    /// Engine counters mirrored at scrape time.
-    EngineCounters: IntCounter;
-    deliveries => "switchboard_deliveries_total", "Inbound messages accepted (first deliveries).";
-    duplicates => "switchboard_duplicate_deliveries_total", "Redeliveries of messages already accepted.";
-    processed => "switchboard_messages_processed_total", "Inbound messages applied.";
-    conflicts => "switchboard_version_conflicts_total", "Versioned writes that found another version.";
-    retries => "switchboard_retries_total", "Steps retried after a conflict or a transient error.";
-    crashes => "switchboard_session_crashes_total", "Session actor crashes.";
-    quarantined => "switchboard_dead_letters_inbound_total", "Inbound messages moved to dead letters.";
-    batches => "switchboard_commit_batches_total", "Group-commit transactions.";
-    batched_writes => "switchboard_committed_steps_total", "Steps written by group-commit transactions.";
-    registration_batches => "switchboard_registration_batches_total", "Inbox registration statements (each a commit).";
-    ai_calls => "switchboard_model_calls_total", "Model calls.";
-    ai_timeouts => "switchboard_model_timeouts_total", "Model calls over their timeout.";
-    ai_errors => "switchboard_model_errors_total", "Model calls that failed.";
-    ai_fallbacks => "switchboard_model_fallbacks_total", "Answers given by the fallback.";
-    ai_rejected => "switchboard_model_rejected_total", "Model calls refused by the open breaker.";
-    sent => "switchboard_outbound_sent_total", "Outbound messages sent.";
-    send_retries => "switchboard_outbound_retries_total", "Outbound sends to retry.";
-    send_failed => "switchboard_outbound_failed_total", "Outbound messages failed permanently.";
-    send_dead => "switchboard_dead_letters_outbound_total", "Outbound messages moved to dead letters.";
-    pool_timeouts => "switchboard_pool_checkout_timeouts_total", "Database pool checkouts that timed out.";
-}
-
-metric_group! {
-    /// Engine levels, set at scrape time.
-    EngineGauges: IntGauge;
-    live_sessions => "switchboard_live_sessions", "Session actors alive (conversations held in memory).";
-    mailbox => "switchboard_mailbox_messages", "Messages sent to live session actors and not yet answered.";
-    in_flight => "switchboard_in_flight_messages", "Accepted messages not yet applied, plus agent actions running.";
-    pool_connections => "switchboard_pool_connections", "Database pool connections open, idle or in use.";
-    pool_idle => "switchboard_pool_connections_idle", "Database pool connections open and idle.";
-    pool_in_use => "switchboard_pool_connections_in_use", "Database pool connections checked out.";
-    pool_max => "switchboard_pool_connections_max", "Most connections the database pool opens.";
-    pool_waiting => "switchboard_pool_checkouts_waiting", "Database pool checkouts waiting for a connection.";
-    outbox_backlog => "switchboard_outbox_backlog", "Outbound messages not yet delivered, as last counted.";
-}
-
-/// The model call histogram's name. It is rendered from the AI actor's own
-/// buckets: the actor records every call, and the engine's figures reach
-/// this registry only as a snapshot.
-const MODEL_CALL_DURATION: &str = "switchboard_model_call_duration_seconds";
-
-/// `switchboard_model_call_duration_seconds` from a snapshot's buckets.
-fn model_call_duration(d: &CallDurations) -> MetricFamily {
-    let buckets: Vec<proto::Bucket> = CALL_DURATION_BUCKETS
-        .iter()
-        .zip(d.cumulative)
-        .map(|(&upper, count)| {
-            let mut b = proto::Bucket::default();
-            b.set_upper_bound(upper);
-            b.set_cumulative_count(count);
-            b
-        })
-        .collect();
-    let mut h = proto::Histogram::default();
-    h.set_sample_count(d.count);
-    h.set_sample_sum(d.sum_ns as f64 / 1e9);
-    h.set_bucket(buckets);
-    let mut m = proto::Metric::default();
-    m.set_histogram(h);
-    let mut f = MetricFamily::default();
-    f.set_name(MODEL_CALL_DURATION.to_string());
-    f.set_help("Model call duration, bulkhead wait included; a timed-out call counts its timeout.".to_string());
-    f.set_field_type(MetricType::HISTOGRAM);
-    f.set_metric(vec![m]);
-    f
-}
 
 #[derive(Clone)]
 pub struct Metrics {
+    /// One registry per server; an `Arc`, so the `track` middleware
+    /// clones a handle per request instead of the registry.
     inner: Arc<Inner>,
 }
 
@@ -118,12 +30,8 @@ struct Inner {
     requests: IntCounterVec,
     latency: HistogramVec,
     rejected: IntCounterVec,
-    engine: EngineCounters,
-    levels: EngineGauges,
-    /// Reads the read-replica router sent, by the server that answered.
-    routed_reads: IntCounterVec,
-    breakers: IntGaugeVec,
-    /// Webhook ack latency of the last few seconds, for the console.
+    /// Webhook ack latency of the last few seconds, for the console; a
+    /// mutex: acks on any worker rotate and record the two histograms as one step.
     acks: std::sync::Mutex<AckWindow>,
 }
 
@@ -195,37 +103,16 @@ impl Metrics {
             Opts::new("switchboard_rejected_requests_total", "Requests refused, by reason."),
             &["reason"],
         )?;
-        let routed_reads = IntCounterVec::new(
-            Opts::new(
-                "switchboard_routed_reads_total",
-                "Reads routed by the read-replica router, by the server that answered (replica or primary).",
-            ),
-            &["served_by"],
-        )?;
-        let breakers = IntGaugeVec::new(
-            Opts::new(
-                "switchboard_breaker_state",
-                "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
-            ),
-            &["breaker"],
-        )?;
-        for c in [&requests, &rejected, &routed_reads] {
+        for c in [&requests, &rejected] {
             registry.register(Box::new(c.clone()))?;
         }
         registry.register(Box::new(latency.clone()))?;
-        registry.register(Box::new(breakers.clone()))?;
-        let engine = EngineCounters::new(&registry)?;
-        let levels = EngineGauges::new(&registry)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 registry,
                 requests,
                 latency,
                 rejected,
-                engine,
-                levels,
-                routed_reads,
-                breakers,
                 acks: std::sync::Mutex::new(AckWindow::new()),
             }),
         })
@@ -268,61 +155,46 @@ impl Metrics {
     /// The text exposition, with the engine's figures read now.
     pub async fn render(&self, engine: &Engine) -> String {
         let s = engine.stats();
-        let e = &self.inner.engine;
-        let sync = |c: &IntCounter, v: u64| {
-            let now = c.get();
-            if v > now {
-                c.inc_by(v - now);
-            }
-        };
-        sync(&e.deliveries, s.accepted);
-        sync(&e.duplicates, s.redeliveries);
-        sync(&e.processed, s.processed);
-        sync(&e.conflicts, s.conflicts);
-        sync(&e.retries, s.retries);
-        sync(&e.crashes, s.crashes);
-        sync(&e.quarantined, s.quarantined);
-        sync(&e.batches, s.batches);
-        sync(&e.batched_writes, s.batched_writes);
-        sync(&e.registration_batches, s.registration_batches);
-        sync(&e.ai_calls, s.ai.calls);
-        sync(&e.ai_timeouts, s.ai.timeouts);
-        sync(&e.ai_errors, s.ai.errors);
-        sync(&e.ai_fallbacks, s.ai.fallbacks);
-        sync(&e.ai_rejected, s.ai.rejected);
-        let o = &engine.outbox().stats;
-        let l = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        sync(&e.sent, l(&o.sent));
-        sync(&e.send_retries, l(&o.retried));
-        sync(&e.send_failed, l(&o.failed));
-        sync(&e.send_dead, l(&o.dead));
-        sync(&e.pool_timeouts, s.pool.gets_timed_out);
-        if let Some(r) = s.replica {
-            let routed = &self.inner.routed_reads;
-            sync(&routed.with_label_values(&["replica"]), r.replica_reads);
-            sync(&routed.with_label_values(&["primary"]), r.primary_reads);
-        }
-        let g = &self.inner.levels;
-        let level = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-        g.live_sessions.set(level(s.live_sessions));
-        g.mailbox.set(level(s.mailbox_depth));
-        g.in_flight.set(level(s.in_flight));
-        g.pool_connections.set(i64::from(s.pool.connections));
-        g.pool_idle.set(i64::from(s.pool.idle));
-        let in_use = s.pool.connections.saturating_sub(s.pool.idle);
-        g.pool_in_use.set(i64::from(in_use));
-        g.pool_max.set(i64::from(s.pool.max_size));
-        g.pool_waiting.set(i64::try_from(s.pool.waiting).unwrap_or(i64::MAX));
-        g.outbox_backlog.set(engine.outbox().backlog().max(0));
-        for b in engine.breakers().await {
-            let v = match b.state {
-                BreakerState::Closed => 0,
-                BreakerState::HalfOpen => 1,
-                BreakerState::Open => 2,
-            };
-            self.inner.breakers.with_label_values(&[&b.name]).set(v);
-        }
         let mut families = self.inner.registry.gather();
+        for (name, help, value) in engine_counters(&s, &engine.outbox().stats) {
+            families.push(family(name, help, MetricType::COUNTER, vec![counter(&[], value)]));
+        }
+        for (name, help, value) in engine_gauges(&s, engine.outbox().backlog()) {
+            families.push(family(name, help, MetricType::GAUGE, vec![gauge(&[], value)]));
+        }
+        if let Some(r) = &s.replica {
+            families.push(family(
+                "switchboard_routed_reads_total",
+                "Reads routed by the read-replica router, by the server that answered (replica or primary).",
+                MetricType::COUNTER,
+                vec![
+                    counter(&[("served_by", "primary")], r.primary_reads),
+                    counter(&[("served_by", "replica")], r.replica_reads),
+                ],
+            ));
+        }
+        let mut states = engine.breakers().await;
+        // Samples in label order, as a registry would gather them.
+        states.sort_by(|a, b| a.name.cmp(&b.name));
+        let breakers: Vec<proto::Metric> = states
+            .iter()
+            .map(|b| {
+                let state = match b.state {
+                    BreakerState::Closed => 0,
+                    BreakerState::HalfOpen => 1,
+                    BreakerState::Open => 2,
+                };
+                gauge(&[("breaker", &b.name)], state)
+            })
+            .collect();
+        if !breakers.is_empty() {
+            families.push(family(
+                "switchboard_breaker_state",
+                "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+                MetricType::GAUGE,
+                breakers,
+            ));
+        }
         families.push(model_call_duration(&s.ai.call_duration));
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buf = Vec::new();

@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod console;
+mod figures;
 pub mod limits;
 mod metrics;
 mod ops;

@@ -30,7 +30,7 @@ pub fn encode(e: &Event) -> String {
 }
 
 fn stream(state: &AppState, only: Option<String>) -> Result<HttpResponse, ApiError> {
-    let Some(slot) = state.streams.try_open() else {
+    let Some(place) = state.streams.try_open() else {
         state.metrics.rejected("sse_subscribers");
         return Err(ApiError::new(
             actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -61,8 +61,8 @@ fn stream(state: &AppState, only: Option<String>) -> Result<HttpResponse, ApiErr
     .take_while(|x| std::future::ready(x.is_some()))
     .take_until(closed)
     .filter_map(move |x| {
-        // The slot lives as long as the stream.
-        let _held = &slot;
+        // The place is held as long as the stream.
+        let _held = &place;
         std::future::ready(x.map(|s| Ok::<_, actix_web::Error>(web::Bytes::from(s))))
     });
     Ok(HttpResponse::Ok()

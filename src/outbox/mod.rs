@@ -42,9 +42,13 @@ use crate::whatsapp::sender::Sender;
 /// Atomics: counted by every send, read by `/metrics`.
 #[derive(Debug, Default)]
 pub struct OutboxStats {
+    /// Sends the provider accepted; atomic: counted by the sends, read by `/metrics`.
     pub sent: std::sync::atomic::AtomicU64,
+    /// Sends to retry later; atomic: counted by the sends, read by `/metrics`.
     pub retried: std::sync::atomic::AtomicU64,
+    /// Sends refused for good; atomic: counted by the sends, read by `/metrics`.
     pub failed: std::sync::atomic::AtomicU64,
+    /// Rows moved to dead letters; atomic: counted by the sends, read by `/metrics`.
     pub dead: std::sync::atomic::AtomicU64,
 }
 
@@ -54,15 +58,19 @@ pub(crate) const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 /// The running dispatcher.
 #[derive(Clone)]
 pub struct Dispatcher {
-    /// The send queue's: a look at the outbox now.
+    /// The send queue's: a look at the outbox now. Shared, so a commit's
+    /// hand-over and [`Dispatcher::wake`] rouse the same loop.
     wake: Arc<Notify>,
     /// Callers of `wait_drained` waiting now: rounds that find nothing due
-    /// count the backlog for them.
+    /// count the backlog for them. Atomic and shared with the worker: callers
+    /// count themselves in and out, every round reads it without a lock.
     drain_waiters: Arc<AtomicUsize>,
     /// (when the last count began, the backlog it counted): a watch, so
     /// `wait_drained` waits for a count without polling.
     backlog: watch::Receiver<(Option<Instant>, i64)>,
+    /// The outbound breaker the sends go behind; a clone, sharing its state.
     pub breaker: CircuitBreaker,
+    /// Shared with the worker: its sends count here, `/metrics` reads it here.
     pub stats: Arc<OutboxStats>,
 }
 
@@ -102,55 +110,7 @@ impl Dispatcher {
             breaker: breaker.clone(),
             stats: stats.clone(),
         });
-        let w = wake.clone();
-        spawn(Box::pin(async move {
-            let mut rounds = FuturesUnordered::new();
-            // The last round found nothing due: wait for a wake-up or the pause.
-            let mut idle = false;
-            let mut stopping = false;
-            tokio::pin!(until);
-            loop {
-                if stopping {
-                    if rounds.is_empty() {
-                        break;
-                    }
-                } else if (rounds.is_empty() && !idle)
-                    || (rounds.len() < ROUNDS_AT_ONCE && (worker.queue.len() > 0 || worker.look_due()))
-                {
-                    // A second round only for rows already handed over or
-                    // when the claim query is due (retries, rows left
-                    // pending): an idle outbox costs one claim query per
-                    // look, not two.
-                    rounds.push(worker.clone().round());
-                    continue;
-                }
-                let pause = Duration::from_millis(worker.settings.poll_interval_ms);
-                tokio::select! {
-                    Some(result) = rounds.next(), if !rounds.is_empty() => match result {
-                        Ok((claimed, counted)) => {
-                            if let Some(count) = counted {
-                                backlog_tx.send_modify(|b| {
-                                    // Rounds overlap: keep the latest count.
-                                    if b.0.is_none_or(|at| at <= count.0) {
-                                        *b = (Some(count.0), count.1);
-                                    }
-                                });
-                            }
-                            // More may be due right away.
-                            idle = claimed == 0;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "outbox round failed");
-                            idle = true;
-                        }
-                    },
-                    _ = w.notified(), if !stopping => idle = false,
-                    _ = tokio::time::sleep(pause), if !stopping && rounds.len() < ROUNDS_AT_ONCE => idle = false,
-                    _ = &mut until, if !stopping => stopping = true,
-                }
-            }
-            worker.give_back_handed().await;
-        }));
+        spawn(Box::pin(run(worker, wake.clone(), backlog_tx, until)));
         Self {
             wake,
             drain_waiters,
@@ -197,4 +157,62 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// The dispatcher's task: rounds of sends, up to [`ROUNDS_AT_ONCE`] at a
+/// time, started by a wake-up, the poll pause or a round that found work;
+/// once `until` completes, the rounds in progress finish and the rows
+/// handed over and not sent are given back.
+async fn run(
+    worker: Arc<Worker>,
+    w: Arc<tokio::sync::Notify>,
+    backlog_tx: watch::Sender<(Option<std::time::Instant>, i64)>,
+    until: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut rounds = FuturesUnordered::new();
+    // The last round found nothing due: wait for a wake-up or the pause.
+    let mut idle = false;
+    let mut stopping = false;
+    tokio::pin!(until);
+    loop {
+        if stopping {
+            if rounds.is_empty() {
+                break;
+            }
+        } else if (rounds.is_empty() && !idle)
+            || (rounds.len() < ROUNDS_AT_ONCE && (worker.queue.len() > 0 || worker.look_due()))
+        {
+            // A second round only for rows already handed over or
+            // when the claim query is due (retries, rows left
+            // pending): an idle outbox costs one claim query per
+            // look, not two.
+            rounds.push(worker.clone().round());
+            continue;
+        }
+        let pause = Duration::from_millis(worker.settings.poll_interval_ms);
+        tokio::select! {
+            Some(result) = rounds.next(), if !rounds.is_empty() => match result {
+                Ok((claimed, counted)) => {
+                    if let Some(count) = counted {
+                        backlog_tx.send_modify(|b| {
+                            // Rounds overlap: keep the latest count.
+                            if b.0.is_none_or(|at| at <= count.0) {
+                                *b = (Some(count.0), count.1);
+                            }
+                        });
+                    }
+                    // More may be due right away.
+                    idle = claimed == 0;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox round failed");
+                    idle = true;
+                }
+            },
+            _ = w.notified(), if !stopping => idle = false,
+            _ = tokio::time::sleep(pause), if !stopping && rounds.len() < ROUNDS_AT_ONCE => idle = false,
+            _ = &mut until, if !stopping => stopping = true,
+        }
+    }
+    worker.give_back_handed().await;
 }

@@ -14,7 +14,7 @@ use super::{OutboxStats, SendQueue, BACKLOG_EVERY};
 use crate::breaker::{CallResult, CircuitBreaker};
 use crate::config::OutboxSettings;
 use crate::db::outbox::{self as rows, Claimed};
-use crate::db::Database;
+use crate::db::{Database, DbError};
 use crate::error::Result;
 use crate::phone::mask;
 use crate::retry::RetryPolicy;
@@ -22,9 +22,13 @@ use crate::whatsapp::sender::{OutboundMessage, SendOutcome, Sender};
 
 pub(super) struct Worker {
     pub(super) db: Database,
+    /// Shared with the writer, which hands rows over here at commit.
     pub(super) queue: Arc<SendQueue>,
+    /// The embedder's sender or the built-in one; an `Arc<dyn>`: any
+    /// implementation, which its giver may keep a handle to.
     pub(super) sender: Arc<dyn Sender>,
     pub(super) settings: OutboxSettings,
+    /// The outbound breaker; a clone, sharing its state with the supervisor's.
     pub(super) breaker: CircuitBreaker,
     pub(super) rate: RateLimit,
     /// `concurrency` permits, shared by the rounds in flight.
@@ -32,10 +36,13 @@ pub(super) struct Worker {
     /// When the backlog was last counted (never, at first); std mutexes,
     /// held for a read or a write, never across an await.
     pub(super) counted: std::sync::Mutex<Option<Instant>>,
-    /// When the claim query last ran (never, at first).
+    /// When the claim query last ran (never, at first); a mutex: the loop's
+    /// `look_due` and the rounds in flight read and set it.
     pub(super) looked: std::sync::Mutex<Option<Instant>>,
-    /// Shared with the handle: callers of `wait_drained` waiting now.
+    /// Shared with the handle: callers of `wait_drained` waiting now;
+    /// atomic, read by every round without a lock.
     pub(super) drain_waiters: Arc<AtomicUsize>,
+    /// Shared with the handle: counted here by each send, read by `/metrics`.
     pub(super) stats: Arc<OutboxStats>,
 }
 
@@ -61,15 +68,13 @@ impl Worker {
             look
         };
         if look {
-            let due = async {
-                let mut conn = self.db.pool().get().await?;
-                rows::claim(&mut conn, self.settings.batch, self.settings.lease_ms).await
-            };
+            let (batch, lease_ms) = (self.settings.batch, self.settings.lease_ms);
+            let due = self.db.once(|c| rows::claim(c, batch, lease_ms).scope_boxed());
             match due.await {
                 Ok(rows) => claimed.extend(rows),
                 // The handed rows are leased to us: send them all the same.
                 Err(e) if !claimed.is_empty() => tracing::warn!(error = %e, "outbox claim failed"),
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         let n = claimed.len();
@@ -109,7 +114,7 @@ impl Worker {
             }
             *counted = Some(began);
         }
-        let backlog = rows::backlog(&mut *self.db.pool().get().await?).await?;
+        let backlog = self.db.once(|c| rows::backlog(c).scope_boxed()).await?;
         Ok((n, Some((began, backlog))))
     }
 
@@ -182,7 +187,7 @@ impl Worker {
         None
     }
 
-    async fn record(&self, row: &Claimed, outcome: SendOutcome) -> Result<()> {
+    async fn record(&self, row: &Claimed, outcome: SendOutcome) -> Result<(), DbError> {
         use std::sync::atomic::Ordering::Relaxed;
         match outcome {
             SendOutcome::Sent { provider_id } => {

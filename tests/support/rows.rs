@@ -10,8 +10,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use scoped_futures::ScopedFutureExt;
 use switchboard::db::schema::{inbox, sessions};
 use switchboard::db::steps::{commit_batch_claiming, StepWrite, WriteOutcome};
-use switchboard::db::{sessions as session_rows, Database, NewDelivery, Registration, SessionRecord};
-use switchboard::Error;
+use switchboard::db::{sessions as session_rows, Database, DbError, NewDelivery, Registration, SessionRecord};
 
 /// The new state a versioned write sets.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,11 +25,11 @@ pub struct SessionUpdate<'a> {
 #[derive(Debug)]
 pub enum Versioned {
     Conflict { expected: i64, actual: Option<i64> },
-    Failed(Error),
+    Failed(DbError),
 }
 
-impl From<Error> for Versioned {
-    fn from(e: Error) -> Self {
+impl From<DbError> for Versioned {
+    fn from(e: DbError) -> Self {
         Versioned::Failed(e)
     }
 }
@@ -39,9 +38,9 @@ impl From<Error> for Versioned {
 #[allow(async_fn_in_trait)]
 pub trait Rows {
     /// Atomic dedupe of one delivery (`INSERT … ON CONFLICT DO UPDATE … RETURNING`).
-    async fn register_delivery(&self, d: &NewDelivery<'_>) -> Result<Registration, Error>;
+    async fn register_delivery(&self, d: &NewDelivery<'_>) -> Result<Registration, DbError>;
     /// The session of `phone`, created at version 0 if missing; race-free.
-    async fn load_or_create_session(&self, phone: &str, initial_state: &str) -> Result<SessionRecord, Error>;
+    async fn load_or_create_session(&self, phone: &str, initial_state: &str) -> Result<SessionRecord, DbError>;
     /// Writes `update` only if the stored version is `expected`.
     async fn update_session(
         &self,
@@ -52,11 +51,11 @@ pub trait Rows {
 }
 
 impl Rows for Database {
-    async fn register_delivery(&self, d: &NewDelivery<'_>) -> Result<Registration, Error> {
+    async fn register_delivery(&self, d: &NewDelivery<'_>) -> Result<Registration, DbError> {
         self.run("register_delivery", |c| register(c, d).scope_boxed()).await
     }
 
-    async fn load_or_create_session(&self, phone: &str, initial_state: &str) -> Result<SessionRecord, Error> {
+    async fn load_or_create_session(&self, phone: &str, initial_state: &str) -> Result<SessionRecord, DbError> {
         self.run("load_or_create_session", |c| {
             load_or_create(c, phone, initial_state).scope_boxed()
         })
@@ -75,11 +74,11 @@ impl Rows for Database {
 }
 
 /// Commits a batch of step writes (nothing claimed for a dispatcher).
-pub async fn commit_batch(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> Result<Vec<WriteOutcome>, Error> {
+pub async fn commit_batch(conn: &mut AsyncPgConnection, writes: &[StepWrite]) -> Result<Vec<WriteOutcome>, DbError> {
     Ok(commit_batch_claiming(conn, writes, None).await?.0)
 }
 
-async fn register(conn: &mut AsyncPgConnection, d: &NewDelivery<'_>) -> Result<Registration, Error> {
+async fn register(conn: &mut AsyncPgConnection, d: &NewDelivery<'_>) -> Result<Registration, DbError> {
     use chrono::{DateTime, Utc};
     let (inbox_id, delivery_count, processed_at, leased_by) = diesel::insert_into(inbox::table)
         .values(d)
@@ -106,7 +105,7 @@ async fn load_or_create(
     conn: &mut AsyncPgConnection,
     phone: &str,
     initial_state: &str,
-) -> Result<SessionRecord, Error> {
+) -> Result<SessionRecord, DbError> {
     let inserted = diesel::insert_into(sessions::table)
         .values((sessions::phone.eq(phone), sessions::flow_state.eq(initial_state)))
         .on_conflict_do_nothing()
@@ -118,7 +117,7 @@ async fn load_or_create(
         Some(row) => Ok(row),
         None => session_rows::load(conn, phone)
             .await?
-            .ok_or_else(|| Error::NotFound("session vanished after create".into())),
+            .ok_or_else(|| DbError::NotFound("session vanished after create".into())),
     }
 }
 
@@ -142,7 +141,7 @@ async fn update_versioned(
         .get_result(conn)
         .await
         .optional()
-        .map_err(Error::from)?;
+        .map_err(DbError::from)?;
     match updated {
         Some(row) => Ok(row),
         None => {
@@ -152,7 +151,7 @@ async fn update_versioned(
                 .first::<i64>(conn)
                 .await
                 .optional()
-                .map_err(Error::from)?;
+                .map_err(DbError::from)?;
             Err(Versioned::Conflict { expected, actual })
         }
     }

@@ -1,7 +1,7 @@
 //! The DB actor: owns the step writes and commits them in groups.
 //!
 //! Writes that arrive while every in-flight batch is busy wait together and
-//! go out as one transaction when a slot frees up ("group commit"): under no
+//! go out as one transaction when a place frees up ("group commit"): under no
 //! load each write commits alone at once; under load batches grow by
 //! themselves, so one disk flush covers many messages. Up to
 //! `max_in_flight` batches run at once, each on its own pooled connection,
@@ -14,16 +14,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use scoped_futures::ScopedFutureExt;
 use tokio::sync::oneshot;
 
 use crate::config::GroupCommitSettings;
 use crate::db::inbox::{self, OwnedDelivery, Registration};
-use crate::db::outbox::Claimed;
-use crate::db::steps::{self, StepWrite, WriteOutcome};
+use crate::db::steps::{StepWrite, WriteOutcome};
 use crate::db::Database;
 use crate::error::Error;
 use crate::outbox::SendQueue;
+
+mod commit;
+mod share;
+
+use commit::{commit, register};
+use share::{next_kind, Kind, Waiting};
 
 /// Commit the steps of one phone, in order (a chain: each on the version
 /// the one before makes). The answer — one outcome per step — comes when
@@ -54,12 +58,13 @@ pub struct WriterStats {
 const WRITER_MAILBOX: usize = 1 << 20;
 
 type Waiter = oneshot::Sender<Result<Vec<WriteOutcome>, Error>>;
+type RegistrationWaiter = oneshot::Sender<Result<Registration, Error>>;
 
 pub struct DbWriter {
     db: Database,
     settings: GroupCommitSettings,
     pending: VecDeque<(Vec<StepWrite>, Waiter)>,
-    registrations: VecDeque<(OwnedDelivery, oneshot::Sender<Result<Registration, Error>>)>,
+    registrations: VecDeque<(OwnedDelivery, RegistrationWaiter)>,
     /// Phones with a registration batch in flight: one at a time per phone,
     /// so a phone's messages are numbered in the order they came.
     registering: HashSet<String>,
@@ -99,18 +104,15 @@ impl DbWriter {
         }
     }
 
-    /// Starts batches while there is work and a free slot. When both kinds
-    /// wait, the kind with fewer batches in flight goes first, so under
-    /// load they share the slots: registrations used to go first always,
-    /// and a registration backlog (5,000 req/s while the disk stalled)
-    /// kept every slot and starved the steps — nothing was applied for the
-    /// rest of the run.
+    /// Starts batches while there is work and a free in-flight place. When
+    /// both kinds wait they share the places (see [`next_kind`]): a
+    /// registration backlog that took every place would starve the steps.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        let slots = self.settings.max_in_flight.max(1);
+        let places = self.settings.max_in_flight.max(1);
         // Registrations of phones that all have a batch in flight cannot go
         // now; a finishing batch calls flush again.
         let mut registrations_blocked = false;
-        while self.in_flight() < slots {
+        while self.in_flight() < places {
             let waiting = Waiting {
                 registrations: !registrations_blocked && !self.registrations.is_empty(),
                 steps: !self.pending.is_empty(),
@@ -136,11 +138,7 @@ impl DbWriter {
         self.registering_batches + self.step_batches
     }
 
-    fn start_registration(
-        &mut self,
-        batch: Vec<(OwnedDelivery, oneshot::Sender<Result<Registration, Error>>)>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn start_registration(&mut self, batch: Vec<(OwnedDelivery, RegistrationWaiter)>, ctx: &mut Context<Self>) {
         // One entry per phone (a busy phone fills a batch with its own).
         let phones: HashSet<String> = batch.iter().map(|(d, _)| d.phone.clone()).collect();
         self.stats.registration_batches.fetch_add(1, Ordering::Relaxed);
@@ -189,12 +187,10 @@ impl DbWriter {
     /// waits for the next batch: one statement may not touch a row twice),
     /// of phones with no batch in flight. Once one registration of a phone
     /// waits, so do the phone's later ones: they keep their order.
-    fn take_registrations(&mut self) -> Vec<(OwnedDelivery, oneshot::Sender<Result<Registration, Error>>)> {
-        // From the front, only as far as the batch needs: the queue can hold
-        // tens of thousands under overload, and rescanning all of it for
-        // every batch (hashing and cloning each phone) took the writer's
-        // thread: SipHash alone was 15.6 % of all samples in a 5,000 req/s
-        // profile.
+    fn take_registrations(&mut self) -> Vec<(OwnedDelivery, RegistrationWaiter)> {
+        // From the front, only as far as the batch needs: under overload the
+        // queue holds tens of thousands, and rescanning it all per batch
+        // (hashing each phone) would take the writer's thread.
         let max = self.settings.max_batch.max(1);
         let mut keys = HashSet::new();
         let mut held: HashSet<String> = HashSet::new();
@@ -247,137 +243,6 @@ impl DbWriter {
     }
 }
 
-/// The two kinds of batch the writer runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Registration,
-    Steps,
-}
-
-/// Which kinds have work that could start now.
-#[derive(Debug, Clone, Copy)]
-struct Waiting {
-    registrations: bool,
-    steps: bool,
-}
-
-/// The kind of batch to start in a free slot: the only one waiting, or,
-/// when both wait, the one with fewer batches in flight (a tie goes to the
-/// kind not started last). Neither can starve the other, whatever the
-/// number of slots.
-fn next_kind(waiting: Waiting, registering: usize, stepping: usize, last: Kind) -> Option<Kind> {
-    match (waiting.registrations, waiting.steps) {
-        (false, false) => None,
-        (true, false) => Some(Kind::Registration),
-        (false, true) => Some(Kind::Steps),
-        (true, true) if registering < stepping => Some(Kind::Registration),
-        (true, true) if stepping < registering => Some(Kind::Steps),
-        (true, true) if last == Kind::Registration => Some(Kind::Steps),
-        (true, true) => Some(Kind::Registration),
-    }
-}
-
-/// Commits one batch and answers its waiters. When outbound messages were
-/// committed, returns those claimed at insert (with `claim_ms`; possibly
-/// none, the rest wait pending).
-async fn commit(
-    db: Database,
-    batch: Vec<(Vec<StepWrite>, Waiter)>,
-    stats: Arc<WriterStats>,
-    claim_ms: Option<i64>,
-) -> Option<Vec<Claimed>> {
-    let lengths: Vec<usize> = batch.iter().map(|(c, _)| c.len()).collect();
-    let (chains, waiters): (Vec<Vec<StepWrite>>, Vec<Waiter>) = batch.into_iter().unzip();
-    let writes: Vec<StepWrite> = chains.into_iter().flatten().collect();
-    let mut queued_outbound = false;
-    let mut claimed = Vec::new();
-    stats.batches.fetch_add(1, Ordering::Relaxed);
-    stats.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
-    stats.largest_batch.fetch_max(writes.len() as u64, Ordering::Relaxed);
-    // A failed batch rolled back entirely, so retrying it is safe: versions
-    // and processed marks are checked again under the row locks.
-    let result = db
-        .run("commit_batch", |c| {
-            steps::commit_batch_claiming(c, &writes, claim_ms).scope_boxed()
-        })
-        .await;
-    match result {
-        Ok((outcomes, rows)) => {
-            claimed = rows;
-            if let Some(replica) = db.replica() {
-                // Before anyone hears of the commit: reads of these phones
-                // wait for the replica to pass this position.
-                let lsn = match db.pool().get().await {
-                    Ok(mut conn) => crate::db::replica::primary_lsn(&mut conn)
-                        .await
-                        .unwrap_or(crate::db::replica::ALWAYS_PRIMARY),
-                    Err(_) => crate::db::replica::ALWAYS_PRIMARY,
-                };
-                let written = outcomes
-                    .iter()
-                    .zip(&writes)
-                    .filter(|(o, _)| matches!(o, WriteOutcome::Committed { .. }))
-                    .map(|(_, w)| w.phone.as_str());
-                replica.note(written, lsn);
-            }
-            queued_outbound = outcomes
-                .iter()
-                .zip(&writes)
-                .any(|(o, w)| matches!(o, WriteOutcome::Committed { .. }) && !w.outbox.is_empty());
-            let mut outcomes = outcomes.into_iter();
-            for (n, tx) in lengths.into_iter().zip(waiters) {
-                let _ = tx.send(Ok(outcomes.by_ref().take(n).collect()));
-            }
-        }
-        Err(e) => {
-            stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, batch = waiters.len(), "step batch failed");
-            for tx in waiters {
-                let _ = tx.send(Err(e.shared()));
-            }
-        }
-    }
-    queued_outbound.then_some(claimed)
-}
-
-async fn register(
-    db: Database,
-    batch: Vec<(OwnedDelivery, oneshot::Sender<Result<Registration, Error>>)>,
-    lease: inbox::Lease,
-) {
-    let (deliveries, waiters): (Vec<OwnedDelivery>, Vec<_>) = batch.into_iter().unzip();
-    let result = db
-        .run("register_batch", |c| {
-            inbox::register_batch(c, &deliveries, lease).scope_boxed()
-        })
-        .await;
-    match result {
-        Ok(regs) => {
-            for (r, tx) in regs.into_iter().zip(waiters) {
-                let _ = tx.send(Ok(r));
-            }
-        }
-        Err(e) if !e.is_retryable() && waiters.len() > 1 => {
-            // One bad delivery must not fail the others: register one by one.
-            for (d, tx) in deliveries.into_iter().zip(waiters) {
-                let one = async {
-                    let mut r =
-                        inbox::register_batch(&mut *db.pool().get().await?, std::slice::from_ref(&d), lease).await?;
-                    r.pop().ok_or_else(|| Error::NotFound("registration".into()))
-                }
-                .await;
-                let _ = tx.send(one);
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, batch = waiters.len(), "registration batch failed");
-            for tx in waiters {
-                let _ = tx.send(Err(e.shared()));
-            }
-        }
-    }
-}
-
 impl Actor for DbWriter {
     type Context = Context<Self>;
 
@@ -401,7 +266,7 @@ impl Handler<Persist> for DbWriter {
         self.flush(ctx);
         Box::pin(async move {
             rx.await
-                .unwrap_or_else(|_| Err(Error::Connection("the DB writer stopped".into())))
+                .unwrap_or_else(|_| Err(Error::Unavailable("the DB writer stopped".into())))
         })
     }
 }
@@ -415,69 +280,7 @@ impl Handler<Register> for DbWriter {
         self.flush(ctx);
         Box::pin(async move {
             rx.await
-                .unwrap_or_else(|_| Err(Error::Connection("the DB writer stopped".into())))
+                .unwrap_or_else(|_| Err(Error::Unavailable("the DB writer stopped".into())))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Both kinds always waiting; batches finish oldest first. Returns how
-    /// many of each kind started out of `starts`.
-    fn share(slots: usize, starts: usize) -> (usize, usize) {
-        let both = Waiting {
-            registrations: true,
-            steps: true,
-        };
-        let mut running: std::collections::VecDeque<Kind> = Default::default();
-        let (mut reg, mut step, mut last) = (0, 0, Kind::Steps);
-        let mut started = (0, 0);
-        for _ in 0..starts {
-            if running.len() == slots {
-                match running.pop_front() {
-                    Some(Kind::Registration) => reg -= 1,
-                    _ => step -= 1,
-                }
-            }
-            let kind = next_kind(both, reg, step, last).unwrap();
-            last = kind;
-            running.push_back(kind);
-            match kind {
-                Kind::Registration => {
-                    reg += 1;
-                    started.0 += 1;
-                }
-                Kind::Steps => {
-                    step += 1;
-                    started.1 += 1;
-                }
-            }
-        }
-        started
-    }
-
-    #[test]
-    fn under_both_loads_registrations_and_steps_share_the_slots() {
-        // Registrations first, always, gave (1000, 0): the steps starved.
-        for slots in 1..=6 {
-            let (reg, step) = share(slots, 1000);
-            assert!(
-                reg.abs_diff(step) <= slots,
-                "{slots} slots: {reg} registrations, {step} steps"
-            );
-        }
-    }
-
-    #[test]
-    fn a_kind_alone_takes_every_slot_and_nothing_waiting_starts_nothing() {
-        let only = |registrations, steps| Waiting { registrations, steps };
-        assert_eq!(
-            next_kind(only(true, false), 3, 0, Kind::Registration),
-            Some(Kind::Registration)
-        );
-        assert_eq!(next_kind(only(false, true), 0, 3, Kind::Steps), Some(Kind::Steps));
-        assert_eq!(next_kind(only(false, false), 0, 0, Kind::Steps), None);
     }
 }

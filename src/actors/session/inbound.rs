@@ -3,22 +3,15 @@
 //! crash handed to the supervisor.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 
 use futures_util::FutureExt;
 
-use super::state::{create_as, fetch_unprocessed, load_core, load_core_and_unprocessed, Core, Snapshot};
-use super::writes::{inbound_write, retry_conflicts, Written};
+use super::state::{fetch_unprocessed, load_core, load_core_and_unprocessed, Core};
+use super::step::{apply_chain, apply_inbound, panic_text};
 use super::{Inbound, SessionDeps};
-use crate::actors::ai::Understand;
-use crate::actors::db_writer::Persist;
 use crate::actors::supervisor::{CrashDecision, Crashed};
-use crate::ai::{candidates, SlotRequest};
-use crate::db::steps::{PendingInbound, WriteOutcome};
+use crate::db::resume::PendingInbound;
 use crate::error::{Error, Result};
-use crate::events::{inbound_text, Event, EventKind, EventMessage};
-use crate::flow::{self, StepResult};
-use crate::phone::mask;
 
 /// Applies `first` (if any), the messages waiting in `inbound`, and, after
 /// a (re)start, every unprocessed inbox row of the phone — in acceptance
@@ -31,8 +24,63 @@ pub(super) async fn run_inbound(
     first: Option<PendingInbound>,
     inbound: &Inbound,
 ) -> (Option<Core>, Result<()>) {
+    let (mut core, mut queue) = match gather(deps, phone, core, first, inbound).await {
+        Ok(gathered) => gathered,
+        Err((core, e)) => return (core, Err(e)),
+    };
+    let chain_max = deps.settings.group_commit.max_batch.max(1);
+    // Messages at the front to apply one at a time (after a chain stopped
+    // on a conflict, a duplicate or a crash).
+    let mut singles = 0usize;
+    while !queue.is_empty() {
+        let step = if singles == 0 && queue.len() > 1 && chain_max > 1 {
+            let chain: Vec<PendingInbound> = queue.drain(..queue.len().min(chain_max)).collect();
+            try_chain(deps, phone, &mut core, chain, &mut queue, &mut singles).await
+        } else {
+            singles = singles.saturating_sub(1);
+            let Some(item) = queue.pop_front() else { break };
+            try_single(deps, phone, &mut core, item).await
+        };
+        let (id, reason) = match step {
+            Step::Next => continue,
+            Step::Crashed { id, reason } => (id, reason),
+            Step::Stop { keep_core, error } => return (keep_core.then_some(core), Err(error)),
+        };
+        match restart_after_crash(deps, phone, core, id, reason).await {
+            Ok((restarted, rows)) => {
+                core = restarted;
+                queue = rows.into();
+                singles = 0;
+            }
+            Err(e) => return (None, Err(e)),
+        }
+    }
+    (Some(core), Ok(()))
+}
+
+/// What one try at the front of the queue left.
+enum Step {
+    /// Go on with the queue.
+    Next,
+    /// Message `id` crashed: the supervisor decides.
+    Crashed { id: i64, reason: String },
+    /// Stop with `error`; `keep_core` says whether the state is still good.
+    Stop { keep_core: bool, error: Error },
+}
+
+/// The state to step on and the messages to apply, in order: `first`, the
+/// unprocessed inbox rows (on activation or a wake-up), and everything else
+/// waiting in the mailbox (its `Apply` messages will find it applied). On
+/// failure, the state still good, if any.
+async fn gather(
+    deps: &SessionDeps,
+    phone: &str,
+    core: Option<Core>,
+    first: Option<PendingInbound>,
+    inbound: &Inbound,
+) -> std::result::Result<(Core, VecDeque<PendingInbound>), (Option<Core>, Error)> {
     let mut queue: VecDeque<PendingInbound> = VecDeque::new();
-    let mut core = match core {
+    let core = match core {
         Some(c) => match first {
             // A mailbox copy of a row this actor already applied (in a
             // chain, or while resuming): nothing to do but what waits.
@@ -47,15 +95,14 @@ pub(super) async fn run_inbound(
                     queue.extend(rows);
                     c
                 }
-                Err(e) => return (Some(c), Err(e)),
+                Err(e) => return Err((Some(c), e)),
             },
         },
         None => {
             // Activation: load, and resume whatever is waiting (it includes `first`).
-            let (c, rows) = match load_core_and_unprocessed(deps, phone, VecDeque::new()).await {
-                Ok(loaded) => loaded,
-                Err(e) => return (None, Err(e)),
-            };
+            let (c, rows) = load_core_and_unprocessed(deps, phone, VecDeque::new())
+                .await
+                .map_err(|e| (None, e))?;
             queue.extend(rows);
             if let Some(f) = first {
                 if !queue.iter().any(|p| p.id == f.id) {
@@ -65,295 +112,117 @@ pub(super) async fn run_inbound(
             c
         }
     };
-    // Everything else waiting in the mailbox, in order (its `Apply`
-    // messages will find it applied). Rows read from the inbox are
-    // unprocessed by definition; the rest needs the check.
+    // Rows read from the inbox are unprocessed by definition; the rest
+    // needs the check.
     let waiting: Vec<PendingInbound> = inbound.lock().map(|mut q| q.drain(..).collect()).unwrap_or_default();
     for p in waiting {
         if !core.recent.contains(&p.id) && !queue.iter().any(|q| q.id == p.id) {
             queue.push_back(p);
         }
     }
-    let chain_max = deps.settings.group_commit.max_batch.max(1);
-    // Messages at the front to apply one at a time (after a chain stopped
-    // on a conflict, a duplicate or a crash).
-    let mut singles = 0usize;
-    while !queue.is_empty() {
-        let (id, reason) = if singles == 0 && queue.len() > 1 && chain_max > 1 {
-            let n = queue.len().min(chain_max);
-            let chain: Vec<PendingInbound> = queue.drain(..n).collect();
-            let outcome = std::panic::AssertUnwindSafe(apply_chain(deps, phone, &mut core, chain.clone()))
-                .catch_unwind()
-                .await;
-            match outcome {
-                Ok(Ok(end)) => {
-                    let crashed = end.crash.and_then(|reason| end.rest.first().map(|m| (m.id, reason)));
-                    // The first one not committed goes the careful way.
-                    singles = usize::from(!end.rest.is_empty());
-                    for p in end.rest.into_iter().rev() {
-                        queue.push_front(p);
-                    }
-                    match crashed {
-                        Some(c) => c,
-                        None => continue,
-                    }
-                }
-                Ok(Err(e)) if e.is_retryable() => return (Some(core), Err(e)),
-                _ => {
-                    // The commit itself failed: find which message fails, one
-                    // at a time, from the database's state.
-                    core = match load_core(deps, phone, std::mem::take(&mut core.recent)).await {
-                        Ok(c) => c,
-                        Err(e) => return (None, Err(e)),
-                    };
-                    singles = chain.len();
-                    for p in chain.into_iter().rev() {
-                        queue.push_front(p);
-                    }
-                    continue;
-                }
-            }
-        } else {
-            singles = singles.saturating_sub(1);
-            let Some(item) = queue.pop_front() else { break };
-            let id = item.id;
-            let outcome = std::panic::AssertUnwindSafe(apply_inbound(deps, phone, &mut core, item))
-                .catch_unwind()
-                .await;
-            match outcome {
-                Ok(Ok(())) => continue,
-                Ok(Err(e)) if e.is_retryable() => {
-                    // The database is unreachable beyond the retry budget: leave the
-                    // row in the inbox (resumed later) and report it.
-                    return (Some(core), Err(e));
-                }
-                Ok(Err(e)) => (id, e.to_string()),
-                Err(panic) => (id, panic_text(panic.as_ref())),
-            }
-        };
-        // A crash: let the supervisor decide, restart from the database, resume.
-        let decision = deps
-            .supervisor
-            .send(Crashed {
-                phone: phone.to_string(),
-                inbox_id: id,
-                reason,
-            })
-            .await;
-        let quarantined = match decision {
-            Ok(Ok(CrashDecision::Retry { .. })) => false,
-            Ok(Ok(CrashDecision::Quarantined)) => true,
-            Ok(Err(e)) => return (None, Err(e)),
-            Err(e) => return (None, Err(Error::Unavailable(format!("supervisor: {e}")))),
-        };
-        let rows;
-        (core, rows) = match load_core_and_unprocessed(deps, phone, std::mem::take(&mut core.recent)).await {
-            Ok(loaded) => loaded,
-            Err(e) => return (None, Err(e)),
-        };
-        if quarantined {
-            // Its mailbox copy, if any, must not crash the actor again.
-            core.remember(id);
-        }
-        queue = rows.into();
-        singles = 0;
-    }
-    (Some(core), Ok(()))
+    Ok((core, queue))
 }
 
-/// How a chain ended.
-pub(super) struct ChainEnd {
-    /// The messages not committed, in order.
-    rest: Vec<PendingInbound>,
-    /// Why the first of `rest` crashed while being stepped (it and the rest
-    /// were not sent to the database; those before it were committed).
-    crash: Option<String>,
-}
-
-/// Applies several queued messages of the phone as one chain: each is
-/// understood and stepped on the state the one before leaves, and all are
-/// committed in one transaction. Returns the messages not committed: from
-/// the first that met a conflict or a duplicate, or that crashed while
-/// being stepped (those before a crash are committed without it).
-pub(super) async fn apply_chain(
+/// Applies `chain` as one; what it did not commit goes back to the front
+/// of `queue`, its first to be applied alone (`singles`) — or, when the
+/// commit itself failed, all of it, one at a time.
+async fn try_chain(
     deps: &SessionDeps,
     phone: &str,
     core: &mut Core,
     chain: Vec<PendingInbound>,
-) -> Result<ChainEnd> {
-    let mut at = Snapshot::of(core);
-    let mut steps = Vec::with_capacity(chain.len());
-    let mut writes = Vec::with_capacity(chain.len());
-    let mut crash = None;
-    for msg in &chain {
-        let text = inbound_text(&msg.payload);
-        let stepped = std::panic::AssertUnwindSafe(async {
-            if let Some(m) = &deps.middleware {
-                m.before_step(phone, &text)?;
-            }
-            Ok::<_, String>(understand_and_step(deps, &at, &text, msg.id).await)
-        })
+    queue: &mut VecDeque<PendingInbound>,
+    singles: &mut usize,
+) -> Step {
+    let outcome = std::panic::AssertUnwindSafe(apply_chain(deps, phone, core, chain.clone()))
         .catch_unwind()
         .await;
-        let result = match stepped {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                crash = Some(Error::Processing(e).to_string());
-                break;
+    match outcome {
+        Ok(Ok(end)) => {
+            let crashed = end.crash.and_then(|reason| end.rest.first().map(|m| (m.id, reason)));
+            // The first one not committed goes the careful way.
+            *singles = usize::from(!end.rest.is_empty());
+            for p in end.rest.into_iter().rev() {
+                queue.push_front(p);
             }
-            Err(panic) => {
-                crash = Some(panic_text(panic.as_ref()));
-                break;
+            match crashed {
+                Some((id, reason)) => Step::Crashed { id, reason },
+                None => Step::Next,
             }
-        };
-        let mut write = inbound_write(phone, at.version, msg, &text, &result);
-        write.create_as = create_as(deps, at.version);
-        writes.push(write);
-        at = Snapshot {
-            state: result.state.clone(),
-            data: result.data.clone(),
-            handoff: result.handoff,
-            version: at.version + 1,
-        };
-        steps.push((text, result));
+        }
+        Ok(Err(e)) if e.is_retryable() => Step::Stop {
+            keep_core: true,
+            error: e,
+        },
+        _ => {
+            // The commit itself failed: find which message fails, one at a
+            // time, from the database's state.
+            match load_core(deps, phone, std::mem::take(&mut core.recent)).await {
+                Ok(c) => *core = c,
+                Err(e) => {
+                    return Step::Stop {
+                        keep_core: false,
+                        error: e,
+                    }
+                }
+            }
+            *singles = chain.len();
+            for p in chain.into_iter().rev() {
+                queue.push_front(p);
+            }
+            Step::Next
+        }
     }
-    let (total, stepped) = (chain.len(), writes.len());
-    let outcomes = deps
-        .writer
-        .send(Persist(writes))
+}
+
+/// Applies one message alone.
+async fn try_single(deps: &SessionDeps, phone: &str, core: &mut Core, item: PendingInbound) -> Step {
+    let id = item.id;
+    let outcome = std::panic::AssertUnwindSafe(apply_inbound(deps, phone, core, item))
+        .catch_unwind()
+        .await;
+    match outcome {
+        Ok(Ok(())) => Step::Next,
+        // The database is unreachable beyond the retry budget: leave the row
+        // in the inbox (resumed later) and report it.
+        Ok(Err(e)) if e.is_retryable() => Step::Stop {
+            keep_core: true,
+            error: e,
+        },
+        Ok(Err(e)) => Step::Crashed {
+            id,
+            reason: e.to_string(),
+        },
+        Err(panic) => Step::Crashed {
+            id,
+            reason: panic_text(panic.as_ref()),
+        },
+    }
+}
+
+/// A crash: the supervisor decides (retry, or quarantine after too many),
+/// then the conversation restarts from the database with what is waiting.
+async fn restart_after_crash(
+    deps: &SessionDeps,
+    phone: &str,
+    mut core: Core,
+    id: i64,
+    reason: String,
+) -> Result<(Core, Vec<PendingInbound>)> {
+    let decision = deps
+        .supervisor
+        .send(Crashed {
+            phone: phone.to_string(),
+            inbox_id: id,
+            reason,
+        })
         .await
-        .map_err(|e| Error::Unavailable(format!("DB writer: {e}")))??;
-    let mut rest = Vec::new();
-    let mut steps = steps.into_iter();
-    let mut outcomes = outcomes.into_iter();
-    for msg in chain {
-        match (steps.next(), outcomes.next()) {
-            (Some((text, result)), Some(WriteOutcome::Committed { version })) if rest.is_empty() => {
-                committed(deps, phone, core, version, result, &msg, &text);
-            }
-            _ => rest.push(msg),
-        }
+        .map_err(|e| Error::Unavailable(format!("supervisor: {e}")))??;
+    let quarantined = matches!(decision, CrashDecision::Quarantined);
+    let (mut core, rows) = load_core_and_unprocessed(deps, phone, std::mem::take(&mut core.recent)).await?;
+    if quarantined {
+        // Its mailbox copy, if any, must not crash the actor again.
+        core.remember(id);
     }
-    // A crash is the first of `rest`'s only when every step before it committed.
-    if rest.len() > total - stepped {
-        crash = None;
-    }
-    tracing::debug!(phone = %mask(phone), version = core.version, left = rest.len(), "chain applied");
-    Ok(ChainEnd { rest, crash })
-}
-
-/// A step of `msg` committed at `version`: count it, publish it, and make
-/// its result the actor's state.
-pub(super) fn committed(
-    deps: &SessionDeps,
-    phone: &str,
-    core: &mut Core,
-    version: i64,
-    result: StepResult,
-    msg: &PendingInbound,
-    text: &str,
-) {
-    deps.stats.processed.fetch_add(1, Ordering::Relaxed);
-    publish(deps, phone, version, &result, msg, text);
-    core.state = result.state;
-    core.data = result.data;
-    core.handoff = result.handoff;
-    core.version = version;
-    core.remember(msg.id);
-}
-
-pub(super) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    let msg = p
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
-    format!("panic: {msg}")
-}
-
-/// Applies one inbound message: understand, step the flow, commit — and on
-/// a version conflict reload and run the transition again on fresh state.
-pub(super) async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Core, msg: PendingInbound) -> Result<()> {
-    let text = inbound_text(&msg.payload);
-    if let Some(m) = &deps.middleware {
-        m.before_step(phone, &text).map_err(Error::Processing)?;
-    }
-    let (msg_ref, text_ref) = (&msg, text.as_str());
-    let written = retry_conflicts(deps, phone, core, |at| async move {
-        let result = understand_and_step(deps, &at, text_ref, msg_ref.id).await;
-        let mut write = inbound_write(phone, at.version, msg_ref, text_ref, &result);
-        write.create_as = create_as(deps, at.version);
-        Some((write, result))
-    })
-    .await?;
-    match written {
-        Some(Written::Committed { version, made: result }) => {
-            let replies = result.replies.len();
-            committed(deps, phone, core, version, result, &msg, &text);
-            tracing::debug!(phone = %mask(phone), version, replies, "message applied");
-        }
-        Some(Written::AlreadyApplied) => {
-            deps.stats.already_applied.fetch_add(1, Ordering::Relaxed);
-            core.remember(msg.id);
-        }
-        // Every attempt makes a write.
-        None => {}
-    }
-    Ok(())
-}
-
-pub(super) async fn understand_and_step(deps: &SessionDeps, core: &Snapshot, text: &str, inbox_id: i64) -> StepResult {
-    let flow = &deps.flow;
-    let mut understanding = flow::Understanding::default();
-    if !core.handoff {
-        let needs = flow.needs(&core.state);
-        let request = Understand {
-            text: text.to_string(),
-            intents: candidates(flow, &needs.intents),
-            global_count: flow.global.len(),
-            slot: needs.slot.map(|s| SlotRequest {
-                text: text.to_string(),
-                name: s.name.clone(),
-                pattern: s.pattern.as_ref().map(|p| p.as_str().to_string()),
-                min_len: s.min_len,
-                max_len: s.max_len,
-            }),
-        };
-        understanding = match deps.ai.send(request).await {
-            Ok(u) => u.understanding,
-            // The AI actor is gone: the rules inside the flow still apply.
-            Err(_) => flow::Understanding::default(),
-        };
-    }
-    flow::step(
-        flow,
-        &core.state,
-        &core.data,
-        core.handoff,
-        &understanding,
-        &format!("R{inbox_id}"),
-    )
-}
-
-pub(super) fn publish(
-    deps: &SessionDeps,
-    phone: &str,
-    version: i64,
-    r: &StepResult,
-    msg: &PendingInbound,
-    inbound: &str,
-) {
-    let mut messages = vec![EventMessage {
-        origin: "user".into(),
-        body: inbound.to_string(),
-    }];
-    messages.extend(r.replies.iter().map(|m| EventMessage {
-        origin: "bot".into(),
-        body: m.text.clone(),
-    }));
-    // Best-effort: no subscriber, or a slow one, never fails a message.
-    let event = Event::conversation(EventKind::Transition, phone, version, &r.state, r.handoff)
-        .with_messages(messages)
-        .applying(&msg.provider_message_id);
-    let _ = deps.events.send(event);
+    Ok((core, rows))
 }

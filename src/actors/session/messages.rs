@@ -4,7 +4,7 @@ use actix::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::db::steps::PendingInbound;
+use crate::db::resume::PendingInbound;
 use crate::error::Result;
 
 /// A conversation as its actor knows it.

@@ -17,6 +17,7 @@
 mod inbound;
 pub mod messages;
 mod state;
+mod step;
 mod writes;
 
 use std::collections::VecDeque;
@@ -37,7 +38,7 @@ use super::middleware::Middleware;
 use super::stats::EngineStats;
 use super::supervisor::Supervisor;
 use crate::config::EngineSettings;
-use crate::db::steps::PendingInbound;
+use crate::db::resume::PendingInbound;
 use crate::db::Database;
 use crate::error::Result;
 use crate::events::Event;

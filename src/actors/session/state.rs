@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 
 use super::messages::ConversationView;
 use super::SessionDeps;
+use crate::db::resume::{self, PendingInbound};
 use crate::db::sessions::SessionRecord;
-use crate::db::steps::{self, PendingInbound};
 use crate::error::Result;
 
 /// Inbox ids remembered per actor to skip a message already applied
@@ -119,9 +119,11 @@ pub(super) fn create_as(deps: &SessionDeps, expected_version: i64) -> Option<Str
 }
 
 pub(super) async fn fetch_unprocessed(deps: &SessionDeps, phone: &str) -> Result<Vec<PendingInbound>> {
-    deps.db
+    let rows = deps
+        .db
         .run("unprocessed", |c| {
-            steps::unprocessed(c, phone, deps.instance, RESUME_BATCH).scope_boxed()
+            resume::unprocessed(c, phone, deps.instance, RESUME_BATCH).scope_boxed()
         })
-        .await
+        .await?;
+    Ok(rows)
 }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::error::{Error, Result};
+use crate::db::error::{DbError, Result};
 
 const MISSING_BINARIES: &str = "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found. \
 Install them (Debian/Ubuntu: `apt-get install postgresql`), set `database.embedded.bin_dir` \
@@ -16,7 +16,7 @@ pub fn find_bin_dir(configured: Option<&Path>) -> Result<PathBuf> {
         return if has_all(dir) {
             Ok(dir.to_path_buf())
         } else {
-            Err(Error::Embedded(format!(
+            Err(DbError::Embedded(format!(
                 "database.embedded.bin_dir = {} lacks initdb, pg_ctl or postgres. {MISSING_BINARIES}",
                 dir.display()
             )))
@@ -42,5 +42,5 @@ pub fn find_bin_dir(configured: Option<&Path>) -> Result<PathBuf> {
     candidates
         .into_iter()
         .find(|d| has_all(d))
-        .ok_or_else(|| Error::Embedded(MISSING_BINARIES.into()))
+        .ok_or_else(|| DbError::Embedded(MISSING_BINARIES.into()))
 }

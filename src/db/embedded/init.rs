@@ -9,7 +9,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use super::runner::{output_text, Runner};
 use super::{ServerSettings, PASSWORD_FILE, SUPERUSER};
 use crate::config::Secret;
-use crate::error::{Error, Result};
+use crate::db::error::{DbError, Result};
 
 /// Settings switchboard owns; included from `postgresql.conf`, rewritten each start.
 const CONF_FILE: &str = "switchboard.conf";
@@ -33,7 +33,7 @@ fn run_initdb(runner: &Runner, data_dir: &Path, password: &str) -> Result<()> {
     let pwfile = parent.join(format!(".{}.pw", std::process::id()));
     std::fs::write(&pwfile, password)
         .and_then(|()| std::fs::set_permissions(&pwfile, std::fs::Permissions::from_mode(0o600)))
-        .map_err(|e| Error::Embedded(format!("cannot write {}: {e}", pwfile.display())))?;
+        .map_err(|e| DbError::Embedded(format!("cannot write {}: {e}", pwfile.display())))?;
     runner.chown(&pwfile)?;
     let data = data_dir.to_string_lossy().into_owned();
     let pw = pwfile.to_string_lossy().into_owned();
@@ -57,7 +57,7 @@ fn run_initdb(runner: &Runner, data_dir: &Path, password: &str) -> Result<()> {
     let _ = std::fs::remove_file(&pwfile);
     let out = result?;
     if !out.status.success() {
-        return Err(Error::Embedded(format!("initdb failed: {}", output_text(&out))));
+        return Err(DbError::Embedded(format!("initdb failed: {}", output_text(&out))));
     }
     Ok(())
 }
@@ -65,12 +65,12 @@ fn run_initdb(runner: &Runner, data_dir: &Path, password: &str) -> Result<()> {
 /// Makes `postgresql.conf` include [`CONF_FILE`], so our settings follow its defaults.
 fn include_conf_file(data_dir: &Path) -> Result<()> {
     let conf = data_dir.join("postgresql.conf");
-    let mut text =
-        std::fs::read_to_string(&conf).map_err(|e| Error::Embedded(format!("cannot read {}: {e}", conf.display())))?;
+    let mut text = std::fs::read_to_string(&conf)
+        .map_err(|e| DbError::Embedded(format!("cannot read {}: {e}", conf.display())))?;
     text.push_str(&format!(
         "\n# Written by switchboard; rewritten at every start.\ninclude_if_exists = '{CONF_FILE}'\n"
     ));
-    std::fs::write(&conf, text).map_err(|e| Error::Embedded(format!("cannot write {}: {e}", conf.display())))
+    std::fs::write(&conf, text).map_err(|e| DbError::Embedded(format!("cannot write {}: {e}", conf.display())))
 }
 
 /// Keeps the superuser password in the data directory, readable only by its owner.
@@ -78,7 +78,7 @@ fn save_password(runner: &Runner, data_dir: &Path, password: &str) -> Result<()>
     let pw_path = data_dir.join(PASSWORD_FILE);
     std::fs::write(&pw_path, password)
         .and_then(|()| std::fs::set_permissions(&pw_path, std::fs::Permissions::from_mode(0o600)))
-        .map_err(|e| Error::Embedded(format!("cannot write {}: {e}", pw_path.display())))?;
+        .map_err(|e| DbError::Embedded(format!("cannot write {}: {e}", pw_path.display())))?;
     // Every file of the data directory belongs to the server user: a base
     // backup (pg_basebackup, for a replica) reads them all.
     runner.chown(&pw_path)
@@ -90,7 +90,7 @@ pub(super) fn read_password(data_dir: &Path) -> Result<Secret> {
     std::fs::read_to_string(&path)
         .map(|p| Secret::new(p.trim()))
         .map_err(|e| {
-            Error::Embedded(format!(
+            DbError::Embedded(format!(
                 "{} exists but {} cannot be read ({e}): it was not created by switchboard; \
              choose another database.embedded.data_dir",
                 data_dir.display(),
@@ -126,6 +126,6 @@ pub(super) fn write_conf(
         conf.push_str(&format!("{k} = {v}\n"));
     }
     let path = data_dir.join(CONF_FILE);
-    std::fs::write(&path, conf).map_err(|e| Error::Embedded(format!("cannot write {}: {e}", path.display())))?;
+    std::fs::write(&path, conf).map_err(|e| DbError::Embedded(format!("cannot write {}: {e}", path.display())))?;
     runner.chown(&path)
 }

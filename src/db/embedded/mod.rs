@@ -18,7 +18,7 @@ use std::time::Duration;
 pub use binaries::find_bin_dir;
 
 use crate::config::{EmbeddedSettings, Secret};
-use crate::error::Result;
+use crate::db::error::Result;
 use data_dir::{absolute, prepare_data_dir};
 use init::{initdb, read_password, write_conf};
 use runner::Runner;

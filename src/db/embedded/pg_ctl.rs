@@ -4,7 +4,7 @@ use std::path::Path;
 
 use super::runner::output_text;
 use super::EmbeddedPostgres;
-use crate::error::{Error, Result};
+use crate::db::error::{DbError, Result};
 
 /// Lines of `server.log` quoted when the server does not start.
 const LOG_TAIL_LINES: usize = 8;
@@ -22,7 +22,7 @@ impl EmbeddedPostgres {
             .runner
             .run("pg_ctl", &["-D", &data, "-m", "fast", "-w", "-t", &timeout, "stop"])?;
         if !out.status.success() && self.status_running()? {
-            return Err(Error::Embedded(format!("pg_ctl stop failed: {}", output_text(&out))));
+            return Err(DbError::Embedded(format!("pg_ctl stop failed: {}", output_text(&out))));
         }
         self.running = false;
         tracing::info!("embedded PostgreSQL stopped");
@@ -39,7 +39,7 @@ impl EmbeddedPostgres {
             .runner
             .run("pg_ctl", &["-D", &data, "-m", mode, "-w", "-t", &timeout, "stop"])?;
         if !out.status.success() {
-            return Err(Error::Embedded(format!("pg_ctl stop failed: {}", output_text(&out))));
+            return Err(DbError::Embedded(format!("pg_ctl stop failed: {}", output_text(&out))));
         }
         std::thread::sleep(down_for);
         self.pg_ctl_start()
@@ -66,7 +66,7 @@ impl EmbeddedPostgres {
             .run("pg_ctl", &["-D", &data, "-l", &log, "-w", "-t", &timeout, "start"])?;
         if !out.status.success() {
             let tail = log_tail(Path::new(&log));
-            return Err(Error::Embedded(format!(
+            return Err(DbError::Embedded(format!(
                 "the server did not start (port {} in use? a database.embedded.server_settings \
                  entry it refuses?): {}\nlast lines of {log}:\n{tail}",
                 self.port,

@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use nix::unistd::{Gid, Uid, User};
 
 use super::binaries::find_bin_dir;
-use crate::error::{Error, Result};
+use crate::db::error::{DbError, Result};
 
 /// Where the PostgreSQL server binaries are, and who runs them.
 #[derive(Debug, Clone)]
@@ -41,14 +41,14 @@ impl Runner {
             .command(program)
             .args(args)
             .output()
-            .map_err(|e| Error::Embedded(format!("cannot run {}: {e}", self.bin_dir.join(program).display())))?;
+            .map_err(|e| DbError::Embedded(format!("cannot run {}: {e}", self.bin_dir.join(program).display())))?;
         Ok(out)
     }
 
     pub(super) fn chown(&self, path: &Path) -> Result<()> {
         if let Some((uid, gid, _)) = &self.user {
             std::os::unix::fs::chown(path, Some(uid.as_raw()), Some(gid.as_raw()))
-                .map_err(|e| Error::Embedded(format!("cannot give {} to the server user: {e}", path.display())))?;
+                .map_err(|e| DbError::Embedded(format!("cannot give {} to the server user: {e}", path.display())))?;
         }
         Ok(())
     }
@@ -60,16 +60,16 @@ fn server_user(run_as: &str) -> Result<Option<(Uid, Gid, String)>> {
         return Ok(None);
     }
     let user = User::from_name(run_as)
-        .map_err(|e| Error::Embedded(format!("cannot look up user `{run_as}`: {e}")))?
+        .map_err(|e| DbError::Embedded(format!("cannot look up user `{run_as}`: {e}")))?
         .ok_or_else(|| {
-            Error::Embedded(format!(
+            DbError::Embedded(format!(
                 "running as root, and PostgreSQL refuses root: the server must run as an \
                  unprivileged user, but user `{run_as}` (database.embedded.run_as) does not exist. \
                  Create it (`useradd --system {run_as}`) or set database.embedded.run_as."
             ))
         })?;
     if user.uid.is_root() {
-        return Err(Error::Embedded(format!(
+        return Err(DbError::Embedded(format!(
             "database.embedded.run_as = `{run_as}` is root; PostgreSQL refuses root"
         )));
     }

@@ -1,0 +1,217 @@
+//! One message, or several queued ones as a chain, through the step:
+//! understand, step the flow, commit — and what a committed step changes
+//! (the actor's state, the events it publishes).
+
+use std::sync::atomic::Ordering;
+
+use futures_util::FutureExt;
+
+use super::state::{create_as, Core, Snapshot};
+use super::writes::{inbound_write, retry_conflicts, Written};
+use super::SessionDeps;
+use crate::actors::ai::Understand;
+use crate::actors::db_writer::Persist;
+use crate::ai::{candidates, SlotRequest};
+use crate::db::resume::PendingInbound;
+use crate::db::steps::WriteOutcome;
+use crate::error::{Error, Result};
+use crate::events::{inbound_text, Event, EventKind, EventMessage};
+use crate::flow::{self, StepResult};
+use crate::phone::mask;
+
+/// How a chain ended.
+pub(super) struct ChainEnd {
+    /// The messages not committed, in order.
+    pub(super) rest: Vec<PendingInbound>,
+    /// Why the first of `rest` crashed while being stepped (it and the rest
+    /// were not sent to the database; those before it were committed).
+    pub(super) crash: Option<String>,
+}
+
+/// Applies several queued messages of the phone as one chain: each is
+/// understood and stepped on the state the one before leaves, and all are
+/// committed in one transaction. Returns the messages not committed: from
+/// the first that met a conflict or a duplicate, or that crashed while
+/// being stepped (those before a crash are committed without it).
+pub(super) async fn apply_chain(
+    deps: &SessionDeps,
+    phone: &str,
+    core: &mut Core,
+    chain: Vec<PendingInbound>,
+) -> Result<ChainEnd> {
+    let mut at = Snapshot::of(core);
+    let mut steps = Vec::with_capacity(chain.len());
+    let mut writes = Vec::with_capacity(chain.len());
+    let mut crash = None;
+    for msg in &chain {
+        let text = inbound_text(&msg.payload);
+        let stepped = std::panic::AssertUnwindSafe(async {
+            if let Some(m) = &deps.middleware {
+                m.before_step(phone, &text)?;
+            }
+            Ok::<_, String>(understand_and_step(deps, &at, &text, msg.id).await)
+        })
+        .catch_unwind()
+        .await;
+        let result = match stepped {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                crash = Some(Error::Processing(e).to_string());
+                break;
+            }
+            Err(panic) => {
+                crash = Some(panic_text(panic.as_ref()));
+                break;
+            }
+        };
+        let mut write = inbound_write(phone, at.version, msg, &text, &result);
+        write.create_as = create_as(deps, at.version);
+        writes.push(write);
+        at = Snapshot {
+            state: result.state.clone(),
+            data: result.data.clone(),
+            handoff: result.handoff,
+            version: at.version + 1,
+        };
+        steps.push((text, result));
+    }
+    let (total, stepped) = (chain.len(), writes.len());
+    let outcomes = deps
+        .writer
+        .send(Persist(writes))
+        .await
+        .map_err(|e| Error::Unavailable(format!("DB writer: {e}")))??;
+    let mut rest = Vec::new();
+    let mut steps = steps.into_iter();
+    let mut outcomes = outcomes.into_iter();
+    for msg in chain {
+        match (steps.next(), outcomes.next()) {
+            (Some((text, result)), Some(WriteOutcome::Committed { version })) if rest.is_empty() => {
+                committed(deps, phone, core, version, result, &msg, &text);
+            }
+            _ => rest.push(msg),
+        }
+    }
+    // A crash is the first of `rest`'s only when every step before it committed.
+    if rest.len() > total - stepped {
+        crash = None;
+    }
+    tracing::debug!(phone = %mask(phone), version = core.version, left = rest.len(), "chain applied");
+    Ok(ChainEnd { rest, crash })
+}
+
+/// A step of `msg` committed at `version`: count it, publish it, and make
+/// its result the actor's state.
+pub(super) fn committed(
+    deps: &SessionDeps,
+    phone: &str,
+    core: &mut Core,
+    version: i64,
+    result: StepResult,
+    msg: &PendingInbound,
+    text: &str,
+) {
+    deps.stats.processed.fetch_add(1, Ordering::Relaxed);
+    publish(deps, phone, version, &result, msg, text);
+    core.state = result.state;
+    core.data = result.data;
+    core.handoff = result.handoff;
+    core.version = version;
+    core.remember(msg.id);
+}
+
+pub(super) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("panic: {msg}")
+}
+
+/// Applies one inbound message: understand, step the flow, commit — and on
+/// a version conflict reload and run the transition again on fresh state.
+pub(super) async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Core, msg: PendingInbound) -> Result<()> {
+    let text = inbound_text(&msg.payload);
+    if let Some(m) = &deps.middleware {
+        m.before_step(phone, &text).map_err(Error::Processing)?;
+    }
+    let (msg_ref, text_ref) = (&msg, text.as_str());
+    let written = retry_conflicts(deps, phone, core, |at| async move {
+        let result = understand_and_step(deps, &at, text_ref, msg_ref.id).await;
+        let mut write = inbound_write(phone, at.version, msg_ref, text_ref, &result);
+        write.create_as = create_as(deps, at.version);
+        Some((write, result))
+    })
+    .await?;
+    match written {
+        Some(Written::Committed { version, made: result }) => {
+            let replies = result.replies.len();
+            committed(deps, phone, core, version, result, &msg, &text);
+            tracing::debug!(phone = %mask(phone), version, replies, "message applied");
+        }
+        Some(Written::AlreadyApplied) => {
+            deps.stats.already_applied.fetch_add(1, Ordering::Relaxed);
+            core.remember(msg.id);
+        }
+        // Every attempt makes a write.
+        None => {}
+    }
+    Ok(())
+}
+
+pub(super) async fn understand_and_step(deps: &SessionDeps, core: &Snapshot, text: &str, inbox_id: i64) -> StepResult {
+    let flow = &deps.flow;
+    let mut understanding = flow::Understanding::default();
+    if !core.handoff {
+        let needs = flow.needs(&core.state);
+        let request = Understand {
+            text: text.to_string(),
+            intents: candidates(flow, &needs.intents),
+            global_count: flow.global.len(),
+            slot: needs.slot.map(|s| SlotRequest {
+                text: text.to_string(),
+                name: s.name.clone(),
+                pattern: s.pattern.as_ref().map(|p| p.as_str().to_string()),
+                min_len: s.min_len,
+                max_len: s.max_len,
+            }),
+        };
+        understanding = match deps.ai.send(request).await {
+            Ok(u) => u.understanding,
+            // The AI actor is gone: the rules inside the flow still apply.
+            Err(_) => flow::Understanding::default(),
+        };
+    }
+    flow::step(
+        flow,
+        &core.state,
+        &core.data,
+        core.handoff,
+        &understanding,
+        &format!("R{inbox_id}"),
+    )
+}
+
+pub(super) fn publish(
+    deps: &SessionDeps,
+    phone: &str,
+    version: i64,
+    r: &StepResult,
+    msg: &PendingInbound,
+    inbound: &str,
+) {
+    let mut messages = vec![EventMessage {
+        origin: "user".into(),
+        body: inbound.to_string(),
+    }];
+    messages.extend(r.replies.iter().map(|m| EventMessage {
+        origin: "bot".into(),
+        body: m.text.clone(),
+    }));
+    // Best-effort: no subscriber, or a slow one, never fails a message.
+    let event = Event::conversation(EventKind::Transition, phone, version, &r.state, r.handoff)
+        .with_messages(messages)
+        .applying(&msg.provider_message_id);
+    let _ = deps.events.send(event);
+}

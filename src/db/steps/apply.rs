@@ -1,0 +1,291 @@
+//! The writes of a batch's valid steps: one statement per table, pipelined.
+//!
+//! The statements do not depend on one another (the versions were checked
+//! under the locks; no row of one refers to another's), so they are sent
+//! back to back and answered in order: one round trip for all (PostgreSQL
+//! still runs them one after the other, in the transaction). Each statement
+//! has a fixed text over arrays, so it is prepared once whatever the batch
+//! size; rows keep the batch's order, so ids follow it. Each statement is
+//! sent when its future is first polled (all of them by the one join), and
+//! the futures borrow only the connection.
+
+use std::collections::HashMap;
+
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use futures_util::future::{self, BoxFuture};
+
+use super::{NewMessage, NewOutbox, NewOutcome, StepWrite};
+use crate::db::error::{DbError, Result};
+use crate::db::outbox::Claimed;
+use crate::db::sql::Cached;
+
+type Pending<'c> = BoxFuture<'c, diesel::QueryResult<usize>>;
+
+/// Applies `valid` (steps whose versions were checked under the locks).
+/// Returns the outbox rows inserted claimed (none without `claim_ms`; see
+/// [`super::commit_batch_claiming`]).
+pub(super) async fn apply(
+    conn: &mut AsyncPgConnection,
+    valid: &[&StepWrite],
+    claim_ms: Option<i64>,
+) -> Result<Vec<Claimed>> {
+    let conn: &AsyncPgConnection = conn;
+    let claim = Claim::new(claim_ms);
+    let out: Vec<&NewOutbox> = valid.iter().flat_map(|w| &w.outbox).collect();
+    let (sessions, session_rows) = update_sessions(conn, valid);
+    let mut pipeline: Vec<Pending<'_>> = vec![sessions];
+    pipeline.extend(insert_messages(conn, valid));
+    pipeline.extend(insert_outcomes(conn, valid));
+    pipeline.extend(mark_processed(conn, valid));
+    let outbox = insert_outbox(conn, &out, &claim);
+    let (counts, inserted) = futures_util::try_join!(future::try_join_all(pipeline), outbox)?;
+    if counts[0] != session_rows {
+        // Impossible while the rows are locked; refuse to commit half a batch.
+        return Err(DbError::Invariant(format!(
+            "versioned update touched {} of {session_rows} locked sessions",
+            counts[0]
+        )));
+    }
+    Ok(if claim_ms.is_some() {
+        claimed(inserted, &out, claim.attempts)
+    } else {
+        Vec::new()
+    })
+}
+
+/// One session row's update: a chain's first expected version, its last
+/// write's state, and how many writes it applies.
+struct SessionUpdate<'a> {
+    expected: i64,
+    last: &'a StepWrite,
+    steps: i64,
+}
+
+/// The versioned session update: a chain updates its row once, to its last
+/// state. Returns the statement and the number of rows it must touch.
+fn update_sessions<'c>(conn: &'c AsyncPgConnection, valid: &[&StepWrite]) -> (Pending<'c>, usize) {
+    let mut order: Vec<&str> = Vec::new();
+    let mut updates: HashMap<&str, SessionUpdate> = HashMap::new();
+    for w in valid {
+        updates
+            .entry(w.phone.as_str())
+            .and_modify(|u| {
+                u.last = w;
+                u.steps += 1;
+            })
+            .or_insert_with(|| {
+                order.push(w.phone.as_str());
+                SessionUpdate {
+                    expected: w.expected_version,
+                    last: w,
+                    steps: 1,
+                }
+            });
+    }
+    let rows: Vec<&SessionUpdate> = order.iter().map(|p| &updates[p]).collect();
+    let statement = Cached::new(
+        "UPDATE sessions AS s SET flow_state = u.flow_state, data = u.data, handoff = u.handoff, \
+                version = s.version + u.steps, updated_at = now() FROM unnest(",
+    )
+    .bind::<Array<Text>, _>(&order)
+    .sql("::text[], ")
+    .bind::<Array<Text>, _>(rows.iter().map(|u| u.last.flow_state.as_str()).collect::<Vec<_>>())
+    .sql("::text[], ")
+    .bind::<Array<Jsonb>, _>(rows.iter().map(|u| &u.last.data).collect::<Vec<_>>())
+    .sql("::jsonb[], ")
+    .bind::<Array<Bool>, _>(rows.iter().map(|u| u.last.handoff).collect::<Vec<_>>())
+    .sql("::bool[], ")
+    .bind::<Array<BigInt>, _>(rows.iter().map(|u| u.expected).collect::<Vec<_>>())
+    .sql("::int8[], ")
+    .bind::<Array<BigInt>, _>(rows.iter().map(|u| u.steps).collect::<Vec<_>>())
+    .sql(
+        "::int8[]) AS u(phone, flow_state, data, handoff, expected, steps) \
+         WHERE s.phone = u.phone AND s.version = u.expected",
+    )
+    .execute(&mut &*conn);
+    (statement, rows.len())
+}
+
+fn insert_messages<'c>(conn: &'c AsyncPgConnection, valid: &[&StepWrite]) -> Option<Pending<'c>> {
+    let msgs: Vec<&NewMessage> = valid.iter().flat_map(|w| &w.messages).collect();
+    if msgs.is_empty() {
+        return None;
+    }
+    let col = |f: fn(&NewMessage) -> &str| msgs.iter().map(|m| f(m)).collect::<Vec<&str>>();
+    let opt = |f: fn(&NewMessage) -> Option<&str>| msgs.iter().map(|m| f(m)).collect::<Vec<Option<&str>>>();
+    Some(
+        Cached::new(
+            "INSERT INTO messages (phone, direction, origin, body, inbox_id, provider_message_id, status, outbox_key) \
+             SELECT u.phone, u.direction, u.origin, u.body, u.inbox_id, u.provider_message_id, u.status, u.outbox_key \
+             FROM unnest(",
+        )
+        .bind::<Array<Text>, _>(col(|m| &m.phone))
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(col(|m| m.direction))
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(col(|m| m.origin))
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(col(|m| &m.body))
+        .sql("::text[], ")
+        .bind::<Array<Nullable<BigInt>>, _>(msgs.iter().map(|m| m.inbox_id).collect::<Vec<Option<i64>>>())
+        .sql("::int8[], ")
+        .bind::<Array<Nullable<Text>>, _>(opt(|m| m.provider_message_id.as_deref()))
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(col(|m| m.status))
+        .sql("::text[], ")
+        .bind::<Array<Nullable<Text>>, _>(opt(|m| m.outbox_key.as_deref()))
+        .sql(
+            "::text[]) WITH ORDINALITY \
+             AS u(phone, direction, origin, body, inbox_id, provider_message_id, status, outbox_key, ord) \
+             ORDER BY u.ord",
+        )
+        .execute(&mut &*conn),
+    )
+}
+
+fn insert_outcomes<'c>(conn: &'c AsyncPgConnection, valid: &[&StepWrite]) -> Option<Pending<'c>> {
+    let rows: Vec<&NewOutcome> = valid.iter().flat_map(|w| &w.outcomes).collect();
+    if rows.is_empty() {
+        return None;
+    }
+    Some(
+        Cached::new(
+            "INSERT INTO outcomes (phone, kind, ticket, data, inbox_id) \
+             SELECT u.phone, u.kind, u.ticket, u.data, u.inbox_id FROM unnest(",
+        )
+        .bind::<Array<Text>, _>(rows.iter().map(|o| o.phone.as_str()).collect::<Vec<_>>())
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(rows.iter().map(|o| o.kind.as_str()).collect::<Vec<_>>())
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(rows.iter().map(|o| o.ticket.as_str()).collect::<Vec<_>>())
+        .sql("::text[], ")
+        .bind::<Array<Jsonb>, _>(rows.iter().map(|o| &o.data).collect::<Vec<_>>())
+        .sql("::jsonb[], ")
+        .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|o| o.inbox_id).collect::<Vec<_>>())
+        .sql(
+            "::int8[]) WITH ORDINALITY AS u(phone, kind, ticket, data, inbox_id, ord) \
+             ORDER BY u.ord ON CONFLICT DO NOTHING",
+        )
+        .execute(&mut &*conn),
+    )
+}
+
+/// Marks the steps' inbound messages processed.
+fn mark_processed<'c>(conn: &'c AsyncPgConnection, valid: &[&StepWrite]) -> Option<Pending<'c>> {
+    let (phones, ids): (Vec<&str>, Vec<i64>) = valid
+        .iter()
+        .filter_map(|w| w.inbox_id.map(|id| (w.phone.as_str(), id)))
+        .unzip();
+    if ids.is_empty() {
+        return None;
+    }
+    // No `processed_at IS NULL` filter (they were checked under the session
+    // locks): with it the planner reads the partial unprocessed index, whose
+    // statistics lag behind a busy phone's backlog, and hashes that backlog.
+    Some(
+        Cached::new(
+            "UPDATE inbox AS i SET processed_at = coalesce(i.processed_at, now()), attempts = i.attempts + 1 \
+             FROM unnest(",
+        )
+        .bind::<Array<Text>, _>(phones)
+        .sql("::text[], ")
+        .bind::<Array<BigInt>, _>(ids)
+        .sql("::int8[]) AS u(phone, id) WHERE i.phone = u.phone AND i.id = u.id")
+        .execute(&mut &*conn),
+    )
+}
+
+/// How the outbox rows are inserted: claimed for this process's dispatcher
+/// (status `sending`, one attempt counted, leased) or left pending — with
+/// one statement text either way.
+struct Claim {
+    status: &'static str,
+    attempts: i32,
+    lease_ms: i64,
+}
+
+impl Claim {
+    fn new(claim_ms: Option<i64>) -> Self {
+        match claim_ms {
+            Some(ms) => Self {
+                status: "sending",
+                attempts: 1,
+                lease_ms: ms.max(0),
+            },
+            None => Self {
+                status: "pending",
+                attempts: 0,
+                lease_ms: 0,
+            },
+        }
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct InsertedOutbox {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    phone: String,
+    #[diesel(sql_type = Text)]
+    idempotency_key: String,
+}
+
+async fn insert_outbox(
+    conn: &AsyncPgConnection,
+    out: &[&NewOutbox],
+    claim: &Claim,
+) -> diesel::QueryResult<Vec<InsertedOutbox>> {
+    if out.is_empty() {
+        return Ok(Vec::new());
+    }
+    Cached::new("WITH claim AS (SELECT ")
+        .bind::<Text, _>(claim.status)
+        .sql("::text AS status, ")
+        .bind::<Integer, _>(claim.attempts)
+        .sql("::int4 AS attempts, ")
+        .bind::<BigInt, _>(claim.lease_ms)
+        .sql(
+            "::int8 AS lease_ms) \
+             INSERT INTO outbox (phone, kind, payload, idempotency_key, status, attempts, next_attempt_at) \
+             SELECT u.phone, u.kind, u.payload, u.key, claim.status, claim.attempts, \
+                    now() + claim.lease_ms * interval '1 millisecond' \
+             FROM claim, unnest(",
+        )
+        .bind::<Array<Text>, _>(out.iter().map(|o| o.phone.as_str()).collect::<Vec<_>>())
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(out.iter().map(|o| o.kind).collect::<Vec<_>>())
+        .sql("::text[], ")
+        .bind::<Array<Jsonb>, _>(out.iter().map(|o| &o.payload).collect::<Vec<_>>())
+        .sql("::jsonb[], ")
+        .bind::<Array<Text>, _>(out.iter().map(|o| o.idempotency_key.as_str()).collect::<Vec<_>>())
+        .sql(
+            "::text[]) WITH ORDINALITY AS u(phone, kind, payload, key, ord) ORDER BY u.ord \
+             RETURNING id, phone, idempotency_key",
+        )
+        .load::<InsertedOutbox>(&mut &*conn)
+        .await
+}
+
+/// The claimed rows, for the dispatcher: the payloads are ours already,
+/// matched by key, not read back.
+fn claimed(inserted: Vec<InsertedOutbox>, out: &[&NewOutbox], attempts: i32) -> Vec<Claimed> {
+    let payloads: HashMap<(&str, &str), &NewOutbox> = out
+        .iter()
+        .map(|o| ((o.phone.as_str(), o.idempotency_key.as_str()), *o))
+        .collect();
+    inserted
+        .into_iter()
+        .filter_map(|r| {
+            let o = payloads.get(&(r.phone.as_str(), r.idempotency_key.as_str()))?;
+            Some(Claimed {
+                id: r.id,
+                payload: o.payload.clone(),
+                phone: r.phone,
+                idempotency_key: r.idempotency_key,
+                attempts,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,129 @@
+//! What a batch reads under its locks before it writes: creating the new
+//! sessions, locking the batch's rows, and the two "already applied" checks.
+//! Each is generic over the connection so the four run pipelined on one
+//! shared `&AsyncPgConnection`.
+
+use std::collections::{HashMap, HashSet};
+
+use diesel::pg::Pg;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Text};
+use diesel_async::{AsyncConnectionCore, RunQueryDsl};
+
+use super::StepWrite;
+use crate::db::error::Result;
+use crate::db::schema::outbox;
+use crate::db::sql::Cached;
+
+/// Creates, at version 0, the sessions that writes expecting version 0 say
+/// how to create — those that do not exist yet (a concurrent creator's row
+/// wins; the version check then tells whether this write still applies).
+pub(super) async fn create_sessions<C>(conn: &mut C, writes: &[StepWrite]) -> Result<()>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
+    let mut seen = HashSet::new();
+    let (phones, states): (Vec<&str>, Vec<&str>) = writes
+        .iter()
+        .filter(|w| w.expected_version == 0 && seen.insert(w.phone.as_str()))
+        .filter_map(|w| w.create_as.as_deref().map(|s| (w.phone.as_str(), s)))
+        .unzip();
+    if phones.is_empty() {
+        return Ok(());
+    }
+    let mut order: Vec<usize> = (0..phones.len()).collect();
+    order.sort_by_key(|i| phones[*i]);
+    let phones: Vec<&str> = order.iter().map(|i| phones[*i]).collect();
+    let states: Vec<&str> = order.iter().map(|i| states[*i]).collect();
+    // In phone order, like the locks below: concurrent batches cannot deadlock.
+    Cached::new("INSERT INTO sessions (phone, flow_state) SELECT u.phone, u.state FROM unnest(")
+        .bind::<Array<Text>, _>(&phones)
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(&states)
+        .sql("::text[]) WITH ORDINALITY AS u(phone, state, ord) ORDER BY u.ord ON CONFLICT (phone) DO NOTHING")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct PhoneVersion {
+    #[diesel(sql_type = Text)]
+    phone: String,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
+}
+
+pub(super) async fn lock_sessions<C>(conn: &mut C, sorted_phones: &[&str]) -> Result<HashMap<String, i64>>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
+    let rows: Vec<PhoneVersion> = Cached::new("SELECT phone, version FROM sessions WHERE phone = ANY(")
+        .bind::<Array<Text>, _>(sorted_phones)
+        .sql(") ORDER BY phone FOR UPDATE")
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.phone, r.version)).collect())
+}
+
+/// What marks a step as already applied.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Key {
+    Inbox(i64),
+    Outbox(String),
+}
+
+pub(super) async fn existing_keys<C>(conn: &mut C, writes: &[StepWrite]) -> Result<HashSet<(String, Key)>>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
+    let (phones, keys): (Vec<&str>, Vec<&str>) = writes
+        .iter()
+        .filter_map(|w| w.dedupe_key.as_deref().map(|k| (w.phone.as_str(), k)))
+        .unzip();
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows: Vec<(String, String)> = outbox::table
+        .filter(outbox::phone.eq_any(&phones))
+        .filter(outbox::idempotency_key.eq_any(&keys))
+        .select((outbox::phone, outbox::idempotency_key))
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|(p, k)| (p, Key::Outbox(k))).collect())
+}
+
+#[derive(QueryableByName)]
+struct PhoneId {
+    #[diesel(sql_type = Text)]
+    phone: String,
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+pub(super) async fn processed_inbox<C>(conn: &mut C, writes: &[StepWrite]) -> Result<HashSet<(String, Key)>>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
+    let (phones, ids): (Vec<&str>, Vec<i64>) = writes
+        .iter()
+        .filter_map(|w| w.inbox_id.map(|id| (w.phone.as_str(), id)))
+        .unzip();
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    // Pairs joined on the primary key: `phone = ANY(..) AND id = ANY(..)`
+    // over a chain repeats one phone, and the planner, counting each copy,
+    // scanned the whole table for a busy phone.
+    let rows: Vec<PhoneId> = Cached::new("SELECT i.phone, i.id FROM unnest(")
+        .bind::<Array<Text>, _>(&phones)
+        .sql("::text[], ")
+        .bind::<Array<BigInt>, _>(&ids)
+        .sql(
+            "::int8[]) AS u(phone, id) JOIN inbox i ON i.phone = u.phone AND i.id = u.id \
+             WHERE i.processed_at IS NOT NULL",
+        )
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.phone, Key::Inbox(r.id))).collect())
+}
