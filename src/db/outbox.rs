@@ -10,6 +10,17 @@ use super::schema::{dead_letters, messages, outbox};
 use super::sql::Cached;
 use crate::db::error::{DbError, Result};
 
+/// Where a step commit hands the outbox rows it claimed at insert: the
+/// outbox's in-memory send queue. A trait here, so the DB writer (an actor)
+/// hands rows over without knowing the outbox.
+pub trait ClaimedRows: Send + Sync {
+    /// The lease to claim a commit's rows with, or `None` to leave them
+    /// pending (the queue is full or closing).
+    fn claim_ms(&self) -> Option<i64>;
+    /// Takes rows claimed by a commit, to send them.
+    fn hand(&self, claimed: Vec<Claimed>);
+}
+
 /// A claimed row, leased to this process until `lease` passes.
 #[derive(Debug, Clone, PartialEq, QueryableByName)]
 pub struct Claimed {

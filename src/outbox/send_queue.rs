@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::config::OutboxSettings;
-use crate::db::outbox::Claimed;
+use crate::db::outbox::{Claimed, ClaimedRows};
 
 /// Outbox rows claimed by the step transaction that inserted them, on their
 /// way to this process's dispatcher in memory (no claim query, no commit of
@@ -50,8 +50,8 @@ impl SendQueue {
         (batch * 8).min(quarter_lease as usize).max(batch)
     }
 
-    /// The lease to claim inserted rows with, or `None` while the handoff
-    /// is full (they are inserted pending then).
+    /// The lease to claim inserted rows with, or `None` while the queue is
+    /// full or closed (they are inserted pending then).
     pub fn claim_ms(&self) -> Option<i64> {
         let open = !self.closed.load(std::sync::atomic::Ordering::SeqCst);
         (open && self.len() < self.limit && !self.lease.is_zero()).then_some(self.lease.as_millis() as i64)
@@ -95,6 +95,16 @@ impl SendQueue {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(Claimed, Instant)>> {
         self.rows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ClaimedRows for SendQueue {
+    fn claim_ms(&self) -> Option<i64> {
+        SendQueue::claim_ms(self)
+    }
+
+    fn hand(&self, claimed: Vec<Claimed>) {
+        SendQueue::hand(self, claimed)
     }
 }
 

@@ -18,10 +18,10 @@ use tokio::sync::oneshot;
 
 use crate::config::GroupCommitSettings;
 use crate::db::inbox::{self, OwnedDelivery, Registration};
+use crate::db::outbox::ClaimedRows;
 use crate::db::steps::{StepWrite, WriteOutcome};
 use crate::db::Database;
 use crate::error::Error;
-use crate::outbox::SendQueue;
 
 mod commit;
 mod share;
@@ -76,7 +76,7 @@ pub struct DbWriter {
     stats: Arc<WriterStats>,
     /// Where a commit hands the outbound messages it claimed (and wakes
     /// the dispatcher after queuing any).
-    outbox: Arc<SendQueue>,
+    outbox: Arc<dyn ClaimedRows>,
     /// This engine's hold on the messages it registers.
     lease: inbox::Lease,
 }
@@ -86,7 +86,7 @@ impl DbWriter {
         db: Database,
         settings: GroupCommitSettings,
         stats: Arc<WriterStats>,
-        outbox: Arc<SendQueue>,
+        outbox: Arc<dyn ClaimedRows>,
         lease: inbox::Lease,
     ) -> Self {
         Self {
