@@ -37,6 +37,10 @@ pub fn webhook_delivery(data: &[u8]) -> bool {
         }
         assert!(serde_json::to_vec(&m.raw).is_ok(), "a message is stored as JSON");
     }
+    for u in &d.unusable {
+        assert!(!u.key.is_empty(), "an unusable item has a key to keep it once");
+        assert!(u.from.chars().count() <= 64, "the kept sender is capped");
+    }
     for s in &d.statuses {
         if let Some(e) = &s.errors {
             // Stored as the message's error text.

@@ -214,15 +214,6 @@ async fn bad_bodies_get_a_clear_4xx_and_store_nothing() {
         (b"{not json".to_vec(), 400, "malformed JSON"),
         (br#"{"object":"page","entry":[]}"#.to_vec(), 400, "not a WhatsApp"),
         (br#"{"entry":[]}"#.to_vec(), 400, "missing `object`"),
-        (
-            serde_json::to_vec(&delivery(vec![change(
-                vec![text_message("12ab", "wamid.bad", "x")],
-                vec![],
-            )]))
-            .unwrap(),
-            400,
-            "invalid phone",
-        ),
         (vec![b' '; 3 * 1024 * 1024 + 1], 413, ""),
     ];
     for (body, code, reason) in cases {
@@ -626,12 +617,15 @@ async fn limits_answer_with_a_clear_4xx_and_store_nothing() {
         .collect();
     let r = app.deliver_value(many, vec![]).await;
     assert_eq!(r.status(), 413);
-    // A text over WhatsApp's 4,096 characters.
+    // A text over WhatsApp's 4,096 characters: acknowledged, kept as a dead
+    // letter with its reason, never applied.
     let r = app
         .deliver_value(vec![text_message(PHONE, "wamid.long", &"a".repeat(4097))], vec![])
         .await;
-    assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("4096"));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["dead_lettered"], 1);
+    let letters = app.engine.dead_letters(false, 10).await.unwrap();
+    assert!(letters[0].reason.contains("4096"), "{:?}", letters[0]);
     assert_eq!(inbox_count(&db).await, 0);
 
     // One event stream at a time.
@@ -939,5 +933,92 @@ async fn a_webhook_whose_lone_registration_fails_in_the_database_gets_503_not_40
         .await;
     assert_eq!(again.status(), 200, "the redelivery is stored once the fault is gone");
     assert_eq!(inbox_count(&db).await, 1);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_delivery_with_bad_messages_is_acknowledged_the_good_applied_and_the_bad_dead_lettered() {
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    let mut no_from = text_message(PHONE, "wamid.nofrom", "hola");
+    no_from.as_object_mut().unwrap().remove("from");
+    // A username-only user (Meta, 2026): a BSUID and no phone.
+    let mut bsuid = text_message(PHONE, "wamid.bsuid", "hola");
+    bsuid.as_object_mut().unwrap().remove("from");
+    bsuid["from_user_id"] = json!("US.13491208655302741918");
+    let mut no_id = text_message(PHONE, "wamid.x", "hola");
+    no_id.as_object_mut().unwrap().remove("id");
+    let mut bad_status = status("wamid.out", PHONE, "delivered");
+    bad_status.as_object_mut().unwrap().remove("status");
+    let body = serde_json::to_vec(&delivery(vec![change(
+        vec![
+            text_message(PHONE, "wamid.good1", "hola"),
+            text_message("12ab", "wamid.badphone", "hola"),
+            text_message(PHONE, "wamid.long", &"a".repeat(4097)),
+            bsuid,
+            no_from,
+            no_id,
+            text_message(PHONE, "wamid.good2", "vehiculo"),
+        ],
+        vec![bad_status],
+    )]))
+    .unwrap();
+    let r = app.deliver(&body, Some(APP_SECRET)).await;
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        (answer["accepted"].as_i64(), answer["dead_lettered"].as_i64()),
+        (Some(2), Some(6))
+    );
+    app.engine.wait_idle().await;
+    let s = app.engine.conversation(PHONE).await.unwrap().unwrap();
+    assert_eq!(
+        (s.version, s.flow_state.as_str()),
+        (2, "vehiculo_empleado"),
+        "both good applied, in order"
+    );
+
+    let letters = app.engine.dead_letters(false, 20).await.unwrap();
+    let mut reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
+    reasons.sort_unstable();
+    assert_eq!(letters.len(), 6, "{reasons:?}");
+    assert!(letters.iter().all(|l| l.source == "webhook"));
+    for expected in [
+        "invalid phone",
+        "4096",
+        "BSUID",
+        "without `from`",
+        "without `id`",
+        "a status without",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "{expected} in {reasons:?}"
+        );
+    }
+    let long = letters.iter().find(|l| l.reason.contains("4096")).unwrap();
+    assert_eq!(long.payload["id"], "wamid.long", "kept as received");
+
+    // Redelivered whole (as after a 503): nothing stored twice, nothing applied twice.
+    let again: Value = app.deliver(&body, Some(APP_SECRET)).await.json().await.unwrap();
+    assert_eq!(again["duplicates"], 2);
+    app.engine.wait_idle().await;
+    assert_eq!(app.engine.dead_letters(false, 20).await.unwrap().len(), 6);
+    assert_eq!(app.engine.conversation(PHONE).await.unwrap().unwrap().version, 2);
+    let metrics = app.get_text("/metrics").await;
+    assert!(
+        metrics.contains("switchboard_dead_letters_unusable_total 6"),
+        "{metrics}"
+    );
+
+    // It never reached the inbox: there is nothing to replay it onto.
+    let r = app
+        .client
+        .post(app.url(&format!("/api/admin/dead-letters/{}/{}/replay", long.phone, long.id)))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     app.stop().await;
 }

@@ -19,4 +19,7 @@ pub struct EngineStats {
     pub conflicts: AtomicU64,
     /// Re-runs after a conflict or a retryable error.
     pub retries: AtomicU64,
+    /// Items of deliveries that could not be applied, kept as dead letters
+    /// (first time each).
+    pub unusable: AtomicU64,
 }

@@ -51,6 +51,39 @@ pub async fn pending_count(conn: &mut AsyncPgConnection) -> Result<i64> {
         .await?)
 }
 
+/// A message (or status) of a delivery that cannot be applied, to keep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewUnusable<'a> {
+    /// The sender as the delivery gave it (possibly not a phone, or empty).
+    pub from: &'a str,
+    /// One letter per key: the message id, or a hash of its JSON.
+    pub key: &'a str,
+    pub payload: &'a serde_json::Value,
+    pub reason: &'a str,
+}
+
+/// The `source` of dead letters made from unusable webhook items. They
+/// never reached the inbox, so there is nothing to replay them onto.
+pub const UNUSABLE: &str = "webhook";
+
+/// Keeps an unusable item as a dead letter; true when it is new (a
+/// redelivery of the same item stores nothing).
+pub async fn record_unusable(conn: &mut AsyncPgConnection, u: &NewUnusable<'_>) -> Result<bool> {
+    let stored = diesel::insert_into(dead_letters::table)
+        .values((
+            dead_letters::phone.eq(u.from),
+            dead_letters::source.eq(UNUSABLE),
+            dead_letters::source_id.eq(0),
+            dead_letters::payload.eq(u.payload),
+            dead_letters::reason.eq(u.reason),
+            dead_letters::dedupe_key.eq(u.key),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(stored == 1)
+}
+
 /// Puts a dead letter back on its normal path: an inbound message becomes
 /// unprocessed again (attempts reset; it goes through dedupe, order and the
 /// version check like any message), an outbound one pending again. Marks
@@ -62,6 +95,8 @@ pub async fn replay(conn: &mut AsyncPgConnection, phone: &str, id: i64) -> Resul
             .filter(dead_letters::phone.eq(&phone))
             .filter(dead_letters::id.eq(id))
             .filter(dead_letters::replayed_at.is_null())
+            // An unusable webhook item never reached the inbox: nothing to replay.
+            .filter(dead_letters::source.ne(UNUSABLE))
             .set(dead_letters::replayed_at.eq(diesel::dsl::now))
             .returning((dead_letters::source, dead_letters::source_id))
             .get_result(conn)

@@ -10,6 +10,7 @@ diesel::table! {
         reason -> Text,
         created_at -> Timestamptz,
         replayed_at -> Nullable<Timestamptz>,
+        dedupe_key -> Nullable<Text>,
     }
 }
 

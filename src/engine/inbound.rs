@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix::prelude::*;
+use scoped_futures::ScopedFutureExt;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::mailbox::{InFlightGuard, Turn};
@@ -12,6 +13,7 @@ use super::{Accepted, Engine, InboundMessage};
 use crate::actors::db_writer::{DbWriter, Register};
 use crate::actors::registry::{LiveActor, Ticket};
 use crate::actors::session::Apply;
+use crate::db::dead_letters::{self, NewUnusable};
 use crate::db::inbox::OwnedDelivery;
 use crate::db::resume::PendingInbound;
 use crate::error::{Error, Result};
@@ -128,5 +130,28 @@ impl Engine {
         self.post(phone, Apply(pending.clone()), Some(turn), Some(permit), Some(pending))
             .await?;
         Ok(accepted)
+    }
+
+    /// Keeps an item of a delivery that cannot be applied (a malformed
+    /// message, a sender without a phone, a text over the limit) as a dead
+    /// letter with its reason, so the rest of its delivery can be
+    /// acknowledged; true the first time (a redelivery stores nothing new).
+    #[tracing::instrument(skip_all)]
+    pub async fn keep_unusable(&self, u: &NewUnusable<'_>) -> Result<bool> {
+        self.check_running()?;
+        let new = self
+            .inner
+            .db
+            .run("record_unusable", |c| dead_letters::record_unusable(c, u).scope_boxed())
+            .await?;
+        if new {
+            self.inner.stats.unusable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                from = %phone::mask(u.from),
+                reason = u.reason,
+                "a delivery item could not be applied; kept as a dead letter"
+            );
+        }
+        Ok(new)
     }
 }

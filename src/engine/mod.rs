@@ -34,7 +34,7 @@ pub use crate::actors::ai::{CallDurations, CALL_DURATION_BUCKETS};
 pub use crate::actors::middleware::Middleware;
 pub use crate::actors::stats::EngineStats;
 pub use crate::config::EngineSettings;
-pub use crate::db::dead_letters::DeadLetter;
+pub use crate::db::dead_letters::{DeadLetter, NewUnusable};
 pub use crate::db::read::{ConversationSummary, ListFilter, MessageRow};
 pub use crate::events::{inbound_text, BreakerEvent, DeliveryEvent, Event, EventKind, EventMessage, EVENT_BUFFER};
 pub use builder::EngineBuilder;

@@ -24,6 +24,8 @@ pub struct StatsSnapshot {
     pub already_applied: u64,
     pub conflicts: u64,
     pub retries: u64,
+    /// Delivery items kept as dead letters because they cannot be applied.
+    pub unusable: u64,
     pub batches: u64,
     pub batched_writes: u64,
     pub largest_batch: u64,
@@ -59,6 +61,7 @@ impl Engine {
             already_applied: l(&i.stats.already_applied),
             conflicts: l(&i.stats.conflicts),
             retries: l(&i.stats.retries),
+            unusable: l(&i.stats.unusable),
             batches: l(&w.batches),
             batched_writes: l(&w.writes),
             largest_batch: l(&w.largest_batch),

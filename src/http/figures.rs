@@ -16,7 +16,7 @@ type Counter = (&'static str, &'static str, u64);
 /// them (no copy is kept here). One line per metric, as a table (so not
 /// formatted).
 #[rustfmt::skip]
-pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats) -> [Counter; 20] {
+pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats) -> [Counter; 21] {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     [
         ("switchboard_deliveries_total", "Inbound messages accepted (first deliveries).", s.accepted),
@@ -26,6 +26,7 @@ pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats) -> [Counter; 2
         ("switchboard_retries_total", "Steps retried after a conflict or a transient error.", s.retries),
         ("switchboard_session_crashes_total", "Session actor crashes.", s.crashes),
         ("switchboard_dead_letters_inbound_total", "Inbound messages moved to dead letters.", s.quarantined),
+        ("switchboard_dead_letters_unusable_total", "Delivery items that could not be applied (malformed, no phone, over a limit), kept as dead letters.", s.unusable),
         ("switchboard_commit_batches_total", "Group-commit transactions.", s.batches),
         ("switchboard_committed_steps_total", "Steps written by group-commit transactions.", s.batched_writes),
         ("switchboard_registration_batches_total", "Inbox registration statements (each a commit).", s.registration_batches),

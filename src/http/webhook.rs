@@ -6,10 +6,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, AppState};
-use crate::engine::InboundMessage;
+use crate::engine::{InboundMessage, NewUnusable};
 use crate::error::Error;
 use crate::phone;
-use crate::whatsapp::webhook::{parse, secure_eq, verify_signature};
+use crate::whatsapp::webhook::{parse, secure_eq, verify_signature, InboundWa, Unusable};
 
 /// Largest delivery accepted (Meta sends up to 3 MB).
 pub const BODY_LIMIT: usize = 3 * 1024 * 1024;
@@ -43,8 +43,11 @@ pub async fn verify(state: web::Data<AppState>, q: web::Query<Handshake>) -> Htt
     }
 }
 
-/// Registers every message of the delivery durably, then answers 200.
-/// Statuses update our outbound messages.
+/// Registers every message of the delivery durably — in the inbox, or as a
+/// dead letter with its reason when it cannot be applied — then answers
+/// 200. Statuses update our outbound messages. 400 only for a body that is
+/// not a delivery at all; 503 when the database could not store an item
+/// (the provider redelivers; dedupe makes that harmless).
 pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     if let Some(secret) = &state.settings.whatsapp.app_secret {
         let header = req.headers().get("x-hub-signature-256").and_then(|h| h.to_str().ok());
@@ -60,33 +63,38 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
         state.metrics.rejected("webhook_malformed");
         ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
     })?;
-    if delivery.messages.len() + delivery.statuses.len() > MAX_ITEMS {
+    if delivery.messages.len() + delivery.statuses.len() + delivery.unusable.len() > MAX_ITEMS {
         state.metrics.rejected("webhook_too_many");
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("a delivery holds at most {MAX_ITEMS} messages and statuses"),
         ));
     }
-    // Check every message before storing anything: a delivery is taken whole.
-    for m in &delivery.messages {
-        if crate::engine::inbound_text(&m.raw).chars().count() > MAX_TEXT_CHARS {
-            state.metrics.rejected("webhook_text_length");
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("message {}: text over {MAX_TEXT_CHARS} characters", m.id),
-            ));
+    // A message that cannot be applied is kept as a dead letter with its
+    // reason; the others go on. The delivery is acknowledged once every
+    // item is durable, one way or the other.
+    let mut unusable = delivery.unusable;
+    let mut usable = Vec::with_capacity(delivery.messages.len());
+    for m in delivery.messages {
+        match check(&m) {
+            Ok(()) => usable.push(m),
+            Err(reason) => unusable.push(Unusable::new(&m.raw, reason)),
         }
-        phone::normalize(&m.from).map_err(|why| {
-            state.metrics.rejected("webhook_phone");
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("message {}: invalid phone: {why}", m.id),
-            )
-        })?;
     }
     let engine = &state.engine;
+    let mut dead_lettered = 0;
+    for u in &unusable {
+        let letter = NewUnusable {
+            from: &u.from,
+            key: &u.key,
+            payload: &u.raw,
+            reason: &u.reason,
+        };
+        engine.keep_unusable(&letter).await.map_err(unstored)?;
+        dead_lettered += 1;
+    }
     let (mut accepted, mut duplicates) = (0, 0);
-    for m in delivery.messages {
+    for m in usable {
         let a = engine
             .submit_inbound(InboundMessage {
                 phone: m.from,
@@ -115,7 +123,25 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
             statuses += 1;
         }
     }
-    Ok(HttpResponse::Ok().json(json!({"accepted": accepted, "duplicates": duplicates, "statuses": statuses})))
+    Ok(HttpResponse::Ok().json(json!({
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "statuses": statuses,
+        "dead_lettered": dead_lettered,
+    })))
+}
+
+/// Why a message cannot be applied, if it cannot: a text over WhatsApp's
+/// limit, a sender that is not a phone, an id out of bounds.
+fn check(m: &InboundWa) -> Result<(), String> {
+    if crate::engine::inbound_text(&m.raw).chars().count() > MAX_TEXT_CHARS {
+        return Err(format!("text over {MAX_TEXT_CHARS} characters"));
+    }
+    phone::normalize(&m.from).map_err(|why| format!("invalid phone: {why}"))?;
+    if m.id.is_empty() || m.id.len() > 256 {
+        return Err("a provider message id has 1 to 256 characters".into());
+    }
+    Ok(())
 }
 
 /// A message that could not be stored: 400 only when the message itself is

@@ -4,11 +4,13 @@
 //! with changes; a change's `value` holds `messages` (inbound), `statuses`
 //! (of our outbound messages) and `contacts`. Every message is kept as the
 //! exact JSON object received; unknown types and fields are carried, never an
-//! error. Reference: Meta's "Webhooks payload examples" for the Cloud API.
+//! error. A message or status that cannot be applied is kept whole, with
+//! why, as [`Unusable`]: it never fails the rest of its delivery. Reference:
+//! Meta's "Webhooks payload examples" for the Cloud API.
 
 use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// One inbound message of a delivery.
@@ -38,11 +40,40 @@ pub struct StatusWa {
     pub errors: Option<Value>,
 }
 
+/// A message or status of a delivery that cannot be applied: kept (as a
+/// dead letter) with the reason, so the rest of the delivery goes on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unusable {
+    /// The sender as given (`from`), possibly empty or not a phone.
+    pub from: String,
+    /// The item's id, or `sha256:` and the hash of its JSON when it has none.
+    pub key: String,
+    /// The item exactly as received.
+    pub raw: Value,
+    pub reason: String,
+}
+
+impl Unusable {
+    pub fn new(raw: &Value, reason: impl Into<String>) -> Self {
+        let key = match str_at(raw, "id") {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => format!("sha256:{}", hex::encode(Sha256::digest(raw.to_string().as_bytes()))),
+        };
+        Self {
+            from: str_at(raw, "from").unwrap_or_default().chars().take(64).collect(),
+            key,
+            raw: raw.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// What a delivery carries.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Delivery {
     pub messages: Vec<InboundWa>,
     pub statuses: Vec<StatusWa>,
+    pub unusable: Vec<Unusable>,
 }
 
 /// Why a body is not a delivery we can take.
@@ -58,9 +89,9 @@ fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
 
-/// Parses a delivery body. Messages and statuses that lack the fields we
-/// need (`from`/`id`, `id`/`status`) make the delivery malformed: the
-/// provider would never send them, and accepting half a delivery hides bugs.
+/// Parses a delivery body. Only a body that is not a delivery at all (not
+/// JSON, another `object`, no `entry`) is an error; a message or status that
+/// lacks the fields we need (`from`/`id`, `id`/`status`) is [`Unusable`].
 pub fn parse(body: &[u8]) -> Result<Delivery, DeliveryError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| DeliveryError::Json(e.to_string()))?;
     let obj = v
@@ -90,20 +121,27 @@ pub fn parse(body: &[u8]) -> Result<Delivery, DeliveryError> {
                 .filter_map(|c| Some((str_at(c, "wa_id")?, c.pointer("/profile/name")?.as_str()?)))
                 .collect();
             for m in value.get("messages").and_then(Value::as_array).into_iter().flatten() {
-                let (Some(from), Some(id)) = (str_at(m, "from"), str_at(m, "id")) else {
-                    return Err(DeliveryError::Shape("a message without `from` or `id`".into()));
-                };
-                d.messages.push(InboundWa {
-                    from: from.to_string(),
-                    id: id.to_string(),
-                    kind: str_at(m, "type").unwrap_or("unknown").to_string(),
-                    contact_name: contacts.iter().find(|(wa, _)| *wa == from).map(|(_, n)| n.to_string()),
-                    raw: m.clone(),
-                });
+                match (str_at(m, "from"), str_at(m, "id")) {
+                    (Some(from), Some(id)) => d.messages.push(InboundWa {
+                        from: from.to_string(),
+                        id: id.to_string(),
+                        kind: str_at(m, "type").unwrap_or("unknown").to_string(),
+                        contact_name: contacts.iter().find(|(wa, _)| *wa == from).map(|(_, n)| n.to_string()),
+                        raw: m.clone(),
+                    }),
+                    (None, _) if str_at(m, "from_user_id").is_some() => d.unusable.push(Unusable::new(
+                        m,
+                        "the sender is known only by its business-scoped user ID (BSUID), \
+                         which this version does not take yet",
+                    )),
+                    (None, _) => d.unusable.push(Unusable::new(m, "a message without `from`")),
+                    (_, None) => d.unusable.push(Unusable::new(m, "a message without `id`")),
+                }
             }
             for s in value.get("statuses").and_then(Value::as_array).into_iter().flatten() {
                 let (Some(id), Some(status)) = (str_at(s, "id"), str_at(s, "status")) else {
-                    return Err(DeliveryError::Shape("a status without `id` or `status`".into()));
+                    d.unusable.push(Unusable::new(s, "a status without `id` or `status`"));
+                    continue;
                 };
                 d.statuses.push(StatusWa {
                     id: id.to_string(),
