@@ -12,6 +12,9 @@ pub const EVENT_BUFFER: usize = 4096;
 pub enum EventKind {
     /// An inbound message was applied (with the bot's replies).
     Transition,
+    /// An inbound message of a kind the flow does not step (a reaction, a
+    /// system notice, an unsupported type) was stored; the version is unchanged.
+    Stored,
     /// A human agent's message was stored and queued.
     AgentMessage,
     /// The conversation went to a human agent or back to the bot.
@@ -113,13 +116,21 @@ impl Event {
     }
 }
 
+/// The id a reply button or list row carries: this prefix and the choice
+/// itself, so a reply names its choice whatever its (cut or edited) title.
+pub const CHOICE_ID: &str = "choice:";
+
 /// The text of an inbound WhatsApp message object, whatever its type:
-/// text body, button or list reply title, template button text, a media
-/// caption. Other types (location, contacts, reactions, media without
-/// caption) have no text: the flow sees an empty message.
+/// text body; for a button or list reply the choice its id names (see
+/// [`CHOICE_ID`]), else its title; template button text; a media caption.
+/// Other types (location, contacts, reactions, media without caption) have
+/// no text: the flow sees an empty message.
 pub fn inbound_text(payload: &Value) -> String {
     let s = |p: &str| payload.pointer(p).and_then(Value::as_str);
-    s("/text/body")
+    let choice = |p: &str| s(p).and_then(|id| id.strip_prefix(CHOICE_ID)).filter(|c| !c.is_empty());
+    choice("/interactive/button_reply/id")
+        .or_else(|| choice("/interactive/list_reply/id"))
+        .or_else(|| s("/text/body"))
         .or_else(|| s("/text"))
         .or_else(|| s("/interactive/button_reply/title"))
         .or_else(|| s("/interactive/list_reply/title"))

@@ -156,7 +156,9 @@ async fn every_message_type_is_accepted_stored_as_received_and_applied_once() {
         assert_eq!(stored, m, "{kind} stored as received");
     }
     let s = app.engine.conversation(PHONE).await.unwrap().unwrap();
-    assert_eq!(s.version, kinds.len() as i64, "each applied exactly once");
+    // A reaction, an unsupported message and an unknown type are stored, not
+    // stepped: one version per stepped message.
+    assert_eq!(s.version, kinds.len() as i64 - 3, "each stepped exactly once");
     let users: Vec<String> = messages::table
         .filter(messages::origin.eq("user"))
         .order(messages::id)
@@ -166,6 +168,10 @@ async fn every_message_type_is_accepted_stored_as_received_and_applied_once() {
         .unwrap();
     assert_eq!(&users[..4], ["hola", "Refrigerador", "Vehículo", "Sí"]);
     assert_eq!(users[4], "la etiqueta", "a caption is the text of a media message");
+    assert_eq!(users.len(), kinds.len(), "every message stored once");
+    for shown in ["👍", "[unsupported]", "[brand_new_type]"] {
+        assert!(users.iter().any(|u| u == shown), "{shown} in {users:?}");
+    }
     app.stop().await;
 }
 
@@ -1020,5 +1026,90 @@ async fn a_delivery_with_bad_messages_is_acknowledged_the_good_applied_and_the_b
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    app.stop().await;
+}
+
+/// The bot's messages stored for `phone`.
+async fn bot_messages(db: &TestDb, phone: &str) -> i64 {
+    messages::table
+        .filter(messages::phone.eq(phone))
+        .filter(messages::origin.eq("bot"))
+        .count()
+        .get_result(&mut db.admin().await)
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn reactions_and_group_messages_are_stored_not_answered_and_use_no_attempt() {
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    app.deliver_value(vec![text_message(PHONE, "wamid.k1", "vehiculo")], vec![])
+        .await;
+    app.engine.wait_idle().await;
+    let before = app.engine.conversation(PHONE).await.unwrap().unwrap();
+    assert_eq!(before.flow_state, "vehiculo_empleado", "a slot state");
+    let replies = bot_messages(&db, PHONE).await;
+    let reaction = message(
+        PHONE,
+        "wamid.k2",
+        "reaction",
+        json!({"message_id": "wamid.k1", "emoji": "👍"}),
+    );
+    let mut in_group = text_message(PHONE, "wamid.k3", "12345");
+    in_group["group_id"] = json!("120363000000000000");
+    let r = app.deliver_value(vec![reaction, in_group], vec![]).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["accepted"], 2);
+    app.engine.wait_idle().await;
+    let after = app.engine.conversation(PHONE).await.unwrap().unwrap();
+    assert_eq!(
+        (after.version, after.flow_state.as_str(), &after.data),
+        (before.version, "vehiculo_empleado", &before.data),
+        "not stepped: no version, no attempt, the slot still waits"
+    );
+    assert_eq!(bot_messages(&db, PHONE).await, replies, "not answered");
+    let processed: i64 = inbox::table
+        .filter(inbox::processed_at.is_not_null())
+        .count()
+        .get_result(&mut db.admin().await)
+        .await
+        .unwrap();
+    assert_eq!(processed, 3, "both handled");
+    // The slot is still there for the real answer.
+    app.deliver_value(vec![text_message(PHONE, "wamid.k4", "12345")], vec![])
+        .await;
+    app.engine.wait_idle().await;
+    let s = app.engine.conversation(PHONE).await.unwrap().unwrap();
+    assert_eq!(
+        (s.version, s.flow_state.as_str()),
+        (before.version + 1, "vehiculo_problema")
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_button_reply_matches_its_choice_by_id_whatever_its_title() {
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    app.deliver_value(vec![text_message(PHONE, "wamid.b1", "hola")], vec![])
+        .await;
+    app.engine.wait_idle().await;
+    assert_eq!(
+        app.engine.conversation(PHONE).await.unwrap().unwrap().flow_state,
+        "inicio"
+    );
+    // The id the bot sent names the choice; the title was edited since.
+    let reply = message(
+        PHONE,
+        "wamid.b2",
+        "interactive",
+        json!({"type": "button_reply", "button_reply": {"id": "choice:Refrigerador", "title": "Otra cosa"}}),
+    );
+    app.deliver_value(vec![reply], vec![]).await;
+    app.engine.wait_idle().await;
+    assert_eq!(
+        app.engine.conversation(PHONE).await.unwrap().unwrap().flow_state,
+        "refri_sap"
+    );
     app.stop().await;
 }

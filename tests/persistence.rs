@@ -441,6 +441,7 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
         flow_state: state.into(),
         data: json!({"at": state}),
         handoff: false,
+        stepped: true,
         inbox_id,
         dedupe_key: None,
         messages: vec![NewMessage {
@@ -570,6 +571,7 @@ async fn a_step_can_claim_its_outbox_rows_at_insert_and_the_claim_query_leaves_t
         flow_state: "menu".into(),
         data: json!({}),
         handoff: false,
+        stepped: true,
         inbox_id: None,
         dedupe_key: Some(key.into()),
         messages: Vec::new(),
@@ -676,6 +678,7 @@ async fn a_batch_waiting_for_a_session_lock_sees_what_the_holder_committed() {
         flow_state: "menu".into(),
         data: json!({}),
         handoff: false,
+        stepped: true,
         inbox_id: Some(inbox_id),
         dedupe_key: None,
         messages: Vec::new(),

@@ -8,6 +8,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use serde_json::{json, Value};
 
 use crate::config::{Secret, WhatsAppSettings};
+use crate::events::CHOICE_ID;
 use crate::phone::mask;
 
 /// Budget of one send request.
@@ -83,8 +84,7 @@ impl OutboundMessage {
         let buttons: Vec<Value> = self
             .choices
             .iter()
-            .enumerate()
-            .map(|(i, c)| json!({"type": "reply", "reply": {"id": format!("opt{}", i + 1), "title": c.chars().take(20).collect::<String>()}}))
+            .map(|c| json!({"type": "reply", "reply": {"id": choice_id(c), "title": c.chars().take(20).collect::<String>()}}))
             .collect();
         json!({
             "messaging_product": "whatsapp",
@@ -94,6 +94,19 @@ impl OutboundMessage {
             "interactive": {"type": "button", "body": {"text": self.text}, "action": {"buttons": buttons}},
         })
     }
+}
+
+/// A reply button's id: the choice itself behind [`CHOICE_ID`] (at most
+/// 256 bytes, WhatsApp's limit), so the reply names the choice even when
+/// its title was cut to 20 characters or the flow's wording changed.
+fn choice_id(choice: &str) -> String {
+    let mut id = format!("{CHOICE_ID}{choice}");
+    let mut end = id.len().min(256);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    id.truncate(end);
+    id
 }
 
 /// Something that delivers outbound messages.
@@ -243,6 +256,7 @@ mod tests {
         let j = m.to_graph_json();
         assert_eq!(j["type"], "interactive");
         assert_eq!(j["interactive"]["action"]["buttons"][1]["reply"]["title"], "No");
+        assert_eq!(j["interactive"]["action"]["buttons"][1]["reply"]["id"], "choice:No");
         assert_eq!(j["biz_opaque_callback_data"], "out:1");
     }
 }

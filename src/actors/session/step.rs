@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use futures_util::FutureExt;
 
 use super::state::{create_as, Core, Snapshot};
-use super::writes::{inbound_write, retry_conflicts, Written};
+use super::writes::{inbound_write, retry_conflicts, stored_write, Written};
 use super::SessionDeps;
 use crate::actors::ai::Understand;
 use crate::actors::db_writer::Persist;
@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::events::{inbound_text, Event, EventKind, EventMessage};
 use crate::flow::{self, StepResult};
 use crate::phone::mask;
+use crate::whatsapp::kinds;
 
 /// How a chain ended.
 pub(super) struct ChainEnd {
@@ -44,6 +45,14 @@ pub(super) async fn apply_chain(
     let mut writes = Vec::with_capacity(chain.len());
     let mut crash = None;
     for msg in &chain {
+        if !kinds::is_stepped(&msg.payload) {
+            let body = kinds::stored_body(&msg.payload);
+            let mut write = stored_write(phone, &at, msg, &body);
+            write.create_as = create_as(deps, at.version);
+            writes.push(write);
+            steps.push((body, None));
+            continue;
+        }
         let text = inbound_text(&msg.payload);
         let stepped = std::panic::AssertUnwindSafe(async {
             if let Some(m) = &deps.middleware {
@@ -73,7 +82,7 @@ pub(super) async fn apply_chain(
             handoff: result.handoff,
             version: at.version + 1,
         };
-        steps.push((text, result));
+        steps.push((text, Some(result)));
     }
     let (total, stepped) = (chain.len(), writes.len());
     let outcomes = deps
@@ -86,9 +95,10 @@ pub(super) async fn apply_chain(
     let mut outcomes = outcomes.into_iter();
     for msg in chain {
         match (steps.next(), outcomes.next()) {
-            (Some((text, result)), Some(WriteOutcome::Committed { version })) if rest.is_empty() => {
-                committed(deps, phone, core, version, result, &msg, &text);
-            }
+            (Some((text, made)), Some(WriteOutcome::Committed { version })) if rest.is_empty() => match made {
+                Some(result) => committed(deps, phone, core, version, result, &msg, &text),
+                None => stored(deps, phone, core, version, &msg, &text),
+            },
             _ => rest.push(msg),
         }
     }
@@ -120,6 +130,22 @@ pub(super) fn committed(
     core.remember(msg.id);
 }
 
+/// A message only stored (not stepped) committed at `version` (the
+/// session's, unchanged): count it and publish it.
+pub(super) fn stored(deps: &SessionDeps, phone: &str, core: &mut Core, version: i64, msg: &PendingInbound, body: &str) {
+    deps.stats.processed.fetch_add(1, Ordering::Relaxed);
+    let event = Event::conversation(EventKind::Stored, phone, version, &core.state, core.handoff)
+        .with_messages(vec![EventMessage {
+            origin: "user".into(),
+            body: body.to_string(),
+        }])
+        .applying(&msg.provider_message_id);
+    // Best-effort, like every event.
+    let _ = deps.events.send(event);
+    core.version = version;
+    core.remember(msg.id);
+}
+
 pub(super) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     let msg = p
         .downcast_ref::<&str>()
@@ -132,6 +158,9 @@ pub(super) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 /// Applies one inbound message: understand, step the flow, commit — and on
 /// a version conflict reload and run the transition again on fresh state.
 pub(super) async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Core, msg: PendingInbound) -> Result<()> {
+    if !kinds::is_stepped(&msg.payload) {
+        return apply_stored(deps, phone, core, msg).await;
+    }
     let text = inbound_text(&msg.payload);
     if let Some(m) = &deps.middleware {
         m.before_step(phone, &text).map_err(Error::Processing)?;
@@ -155,6 +184,27 @@ pub(super) async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Co
             core.remember(msg.id);
         }
         // Every attempt makes a write.
+        None => {}
+    }
+    Ok(())
+}
+
+/// Applies one message the flow does not step: stored, at the same version.
+async fn apply_stored(deps: &SessionDeps, phone: &str, core: &mut Core, msg: PendingInbound) -> Result<()> {
+    let body = kinds::stored_body(&msg.payload);
+    let (msg_ref, body_ref) = (&msg, body.as_str());
+    let written = retry_conflicts(deps, phone, core, |at| {
+        let mut write = stored_write(phone, &at, msg_ref, body_ref);
+        write.create_as = create_as(deps, at.version);
+        std::future::ready(Some((write, ())))
+    })
+    .await?;
+    match written {
+        Some(Written::Committed { version, .. }) => stored(deps, phone, core, version, &msg, &body),
+        Some(Written::AlreadyApplied) => {
+            deps.stats.already_applied.fetch_add(1, Ordering::Relaxed);
+            core.remember(msg.id);
+        }
         None => {}
     }
     Ok(())

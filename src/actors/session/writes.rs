@@ -79,6 +79,7 @@ pub(super) fn inbound_write(
         flow_state: r.state.clone(),
         data: r.data.clone(),
         handoff: r.handoff,
+        stepped: true,
         inbox_id: Some(msg.id),
         dedupe_key: None,
         messages,
@@ -147,6 +148,27 @@ where
     Err(Error::Processing(format!("gave up after {} conflicts", retries + 1)))
 }
 
+/// The write of an inbound message the flow does not step (see
+/// [`crate::whatsapp::kinds`]): the message stored and its inbox row marked,
+/// at the same version, the session unchanged.
+pub(super) fn stored_write(phone: &str, at: &Snapshot, msg: &PendingInbound, body: &str) -> StepWrite {
+    StepWrite {
+        stepped: false,
+        inbox_id: Some(msg.id),
+        messages: vec![NewMessage {
+            phone: phone.to_string(),
+            direction: "in",
+            origin: "user",
+            body: body.to_string(),
+            inbox_id: Some(msg.id),
+            provider_message_id: Some(msg.provider_message_id.clone()),
+            status: "received",
+            outbox_key: None,
+        }],
+        ..same_state(phone, at)
+    }
+}
+
 /// A write that changes nothing but the version (callers set what changes).
 pub(super) fn same_state(phone: &str, c: &Snapshot) -> StepWrite {
     StepWrite {
@@ -157,6 +179,7 @@ pub(super) fn same_state(phone: &str, c: &Snapshot) -> StepWrite {
         flow_state: c.state.clone(),
         data: c.data.clone(),
         handoff: c.handoff,
+        stepped: true,
         inbox_id: None,
         dedupe_key: None,
         messages: Vec::new(),

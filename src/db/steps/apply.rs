@@ -63,11 +63,12 @@ struct SessionUpdate<'a> {
 }
 
 /// The versioned session update: a chain updates its row once, to its last
-/// state. Returns the statement and the number of rows it must touch.
+/// stepped state (writes that only store change no session). Returns the
+/// statement and the number of rows it must touch.
 fn update_sessions<'c>(conn: &'c AsyncPgConnection, valid: &[&StepWrite]) -> (Pending<'c>, usize) {
     let mut order: Vec<&str> = Vec::new();
     let mut updates: HashMap<&str, SessionUpdate> = HashMap::new();
-    for w in valid {
+    for w in valid.iter().filter(|w| w.stepped) {
         updates
             .entry(w.phone.as_str())
             .and_modify(|u| {

@@ -71,6 +71,10 @@ pub struct StepWrite {
     pub flow_state: String,
     pub data: serde_json::Value,
     pub handoff: bool,
+    /// Whether the flow stepped: the session takes the state above and its
+    /// version grows by one. A message only stored (a reaction, a system
+    /// notice) writes its rows and marks its inbox row at the same version.
+    pub stepped: bool,
     /// The inbound message this step applies (marked processed), if any.
     pub inbox_id: Option<i64>,
     /// For steps without an inbound message (agent sends): an outbox
@@ -175,10 +179,9 @@ fn judge<'w>(
             WriteOutcome::Conflict { actual }
         } else {
             valid.push(w);
-            *at = Some(w.expected_version + 1);
-            WriteOutcome::Committed {
-                version: w.expected_version + 1,
-            }
+            let version = w.expected_version + i64::from(w.stepped);
+            *at = Some(version);
+            WriteOutcome::Committed { version }
         };
         results.push(outcome);
     }
