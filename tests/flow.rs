@@ -83,6 +83,48 @@ outcome = "done"
     assert!(e.contains("state `a`") && e.contains("invalid pattern"), "{e}");
 }
 
+/// MINIMAL with `choices` (and more) in state `a`.
+fn with_choices(choices: &[String], extra: &str) -> String {
+    let list = choices.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ");
+    MINIMAL.replace(
+        "prompt = \"A\"",
+        &format!("prompt = \"A\"\nchoices = [{list}]\n{extra}"),
+    )
+}
+
+#[test]
+fn choices_past_whatsapp_s_interactive_limits_are_errors_naming_the_state() {
+    let n = |k: usize, len: usize| {
+        (0..k)
+            .map(|i| format!("{i}{}", "x".repeat(len - 1)))
+            .collect::<Vec<_>>()
+    };
+    // Within the limits: 3 buttons of 20 characters, a list of 10 rows of 24.
+    assert!(Flow::parse(&with_choices(&n(3, 20), ""), "t.toml").is_ok());
+    assert!(Flow::parse(&with_choices(&n(10, 24), "list_button = \"Elige\""), "t.toml").is_ok());
+    let cases = [
+        (with_choices(&n(11, 5), ""), "11 choices"),
+        (with_choices(&n(2, 21), ""), "a reply button's title has at most 20"),
+        (with_choices(&n(5, 25), ""), "a list row's title has at most 24"),
+        (
+            with_choices(&n(5, 5), "list_button = \"una etiqueta demasiado larga\""),
+            "`list_button` has 1 to 20",
+        ),
+        (
+            with_choices(&n(2, 5), "list_button = \"Elige\""),
+            "`list_button` without a list",
+        ),
+        (
+            with_choices(&n(2, 5), "").replace("prompt = \"A\"", &format!("prompt = \"{}\"", "a".repeat(1025))),
+            "at most 1024 characters",
+        ),
+    ];
+    for (text, expected) in cases {
+        let e = err(&text);
+        assert!(e.contains("state `a`") && e.contains(expected), "{expected}: {e}");
+    }
+}
+
 #[test]
 fn an_unknown_key_is_an_error() {
     let e = err(&MINIMAL.replace("prompt = \"A\"", "prompt = \"A\"\npromt = \"typo\""));

@@ -24,6 +24,25 @@ pub struct Flow {
     pub states: BTreeMap<String, State>,
 }
 
+/// WhatsApp's limits on interactive messages: a flow that passes them is
+/// refused when it is loaded, not cut or dropped at send time.
+pub mod limits {
+    /// Reply buttons in one message.
+    pub const BUTTONS: usize = 3;
+    /// Rows in one list message.
+    pub const LIST_ROWS: usize = 10;
+    /// Characters of a reply button's title.
+    pub const BUTTON_TITLE: usize = 20;
+    /// Characters of a list row's title.
+    pub const LIST_ROW_TITLE: usize = 24;
+    /// Characters of the button that opens a list.
+    pub const LIST_BUTTON: usize = 20;
+    /// Characters of an interactive message's body.
+    pub const INTERACTIVE_BODY: usize = 1024;
+    /// The list button's label when the state names none.
+    pub const DEFAULT_LIST_BUTTON: &str = "Ver opciones";
+}
+
 #[derive(Debug, Clone)]
 pub struct GlobalIntent {
     pub reply: String,
@@ -37,8 +56,10 @@ pub struct GlobalIntent {
 pub struct State {
     pub name: String,
     pub prompt: String,
-    /// Choices offered (interactive reply buttons where the channel has them).
+    /// Choices offered: up to 3 go as reply buttons, 4 to 10 as a list.
     pub choices: Vec<String>,
+    /// The label of the button that opens the list (4 to 10 choices).
+    pub list_button: String,
     /// Intent → next state.
     pub on: BTreeMap<String, String>,
     pub slot: Option<Slot>,

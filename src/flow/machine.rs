@@ -31,8 +31,11 @@ pub struct Needs<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Reply {
     pub text: String,
-    /// Reply buttons, when the state offers choices.
+    /// The state's choices: reply buttons (up to 3) or a list.
     pub choices: Vec<String>,
+    /// The label of the button that opens a list (more than 3 choices).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub list_button: Option<String>,
 }
 
 /// A terminal state's record (a report, a ticket).
@@ -210,6 +213,7 @@ fn text(s: &str) -> Reply {
     Reply {
         text: s.to_string(),
         choices: Vec::new(),
+        list_button: None,
     }
 }
 
@@ -226,6 +230,8 @@ fn prompt(state: &State, data: &Value) -> Reply {
     Reply {
         text: t,
         choices: state.choices.clone(),
+        list_button: (state.choices.len() > crate::flow::definition::limits::BUTTONS)
+            .then(|| state.list_button.clone()),
     }
 }
 

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Secret, WhatsAppSettings};
 use crate::events::CHOICE_ID;
+use crate::flow::definition::limits;
 use crate::phone::mask;
 
 /// Budget of one send request.
@@ -34,8 +35,12 @@ pub enum SendOutcome {
 pub struct OutboundMessage {
     pub to: String,
     pub text: String,
-    /// Reply buttons (at most 3 are sent, titles cut to 20 characters).
+    /// Choices: up to 3 go as reply buttons (titles cut to 20 characters),
+    /// 4 to 10 as a list (rows cut to 24), more as plain text (a validated
+    /// flow never has more).
     pub choices: Vec<String>,
+    /// The label of the button that opens a list.
+    pub list_button: Option<String>,
     /// Sent as `biz_opaque_callback_data`, which WhatsApp echoes in the
     /// message's status webhooks: the outbox row's idempotency key, so a
     /// send can be traced to its row (and a repeated send recognized).
@@ -58,6 +63,7 @@ impl OutboundMessage {
                 .and_then(Value::as_array)
                 .map(|c| c.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
                 .unwrap_or_default(),
+            list_button: payload.get("list_button").and_then(Value::as_str).map(str::to_string),
         }
     }
 
@@ -72,28 +78,56 @@ impl OutboundMessage {
     }
 
     fn body_json(&self) -> Value {
-        if self.choices.is_empty() || self.choices.len() > 3 {
-            return json!({
+        let interactive = match self.choices.len() {
+            0 => None,
+            n if n <= limits::BUTTONS => Some(self.buttons()),
+            n if n <= limits::LIST_ROWS => Some(self.list()),
+            _ => None,
+        };
+        match interactive {
+            Some(interactive) => json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": self.to,
+                "type": "interactive",
+                "interactive": interactive,
+            }),
+            None => json!({
                 "messaging_product": "whatsapp",
                 "recipient_type": "individual",
                 "to": self.to,
                 "type": "text",
                 "text": {"preview_url": false, "body": self.text},
-            });
+            }),
         }
+    }
+
+    fn buttons(&self) -> Value {
         let buttons: Vec<Value> = self
             .choices
             .iter()
-            .map(|c| json!({"type": "reply", "reply": {"id": choice_id(c), "title": c.chars().take(20).collect::<String>()}}))
+            .map(|c| json!({"type": "reply", "reply": {"id": choice_id(c), "title": cut(c, limits::BUTTON_TITLE)}}))
             .collect();
+        json!({"type": "button", "body": {"text": self.text}, "action": {"buttons": buttons}})
+    }
+
+    fn list(&self) -> Value {
+        let rows: Vec<Value> = self
+            .choices
+            .iter()
+            .map(|c| json!({"id": choice_id(c), "title": cut(c, limits::LIST_ROW_TITLE)}))
+            .collect();
+        let button = self.list_button.as_deref().unwrap_or(limits::DEFAULT_LIST_BUTTON);
         json!({
-            "messaging_product": "whatsapp",
-            "recipient_type": "individual",
-            "to": self.to,
-            "type": "interactive",
-            "interactive": {"type": "button", "body": {"text": self.text}, "action": {"buttons": buttons}},
+            "type": "list",
+            "body": {"text": self.text},
+            "action": {"button": cut(button, limits::LIST_BUTTON), "sections": [{"rows": rows}]},
         })
     }
+}
+
+fn cut(s: &str, chars: usize) -> String {
+    s.chars().take(chars).collect()
 }
 
 /// A reply button's id: the choice itself behind [`CHOICE_ID`] (at most
@@ -246,11 +280,43 @@ mod tests {
     }
 
     #[test]
+    fn four_to_ten_choices_become_a_list_whose_rows_name_their_choice() {
+        let choices: Vec<String> = (1..=5)
+            .map(|i| format!("Opción número {i} con un texto largo"))
+            .collect();
+        let m = OutboundMessage {
+            to: "521".into(),
+            text: "¿Cuál?".into(),
+            choices,
+            list_button: Some("Elige".into()),
+            tracking: None,
+        };
+        let j = m.to_graph_json();
+        assert_eq!(j["interactive"]["type"], "list");
+        assert_eq!(j["interactive"]["action"]["button"], "Elige");
+        let rows = j["interactive"]["action"]["sections"][0]["rows"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(rows.len(), 5);
+        assert_eq!(
+            rows[0]["title"].as_str().unwrap().chars().count(),
+            24,
+            "cut to WhatsApp's limit"
+        );
+        assert_eq!(
+            rows[0]["id"], "choice:Opción número 1 con un texto largo",
+            "the id keeps the whole choice"
+        );
+    }
+
+    #[test]
     fn choices_become_reply_buttons() {
         let m = OutboundMessage {
             to: "521".into(),
             text: "¿Es correcto?".into(),
             choices: vec!["Sí".into(), "No".into()],
+            list_button: None,
             tracking: Some("out:1".into()),
         };
         let j = m.to_graph_json();

@@ -68,7 +68,10 @@ pub(super) fn inbound_write(
             } else {
                 "interactive"
             },
-            payload: json!({"text": reply.text, "choices": reply.choices}),
+            payload: match &reply.list_button {
+                Some(button) => json!({"text": reply.text, "choices": reply.choices, "list_button": button}),
+                None => json!({"text": reply.text, "choices": reply.choices}),
+            },
             idempotency_key: key,
         });
     }

@@ -39,6 +39,8 @@ pub(super) struct FileState {
     pub(super) prompt: String,
     #[serde(default)]
     pub(super) choices: Vec<String>,
+    /// The label of the button that opens a list of 4 to 10 choices.
+    pub(super) list_button: Option<String>,
     #[serde(default)]
     pub(super) on: BTreeMap<String, String>,
     pub(super) slot: Option<FileSlot>,

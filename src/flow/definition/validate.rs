@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use regex::Regex;
 
 use super::format::{FileFlow, FileSlot, FileState};
-use super::{normalize_text, Flow, GlobalIntent, Slot, State};
+use super::{limits, normalize_text, Flow, GlobalIntent, Slot, State};
 
 /// Runs every check in file order, so one error lists every problem; reachability
 /// only on an otherwise sound flow, where a bad target cannot fake unreachable states.
@@ -97,10 +97,15 @@ impl Check<'_> {
     fn state(&self, name: &str, s: &FileState, why: &mut Vec<String>) -> State {
         self.transitions(s, why);
         shape(s, why);
+        interactive(s, why);
         State {
             name: name.to_string(),
             prompt: s.prompt.clone(),
             choices: s.choices.clone(),
+            list_button: s
+                .list_button
+                .clone()
+                .unwrap_or_else(|| limits::DEFAULT_LIST_BUTTON.into()),
             on: s.on.clone(),
             slot: s.slot.as_ref().map(|fs| self.slot(fs, why)),
             next: s.next.clone(),
@@ -197,6 +202,38 @@ fn shape(s: &FileState, why: &mut Vec<String>) {
     }
     if s.outcome.is_none() && s.slot.is_none() && s.on.is_empty() {
         why.push("a dead end: no transitions, no slot, no outcome".into());
+    }
+}
+
+/// Choices must fit WhatsApp's interactive messages: up to 3 reply buttons
+/// (titles ≤ 20 characters) or a list of 4 to 10 rows (titles ≤ 24, button
+/// label ≤ 20), with a body of at most 1,024 characters.
+fn interactive(s: &FileState, why: &mut Vec<String>) {
+    let n = s.choices.len();
+    let chars = |t: &str| t.chars().count();
+    if n > limits::LIST_ROWS {
+        why.push(format!("{n} choices: WhatsApp shows at most {}", limits::LIST_ROWS));
+    }
+    let (title_max, what) = if n <= limits::BUTTONS {
+        (limits::BUTTON_TITLE, "a reply button's title")
+    } else {
+        (limits::LIST_ROW_TITLE, "a list row's title")
+    };
+    for c in s.choices.iter().filter(|c| chars(c) > title_max) {
+        why.push(format!("choice `{c}`: {what} has at most {title_max} characters"));
+    }
+    if let Some(b) = s.list_button.as_deref() {
+        if n <= limits::BUTTONS {
+            why.push("`list_button` without a list (4 to 10 choices)".into());
+        } else if chars(b) > limits::LIST_BUTTON || b.trim().is_empty() {
+            why.push(format!("`list_button` has 1 to {} characters", limits::LIST_BUTTON));
+        }
+    }
+    if n > 0 && chars(&s.prompt) > limits::INTERACTIVE_BODY {
+        why.push(format!(
+            "a prompt with choices has at most {} characters",
+            limits::INTERACTIVE_BODY
+        ));
     }
 }
 
