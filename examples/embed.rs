@@ -17,6 +17,7 @@ async fn main() -> anyhow::Result<()> {
     for (i, text) in ["Hola", "Mi refri no enfría", "1234567890", "Sí"].iter().enumerate() {
         engine
             .submit_inbound(InboundMessage {
+                user_id: None,
                 phone: phone.into(),
                 provider_message_id: format!("wamid.example.{}.{i}", std::process::id()),
                 payload: serde_json::json!({"type": "text", "text": {"body": text}}),

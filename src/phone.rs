@@ -1,8 +1,17 @@
-//! Phone numbers: the conversation key, and personal data.
+//! Contact keys: a phone (E.164 digits) or, for a contact known only by it,
+//! a business-scoped user ID (BSUID, `US.13491208655302741918`). Both are
+//! personal data: masked in logs.
 
-/// Masks a phone for logs: keeps a leading `+` and country-code-sized prefix
-/// and the last four digits (`+52******1234`). Short inputs are masked whole.
+/// Masks a contact key for logs: a phone keeps a leading `+`, a
+/// country-code-sized prefix and its last four digits (`+52******1234`); a
+/// BSUID its country and last four (`US.****1918`). Short inputs are masked
+/// whole.
 pub fn mask(phone: &str) -> String {
+    if is_bsuid(phone) {
+        let (country, rest) = phone.split_once('.').unwrap_or_default();
+        let tail: String = rest.chars().skip(rest.chars().count().saturating_sub(4)).collect();
+        return format!("{country}.****{tail}");
+    }
     let digits: Vec<char> = phone.chars().filter(|c| c.is_ascii_digit()).collect();
     if digits.len() < 7 {
         return "*".repeat(digits.len().max(4));
@@ -25,6 +34,27 @@ pub fn normalize(phone: &str) -> Result<String, String> {
     Ok(p.to_string())
 }
 
+/// Whether `key` is a BSUID: `<ISO country>.<1 to 128 alphanumerics>`, or a
+/// parent one, `<country>.ENT.<alphanumerics>`.
+pub fn is_bsuid(key: &str) -> bool {
+    let Some((country, rest)) = key.split_once('.') else {
+        return false;
+    };
+    let id = rest.strip_prefix("ENT.").unwrap_or(rest);
+    country.len() == 2
+        && country.bytes().all(|b| b.is_ascii_uppercase())
+        && (1..=128).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Checks a contact key: a phone (see [`normalize`]) or a BSUID.
+pub fn contact_key(key: &str) -> Result<String, String> {
+    if is_bsuid(key) {
+        return Ok(key.to_string());
+    }
+    normalize(key).map_err(|why| format!("{why}, or a BSUID (`US.1349…`)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,5 +73,21 @@ mod tests {
         assert!(normalize("52155abc1234").is_err());
         assert!(normalize("0521551234123").is_err());
         assert!(normalize("1234567890123456").is_err());
+    }
+
+    #[test]
+    fn a_bsuid_is_a_contact_key_and_is_masked_too() {
+        assert!(is_bsuid("US.13491208655302741918"));
+        assert!(is_bsuid("US.ENT.11815799212886844830"));
+        assert!(!is_bsuid("us.1349"));
+        assert!(!is_bsuid("US."));
+        assert!(!is_bsuid("5215512341234"));
+        assert_eq!(
+            contact_key("US.13491208655302741918").as_deref(),
+            Ok("US.13491208655302741918")
+        );
+        assert_eq!(contact_key("+5215512341234").as_deref(), Ok("5215512341234"));
+        assert!(contact_key("12x").is_err());
+        assert_eq!(mask("US.13491208655302741918"), "US.****1918");
     }
 }

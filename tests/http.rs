@@ -948,10 +948,10 @@ async fn a_delivery_with_bad_messages_is_acknowledged_the_good_applied_and_the_b
     let app = app(&db).await;
     let mut no_from = text_message(PHONE, "wamid.nofrom", "hola");
     no_from.as_object_mut().unwrap().remove("from");
-    // A username-only user (Meta, 2026): a BSUID and no phone.
+    // No phone, and a BSUID that is not one.
     let mut bsuid = text_message(PHONE, "wamid.bsuid", "hola");
     bsuid.as_object_mut().unwrap().remove("from");
-    bsuid["from_user_id"] = json!("US.13491208655302741918");
+    bsuid["from_user_id"] = json!("not-a-bsuid");
     let mut no_id = text_message(PHONE, "wamid.x", "hola");
     no_id.as_object_mut().unwrap().remove("id");
     let mut bad_status = status("wamid.out", PHONE, "delivered");

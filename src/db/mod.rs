@@ -4,6 +4,7 @@
 //! [`Database`] is the handle the rest of the engine uses: one pool per
 //! process and a retry policy for transient errors.
 
+pub mod contacts;
 pub mod dead_letters;
 pub mod embedded;
 pub mod error;

@@ -1,6 +1,14 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    contact_links (identifier) {
+        identifier -> Text,
+        contact -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     dead_letters (phone, id) {
         id -> Int8,
         phone -> Text,
@@ -91,6 +99,7 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(
+    contact_links,
     dead_letters,
     inbox,
     messages,

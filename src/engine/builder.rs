@@ -153,6 +153,7 @@ impl EngineBuilder {
                 ai_breaker: parts.ai_breaker,
                 dispatcher,
                 settings,
+                contacts: dashmap::DashMap::new(),
             }),
         };
         engine.resume(true).await?;

@@ -13,7 +13,7 @@ impl Engine {
     /// Stores and queues a human agent's message; returns after the commit.
     pub async fn submit_agent_message(&self, phone: &str, body: &str, idempotency_key: &str) -> Result<AgentAck> {
         self.check_running()?;
-        let phone = phone::normalize(phone).map_err(Error::InvalidInput)?;
+        let phone = phone::contact_key(phone).map_err(Error::InvalidInput)?;
         if body.trim().is_empty() || body.chars().count() > 4096 {
             return Err(Error::InvalidInput("a message has 1 to 4,096 characters".into()));
         }
@@ -31,7 +31,7 @@ impl Engine {
     /// Hands the conversation to a human agent (`true`) or back to the bot.
     pub async fn set_handoff(&self, phone: &str, on: bool) -> Result<ConversationView> {
         self.check_running()?;
-        let phone = phone::normalize(phone).map_err(Error::InvalidInput)?;
+        let phone = phone::contact_key(phone).map_err(Error::InvalidInput)?;
         let _guard = InFlightGuard::new(&self.inner.in_flight);
         self.call(&phone, SetHandoff(on)).await?
     }
@@ -39,7 +39,7 @@ impl Engine {
     /// Reads a conversation. Through its actor when it is live (so the read
     /// comes after every message accepted before it), else from the primary.
     pub async fn conversation(&self, phone: &str) -> Result<Option<ConversationView>> {
-        let phone = phone::normalize(phone).map_err(Error::InvalidInput)?;
+        let phone = phone::contact_key(phone).map_err(Error::InvalidInput)?;
         if self.inner.registry.is_live(&phone) {
             return self.call(&phone, Read).await?.map(Some);
         }
@@ -64,9 +64,12 @@ impl Engine {
         error: Option<&str>,
     ) -> Result<bool> {
         let db = &self.inner.db;
-        // The recipient is the conversation's phone; an unusable one only
-        // costs the index.
-        let recipient = recipient.and_then(|r| phone::normalize(r).ok());
+        // The recipient (a phone or a BSUID) leads to the conversation's
+        // key; an unknown one only costs the index.
+        let recipient = match recipient {
+            Some(r) => self.recipient_key(r).await,
+            None => None,
+        };
         let phone = db
             .run("apply_status", |c| {
                 crate::db::outbox::apply_status(c, recipient.as_deref(), provider_id, status, error).scope_boxed()
@@ -86,7 +89,7 @@ impl Engine {
     /// [`crate::db::dead_letters::replay`]) and wakes whatever must act on it.
     pub async fn replay_dead_letter(&self, phone: &str, id: i64) -> Result<()> {
         self.check_running()?;
-        let phone = phone::normalize(phone).map_err(Error::InvalidInput)?;
+        let phone = phone::contact_key(phone).map_err(Error::InvalidInput)?;
         let db = &self.inner.db;
         let (phone, source) = db
             .run("replay_dead_letter", |c| {

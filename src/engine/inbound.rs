@@ -26,12 +26,14 @@ impl Engine {
     #[tracing::instrument(skip_all, fields(phone = %phone::mask(&m.phone)))]
     pub async fn submit_inbound(&self, m: InboundMessage) -> Result<Accepted> {
         self.check_running()?;
-        let phone = phone::normalize(&m.phone).map_err(Error::InvalidInput)?;
         if m.provider_message_id.is_empty() || m.provider_message_id.len() > 256 {
             return Err(Error::InvalidInput(
                 "a provider message id has 1 to 256 characters".into(),
             ));
         }
+        let phone = self
+            .conversation_key(&m.phone, m.user_id.as_deref(), &m.payload)
+            .await?;
         let permit = self.enqueue_permit().await?;
         // The registration is handed to the DB writer as the phone's ticket
         // is taken, so the writer sees a phone's messages in ticket order and

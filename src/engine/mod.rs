@@ -14,6 +14,7 @@
 
 mod actor_thread;
 mod builder;
+mod contacts;
 mod conversations;
 mod inbound;
 mod mailbox;
@@ -55,8 +56,12 @@ use crate::outbox::Dispatcher;
 /// An inbound message to accept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboundMessage {
-    /// The conversation key (E.164 digits; a leading `+` is accepted).
+    /// The sender's phone (E.164 digits; a leading `+` is accepted), or,
+    /// for a contact known only by its business-scoped user ID, the BSUID.
     pub phone: String,
+    /// The sender's BSUID when the provider gives one besides the phone
+    /// (every WhatsApp delivery since 2026): either finds the conversation.
+    pub user_id: Option<String>,
     /// The provider's message id (WhatsApp `wamid`): the dedupe key.
     pub provider_message_id: String,
     /// The provider's message object, stored as received.
@@ -93,6 +98,10 @@ struct Inner {
     /// Shared with every session actor (through their deps); never written.
     flow: Arc<Flow>,
     settings: Settings,
+    /// Contact identifier → conversation key, as linked in the database. A
+    /// sharded map read on every inbound message without a lock; entries
+    /// never change (links are immutable), so any copy is current.
+    contacts: dashmap::DashMap<String, String>,
     /// Phone → live actor; a clone of the map the actors passivate themselves from.
     registry: Registry,
     /// The supervisor's mailbox: the handle reaches the actor thread's

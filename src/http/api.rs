@@ -116,7 +116,7 @@ async fn force_breaker(
 }
 
 fn valid_phone(state: &AppState, raw: &str) -> Result<String, ApiError> {
-    phone::normalize(raw).map_err(|why| {
+    phone::contact_key(raw).map_err(|why| {
         state.metrics.rejected("api_phone");
         ApiError::new(StatusCode::BAD_REQUEST, format!("invalid phone: {why}"))
     })

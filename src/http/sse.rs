@@ -83,7 +83,7 @@ pub async fn conversation(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let p = phone::normalize(&path).map_err(|why| {
+    let p = phone::contact_key(&path).map_err(|why| {
         ApiError::new(
             actix_web::http::StatusCode::BAD_REQUEST,
             format!("invalid phone: {why}"),

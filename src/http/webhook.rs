@@ -97,7 +97,12 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
     for m in usable {
         let a = engine
             .submit_inbound(InboundMessage {
-                phone: m.from,
+                phone: if m.from.is_empty() {
+                    m.user_id.clone().unwrap_or_default()
+                } else {
+                    m.from
+                },
+                user_id: m.user_id,
                 provider_message_id: m.id,
                 payload: m.raw,
                 // Free text from the sender: capped.
@@ -137,7 +142,17 @@ fn check(m: &InboundWa) -> Result<(), String> {
     if crate::engine::inbound_text(&m.raw).chars().count() > MAX_TEXT_CHARS {
         return Err(format!("text over {MAX_TEXT_CHARS} characters"));
     }
-    phone::normalize(&m.from).map_err(|why| format!("invalid phone: {why}"))?;
+    if m.from.is_empty() {
+        // A contact known only by its BSUID.
+        if !m.user_id.as_deref().is_some_and(phone::is_bsuid) {
+            return Err("invalid sender: no phone and no valid BSUID".into());
+        }
+    } else {
+        phone::normalize(&m.from).map_err(|why| format!("invalid phone: {why}"))?;
+    }
+    if m.user_id.as_deref().is_some_and(|u| !phone::is_bsuid(u)) {
+        return Err("invalid BSUID".into());
+    }
     if m.id.is_empty() || m.id.len() > 256 {
         return Err("a provider message id has 1 to 256 characters".into());
     }

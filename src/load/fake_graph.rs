@@ -50,7 +50,15 @@ impl FakeGraph {
                     let (s, r) = (s.clone(), r.clone());
                     async move {
                         let body = body.into_inner();
-                        hold(&s, &r, body["to"].as_str().unwrap_or_default()).await;
+                        hold(
+                            &s,
+                            &r,
+                            body["to"]
+                                .as_str()
+                                .or_else(|| body["recipient"].as_str())
+                                .unwrap_or_default(),
+                        )
+                        .await;
                         let latency = s.lock().unwrap_or_else(|p| p.into_inner()).latency;
                         if !latency.is_zero() {
                             tokio::time::sleep(latency).await;

@@ -78,6 +78,19 @@ impl OutboundMessage {
     }
 
     fn body_json(&self) -> Value {
+        let mut body = self.content_json();
+        if crate::phone::is_bsuid(&self.to) {
+            // A contact known only by its BSUID is addressed as `recipient`.
+            if let Some(o) = body.as_object_mut() {
+                if let Some(to) = o.remove("to") {
+                    o.insert("recipient".into(), to);
+                }
+            }
+        }
+        body
+    }
+
+    fn content_json(&self) -> Value {
         let interactive = match self.choices.len() {
             0 => None,
             n if n <= limits::BUTTONS => Some(self.buttons()),
@@ -277,6 +290,20 @@ mod tests {
         assert!(matches!(classify(400, &err(100)), SendOutcome::Failed { .. }));
         assert!(matches!(classify(500, &Value::Null), SendOutcome::Retry { .. }));
         assert!(matches!(classify(429, &Value::Null), SendOutcome::Retry { .. }));
+    }
+
+    #[test]
+    fn a_contact_known_only_by_its_bsuid_is_addressed_as_recipient() {
+        let m = OutboundMessage {
+            to: "US.13491208655302741918".into(),
+            text: "hola".into(),
+            choices: Vec::new(),
+            list_button: None,
+            tracking: None,
+        };
+        let j = m.to_graph_json();
+        assert_eq!(j["recipient"], "US.13491208655302741918");
+        assert!(j.get("to").is_none());
     }
 
     #[test]

@@ -16,8 +16,12 @@ use subtle::ConstantTimeEq;
 /// One inbound message of a delivery.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboundWa {
-    /// Sender (`from`), the conversation key.
+    /// The sender's phone (`from`); empty for a contact known only by its
+    /// BSUID (a user with a username who does not share the phone).
     pub from: String,
+    /// The sender's business-scoped user ID (`from_user_id`, or the
+    /// contact's `user_id`), when given.
+    pub user_id: Option<String>,
     /// The provider's message id (`wamid…`).
     pub id: String,
     /// `text`, `interactive`, `button`, `image`, … (unknown types kept).
@@ -33,6 +37,7 @@ pub struct InboundWa {
 pub struct StatusWa {
     /// The id of our outbound message (the send API's `messages[0].id`).
     pub id: String,
+    /// `recipient_id` (the phone), else `recipient_user_id` (the BSUID).
     pub recipient: String,
     /// `sent`, `delivered`, `read`, `failed` (others kept as given).
     pub status: String,
@@ -85,6 +90,13 @@ pub enum DeliveryError {
     Shape(String),
 }
 
+/// One entry of a change's `contacts`: the sender's identifiers and name.
+struct Contact<'a> {
+    wa_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    name: Option<&'a str>,
+}
+
 fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
 }
@@ -113,28 +125,36 @@ pub fn parse(body: &[u8]) -> Result<Delivery, DeliveryError> {
         };
         for change in changes {
             let Some(value) = change.get("value") else { continue };
-            let contacts: Vec<(&str, &str)> = value
+            let contacts: Vec<Contact> = value
                 .get("contacts")
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .filter_map(|c| Some((str_at(c, "wa_id")?, c.pointer("/profile/name")?.as_str()?)))
+                .map(|c| Contact {
+                    wa_id: str_at(c, "wa_id"),
+                    user_id: str_at(c, "user_id"),
+                    name: c.pointer("/profile/name").and_then(Value::as_str),
+                })
                 .collect();
             for m in value.get("messages").and_then(Value::as_array).into_iter().flatten() {
-                match (str_at(m, "from"), str_at(m, "id")) {
-                    (Some(from), Some(id)) => d.messages.push(InboundWa {
-                        from: from.to_string(),
+                let from = str_at(m, "from");
+                let contact = contacts.iter().find(|c| from.is_some() && c.wa_id == from).or_else(|| {
+                    let user = str_at(m, "from_user_id");
+                    contacts.iter().find(|c| user.is_some() && c.user_id == user)
+                });
+                let user_id = str_at(m, "from_user_id").or(contact.and_then(|c| c.user_id));
+                match (from.or(user_id), str_at(m, "id")) {
+                    (Some(_), Some(id)) => d.messages.push(InboundWa {
+                        from: from.unwrap_or_default().to_string(),
+                        user_id: user_id.map(str::to_string),
                         id: id.to_string(),
                         kind: str_at(m, "type").unwrap_or("unknown").to_string(),
-                        contact_name: contacts.iter().find(|(wa, _)| *wa == from).map(|(_, n)| n.to_string()),
+                        contact_name: contact.and_then(|c| c.name).map(str::to_string),
                         raw: m.clone(),
                     }),
-                    (None, _) if str_at(m, "from_user_id").is_some() => d.unusable.push(Unusable::new(
-                        m,
-                        "the sender is known only by its business-scoped user ID (BSUID), \
-                         which this version does not take yet",
-                    )),
-                    (None, _) => d.unusable.push(Unusable::new(m, "a message without `from`")),
+                    (None, _) => d
+                        .unusable
+                        .push(Unusable::new(m, "a message without `from` or `from_user_id`")),
                     (_, None) => d.unusable.push(Unusable::new(m, "a message without `id`")),
                 }
             }
@@ -145,7 +165,10 @@ pub fn parse(body: &[u8]) -> Result<Delivery, DeliveryError> {
                 };
                 d.statuses.push(StatusWa {
                     id: id.to_string(),
-                    recipient: str_at(s, "recipient_id").unwrap_or_default().to_string(),
+                    recipient: str_at(s, "recipient_id")
+                        .or_else(|| str_at(s, "recipient_user_id"))
+                        .unwrap_or_default()
+                        .to_string(),
                     status: status.to_string(),
                     errors: s.get("errors").cloned(),
                 });

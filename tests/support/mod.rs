@@ -295,6 +295,7 @@ pub fn text(body: &str) -> serde_json::Value {
 pub async fn say(engine: &switchboard::Engine, phone: &str, id: &str, body: &str) -> switchboard::engine::Accepted {
     engine
         .submit_inbound(switchboard::InboundMessage {
+            user_id: None,
             phone: phone.into(),
             provider_message_id: id.into(),
             payload: text(body),

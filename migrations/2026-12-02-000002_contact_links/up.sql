@@ -1,0 +1,11 @@
+-- A contact is known by its phone (wa_id), its business-scoped user ID
+-- (BSUID), or both; either finds its conversation. Each identifier seen is
+-- linked, once, to the conversation key (the phone when the contact was
+-- first seen with one, else the BSUID). Links never change: a new phone or
+-- a new BSUID (user_changed_number) is a new link to the same key.
+CREATE TABLE contact_links (
+    identifier  TEXT        PRIMARY KEY,
+    contact     TEXT        NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX contact_links_contact ON contact_links (contact);

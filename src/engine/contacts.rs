@@ -1,0 +1,89 @@
+//! Which conversation a sender's message belongs to: a contact is known by
+//! its phone, its BSUID or both, and either finds its conversation.
+
+use scoped_futures::ScopedFutureExt;
+use serde_json::Value;
+
+use super::Engine;
+use crate::db::contacts;
+use crate::error::{Error, Result};
+use crate::phone;
+
+/// Links kept in memory before the map is cleared (each is a few dozen
+/// bytes; a miss costs one statement).
+const CACHED_LINKS: usize = 200_000;
+
+impl Engine {
+    /// The conversation key of a message from `phone` (a phone or a BSUID)
+    /// with `user_id` (its BSUID, if given besides): the conversation an
+    /// identifier of the contact already leads to, else the phone's, else
+    /// the BSUID's. A `user_changed_number` notice links the new phone to
+    /// the same conversation.
+    pub(super) async fn conversation_key(&self, phone: &str, user_id: Option<&str>, payload: &Value) -> Result<String> {
+        let key = phone::contact_key(phone).map_err(Error::InvalidInput)?;
+        let mut ids = vec![key.clone()];
+        if let Some(u) = user_id.filter(|u| *u != key) {
+            if !phone::is_bsuid(u) {
+                return Err(Error::InvalidInput(format!("`{}` is not a BSUID", phone::mask(u))));
+            }
+            ids.push(u.to_string());
+        }
+        ids.extend(changed_number(payload));
+        let cached: Vec<Option<String>> = ids
+            .iter()
+            .map(|id| self.inner.contacts.get(id).map(|k| k.value().clone()))
+            .collect();
+        if let Some(Some(k)) = cached.first() {
+            if cached.iter().all(Option::is_some) {
+                return Ok(k.clone());
+            }
+        }
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let found = self
+            .inner
+            .db
+            .run("conversation_key", |c| {
+                contacts::conversation_key(c, &refs, &key).scope_boxed()
+            })
+            .await?;
+        if self.inner.contacts.len() >= CACHED_LINKS {
+            self.inner.contacts.clear();
+        }
+        for id in ids {
+            self.inner.contacts.insert(id, found.clone());
+        }
+        Ok(found)
+    }
+}
+
+impl Engine {
+    /// The conversation key a status's recipient leads to: a phone is its
+    /// own (or its link's); a BSUID its link's. `None` when it leads nowhere
+    /// known (the status is then matched by its message id alone).
+    pub(super) async fn recipient_key(&self, recipient: &str) -> Option<String> {
+        if let Some(k) = self.inner.contacts.get(recipient) {
+            return Some(k.value().clone());
+        }
+        let id = phone::contact_key(recipient).ok()?;
+        let linked = self
+            .inner
+            .db
+            .once(|c| contacts::linked(c, &id).scope_boxed())
+            .await
+            .ok()
+            .flatten();
+        match linked {
+            Some(k) => Some(k),
+            None if phone::is_bsuid(&id) => None,
+            None => Some(id),
+        }
+    }
+}
+
+/// The new phone a `system` message of type `user_changed_number` announces.
+fn changed_number(payload: &Value) -> Option<String> {
+    let s = |p: &str| payload.pointer(p).and_then(Value::as_str);
+    (s("/type") == Some("system") && s("/system/type") == Some("user_changed_number"))
+        .then(|| s("/system/wa_id").and_then(|w| phone::normalize(w).ok()))
+        .flatten()
+}

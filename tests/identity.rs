@@ -1,0 +1,183 @@
+//! Contacts as WhatsApp knows them since 2026: by phone, by business-scoped
+//! user ID (BSUID), or both — and a conversation that survives a change.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde_json::{json, Value};
+use support::app::{delivery, message, text_message, TestApp};
+use support::TestDb;
+use switchboard::db::schema::messages;
+use switchboard::load::fake_graph::FakeGraph;
+
+const PHONE: &str = "5215512341234";
+const BSUID: &str = "US.13491208655302741918";
+
+async fn app(db: &TestDb, fake: &FakeGraph) -> TestApp {
+    let whatsapp = fake.settings();
+    TestApp::spawn(
+        db,
+        |s| {
+            s.whatsapp = whatsapp;
+            s.outbox.poll_interval_ms = 20;
+        },
+        None,
+    )
+    .await
+}
+
+/// One change whose contact is known by `wa_id` and/or `user_id`.
+fn from_contact(wa_id: Option<&str>, user_id: Option<&str>, messages: Vec<Value>) -> Value {
+    let mut contact = json!({"profile": {"name": "Ana", "username": "@ana.reportes"}});
+    if let Some(w) = wa_id {
+        contact["wa_id"] = json!(w);
+    }
+    if let Some(u) = user_id {
+        contact["user_id"] = json!(u);
+    }
+    let value = json!({
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550001111", "phone_number_id": "1098765432"},
+        "contacts": [contact],
+        "messages": messages,
+    });
+    delivery(vec![json!({"value": value, "field": "messages"})])
+}
+
+/// A text from a contact known only by its BSUID (no `from`).
+fn bsuid_text(id: &str, body: &str) -> Value {
+    let mut m = text_message(PHONE, id, body);
+    m.as_object_mut().unwrap().remove("from");
+    m["from_user_id"] = json!(BSUID);
+    m
+}
+
+async fn send(app: &TestApp, body: &Value) -> Value {
+    let r = app.deliver(&serde_json::to_vec(body).unwrap(), None).await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[actix_web::test]
+async fn a_username_only_user_gets_a_conversation_and_replies_go_to_its_bsuid() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start().unwrap();
+    let app = app(&db, &fake).await;
+    let answer = send(
+        &app,
+        &from_contact(None, Some(BSUID), vec![bsuid_text("wamid.u1", "hola")]),
+    )
+    .await;
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    app.engine.wait_idle().await;
+    app.engine.outbox().wait_drained().await;
+    let s = app.engine.conversation(BSUID).await.unwrap().unwrap();
+    assert_eq!(s.version, 1);
+    let sent = fake.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["recipient"], BSUID, "{}", sent[0]);
+    assert!(sent[0].get("to").is_none(), "no phone to send to");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_contact_first_seen_by_phone_keeps_its_conversation_when_it_is_known_by_bsuid() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start().unwrap();
+    let app = app(&db, &fake).await;
+    send(
+        &app,
+        &from_contact(Some(PHONE), None, vec![text_message(PHONE, "wamid.p1", "vehiculo")]),
+    )
+    .await;
+    let mut both = text_message(PHONE, "wamid.p2", "12345");
+    both["from_user_id"] = json!(BSUID);
+    send(&app, &from_contact(Some(PHONE), Some(BSUID), vec![both])).await;
+    send(
+        &app,
+        &from_contact(None, Some(BSUID), vec![bsuid_text("wamid.p3", "no arranca")]),
+    )
+    .await;
+    app.engine.wait_idle().await;
+    let s = app.engine.conversation(PHONE).await.unwrap().unwrap();
+    assert_eq!(
+        (s.version, s.flow_state.as_str()),
+        (3, "vehiculo_confirma"),
+        "one conversation"
+    );
+    assert!(app.engine.conversation(BSUID).await.unwrap().is_none());
+    app.engine.outbox().wait_drained().await;
+    assert!(
+        fake.requests().iter().all(|r| r["to"] == PHONE),
+        "replies go to the phone while it is known"
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_user_who_changed_number_continues_the_same_conversation() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start().unwrap();
+    let app = app(&db, &fake).await;
+    const NEW_PHONE: &str = "5215598765432";
+    send(
+        &app,
+        &from_contact(Some(PHONE), None, vec![text_message(PHONE, "wamid.c1", "vehiculo")]),
+    )
+    .await;
+    let notice = message(
+        PHONE,
+        "wamid.c2",
+        "system",
+        json!({"body": "Ana changed from 5215512341234 to 5215598765432", "wa_id": NEW_PHONE, "type": "user_changed_number"}),
+    );
+    send(&app, &from_contact(Some(PHONE), None, vec![notice])).await;
+    send(
+        &app,
+        &from_contact(
+            Some(NEW_PHONE),
+            None,
+            vec![text_message(NEW_PHONE, "wamid.c3", "12345")],
+        ),
+    )
+    .await;
+    app.engine.wait_idle().await;
+    let s = app.engine.conversation(PHONE).await.unwrap().unwrap();
+    assert_eq!(
+        (s.version, s.flow_state.as_str()),
+        (2, "vehiculo_problema"),
+        "the notice is stored, not stepped; the new number's message continues the slot"
+    );
+    assert!(app.engine.conversation(NEW_PHONE).await.unwrap().is_none());
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_status_that_names_only_the_bsuid_finds_its_message() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start().unwrap();
+    let app = app(&db, &fake).await;
+    send(
+        &app,
+        &from_contact(None, Some(BSUID), vec![bsuid_text("wamid.s1", "hola")]),
+    )
+    .await;
+    app.engine.wait_idle().await;
+    app.engine.outbox().wait_drained().await;
+    let wamid: Option<String> = messages::table
+        .filter(messages::origin.eq("bot"))
+        .select(messages::provider_message_id)
+        .first(&mut db.admin().await)
+        .await
+        .unwrap();
+    let wamid = wamid.expect("the reply was sent");
+    let status = json!({"id": wamid, "status": "delivered", "timestamp": "1732320001", "recipient_user_id": BSUID});
+    let value =
+        json!({"messaging_product": "whatsapp", "metadata": {"phone_number_id": "1098765432"}, "statuses": [status]});
+    let answer = send(&app, &delivery(vec![json!({"value": value, "field": "messages"})])).await;
+    assert_eq!(answer["statuses"], 1, "{answer}");
+    app.stop().await;
+}
