@@ -46,7 +46,15 @@ async fn migrations_go_all_up_all_down_and_all_up_again() {
     assert!(migrations::status(url).await.unwrap().iter().all(|m| m.applied));
     assert_eq!(
         table_names(&db).await,
-        ["dead_letters", "inbox", "messages", "outbox", "outcomes", "sessions"]
+        [
+            "contact_links",
+            "dead_letters",
+            "inbox",
+            "messages",
+            "outbox",
+            "outcomes",
+            "sessions"
+        ]
     );
 
     let reverted = migrations::revert_all(url).await.unwrap();
@@ -83,7 +91,7 @@ async fn every_table_has_a_comment_and_the_phone_in_its_primary_key() {
     .load(&mut db.admin().await)
     .await
     .unwrap();
-    assert_eq!(rows.len(), 6);
+    assert_eq!(rows.len(), 7);
     for t in rows {
         assert!(t.commented && t.phone_in_pk, "table {}: {t:?}", t.name);
     }

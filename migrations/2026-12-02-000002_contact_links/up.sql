@@ -4,8 +4,9 @@
 -- first seen with one, else the BSUID). Links never change: a new phone or
 -- a new BSUID (user_changed_number) is a new link to the same key.
 CREATE TABLE contact_links (
-    identifier  TEXT        PRIMARY KEY,
+    phone       TEXT        PRIMARY KEY,
     contact     TEXT        NOT NULL,
     created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-CREATE INDEX contact_links_contact ON contact_links (contact);
+COMMENT ON TABLE contact_links IS
+    'A contact identifier (phone or BSUID, in `phone`, the distribution column like every table''s) and the conversation key it leads to; rows never change.';

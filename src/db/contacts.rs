@@ -1,4 +1,6 @@
 //! Contact identifiers (phones, BSUIDs) and the conversation each leads to.
+//! The identifier is the table's `phone` column: every table is distributed
+//! by a contact key.
 
 use diesel::sql_types::{Array, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -23,16 +25,16 @@ pub async fn conversation_key(conn: &mut AsyncPgConnection, ids: &[&str], fresh:
         .bind::<Array<Text>, _>(ids)
         .sql(
             "::text[]) WITH ORDINALITY AS u(identifier, ord)), \
-             found AS (SELECT c.contact FROM contact_links c JOIN ids ON ids.identifier = c.identifier \
+             found AS (SELECT c.contact FROM contact_links c JOIN ids ON ids.identifier = c.phone \
                        ORDER BY ids.ord LIMIT 1), \
              chosen AS (SELECT coalesce((SELECT contact FROM found), ",
         )
         .bind::<Text, _>(fresh)
         .sql(
             "::text) AS contact), \
-             linked AS (INSERT INTO contact_links (identifier, contact) \
+             linked AS (INSERT INTO contact_links (phone, contact) \
                         SELECT ids.identifier, chosen.contact FROM ids, chosen ORDER BY ids.identifier \
-                        ON CONFLICT (identifier) DO NOTHING) \
+                        ON CONFLICT (phone) DO NOTHING) \
              SELECT contact FROM chosen",
         )
         .get_result(conn)

@@ -1,8 +1,8 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
-    contact_links (identifier) {
-        identifier -> Text,
+    contact_links (phone) {
+        phone -> Text,
         contact -> Text,
         created_at -> Timestamptz,
     }
