@@ -945,7 +945,7 @@ async fn a_webhook_whose_lone_registration_fails_in_the_database_gets_503_not_40
 #[actix_web::test]
 async fn a_delivery_with_bad_messages_is_acknowledged_the_good_applied_and_the_bad_dead_lettered() {
     let db = TestDb::migrated().await;
-    let app = app(&db).await;
+    let app = app_with(&db, |s| s.whatsapp.phone_number_id = Some("1098765432".into())).await;
     let mut no_from = text_message(PHONE, "wamid.nofrom", "hola");
     no_from.as_object_mut().unwrap().remove("from");
     // No phone, and a BSUID that is not one.
@@ -1015,6 +1015,22 @@ async fn a_delivery_with_bad_messages_is_acknowledged_the_good_applied_and_the_b
     assert!(
         metrics.contains("switchboard_dead_letters_unusable_total 6"),
         "{metrics}"
+    );
+
+    // A message for a business number this deployment does not serve:
+    // acknowledged, kept, counted, never answered.
+    let mut other = change(vec![text_message(PHONE, "wamid.othernumber", "hola")], vec![]);
+    other["value"]["metadata"]["phone_number_id"] = json!("5550009999");
+    let r = app
+        .deliver(&serde_json::to_vec(&delivery(vec![other])).unwrap(), Some(APP_SECRET))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["dead_lettered"], 1);
+    let letters = app.engine.dead_letters(false, 20).await.unwrap();
+    assert!(
+        letters[0].reason.contains("business number 5550009999"),
+        "{:?}",
+        letters[0]
     );
 
     // It never reached the inbox: there is nothing to replay it onto.

@@ -75,8 +75,9 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
     // item is durable, one way or the other.
     let mut unusable = delivery.unusable;
     let mut usable = Vec::with_capacity(delivery.messages.len());
+    let served = state.settings.whatsapp.phone_number_id.as_deref();
     for m in delivery.messages {
-        match check(&m) {
+        match check(&m, served) {
             Ok(()) => usable.push(m),
             Err(reason) => unusable.push(Unusable::new(&m.raw, reason)),
         }
@@ -136,9 +137,18 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
     })))
 }
 
-/// Why a message cannot be applied, if it cannot: a text over WhatsApp's
-/// limit, a sender that is not a phone, an id out of bounds.
-fn check(m: &InboundWa) -> Result<(), String> {
+/// Why a message cannot be applied, if it cannot: sent to a business number
+/// this deployment does not serve (`served`, when configured), a text over
+/// WhatsApp's limit, a sender that is not a phone or a BSUID, an id out of
+/// bounds.
+fn check(m: &InboundWa, served: Option<&str>) -> Result<(), String> {
+    if let (Some(served), Some(to)) = (served, m.business_number.as_deref()) {
+        if to != served {
+            return Err(format!(
+                "sent to business number {to}, which this deployment does not serve"
+            ));
+        }
+    }
     if crate::engine::inbound_text(&m.raw).chars().count() > MAX_TEXT_CHARS {
         return Err(format!("text over {MAX_TEXT_CHARS} characters"));
     }

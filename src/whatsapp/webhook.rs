@@ -22,6 +22,9 @@ pub struct InboundWa {
     /// The sender's business-scoped user ID (`from_user_id`, or the
     /// contact's `user_id`), when given.
     pub user_id: Option<String>,
+    /// The business number the message was sent to
+    /// (`metadata.phone_number_id` of its change).
+    pub business_number: Option<String>,
     /// The provider's message id (`wamid…`).
     pub id: String,
     /// `text`, `interactive`, `button`, `image`, … (unknown types kept).
@@ -125,6 +128,7 @@ pub fn parse(body: &[u8]) -> Result<Delivery, DeliveryError> {
         };
         for change in changes {
             let Some(value) = change.get("value") else { continue };
+            let business_number = value.pointer("/metadata/phone_number_id").and_then(Value::as_str);
             let contacts: Vec<Contact> = value
                 .get("contacts")
                 .and_then(Value::as_array)
@@ -147,6 +151,7 @@ pub fn parse(body: &[u8]) -> Result<Delivery, DeliveryError> {
                     (Some(_), Some(id)) => d.messages.push(InboundWa {
                         from: from.unwrap_or_default().to_string(),
                         user_id: user_id.map(str::to_string),
+                        business_number: business_number.map(str::to_string),
                         id: id.to_string(),
                         kind: str_at(m, "type").unwrap_or("unknown").to_string(),
                         contact_name: contact.and_then(|c| c.name).map(str::to_string),
