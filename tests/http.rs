@@ -1129,3 +1129,50 @@ async fn a_button_reply_matches_its_choice_by_id_whatever_its_title() {
     );
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn the_api_shows_what_a_message_replies_to_the_ad_that_opened_the_chat_and_reactions() {
+    let db = TestDb::migrated().await;
+    let app = app(&db).await;
+    let mut from_ad = text_message(PHONE, "wamid.r1", "hola");
+    from_ad["referral"] = json!({
+        "source_url": "https://fb.me/anuncio", "source_id": "120200", "source_type": "ad",
+        "headline": "Reporta tu falla", "body": "Escríbenos", "media_type": "image",
+        "ctwa_clid": "ARAkLkA8rmlFeiCktEJQ",
+    });
+    let mut reply = text_message(PHONE, "wamid.r2", "vehiculo");
+    reply["context"] = json!({"from": "15550001111", "id": "wamid.bot.1"});
+    let reaction = message(
+        PHONE,
+        "wamid.r3",
+        "reaction",
+        json!({"message_id": "wamid.r2", "emoji": "🙏"}),
+    );
+    app.deliver_value(vec![from_ad, reply, reaction], vec![]).await;
+    app.engine.wait_idle().await;
+    let got: Value = app
+        .client
+        .get(app.url(&format!("/api/conversations/{PHONE}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let inbound: Vec<&Value> = got["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["direction"] == "in")
+        .collect();
+    assert_eq!(inbound.len(), 3, "{got}");
+    assert_eq!(inbound[0]["referral"]["source_id"], "120200");
+    assert_eq!(inbound[1]["context_id"], "wamid.bot.1");
+    assert_eq!(
+        (inbound[2]["body"].as_str(), inbound[2]["reacts_to"].as_str()),
+        (Some("🙏"), Some("wamid.r2"))
+    );
+    assert!(inbound[0].get("context_id").is_none(), "absent, not null");
+    app.stop().await;
+}

@@ -6,7 +6,7 @@ use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
-use super::schema::messages;
+use super::schema::{inbox, messages};
 use crate::db::error::Result;
 
 /// One row of the conversation list.
@@ -83,8 +83,10 @@ pub async fn contact_name(conn: &mut AsyncPgConnection, phone: &str) -> Result<O
     Ok(name.flatten())
 }
 
-/// One message of a transcript.
-#[derive(Debug, Clone, PartialEq, Queryable, Serialize)]
+/// One message of a transcript. For an inbound message, what its payload
+/// says beyond the text: the message it replies to (`context.id`), the ad
+/// that opened the chat (`referral`), the message a reaction is about.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MessageRow {
     pub id: i64,
     pub direction: String,
@@ -94,11 +96,29 @@ pub struct MessageRow {
     pub error: Option<String>,
     pub provider_message_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub referral: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reacts_to: Option<String>,
 }
+
+type Stored = (
+    i64,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    DateTime<Utc>,
+    Option<i64>,
+);
 
 /// The newest `limit` messages of a conversation, oldest first.
 pub async fn recent_messages(conn: &mut AsyncPgConnection, phone: &str, limit: i64) -> Result<Vec<MessageRow>> {
-    let mut rows: Vec<MessageRow> = messages::table
+    let mut rows: Vec<Stored> = messages::table
         .filter(messages::phone.eq(phone))
         .order(messages::id.desc())
         .limit(limit)
@@ -111,9 +131,50 @@ pub async fn recent_messages(conn: &mut AsyncPgConnection, phone: &str, limit: i
             messages::error,
             messages::provider_message_id,
             messages::created_at,
+            messages::inbox_id,
         ))
         .load(conn)
         .await?;
     rows.reverse();
-    Ok(rows)
+    // The inbound messages' payloads, as received: by key, in one read.
+    let ids: Vec<i64> = rows.iter().filter(|r| r.1 == "in").filter_map(|r| r.8).collect();
+    let payloads: std::collections::HashMap<i64, serde_json::Value> = if ids.is_empty() {
+        Default::default()
+    } else {
+        inbox::table
+            .filter(inbox::phone.eq(phone))
+            .filter(inbox::id.eq_any(&ids))
+            .select((inbox::id, inbox::payload))
+            .load::<(i64, serde_json::Value)>(conn)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, direction, origin, body, status, error, provider_message_id, created_at, inbox_id)| {
+                let payload = inbox_id.filter(|_| direction == "in").and_then(|i| payloads.get(&i));
+                let at = |p: &str| {
+                    payload
+                        .and_then(|v| v.pointer(p))
+                        .and_then(|v| v.as_str())
+                        .map(str::to_string)
+                };
+                MessageRow {
+                    context_id: at("/context/id"),
+                    referral: payload.and_then(|v| v.get("referral")).cloned(),
+                    reacts_to: at("/reaction/message_id"),
+                    id,
+                    direction,
+                    origin,
+                    body,
+                    status,
+                    error,
+                    provider_message_id,
+                    created_at,
+                }
+            },
+        )
+        .collect())
 }
