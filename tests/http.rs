@@ -1060,9 +1060,7 @@ async fn bot_messages(db: &TestDb, phone: &str) -> i64 {
 async fn reactions_and_group_messages_are_stored_not_answered_and_use_no_attempt() {
     let db = TestDb::migrated().await;
     let app = app(&db).await;
-    app.deliver_value(vec![text_message(PHONE, "wamid.k1", "vehiculo")], vec![])
-        .await;
-    app.engine.wait_idle().await;
+    app.say(PHONE, "wamid.k1", "vehiculo").await;
     let before = app.engine.conversation(PHONE).await.unwrap().unwrap();
     assert_eq!(before.flow_state, "vehiculo_empleado", "a slot state");
     let replies = bot_messages(&db, PHONE).await;
@@ -1092,9 +1090,7 @@ async fn reactions_and_group_messages_are_stored_not_answered_and_use_no_attempt
         .unwrap();
     assert_eq!(processed, 3, "both handled");
     // The slot is still there for the real answer.
-    app.deliver_value(vec![text_message(PHONE, "wamid.k4", "12345")], vec![])
-        .await;
-    app.engine.wait_idle().await;
+    app.say(PHONE, "wamid.k4", "12345").await;
     let s = app.engine.conversation(PHONE).await.unwrap().unwrap();
     assert_eq!(
         (s.version, s.flow_state.as_str()),
@@ -1107,13 +1103,8 @@ async fn reactions_and_group_messages_are_stored_not_answered_and_use_no_attempt
 async fn a_button_reply_matches_its_choice_by_id_whatever_its_title() {
     let db = TestDb::migrated().await;
     let app = app(&db).await;
-    app.deliver_value(vec![text_message(PHONE, "wamid.b1", "hola")], vec![])
-        .await;
-    app.engine.wait_idle().await;
-    assert_eq!(
-        app.engine.conversation(PHONE).await.unwrap().unwrap().flow_state,
-        "inicio"
-    );
+    app.say(PHONE, "wamid.b1", "hola").await;
+    assert_eq!(app.state(PHONE).await, "inicio");
     // The id the bot sent names the choice; the title was edited since.
     let reply = message(
         PHONE,
@@ -1123,10 +1114,7 @@ async fn a_button_reply_matches_its_choice_by_id_whatever_its_title() {
     );
     app.deliver_value(vec![reply], vec![]).await;
     app.engine.wait_idle().await;
-    assert_eq!(
-        app.engine.conversation(PHONE).await.unwrap().unwrap().flow_state,
-        "refri_sap"
-    );
+    assert_eq!(app.state(PHONE).await, "refri_sap");
     app.stop().await;
 }
 

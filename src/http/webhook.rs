@@ -96,22 +96,7 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
     }
     let (mut accepted, mut duplicates) = (0, 0);
     for m in usable {
-        let a = engine
-            .submit_inbound(InboundMessage {
-                phone: if m.from.is_empty() {
-                    m.user_id.clone().unwrap_or_default()
-                } else {
-                    m.from
-                },
-                user_id: m.user_id,
-                provider_message_id: m.id,
-                payload: m.raw,
-                // Free text from the sender: capped.
-                contact_name: m.contact_name.map(|n| n.chars().take(MAX_PROFILE_NAME).collect()),
-            })
-            .await
-            .map_err(unstored)?;
-        if a.first {
+        if engine.submit_inbound(inbound(m)).await.map_err(unstored)?.first {
             accepted += 1;
         } else {
             duplicates += 1;
@@ -135,6 +120,23 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
         "statuses": statuses,
         "dead_lettered": dead_lettered,
     })))
+}
+
+/// The engine's message for a usable one: a contact known only by its BSUID
+/// is keyed by it.
+fn inbound(m: InboundWa) -> InboundMessage {
+    InboundMessage {
+        phone: if m.from.is_empty() {
+            m.user_id.clone().unwrap_or_default()
+        } else {
+            m.from
+        },
+        user_id: m.user_id,
+        provider_message_id: m.id,
+        payload: m.raw,
+        // Free text from the sender: capped.
+        contact_name: m.contact_name.map(|n| n.chars().take(MAX_PROFILE_NAME).collect()),
+    }
 }
 
 /// Why a message cannot be applied, if it cannot: sent to a business number

@@ -106,6 +106,18 @@ impl TestApp {
         req.send().await.unwrap()
     }
 
+    /// Delivers one text from `phone` and waits until it is applied.
+    pub async fn say(&self, phone: &str, id: &str, body: &str) {
+        let r = self.deliver_value(vec![text_message(phone, id, body)], vec![]).await;
+        assert_eq!(r.status(), 200, "{id}");
+        self.engine.wait_idle().await;
+    }
+
+    /// The state `phone`'s conversation is in.
+    pub async fn state(&self, phone: &str) -> String {
+        self.engine.conversation(phone).await.unwrap().unwrap().flow_state
+    }
+
     /// A signed delivery of `messages` / `statuses` in one change.
     pub async fn deliver_value(&self, messages: Vec<Value>, statuses: Vec<Value>) -> reqwest::Response {
         let body = serde_json::to_vec(&delivery(vec![change(messages, statuses)])).unwrap();
