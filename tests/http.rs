@@ -964,6 +964,8 @@ async fn a_delivery_with_bad_messages_is_acknowledged_the_good_applied_and_the_b
             bsuid,
             no_from,
             no_id,
+            text_message(PHONE, &format!("wamid.{}", "x".repeat(300)), "hola"),
+            text_message(PHONE, "wamid.nul", "ho\u{0}la"),
             text_message(PHONE, "wamid.good2", "vehiculo"),
         ],
         vec![bad_status],
@@ -974,7 +976,7 @@ async fn a_delivery_with_bad_messages_is_acknowledged_the_good_applied_and_the_b
     let answer: Value = r.json().await.unwrap();
     assert_eq!(
         (answer["accepted"].as_i64(), answer["dead_lettered"].as_i64()),
-        (Some(2), Some(6))
+        (Some(2), Some(8))
     );
     app.engine.wait_idle().await;
     let s = app.engine.conversation(PHONE).await.unwrap().unwrap();
@@ -987,9 +989,11 @@ async fn a_delivery_with_bad_messages_is_acknowledged_the_good_applied_and_the_b
     let letters = app.engine.dead_letters(false, 20).await.unwrap();
     let mut reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
     reasons.sort_unstable();
-    assert_eq!(letters.len(), 6, "{reasons:?}");
+    assert_eq!(letters.len(), 8, "{reasons:?}");
     assert!(letters.iter().all(|l| l.source == "webhook"));
     for expected in [
+        "1 to 256 characters",
+        "a NUL character",
         "invalid phone",
         "4096",
         "BSUID",
@@ -1009,11 +1013,11 @@ async fn a_delivery_with_bad_messages_is_acknowledged_the_good_applied_and_the_b
     let again: Value = app.deliver(&body, Some(APP_SECRET)).await.json().await.unwrap();
     assert_eq!(again["duplicates"], 2);
     app.engine.wait_idle().await;
-    assert_eq!(app.engine.dead_letters(false, 20).await.unwrap().len(), 6);
+    assert_eq!(app.engine.dead_letters(false, 20).await.unwrap().len(), 8);
     assert_eq!(app.engine.conversation(PHONE).await.unwrap().unwrap().version, 2);
     let metrics = app.get_text("/metrics").await;
     assert!(
-        metrics.contains("switchboard_dead_letters_unusable_total 6"),
+        metrics.contains("switchboard_dead_letters_unusable_total 8"),
         "{metrics}"
     );
 
@@ -1138,16 +1142,7 @@ async fn the_api_shows_what_a_message_replies_to_the_ad_that_opened_the_chat_and
     );
     app.deliver_value(vec![from_ad, reply, reaction], vec![]).await;
     app.engine.wait_idle().await;
-    let got: Value = app
-        .client
-        .get(app.url(&format!("/api/conversations/{PHONE}")))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got = app.get_json(&format!("/api/conversations/{PHONE}"), TOKEN).await;
     let inbound: Vec<&Value> = got["messages"]
         .as_array()
         .unwrap()

@@ -181,3 +181,35 @@ async fn a_status_that_names_only_the_bsuid_finds_its_message() {
     assert_eq!(answer["statuses"], 1, "{answer}");
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn identifiers_linked_apart_keep_their_own_conversations() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start().unwrap();
+    let app = app(&db, &fake).await;
+    // The phone and the BSUID first come apart: two conversations.
+    send(
+        &app,
+        &from_contact(Some(PHONE), None, vec![text_message(PHONE, "wamid.a1", "hola")]),
+    )
+    .await;
+    send(
+        &app,
+        &from_contact(None, Some(BSUID), vec![bsuid_text("wamid.a2", "hola")]),
+    )
+    .await;
+    // Then together: the phone's conversation takes it, and the BSUID
+    // alone still leads to its own (in this process and in any other).
+    let mut both = text_message(PHONE, "wamid.a3", "hola");
+    both["from_user_id"] = json!(BSUID);
+    send(&app, &from_contact(Some(PHONE), Some(BSUID), vec![both])).await;
+    send(
+        &app,
+        &from_contact(None, Some(BSUID), vec![bsuid_text("wamid.a4", "hola")]),
+    )
+    .await;
+    app.engine.wait_idle().await;
+    assert_eq!(app.engine.conversation(PHONE).await.unwrap().unwrap().version, 2);
+    assert_eq!(app.engine.conversation(BSUID).await.unwrap().unwrap().version, 2);
+    app.stop().await;
+}

@@ -9,25 +9,27 @@ use super::sql::Cached;
 use crate::db::error::Result;
 
 #[derive(diesel::QueryableByName)]
-struct Key {
+struct Link {
+    #[diesel(sql_type = Text)]
+    phone: String,
     #[diesel(sql_type = Text)]
     contact: String,
 }
 
-/// The conversation key of a contact known by `ids` (in order of
-/// preference: its phone, then its BSUID, then any new identifier it
-/// announced): the key an earlier identifier was linked to, else `fresh`.
-/// Every identifier not linked yet is linked to that key, in the same
-/// statement. `fresh` is a function of the message (its phone, else its
-/// BSUID), so two processes racing on a new contact pick the same key.
+/// Links every identifier of `ids` (in order of preference: the phone,
+/// then the BSUID, then any new identifier the message announced) that is
+/// not linked yet to the key an earlier identifier of the list leads to,
+/// else to `fresh` (the message's phone, else its BSUID); then returns each
+/// identifier's link as stored — read after the insert, so a link a
+/// concurrent process made first is the one returned.
 ///
-/// The statement commits without waiting for its flush
+/// The linking statement commits without waiting for its flush
 /// (`synchronous_commit = off`, for it alone): the message it was made for
 /// is registered next with a synchronous commit, whose flush covers this
 /// earlier WAL too, so no link of an acknowledged message can be lost —
 /// and a new contact's first message does not pay a second disk flush.
-pub async fn conversation_key(conn: &mut AsyncPgConnection, ids: &[&str], fresh: &str) -> Result<String> {
-    let key: Key = Cached::new("WITH ids AS (SELECT u.identifier, u.ord FROM unnest(")
+pub async fn link(conn: &mut AsyncPgConnection, ids: &[&str], fresh: &str) -> Result<Vec<(String, String)>> {
+    Cached::new("WITH ids AS (SELECT u.identifier, u.ord FROM unnest(")
         .bind::<Array<Text>, _>(ids)
         .sql(
             "::text[]) WITH ORDINALITY AS u(identifier, ord)), \
@@ -38,15 +40,19 @@ pub async fn conversation_key(conn: &mut AsyncPgConnection, ids: &[&str], fresh:
         )
         .bind::<Text, _>(fresh)
         .sql(
-            "::text) AS contact FROM cfg), \
-             linked AS (INSERT INTO contact_links (phone, contact) \
-                        SELECT ids.identifier, chosen.contact FROM ids, chosen ORDER BY ids.identifier \
-                        ON CONFLICT (phone) DO NOTHING) \
-             SELECT contact FROM chosen",
+            "::text) AS contact FROM cfg) \
+             INSERT INTO contact_links (phone, contact) \
+             SELECT ids.identifier, chosen.contact FROM ids, chosen ORDER BY ids.identifier \
+             ON CONFLICT (phone) DO NOTHING",
         )
-        .get_result(conn)
+        .execute(conn)
         .await?;
-    Ok(key.contact)
+    let rows: Vec<Link> = Cached::new("SELECT phone, contact FROM contact_links WHERE phone = ANY(")
+        .bind::<Array<Text>, _>(ids)
+        .sql(")")
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.phone, r.contact)).collect())
 }
 
 /// The conversation key `identifier` is linked to, if it is.

@@ -42,10 +42,12 @@ pub async fn list(conn: &mut AsyncPgConnection, pending_only: bool, limit: i64) 
     Ok(q.load(conn).await?)
 }
 
-/// Dead letters not replayed yet.
+/// Dead letters not replayed yet, of those that can be (an unusable
+/// webhook item never can: it is kept to be read, not waited on).
 pub async fn pending_count(conn: &mut AsyncPgConnection) -> Result<i64> {
     Ok(dead_letters::table
         .filter(dead_letters::replayed_at.is_null())
+        .filter(dead_letters::source.ne(UNUSABLE))
         .count()
         .get_result(conn)
         .await?)

@@ -39,44 +39,53 @@ impl Engine {
             }
         }
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let found = self
+        let links = self
             .inner
             .db
-            .run("conversation_key", |c| {
-                contacts::conversation_key(c, &refs, &key).scope_boxed()
-            })
+            .run("link_contact", |c| contacts::link(c, &refs, &key).scope_boxed())
             .await?;
         if self.inner.contacts.len() >= CACHED_LINKS {
             self.inner.contacts.clear();
         }
-        for id in ids {
-            self.inner.contacts.insert(id, found.clone());
+        // Each identifier is cached with its own stored link (two of them
+        // may lead to different conversations when they were linked apart).
+        for (id, contact) in &links {
+            self.inner.contacts.insert(id.clone(), contact.clone());
         }
-        Ok(found)
+        // The most preferred identifier's link (the phone's, when given).
+        links
+            .iter()
+            .find(|(id, _)| *id == ids[0])
+            .map(|(_, contact)| contact.clone())
+            .ok_or_else(|| Error::Unavailable("a contact link was not stored".into()))
     }
 }
 
 impl Engine {
     /// The conversation key a status's recipient leads to: a phone is its
     /// own (or its link's); a BSUID its link's. `None` when it leads nowhere
-    /// known (the status is then matched by its message id alone).
-    pub(super) async fn recipient_key(&self, recipient: &str) -> Option<String> {
+    /// known (the status is then matched by its message id alone). A
+    /// database failure is an error (the webhook answers 503), never a guess.
+    pub(super) async fn recipient_key(&self, recipient: &str) -> Result<Option<String>> {
         if let Some(k) = self.inner.contacts.get(recipient) {
-            return Some(k.value().clone());
+            return Ok(Some(k.value().clone()));
         }
-        let id = phone::contact_key(recipient).ok()?;
+        let Ok(id) = phone::contact_key(recipient) else {
+            return Ok(None);
+        };
         let linked = self
             .inner
             .db
-            .once(|c| contacts::linked(c, &id).scope_boxed())
-            .await
-            .ok()
-            .flatten();
-        match linked {
+            .run("linked_contact", |c| contacts::linked(c, &id).scope_boxed())
+            .await?;
+        if let Some(k) = &linked {
+            self.inner.contacts.insert(id.clone(), k.clone());
+        }
+        Ok(match linked {
             Some(k) => Some(k),
             None if phone::is_bsuid(&id) => None,
             None => Some(id),
-        }
+        })
     }
 }
 

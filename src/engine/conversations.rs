@@ -67,7 +67,7 @@ impl Engine {
         // The recipient (a phone or a BSUID) leads to the conversation's
         // key; an unknown one only costs the index.
         let recipient = match recipient {
-            Some(r) => self.recipient_key(r).await,
+            Some(r) => self.recipient_key(r).await?,
             None => None,
         };
         let phone = db

@@ -135,7 +135,8 @@ impl Engine {
     }
 
     /// Keeps an item of a delivery that cannot be applied (a malformed
-    /// message, a sender without a phone, a text over the limit) as a dead
+    /// message, a sender with neither a phone nor a BSUID, a text over the
+    /// limit, another business number) as a dead
     /// letter with its reason, so the rest of its delivery can be
     /// acknowledged; true the first time (a redelivery stores nothing new).
     #[tracing::instrument(skip_all)]

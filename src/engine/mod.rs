@@ -98,9 +98,9 @@ struct Inner {
     /// Shared with every session actor (through their deps); never written.
     flow: Arc<Flow>,
     settings: Settings,
-    /// Contact identifier → conversation key, as linked in the database. A
-    /// sharded map read on every inbound message without a lock; entries
-    /// never change (links are immutable), so any copy is current.
+    /// Contact identifier → conversation key, each as its own link is stored
+    /// in the database. A sharded map read on every inbound message without
+    /// a lock; stored links never change, so any copy is current.
     contacts: dashmap::DashMap<String, String>,
     /// Phone → live actor; a clone of the map the actors passivate themselves from.
     registry: Registry,

@@ -25,7 +25,8 @@ pub struct Flow {
 }
 
 /// WhatsApp's limits on interactive messages: a flow that passes them is
-/// refused when it is loaded, not cut or dropped at send time.
+/// refused when it is loaded. Only a prompt that `{slot}` values make longer
+/// than the body limit is cut at send time.
 pub mod limits {
     /// Reply buttons in one message.
     pub const BUTTONS: usize = 3;

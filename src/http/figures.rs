@@ -26,7 +26,7 @@ pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats) -> [Counter; 2
         ("switchboard_retries_total", "Steps retried after a conflict or a transient error.", s.retries),
         ("switchboard_session_crashes_total", "Session actor crashes.", s.crashes),
         ("switchboard_dead_letters_inbound_total", "Inbound messages moved to dead letters.", s.quarantined),
-        ("switchboard_dead_letters_unusable_total", "Delivery items that could not be applied (malformed, no phone, over a limit), kept as dead letters.", s.unusable),
+        ("switchboard_dead_letters_unusable_total", "Delivery items that could not be applied (malformed, no sender, over a limit, another number), kept as dead letters.", s.unusable),
         ("switchboard_commit_batches_total", "Group-commit transactions.", s.batches),
         ("switchboard_committed_steps_total", "Steps written by group-commit transactions.", s.batched_writes),
         ("switchboard_registration_batches_total", "Inbox registration statements (each a commit).", s.registration_batches),

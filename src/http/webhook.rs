@@ -9,7 +9,7 @@ use super::{ApiError, AppState};
 use crate::engine::{InboundMessage, NewUnusable};
 use crate::error::Error;
 use crate::phone;
-use crate::whatsapp::webhook::{parse, secure_eq, verify_signature, InboundWa, Unusable};
+use crate::whatsapp::webhook::{has_nul, parse, secure_eq, verify_signature, InboundWa, Unusable};
 
 /// Largest delivery accepted (Meta sends up to 3 MB).
 pub const BODY_LIMIT: usize = 3 * 1024 * 1024;
@@ -45,9 +45,10 @@ pub async fn verify(state: web::Data<AppState>, q: web::Query<Handshake>) -> Htt
 
 /// Registers every message of the delivery durably — in the inbox, or as a
 /// dead letter with its reason when it cannot be applied — then answers
-/// 200. Statuses update our outbound messages. 400 only for a body that is
-/// not a delivery at all; 503 when the database could not store an item
-/// (the provider redelivers; dedupe makes that harmless).
+/// 200. Statuses update our outbound messages. The whole delivery is
+/// refused only when it is not a delivery at all (400), too large or too
+/// many items (413), or badly signed (401); 503 when the database could not
+/// store an item (the provider redelivers; dedupe makes that harmless).
 pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     if let Some(secret) = &state.settings.whatsapp.app_secret {
         let header = req.headers().get("x-hub-signature-256").and_then(|h| h.to_str().ok());
@@ -150,6 +151,9 @@ fn check(m: &InboundWa, served: Option<&str>) -> Result<(), String> {
                 "sent to business number {to}, which this deployment does not serve"
             ));
         }
+    }
+    if has_nul(&m.raw) {
+        return Err("a NUL character, which cannot be stored as sent".into());
     }
     if crate::engine::inbound_text(&m.raw).chars().count() > MAX_TEXT_CHARS {
         return Err(format!("text over {MAX_TEXT_CHARS} characters"));

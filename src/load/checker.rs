@@ -53,10 +53,17 @@ const CHECKS: &[(&str, &str)] = &[
                (SELECT 1 FROM outbox o WHERE o.phone = m.phone AND o.idempotency_key = m.outbox_key)",
     ),
     (
+        // Stepped: the kinds of `whatsapp::kinds::STEPPED`, outside groups
+        // (a unit test keeps the list in step); stored-only messages keep
+        // the version.
         "versions are contiguous and count the applied steps",
         "SELECT s.phone || ' v' || s.version AS key FROM sessions s \
          WHERE s.version <> (SELECT count(*) FROM messages m \
-                             WHERE m.phone = s.phone AND m.origin IN ('user', 'agent'))",
+                             WHERE m.phone = s.phone AND (m.origin = 'agent' OR (m.origin = 'user' AND EXISTS ( \
+                               SELECT 1 FROM inbox i WHERE i.phone = m.phone AND i.id = m.inbox_id \
+                                 AND i.payload->'group_id' IS NULL AND i.payload->>'type' IN \
+                                 ('text', 'interactive', 'button', 'image', 'audio', 'video', 'document', \
+                                  'sticker', 'location', 'contacts')))))",
     ),
     (
         // In the order each process accepted them (`leased_by`: the
@@ -159,4 +166,23 @@ pub async fn setting(database_url: &str, name: &str) -> Result<String> {
         .get_result(&mut conn)
         .await?;
     Ok(r.v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CHECKS;
+    use crate::whatsapp::kinds::STEPPED;
+
+    #[test]
+    fn the_version_check_counts_exactly_the_kinds_the_flow_steps() {
+        let (_, sql) = CHECKS
+            .iter()
+            .find(|(name, _)| name.starts_with("versions are contiguous"))
+            .unwrap();
+        let listed = sql.matches("', '").count() + 1;
+        assert_eq!(listed, STEPPED.len(), "{sql}");
+        for kind in STEPPED {
+            assert!(sql.contains(&format!("'{kind}'")), "{kind} missing from {sql}");
+        }
+    }
 }

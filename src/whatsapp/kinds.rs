@@ -13,7 +13,7 @@
 use serde_json::Value;
 
 /// Kinds the flow steps; every other kind is stored only.
-const STEPPED: &[&str] = &[
+pub const STEPPED: &[&str] = &[
     "text",
     "interactive",
     "button",

@@ -121,7 +121,7 @@ impl OutboundMessage {
             .iter()
             .map(|c| json!({"type": "reply", "reply": {"id": choice_id(c), "title": cut(c, limits::BUTTON_TITLE)}}))
             .collect();
-        json!({"type": "button", "body": {"text": self.text}, "action": {"buttons": buttons}})
+        json!({"type": "button", "body": {"text": cut(&self.text, limits::INTERACTIVE_BODY)}, "action": {"buttons": buttons}})
     }
 
     fn list(&self) -> Value {
@@ -133,7 +133,7 @@ impl OutboundMessage {
         let button = self.list_button.as_deref().unwrap_or(limits::DEFAULT_LIST_BUTTON);
         json!({
             "type": "list",
-            "body": {"text": self.text},
+            "body": {"text": cut(&self.text, limits::INTERACTIVE_BODY)},
             "action": {"button": cut(button, limits::LIST_BUTTON), "sections": [{"rows": rows}]},
         })
     }

@@ -62,17 +62,46 @@ pub struct Unusable {
 }
 
 impl Unusable {
+    /// Keeps `raw` as it came — but for NUL characters, which PostgreSQL
+    /// cannot store in JSON, replaced by U+FFFD — keyed by its id when that
+    /// is short enough for an index, else by a hash of the JSON.
     pub fn new(raw: &Value, reason: impl Into<String>) -> Self {
         let key = match str_at(raw, "id") {
-            Some(id) if !id.is_empty() => id.to_string(),
+            Some(id) if !id.is_empty() && id.len() <= 256 && !id.contains('\0') => id.to_string(),
             _ => format!("sha256:{}", hex::encode(Sha256::digest(raw.to_string().as_bytes()))),
         };
         Self {
-            from: str_at(raw, "from").unwrap_or_default().chars().take(64).collect(),
+            from: str_at(raw, "from")
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| *c != '\0')
+                .take(64)
+                .collect(),
             key,
-            raw: raw.clone(),
+            raw: without_nul(raw),
             reason: reason.into(),
         }
+    }
+}
+
+/// Whether any string of `v` (key or value) holds a NUL character.
+pub fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(t) => t.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// `v` with every NUL character replaced by U+FFFD.
+fn without_nul(v: &Value) -> Value {
+    let fix = |t: &str| t.replace('\0', "\u{FFFD}");
+    match v {
+        Value::String(t) => Value::String(fix(t)),
+        Value::Array(a) => Value::Array(a.iter().map(without_nul).collect()),
+        Value::Object(o) => Value::Object(o.iter().map(|(k, v)| (fix(k), without_nul(v))).collect()),
+        other => other.clone(),
     }
 }
 

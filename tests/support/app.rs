@@ -90,6 +90,19 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The JSON body of `GET path` with the bearer `token`.
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// POSTs a delivery to /webhook, signed with `secret` if given.
     pub async fn deliver(&self, body: &[u8], secret: Option<&str>) -> reqwest::Response {
         let mut req = self
