@@ -19,9 +19,10 @@ struct Link {
 /// Links every identifier of `ids` (in order of preference: the phone,
 /// then the BSUID, then any new identifier the message announced) that is
 /// not linked yet to the key an earlier identifier of the list leads to,
-/// else to `fresh` (the message's phone, else its BSUID); then returns each
-/// identifier's link as stored — read after the insert, so a link a
-/// concurrent process made first is the one returned.
+/// else to `fresh` (the message's phone, else its BSUID); returns each
+/// identifier's link as stored. An identifier already linked (by this or a
+/// concurrent process, which the conflict waits for) keeps its link, and
+/// the no-op update makes the statement return it: one round trip.
 ///
 /// The linking statement commits without waiting for its flush
 /// (`synchronous_commit = off`, for it alone): the message it was made for
@@ -29,7 +30,7 @@ struct Link {
 /// earlier WAL too, so no link of an acknowledged message can be lost —
 /// and a new contact's first message does not pay a second disk flush.
 pub async fn link(conn: &mut AsyncPgConnection, ids: &[&str], fresh: &str) -> Result<Vec<(String, String)>> {
-    Cached::new("WITH ids AS (SELECT u.identifier, u.ord FROM unnest(")
+    let rows: Vec<Link> = Cached::new("WITH ids AS (SELECT u.identifier, u.ord FROM unnest(")
         .bind::<Array<Text>, _>(ids)
         .sql(
             "::text[]) WITH ORDINALITY AS u(identifier, ord)), \
@@ -43,13 +44,9 @@ pub async fn link(conn: &mut AsyncPgConnection, ids: &[&str], fresh: &str) -> Re
             "::text) AS contact FROM cfg) \
              INSERT INTO contact_links (phone, contact) \
              SELECT ids.identifier, chosen.contact FROM ids, chosen ORDER BY ids.identifier \
-             ON CONFLICT (phone) DO NOTHING",
+             ON CONFLICT (phone) DO UPDATE SET contact = contact_links.contact \
+             RETURNING phone, contact",
         )
-        .execute(conn)
-        .await?;
-    let rows: Vec<Link> = Cached::new("SELECT phone, contact FROM contact_links WHERE phone = ANY(")
-        .bind::<Array<Text>, _>(ids)
-        .sql(")")
         .load(conn)
         .await?;
     Ok(rows.into_iter().map(|r| (r.phone, r.contact)).collect())

@@ -28,7 +28,8 @@ impl Engine {
             }
             ids.push(u.to_string());
         }
-        ids.extend(changed_number(payload));
+        // Once each (one statement may not link an identifier twice).
+        ids.extend(changed_number(payload).filter(|n| !ids.contains(n)));
         let cached: Vec<Option<String>> = ids
             .iter()
             .map(|id| self.inner.contacts.get(id).map(|k| k.value().clone()))
