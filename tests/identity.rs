@@ -55,6 +55,27 @@ fn bsuid_text(id: &str, body: &str) -> Value {
     m
 }
 
+/// A text from `phone` known by its phone alone.
+async fn phone_says(app: &TestApp, phone: &str, id: &str, body: &str) -> Value {
+    send(
+        app,
+        &from_contact(Some(phone), None, vec![text_message(phone, id, body)]),
+    )
+    .await
+}
+
+/// A text from the contact known only by its BSUID.
+async fn bsuid_says(app: &TestApp, id: &str, body: &str) -> Value {
+    send(app, &from_contact(None, Some(BSUID), vec![bsuid_text(id, body)])).await
+}
+
+/// A text from the contact known by both its phone and its BSUID.
+async fn both_say(app: &TestApp, id: &str, body: &str) -> Value {
+    let mut m = text_message(PHONE, id, body);
+    m["from_user_id"] = json!(BSUID);
+    send(app, &from_contact(Some(PHONE), Some(BSUID), vec![m])).await
+}
+
 async fn send(app: &TestApp, body: &Value) -> Value {
     let r = app.deliver(&serde_json::to_vec(body).unwrap(), None).await;
     assert_eq!(r.status(), 200);
@@ -66,11 +87,7 @@ async fn a_username_only_user_gets_a_conversation_and_replies_go_to_its_bsuid() 
     let db = TestDb::migrated().await;
     let fake = FakeGraph::start().unwrap();
     let app = app(&db, &fake).await;
-    let answer = send(
-        &app,
-        &from_contact(None, Some(BSUID), vec![bsuid_text("wamid.u1", "hola")]),
-    )
-    .await;
+    let answer = bsuid_says(&app, "wamid.u1", "hola").await;
     assert_eq!(answer["accepted"], 1, "{answer}");
     app.engine.wait_idle().await;
     app.engine.outbox().wait_drained().await;
@@ -88,19 +105,9 @@ async fn a_contact_first_seen_by_phone_keeps_its_conversation_when_it_is_known_b
     let db = TestDb::migrated().await;
     let fake = FakeGraph::start().unwrap();
     let app = app(&db, &fake).await;
-    send(
-        &app,
-        &from_contact(Some(PHONE), None, vec![text_message(PHONE, "wamid.p1", "vehiculo")]),
-    )
-    .await;
-    let mut both = text_message(PHONE, "wamid.p2", "12345");
-    both["from_user_id"] = json!(BSUID);
-    send(&app, &from_contact(Some(PHONE), Some(BSUID), vec![both])).await;
-    send(
-        &app,
-        &from_contact(None, Some(BSUID), vec![bsuid_text("wamid.p3", "no arranca")]),
-    )
-    .await;
+    phone_says(&app, PHONE, "wamid.p1", "vehiculo").await;
+    both_say(&app, "wamid.p2", "12345").await;
+    bsuid_says(&app, "wamid.p3", "no arranca").await;
     app.engine.wait_idle().await;
     let s = app.engine.conversation(PHONE).await.unwrap().unwrap();
     assert_eq!(
@@ -123,11 +130,7 @@ async fn a_user_who_changed_number_continues_the_same_conversation() {
     let fake = FakeGraph::start().unwrap();
     let app = app(&db, &fake).await;
     const NEW_PHONE: &str = "5215598765432";
-    send(
-        &app,
-        &from_contact(Some(PHONE), None, vec![text_message(PHONE, "wamid.c1", "vehiculo")]),
-    )
-    .await;
+    phone_says(&app, PHONE, "wamid.c1", "vehiculo").await;
     let notice = message(
         PHONE,
         "wamid.c2",
@@ -160,11 +163,7 @@ async fn a_status_that_names_only_the_bsuid_finds_its_message() {
     let db = TestDb::migrated().await;
     let fake = FakeGraph::start().unwrap();
     let app = app(&db, &fake).await;
-    send(
-        &app,
-        &from_contact(None, Some(BSUID), vec![bsuid_text("wamid.s1", "hola")]),
-    )
-    .await;
+    bsuid_says(&app, "wamid.s1", "hola").await;
     app.engine.wait_idle().await;
     app.engine.outbox().wait_drained().await;
     let wamid: Option<String> = messages::table
@@ -188,26 +187,12 @@ async fn identifiers_linked_apart_keep_their_own_conversations() {
     let fake = FakeGraph::start().unwrap();
     let app = app(&db, &fake).await;
     // The phone and the BSUID first come apart: two conversations.
-    send(
-        &app,
-        &from_contact(Some(PHONE), None, vec![text_message(PHONE, "wamid.a1", "hola")]),
-    )
-    .await;
-    send(
-        &app,
-        &from_contact(None, Some(BSUID), vec![bsuid_text("wamid.a2", "hola")]),
-    )
-    .await;
+    phone_says(&app, PHONE, "wamid.a1", "hola").await;
+    bsuid_says(&app, "wamid.a2", "hola").await;
     // Then together: the phone's conversation takes it, and the BSUID
     // alone still leads to its own (in this process and in any other).
-    let mut both = text_message(PHONE, "wamid.a3", "hola");
-    both["from_user_id"] = json!(BSUID);
-    send(&app, &from_contact(Some(PHONE), Some(BSUID), vec![both])).await;
-    send(
-        &app,
-        &from_contact(None, Some(BSUID), vec![bsuid_text("wamid.a4", "hola")]),
-    )
-    .await;
+    both_say(&app, "wamid.a3", "hola").await;
+    bsuid_says(&app, "wamid.a4", "hola").await;
     app.engine.wait_idle().await;
     assert_eq!(app.engine.conversation(PHONE).await.unwrap().unwrap().version, 2);
     assert_eq!(app.engine.conversation(BSUID).await.unwrap().unwrap().version, 2);

@@ -30,13 +30,10 @@ impl Engine {
         }
         // Once each (one statement may not link an identifier twice).
         ids.extend(changed_number(payload).filter(|n| !ids.contains(n)));
-        let cached: Vec<Option<String>> = ids
-            .iter()
-            .map(|id| self.inner.contacts.get(id).map(|k| k.value().clone()))
-            .collect();
-        if let Some(Some(k)) = cached.first() {
-            if cached.iter().all(Option::is_some) {
-                return Ok(k.clone());
+        // Every identifier linked already (in memory): the preferred one's key.
+        if let Some(k) = self.inner.contacts.get(&ids[0]).map(|k| k.value().clone()) {
+            if ids[1..].iter().all(|id| self.inner.contacts.contains_key(id)) {
+                return Ok(k);
             }
         }
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
