@@ -53,6 +53,7 @@ fn throughput(c: &mut Criterion) {
                                 for i in 0..PER_PHONE {
                                     e.submit_inbound(InboundMessage {
                                         user_id: None,
+                                        business_number: None,
                                         phone: format!("5215560{p:06}"),
                                         provider_message_id: format!("wamid.bench.{round}.{p}.{i}"),
                                         payload: support::text("hola"),

@@ -18,6 +18,7 @@ async fn main() -> anyhow::Result<()> {
         engine
             .submit_inbound(InboundMessage {
                 user_id: None,
+                business_number: None,
                 phone: phone.into(),
                 provider_message_id: format!("wamid.example.{}.{i}", std::process::id()),
                 payload: serde_json::json!({"type": "text", "text": {"body": text}}),

@@ -536,6 +536,7 @@ async fn an_invalid_phone_is_refused_and_nothing_is_stored() {
     let err = engine
         .submit_inbound(InboundMessage {
             user_id: None,
+            business_number: None,
             phone: "12ab".into(),
             provider_message_id: "wamid.bad".into(),
             payload: support::text("hola"),

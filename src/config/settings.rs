@@ -11,6 +11,7 @@ use super::database::DatabaseSettings;
 use super::engine::EngineSettings;
 use super::outbox::OutboxSettings;
 use super::secret::Secret;
+use super::NumberSettings;
 
 /// The whole configuration of one switchboard process.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -70,7 +71,12 @@ pub struct WhatsAppSettings {
     pub app_secret: Option<Secret>,
     /// Bearer token for the send API. Unset: replies go to a log sink.
     pub access_token: Option<Secret>,
+    /// The business number of a one-number deployment; with
+    /// `numbers`, the home number (its conversations are keyed by the
+    /// contact alone, as before there were several).
     pub phone_number_id: Option<String>,
+    /// Several business numbers in one deployment.
+    pub numbers: Vec<NumberSettings>,
     pub api_base: String,
     pub api_version: String,
 }
@@ -82,6 +88,7 @@ impl Default for WhatsAppSettings {
             app_secret: None,
             access_token: None,
             phone_number_id: None,
+            numbers: Vec::new(),
             api_base: "https://graph.facebook.com".into(),
             api_version: "v21.0".into(),
         }

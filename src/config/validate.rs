@@ -30,6 +30,7 @@ impl Settings {
             "whatsapp.api_base",
             "must be an http:// or https:// URL",
         );
+        numbers(&self.whatsapp, &mut p);
         p.check(
             self.api.tokens.iter().all(|t| !t.is_empty()),
             "api.tokens",
@@ -151,6 +152,32 @@ fn embedded(db: &DatabaseSettings, p: &mut Problems) {
             text_ok,
             &key,
             "must not contain control characters (or be NaN/infinite)",
+        );
+    }
+}
+
+fn numbers(w: &super::WhatsAppSettings, p: &mut Problems) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, n) in w.numbers.iter().enumerate() {
+        p.check(
+            !n.phone_number_id.is_empty() && n.phone_number_id.bytes().all(|b| b.is_ascii_digit()),
+            &format!("whatsapp.numbers[{i}].phone_number_id"),
+            "must be the number's id in the Cloud API (digits)",
+        );
+        p.check(
+            seen.insert(n.phone_number_id.as_str()),
+            &format!("whatsapp.numbers[{i}].phone_number_id"),
+            "is configured twice",
+        );
+        p.check(
+            n.rate_per_s != Some(0),
+            &format!("whatsapp.numbers[{i}].rate_per_s"),
+            "must be at least 1",
+        );
+        p.check(
+            n.access_token.as_ref().is_none_or(|t| !t.is_empty()),
+            &format!("whatsapp.numbers[{i}].access_token"),
+            "must not be empty (leave it out for whatsapp.access_token)",
         );
     }
 }

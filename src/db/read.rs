@@ -39,8 +39,18 @@ pub struct ListFilter {
     pub handoff: Option<bool>,
     /// Phones starting with these digits.
     pub phone_prefix: Option<String>,
+    /// Conversations of one business number: keys behind this prefix
+    /// (`<id>:`), or, for the home number, keys without any.
+    pub number: Option<NumberScope>,
     pub limit: i64,
     pub offset: i64,
+}
+
+/// Which keys a business number's conversations have (see [`crate::numbers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NumberScope {
+    Home,
+    Prefixed(String),
 }
 
 /// Conversations, most recently active first, each with its contact name
@@ -57,7 +67,9 @@ pub async fn list(conn: &mut AsyncPgConnection, f: &ListFilter) -> Result<Vec<Co
                             WHERE messages.phone = s.phone ORDER BY id DESC LIMIT 1) m ON true \
          WHERE ($1::text IS NULL OR s.flow_state = $1) \
            AND ($2::bool IS NULL OR s.handoff = $2) \
-           AND ($3::text IS NULL OR s.phone LIKE $3 || '%') \
+           AND ($3::text IS NULL OR s.phone LIKE coalesce($6, '') || $3 || '%') \
+           AND ($6::text IS NULL OR s.phone LIKE $6 || '%') \
+           AND ($7::bool IS NOT TRUE OR strpos(s.phone, ':') = 0) \
          ORDER BY s.updated_at DESC, s.phone \
          LIMIT $4 OFFSET $5",
     )
@@ -65,7 +77,12 @@ pub async fn list(conn: &mut AsyncPgConnection, f: &ListFilter) -> Result<Vec<Co
     .bind::<Nullable<Bool>, _>(f.handoff)
     .bind::<Nullable<Text>, _>(f.phone_prefix.as_deref())
     .bind::<BigInt, _>(f.limit)
-    .bind::<BigInt, _>(f.offset);
+    .bind::<BigInt, _>(f.offset)
+    .bind::<Nullable<Text>, _>(match &f.number {
+        Some(NumberScope::Prefixed(p)) => Some(p.as_str()),
+        _ => None,
+    })
+    .bind::<Bool, _>(f.number == Some(NumberScope::Home));
     Ok(q.load(conn).await?)
 }
 

@@ -21,9 +21,10 @@ use crate::db::inbox::Lease;
 use crate::db::Database;
 use crate::error::{Error, Result};
 use crate::events::{Event, EVENT_BUFFER};
-use crate::flow::Flow;
+use crate::flow::{Flow, Flows};
 use crate::lifecycle::Lifecycle;
-use crate::outbox::{Dispatcher, SendQueue};
+use crate::numbers::Numbers;
+use crate::outbox::{Dispatcher, Outbound, SendQueue};
 use crate::whatsapp::sender::Sender;
 
 /// Builds an [`Engine`]; anything not given comes from the settings.
@@ -94,6 +95,7 @@ impl EngineBuilder {
             owns_db,
             sender,
             middleware,
+            numbers,
         } = self.inputs().await?;
         // Random per start, never 0 (the column's default): a restarted
         // process does not inherit the leases of its previous life.
@@ -104,7 +106,10 @@ impl EngineBuilder {
         let in_flight = watch::channel(0).0;
         let dispatcher = Dispatcher::start(
             db.clone(),
-            sender,
+            Outbound {
+                sender,
+                numbers: numbers.clone(),
+            },
             settings.outbox.clone(),
             parts.outbound_breaker.clone(),
             parts.send_queue.clone(),
@@ -121,7 +126,7 @@ impl EngineBuilder {
         let registry = Registry::new(started.arbiters, settings.engine.max_live_sessions);
         registry.set_deps(Arc::new(SessionDeps {
             db: db.clone(),
-            flow: flow.clone(),
+            flows: flow.clone(),
             ai: started.ai,
             writer: started.writer.clone(),
             supervisor: started.supervisor.clone(),
@@ -138,7 +143,8 @@ impl EngineBuilder {
                 queue: Arc::new(Semaphore::new(settings.engine.max_queued.max(1))),
                 db,
                 owns_db,
-                flow,
+                flows: flow,
+                numbers,
                 registry,
                 supervisor: started.supervisor,
                 writer: started.writer,
@@ -165,22 +171,25 @@ impl EngineBuilder {
 /// What an engine is made from: given to the builder, or made from the settings.
 struct Inputs {
     settings: Settings,
-    flow: Arc<Flow>,
+    flow: Arc<Flows>,
     model: Arc<dyn Model>,
     db: Database,
     /// Whether the engine opened the database (and so closes it).
     owns_db: bool,
     sender: Arc<dyn Sender>,
     middleware: Option<Arc<dyn Middleware>>,
+    numbers: Arc<Numbers>,
 }
 
 impl EngineBuilder {
     async fn inputs(self) -> Result<Inputs> {
         let settings = self.settings;
-        let flow = Arc::new(match self.flow {
+        let numbers = Arc::new(Numbers::from_settings(&settings));
+        let default = Arc::new(match self.flow {
             Some(f) => f,
             None => Flow::load(&settings.flow.path)?,
         });
+        let flow = Arc::new(Flows::load(default, &settings.flow.path, numbers.clone())?);
         let model = match self.model {
             Some(m) => m,
             None => crate::ai::build_model(&settings.ai).map_err(|e| Error::InvalidInput(e.to_string()))?,
@@ -191,7 +200,7 @@ impl EngineBuilder {
         };
         let sender = self
             .sender
-            .unwrap_or_else(|| crate::whatsapp::sender::build(&settings.whatsapp));
+            .unwrap_or_else(|| crate::whatsapp::sender::build(&settings.whatsapp, &numbers));
         Ok(Inputs {
             settings,
             flow,
@@ -200,6 +209,7 @@ impl EngineBuilder {
             owns_db,
             sender,
             middleware: self.middleware,
+            numbers,
         })
     }
 }

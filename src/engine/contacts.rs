@@ -14,12 +14,12 @@ use crate::phone;
 const CACHED_LINKS: usize = 200_000;
 
 impl Engine {
-    /// The conversation key of a message from `phone` (a phone or a BSUID)
-    /// with `user_id` (its BSUID, if given besides): the conversation an
-    /// identifier of the contact already leads to, else the phone's, else
-    /// the BSUID's. A `user_changed_number` notice links the new phone to
-    /// the same conversation.
-    pub(super) async fn conversation_key(&self, phone: &str, user_id: Option<&str>, payload: &Value) -> Result<String> {
+    /// The contact key of a message from `phone` (a phone or a BSUID)
+    /// with `user_id` (its BSUID, if given besides): the contact an
+    /// identifier already leads to, else the phone, else the BSUID. A
+    /// `user_changed_number` notice links the new phone to the same contact.
+    /// With the business number, it makes the conversation key.
+    pub(super) async fn contact_key(&self, phone: &str, user_id: Option<&str>, payload: &Value) -> Result<String> {
         let key = phone::contact_key(phone).map_err(Error::InvalidInput)?;
         let mut ids = vec![key.clone()];
         if let Some(u) = user_id.filter(|u| *u != key) {
@@ -60,7 +60,7 @@ impl Engine {
 }
 
 impl Engine {
-    /// The conversation key a status's recipient leads to: a phone is its
+    /// The contact key a status's recipient leads to: a phone is its
     /// own (or its link's); a BSUID its link's. `None` when it leads nowhere
     /// known (the status is then matched by its message id alone). A
     /// database failure is an error (the webhook answers 503), never a guess.
@@ -84,6 +84,22 @@ impl Engine {
             None if phone::is_bsuid(&id) => None,
             None => Some(id),
         })
+    }
+}
+
+impl Engine {
+    /// The conversation of the contact known as `contact` (a phone or a
+    /// BSUID, either of a contact's) with business number `number` (none:
+    /// the home number), as the API's paths name it. A number that is not
+    /// served is not found.
+    pub async fn conversation_of(&self, number: Option<&str>, contact: &str) -> Result<String> {
+        let numbers = &self.inner.numbers;
+        if let Some(n) = number.filter(|n| !numbers.all().is_empty() && numbers.get(n).is_none()) {
+            return Err(Error::NotFound(format!("business number {n} is not served here")));
+        }
+        let id = phone::contact_key(contact).map_err(Error::InvalidInput)?;
+        let key = self.recipient_key(&id).await?.unwrap_or(id);
+        Ok(numbers.conversation(number, &key))
     }
 }
 

@@ -7,13 +7,12 @@ use super::Engine;
 use crate::actors::session::{AgentAck, AgentSend, ConversationView, Read, SetHandoff, Wake};
 use crate::error::{Error, Result};
 use crate::events::{DeliveryEvent, Event};
-use crate::phone;
 
 impl Engine {
     /// Stores and queues a human agent's message; returns after the commit.
     pub async fn submit_agent_message(&self, phone: &str, body: &str, idempotency_key: &str) -> Result<AgentAck> {
         self.check_running()?;
-        let phone = phone::contact_key(phone).map_err(Error::InvalidInput)?;
+        let phone = self.inner.numbers.checked_key(phone).map_err(Error::InvalidInput)?;
         if body.trim().is_empty() || body.chars().count() > 4096 {
             return Err(Error::InvalidInput("a message has 1 to 4,096 characters".into()));
         }
@@ -31,7 +30,7 @@ impl Engine {
     /// Hands the conversation to a human agent (`true`) or back to the bot.
     pub async fn set_handoff(&self, phone: &str, on: bool) -> Result<ConversationView> {
         self.check_running()?;
-        let phone = phone::contact_key(phone).map_err(Error::InvalidInput)?;
+        let phone = self.inner.numbers.checked_key(phone).map_err(Error::InvalidInput)?;
         let _guard = InFlightGuard::new(&self.inner.in_flight);
         self.call(&phone, SetHandoff(on)).await?
     }
@@ -39,7 +38,7 @@ impl Engine {
     /// Reads a conversation. Through its actor when it is live (so the read
     /// comes after every message accepted before it), else from the primary.
     pub async fn conversation(&self, phone: &str) -> Result<Option<ConversationView>> {
-        let phone = phone::contact_key(phone).map_err(Error::InvalidInput)?;
+        let phone = self.inner.numbers.checked_key(phone).map_err(Error::InvalidInput)?;
         if self.inner.registry.is_live(&phone) {
             return self.call(&phone, Read).await?.map(Some);
         }
@@ -54,10 +53,12 @@ impl Engine {
 
     /// Applies a delivery status report (`sent`, `delivered`, `read`,
     /// `failed`) to the outbound message with that provider id (sent to
-    /// `recipient`, when given: the conversation's phone); publishes it.
+    /// `recipient`, when given: a phone or BSUID of the contact, from
+    /// business `number`); publishes it.
     /// Returns false when no such message is known.
     pub async fn apply_status(
         &self,
+        number: Option<&str>,
         recipient: Option<&str>,
         provider_id: &str,
         status: &str,
@@ -67,7 +68,10 @@ impl Engine {
         // The recipient (a phone or a BSUID) leads to the conversation's
         // key; an unknown one only costs the index.
         let recipient = match recipient {
-            Some(r) => self.recipient_key(r).await?,
+            Some(r) => self
+                .recipient_key(r)
+                .await?
+                .map(|contact| self.inner.numbers.conversation(number, &contact)),
             None => None,
         };
         let phone = db
@@ -89,7 +93,7 @@ impl Engine {
     /// [`crate::db::dead_letters::replay`]) and wakes whatever must act on it.
     pub async fn replay_dead_letter(&self, phone: &str, id: i64) -> Result<()> {
         self.check_running()?;
-        let phone = phone::contact_key(phone).map_err(Error::InvalidInput)?;
+        let phone = self.inner.numbers.checked_key(phone).map_err(Error::InvalidInput)?;
         let db = &self.inner.db;
         let (phone, source) = db
             .run("replay_dead_letter", |c| {

@@ -31,9 +31,8 @@ impl Engine {
                 "a provider message id has 1 to 256 characters".into(),
             ));
         }
-        let phone = self
-            .conversation_key(&m.phone, m.user_id.as_deref(), &m.payload)
-            .await?;
+        let contact = self.contact_key(&m.phone, m.user_id.as_deref(), &m.payload).await?;
+        let phone = self.inner.numbers.conversation(m.business_number.as_deref(), &contact);
         let permit = self.enqueue_permit().await?;
         // The registration is handed to the DB writer as the phone's ticket
         // is taken, so the writer sees a phone's messages in ticket order and

@@ -49,8 +49,9 @@ use crate::breaker::{BreakerSnapshot, CircuitBreaker};
 use crate::config::Settings;
 use crate::db::Database;
 use crate::error::Result;
-use crate::flow::Flow;
+use crate::flow::{Flow, Flows};
 use crate::lifecycle::Lifecycle;
+use crate::numbers::Numbers;
 use crate::outbox::Dispatcher;
 
 /// An inbound message to accept.
@@ -62,6 +63,9 @@ pub struct InboundMessage {
     /// The sender's BSUID when the provider gives one besides the phone
     /// (every WhatsApp delivery since 2026): either finds the conversation.
     pub user_id: Option<String>,
+    /// The business number it was sent to (`metadata.phone_number_id`);
+    /// `None`: the home number. With the contact, it makes the conversation.
+    pub business_number: Option<String>,
     /// The provider's message id (WhatsApp `wamid`): the dedupe key.
     pub provider_message_id: String,
     /// The provider's message object, stored as received.
@@ -96,7 +100,9 @@ struct Inner {
     /// The engine opened the database, so it closes it at shutdown.
     owns_db: bool,
     /// Shared with every session actor (through their deps); never written.
-    flow: Arc<Flow>,
+    flows: Arc<Flows>,
+    /// The business numbers served; never written.
+    numbers: Arc<Numbers>,
     settings: Settings,
     /// Contact identifier → conversation key, each as its own link is stored
     /// in the database. A sharded map read on every inbound message without
@@ -141,7 +147,9 @@ struct Inner {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("flow", &self.inner.flow.name).finish()
+        f.debug_struct("Engine")
+            .field("flow", &self.inner.flows.default_flow().name)
+            .finish()
     }
 }
 
@@ -159,8 +167,14 @@ impl Engine {
         &self.inner.db
     }
 
+    /// The default flow (a number may run its own; see [`Flows`]).
     pub fn flow(&self) -> &Flow {
-        &self.inner.flow
+        self.inner.flows.default_flow()
+    }
+
+    /// The business numbers this engine serves.
+    pub fn numbers(&self) -> &Numbers {
+        &self.inner.numbers
     }
 
     /// Whether the engine is shutting down.

@@ -3,6 +3,8 @@
 
 pub mod definition;
 pub mod machine;
+pub mod per_number;
 
 pub use definition::{normalize_text, Flow, FlowError, GlobalIntent, Slot, State};
 pub use machine::{step, Needs, Outcome, Reply, StepResult, Understanding};
+pub use per_number::Flows;

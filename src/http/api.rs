@@ -7,9 +7,9 @@ use serde_json::json;
 
 use super::auth::authorize;
 use super::readiness::Readiness;
-use super::{sse, ApiError, AppState};
-use crate::engine::ListFilter;
-use crate::phone;
+use super::{conversation_path, sse, ApiError, AppState};
+use crate::db::read::NumberScope;
+use crate::engine::{ConversationSummary, ListFilter};
 
 /// Largest page of the conversation list.
 const MAX_PAGE: i64 = 200;
@@ -57,7 +57,7 @@ async fn replay(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let (phone, id) = path.into_inner();
-    let phone = valid_phone(&state, &phone)?;
+    let phone = conversation_path::listed(&state, &phone)?;
     state.engine.replay_dead_letter(&phone, id).await?;
     Ok(HttpResponse::Accepted().json(json!({"replayed": id})))
 }
@@ -115,19 +115,14 @@ async fn force_breaker(
     Ok(HttpResponse::Ok().json(json!({"breakers": state.engine.breakers().await})))
 }
 
-fn valid_phone(state: &AppState, raw: &str) -> Result<String, ApiError> {
-    phone::contact_key(raw).map_err(|why| {
-        state.metrics.rejected("api_phone");
-        ApiError::new(StatusCode::BAD_REQUEST, format!("invalid phone: {why}"))
-    })
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     state: Option<String>,
     handoff: Option<bool>,
     phone: Option<String>,
+    /// A business number's conversations only.
+    number: Option<String>,
     limit: Option<i64>,
     offset: Option<i64>,
 }
@@ -144,26 +139,65 @@ async fn list(
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "phone filter: digits only"));
         }
     }
+    let numbers = state.engine.numbers();
+    let number = match q.number.as_deref() {
+        None => None,
+        Some(n) if numbers.get(n).is_none() => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("business number {n} is not served here"),
+            ))
+        }
+        Some(n) if numbers.home().is_some_and(|h| h.id == n) => Some(NumberScope::Home),
+        Some(n) => Some(NumberScope::Prefixed(format!("{n}:"))),
+    };
     let filter = ListFilter {
         state: q.state,
         handoff: q.handoff,
         phone_prefix: q.phone.map(|p| p.trim_start_matches('+').to_string()),
+        number,
         limit: q.limit.unwrap_or(50).clamp(1, MAX_PAGE),
         offset: q.offset.unwrap_or(0).max(0),
     };
-    let rows = state.engine.list_conversations(&filter).await?;
+    let rows: Vec<serde_json::Value> = state
+        .engine
+        .list_conversations(&filter)
+        .await?
+        .into_iter()
+        .map(|row| with_number(numbers, row))
+        .collect();
     Ok(HttpResponse::Ok().json(json!({"conversations": rows, "limit": filter.limit, "offset": filter.offset})))
+}
+
+/// A listed conversation with its business number (id and name) and its
+/// contact beside the key.
+fn with_number(numbers: &crate::numbers::Numbers, row: ConversationSummary) -> serde_json::Value {
+    let (number, contact) = numbers.split(&row.phone);
+    let name = number.and_then(|n| numbers.get(n)).and_then(|n| n.name.clone());
+    let (number, contact) = (number.map(str::to_string), contact.to_string());
+    let mut v = serde_json::to_value(row).unwrap_or_default();
+    v["number"] = json!(number);
+    v["number_name"] = json!(name);
+    v["contact"] = json!(contact);
+    v
 }
 
 async fn get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let phone = valid_phone(&state, &path)?;
+    let phone = conversation_path::named(&state, &req, &path).await?;
     // Through the actor when live: the read comes after everything queued before it.
     let Some(session) = state.engine.conversation(&phone).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such conversation"));
     };
     let (messages, contact_name) = state.engine.recent_messages(&phone, RECENT_MESSAGES).await?;
-    Ok(HttpResponse::Ok().json(json!({"session": session, "contact_name": contact_name, "messages": messages})))
+    let (number, contact) = state.engine.numbers().split(&phone);
+    Ok(HttpResponse::Ok().json(json!({
+        "session": session,
+        "number": number,
+        "contact": contact,
+        "contact_name": contact_name,
+        "messages": messages,
+    })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,7 +215,7 @@ async fn send(
     body: web::Json<SendBody>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let phone = valid_phone(&state, &path)?;
+    let phone = conversation_path::named(&state, &req, &path).await?;
     let body = body.into_inner();
     let key = match body.idempotency_key {
         Some(k) if !k.is_empty() && k.len() <= 128 => k,
@@ -221,7 +255,7 @@ async fn handoff(
     body: web::Json<HandoffBody>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let phone = valid_phone(&state, &path)?;
+    let phone = conversation_path::named(&state, &req, &path).await?;
     let view = state.engine.set_handoff(&phone, body.active).await?;
     Ok(HttpResponse::Ok().json(json!({"session": view})))
 }

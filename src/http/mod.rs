@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod console;
+mod conversation_path;
 mod figures;
 pub mod limits;
 mod metrics;

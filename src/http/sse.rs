@@ -13,7 +13,6 @@ use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream, 
 use super::auth::authorize;
 use super::{ApiError, AppState};
 use crate::engine::Event;
-use crate::phone;
 
 /// A comment line this often keeps proxies from closing an idle stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -83,11 +82,6 @@ pub async fn conversation(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let p = phone::contact_key(&path).map_err(|why| {
-        ApiError::new(
-            actix_web::http::StatusCode::BAD_REQUEST,
-            format!("invalid phone: {why}"),
-        )
-    })?;
+    let p = super::conversation_path::named(&state, &req, &path).await?;
     stream(&state, Some(p))
 }

@@ -8,6 +8,7 @@ use serde_json::json;
 use super::{ApiError, AppState};
 use crate::engine::{InboundMessage, NewUnusable};
 use crate::error::Error;
+use crate::numbers::Numbers;
 use crate::phone;
 use crate::whatsapp::webhook::{has_nul, parse, secure_eq, verify_signature, InboundWa, Unusable};
 
@@ -76,9 +77,9 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
     // item is durable, one way or the other.
     let mut unusable = delivery.unusable;
     let mut usable = Vec::with_capacity(delivery.messages.len());
-    let served = state.settings.whatsapp.phone_number_id.as_deref();
+    let numbers = state.engine.numbers();
     for m in delivery.messages {
-        match check(&m, served) {
+        match check(&m, numbers) {
             Ok(()) => usable.push(m),
             Err(reason) => unusable.push(Unusable::new(&m.raw, reason)),
         }
@@ -108,7 +109,13 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
         let error = s.errors.as_ref().map(|e| e.to_string());
         let recipient = (!s.recipient.is_empty()).then_some(s.recipient.as_str());
         if engine
-            .apply_status(recipient, &s.id, &s.status, error.as_deref())
+            .apply_status(
+                s.business_number.as_deref(),
+                recipient,
+                &s.id,
+                &s.status,
+                error.as_deref(),
+            )
             .await
             .map_err(unstored)?
         {
@@ -133,6 +140,7 @@ fn inbound(m: InboundWa) -> InboundMessage {
             m.from
         },
         user_id: m.user_id,
+        business_number: m.business_number,
         provider_message_id: m.id,
         payload: m.raw,
         // Free text from the sender: capped.
@@ -141,16 +149,12 @@ fn inbound(m: InboundWa) -> InboundMessage {
 }
 
 /// Why a message cannot be applied, if it cannot: sent to a business number
-/// this deployment does not serve (`served`, when configured), a text over
+/// this deployment does not serve (when numbers are configured), a text over
 /// WhatsApp's limit, a sender that is not a phone or a BSUID, an id out of
 /// bounds.
-fn check(m: &InboundWa, served: Option<&str>) -> Result<(), String> {
-    if let (Some(served), Some(to)) = (served, m.business_number.as_deref()) {
-        if to != served {
-            return Err(format!(
-                "sent to business number {to}, which this deployment does not serve"
-            ));
-        }
+fn check(m: &InboundWa, numbers: &Numbers) -> Result<(), String> {
+    if let Some(why) = numbers.refuses(m.business_number.as_deref()) {
+        return Err(why);
     }
     if has_nul(&m.raw) {
         return Err("a NUL character, which cannot be stored as sent".into());

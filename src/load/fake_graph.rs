@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 struct State {
     script: VecDeque<(u16, Value)>,
     requests: Vec<Value>,
+    /// Beside each request: the number in its path and its bearer token.
+    senders: Vec<(String, String)>,
     /// The tracking data (`biz_opaque_callback_data`) of every send it accepted.
     accepted: Vec<String>,
     down: bool,
@@ -46,26 +48,36 @@ impl FakeGraph {
             let (s, r) = (s.clone(), r.clone());
             App::new().route(
                 "/{version}/{number}/messages",
-                web::post().to(move |body: web::Json<Value>| {
-                    let (s, r) = (s.clone(), r.clone());
-                    async move {
-                        let body = body.into_inner();
-                        hold(
-                            &s,
-                            &r,
-                            body["to"]
-                                .as_str()
-                                .or_else(|| body["recipient"].as_str())
-                                .unwrap_or_default(),
-                        )
-                        .await;
-                        let latency = s.lock().unwrap_or_else(|p| p.into_inner()).latency;
-                        if !latency.is_zero() {
-                            tokio::time::sleep(latency).await;
+                web::post().to(
+                    move |path: web::Path<(String, String)>, req: actix_web::HttpRequest, body: web::Json<Value>| {
+                        let (s, r) = (s.clone(), r.clone());
+                        let token = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|h| h.to_str().ok())
+                            .and_then(|h| h.strip_prefix("Bearer "))
+                            .unwrap_or_default()
+                            .to_string();
+                        let sender = (path.into_inner().1, token);
+                        async move {
+                            let body = body.into_inner();
+                            hold(
+                                &s,
+                                &r,
+                                body["to"]
+                                    .as_str()
+                                    .or_else(|| body["recipient"].as_str())
+                                    .unwrap_or_default(),
+                            )
+                            .await;
+                            let latency = s.lock().unwrap_or_else(|p| p.into_inner()).latency;
+                            if !latency.is_zero() {
+                                tokio::time::sleep(latency).await;
+                            }
+                            answer(&s, body, sender)
                         }
-                        answer(&s, body)
-                    }
-                }),
+                    },
+                ),
             )
         })
         .workers(1)
@@ -127,6 +139,12 @@ impl FakeGraph {
         self.lock().accepted.clone()
     }
 
+    /// The business number (from the path) and the bearer token of each
+    /// request, in the order of [`Self::requests`].
+    pub fn senders(&self) -> Vec<(String, String)> {
+        self.lock().senders.clone()
+    }
+
     pub fn request_count(&self) -> usize {
         self.lock().requests.len()
     }
@@ -168,7 +186,7 @@ async fn hold(state: &Mutex<State>, released: &tokio::sync::Notify, to: &str) {
     }
 }
 
-fn answer(state: &Mutex<State>, body: Value) -> HttpResponse {
+fn answer(state: &Mutex<State>, body: Value, sender: (String, String)) -> HttpResponse {
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
     if st.down {
         return HttpResponse::ServiceUnavailable().json(json!({"error": {"code": 1, "message": "down"}}));
@@ -178,6 +196,7 @@ fn answer(state: &Mutex<State>, body: Value) -> HttpResponse {
         .unwrap_or("untracked")
         .to_string();
     st.requests.push(body);
+    st.senders.push(sender);
     let (status, body) = match st.script.pop_front() {
         Some(a) => a,
         None => {

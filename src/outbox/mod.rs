@@ -32,10 +32,11 @@ use tokio::sync::{watch, Notify};
 pub use crate::config::OutboxSettings;
 pub use send_queue::SendQueue;
 
-use self::rate::RateLimit;
+use self::rate::Rates;
 use self::worker::Worker;
 use crate::breaker::CircuitBreaker;
 use crate::db::Database;
+use crate::numbers::Numbers;
 use crate::whatsapp::sender::Sender;
 
 /// Counters for `/metrics`.
@@ -79,6 +80,12 @@ pub struct Dispatcher {
 /// answer from the provider does not idle the other sends.
 const ROUNDS_AT_ONCE: usize = 2;
 
+/// What the dispatcher sends through, and from which number each row goes.
+pub struct Outbound {
+    pub sender: Arc<dyn Sender>,
+    pub numbers: Arc<Numbers>,
+}
+
 impl Dispatcher {
     /// Starts the dispatcher on `spawn` (a runtime or an arbiter). It runs
     /// until `until` completes (the engine stopped and no step will commit
@@ -86,7 +93,7 @@ impl Dispatcher {
     /// rows handed over and not sent, and ends.
     pub fn start(
         db: Database,
-        sender: Arc<dyn Sender>,
+        Outbound { sender, numbers }: Outbound,
         settings: OutboxSettings,
         breaker: CircuitBreaker,
         queue: Arc<SendQueue>,
@@ -101,7 +108,8 @@ impl Dispatcher {
             db,
             queue,
             sender,
-            rate: RateLimit::new(settings.rate_per_s),
+            rates: Rates::new(settings.rate_per_s, &numbers),
+            numbers,
             sends: tokio::sync::Semaphore::new(settings.concurrency.max(1)),
             counted: std::sync::Mutex::new(None),
             looked: std::sync::Mutex::new(None),

@@ -31,3 +31,27 @@ impl RateLimit {
         tokio::time::sleep_until(at.into()).await;
     }
 }
+
+/// Each business number's rate (numbers without a rate of their own, and
+/// conversations of an unconfigured number, share the default).
+pub(super) struct Rates {
+    default: RateLimit,
+    own: std::collections::HashMap<String, RateLimit>,
+}
+
+impl Rates {
+    pub(super) fn new(default: u32, numbers: &crate::numbers::Numbers) -> Self {
+        Self {
+            default: RateLimit::new(default),
+            own: numbers
+                .all()
+                .iter()
+                .map(|n| (n.id.clone(), RateLimit::new(n.rate_per_s)))
+                .collect(),
+        }
+    }
+
+    pub(super) fn of(&self, number: Option<&str>) -> &RateLimit {
+        number.and_then(|n| self.own.get(n)).unwrap_or(&self.default)
+    }
+}

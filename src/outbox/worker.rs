@@ -9,13 +9,14 @@ use chrono::Utc;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use scoped_futures::ScopedFutureExt;
 
-use super::rate::RateLimit;
+use super::rate::Rates;
 use super::{OutboxStats, SendQueue, BACKLOG_EVERY};
 use crate::breaker::{CallResult, CircuitBreaker};
 use crate::config::OutboxSettings;
 use crate::db::outbox::{self as rows, Claimed};
 use crate::db::{Database, DbError};
 use crate::error::Result;
+use crate::numbers::Numbers;
 use crate::phone::mask;
 use crate::retry::RetryPolicy;
 use crate::whatsapp::sender::{OutboundMessage, SendOutcome, Sender};
@@ -30,7 +31,10 @@ pub(super) struct Worker {
     pub(super) settings: OutboxSettings,
     /// The outbound breaker; a clone, sharing its state with the supervisor's.
     pub(super) breaker: CircuitBreaker,
-    pub(super) rate: RateLimit,
+    /// Each business number's send rate.
+    pub(super) rates: Rates,
+    /// Which number a row's conversation belongs to.
+    pub(super) numbers: Arc<Numbers>,
     /// `concurrency` permits, shared by the rounds in flight.
     pub(super) sends: tokio::sync::Semaphore,
     /// When the backlog was last counted (never, at first); std mutexes,
@@ -161,12 +165,14 @@ impl Worker {
                     .await
             }
             Ok(permit) => {
-                self.rate.wait().await;
+                let (number, contact) = self.numbers.split(&row.phone);
+                self.rates.of(number).wait().await;
                 let outcome = self
                     .sender
                     .send(OutboundMessage {
                         tracking: Some(row.idempotency_key.clone()),
-                        ..OutboundMessage::from_outbox(&row.phone, &row.payload)
+                        from: number.map(str::to_string),
+                        ..OutboundMessage::from_outbox(contact, &row.payload)
                     })
                     .await;
                 permit.record(match outcome {

@@ -1,6 +1,7 @@
 //! Sending messages: the WhatsApp Cloud API send endpoint, or a log sink
 //! when no credentials are configured (so `serve` works out of the box).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use serde_json::{json, Value};
 use crate::config::{Secret, WhatsAppSettings};
 use crate::events::CHOICE_ID;
 use crate::flow::definition::limits;
+use crate::numbers::Numbers;
 use crate::phone::mask;
 
 /// Budget of one send request.
@@ -33,6 +35,8 @@ pub enum SendOutcome {
 /// One outbound message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundMessage {
+    /// The business number it leaves from (`None`: the home number).
+    pub from: Option<String>,
     pub to: String,
     pub text: String,
     /// Choices: up to 3 go as reply buttons (titles cut to 20 characters),
@@ -51,6 +55,7 @@ impl OutboundMessage {
     /// From an outbox payload (`{"text": …, "choices": […]}`).
     pub fn from_outbox(phone: &str, payload: &Value) -> Self {
         Self {
+            from: None,
             tracking: None,
             to: phone.to_string(),
             text: payload
@@ -162,11 +167,51 @@ pub trait Sender: Send + Sync + 'static {
     fn send(&self, msg: OutboundMessage) -> BoxFuture<'static, SendOutcome>;
 }
 
-/// Builds the configured sender: the Cloud API with credentials, else the log sink.
-pub fn build(s: &WhatsAppSettings) -> Arc<dyn Sender> {
-    match (&s.access_token, &s.phone_number_id) {
-        (Some(token), Some(id)) if !token.is_empty() && !id.is_empty() => Arc::new(CloudApi::new(s, token.clone(), id)),
-        _ => Arc::new(LogSink),
+/// Builds the configured sender: each configured number sends through the
+/// Cloud API with its own token on its own path; without credentials, the
+/// log sink.
+pub fn build(s: &WhatsAppSettings, numbers: &Numbers) -> Arc<dyn Sender> {
+    let apis: HashMap<String, CloudApi> = numbers
+        .all()
+        .iter()
+        .filter_map(|n| {
+            let token = n.access_token.as_ref().filter(|t| !t.is_empty())?;
+            Some((n.id.clone(), CloudApi::new(s, token.clone(), &n.id)))
+        })
+        .collect();
+    if apis.is_empty() {
+        return Arc::new(LogSink);
+    }
+    Arc::new(ByNumber {
+        home: numbers.home().map(|h| h.id.clone()),
+        apis,
+    })
+}
+
+/// Sends each message from its own business number.
+struct ByNumber {
+    home: Option<String>,
+    apis: HashMap<String, CloudApi>,
+}
+
+impl Sender for ByNumber {
+    fn name(&self) -> &'static str {
+        "whatsapp"
+    }
+
+    fn send(&self, msg: OutboundMessage) -> BoxFuture<'static, SendOutcome> {
+        let from = msg.from.as_ref().or(self.home.as_ref());
+        match from.and_then(|id| self.apis.get(id)) {
+            Some(api) => api.send(msg),
+            // A number without a token (none of its own, no default).
+            None => futures_util::future::ready(SendOutcome::Failed {
+                reason: format!(
+                    "business number {} has no access token",
+                    from.map(String::as_str).unwrap_or("(home)")
+                ),
+            })
+            .boxed(),
+        }
     }
 }
 
@@ -300,6 +345,7 @@ mod tests {
             choices: Vec::new(),
             list_button: None,
             tracking: None,
+            from: None,
         };
         let j = m.to_graph_json();
         assert_eq!(j["recipient"], "US.13491208655302741918");
@@ -317,6 +363,7 @@ mod tests {
             choices,
             list_button: Some("Elige".into()),
             tracking: None,
+            from: None,
         };
         let j = m.to_graph_json();
         assert_eq!(j["interactive"]["type"], "list");
@@ -345,6 +392,7 @@ mod tests {
             choices: vec!["Sí".into(), "No".into()],
             list_button: None,
             tracking: Some("out:1".into()),
+            from: None,
         };
         let j = m.to_graph_json();
         assert_eq!(j["type"], "interactive");

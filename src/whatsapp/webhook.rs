@@ -42,6 +42,8 @@ pub struct StatusWa {
     pub id: String,
     /// `recipient_id` (the phone), else `recipient_user_id` (the BSUID).
     pub recipient: String,
+    /// The business number that sent it (`metadata.phone_number_id`).
+    pub business_number: Option<String>,
     /// `sent`, `delivered`, `read`, `failed` (others kept as given).
     pub status: String,
     /// For `failed`: the errors as received (code, title, details).
@@ -203,6 +205,7 @@ pub fn parse(body: &[u8]) -> Result<Delivery, DeliveryError> {
                         .or_else(|| str_at(s, "recipient_user_id"))
                         .unwrap_or_default()
                         .to_string(),
+                    business_number: business_number.map(str::to_string),
                     status: status.to_string(),
                     errors: s.get("errors").cloned(),
                 });

@@ -296,6 +296,7 @@ pub async fn say(engine: &switchboard::Engine, phone: &str, id: &str, body: &str
     engine
         .submit_inbound(switchboard::InboundMessage {
             user_id: None,
+            business_number: None,
             phone: phone.into(),
             provider_message_id: id.into(),
             payload: text(body),

@@ -42,7 +42,7 @@ use crate::db::resume::PendingInbound;
 use crate::db::Database;
 use crate::error::Result;
 use crate::events::Event;
-use crate::flow::Flow;
+use crate::flow::Flows;
 
 /// What a session actor asks of the registry that started it: to be let go
 /// when idle. A narrow trait, held weakly: the registry owns every actor's
@@ -64,7 +64,8 @@ pub(crate) type Inbound = Arc<Mutex<VecDeque<PendingInbound>>>;
 /// What every session actor shares.
 pub(crate) struct SessionDeps {
     pub db: Database,
-    pub flow: Arc<Flow>,
+    /// Each conversation's flow, by its business number.
+    pub flows: Arc<Flows>,
     pub ai: Addr<AiActor>,
     pub writer: Addr<DbWriter>,
     pub supervisor: Addr<Supervisor>,

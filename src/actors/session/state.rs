@@ -77,7 +77,7 @@ pub(super) async fn ensure_core(deps: &SessionDeps, phone: &str, core: Option<Co
 /// The session as stored; a phone without one starts in the flow's initial
 /// state at version 0 (its first step creates the row: no commit here).
 pub(super) async fn load_core(deps: &SessionDeps, phone: &str, recent: VecDeque<i64>) -> Result<Core> {
-    Ok(core_of(deps, deps.db.load_session(phone).await?, recent))
+    Ok(core_of(deps, phone, deps.db.load_session(phone).await?, recent))
 }
 
 /// The core and the phone's waiting inbox rows, in one round trip (an
@@ -91,10 +91,10 @@ pub(super) async fn load_core_and_unprocessed(
         .db
         .load_session_and_unprocessed(phone, deps.instance, RESUME_BATCH)
         .await?;
-    Ok((core_of(deps, record, recent), rows))
+    Ok((core_of(deps, phone, record, recent), rows))
 }
 
-pub(super) fn core_of(deps: &SessionDeps, record: Option<SessionRecord>, recent: VecDeque<i64>) -> Core {
+pub(super) fn core_of(deps: &SessionDeps, phone: &str, record: Option<SessionRecord>, recent: VecDeque<i64>) -> Core {
     match record {
         Some(s) => Core {
             state: s.flow_state,
@@ -104,7 +104,7 @@ pub(super) fn core_of(deps: &SessionDeps, record: Option<SessionRecord>, recent:
             recent,
         },
         None => Core {
-            state: deps.flow.initial.clone(),
+            state: deps.flows.of(phone).initial.clone(),
             data: json!({}),
             version: 0,
             handoff: false,
@@ -114,8 +114,8 @@ pub(super) fn core_of(deps: &SessionDeps, record: Option<SessionRecord>, recent:
 }
 
 /// For a write on version 0: the state to create a missing session in.
-pub(super) fn create_as(deps: &SessionDeps, expected_version: i64) -> Option<String> {
-    (expected_version == 0).then(|| deps.flow.initial.clone())
+pub(super) fn create_as(deps: &SessionDeps, phone: &str, expected_version: i64) -> Option<String> {
+    (expected_version == 0).then(|| deps.flows.of(phone).initial.clone())
 }
 
 pub(super) async fn fetch_unprocessed(deps: &SessionDeps, phone: &str) -> Result<Vec<PendingInbound>> {

@@ -48,7 +48,7 @@ pub(super) async fn apply_chain(
         if !kinds::is_stepped(&msg.payload) {
             let body = kinds::stored_body(&msg.payload);
             let mut write = stored_write(phone, &at, msg, &body);
-            write.create_as = create_as(deps, at.version);
+            write.create_as = create_as(deps, phone, at.version);
             writes.push(write);
             steps.push((body, None));
             continue;
@@ -58,7 +58,7 @@ pub(super) async fn apply_chain(
             if let Some(m) = &deps.middleware {
                 m.before_step(phone, &text)?;
             }
-            Ok::<_, String>(understand_and_step(deps, &at, &text, msg.id).await)
+            Ok::<_, String>(understand_and_step(deps, phone, &at, &text, msg.id).await)
         })
         .catch_unwind()
         .await;
@@ -74,7 +74,7 @@ pub(super) async fn apply_chain(
             }
         };
         let mut write = inbound_write(phone, at.version, msg, &text, &result);
-        write.create_as = create_as(deps, at.version);
+        write.create_as = create_as(deps, phone, at.version);
         writes.push(write);
         at = Snapshot {
             state: result.state.clone(),
@@ -167,9 +167,9 @@ pub(super) async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Co
     }
     let (msg_ref, text_ref) = (&msg, text.as_str());
     let written = retry_conflicts(deps, phone, core, |at| async move {
-        let result = understand_and_step(deps, &at, text_ref, msg_ref.id).await;
+        let result = understand_and_step(deps, phone, &at, text_ref, msg_ref.id).await;
         let mut write = inbound_write(phone, at.version, msg_ref, text_ref, &result);
-        write.create_as = create_as(deps, at.version);
+        write.create_as = create_as(deps, phone, at.version);
         Some((write, result))
     })
     .await?;
@@ -195,7 +195,7 @@ async fn apply_stored(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Pen
     let (msg_ref, body_ref) = (&msg, body.as_str());
     let written = retry_conflicts(deps, phone, core, |at| {
         let mut write = stored_write(phone, &at, msg_ref, body_ref);
-        write.create_as = create_as(deps, at.version);
+        write.create_as = create_as(deps, phone, at.version);
         std::future::ready(Some((write, ())))
     })
     .await?;
@@ -210,8 +210,14 @@ async fn apply_stored(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Pen
     Ok(())
 }
 
-pub(super) async fn understand_and_step(deps: &SessionDeps, core: &Snapshot, text: &str, inbox_id: i64) -> StepResult {
-    let flow = &deps.flow;
+pub(super) async fn understand_and_step(
+    deps: &SessionDeps,
+    phone: &str,
+    core: &Snapshot,
+    text: &str,
+    inbox_id: i64,
+) -> StepResult {
+    let flow = deps.flows.of(phone);
     let mut understanding = flow::Understanding::default();
     if !core.handoff {
         let needs = flow.needs(&core.state);
