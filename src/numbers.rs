@@ -101,11 +101,19 @@ impl Numbers {
     /// A conversation key as given by a caller, checked and normalized: its
     /// contact a phone or a BSUID, its number (if any) digits.
     pub fn checked_key(&self, key: &str) -> Result<String, String> {
-        let (number, contact) = self.split(key);
-        if number.is_some_and(|n| n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit())) {
+        let Some((number, contact)) = key.split_once(SEPARATOR) else {
+            return crate::phone::contact_key(key);
+        };
+        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
             return Err("a business number's id is digits".into());
         }
-        Ok(self.conversation(number, &crate::phone::contact_key(contact)?))
+        let contact = crate::phone::contact_key(contact)?;
+        // Kept behind its number unless that is the home one (a key of a
+        // number no longer configured still names its own conversation).
+        Ok(match self.home() {
+            Some(h) if h.id == number => contact,
+            _ => format!("{number}{SEPARATOR}{contact}"),
+        })
     }
 
     /// The number a conversation key belongs to, when configured.
@@ -142,6 +150,9 @@ mod tests {
         assert_eq!(n.split("5491112345678"), (Some("100"), "5491112345678"));
         assert_eq!(n.of("200:1").and_then(|n| n.name.as_deref()), Some("Soporte"));
         assert_eq!(n.of("200:1").map(|n| n.rate_per_s), Some(5));
+        assert_eq!(n.checked_key("100:+5491112345678").as_deref(), Ok("5491112345678"));
+        assert_eq!(n.checked_key("300:5491112345678").as_deref(), Ok("300:5491112345678"));
+        assert!(n.checked_key("x:5491112345678").is_err());
     }
 
     #[test]

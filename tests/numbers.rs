@@ -116,6 +116,11 @@ async fn one_customer_of_two_numbers_has_two_conversations_each_answered_from_it
     );
     let listed = app.get_json(&format!("/api/conversations?number={SALES}"), "").await;
     assert_eq!(listed["conversations"].as_array().unwrap().len(), 1, "{listed}");
+    // By the key as listed (the console's links), and by phone across numbers.
+    let by_key = app.get_json(&format!("/api/conversations/{SUPPORT}:{PHONE}"), "").await;
+    assert_eq!(by_key["session"]["version"], 2, "{by_key}");
+    let by_phone = app.get_json("/api/conversations?phone=52155", "").await;
+    assert_eq!(by_phone["conversations"].as_array().unwrap().len(), 2, "{by_phone}");
     let r = reqwest::get(app.url("/api/conversations?number=3000")).await.unwrap();
     assert_eq!(r.status(), 404);
     app.stop().await;

@@ -67,7 +67,7 @@ pub async fn list(conn: &mut AsyncPgConnection, f: &ListFilter) -> Result<Vec<Co
                             WHERE messages.phone = s.phone ORDER BY id DESC LIMIT 1) m ON true \
          WHERE ($1::text IS NULL OR s.flow_state = $1) \
            AND ($2::bool IS NULL OR s.handoff = $2) \
-           AND ($3::text IS NULL OR s.phone LIKE coalesce($6, '') || $3 || '%') \
+           AND ($3::text IS NULL OR substr(s.phone, strpos(s.phone, ':') + 1) LIKE $3 || '%') \
            AND ($6::text IS NULL OR s.phone LIKE $6 || '%') \
            AND ($7::bool IS NOT TRUE OR strpos(s.phone, ':') = 0) \
          ORDER BY s.updated_at DESC, s.phone \

@@ -17,6 +17,16 @@ pub(super) async fn named(state: &AppState, req: &HttpRequest, contact: &str) ->
     let number = web::Query::<NumberParam>::from_query(req.query_string())
         .ok()
         .and_then(|q| q.into_inner().number);
+    // A key as listed (`<number>:<contact>`, what the console links to).
+    if contact.contains(':') {
+        if number.is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "a conversation key already names its number: leave out ?number=",
+            ));
+        }
+        return listed(state, contact);
+    }
     state
         .engine
         .conversation_of(number.as_deref(), contact)
