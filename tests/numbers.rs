@@ -60,6 +60,15 @@ async fn say(app: &TestApp, number: &str, id: &str, body: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// The customer's conversation with the support number, as the engine keys it.
+async fn support_session(app: &TestApp) -> switchboard::actors::session::ConversationView {
+    app.engine
+        .conversation(&format!("{SUPPORT}:{PHONE}"))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 #[actix_web::test]
 async fn one_customer_of_two_numbers_has_two_conversations_each_answered_from_its_number() {
     let db = TestDb::migrated().await;
@@ -72,12 +81,7 @@ async fn one_customer_of_two_numbers_has_two_conversations_each_answered_from_it
     app.engine.outbox().wait_drained().await;
 
     let sales = app.engine.conversation(PHONE).await.unwrap().unwrap();
-    let support = app
-        .engine
-        .conversation(&format!("{SUPPORT}:{PHONE}"))
-        .await
-        .unwrap()
-        .unwrap();
+    let support = support_session(&app).await;
     assert_eq!(sales.version, 1, "the sales conversation saw one message");
     assert_eq!(support.version, 2, "the support conversation saw two");
     assert_ne!(sales.flow_state, support.flow_state);
@@ -204,12 +208,7 @@ async fn a_number_runs_its_own_flow() {
     say(&app, SALES, "wamid.f2", "hola").await;
     app.engine.wait_idle().await;
     app.engine.outbox().wait_drained().await;
-    let support = app
-        .engine
-        .conversation(&format!("{SUPPORT}:{PHONE}"))
-        .await
-        .unwrap()
-        .unwrap();
+    let support = support_session(&app).await;
     assert_eq!(support.flow_state, "inicio");
     let bodies: Vec<(String, String)> = fake
         .requests()
