@@ -70,6 +70,7 @@ fn micro(c: &mut Criterion) {
     let u = Understanding {
         intent: Some("si".into()),
         slot_value: None,
+        ..Default::default()
     };
     g.bench_function("flow_transition_confirm_to_outcome", |b| {
         b.iter(|| step(&flow, "refri_confirma", &data, false, &u, "R1"))

@@ -116,6 +116,7 @@ pub fn flow_file(data: &[u8]) -> bool {
                     let u = Understanding {
                         intent: intent.clone(),
                         slot_value: value.clone(),
+                        ..Default::default()
                     };
                     let r = step(&flow, state, &serde_json::json!({}), handoff, &u, "T1");
                     assert!(flow.state(&r.state).is_some(), "undeclared state {}", r.state);

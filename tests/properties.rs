@@ -95,7 +95,7 @@ proptest! {
         let intents: Vec<String> = flow.intents.keys().cloned().collect();
         let (mut state, mut data, mut handoff) = (flow.initial.clone(), serde_json::json!({}), false);
         for (i, (intent, slot)) in inputs.into_iter().enumerate() {
-            let u = Understanding { intent: intent.map(|k| intents[k % intents.len()].clone()), slot_value: slot };
+            let u = Understanding { intent: intent.map(|k| intents[k % intents.len()].clone()), slot_value: slot, ..Default::default() };
             let r = step(&flow, &state, &data, handoff, &u, &format!("R{i}"));
             prop_assert!(flow.state(&r.state).is_some(), "undeclared state {}", r.state);
             prop_assert!(r.data.is_object());

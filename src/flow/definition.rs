@@ -76,9 +76,27 @@ impl State {
     }
 }
 
+/// What a slot asks for: typed text, or a typed input that only a
+/// message of its kind carries (see [`crate::whatsapp::kinds::typed_input`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotKind {
+    /// Text, extracted by the model and checked by pattern and length.
+    #[default]
+    Text,
+    /// An image, audio, video, document or sticker: its id, mime type,
+    /// sha256 and caption.
+    Media,
+    /// A shared location: latitude, longitude, name, address.
+    Location,
+    /// A shared contact card: its name and phones.
+    Contacts,
+}
+
 #[derive(Debug, Clone)]
 pub struct Slot {
     pub name: String,
+    pub kind: SlotKind,
     pub pattern: Option<Regex>,
     pub min_len: usize,
     pub max_len: usize,

@@ -4,10 +4,17 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::definition::{Flow, GlobalIntent, Slot, State};
+use super::definition::{Flow, GlobalIntent, Slot, SlotKind, State};
 
 /// Key in the session data counting invalid answers to the current slot.
 pub const ATTEMPTS_KEY: &str = "_attempts";
+/// Key in the session data holding the ad that opened the chat (the
+/// webhook's `referral`), kept to the conversation's outcome: which ad a
+/// report came from.
+pub const REFERRAL_KEY: &str = "_referral";
+/// Key in the session data holding the id of the message the customer's
+/// last message replies to (`context.id`), while it is the last one.
+pub const REPLY_TO_KEY: &str = "_reply_to";
 
 /// What the model understood of one message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -16,6 +23,13 @@ pub struct Understanding {
     pub intent: Option<String>,
     /// A value for the state's slot, if one was extracted.
     pub slot_value: Option<String>,
+    /// The typed input the message carries (media, a location, a contact
+    /// card), when its kind is the one the state's slot asks for.
+    pub input: Option<Value>,
+    /// The ad that opened the chat, if the message says (`referral`).
+    pub referral: Option<Value>,
+    /// The message this one replies to (`context.id`).
+    pub reply_to: Option<String>,
 }
 
 /// What the session actor must ask the model before calling [`step`].
@@ -88,11 +102,12 @@ pub fn step(flow: &Flow, state: &str, data: &Value, handoff: bool, u: &Understan
         // A human agent holds the conversation: the bot stays silent.
         return out;
     }
+    remember_context(&mut out.data, u);
     let current = flow.current(state);
     if let Some(g) = u.intent.as_deref().and_then(|i| flow.global.get(i)) {
         on_global(flow, current, g, &mut out, ticket);
     } else if let Some(slot) = &current.slot {
-        match u.slot_value.as_deref().map(str::trim).filter(|v| slot.accepts(v)) {
+        match slot_value(slot, u) {
             Some(v) => on_slot_filled(flow, current, slot, v, &mut out, ticket),
             None => on_slot_invalid(flow, current, slot, &mut out, ticket),
         }
@@ -100,6 +115,22 @@ pub fn step(flow: &Flow, state: &str, data: &Value, handoff: bool, u: &Understan
         on_transition(flow, current, u.intent.as_deref(), &mut out, ticket);
     }
     out
+}
+
+/// What the message says beyond its content, kept in the data for prompts,
+/// outcomes and the flow's next steps: the ad that opened the chat (until
+/// the conversation starts over) and what this message replies to.
+fn remember_context(data: &mut Value, u: &Understanding) {
+    let Some(obj) = data.as_object_mut() else {
+        return;
+    };
+    if let Some(r) = &u.referral {
+        obj.insert(REFERRAL_KEY.into(), r.clone());
+    }
+    match &u.reply_to {
+        Some(id) => obj.insert(REPLY_TO_KEY.into(), Value::String(id.clone())),
+        None => obj.remove(REPLY_TO_KEY),
+    };
 }
 
 /// The result before this message acts: same state, data as an object (it may be null).
@@ -136,10 +167,24 @@ fn on_global(flow: &Flow, current: &State, g: &GlobalIntent, out: &mut StepResul
     }
 }
 
+/// The slot's value in what the message brought: accepted text for a text
+/// slot, the typed input of the slot's kind for any other.
+fn slot_value(slot: &Slot, u: &Understanding) -> Option<Value> {
+    match slot.kind {
+        SlotKind::Text => u
+            .slot_value
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| slot.accepts(v))
+            .map(|v| Value::String(v.to_string())),
+        _ => u.input.clone(),
+    }
+}
+
 /// An accepted value is stored under the slot's name and the flow moves on to `next`.
-fn on_slot_filled(flow: &Flow, current: &State, slot: &Slot, value: &str, out: &mut StepResult, ticket: &str) {
+fn on_slot_filled(flow: &Flow, current: &State, slot: &Slot, value: Value, out: &mut StepResult, ticket: &str) {
     if let Some(obj) = out.data.as_object_mut() {
-        obj.insert(slot.name.clone(), Value::String(value.to_string()));
+        obj.insert(slot.name.clone(), value);
     }
     set_attempts(&mut out.data, 0);
     let next = current.next.clone().unwrap_or_else(|| flow.initial.clone());
@@ -192,6 +237,7 @@ fn enter(flow: &Flow, target: &str, out: &mut StepResult, ticket: &str) {
         let mut data = out.data.clone();
         if let Some(obj) = data.as_object_mut() {
             obj.remove(ATTEMPTS_KEY);
+            obj.remove(REPLY_TO_KEY);
             obj.insert("ticket".into(), Value::String(ticket.to_string()));
         }
         out.replies.push(prompt(state, &data));
@@ -246,5 +292,88 @@ fn set_attempts(data: &mut Value, n: u32) {
         } else {
             obj.insert(ATTEMPTS_KEY.into(), Value::from(n));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const FLOW: &str = r#"
+name = "t"
+initial = "a"
+[intents]
+go = ["go"]
+[states.a]
+prompt = "A"
+[states.a.on]
+go = "photo"
+[states.photo]
+prompt = "Send a photo"
+next = "done"
+[states.photo.slot]
+name = "label"
+kind = "media"
+invalid = "A photo, please."
+[states.done]
+prompt = "Thanks {ticket}"
+outcome = "report"
+"#;
+
+    fn said(intent: Option<&str>) -> Understanding {
+        Understanding {
+            intent: intent.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_typed_slot_takes_the_input_not_the_text() {
+        let flow = Flow::parse(FLOW, "t.toml").unwrap();
+        let text = Understanding {
+            slot_value: Some("a photo".into()),
+            ..Default::default()
+        };
+        let r = step(&flow, "photo", &json!({}), false, &text, "R1");
+        assert_eq!((r.state.as_str(), &r.data[ATTEMPTS_KEY]), ("photo", &json!(1)));
+        let photo = Understanding {
+            input: Some(json!({"kind": "image", "id": "m1"})),
+            ..Default::default()
+        };
+        let r = step(&flow, "photo", &r.data, false, &photo, "R2");
+        let outcome = r.outcome.unwrap();
+        assert_eq!(outcome.data["label"]["id"], "m1");
+        assert!(outcome.data.get(ATTEMPTS_KEY).is_none());
+    }
+
+    #[test]
+    fn the_ad_that_opened_the_chat_reaches_the_outcome_and_a_reply_to_lasts_one_step() {
+        let flow = Flow::parse(FLOW, "t.toml").unwrap();
+        let from_ad = Understanding {
+            referral: Some(json!({"source_id": "120200", "source_type": "ad"})),
+            reply_to: Some("wamid.bot.1".into()),
+            ..said(Some("go"))
+        };
+        let r = step(&flow, "a", &json!({}), false, &from_ad, "R1");
+        assert_eq!(
+            (
+                r.data[REFERRAL_KEY]["source_id"].as_str(),
+                r.data[REPLY_TO_KEY].as_str()
+            ),
+            (Some("120200"), Some("wamid.bot.1"))
+        );
+        let photo = Understanding {
+            input: Some(json!({"id": "m1"})),
+            ..said(None)
+        };
+        let r = step(&flow, "photo", &r.data, false, &photo, "R2");
+        let outcome = r.outcome.unwrap();
+        assert_eq!(
+            outcome.data[REFERRAL_KEY]["source_id"], "120200",
+            "attributed to its ad"
+        );
+        assert!(outcome.data.get(REPLY_TO_KEY).is_none(), "no longer the last message's");
     }
 }

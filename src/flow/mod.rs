@@ -5,6 +5,6 @@ pub mod definition;
 pub mod machine;
 pub mod per_number;
 
-pub use definition::{normalize_text, Flow, FlowError, GlobalIntent, Slot, State};
+pub use definition::{normalize_text, Flow, FlowError, GlobalIntent, Slot, SlotKind, State};
 pub use machine::{step, Needs, Outcome, Reply, StepResult, Understanding};
 pub use per_number::Flows;

@@ -9,8 +9,14 @@
 //! | `location`, `contacts` | stepped (no text) |
 //! | `reaction`, `system`, `unsupported`, `errors`, `request_welcome`, `order`, any type not listed here | stored |
 //! | any message from a group (`group_id`) | stored: kept out of the bot's 1:1 answers |
+//!
+//! A slot of kind `media`, `location` or `contacts` is filled by the typed
+//! input of a message of its kind ([`typed_input`]); a media message's file
+//! is fetched by the download job ([`media_of`] names it).
 
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use crate::flow::SlotKind;
 
 /// Kinds the flow steps; every other kind is stored only.
 pub const STEPPED: &[&str] = &[
@@ -56,6 +62,78 @@ pub fn stored_body(payload: &Value) -> String {
     }
 }
 
+/// The kinds that carry a media file (its id, mime type, sha256, caption).
+pub const MEDIA: &[&str] = &["image", "audio", "video", "document", "sticker"];
+
+/// A media file a message carries, as the webhook names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRef {
+    /// `image`, `audio`, `video`, `document` or `sticker`.
+    pub kind: String,
+    /// The Graph API's media id (to download it with).
+    pub id: String,
+    pub mime_type: Option<String>,
+    pub sha256: Option<String>,
+    pub caption: Option<String>,
+}
+
+/// The media file of a message, if it carries one (with an id).
+pub fn media_of(payload: &Value) -> Option<MediaRef> {
+    let kind = payload.get("type").and_then(Value::as_str)?;
+    if !MEDIA.contains(&kind) {
+        return None;
+    }
+    let part = payload.get(kind)?;
+    let s = |k: &str| part.get(k).and_then(Value::as_str).map(str::to_string);
+    Some(MediaRef {
+        kind: kind.to_string(),
+        id: s("id").filter(|id| !id.is_empty())?,
+        mime_type: s("mime_type"),
+        sha256: s("sha256"),
+        caption: s("caption"),
+    })
+}
+
+/// The value a slot of `kind` takes from `payload`: what a media message,
+/// a location or a contact card carries, when the message is of that kind
+/// (`None` for text slots, and for a message of another kind).
+pub fn typed_input(payload: &Value, kind: SlotKind) -> Option<Value> {
+    match kind {
+        SlotKind::Text => None,
+        SlotKind::Media => media_of(payload).map(
+            |m| json!({"kind": m.kind, "id": m.id, "mime_type": m.mime_type, "sha256": m.sha256, "caption": m.caption}),
+        ),
+        SlotKind::Location => {
+            let l = payload.get("location").filter(|_| kind_is(payload, "location"))?;
+            let (lat, long) = (l.get("latitude")?.as_f64()?, l.get("longitude")?.as_f64()?);
+            if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&long) {
+                return None;
+            }
+            Some(json!({"latitude": lat, "longitude": long, "name": l.get("name"), "address": l.get("address")}))
+        }
+        SlotKind::Contacts => {
+            let card = payload
+                .get("contacts")
+                .filter(|_| kind_is(payload, "contacts"))?
+                .as_array()?
+                .first()?;
+            let phones: Vec<&str> = card
+                .get("phones")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.get("wa_id").or_else(|| p.get("phone")).and_then(Value::as_str))
+                .collect();
+            let name = card.pointer("/name/formatted_name").and_then(Value::as_str);
+            (!phones.is_empty() || name.is_some()).then(|| json!({"name": name, "phones": phones}))
+        }
+    }
+}
+
+fn kind_is(payload: &Value, kind: &str) -> bool {
+    payload.get("type").and_then(Value::as_str) == Some(kind)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -85,5 +163,24 @@ mod tests {
             "[reaction removed]"
         );
         assert_eq!(stored_body(&json!({"type": "unsupported"})), "[unsupported]");
+    }
+
+    #[test]
+    fn a_slot_takes_only_the_typed_input_of_its_kind() {
+        let image = json!({"type": "image", "image": {"id": "m1", "mime_type": "image/jpeg", "sha256": "h", "caption": "etiqueta"}});
+        let location =
+            json!({"type": "location", "location": {"latitude": 19.43, "longitude": -99.13, "name": "Casa"}});
+        let card = json!({"type": "contacts", "contacts": [{"name": {"formatted_name": "Luis"}, "phones": [{"phone": "+52 55 1111 2222", "wa_id": "5215511112222"}]}]});
+        assert_eq!(typed_input(&image, SlotKind::Media).unwrap()["caption"], "etiqueta");
+        assert_eq!(typed_input(&image, SlotKind::Location), None);
+        assert_eq!(typed_input(&location, SlotKind::Location).unwrap()["latitude"], 19.43);
+        assert_eq!(typed_input(&location, SlotKind::Media), None);
+        assert_eq!(
+            typed_input(&card, SlotKind::Contacts).unwrap(),
+            json!({"name": "Luis", "phones": ["5215511112222"]})
+        );
+        let off_the_map = json!({"type": "location", "location": {"latitude": 91.0, "longitude": 0.0}});
+        assert_eq!(typed_input(&off_the_map, SlotKind::Location), None);
+        assert_eq!(media_of(&json!({"type": "sticker", "sticker": {"id": ""}})), None);
     }
 }

@@ -16,7 +16,7 @@ use crate::db::resume::PendingInbound;
 use crate::db::steps::WriteOutcome;
 use crate::error::{Error, Result};
 use crate::events::{inbound_text, Event, EventKind, EventMessage};
-use crate::flow::{self, StepResult};
+use crate::flow::{self, SlotKind, StepResult};
 use crate::phone::mask;
 use crate::whatsapp::kinds;
 
@@ -58,7 +58,7 @@ pub(super) async fn apply_chain(
             if let Some(m) = &deps.middleware {
                 m.before_step(phone, &text)?;
             }
-            Ok::<_, String>(understand_and_step(deps, phone, &at, &text, msg.id).await)
+            Ok::<_, String>(understand_and_step(deps, phone, &at, &text, msg).await)
         })
         .catch_unwind()
         .await;
@@ -167,7 +167,7 @@ pub(super) async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Co
     }
     let (msg_ref, text_ref) = (&msg, text.as_str());
     let written = retry_conflicts(deps, phone, core, |at| async move {
-        let result = understand_and_step(deps, phone, &at, text_ref, msg_ref.id).await;
+        let result = understand_and_step(deps, phone, &at, text_ref, msg_ref).await;
         let mut write = inbound_write(phone, at.version, msg_ref, text_ref, &result);
         write.create_as = create_as(deps, phone, at.version);
         Some((write, result))
@@ -215,17 +215,20 @@ pub(super) async fn understand_and_step(
     phone: &str,
     core: &Snapshot,
     text: &str,
-    inbox_id: i64,
+    msg: &PendingInbound,
 ) -> StepResult {
     let flow = deps.flows.of(phone);
     let mut understanding = flow::Understanding::default();
     if !core.handoff {
         let needs = flow.needs(&core.state);
+        // A media, location or contact slot takes the message's typed
+        // input; the model is asked for text slots only.
+        let typed = needs.slot.filter(|s| s.kind != SlotKind::Text);
         let request = Understand {
             text: text.to_string(),
             intents: candidates(flow, &needs.intents),
             global_count: flow.global.len(),
-            slot: needs.slot.map(|s| SlotRequest {
+            slot: needs.slot.filter(|_| typed.is_none()).map(|s| SlotRequest {
                 text: text.to_string(),
                 name: s.name.clone(),
                 pattern: s.pattern.as_ref().map(|p| p.as_str().to_string()),
@@ -238,6 +241,13 @@ pub(super) async fn understand_and_step(
             // The AI actor is gone: the rules inside the flow still apply.
             Err(_) => flow::Understanding::default(),
         };
+        understanding.input = typed.and_then(|s| kinds::typed_input(&msg.payload, s.kind));
+        understanding.referral = msg.payload.get("referral").cloned();
+        understanding.reply_to = msg
+            .payload
+            .pointer("/context/id")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string);
     }
     flow::step(
         flow,
@@ -245,7 +255,7 @@ pub(super) async fn understand_and_step(
         &core.data,
         core.handoff,
         &understanding,
-        &format!("R{inbox_id}"),
+        &format!("R{}", msg.id),
     )
 }
 

@@ -52,6 +52,8 @@ pub(super) struct FileState {
 #[serde(deny_unknown_fields)]
 pub(super) struct FileSlot {
     pub(super) name: String,
+    #[serde(default)]
+    pub(super) kind: super::SlotKind,
     pub(super) pattern: Option<String>,
     #[serde(default = "one")]
     pub(super) min_len: usize,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use regex::Regex;
 
 use super::format::{FileFlow, FileSlot, FileState};
-use super::{limits, normalize_text, Flow, GlobalIntent, Slot, State};
+use super::{limits, normalize_text, Flow, GlobalIntent, Slot, SlotKind, State};
 
 /// Runs every check in file order, so one error lists every problem; reachability
 /// only on an otherwise sound flow, where a bad target cannot fake unreachable states.
@@ -147,6 +147,9 @@ impl Check<'_> {
         if fs.min_len > fs.max_len {
             why.push(format!("slot `{}`: min_len exceeds max_len", fs.name));
         }
+        if fs.kind != SlotKind::Text && fs.pattern.is_some() {
+            why.push(format!("slot `{}`: a pattern applies to text slots only", fs.name));
+        }
         if let Some(t) = &fs.exhausted_target {
             if !self.known(t) {
                 why.push(format!("slot `{}`: unknown exhausted_target `{t}`", fs.name));
@@ -154,6 +157,7 @@ impl Check<'_> {
         }
         Slot {
             name: fs.name.clone(),
+            kind: fs.kind,
             pattern,
             min_len: fs.min_len,
             max_len: fs.max_len,
