@@ -35,6 +35,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod lifecycle;
 pub mod load;
+pub mod media;
 pub mod numbers;
 pub mod outbox;
 pub mod phone;

@@ -50,6 +50,7 @@ async fn migrations_go_all_up_all_down_and_all_up_again() {
             "contact_links",
             "dead_letters",
             "inbox",
+            "media",
             "messages",
             "outbox",
             "outcomes",
@@ -91,7 +92,7 @@ async fn every_table_has_a_comment_and_the_phone_in_its_primary_key() {
     .load(&mut db.admin().await)
     .await
     .unwrap();
-    assert_eq!(rows.len(), 7);
+    assert_eq!(rows.len(), 8);
     for t in rows {
         assert!(t.commented && t.phone_in_pk, "table {}: {t:?}", t.name);
     }
@@ -464,6 +465,7 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
         }],
         outbox: Vec::new(),
         outcomes: Vec::new(),
+        media: Vec::new(),
     };
     // Three steps of one phone and one of another, in one transaction.
     let out = commit_batch(
@@ -590,6 +592,7 @@ async fn a_step_can_claim_its_outbox_rows_at_insert_and_the_claim_query_leaves_t
             idempotency_key: key.into(),
         }],
         outcomes: Vec::new(),
+        media: Vec::new(),
     };
     // Claimed at insert: returned with their payloads, one attempt counted,
     // leased (the claim query, as another process runs it, skips them).
@@ -692,6 +695,7 @@ async fn a_batch_waiting_for_a_session_lock_sees_what_the_holder_committed() {
         messages: Vec::new(),
         outbox: Vec::new(),
         outcomes: Vec::new(),
+        media: Vec::new(),
     };
     let mut batch_conn = test.admin().await;
     let batch = tokio::spawn(async move { commit_batch(&mut batch_conn, &[write]).await.unwrap() });

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::ai::AiSettings;
 use super::database::DatabaseSettings;
 use super::engine::EngineSettings;
+use super::media::MediaSettings;
 use super::outbox::OutboxSettings;
 use super::secret::Secret;
 use super::NumberSettings;
@@ -24,6 +25,7 @@ pub struct Settings {
     pub ai: AiSettings,
     pub engine: EngineSettings,
     pub outbox: OutboxSettings,
+    pub media: MediaSettings,
     pub flow: FlowSettings,
     pub log: LogSettings,
 }

@@ -31,6 +31,9 @@ impl Settings {
             "must be an http:// or https:// URL",
         );
         numbers(&self.whatsapp, &mut p);
+        p.check(self.media.max_attempts >= 1, "media.max_attempts", "must be at least 1");
+        p.check(self.media.concurrency >= 1, "media.concurrency", "must be at least 1");
+        p.check(self.media.max_bytes >= 1, "media.max_bytes", "must be at least 1");
         p.check(
             self.api.tokens.iter().all(|t| !t.is_empty()),
             "api.tokens",

@@ -9,6 +9,7 @@ pub mod dead_letters;
 pub mod embedded;
 pub mod error;
 pub mod inbox;
+pub mod media;
 pub mod migrations;
 pub mod outbox;
 pub mod pool;

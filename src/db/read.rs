@@ -119,6 +119,9 @@ pub struct MessageRow {
     pub referral: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reacts_to: Option<String>,
+    /// The media file an inbound message carries, and how its download stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<crate::db::media::MediaInfo>,
 }
 
 type Stored = (
@@ -167,6 +170,17 @@ pub async fn recent_messages(conn: &mut AsyncPgConnection, phone: &str, limit: i
             .into_iter()
             .collect()
     };
+    let ids: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.1 == "in")
+        .filter_map(|r| r.6.as_deref())
+        .collect();
+    let mut media: std::collections::HashMap<String, crate::db::media::MediaInfo> =
+        crate::db::media::of_messages(conn, phone, &ids)
+            .await?
+            .into_iter()
+            .map(|m| (m.provider_message_id.clone(), m))
+            .collect();
     Ok(rows
         .into_iter()
         .map(
@@ -182,6 +196,7 @@ pub async fn recent_messages(conn: &mut AsyncPgConnection, phone: &str, limit: i
                     context_id: at("/context/id"),
                     referral: payload.and_then(|v| v.get("referral")).cloned(),
                     reacts_to: at("/reaction/message_id"),
+                    media: provider_message_id.as_ref().and_then(|p| media.remove(p)),
                     id,
                     direction,
                     origin,

@@ -41,6 +41,26 @@ diesel::table! {
 }
 
 diesel::table! {
+    media (phone, media_id) {
+        phone -> Text,
+        media_id -> Text,
+        provider_message_id -> Text,
+        kind -> Text,
+        mime_type -> Nullable<Text>,
+        sha256 -> Nullable<Text>,
+        caption -> Nullable<Text>,
+        status -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        path -> Nullable<Text>,
+        bytes -> Nullable<Int8>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     messages (phone, id) {
         id -> Int8,
         phone -> Text,
@@ -102,6 +122,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     contact_links,
     dead_letters,
     inbox,
+    media,
     messages,
     outbox,
     outcomes,

@@ -2,6 +2,7 @@
 //! and the load harness give their own database, model or sender).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{broadcast, watch, Semaphore};
 
@@ -23,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::events::{Event, EVENT_BUFFER};
 use crate::flow::{Flow, Flows};
 use crate::lifecycle::Lifecycle;
+use crate::media::{self, Fetcher, Graph, MediaStats};
 use crate::numbers::Numbers;
 use crate::outbox::{Dispatcher, Outbound, SendQueue};
 use crate::whatsapp::sender::Sender;
@@ -116,6 +118,25 @@ impl EngineBuilder {
             quiesced(&life, &in_flight),
             |round| actors.spawn(life.track(round)),
         );
+        let media = Arc::new(MediaStats::default());
+        if settings.media.download {
+            actors.spawn(life.track(media::run(
+                Fetcher {
+                    db: db.clone(),
+                    graph: Graph::new(
+                        &settings.whatsapp.api_base,
+                        &settings.whatsapp.api_version,
+                        settings.media.max_bytes,
+                        Duration::from_millis(settings.media.timeout_ms),
+                    ),
+                    numbers: numbers.clone(),
+                    default_token: settings.whatsapp.access_token.clone(),
+                    settings: settings.media.clone(),
+                    stats: media.clone(),
+                },
+                life.child_token(),
+            )));
+        }
         actors.spawn(life.track(presence::run(
             db.url().clone(),
             instance,
@@ -158,6 +179,7 @@ impl EngineBuilder {
                 supervisor_stats: parts.supervisor_stats,
                 ai_breaker: parts.ai_breaker,
                 dispatcher,
+                media,
                 settings,
                 contacts: dashmap::DashMap::new(),
             }),

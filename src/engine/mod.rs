@@ -51,6 +51,7 @@ use crate::db::Database;
 use crate::error::Result;
 use crate::flow::{Flow, Flows};
 use crate::lifecycle::Lifecycle;
+use crate::media::MediaStats;
 use crate::numbers::Numbers;
 use crate::outbox::Dispatcher;
 
@@ -143,6 +144,8 @@ struct Inner {
     /// supervisor cannot answer.
     ai_breaker: CircuitBreaker,
     dispatcher: Dispatcher,
+    /// Shared with the media fetcher, which counts into it.
+    media: Arc<MediaStats>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -185,6 +188,11 @@ impl Engine {
     /// The outbox dispatcher (backlog, wait until drained, its breaker).
     pub fn outbox(&self) -> &Dispatcher {
         &self.inner.dispatcher
+    }
+
+    /// The media fetcher's counters.
+    pub fn media_stats(&self) -> &MediaStats {
+        &self.inner.media
     }
 
     /// Realtime events from now on.

@@ -5,6 +5,7 @@ use scoped_futures::ScopedFutureExt;
 
 use super::Engine;
 use crate::db::dead_letters::{self, DeadLetter};
+use crate::db::media::{self, MediaInfo};
 use crate::db::read::{self, ConversationSummary, ListFilter, MessageRow};
 use crate::error::Result;
 
@@ -32,6 +33,16 @@ impl Engine {
                 Ok((messages, read::contact_name(&mut conn, phone).await?))
             })
             .await
+    }
+
+    /// A media file of `phone`'s conversation, and where it is kept once downloaded.
+    pub async fn media_file(&self, phone: &str, media_id: &str) -> Result<Option<MediaInfo>> {
+        let found = self
+            .inner
+            .db
+            .run("media_file", |c| media::get(c, phone, media_id).scope_boxed())
+            .await?;
+        Ok(found)
     }
 
     /// Inbound and outbound dead letters (only those not replayed: `pending_only`).

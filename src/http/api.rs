@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::auth::authorize;
 use super::readiness::Readiness;
-use super::{conversation_path, sse, ApiError, AppState};
+use super::{conversation_path, media, sse, ApiError, AppState};
 use crate::db::read::NumberScope;
 use crate::engine::{ConversationSummary, ListFilter};
 
@@ -24,6 +24,7 @@ pub fn scope() -> Scope {
         .route("/conversations/{phone}/messages", web::post().to(send))
         .route("/conversations/{phone}/handoff", web::post().to(handoff))
         .route("/conversations/{phone}/events", web::get().to(sse::conversation))
+        .route("/conversations/{phone}/media/{media_id}", web::get().to(media::file))
         .route("/admin/dead-letters", web::get().to(dead_letters))
         .route("/admin/dead-letters/{phone}/{id}/replay", web::post().to(replay))
         .route("/admin/breakers", web::get().to(breakers))

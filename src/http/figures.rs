@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prometheus::proto::{self, MetricFamily, MetricType};
 
 use crate::engine::{CallDurations, StatsSnapshot, CALL_DURATION_BUCKETS};
+use crate::media::MediaStats;
 use crate::outbox::OutboxStats;
 
 /// One figure: its metric name, its help, its value.
@@ -16,7 +17,7 @@ type Counter = (&'static str, &'static str, u64);
 /// them (no copy is kept here). One line per metric, as a table (so not
 /// formatted).
 #[rustfmt::skip]
-pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats) -> [Counter; 21] {
+pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats, m: &MediaStats) -> [Counter; 24] {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     [
         ("switchboard_deliveries_total", "Inbound messages accepted (first deliveries).", s.accepted),
@@ -39,6 +40,9 @@ pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats) -> [Counter; 2
         ("switchboard_outbound_retries_total", "Outbound sends to retry.", l(&o.retried)),
         ("switchboard_outbound_failed_total", "Outbound messages failed permanently.", l(&o.failed)),
         ("switchboard_dead_letters_outbound_total", "Outbound messages moved to dead letters.", l(&o.dead)),
+        ("switchboard_media_downloaded_total", "Inbound media files fetched and kept.", l(&m.downloaded)),
+        ("switchboard_media_retries_total", "Inbound media fetches to retry.", l(&m.retried)),
+        ("switchboard_media_failed_total", "Inbound media files failed for good (over the size limit, refused, out of attempts).", l(&m.failed)),
         ("switchboard_pool_checkout_timeouts_total", "Database pool checkouts that timed out.", s.pool.gets_timed_out),
     ]
 }

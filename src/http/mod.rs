@@ -7,6 +7,7 @@ mod console;
 mod conversation_path;
 mod figures;
 pub mod limits;
+mod media;
 mod metrics;
 mod ops;
 mod readiness;

@@ -24,6 +24,12 @@ struct State {
     waiting: usize,
     /// How long each answer takes.
     latency: std::time::Duration,
+    /// Media files by id: their bytes and mime type.
+    media: std::collections::HashMap<String, (Vec<u8>, String)>,
+    /// The next answers to media URL requests (then success again).
+    media_script: VecDeque<u16>,
+    /// Each media file served whole, by id, with the bearer token it was asked with.
+    media_served: Vec<(String, String)>,
 }
 
 /// The fake; cheap to clone.
@@ -46,39 +52,51 @@ impl FakeGraph {
         let (s, r) = (state.clone(), released.clone());
         let server = HttpServer::new(move || {
             let (s, r) = (s.clone(), r.clone());
-            App::new().route(
-                "/{version}/{number}/messages",
-                web::post().to(
-                    move |path: web::Path<(String, String)>, req: actix_web::HttpRequest, body: web::Json<Value>| {
-                        let (s, r) = (s.clone(), r.clone());
-                        let token = req
-                            .headers()
-                            .get("authorization")
-                            .and_then(|h| h.to_str().ok())
-                            .and_then(|h| h.strip_prefix("Bearer "))
-                            .unwrap_or_default()
-                            .to_string();
-                        let sender = (path.into_inner().1, token);
-                        async move {
-                            let body = body.into_inner();
-                            hold(
-                                &s,
-                                &r,
-                                body["to"]
-                                    .as_str()
-                                    .or_else(|| body["recipient"].as_str())
-                                    .unwrap_or_default(),
-                            )
-                            .await;
-                            let latency = s.lock().unwrap_or_else(|p| p.into_inner()).latency;
-                            if !latency.is_zero() {
-                                tokio::time::sleep(latency).await;
+            let (files, urls) = (s.clone(), s.clone());
+            App::new()
+                .route(
+                    "/files/{id}",
+                    web::get().to(move |id: web::Path<String>, req: actix_web::HttpRequest| {
+                        let s = files.clone();
+                        async move { media_file(&s, &id, bearer(&req)) }
+                    }),
+                )
+                .route(
+                    "/{version}/{media_id}",
+                    web::get().to(move |path: web::Path<(String, String)>, req: actix_web::HttpRequest| {
+                        let s = urls.clone();
+                        async move { media_url(&s, &path.1, &req) }
+                    }),
+                )
+                .route(
+                    "/{version}/{number}/messages",
+                    web::post().to(
+                        move |path: web::Path<(String, String)>,
+                              req: actix_web::HttpRequest,
+                              body: web::Json<Value>| {
+                            let (s, r) = (s.clone(), r.clone());
+                            let token = bearer(&req);
+                            let sender = (path.into_inner().1, token);
+                            async move {
+                                let body = body.into_inner();
+                                hold(
+                                    &s,
+                                    &r,
+                                    body["to"]
+                                        .as_str()
+                                        .or_else(|| body["recipient"].as_str())
+                                        .unwrap_or_default(),
+                                )
+                                .await;
+                                let latency = s.lock().unwrap_or_else(|p| p.into_inner()).latency;
+                                if !latency.is_zero() {
+                                    tokio::time::sleep(latency).await;
+                                }
+                                answer(&s, body, sender)
                             }
-                            answer(&s, body, sender)
-                        }
-                    },
-                ),
-            )
+                        },
+                    ),
+                )
         })
         .workers(1)
         .disable_signals()
@@ -149,6 +167,24 @@ impl FakeGraph {
         self.lock().requests.len()
     }
 
+    /// Serves `bytes` as media `id` of `mime_type` (through `GET /{version}/{id}`
+    /// naming its URL, then that URL, as the Graph API does).
+    pub fn add_media(&self, id: &str, bytes: &[u8], mime_type: &str) {
+        self.lock()
+            .media
+            .insert(id.to_string(), (bytes.to_vec(), mime_type.to_string()));
+    }
+
+    /// The next answers to media URL requests, by status (then success again).
+    pub fn script_media(&self, statuses: impl IntoIterator<Item = u16>) {
+        self.lock().media_script.extend(statuses);
+    }
+
+    /// Each media file served whole: its id and the bearer token it was asked with.
+    pub fn media_served(&self) -> Vec<(String, String)> {
+        self.lock().media_served.clone()
+    }
+
     /// `[whatsapp]` settings pointing at this fake.
     pub fn settings(&self) -> crate::config::WhatsAppSettings {
         crate::config::WhatsAppSettings {
@@ -158,6 +194,47 @@ impl FakeGraph {
             ..Default::default()
         }
     }
+}
+
+fn bearer(req: &actix_web::HttpRequest) -> String {
+    req.headers()
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `GET /{version}/{media-id}`: the file's URL and what it is, as Meta answers.
+fn media_url(state: &Mutex<State>, id: &str, req: &actix_web::HttpRequest) -> HttpResponse {
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(status) = st.media_script.pop_front() {
+        let status = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::OK);
+        return HttpResponse::build(status).json(json!({"error": {"code": 1, "message": "scripted"}}));
+    }
+    let Some((bytes, mime)) = st.media.get(id) else {
+        return HttpResponse::NotFound().json(json!({"error": {"code": 100, "message": "unknown media id"}}));
+    };
+    let info = req.connection_info();
+    use sha2::Digest;
+    HttpResponse::Ok().json(json!({
+        "messaging_product": "whatsapp",
+        "url": format!("{}://{}/files/{id}", info.scheme(), info.host()),
+        "mime_type": mime,
+        "sha256": hex::encode(sha2::Sha256::digest(bytes)),
+        "file_size": bytes.len(),
+        "id": id,
+    }))
+}
+
+/// `GET /files/{id}`: the file's bytes.
+fn media_file(state: &Mutex<State>, id: &str, token: String) -> HttpResponse {
+    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+    let Some((bytes, mime)) = st.media.get(id).cloned() else {
+        return HttpResponse::NotFound().finish();
+    };
+    st.media_served.push((id.to_string(), token));
+    HttpResponse::Ok().content_type(mime).body(bytes)
 }
 
 /// Waits while sends to `to` are held.

@@ -10,11 +10,12 @@ use super::state::{load_core, view, Core, Snapshot};
 use super::SessionDeps;
 use crate::actors::db_writer::Persist;
 use crate::db::resume::PendingInbound;
-use crate::db::steps::{NewMessage, NewOutbox, NewOutcome, StepWrite, WriteOutcome};
+use crate::db::steps::{NewMedia, NewMessage, NewOutbox, NewOutcome, StepWrite, WriteOutcome};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventKind, EventMessage};
 use crate::flow::StepResult;
 use crate::phone::mask;
+use crate::whatsapp::kinds;
 
 /// Commits one write alone (a chain of one).
 pub(super) async fn persist_one(deps: &SessionDeps, write: StepWrite) -> Result<Result<WriteOutcome>> {
@@ -87,6 +88,7 @@ pub(super) fn inbound_write(
         dedupe_key: None,
         messages,
         outbox,
+        media: media_jobs(phone, msg),
         outcomes: r
             .outcome
             .iter()
@@ -168,8 +170,25 @@ pub(super) fn stored_write(phone: &str, at: &Snapshot, msg: &PendingInbound, bod
             status: "received",
             outbox_key: None,
         }],
+        media: media_jobs(phone, msg),
         ..same_state(phone, at)
     }
+}
+
+/// The download job of the media file `msg` carries, if it carries one.
+fn media_jobs(phone: &str, msg: &PendingInbound) -> Vec<NewMedia> {
+    kinds::media_of(&msg.payload)
+        .map(|m| NewMedia {
+            phone: phone.to_string(),
+            media_id: m.id,
+            provider_message_id: msg.provider_message_id.clone(),
+            kind: m.kind,
+            mime_type: m.mime_type,
+            sha256: m.sha256,
+            caption: m.caption,
+        })
+        .into_iter()
+        .collect()
 }
 
 /// A write that changes nothing but the version (callers set what changes).
@@ -188,6 +207,7 @@ pub(super) fn same_state(phone: &str, c: &Snapshot) -> StepWrite {
         messages: Vec::new(),
         outbox: Vec::new(),
         outcomes: Vec::new(),
+        media: Vec::new(),
     }
 }
 

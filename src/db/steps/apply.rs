@@ -15,7 +15,7 @@ use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::future::{self, BoxFuture};
 
-use super::{NewMessage, NewOutbox, NewOutcome, StepWrite};
+use super::{NewMedia, NewMessage, NewOutbox, NewOutcome, StepWrite};
 use crate::db::error::{DbError, Result};
 use crate::db::outbox::Claimed;
 use crate::db::sql::Cached;
@@ -37,6 +37,7 @@ pub(super) async fn apply(
     let mut pipeline: Vec<Pending<'_>> = vec![sessions];
     pipeline.extend(insert_messages(conn, valid));
     pipeline.extend(insert_outcomes(conn, valid));
+    pipeline.extend(insert_media(conn, valid));
     pipeline.extend(mark_processed(conn, valid));
     let outbox = insert_outbox(conn, &out, &claim);
     let (counts, inserted) = futures_util::try_join!(future::try_join_all(pipeline), outbox)?;
@@ -166,6 +167,42 @@ fn insert_outcomes<'c>(conn: &'c AsyncPgConnection, valid: &[&StepWrite]) -> Opt
         .bind::<Array<Nullable<BigInt>>, _>(rows.iter().map(|o| o.inbox_id).collect::<Vec<_>>())
         .sql(
             "::int8[]) WITH ORDINALITY AS u(phone, kind, ticket, data, inbox_id, ord) \
+             ORDER BY u.ord ON CONFLICT DO NOTHING",
+        )
+        .execute(&mut &*conn),
+    )
+}
+
+/// The download jobs of the steps' media files (a file named twice, by a
+/// replayed message, is one job).
+fn insert_media<'c>(conn: &'c AsyncPgConnection, valid: &[&StepWrite]) -> Option<Pending<'c>> {
+    let rows: Vec<&NewMedia> = valid.iter().flat_map(|w| &w.media).collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let col = |f: fn(&NewMedia) -> &str| rows.iter().map(|m| f(m)).collect::<Vec<&str>>();
+    let opt = |f: fn(&NewMedia) -> Option<&str>| rows.iter().map(|m| f(m)).collect::<Vec<Option<&str>>>();
+    Some(
+        Cached::new(
+            "INSERT INTO media (phone, media_id, provider_message_id, kind, mime_type, sha256, caption) \
+             SELECT u.phone, u.media_id, u.provider_message_id, u.kind, u.mime_type, u.sha256, u.caption FROM unnest(",
+        )
+        .bind::<Array<Text>, _>(col(|m| &m.phone))
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(col(|m| &m.media_id))
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(col(|m| &m.provider_message_id))
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(col(|m| &m.kind))
+        .sql("::text[], ")
+        .bind::<Array<Nullable<Text>>, _>(opt(|m| m.mime_type.as_deref()))
+        .sql("::text[], ")
+        .bind::<Array<Nullable<Text>>, _>(opt(|m| m.sha256.as_deref()))
+        .sql("::text[], ")
+        .bind::<Array<Nullable<Text>>, _>(opt(|m| m.caption.as_deref()))
+        .sql(
+            "::text[]) WITH ORDINALITY \
+             AS u(phone, media_id, provider_message_id, kind, mime_type, sha256, caption, ord) \
              ORDER BY u.ord ON CONFLICT DO NOTHING",
         )
         .execute(&mut &*conn),

@@ -9,7 +9,7 @@
 //!    inbound message is already processed (a duplicate);
 //! 3. apply the rest with one statement per table: versioned session
 //!    update (once per phone, to its chain's last state), messages, outbox,
-//!    outcomes, `inbox.processed_at`.
+//!    outcomes, media jobs, `inbox.processed_at`.
 //!
 //! Each write gets its own [`WriteOutcome`].
 
@@ -58,6 +58,18 @@ pub struct NewOutcome {
     pub inbox_id: Option<i64>,
 }
 
+/// A media file to fetch: the download job's row (see [`crate::media`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewMedia {
+    pub phone: String,
+    pub media_id: String,
+    pub provider_message_id: String,
+    pub kind: String,
+    pub mime_type: Option<String>,
+    pub sha256: Option<String>,
+    pub caption: Option<String>,
+}
+
 /// Everything one step of one conversation writes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepWrite {
@@ -83,6 +95,8 @@ pub struct StepWrite {
     pub messages: Vec<NewMessage>,
     pub outbox: Vec<NewOutbox>,
     pub outcomes: Vec<NewOutcome>,
+    /// The media files its inbound message carries, to download.
+    pub media: Vec<NewMedia>,
 }
 
 /// What happened to one write of a batch.
