@@ -58,6 +58,7 @@ fn throughput(c: &mut Criterion) {
                                         provider_message_id: format!("wamid.bench.{round}.{p}.{i}"),
                                         payload: support::text("hola"),
                                         contact_name: None,
+                                        contact_username: None,
                                     })
                                     .await
                                     .unwrap();

@@ -67,6 +67,7 @@ fn persistence(c: &mut Criterion) {
                 provider_message_id: &id,
                 payload: &payload,
                 contact_name: None,
+                contact_username: None,
             })
             .await
             .unwrap();
@@ -79,6 +80,7 @@ fn persistence(c: &mut Criterion) {
                 provider_message_id: "wamid.bench.dup",
                 payload: &payload,
                 contact_name: None,
+                contact_username: None,
             })
             .await
             .unwrap();

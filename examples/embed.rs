@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
                 provider_message_id: format!("wamid.example.{}.{i}", std::process::id()),
                 payload: serde_json::json!({"type": "text", "text": {"body": text}}),
                 contact_name: Some("Ana".into()),
+                contact_username: None,
             })
             .await?;
         let event = events.recv().await?;

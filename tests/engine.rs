@@ -517,6 +517,7 @@ async fn messages_accepted_but_not_applied_are_resumed_at_start() {
                 provider_message_id: &format!("wamid.r{i}"),
                 payload: &support::text(["hola", "vehiculo", "12345"][i]),
                 contact_name: None,
+                contact_username: None,
             })
             .await
             .unwrap();
@@ -541,6 +542,7 @@ async fn an_invalid_phone_is_refused_and_nothing_is_stored() {
             provider_message_id: "wamid.bad".into(),
             payload: support::text("hola"),
             contact_name: None,
+            contact_username: None,
         })
         .await
         .unwrap_err();

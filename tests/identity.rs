@@ -97,6 +97,17 @@ async fn a_username_only_user_gets_a_conversation_and_replies_go_to_its_bsuid() 
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0]["recipient"], BSUID, "{}", sent[0]);
     assert!(sent[0].get("to").is_none(), "no phone to send to");
+    let (_, shown) = app.engine.recent_messages(BSUID, 10).await.unwrap();
+    assert_eq!(
+        (shown.name.as_deref(), shown.username.as_deref()),
+        (Some("Ana"), Some("@ana.reportes")),
+        "stored for display"
+    );
+    let listed = app.get_json("/api/conversations", "").await;
+    assert_eq!(
+        listed["conversations"][0]["contact_username"], "@ana.reportes",
+        "{listed}"
+    );
     app.stop().await;
 }
 

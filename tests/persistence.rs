@@ -206,6 +206,7 @@ async fn a_hundred_concurrent_deliveries_of_one_message_register_one_first_and_c
                     provider_message_id: "wamid.HBgNNTIxNTUxMjM0MTIzNBUCABIYFjNFQjA=",
                     payload: &payload,
                     contact_name: None,
+                    contact_username: None,
                 })
                 .await
             })
@@ -252,6 +253,7 @@ async fn a_batch_of_registrations_dedupes_like_single_ones_and_answers_in_input_
         provider_message_id: id.into(),
         payload: json!({"id": id}),
         contact_name: None,
+        contact_username: None,
     };
     let first = register_batch(
         &mut conn,
@@ -319,6 +321,7 @@ async fn an_accepted_message_is_resumed_by_another_process_only_when_its_holder_
         provider_message_id: id.into(),
         payload: json!({"id": id}),
         contact_name: None,
+        contact_username: None,
     };
     // A holds w.1 for a long time; A's hold on w.2 has already run out (A is late).
     register_batch(
@@ -438,6 +441,7 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
         provider_message_id: id.into(),
         payload: json!({"id": id}),
         contact_name: None,
+        contact_username: None,
     };
     let regs = register_batch(&mut conn, &[d("w.1"), d("w.2"), d("w.3"), d("w.4"), d("w.5")], lease)
         .await
@@ -667,6 +671,7 @@ async fn a_batch_waiting_for_a_session_lock_sees_what_the_holder_committed() {
         provider_message_id: "w.locked".into(),
         payload: json!({"id": "w.locked"}),
         contact_name: None,
+        contact_username: None,
     };
     let inbox_id = register_batch(&mut conn, &[delivery], lease).await.unwrap()[0].inbox_id;
     // Another writer holds the session's lock and marks the message applied.

@@ -18,6 +18,8 @@ pub struct NewDelivery<'a> {
     pub payload: &'a serde_json::Value,
     /// The sender's profile name, if the delivery gave one.
     pub contact_name: Option<&'a str>,
+    /// The sender's WhatsApp username, if the delivery gave one.
+    pub contact_username: Option<&'a str>,
 }
 
 /// What registering a delivery found.
@@ -53,6 +55,7 @@ pub struct InboxRecord {
     pub contact_name: Option<String>,
     pub leased_by: i64,
     pub lease_until: DateTime<Utc>,
+    pub contact_username: Option<String>,
 }
 
 /// Reads one inbox row.
@@ -74,6 +77,7 @@ pub struct OwnedDelivery {
     pub provider_message_id: String,
     pub payload: serde_json::Value,
     pub contact_name: Option<String>,
+    pub contact_username: Option<String>,
 }
 
 #[derive(diesel::QueryableByName)]
@@ -119,6 +123,7 @@ pub async fn register_batch(
     let ids: Vec<&str> = batch.iter().map(|d| d.provider_message_id.as_str()).collect();
     let payloads: Vec<&serde_json::Value> = batch.iter().map(|d| &d.payload).collect();
     let names: Vec<Option<&str>> = batch.iter().map(|d| d.contact_name.as_deref()).collect();
+    let usernames: Vec<Option<&str>> = batch.iter().map(|d| d.contact_username.as_deref()).collect();
     let arrival: Vec<i64> = (0..batch.len() as i64).collect();
     let rows: Vec<Registered> = crate::db::sql::Cached::new("WITH lease AS (SELECT ")
         .bind::<BigInt, _>(lease.holder)
@@ -126,8 +131,9 @@ pub async fn register_batch(
         .bind::<BigInt, _>(lease.millis)
         .sql(
             "::int8 AS millis) \
-             INSERT INTO inbox (id, phone, provider_message_id, payload, contact_name, leased_by, lease_until) \
-             SELECT s.id, s.phone, s.pid, s.payload, s.name, lease.holder, \
+             INSERT INTO inbox (id, phone, provider_message_id, payload, contact_name, contact_username, \
+                                leased_by, lease_until) \
+             SELECT s.id, s.phone, s.pid, s.payload, s.name, s.username, lease.holder, \
                     now() + lease.millis * interval '1 millisecond' \
              FROM (SELECT u.*, nextval('inbox_id_seq') AS id FROM unnest(",
         )
@@ -139,9 +145,11 @@ pub async fn register_batch(
         .sql("::jsonb[], ")
         .bind::<Array<Nullable<Text>>, _>(&names)
         .sql("::text[], ")
+        .bind::<Array<Nullable<Text>>, _>(&usernames)
+        .sql("::text[], ")
         .bind::<Array<BigInt>, _>(&arrival)
         .sql(
-            "::int8[]) AS u(phone, pid, payload, name, arrival) ORDER BY u.arrival OFFSET 0) AS s, lease \
+            "::int8[]) AS u(phone, pid, payload, name, username, arrival) ORDER BY u.arrival OFFSET 0) AS s, lease \
              ORDER BY s.phone, s.pid \
              ON CONFLICT (phone, provider_message_id) DO UPDATE \
                 SET delivery_count = inbox.delivery_count + 1, last_delivery_at = now(), \

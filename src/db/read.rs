@@ -25,6 +25,9 @@ pub struct ConversationSummary {
     /// The customer's WhatsApp profile name, from their latest message.
     #[diesel(sql_type = Nullable<Text>)]
     pub contact_name: Option<String>,
+    /// The customer's WhatsApp username, from their latest message that gave one.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub contact_username: Option<String>,
     /// The newest message of the conversation, either way.
     #[diesel(sql_type = Nullable<Text>)]
     pub last_message: Option<String>,
@@ -58,11 +61,14 @@ pub enum NumberScope {
 pub async fn list(conn: &mut AsyncPgConnection, f: &ListFilter) -> Result<Vec<ConversationSummary>> {
     let q = diesel::sql_query(
         "SELECT s.phone, s.flow_state, s.version, s.handoff, s.updated_at, \
-                i.contact_name, m.body AS last_message, m.origin AS last_origin \
+                i.contact_name, u.contact_username, m.body AS last_message, m.origin AS last_origin \
          FROM sessions s \
          LEFT JOIN LATERAL (SELECT contact_name FROM inbox \
                             WHERE inbox.phone = s.phone AND contact_name IS NOT NULL \
                             ORDER BY id DESC LIMIT 1) i ON true \
+         LEFT JOIN LATERAL (SELECT contact_username FROM inbox \
+                            WHERE inbox.phone = s.phone AND contact_username IS NOT NULL \
+                            ORDER BY id DESC LIMIT 1) u ON true \
          LEFT JOIN LATERAL (SELECT body, origin FROM messages \
                             WHERE messages.phone = s.phone ORDER BY id DESC LIMIT 1) m ON true \
          WHERE ($1::text IS NULL OR s.flow_state = $1) \
@@ -86,8 +92,15 @@ pub async fn list(conn: &mut AsyncPgConnection, f: &ListFilter) -> Result<Vec<Co
     Ok(q.load(conn).await?)
 }
 
-/// The customer's WhatsApp profile name, from their latest message.
-pub async fn contact_name(conn: &mut AsyncPgConnection, phone: &str) -> Result<Option<String>> {
+/// How the customer shows: their WhatsApp profile name and username, each
+/// from their latest message that gave it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ContactDisplay {
+    pub name: Option<String>,
+    pub username: Option<String>,
+}
+
+pub async fn contact_display(conn: &mut AsyncPgConnection, phone: &str) -> Result<ContactDisplay> {
     use super::schema::inbox;
     let name: Option<Option<String>> = inbox::table
         .filter(inbox::phone.eq(phone))
@@ -97,7 +110,18 @@ pub async fn contact_name(conn: &mut AsyncPgConnection, phone: &str) -> Result<O
         .first(conn)
         .await
         .optional()?;
-    Ok(name.flatten())
+    let username: Option<Option<String>> = inbox::table
+        .filter(inbox::phone.eq(phone))
+        .filter(inbox::contact_username.is_not_null())
+        .order(inbox::id.desc())
+        .select(inbox::contact_username)
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(ContactDisplay {
+        name: name.flatten(),
+        username: username.flatten(),
+    })
 }
 
 /// One message of a transcript. For an inbound message, what its payload

@@ -37,6 +37,7 @@ diesel::table! {
         contact_name -> Nullable<Text>,
         leased_by -> Int8,
         lease_until -> Timestamptz,
+        contact_username -> Nullable<Text>,
     }
 }
 

@@ -47,6 +47,7 @@ impl Engine {
                 provider_message_id: m.provider_message_id.clone(),
                 payload: m.payload.clone(),
                 contact_name: m.contact_name.clone(),
+                contact_username: m.contact_username.clone(),
             }))
         });
         // The rest goes on even if the caller stops waiting: once its

@@ -73,6 +73,8 @@ pub struct InboundMessage {
     pub payload: Value,
     /// The sender's profile name, when the provider gives one.
     pub contact_name: Option<String>,
+    /// The sender's WhatsApp username, when the provider gives one.
+    pub contact_username: Option<String>,
 }
 
 /// The answer to [`Engine::submit_inbound`]: the message is durable.

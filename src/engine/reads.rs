@@ -6,7 +6,7 @@ use scoped_futures::ScopedFutureExt;
 use super::Engine;
 use crate::db::dead_letters::{self, DeadLetter};
 use crate::db::media::{self, MediaInfo};
-use crate::db::read::{self, ConversationSummary, ListFilter, MessageRow};
+use crate::db::read::{self, ContactDisplay, ConversationSummary, ListFilter, MessageRow};
 use crate::error::Result;
 
 impl Engine {
@@ -22,15 +22,15 @@ impl Engine {
         Ok(listed)
     }
 
-    /// The newest `limit` messages of `phone`'s conversation and its contact
-    /// name; from the replica only once it has this conversation's last write.
-    pub async fn recent_messages(&self, phone: &str, limit: i64) -> Result<(Vec<MessageRow>, Option<String>)> {
+    /// The newest `limit` messages of `phone`'s conversation and how its
+    /// contact shows; from the replica only once it has this conversation's last write.
+    pub async fn recent_messages(&self, phone: &str, limit: i64) -> Result<(Vec<MessageRow>, ContactDisplay)> {
         let db = &self.inner.db;
         db.retry_policy()
             .run("recent_messages", || async {
                 let (mut conn, _) = db.read_conn(Some(phone)).await?;
                 let messages = read::recent_messages(&mut conn, phone, limit).await?;
-                Ok((messages, read::contact_name(&mut conn, phone).await?))
+                Ok((messages, read::contact_display(&mut conn, phone).await?))
             })
             .await
     }

@@ -190,13 +190,15 @@ async fn get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<Strin
     let Some(session) = state.engine.conversation(&phone).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such conversation"));
     };
-    let (messages, contact_name) = state.engine.recent_messages(&phone, RECENT_MESSAGES).await?;
+    let (messages, display) = state.engine.recent_messages(&phone, RECENT_MESSAGES).await?;
     let (number, contact) = state.engine.numbers().split(&phone);
     Ok(HttpResponse::Ok().json(json!({
         "session": session,
         "number": number,
+        "number_name": number.and_then(|n| state.engine.numbers().get(n)).and_then(|n| n.name.clone()),
         "contact": contact,
-        "contact_name": contact_name,
+        "contact_name": display.name,
+        "contact_username": display.username,
         "messages": messages,
     })))
 }

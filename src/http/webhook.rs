@@ -145,6 +145,7 @@ fn inbound(m: InboundWa) -> InboundMessage {
         payload: m.raw,
         // Free text from the sender: capped.
         contact_name: m.contact_name.map(|n| n.chars().take(MAX_PROFILE_NAME).collect()),
+        contact_username: m.contact_username.map(|n| n.chars().take(MAX_PROFILE_NAME).collect()),
     }
 }
 

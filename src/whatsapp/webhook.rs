@@ -31,6 +31,8 @@ pub struct InboundWa {
     pub kind: String,
     /// The sender's profile name from `contacts`, if given.
     pub contact_name: Option<String>,
+    /// The sender's username (`contacts[].profile.username`), if given.
+    pub contact_username: Option<String>,
     /// The message object exactly as received.
     pub raw: Value,
 }
@@ -129,6 +131,7 @@ struct Contact<'a> {
     wa_id: Option<&'a str>,
     user_id: Option<&'a str>,
     name: Option<&'a str>,
+    username: Option<&'a str>,
 }
 
 fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
@@ -169,6 +172,7 @@ pub fn parse(body: &[u8]) -> Result<Delivery, DeliveryError> {
                     wa_id: str_at(c, "wa_id"),
                     user_id: str_at(c, "user_id"),
                     name: c.pointer("/profile/name").and_then(Value::as_str),
+                    username: c.pointer("/profile/username").and_then(Value::as_str),
                 })
                 .collect();
             for m in value.get("messages").and_then(Value::as_array).into_iter().flatten() {
@@ -186,6 +190,7 @@ pub fn parse(body: &[u8]) -> Result<Delivery, DeliveryError> {
                         id: id.to_string(),
                         kind: str_at(m, "type").unwrap_or("unknown").to_string(),
                         contact_name: contact.and_then(|c| c.name).map(str::to_string),
+                        contact_username: contact.and_then(|c| c.username).map(str::to_string),
                         raw: m.clone(),
                     }),
                     (None, _) => d

@@ -301,6 +301,7 @@ pub async fn say(engine: &switchboard::Engine, phone: &str, id: &str, body: &str
             provider_message_id: id.into(),
             payload: text(body),
             contact_name: None,
+            contact_username: None,
         })
         .await
         .unwrap()
