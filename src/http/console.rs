@@ -12,7 +12,7 @@ const ICON: &str = include_str!("console/icon.svg");
 
 /// Only our own files run, and only our own origin is reached: injected
 /// markup could neither run nor send anything away.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
                    connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 pub fn scope() -> Scope {

@@ -17,6 +17,8 @@ const state = {
   pending: [], // agent messages not in the last fetch: {key, text, status, error, ackedAt}
   unread: JSON.parse(sessionStorage.getItem(UNREAD_KEY) || "{}"),
   states: new Set(),
+  numbers: new Map(), // business number id → its name (or the id)
+  mediaUrls: new Map(), // media id → object URL of the fetched file
   stream: null, // AbortController of the event stream
   samples: [], // {rate, p99}
   lastProcessed: null,
@@ -93,6 +95,19 @@ function signOut(message) {
 
 // ---------- conversation list ----------
 
+// A contact as it may show in a list: a phone masked to its first two and
+// last four digits; a BSUID (`US.1349…`) to its country and last four.
+function maskContact(c) {
+  const s = String(c);
+  const bsuid = /^([A-Z]{2})\.(?:ENT\.)?([A-Za-z0-9]+)$/.exec(s);
+  if (bsuid) return bsuid[1] + ".…" + bsuid[2].slice(-4);
+  return maskPhone(s);
+}
+
+function shownContact(c) {
+  return /^\d+$/.test(c) ? "+" + c : c;
+}
+
 function maskPhone(p) {
   const d = String(p).replace(/\D/g, "");
   if (d.length < 7) return "*".repeat(Math.max(d.length, 4));
@@ -111,7 +126,9 @@ function listQuery() {
   const s = $("filter-state").value;
   const h = $("filter-handoff").value;
   const p = $("search").value.replace(/[^\d]/g, "");
+  const n = $("filter-number").value;
   if (s) q.set("state", s);
+  if (n) q.set("number", n);
   if (h) q.set("handoff", h);
   if (p) q.set("phone", p);
   return q.toString();
@@ -136,13 +153,16 @@ function renderList(rows) {
     li.dataset.phone = c.phone;
     li.tabIndex = 0;
     li.setAttribute("role", "button");
-    li.append(el("span", "name", c.contact_name || "—"));
+    if (c.number) state.numbers.set(c.number, c.number_name || c.number);
+    const contact = c.contact || c.phone;
+    li.append(el("span", "name", c.contact_name || c.contact_username || "—"));
     const unread = state.unread[c.phone] || 0;
     const badge = el("span", "unread", unread ? String(unread) : "");
     badge.hidden = !unread;
     li.append(badge);
-    li.append(el("span", "phone", c.phone === state.open ? "+" + c.phone : maskPhone(c.phone)));
+    li.append(el("span", "phone", c.phone === state.open ? shownContact(contact) : maskContact(contact)));
     const tags = el("span", "tags");
+    if (state.numbers.size > 1 && c.number) tags.append(el("span", "tag number", c.number_name || c.number));
     tags.append(el("span", "tag state", c.flow_state));
     tags.append(el("span", "tag" + (c.handoff ? " agent" : ""), c.handoff ? "agent" : "bot"));
     li.append(tags);
@@ -166,6 +186,13 @@ function renderList(rows) {
   for (const s of Array.from(state.states).sort()) {
     if (!have.has(s)) select.append(new Option(s, s));
   }
+  // The number filter shows once the list has several numbers.
+  const numbers = $("filter-number");
+  const known = new Set(Array.from(numbers.options).map((o) => o.value));
+  for (const [id, name] of state.numbers) {
+    if (!known.has(id)) numbers.append(new Option(name, id));
+  }
+  numbers.hidden = state.numbers.size < 2;
 }
 
 function saveUnread() {
@@ -185,7 +212,7 @@ async function openConversation(phone) {
   $("placeholder").hidden = true;
   $("messages").replaceChildren();
   $("conv-error").textContent = "";
-  $("conv-phone").textContent = "+" + phone;
+  $("conv-phone").textContent = "";
   $("conv-name").textContent = "";
   await refreshConversation();
   refreshList();
@@ -240,7 +267,10 @@ function renderConversation() {
   const hb = $("handoff-button");
   hb.textContent = s.handoff ? "Hand back to bot" : "Take over";
   hb.dataset.active = String(s.handoff);
-  $("conv-name").textContent = data.contact_name || "";
+  const who = [data.contact_name, data.contact_username].filter(Boolean).join(" · ");
+  $("conv-name").textContent = who;
+  $("conv-phone").textContent =
+    shownContact(data.contact || state.open) + (data.number_name ? " → " + data.number_name : "");
 
   const ol = $("messages");
   const atBottom = ol.scrollHeight - ol.scrollTop - ol.clientHeight < 40;
@@ -249,7 +279,10 @@ function renderConversation() {
     const li = el("li", `msg ${m.direction} ${m.origin}`);
     li.dataset.id = String(m.id);
     li.append(el("div", "origin", ORIGIN_LABEL[m.origin] || m.origin));
+    if (m.context_id) li.append(el("div", "context", "↩ in reply to an earlier message"));
+    if (m.reacts_to) li.append(el("div", "context", "reacted to a message"));
     li.append(el("div", "body", m.body));
+    if (m.media) li.append(mediaItem(m.media));
     if (m.direction === "out") {
       const st = el("div", "status", STATUS_LABEL[m.status] ?? m.status);
       st.dataset.status = m.status;
@@ -261,6 +294,54 @@ function renderConversation() {
   }
   for (const p of state.pending) ol.append(pendingItem(p));
   if (atBottom || state.pending.length) ol.scrollTop = ol.scrollHeight;
+}
+
+// A media file beside its message: fetched with the token (an <img src>
+// could not carry it) and shown as an image, or offered as a download.
+function mediaItem(media) {
+  const box = el("div", "media");
+  const label = `${media.kind}${media.mime_type ? " (" + media.mime_type + ")" : ""}`;
+  if (media.status !== "downloaded") {
+    const why = media.status === "failed" ? "could not be fetched: " + (media.error || "") : "downloading…";
+    box.append(el("span", "media-status", `${label}: ${why}`));
+    return box;
+  }
+  const cached = state.mediaUrls.get(media.id);
+  if (cached) {
+    box.append(mediaView(media, cached, label));
+    return box;
+  }
+  const button = el("button", "media-open", "Show " + label);
+  button.type = "button";
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      const path = `/api/conversations/${encodeURIComponent(state.open)}/media/${encodeURIComponent(media.id)}`;
+      const res = await fetch(path, { headers: { Authorization: "Bearer " + state.token } });
+      if (!res.ok) throw new HttpError(res.status, res.statusText);
+      const url = URL.createObjectURL(await res.blob());
+      state.mediaUrls.set(media.id, url);
+      box.replaceChildren(mediaView(media, url, label));
+    } catch (e) {
+      button.disabled = false;
+      box.append(el("span", "error", describe(e)));
+    }
+  });
+  box.append(button);
+  return box;
+}
+
+function mediaView(media, url, label) {
+  if ((media.mime_type || "").startsWith("image/")) {
+    const img = el("img", "media-image");
+    img.src = url;
+    img.alt = media.caption || label;
+    return img;
+  }
+  const a = el("a", "media-link", "Download " + label);
+  a.href = url;
+  a.download = media.id;
+  return a;
 }
 
 function pendingItem(p) {
@@ -542,6 +623,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("filter-state").addEventListener("change", refreshList);
   $("filter-handoff").addEventListener("change", refreshList);
+  $("filter-number").addEventListener("change", refreshList);
   document.addEventListener("keydown", (ev) => {
     if (ev.key === "Escape" && state.open) closeConversation();
   });
