@@ -7,6 +7,10 @@
 /// BSUID its country and last four (`US.****1918`). Short inputs are masked
 /// whole.
 pub fn mask(phone: &str) -> String {
+    if is_group(phone) {
+        // A group's id names no person.
+        return phone.to_string();
+    }
     if is_bsuid(phone) {
         let (country, rest) = phone.split_once('.').unwrap_or_default();
         let tail: String = rest.chars().skip(rest.chars().count().saturating_sub(4)).collect();
@@ -47,9 +51,32 @@ pub fn is_bsuid(key: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// Checks a contact key: a phone (see [`normalize`]) or a BSUID.
+/// Before a group's id in the key of its conversation: neither a phone
+/// (digits) nor a BSUID (two capitals before the dot) starts so.
+pub const GROUP_PREFIX: &str = "g.";
+
+/// The key of a group's conversation (`g.` + its `group_id`): messages from
+/// a group are kept there, out of the sender's 1:1 conversation.
+pub fn group_key(group_id: &str) -> Result<String, String> {
+    let key = format!("{GROUP_PREFIX}{group_id}");
+    if is_group(&key) {
+        Ok(key)
+    } else {
+        Err("a group id has 1 to 128 letters, digits, `-` or `_`".into())
+    }
+}
+
+/// Whether `key` is a group conversation's contact (see [`group_key`]).
+pub fn is_group(key: &str) -> bool {
+    key.strip_prefix(GROUP_PREFIX).is_some_and(|id| {
+        (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+/// Checks a conversation's contact as a caller names it: a phone (see
+/// [`normalize`]), a BSUID, or a group's key.
 pub fn contact_key(key: &str) -> Result<String, String> {
-    if is_bsuid(key) {
+    if is_bsuid(key) || is_group(key) {
         return Ok(key.to_string());
     }
     normalize(key).map_err(|why| format!("{why}, or a BSUID (`US.1349…`)"))
@@ -73,6 +100,15 @@ mod tests {
         assert!(normalize("52155abc1234").is_err());
         assert!(normalize("0521551234123").is_err());
         assert!(normalize("1234567890123456").is_err());
+    }
+
+    #[test]
+    fn a_group_has_a_key_of_its_own() {
+        assert_eq!(group_key("120363012345678901").as_deref(), Ok("g.120363012345678901"));
+        assert!(group_key("a/b").is_err() && group_key("").is_err());
+        assert_eq!(contact_key("g.120363").as_deref(), Ok("g.120363"));
+        assert!(!is_bsuid("g.120363") && normalize("g.120363").is_err());
+        assert_eq!(mask("g.120363"), "g.120363");
     }
 
     #[test]

@@ -1093,6 +1093,26 @@ async fn reactions_and_group_messages_are_stored_not_answered_and_use_no_attempt
         .await
         .unwrap();
     assert_eq!(processed, 3, "both handled");
+    // The group's message is kept in the group's conversation, out of the 1:1 one.
+    const GROUP: &str = "g.120363000000000000";
+    let in_group = app.engine.conversation(GROUP).await.unwrap().unwrap();
+    assert_eq!(in_group.version, 0, "stored, never stepped");
+    let (group_messages, _) = app.engine.recent_messages(GROUP, 10).await.unwrap();
+    assert_eq!(group_messages.len(), 1);
+    assert_eq!(group_messages[0].body, "12345");
+    let (direct, _) = app.engine.recent_messages(PHONE, 50).await.unwrap();
+    assert!(direct
+        .iter()
+        .all(|m| m.provider_message_id.as_deref() != Some("wamid.k3")));
+    let answer = app
+        .client
+        .post(app.url(&format!("/api/conversations/{GROUP}/messages")))
+        .bearer_auth(TOKEN)
+        .json(&json!({"text": "hola grupo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 409, "a group is not answered from here");
     // The slot is still there for the real answer.
     app.say(PHONE, "wamid.k4", "12345").await;
     let s = app.engine.conversation(PHONE).await.unwrap().unwrap();

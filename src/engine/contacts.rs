@@ -20,6 +20,11 @@ impl Engine {
     /// `user_changed_number` notice links the new phone to the same contact.
     /// With the business number, it makes the conversation key.
     pub(super) async fn contact_key(&self, phone: &str, user_id: Option<&str>, payload: &Value) -> Result<String> {
+        if phone::is_group(phone) {
+            return Err(Error::InvalidInput(
+                "a sender is a phone or a BSUID, not a group".into(),
+            ));
+        }
         let key = phone::contact_key(phone).map_err(Error::InvalidInput)?;
         let mut ids = vec![key.clone()];
         if let Some(u) = user_id.filter(|u| *u != key) {

@@ -18,6 +18,7 @@ use crate::db::inbox::OwnedDelivery;
 use crate::db::resume::PendingInbound;
 use crate::error::{Error, Result};
 use crate::phone;
+use crate::whatsapp::kinds;
 
 impl Engine {
     /// Accepts an inbound message: returns once it is durably registered
@@ -32,6 +33,11 @@ impl Engine {
             ));
         }
         let contact = self.contact_key(&m.phone, m.user_id.as_deref(), &m.payload).await?;
+        // A group's message goes to the group's conversation, never the sender's 1:1 one.
+        let contact = match kinds::group_of(&m.payload) {
+            Some(group) => phone::group_key(group).map_err(Error::InvalidInput)?,
+            None => contact,
+        };
         let phone = self.inner.numbers.conversation(m.business_number.as_deref(), &contact);
         let permit = self.enqueue_permit().await?;
         // The registration is handed to the DB writer as the phone's ticket

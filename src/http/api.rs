@@ -219,6 +219,12 @@ async fn send(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let phone = conversation_path::named(&state, &req, &path).await?;
+    if crate::phone::is_group(state.engine.numbers().split(&phone).1) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "a group's conversation is kept to be read; the bot and agents answer in 1:1 conversations",
+        ));
+    }
     let body = body.into_inner();
     let key = match body.idempotency_key {
         Some(k) if !k.is_empty() && k.len() <= 128 => k,

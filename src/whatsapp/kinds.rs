@@ -8,7 +8,7 @@
 //! | `image`, `audio`, `video`, `document`, `sticker` | stepped: the caption (if any) is the text |
 //! | `location`, `contacts` | stepped (no text) |
 //! | `reaction`, `system`, `unsupported`, `errors`, `request_welcome`, `order`, any type not listed here | stored |
-//! | any message from a group (`group_id`) | stored: kept out of the bot's 1:1 answers |
+//! | any message from a group (`group_id`) | stored in the group's own conversation (`g.<group_id>`), out of the sender's 1:1 one; never answered |
 //!
 //! A slot of kind `media`, `location` or `contacts` is filled by the typed
 //! input of a message of its kind ([`typed_input`]); a media message's file
@@ -31,6 +31,11 @@ pub const STEPPED: &[&str] = &[
     "location",
     "contacts",
 ];
+
+/// The group a message was sent in (`group_id`), if it was.
+pub fn group_of(payload: &Value) -> Option<&str> {
+    payload.get("group_id").and_then(Value::as_str)
+}
 
 /// Whether the flow steps `payload` (an inbound message object) or only
 /// stores it.
