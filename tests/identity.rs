@@ -209,3 +209,29 @@ async fn identifiers_linked_apart_keep_their_own_conversations() {
     assert_eq!(app.engine.conversation(BSUID).await.unwrap().unwrap().version, 2);
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn a_username_user_whose_bsuid_changed_continues_the_same_conversation() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start().unwrap();
+    let app = app(&db, &fake).await;
+    const NEW_BSUID: &str = "US.77700000000000000001";
+    bsuid_says(&app, "wamid.i1", "vehiculo").await;
+    // Meta's notice: from the new BSUID, naming the previous one.
+    let notice = json!({"from_user_id": NEW_BSUID, "id": "wamid.i2", "timestamp": "1732320000", "type": "system",
+        "system": {"body": "User Ana changed", "type": "user_changed_user_id",
+                   "user_id": NEW_BSUID, "previous_user_id": BSUID}});
+    send(&app, &from_contact(None, Some(NEW_BSUID), vec![notice])).await;
+    let mut text = bsuid_text("wamid.i3", "12345");
+    text["from_user_id"] = json!(NEW_BSUID);
+    send(&app, &from_contact(None, Some(NEW_BSUID), vec![text])).await;
+    app.engine.wait_idle().await;
+    let s = app.engine.conversation(BSUID).await.unwrap().unwrap();
+    assert_eq!(
+        (s.version, s.flow_state.as_str()),
+        (2, "vehiculo_problema"),
+        "the notice is stored; the new BSUID's message continues the slot"
+    );
+    assert!(app.engine.conversation(NEW_BSUID).await.unwrap().is_none());
+    app.stop().await;
+}

@@ -17,7 +17,8 @@ impl Engine {
     /// The contact key of a message from `phone` (a phone or a BSUID)
     /// with `user_id` (its BSUID, if given besides): the contact an
     /// identifier already leads to, else the phone, else the BSUID. A
-    /// `user_changed_number` notice links the new phone to the same contact.
+    /// `user_changed_number` or `user_changed_user_id` notice links the new
+    /// identifiers to the same contact.
     /// With the business number, it makes the conversation key.
     pub(super) async fn contact_key(&self, phone: &str, user_id: Option<&str>, payload: &Value) -> Result<String> {
         if phone::is_group(phone) {
@@ -34,7 +35,11 @@ impl Engine {
             ids.push(u.to_string());
         }
         // Once each (one statement may not link an identifier twice).
-        ids.extend(changed_number(payload).filter(|n| !ids.contains(n)));
+        for id in changed_identifiers(payload) {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
         // Every identifier linked already (in memory): the preferred one's key.
         if let Some(k) = self.inner.contacts.get(&ids[0]).map(|k| k.value().clone()) {
             if ids[1..].iter().all(|id| self.inner.contacts.contains_key(id)) {
@@ -108,10 +113,44 @@ impl Engine {
     }
 }
 
-/// The new phone a `system` message of type `user_changed_number` announces.
-fn changed_number(payload: &Value) -> Option<String> {
+/// The identifiers a `system` notice of an identity change names besides
+/// its sender: for `user_changed_number`, the new phone (`wa_id`); for it
+/// and `user_changed_user_id`, the new BSUID (`user_id`) and the previous
+/// one (`previous_user_id`). Linked with the sender, they keep the
+/// conversation: whichever of them was linked before leads the others to it.
+fn changed_identifiers(payload: &Value) -> Vec<String> {
     let s = |p: &str| payload.pointer(p).and_then(Value::as_str);
-    (s("/type") == Some("system") && s("/system/type") == Some("user_changed_number"))
-        .then(|| s("/system/wa_id").and_then(|w| phone::normalize(w).ok()))
-        .flatten()
+    if s("/type") != Some("system") {
+        return Vec::new();
+    }
+    let mut ids = Vec::new();
+    match s("/system/type") {
+        Some("user_changed_number") => ids.extend(s("/system/wa_id").and_then(|w| phone::normalize(w).ok())),
+        Some("user_changed_user_id") => {}
+        _ => return ids,
+    }
+    for field in ["/system/user_id", "/system/previous_user_id"] {
+        ids.extend(s(field).filter(|u| phone::is_bsuid(u)).map(str::to_string));
+    }
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::changed_identifiers;
+
+    #[test]
+    fn an_identity_notice_names_the_new_and_previous_identifiers() {
+        let number = json!({"type": "system", "system": {"type": "user_changed_number",
+            "wa_id": "5215598765432", "user_id": "US.222", "previous_user_id": "US.111"}});
+        assert_eq!(changed_identifiers(&number), ["5215598765432", "US.222", "US.111"]);
+        let bsuid = json!({"type": "system", "system": {"type": "user_changed_user_id",
+            "user_id": "US.222", "previous_user_id": "US.111"}});
+        assert_eq!(changed_identifiers(&bsuid), ["US.222", "US.111"]);
+        let other = json!({"type": "system", "system": {"type": "customer_identity_changed", "user_id": "US.2"}});
+        assert!(changed_identifiers(&other).is_empty());
+        assert!(changed_identifiers(&json!({"type": "text", "system": {"user_id": "US.2"}})).is_empty());
+    }
 }
