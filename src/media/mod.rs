@@ -52,12 +52,21 @@ pub struct Fetcher {
 
 /// Fetches due files until `stop`: every due job at once (up to
 /// `media.concurrency` at a time), then a pause of `media.poll_interval_ms`.
+/// A fetch under way at the stop is dropped (a download may take up to
+/// `media.timeout_ms`, longer than a shutdown waits): its job comes due
+/// again after its lease.
 pub async fn run(fetcher: Fetcher, stop: CancellationToken) {
     let pause = Duration::from_millis(fetcher.settings.poll_interval_ms.max(10));
-    while !stop.is_cancelled() {
-        while fetcher.round().await == fetcher.settings.concurrency && !stop.is_cancelled() {}
+    loop {
+        let busy = tokio::select! {
+            _ = stop.cancelled() => return,
+            claimed = fetcher.round() => claimed == fetcher.settings.concurrency,
+        };
+        if busy {
+            continue;
+        }
         tokio::select! {
-            _ = stop.cancelled() => {}
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
         }
     }
