@@ -2,7 +2,8 @@
 //! cluster, started as a hot standby that applies commits late
 //! (`recovery_min_apply_delay`). A naive read on the replica right after a
 //! write is stale; switchboard's read of the same conversation never is,
-//! and goes to the replica once it has caught up.
+//! and goes to the replica once it has caught up — per conversation, with
+//! two business numbers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -120,6 +121,10 @@ struct N {
     n: i64,
 }
 
+/// The deployment's two business numbers.
+const SALES: &str = "100";
+const SUPPORT: &str = "200";
+
 async fn replayed(conn: &mut AsyncPgConnection) -> u64 {
     replica::replay_lsn(conn).await.unwrap().unwrap_or(0)
 }
@@ -143,6 +148,14 @@ async fn reads_stay_read_your_writes_on_a_lagging_replica() {
             // One client reads as fast as it can.
             s.api.rate_per_s = 1_000_000;
             s.api.burst = 1_000_000;
+            s.whatsapp.phone_number_id = Some(SALES.into());
+            s.whatsapp.numbers = vec![switchboard::config::NumberSettings {
+                phone_number_id: SUPPORT.into(),
+                access_token: None,
+                flow: None,
+                rate_per_s: None,
+                name: None,
+            }];
         },
         |b| b.database(db.database_with(|d| d.read_url = Some(Secret::new(replica_url.clone())))),
     )
@@ -160,15 +173,17 @@ async fn reads_stay_read_your_writes_on_a_lagging_replica() {
     const PAIRS: usize = 1000;
     let (mut naive_stale, mut our_stale) = (0, 0);
     for i in 0..PAIRS {
-        let phone = format!("52155{:08}", i % 50);
+        // 50 customers, each on both numbers: 100 conversations.
+        let (phone, number) = (format!("52155{:08}", i % 50), [SALES, SUPPORT][(i / 50) % 2]);
+        let key = app.engine.numbers().conversation(Some(number), &phone);
         let text = format!("respuesta {i}");
         app.engine
-            .submit_agent_message(&phone, &text, &format!("pair-{i}"))
+            .submit_agent_message(&key, &text, &format!("pair-{i}"))
             .await
             .unwrap();
         // Naive: straight to the replica.
         let seen: N = diesel::sql_query("SELECT count(*) AS n FROM messages WHERE phone = $1 AND body = $2")
-            .bind::<Text, _>(&phone)
+            .bind::<Text, _>(&key)
             .bind::<Text, _>(&text)
             .get_result(&mut naive)
             .await
@@ -179,7 +194,7 @@ async fn reads_stay_read_your_writes_on_a_lagging_replica() {
         // switchboard: the agent API's read of the conversation.
         let got: Value = app
             .client
-            .get(app.url(&format!("/api/conversations/{phone}")))
+            .get(app.url(&format!("/api/conversations/{phone}?number={number}")))
             .send()
             .await
             .unwrap()
@@ -218,11 +233,11 @@ async fn reads_stay_read_your_writes_on_a_lagging_replica() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for i in 0..50 {
-        let phone = format!("52155{i:08}");
+    for i in 0..100 {
+        let (phone, number) = (format!("52155{:08}", i % 50), [SALES, SUPPORT][i / 50]);
         let r = app
             .client
-            .get(app.url(&format!("/api/conversations/{phone}")))
+            .get(app.url(&format!("/api/conversations/{phone}?number={number}")))
             .send()
             .await
             .unwrap();
@@ -231,7 +246,7 @@ async fn reads_stay_read_your_writes_on_a_lagging_replica() {
     let after = app.engine.database().replica().unwrap().stats();
     assert_eq!(
         after.replica_reads - during.replica_reads,
-        50,
+        100,
         "fresh enough: read on the replica"
     );
     app.stop().await;
