@@ -185,6 +185,11 @@ async fn a_delivery_to_a_number_not_served_is_acknowledged_and_dead_lettered() {
     let letters = app.get_json("/api/admin/dead-letters", "").await;
     let reason = letters["dead_letters"][0]["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("3000000003"), "{reason}");
+    assert_eq!(
+        letters["dead_letters"][0]["phone"],
+        format!("3000000003:{PHONE}"),
+        "filed under the conversation it was meant for"
+    );
     app.engine.wait_idle().await;
     assert_eq!(fake.request_count(), 0, "never answered");
     app.stop().await;

@@ -81,7 +81,7 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
     for m in delivery.messages {
         match check(&m, numbers) {
             Ok(()) => usable.push(m),
-            Err(reason) => unusable.push(Unusable::new(&m.raw, reason)),
+            Err(reason) => unusable.push(filed(&m, numbers, Unusable::new(&m.raw, reason))),
         }
     }
     let engine = &state.engine;
@@ -147,6 +147,22 @@ fn inbound(m: InboundWa) -> InboundMessage {
         contact_name: m.contact_name.map(|n| n.chars().take(MAX_PROFILE_NAME).collect()),
         contact_username: m.contact_username.map(|n| n.chars().take(MAX_PROFILE_NAME).collect()),
     }
+}
+
+/// A letter of a message whose sender is a contact (its text was over the
+/// limit, its number is not served) is filed under the conversation it was
+/// meant for — `<phone_number_id>:<contact>` for a number other than the
+/// home one, the BSUID of a username-only sender — not its bare `from`.
+fn filed(m: &InboundWa, numbers: &Numbers, mut letter: Unusable) -> Unusable {
+    let sender = if m.from.is_empty() {
+        m.user_id.as_deref()
+    } else {
+        Some(m.from.as_str())
+    };
+    if let Some(contact) = sender.and_then(|s| crate::phone::contact_key(s).ok()) {
+        letter.from = numbers.conversation(m.business_number.as_deref(), &contact);
+    }
+    letter
 }
 
 /// Why a message cannot be applied, if it cannot: sent to a business number
