@@ -21,10 +21,15 @@ fn args(line: &str) -> LoadArgs {
 }
 
 async fn smoke(scenario: &str) {
+    smoke_with(scenario, "").await;
+}
+
+/// A smoke run of `scenario` with `more` flags; returns the JSON report.
+async fn smoke_with(scenario: &str, more: &str) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let report_path = dir.path().join("report.json");
     let a = args(&format!(
-        "--scenario {scenario} --rate 40 --duration 1 --phones 10 --drain 30 --quiet --report {}",
+        "--scenario {scenario} --rate 40 --duration 1 --phones 10 --drain 30 --quiet {more} --report {}",
         report_path.display()
     ));
     let report = load::run(a).await.unwrap();
@@ -67,6 +72,7 @@ async fn smoke(scenario: &str) {
     assert!(json["timeline"][0].get("e2e_p99_ms").is_some());
     let svg = std::fs::read_to_string(report_path.with_extension("svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 2);
+    json
 }
 
 #[actix_web::test]
@@ -118,6 +124,18 @@ async fn mixed_smoke_run_reports_and_holds_every_invariant() {
     smoke("mixed").await;
 }
 
+/// Two business numbers, half the contacts username-only, every kind of
+/// message and a bad one among good ones: the invariants hold per
+/// conversation, and the bad message is dead-lettered, not lost with the rest.
+#[actix_web::test]
+async fn mixed_over_two_numbers_and_username_only_contacts_holds_every_invariant() {
+    let json = smoke_with("mixed", "--numbers 2 --username-share 0.5").await;
+    assert_eq!(
+        (json["numbers"].as_u64(), json["username_share"].as_f64()),
+        (Some(2), Some(0.5))
+    );
+}
+
 #[tokio::test]
 async fn the_checker_catches_a_version_gap_a_duplicated_reply_and_an_unprocessed_ack() {
     let db = TestDb::migrated().await;
@@ -133,7 +151,7 @@ async fn the_checker_catches_a_version_gap_a_duplicated_reply_and_an_unprocessed
     }
     engine.wait_idle().await;
     engine.shutdown().await.unwrap();
-    let acked = vec!["wamid.ck.0".to_string(), "wamid.ck.1".to_string()];
+    let acked = checker::Expected::acked_in(phone, &["wamid.ck.0", "wamid.ck.1"]);
     let url = db.url.expose();
     assert!(
         checker::check(url, &acked).await.unwrap().is_empty(),
@@ -161,9 +179,50 @@ async fn the_checker_catches_a_version_gap_a_duplicated_reply_and_an_unprocessed
     assert!(found(v, "no inbound message has its replies twice"));
 
     let mut more = acked.clone();
-    more.push("wamid.never-stored".into());
+    more.acked.push((phone.to_string(), "wamid.never-stored".into()));
     let v = checker::check(url, &more).await.unwrap();
     assert!(found(v, "every acked message is registered"));
+
+    // In its own conversation: the same message under another number is not registered.
+    let elsewhere = checker::Expected::acked_in(&format!("1098765433:{phone}"), &["wamid.ck.0"]);
+    let v = checker::check(url, &elsewhere).await.unwrap();
+    assert!(found(v, "every acked message is registered"));
+
+    // A bad message that was neither dead-lettered nor applied, and a
+    // good one beside it that was lost; then a good one that was applied.
+    let lost = checker::Expected {
+        bad: vec!["wamid.bad".into()],
+        beside_bad: vec![(phone.to_string(), "wamid.never-stored".into())],
+        ..checker::Expected::default()
+    };
+    let v = checker::check(url, &lost).await.unwrap();
+    assert!(found(
+        v.clone(),
+        "every bad message of a delivery is dead-lettered, not applied"
+    ));
+    assert!(found(
+        v,
+        "every good message of a delivery with a bad one is applied or dead-lettered"
+    ));
+    let applied = checker::Expected {
+        beside_bad: vec![(phone.to_string(), "wamid.ck.0".into())],
+        ..checker::Expected::default()
+    };
+    let v = checker::check(url, &applied).await.unwrap();
+    assert!(!found(
+        v,
+        "every good message of a delivery with a bad one is applied or dead-lettered"
+    ));
+    // A bad message applied as if it were good.
+    let applied_bad = checker::Expected {
+        bad: vec!["wamid.ck.1".into()],
+        ..checker::Expected::default()
+    };
+    let v = checker::check(url, &applied_bad).await.unwrap();
+    assert!(found(
+        v,
+        "every bad message of a delivery is dead-lettered, not applied"
+    ));
 
     plant("UPDATE inbox SET processed_at = NULL WHERE provider_message_id = 'wamid.ck.1'").await;
     let v = checker::check(url, &acked).await.unwrap();

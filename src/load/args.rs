@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::driver::ClosedLoop;
+use super::population::Population;
 use super::scenario::{self, Options, Planned, Scenario};
 use crate::config::PgValue;
 
@@ -56,6 +58,20 @@ pub struct LoadArgs {
     /// Distinct conversations.
     #[arg(long, default_value_t = 100)]
     pub phones: usize,
+    /// Business numbers the conversations are spread over: contact i writes
+    /// to number i % N, each delivery naming it in
+    /// `metadata.phone_number_id`. The first is the home number
+    /// (`whatsapp.phone_number_id`, 1098765432), the others follow it
+    /// (1098765433, …): the harness's own server serves them all; a
+    /// `--target` must be configured with them (`[[whatsapp.numbers]]`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub numbers: u32,
+    /// The share of contacts (0 to 1) that are username-only: known by a
+    /// BSUID alone (`user_id`, `from_user_id`, `recipient_user_id`), with
+    /// no phone in any delivery. Which contacts is fixed (a hash of each
+    /// one's index), spread over every number.
+    #[arg(long, default_value_t = 0.0, value_parser = share)]
+    pub username_share: f64,
     /// Most deliveries of one message (duplicates scenario).
     #[arg(long, default_value_t = 5)]
     pub max_deliveries: u32,
@@ -121,6 +137,15 @@ pub struct LoadArgs {
     pub outbox_sends: Option<(i64, usize)>,
 }
 
+/// A share, 0 to 1 (`--username-share`).
+fn share(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(_) => Err("a share is from 0 to 1".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// How requests are spread over several processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Route {
@@ -166,13 +191,26 @@ impl LoadArgs {
             max_deliveries: self.max_deliveries,
             skew: self.skew,
             seed: self.seed,
+            population: self.population(),
         })
     }
 
+    /// Who writes: over which numbers, how many username-only.
+    pub(super) fn population(&self) -> Population {
+        Population {
+            numbers: self.numbers as usize,
+            username_share: self.username_share,
+        }
+    }
+
     /// With `--max`: how many workers, for how long, over how many phones.
-    pub(super) fn closed_loop(&self) -> Option<(usize, Duration, usize)> {
-        self.max
-            .then(|| (self.rate.max(1.0) as usize, self.run_for(), self.phones))
+    pub(super) fn closed_loop(&self) -> Option<ClosedLoop> {
+        self.max.then(|| ClosedLoop {
+            workers: self.rate.max(1.0) as usize,
+            duration: self.run_for(),
+            phones: self.phones,
+            population: self.population(),
+        })
     }
 
     /// How long the sending lasts (`--duration`).

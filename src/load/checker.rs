@@ -1,6 +1,6 @@
 //! The invariant checker: run against the database after a load run.
 
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::{Array, BigInt, Text};
 use diesel::QueryableByName;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
@@ -15,26 +15,72 @@ pub struct Violation {
     pub examples: Vec<String>,
 }
 
+/// What the server acked that the database must show.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// The good messages of the deliveries acked (200), each once:
+    /// `(conversation key, provider id)`.
+    pub acked: Vec<(String, String)>,
+    /// The provider ids of the bad messages of acked deliveries: each must
+    /// be dead-lettered, never applied.
+    pub bad: Vec<String>,
+    /// The good messages that shared an acked delivery with a bad one, as
+    /// `acked`: each must be applied (or dead-lettered), never lost.
+    pub beside_bad: Vec<(String, String)>,
+}
+
+impl Expected {
+    /// Good messages acked in one delivery each, in conversation `key`.
+    pub fn acked_in(key: &str, ids: &[&str]) -> Self {
+        Self {
+            acked: ids.iter().map(|id| (key.to_string(), id.to_string())).collect(),
+            ..Self::default()
+        }
+    }
+}
+
 #[derive(QueryableByName)]
 struct Row {
     #[diesel(sql_type = Text)]
     key: String,
 }
 
+/// What a check's parameters are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum On {
+    /// None: the database alone.
+    Rows,
+    /// [`Expected::acked`]: `$1` the conversation keys, `$2` the provider ids.
+    Acked,
+    /// [`Expected::bad`]: `$1` the provider ids.
+    Bad,
+    /// [`Expected::beside_bad`]: `$1` the conversation keys, `$2` the provider ids.
+    BesideBad,
+}
+
 /// Each check selects the keys that break it (an empty result holds).
-const CHECKS: &[(&str, &str)] = &[
+/// Messages are looked up in their conversation (the key their business
+/// number and contact make), as the server files them.
+const CHECKS: &[(&str, On, &str)] = &[
     (
         "every acked message is processed",
-        "SELECT phone || ':' || provider_message_id AS key FROM inbox \
-         WHERE provider_message_id = ANY($1) AND processed_at IS NULL",
+        On::Acked,
+        "SELECT i.phone || ':' || i.provider_message_id AS key \
+         FROM unnest($1::text[], $2::text[]) AS a(phone, id) \
+         JOIN inbox i ON i.phone = a.phone AND i.provider_message_id = a.id \
+         WHERE i.processed_at IS NULL",
     ),
     (
+        // In its own conversation: a delivery of another number, or of a
+        // username-only contact, filed elsewhere is not registered.
         "every acked message is registered",
-        "SELECT a.id AS key FROM unnest($1::text[]) AS a(id) \
-         WHERE NOT EXISTS (SELECT 1 FROM inbox i WHERE i.provider_message_id = a.id)",
+        On::Acked,
+        "SELECT a.phone || ':' || a.id AS key FROM unnest($1::text[], $2::text[]) AS a(phone, id) \
+         WHERE NOT EXISTS (SELECT 1 FROM inbox i WHERE i.phone = a.phone AND i.provider_message_id = a.id)",
     ),
     (
         "each inbound message applied exactly once",
+        On::Rows,
         "SELECT i.phone || ':' || i.provider_message_id AS key FROM inbox i \
          LEFT JOIN messages m ON m.phone = i.phone AND m.inbox_id = i.id AND m.origin = 'user' \
          WHERE i.processed_at IS NOT NULL AND NOT EXISTS \
@@ -43,11 +89,13 @@ const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "no inbound message has its replies twice",
+        On::Rows,
         "SELECT m.phone || ':' || m.inbox_id AS key FROM messages m WHERE m.origin = 'bot' \
          GROUP BY m.phone, m.inbox_id, m.outbox_key HAVING count(*) > 1",
     ),
     (
         "every reply has exactly one outbox row",
+        On::Rows,
         "SELECT m.phone || ':' || coalesce(m.outbox_key, '-') AS key FROM messages m \
          WHERE m.direction = 'out' AND NOT EXISTS \
                (SELECT 1 FROM outbox o WHERE o.phone = m.phone AND o.idempotency_key = m.outbox_key)",
@@ -57,6 +105,7 @@ const CHECKS: &[(&str, &str)] = &[
         // (a unit test keeps the list in step); stored-only messages keep
         // the version.
         "versions are contiguous and count the applied steps",
+        On::Rows,
         "SELECT s.phone || ' v' || s.version AS key FROM sessions s \
          WHERE s.version <> (SELECT count(*) FROM messages m \
                              WHERE m.phone = s.phone AND (m.origin = 'agent' OR (m.origin = 'user' AND EXISTS ( \
@@ -69,6 +118,7 @@ const CHECKS: &[(&str, &str)] = &[
         // In the order each process accepted them (`leased_by`: the
         // accepting engine instance); processes run side by side.
         "messages of a phone are applied in acceptance order",
+        On::Rows,
         "SELECT phone AS key FROM (SELECT m.phone, m.inbox_id, \
                 lag(m.inbox_id) OVER (PARTITION BY m.phone, i.leased_by ORDER BY m.id) AS prev \
               FROM messages m JOIN inbox i ON i.phone = m.phone AND i.id = m.inbox_id \
@@ -77,24 +127,43 @@ const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "no outbox row is sent twice",
+        On::Rows,
         "SELECT provider_message_id AS key FROM outbox WHERE provider_message_id IS NOT NULL \
          GROUP BY provider_message_id HAVING count(*) > 1",
     ),
+    (
+        // Kept at the webhook (`dead_letters::UNUSABLE`) with its reason,
+        // under its id; the letter's `phone` is the sender as given, which
+        // for a bad sender is no conversation at all.
+        "every bad message of a delivery is dead-lettered, not applied",
+        On::Bad,
+        "SELECT b.id AS key FROM unnest($1::text[]) AS b(id) \
+         WHERE NOT EXISTS (SELECT 1 FROM dead_letters d \
+                           WHERE d.source = 'webhook' AND d.dedupe_key = b.id AND d.reason <> '') \
+         UNION SELECT i.provider_message_id AS key FROM inbox i WHERE i.provider_message_id = ANY($1)",
+    ),
+    (
+        // Applied: its inbox row and its message in its conversation; or
+        // dead-lettered, from the inbox (poison) or at the webhook.
+        "every good message of a delivery with a bad one is applied or dead-lettered",
+        On::BesideBad,
+        "SELECT a.phone || ':' || a.id AS key FROM unnest($1::text[], $2::text[]) AS a(phone, id) \
+         WHERE NOT EXISTS (SELECT 1 FROM inbox i JOIN messages m \
+                             ON m.phone = i.phone AND m.inbox_id = i.id AND m.origin = 'user' \
+                           WHERE i.phone = a.phone AND i.provider_message_id = a.id) \
+           AND NOT EXISTS (SELECT 1 FROM inbox i JOIN dead_letters d \
+                             ON d.phone = i.phone AND d.source = 'inbox' AND d.source_id = i.id \
+                           WHERE i.phone = a.phone AND i.provider_message_id = a.id) \
+           AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.source = 'webhook' AND d.dedupe_key = a.id)",
+    ),
 ];
 
-/// Runs every check. `acked` are the provider ids the server acked (200).
-pub async fn check(database_url: &str, acked: &[String]) -> Result<Vec<Violation>> {
+/// Runs every check against what the run sent and the server acked.
+pub async fn check(database_url: &str, expected: &Expected) -> Result<Vec<Violation>> {
     let mut conn = AsyncPgConnection::establish(database_url).await?;
     let mut out = Vec::new();
-    for (name, sql) in CHECKS {
-        let q = diesel::sql_query(*sql);
-        let rows: Vec<Row> = if sql.contains("$1") {
-            q.bind::<diesel::sql_types::Array<Text>, _>(acked)
-                .load(&mut conn)
-                .await?
-        } else {
-            q.load(&mut conn).await?
-        };
+    for (name, on, sql) in CHECKS {
+        let rows = offending(&mut conn, *on, sql, expected).await?;
         if !rows.is_empty() {
             out.push(Violation {
                 invariant: name,
@@ -104,6 +173,22 @@ pub async fn check(database_url: &str, acked: &[String]) -> Result<Vec<Violation
         }
     }
     Ok(out)
+}
+
+/// The rows breaking one check, run with the parameters it is `on`.
+async fn offending(conn: &mut AsyncPgConnection, on: On, sql: &str, e: &Expected) -> Result<Vec<Row>> {
+    let q = diesel::sql_query(sql);
+    let pairs = match on {
+        On::Rows => return Ok(q.load(conn).await?),
+        On::Bad => return Ok(q.bind::<Array<Text>, _>(e.bad.as_slice()).load(conn).await?),
+        On::Acked => &e.acked,
+        On::BesideBad => &e.beside_bad,
+    };
+    let (keys, ids): (Vec<String>, Vec<String>) = pairs.iter().cloned().unzip();
+    Ok(q.bind::<Array<Text>, _>(keys.as_slice())
+        .bind::<Array<Text>, _>(ids.as_slice())
+        .load(conn)
+        .await?)
 }
 
 /// Outbox rows the send API accepted more than once, from the keys of the
@@ -134,7 +219,7 @@ pub async fn repeated_sends(database_url: &str, accepted: &[String]) -> Result<(
     let mut conn = AsyncPgConnection::establish(database_url).await?;
     let rows: Vec<Attempts> =
         diesel::sql_query("SELECT idempotency_key AS key, attempts FROM outbox WHERE idempotency_key = ANY($1)")
-            .bind::<diesel::sql_types::Array<Text>, _>(&twice)
+            .bind::<Array<Text>, _>(&twice)
             .load(&mut conn)
             .await?;
     let retried: std::collections::HashSet<String> =
@@ -175,9 +260,9 @@ mod tests {
 
     #[test]
     fn the_version_check_counts_exactly_the_kinds_the_flow_steps() {
-        let (_, sql) = CHECKS
+        let (_, _, sql) = CHECKS
             .iter()
-            .find(|(name, _)| name.starts_with("versions are contiguous"))
+            .find(|(name, _, _)| name.starts_with("versions are contiguous"))
             .unwrap();
         let listed = sql.matches("', '").count() + 1;
         assert_eq!(listed, STEPPED.len(), "{sql}");

@@ -1,12 +1,14 @@
 //! The generator's HTTP side: where each request goes ([`Target`]), the
-//! requests themselves (signed deliveries, agent API calls) and the
-//! servers' counters read from `/metrics`.
+//! requests themselves (signed deliveries shaped by `payloads`, agent API
+//! calls naming the conversation's contact and number) and the servers'
+//! counters read from `/metrics`.
 
 use std::time::Duration;
 
 use reqwest::RequestBuilder;
-use serde_json::{json, Value};
+use serde_json::json;
 
+use super::payloads;
 use super::scenario::Action;
 use crate::config::Secret;
 use crate::whatsapp::webhook::sign;
@@ -26,21 +28,22 @@ pub struct Target {
     pub bases: Vec<String>,
     pub app_secret: Option<Secret>,
     pub api_token: Option<Secret>,
-    /// Send each phone's requests to one process (a hash of the phone), as
-    /// a consistent-hash load balancer in front of the processes would.
+    /// Send each conversation's requests to one process (a hash of its
+    /// key), as a consistent-hash load balancer in front of the processes
+    /// would.
     pub by_phone: bool,
 }
 
 impl Target {
-    /// A base URL for the next request about `phone`.
-    pub fn pick(&self, phone: &str) -> &str {
+    /// A base URL for the next request about conversation `key`.
+    pub fn pick(&self, key: &str) -> &str {
         use std::hash::{Hash, Hasher};
         match self.bases.len() {
             0 => "",
             1 => &self.bases[0],
             n if self.by_phone => {
                 let mut h = std::collections::hash_map::DefaultHasher::new();
-                phone.hash(&mut h);
+                key.hash(&mut h);
                 &self.bases[h.finish() as usize % n]
             }
             n => &self.bases[rand::random::<u64>() as usize % n],
@@ -80,41 +83,44 @@ impl Client {
         }
     }
 
-    /// The request an action makes, to the server [`Target::pick`] chooses.
+    /// The request an action makes, to the server [`Target::pick`] chooses
+    /// for its conversation.
     fn request(&self, action: &Action) -> RequestBuilder {
         let t = &self.target;
         match action {
-            Action::Webhook { phone, id, text } => {
-                let body = delivery_body(
-                    json!([{"from": phone, "id": id, "timestamp": "1732320000", "type": "text", "text": {"body": text}}]),
-                    json!([]),
-                    phone,
-                );
-                self.webhook(phone, body)
+            Action::Webhook { to, messages } => {
+                let messages = messages.iter().map(|m| payloads::message(to, m)).collect();
+                self.webhook(&to.key(), payloads::delivery_body(to, messages, Vec::new()))
             }
-            Action::Status { phone, id, status } => {
-                let body = delivery_body(
-                    json!([]),
-                    json!([{"id": id, "status": status, "timestamp": "1732320001", "recipient_id": phone}]),
-                    phone,
-                );
-                self.webhook(phone, body)
+            Action::Status { to, id, status } => {
+                let statuses = vec![payloads::status(to, id, status)];
+                self.webhook(&to.key(), payloads::delivery_body(to, Vec::new(), statuses))
             }
-            Action::Agent { phone, text } => self.api(
+            Action::Agent { to, text } => self.api(
                 self.http
-                    .post(format!("{}/api/conversations/{phone}/messages", t.pick(phone)))
+                    .post(format!(
+                        "{}/api/conversations/{}/messages{}",
+                        t.pick(&to.key()),
+                        to.contact.id(),
+                        to.query()
+                    ))
                     .json(&json!({"text": text})),
             ),
-            Action::Read { phone } => self.api(self.http.get(format!("{}/api/conversations/{phone}", t.pick(phone)))),
+            Action::Read { to } => self.api(self.http.get(format!(
+                "{}/api/conversations/{}{}",
+                t.pick(&to.key()),
+                to.contact.id(),
+                to.query()
+            ))),
         }
     }
 
-    /// A delivery to `/webhook`, signed as Meta signs it when the target
-    /// has an app secret.
-    fn webhook(&self, phone: &str, body: Vec<u8>) -> RequestBuilder {
+    /// A delivery to `/webhook` about conversation `key`, signed as Meta
+    /// signs it when the target has an app secret.
+    fn webhook(&self, key: &str, body: Vec<u8>) -> RequestBuilder {
         let mut r = self
             .http
-            .post(format!("{}/webhook", self.target.pick(phone)))
+            .post(format!("{}/webhook", self.target.pick(key)))
             .header("content-type", "application/json");
         if let Some(s) = &self.target.app_secret {
             r = r.header("x-hub-signature-256", sign(s.expose().as_bytes(), &body));
@@ -129,24 +135,6 @@ impl Client {
             None => r,
         }
     }
-}
-
-/// A delivery in the shape Meta sends.
-pub fn delivery_body(messages: Value, statuses: Value, phone: &str) -> Vec<u8> {
-    let mut value = json!({
-        "messaging_product": "whatsapp",
-        "metadata": {"display_phone_number": "15550001111", "phone_number_id": "1098765432"},
-    });
-    if messages.as_array().is_some_and(|m| !m.is_empty()) {
-        value["contacts"] = json!([{"profile": {"name": "Carga"}, "wa_id": phone}]);
-        value["messages"] = messages;
-    }
-    if statuses.as_array().is_some_and(|s| !s.is_empty()) {
-        value["statuses"] = statuses;
-    }
-    serde_json::to_vec(&json!({"object": "whatsapp_business_account",
-        "entry": [{"id": "102290129340398", "changes": [{"value": value, "field": "messages"}]}]}))
-    .unwrap_or_default()
 }
 
 /// Sums a counter over the servers' `/metrics` (0 for a server that does

@@ -11,11 +11,13 @@ use actix_web::rt::task::JoinHandle;
 use super::client::Client;
 use super::events::follow_events;
 use super::measure::Recorder;
-use super::scenario::{self, Action, Planned, SCRIPT};
+use super::population::Population;
+use super::scenario::{Action, Kind, Message, Planned, SCRIPT};
 
 // Public through `load::driver` too, the paths callers import them by.
-pub use super::client::{delivery_body, Target};
+pub use super::client::Target;
 pub use super::measure::{Measured, Second};
+pub use super::payloads::delivery_body;
 
 /// Requests in flight at most (the generator's own memory bound).
 const MAX_IN_FLIGHT: usize = 20_000;
@@ -32,6 +34,17 @@ const APPLIED_POLL: Duration = Duration::from_millis(20);
 
 /// The progress line's period.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// `--max`: workers sending back to back, each its contacts' next line as
+/// soon as the last one is answered.
+#[derive(Debug, Clone, Copy)]
+pub struct ClosedLoop {
+    pub workers: usize,
+    pub duration: Duration,
+    pub phones: usize,
+    /// Whose conversations, on which numbers.
+    pub population: Population,
+}
 
 /// What the request tasks share.
 struct Run {
@@ -56,17 +69,20 @@ impl Run {
     }
 
     /// Sends one action once a connection is free, and records the answer
-    /// against its intended send time.
+    /// against its intended send time. A delivery's good messages are
+    /// waited for to be applied; its bad ones, dead-lettered, never are.
     async fn execute(self: Arc<Self>, action: Action, intended: Instant) {
         // Held until the answer is read: one connection per request on the wire.
         let _wire = self.wire.acquire().await;
-        if let Action::Webhook { id, .. } = &action {
-            self.rec.expect(id, intended);
+        if let Action::Webhook { messages, .. } = &action {
+            for m in messages.iter().filter(|m| !m.is_bad()) {
+                self.rec.expect(&m.id, intended);
+            }
         }
         let answer = self.client.send(&action).await;
         if answer.is_ok() {
-            if let Action::Webhook { id, .. } = &action {
-                self.rec.acked_id(id);
+            if let Action::Webhook { to, messages } = &action {
+                self.rec.acked_delivery(&to.key(), messages);
             }
         }
         self.rec.record(intended, answer);
@@ -76,20 +92,20 @@ impl Run {
 
 /// Runs `plan` open-loop over at most `connections` requests on the wire
 /// at once (as wrk2 does: a request due while all are busy waits, and its
-/// latency counts from when it was due); or, with `closed_workers`, that
-/// many workers sending back-to-back for `duration`. Waits up to `drain`
+/// latency counts from when it was due); or, with `closed_workers`, their
+/// workers sending back-to-back for their duration. Waits up to `drain`
 /// after the last send for messages to be applied.
 pub async fn drive(
     target: Target,
     plan: Vec<Planned>,
-    closed_workers: Option<(usize, Duration, usize)>,
+    closed_workers: Option<ClosedLoop>,
     connections: usize,
     drain: Duration,
     progress: bool,
 ) -> Measured {
     // Closed loop: each worker has its connection.
     let connections = closed_workers
-        .map_or(connections, |(w, _, _)| w.max(connections))
+        .map_or(connections, |c| c.workers.max(connections))
         .max(1);
     let rec = Arc::new(Recorder::new(Instant::now() + START_DELAY));
     let events = actix_web::rt::spawn(follow_events(target.clone(), rec.clone()));
@@ -103,7 +119,7 @@ pub async fn drive(
     let duplicates = plan.iter().filter(|p| p.duplicate).count() as u64;
     let tasks = match closed_workers {
         None => open_loop(&run, plan).await,
-        Some((workers, duration, phones)) => closed_loop(&run, workers, duration, phones).await,
+        Some(closed) => closed_loop(&run, closed).await,
     };
     for t in tasks {
         let _ = t.await;
@@ -133,26 +149,30 @@ async fn open_loop(run: &Arc<Run>, plan: Vec<Planned>) -> Vec<JoinHandle<()>> {
     tasks
 }
 
-/// Starts `workers` workers sending back to back from second 0 for
-/// `duration` (the ceiling, `--max`); returns their tasks.
-async fn closed_loop(run: &Arc<Run>, workers: usize, duration: Duration, phones: usize) -> Vec<JoinHandle<()>> {
+/// Starts the workers sending back to back from second 0 for their
+/// duration (the ceiling, `--max`); returns their tasks.
+async fn closed_loop(run: &Arc<Run>, closed: ClosedLoop) -> Vec<JoinHandle<()>> {
     tokio::time::sleep_until(run.rec.start.into()).await;
-    let end = run.rec.start + duration;
-    (0..workers)
-        .map(|w| actix_web::rt::spawn(closed_worker(run.clone(), w, workers, phones, end)))
+    let end = run.rec.start + closed.duration;
+    (0..closed.workers)
+        .map(|w| actix_web::rt::spawn(closed_worker(run.clone(), w, closed, end)))
         .collect()
 }
 
-/// One closed-loop worker: its phones' next message as soon as the last
-/// one is answered, until `end`.
-async fn closed_worker(run: Arc<Run>, w: usize, workers: usize, phones: usize, end: Instant) {
+/// One closed-loop worker (`w`): its contacts' next message as soon as the
+/// last one is answered, until `end`.
+async fn closed_worker(run: Arc<Run>, w: usize, closed: ClosedLoop, end: Instant) {
+    let (workers, phones) = (closed.workers, closed.phones.max(1));
     let mut n = 0usize;
     while Instant::now() < end {
-        let p = (w + n * workers) % phones.max(1);
+        let p = (w + n * workers) % phones;
+        let text = SCRIPT[(n / phones) % SCRIPT.len()].to_string();
         let action = Action::Webhook {
-            phone: scenario::phone(p),
-            id: format!("wamid.max.{w}.{n}"),
-            text: SCRIPT[(n / phones.max(1)) % SCRIPT.len()].to_string(),
+            to: closed.population.peer(p),
+            messages: vec![Message {
+                id: format!("wamid.max.{w}.{n}"),
+                kind: Kind::Text(text),
+            }],
         };
         run.count_out();
         run.clone().execute(action, Instant::now()).await;

@@ -26,6 +26,9 @@ struct State {
     latency: std::time::Duration,
     /// Media files by id: their bytes and mime type.
     media: std::collections::HashMap<String, (Vec<u8>, String)>,
+    /// The file served for any other media id, if any (the load harness's
+    /// images).
+    any_media: Option<(Vec<u8>, String)>,
     /// The next answers to media URL requests (then success again).
     media_script: VecDeque<u16>,
     /// Each media file served whole, by id, with the bearer token it was asked with.
@@ -175,6 +178,12 @@ impl FakeGraph {
             .insert(id.to_string(), (bytes.to_vec(), mime_type.to_string()));
     }
 
+    /// Serves `bytes` of `mime_type` for every media id not added with
+    /// [`Self::add_media`] (the load harness names a new id per image).
+    pub fn serve_any_media(&self, bytes: &[u8], mime_type: &str) {
+        self.lock().any_media = Some((bytes.to_vec(), mime_type.to_string()));
+    }
+
     /// The next answers to media URL requests, by status (then success again).
     pub fn script_media(&self, statuses: impl IntoIterator<Item = u16>) {
         self.lock().media_script.extend(statuses);
@@ -189,7 +198,7 @@ impl FakeGraph {
     pub fn settings(&self) -> crate::config::WhatsAppSettings {
         crate::config::WhatsAppSettings {
             access_token: Some(crate::config::Secret::new("EAAG-fake-token")),
-            phone_number_id: Some("1098765432".into()),
+            phone_number_id: Some(super::population::number_id(0)),
             api_base: self.base.clone(),
             ..Default::default()
         }
@@ -212,7 +221,7 @@ fn media_url(state: &Mutex<State>, id: &str, req: &actix_web::HttpRequest) -> Ht
         let status = actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::OK);
         return HttpResponse::build(status).json(json!({"error": {"code": 1, "message": "scripted"}}));
     }
-    let Some((bytes, mime)) = st.media.get(id) else {
+    let Some((bytes, mime)) = st.media.get(id).or(st.any_media.as_ref()) else {
         return HttpResponse::NotFound().json(json!({"error": {"code": 100, "message": "unknown media id"}}));
     };
     let info = req.connection_info();
@@ -230,7 +239,7 @@ fn media_url(state: &Mutex<State>, id: &str, req: &actix_web::HttpRequest) -> Ht
 /// `GET /files/{id}`: the file's bytes.
 fn media_file(state: &Mutex<State>, id: &str, token: String) -> HttpResponse {
     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-    let Some((bytes, mime)) = st.media.get(id).cloned() else {
+    let Some((bytes, mime)) = st.media.get(id).or(st.any_media.as_ref()).cloned() else {
         return HttpResponse::NotFound().finish();
     };
     st.media_served.push((id.to_string(), token));

@@ -3,12 +3,16 @@
 //! hidden), for the whole run and per second of it.
 
 use std::collections::HashSet;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use hdrhistogram::Histogram;
+
+use super::checker::Expected;
+use super::scenario::Message;
 
 /// Errors whose text the report keeps, for a first look.
 const ERROR_SAMPLES: usize = 10;
@@ -21,8 +25,9 @@ pub struct Measured {
     pub duplicates_sent: u64,
     pub ack_us: Histogram<u64>,
     pub e2e_us: Histogram<u64>,
-    /// Provider ids acked with 200.
-    pub acked_ids: Vec<String>,
+    /// The messages of the deliveries acked with 200, each once: the good
+    /// ones in their conversations, the bad ones and those beside them.
+    pub expected: Expected,
     /// Distinct messages seen applied (through the event stream).
     pub applied: u64,
     /// Times the event stream was lost (the subscriber fell behind) and
@@ -70,6 +75,11 @@ fn histogram() -> Histogram<u64> {
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
+/// `v` without repeats (in no particular order).
+fn distinct<T: Eq + Hash>(v: Vec<T>) -> Vec<T> {
+    v.into_iter().collect::<HashSet<T>>().into_iter().collect()
+}
+
 /// A lock whose holder panicked still holds sound figures: take it anyway.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -94,9 +104,9 @@ pub(super) struct Recorder {
     /// The timeline, one entry per second of intended send time; a mutex:
     /// the request tasks and the follower record into the same entries.
     per_second: Mutex<Vec<Second>>,
-    /// Provider ids acked with 200, repeats included; a mutex: pushed by the
-    /// request tasks, read by the drain wait.
-    acked_ids: Mutex<Vec<String>>,
+    /// The messages of the deliveries acked with 200, repeats included; a
+    /// mutex: pushed by the request tasks, read by the drain wait.
+    acked_messages: Mutex<Expected>,
     /// Each message sent: its intended send time until it is seen applied,
     /// then `None`. A sharded map: senders and the follower touch many keys
     /// at once, and one key's entry lock orders a send against its event.
@@ -129,7 +139,7 @@ impl Recorder {
             ack: Mutex::new(histogram()),
             e2e: Mutex::new(histogram()),
             per_second: Mutex::new(Vec::new()),
-            acked_ids: Mutex::new(Vec::new()),
+            acked_messages: Mutex::new(Expected::default()),
             waiting: DashMap::new(),
             applied: AtomicU64::new(0),
             event_reconnects: AtomicU64::new(0),
@@ -164,9 +174,19 @@ impl Recorder {
         self.waiting.entry(id.to_string()).or_insert(Some(intended));
     }
 
-    /// Notes a message the server acked, for the checker and the drain wait.
-    pub(super) fn acked_id(&self, id: &str) {
-        lock(&self.acked_ids).push(id.to_string());
+    /// Notes a delivery the server acked, for the checker and the drain
+    /// wait: its good messages (to be applied, in conversation `key`) and,
+    /// when it held any, its bad ones (to be dead-lettered) and the good
+    /// ones beside them.
+    pub(super) fn acked_delivery(&self, key: &str, messages: &[Message]) {
+        let (bad, good): (Vec<&Message>, Vec<&Message>) = messages.iter().partition(|m| m.is_bad());
+        let good: Vec<(String, String)> = good.iter().map(|m| (key.to_string(), m.id.clone())).collect();
+        let mut acked = lock(&self.acked_messages);
+        if !bad.is_empty() {
+            acked.bad.extend(bad.iter().map(|m| m.id.clone()));
+            acked.beside_bad.extend(good.iter().cloned());
+        }
+        acked.acked.extend(good);
     }
 
     /// Records a request's answer by its intended send time: its ack
@@ -216,7 +236,11 @@ impl Recorder {
     /// Whether every message acked so far has been seen applied.
     pub(super) fn all_acked_seen(&self) -> bool {
         // A copy: the senders are not held up while the map is read.
-        let acked: Vec<String> = lock(&self.acked_ids).clone();
+        let acked: Vec<String> = lock(&self.acked_messages)
+            .acked
+            .iter()
+            .map(|(_, id)| id.clone())
+            .collect();
         acked.iter().all(|id| self.waiting.get(id).is_none_or(|w| w.is_none()))
     }
 
@@ -241,7 +265,12 @@ impl Recorder {
         let last = lock(&self.last_applied).unwrap_or(sends_done);
         let timeline = std::mem::take(&mut *lock(&self.per_second));
         // Distinct: a redelivered message is acked more than once.
-        let acked_ids: HashSet<String> = lock(&self.acked_ids).iter().cloned().collect();
+        let acked = std::mem::take(&mut *lock(&self.acked_messages));
+        let expected = Expected {
+            acked: distinct(acked.acked),
+            bad: distinct(acked.bad),
+            beside_bad: distinct(acked.beside_bad),
+        };
         let ack_us = lock(&self.ack).clone();
         let e2e_us = lock(&self.e2e).clone();
         let error_samples = lock(&self.error_samples).clone();
@@ -255,7 +284,7 @@ impl Recorder {
             applied: self.applied.load(Ordering::Relaxed),
             event_reconnects: self.event_reconnects.load(Ordering::Relaxed),
             elapsed: last.max(sends_done).saturating_duration_since(self.start),
-            acked_ids: acked_ids.into_iter().collect(),
+            expected,
             timeline,
             error_samples,
         }

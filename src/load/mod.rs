@@ -5,9 +5,13 @@
 //!
 //! A run: [`LoadArgs`] (`args`) → the servers started (`servers`: the own
 //! server of `own_server`, the processes of [`procs`], or `--target`; each
-//! folder guarded by `run_dir`) → the [`driver`]'s schedule, sending through
-//! `client`, timing through `events` into `measure`, with `chaos` beside →
-//! the `verdict` (drain, [`checker`], [`report`]) → the servers stopped.
+//! folder guarded by `run_dir`) → the [`scenario`]'s plan (the `mixed`
+//! one's kinds and bad messages: `mixed`), over the conversations of
+//! [`population`] (business numbers × contacts, some username-only) → the
+//! [`driver`]'s schedule, sending through `client` the deliveries of
+//! [`payloads`], timing through `events` into `measure`, with `chaos`
+//! beside → the `verdict` (drain, [`checker`], [`report`]) → the servers
+//! stopped.
 
 mod args;
 mod chaos;
@@ -17,7 +21,10 @@ pub mod driver;
 mod events;
 pub mod fake_graph;
 mod measure;
+mod mixed;
 mod own_server;
+pub mod payloads;
+pub mod population;
 pub mod procs;
 pub mod report;
 mod run_dir;

@@ -9,6 +9,8 @@ use anyhow::Context;
 
 use super::args::LoadArgs;
 use super::fake_graph::FakeGraph;
+use super::payloads::{IMAGE, IMAGE_MIME};
+use super::population::other_numbers;
 use super::run_dir::RunDir;
 use super::scenario::Scenario;
 use super::EXAMPLE_FLOW;
@@ -48,6 +50,7 @@ impl OwnServer {
         let dir = RunDir::create()?;
         let graph = FakeGraph::start()?;
         graph.set_latency(Duration::from_millis(args.send_latency_ms));
+        graph.serve_any_media(IMAGE, IMAGE_MIME);
         let app_secret = Secret::new(format!("{:032x}", rand::random::<u128>()));
         let s = settings(args, &dir, &graph, &app_secret)?;
         let flow = Flow::parse(EXAMPLE_FLOW, "flows/reporte.toml")?;
@@ -113,8 +116,9 @@ impl Drop for OwnServer {
     }
 }
 
-/// The own server's settings: the cluster in the run's folder, replies to
-/// the fake send API, and the limits lifted that would only measure themselves.
+/// The own server's settings: the cluster and the media files in the run's
+/// folder, replies to the fake send API from each of `--numbers` numbers,
+/// and the limits lifted that would only measure themselves.
 fn settings(args: &LoadArgs, dir: &RunDir, graph: &FakeGraph, app_secret: &Secret) -> anyhow::Result<Settings> {
     let mut s = Settings::default();
     s.database.embedded.data_dir = dir.data_dir();
@@ -124,6 +128,8 @@ fn settings(args: &LoadArgs, dir: &RunDir, graph: &FakeGraph, app_secret: &Secre
     s.server.bind = "127.0.0.1:0".into();
     s.whatsapp = graph.settings();
     s.whatsapp.app_secret = Some(app_secret.clone());
+    s.whatsapp.numbers = other_numbers(args.numbers as usize);
+    s.media.dir = dir.path().join("media");
     // The fake API takes any rate; WhatsApp's 80/s tier would only measure itself.
     s.outbox.rate_per_s = 100_000;
     if let Some((batch, concurrency)) = args.outbox_sends {

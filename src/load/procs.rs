@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::fake_graph::FakeGraph;
+use super::payloads::{IMAGE, IMAGE_MIME};
+use super::population::other_numbers;
 use super::scenario::Scenario;
 use crate::config::{DatabaseSettings, PgValue, Secret};
 use crate::db::Database;
@@ -43,16 +45,18 @@ fn quoted(s: &str) -> String {
 }
 
 impl Processes {
-    /// Starts the database, the fake API and `n` processes of `bin`; returns
-    /// once each answers `/readyz`.
+    /// Starts the database, the fake API and `n` processes of `bin`, each
+    /// serving `numbers` business numbers; returns once each answers `/readyz`.
     pub async fn start(
         n: usize,
         bin: &Path,
         scenario: Scenario,
+        numbers: usize,
         dir: &Path,
         server_settings: &BTreeMap<String, PgValue>,
     ) -> anyhow::Result<Self> {
         let graph = FakeGraph::start()?;
+        graph.serve_any_media(IMAGE, IMAGE_MIME);
         let app_secret = Secret::new(format!("{:032x}", rand::random::<u128>()));
         let mut db_settings = DatabaseSettings::default();
         db_settings.embedded.data_dir = super::run_dir::data_dir(dir);
@@ -72,7 +76,7 @@ impl Processes {
         for i in 0..n {
             let port = free_port()?;
             let config = dir.join(format!("serve-{i}.toml"));
-            std::fs::write(&config, me.config_text(port, scenario))?;
+            std::fs::write(&config, me.config_text(port, scenario, numbers))?;
             let log = dir.join(format!("serve-{i}.log"));
             let child = me.spawn(&config, &log)?;
             me.procs.push(Proc {
@@ -88,8 +92,20 @@ impl Processes {
         Ok(me)
     }
 
-    fn config_text(&self, port: u16, scenario: Scenario) -> String {
+    /// A process's configuration: its port, the shared database, flow and
+    /// media folder, and the business numbers (the home one, then
+    /// `[[whatsapp.numbers]]`).
+    fn config_text(&self, port: u16, scenario: Scenario, numbers: usize) -> String {
         let wa = self.graph.settings();
+        let others: String = other_numbers(numbers)
+            .iter()
+            .map(|n| {
+                format!(
+                    "[[whatsapp.numbers]]\nphone_number_id = {}\n",
+                    quoted(&n.phone_number_id)
+                )
+            })
+            .collect();
         let ai = if scenario == Scenario::AiSlow {
             "[ai]\nprovider = \"simulated\"\nintent_timeout_ms = 500\nextract_timeout_ms = 500\n\
              [ai.simulated]\nlatency_ms = 100\njitter_ms = 150\nerror_rate = 0.05\nhang_rate = 0.01\n"
@@ -100,10 +116,12 @@ impl Processes {
             "[server]\nbind = \"127.0.0.1:{port}\"\nshutdown_timeout_s = 10\n\
              [database]\nurl = {url}\nmax_connections = 16\n\
              [whatsapp]\napp_secret = {secret}\naccess_token = {token}\nphone_number_id = {pnid}\napi_base = {base}\n\
+             {others}\
              [api]\nrate_per_s = 1000000\nburst = 1000000\n\
              [engine]\nshare_events = true\nresume_interval_s = 1\ninbox_lease_ms = 5000\n\
              [outbox]\nrate_per_s = 100000\nlease_ms = 3000\n\
              [flow]\npath = {flow}\n\
+             [media]\ndir = {media}\n\
              [log]\nlevel = \"warn\"\n{ai}",
             url = quoted(self.db.url().expose()),
             secret = quoted(self.app_secret.expose()),
@@ -111,6 +129,7 @@ impl Processes {
             pnid = quoted(wa.phone_number_id.as_deref().unwrap_or_default()),
             base = quoted(&wa.api_base),
             flow = quoted(&self.dir.join("flow.toml").display().to_string()),
+            media = quoted(&self.dir.join("media").display().to_string()),
         )
     }
 

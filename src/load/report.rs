@@ -81,6 +81,10 @@ pub struct Report {
     pub connections: usize,
     pub duration_s: f64,
     pub phones: usize,
+    /// Business numbers the conversations were spread over (`--numbers`).
+    pub numbers: usize,
+    /// The share of contacts known by their BSUID alone (`--username-share`).
+    pub username_share: f64,
     pub sent: u64,
     pub acked: u64,
     pub errors: u64,
@@ -143,6 +147,15 @@ impl Report {
             self.conflicts,
             self.retries
         );
+        if self.numbers > 1 || self.username_share > 0.0 {
+            t.push_str(&format!(
+                "  {} contacts over {} business number{}, {:.0}% of them username-only\n",
+                self.phones,
+                self.numbers,
+                if self.numbers == 1 { "" } else { "s" },
+                self.username_share * 100.0
+            ));
+        }
         t.push_str(&row("ack", &self.ack_latency_ms));
         t.push_str(&row("end-to-end", &self.e2e_latency_ms));
         if let Some(n) = self.outbound_requests {

@@ -42,6 +42,7 @@ impl Servers {
             args.processes.max(1),
             &bin,
             args.scenario,
+            args.numbers as usize,
             dir.path(),
             &args.server_settings,
         )

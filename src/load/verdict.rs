@@ -4,15 +4,16 @@
 use std::time::Instant;
 
 use super::args::LoadArgs;
-use super::checker::{self, Violation};
+use super::checker::{self, Expected, Violation};
 use super::client::{metric_sum, Target};
 use super::fake_graph::FakeGraph;
 use super::measure::Measured;
 use super::report::{Percentiles, Report, TimelinePoint};
 use super::servers::Servers;
 
-/// The provider id `--plant-violation` adds to the acked ones: never sent,
-/// so the checker finds it never registered.
+/// The provider id `--plant-violation` adds to the acked ones (in the
+/// first contact's conversation on the home number): never sent, so the
+/// checker finds it never registered.
 const PLANTED_ID: &str = "wamid.planted-never-sent";
 
 /// Repeated sends named in the report, for a first look.
@@ -52,10 +53,11 @@ pub(super) async fn report(
         .await
         .then(|| drain_from.elapsed().as_secs_f64());
     if args.plant_violation {
-        measured.acked_ids.push(PLANTED_ID.to_string());
+        let key = super::population::phone(0);
+        measured.expected.acked.push((key, PLANTED_ID.to_string()));
     }
     let checked = match servers.database_url(args) {
-        Some(url) => check(&url, &measured.acked_ids, servers.graph()).await?,
+        Some(url) => check(&url, &measured.expected, servers.graph()).await?,
         None => Checked {
             checked: false,
             violations: Vec::new(),
@@ -76,8 +78,8 @@ pub(super) async fn report(
 
 /// Runs the checker on `url`: the invariants, the server's
 /// `synchronous_commit`, and repeated sends when the fake send API saw them.
-async fn check(url: &str, acked: &[String], graph: Option<&FakeGraph>) -> anyhow::Result<Checked> {
-    let mut violations = checker::check(url, acked).await?;
+async fn check(url: &str, expected: &Expected, graph: Option<&FakeGraph>) -> anyhow::Result<Checked> {
+    let mut violations = checker::check(url, expected).await?;
     let synchronous_commit = checker::setting(url, "synchronous_commit").await.unwrap_or_default();
     let mut resent_after_crash = 0;
     if let Some(graph) = graph {
@@ -114,6 +116,8 @@ fn assemble(args: &LoadArgs, target: &Target, m: Measured, served: Served, check
         connections: args.connections as usize,
         duration_s: args.duration as f64,
         phones: args.phones,
+        numbers: args.numbers as usize,
+        username_share: args.username_share,
         sent: m.sent,
         acked: m.acked,
         errors: m.errors,
