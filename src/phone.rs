@@ -7,6 +7,11 @@
 /// BSUID its country and last four (`US.****1918`). Short inputs are masked
 /// whole.
 pub fn mask(phone: &str) -> String {
+    // A conversation key of another business number: the number's id names
+    // no person, its contact is masked.
+    if let Some((number, contact)) = phone.split_once(':') {
+        return format!("{number}:{}", mask(contact));
+    }
     if is_group(phone) {
         // A group's id names no person.
         return phone.to_string();
@@ -91,6 +96,8 @@ mod tests {
         assert_eq!(mask("5215512341234"), "+52*******1234");
         assert_eq!(mask("+525512341234"), "+52******1234");
         assert_eq!(mask("123"), "****");
+        assert_eq!(mask("1098765433:5215512341234"), "1098765433:+52*******1234");
+        assert_eq!(mask("200:US.13491208655302741918"), "200:US.****1918");
     }
 
     #[test]
