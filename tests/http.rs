@@ -139,6 +139,12 @@ async fn every_message_type_is_accepted_stored_as_received_and_applied_once() {
             "unsupported",
             json!([{"code": 131051, "title": "Message type unknown", "message": "Message type unknown"}]),
         ),
+        ("request_welcome", json!({})),
+        (
+            "order",
+            json!({"catalog_id": "9001", "text": "para la tienda 12",
+                   "product_items": [{"product_retailer_id": "SKU-1", "quantity": 2, "item_price": 150, "currency": "MXN"}]}),
+        ),
         ("brand_new_type", json!({"whatever": [1, 2, 3]})),
     ];
     for (i, (kind, part)) in kinds.iter().enumerate() {
@@ -156,9 +162,9 @@ async fn every_message_type_is_accepted_stored_as_received_and_applied_once() {
         assert_eq!(stored, m, "{kind} stored as received");
     }
     let s = app.engine.conversation(PHONE).await.unwrap().unwrap();
-    // A reaction, an unsupported message and an unknown type are stored, not
-    // stepped: one version per stepped message.
-    assert_eq!(s.version, kinds.len() as i64 - 3, "each stepped exactly once");
+    // A reaction, an unsupported message, a welcome request, an order and an
+    // unknown type are stored, not stepped: one version per stepped message.
+    assert_eq!(s.version, kinds.len() as i64 - 5, "each stepped exactly once");
     let users: Vec<String> = messages::table
         .filter(messages::origin.eq("user"))
         .order(messages::id)
@@ -169,7 +175,7 @@ async fn every_message_type_is_accepted_stored_as_received_and_applied_once() {
     assert_eq!(&users[..4], ["hola", "Refrigerador", "Vehículo", "Sí"]);
     assert_eq!(users[4], "la etiqueta", "a caption is the text of a media message");
     assert_eq!(users.len(), kinds.len(), "every message stored once");
-    for shown in ["👍", "[unsupported]", "[brand_new_type]"] {
+    for shown in ["👍", "[unsupported]", "[request_welcome]", "[order]", "[brand_new_type]"] {
         assert!(users.iter().any(|u| u == shown), "{shown} in {users:?}");
     }
     app.stop().await;
