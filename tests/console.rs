@@ -197,6 +197,16 @@ async fn console_errors(c: &Client) -> Vec<String> {
         .collect()
 }
 
+/// The browser's errors but the 401s of signing in (a wrong token, or the
+/// sign-in page's first look before a token): those are by design.
+async fn errors_past_sign_in(c: &Client) -> Vec<String> {
+    console_errors(c)
+        .await
+        .into_iter()
+        .filter(|e| !e.contains("401"))
+        .collect()
+}
+
 #[actix_web::test]
 async fn the_console_lists_answers_hands_off_and_tracks_delivery_live() {
     let db = TestDb::migrated().await;
@@ -485,11 +495,7 @@ async fn the_console_lists_answers_hands_off_and_tracks_delivery_live() {
     assert_eq!(js(&c, "document.getElementById('ops-dead').textContent").await, "0");
 
     // No console errors but the one 401 the wrong token caused.
-    let errors: Vec<String> = console_errors(&c)
-        .await
-        .into_iter()
-        .filter(|e| !e.contains("401"))
-        .collect();
+    let errors = errors_past_sign_in(&c).await;
     assert!(errors.is_empty(), "browser console errors: {errors:?}");
 
     c.close().await.unwrap();
@@ -630,12 +636,7 @@ async fn the_console_shows_a_username_contact_and_the_photo_it_sent() {
     )
     .await;
     save_screenshot(&c, "photo.png").await;
-    // The sign-in page's first look, before a token, is a 401 by design.
-    let errors: Vec<String> = console_errors(&c)
-        .await
-        .into_iter()
-        .filter(|e| !e.contains("401"))
-        .collect();
+    let errors = errors_past_sign_in(&c).await;
     assert!(errors.is_empty(), "browser console errors: {errors:?}");
     assert_eq!(fake.media_served().len(), 1, "fetched once from the Graph API");
     c.close().await.unwrap();

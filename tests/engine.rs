@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde_json::json;
 use support::rows::{Rows, SessionUpdate};
-use support::{engine_settings, example_flow, say, transcript, TestDb};
+use support::{engine_settings, example_flow, say, transcript, user_messages, TestDb};
 use switchboard::db::schema::{dead_letters, inbox, outbox};
 use switchboard::engine::Middleware;
 use switchboard::{Engine, InboundMessage};
@@ -28,16 +28,6 @@ async fn engine(db: &TestDb, adjust: impl FnOnce(&mut switchboard::config::Setti
         .start()
         .await
         .unwrap()
-}
-
-/// The user's messages of a conversation, in the order they were applied.
-async fn user_messages(db: &TestDb, phone: &str) -> Vec<String> {
-    transcript(db, phone)
-        .await
-        .into_iter()
-        .filter(|(o, _)| o == "user")
-        .map(|(_, b)| b)
-        .collect()
 }
 
 async fn unprocessed(db: &TestDb) -> i64 {

@@ -175,7 +175,13 @@ async fn every_message_type_is_accepted_stored_as_received_and_applied_once() {
     assert_eq!(&users[..4], ["hola", "Refrigerador", "Vehículo", "Sí"]);
     assert_eq!(users[4], "la etiqueta", "a caption is the text of a media message");
     assert_eq!(users.len(), kinds.len(), "every message stored once");
-    for shown in ["👍", "[unsupported]", "[request_welcome]", "[order]", "[brand_new_type]"] {
+    for shown in [
+        "👍",
+        "[unsupported]",
+        "[request_welcome]",
+        "[order]",
+        "[brand_new_type]",
+    ] {
         assert!(users.iter().any(|u| u == shown), "{shown} in {users:?}");
     }
     app.stop().await;

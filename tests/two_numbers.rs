@@ -11,7 +11,7 @@ mod support;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use support::rows::Rows;
-use support::{engine_settings, example_flow, text, transcript, TestDb};
+use support::{engine_settings, example_flow, text, user_messages, TestDb};
 use switchboard::config::NumberSettings;
 use switchboard::db::schema::{inbox, outbox};
 use switchboard::{Engine, InboundMessage};
@@ -50,15 +50,6 @@ fn to(number: &str, id: String, body: &str) -> InboundMessage {
         contact_name: None,
         contact_username: None,
     }
-}
-
-async fn user_messages(db: &TestDb, key: &str) -> Vec<String> {
-    transcript(db, key)
-        .await
-        .into_iter()
-        .filter(|(o, _)| o == "user")
-        .map(|(_, b)| b)
-        .collect()
 }
 
 #[tokio::test]

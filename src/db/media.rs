@@ -111,10 +111,12 @@ pub async fn record(conn: &mut AsyncPgConnection, job: &MediaJob, attempt: &Atte
 }
 
 /// A media file as the API shows it beside its message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Queryable)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Queryable, Selectable)]
+#[diesel(table_name = media, check_for_backend(diesel::pg::Pg))]
 pub struct MediaInfo {
     #[serde(skip)]
     pub provider_message_id: String,
+    #[diesel(column_name = media_id)]
     pub id: String,
     pub kind: String,
     pub mime_type: Option<String>,
@@ -124,34 +126,11 @@ pub struct MediaInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[diesel(column_name = last_error)]
     pub error: Option<String>,
     #[serde(skip)]
     pub path: Option<String>,
 }
-
-type InfoColumns = (
-    media::provider_message_id,
-    media::media_id,
-    media::kind,
-    media::mime_type,
-    media::caption,
-    media::status,
-    media::bytes,
-    media::last_error,
-    media::path,
-);
-
-const INFO: InfoColumns = (
-    media::provider_message_id,
-    media::media_id,
-    media::kind,
-    media::mime_type,
-    media::caption,
-    media::status,
-    media::bytes,
-    media::last_error,
-    media::path,
-);
 
 /// The media files of a conversation's messages `provider_ids`.
 pub async fn of_messages(conn: &mut AsyncPgConnection, phone: &str, provider_ids: &[&str]) -> Result<Vec<MediaInfo>> {
@@ -161,7 +140,7 @@ pub async fn of_messages(conn: &mut AsyncPgConnection, phone: &str, provider_ids
     Ok(media::table
         .filter(media::phone.eq(phone))
         .filter(media::provider_message_id.eq_any(provider_ids))
-        .select(INFO)
+        .select(MediaInfo::as_select())
         .load(conn)
         .await?)
 }
@@ -170,7 +149,7 @@ pub async fn of_messages(conn: &mut AsyncPgConnection, phone: &str, provider_ids
 pub async fn get(conn: &mut AsyncPgConnection, phone: &str, media_id: &str) -> Result<Option<MediaInfo>> {
     Ok(media::table
         .find((phone, media_id))
-        .select(INFO)
+        .select(MediaInfo::as_select())
         .first(conn)
         .await
         .optional()?)

@@ -2,7 +2,6 @@
 //! and the load harness give their own database, model or sender).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::{broadcast, watch, Semaphore};
 
@@ -24,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::events::{Event, EVENT_BUFFER};
 use crate::flow::{Flow, Flows};
 use crate::lifecycle::Lifecycle;
-use crate::media::{self, Fetcher, Graph, MediaStats};
+use crate::media::{self, Fetcher, MediaStats};
 use crate::numbers::Numbers;
 use crate::outbox::{Dispatcher, Outbound, SendQueue};
 use crate::whatsapp::sender::Sender;
@@ -118,32 +117,7 @@ impl EngineBuilder {
             quiesced(&life, &in_flight),
             |round| actors.spawn(life.track(round)),
         );
-        let media = Arc::new(MediaStats::default());
-        if settings.media.download {
-            actors.spawn(life.track(media::run(
-                Fetcher {
-                    db: db.clone(),
-                    graph: Graph::new(
-                        &settings.whatsapp.api_base,
-                        &settings.whatsapp.api_version,
-                        settings.media.max_bytes,
-                        Duration::from_millis(settings.media.timeout_ms),
-                    ),
-                    numbers: numbers.clone(),
-                    default_token: settings.whatsapp.access_token.clone(),
-                    settings: settings.media.clone(),
-                    stats: media.clone(),
-                },
-                life.child_token(),
-            )));
-        }
-        actors.spawn(life.track(presence::run(
-            db.url().clone(),
-            instance,
-            parts.events.clone(),
-            settings.engine.share_events,
-            life.child_token(),
-        )));
+        let media = spawn_background(&actors, &life, &db, &settings, &numbers, instance, &parts.events);
         let registry = Registry::new(started.arbiters, settings.engine.max_live_sessions);
         registry.set_deps(Arc::new(SessionDeps {
             db: db.clone(),
@@ -314,4 +288,31 @@ fn quiesced(
         stop.await;
         let _ = idle.wait_for(|n| *n == 0).await;
     }
+}
+
+/// The background tasks beside the dispatcher: the presence connection
+/// (liveness, shared events) and, unless turned off, the media fetcher.
+/// Returns the fetcher's counters.
+fn spawn_background(
+    actors: &ActorThread,
+    life: &Lifecycle,
+    db: &Database,
+    settings: &Settings,
+    numbers: &Arc<Numbers>,
+    instance: i64,
+    events: &broadcast::Sender<Event>,
+) -> Arc<MediaStats> {
+    actors.spawn(life.track(presence::run(
+        db.url().clone(),
+        instance,
+        events.clone(),
+        settings.engine.share_events,
+        life.child_token(),
+    )));
+    let media = Arc::new(MediaStats::default());
+    if settings.media.download {
+        let fetcher = Fetcher::new(db.clone(), numbers.clone(), settings, media.clone());
+        actors.spawn(life.track(media::run(fetcher, life.child_token())));
+    }
+    media
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::scenario::{Action, Bad, Kind, Message, Planned, Said};
+use super::plan::{Action, Bad, Kind, Message, Planned, Said};
 
 /// One delivery in this many holds a bad message (beside two good ones).
 pub const BAD_EVERY: usize = 20;
@@ -118,103 +118,5 @@ impl Mixed {
             self.last.insert(p, last.id.clone());
         }
         messages
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-
-    use super::*;
-    use crate::load::population::Population;
-    use crate::load::scenario::tests::plan_of;
-    use crate::load::scenario::Scenario;
-
-    #[test]
-    fn mixed_sends_reactions_images_locations_and_a_bad_message_in_every_twentieth_delivery() {
-        let plan = plan_of(
-            Scenario::Mixed,
-            10,
-            Population {
-                numbers: 2,
-                username_share: 0.5,
-            },
-        );
-        let mut seen = HashSet::new();
-        let (mut deliveries, mut with_bad, mut reactions, mut images, mut locations) = (0, 0, 0, 0, 0);
-        let mut bad_kinds = HashSet::new();
-        // In plan order (it is sorted by time, and mixed has one step per instant).
-        for step in &plan {
-            let Action::Webhook { to, messages } = &step.action else {
-                continue;
-            };
-            deliveries += 1;
-            let bad: Vec<&Message> = messages.iter().filter(|m| m.is_bad()).collect();
-            if !bad.is_empty() {
-                with_bad += 1;
-                assert_eq!(
-                    (bad.len(), messages.len()),
-                    (1, 3),
-                    "one bad among good ones: {messages:?}"
-                );
-            }
-            for m in messages {
-                match &m.kind {
-                    Kind::Reaction { message_id, .. } => {
-                        reactions += 1;
-                        assert!(
-                            seen.contains(&(to.key(), message_id.clone())),
-                            "a reaction to an earlier message of its contact"
-                        );
-                    }
-                    Kind::Image { caption, .. } => {
-                        images += 1;
-                        assert!(!caption.is_empty());
-                    }
-                    Kind::Location { .. } => locations += 1,
-                    Kind::Bad(b) => {
-                        bad_kinds.insert(*b);
-                    }
-                    Kind::Text(_) => {}
-                }
-                seen.insert((to.key(), m.id.clone()));
-            }
-        }
-        assert!(deliveries > 500, "{deliveries}");
-        assert_eq!(with_bad, deliveries / BAD_EVERY);
-        assert!(
-            reactions > 0 && images > 0 && locations > 0,
-            "{reactions} {images} {locations}"
-        );
-        assert_eq!(bad_kinds.len(), 2, "both kinds of bad message");
-        assert_eq!(
-            seen.len(),
-            plan.iter()
-                .map(|s| match &s.action {
-                    Action::Webhook { messages, .. } => messages.len(),
-                    _ => 0,
-                })
-                .sum::<usize>(),
-            "every message id is unique"
-        );
-    }
-
-    #[test]
-    fn only_mixed_sends_anything_but_texts() {
-        for scenario in [Scenario::Steady, Scenario::Duplicates, Scenario::Hot, Scenario::Burst] {
-            let plan = plan_of(scenario, 10, Population::default());
-            for step in &plan {
-                let Action::Webhook { messages, .. } = &step.action else {
-                    panic!("{scenario:?} plans only deliveries");
-                };
-                assert!(matches!(
-                    messages.as_slice(),
-                    [Message {
-                        kind: Kind::Text(_),
-                        ..
-                    }]
-                ));
-            }
-        }
     }
 }

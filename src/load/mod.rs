@@ -24,6 +24,7 @@ mod measure;
 mod mixed;
 mod own_server;
 pub mod payloads;
+pub mod plan;
 pub mod population;
 pub mod procs;
 pub mod report;

@@ -7,8 +7,8 @@
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::plan::{Bad, Kind, Message};
 use super::population::{Contact, Peer};
-use super::scenario::{Bad, Kind, Message};
 
 /// The file every image message names: the harness's fake send API serves
 /// it for any media id, and the messages carry its sha256, which the

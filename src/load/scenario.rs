@@ -8,7 +8,9 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use super::mixed::Mixed;
-use super::population::{Peer, Population};
+pub(super) use super::plan::Said;
+pub use super::plan::{Action, Bad, Kind, Message, Planned, SCRIPT};
+use super::population::Population;
 
 /// The named workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -59,138 +61,11 @@ pub struct Options {
     pub population: Population,
 }
 
-/// One thing to do, in one conversation.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    /// A WhatsApp delivery of one or more messages from the contact.
-    Webhook { to: Peer, messages: Vec<Message> },
-    /// A delivery status for one of our outbound messages.
-    Status { to: Peer, id: String, status: &'static str },
-    /// An agent reply through the API.
-    Agent { to: Peer, text: String },
-    /// A conversation read through the API.
-    Read { to: Peer },
-}
-
-/// One message of a delivery.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Message {
-    /// The provider's id (`wamid…`), unique in the plan.
-    pub id: String,
-    pub kind: Kind,
-}
-
-impl Message {
-    /// Whether the server must dead-letter it rather than apply it.
-    pub fn is_bad(&self) -> bool {
-        matches!(self.kind, Kind::Bad(_))
-    }
-}
-
-/// What a message is (its shape: `payloads`).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Kind {
-    /// Stepped.
-    Text(String),
-    /// To an earlier message of the contact: stored, not stepped (no
-    /// reply, no new version).
-    Reaction { message_id: String, emoji: &'static str },
-    /// With a caption (its text for the flow): stepped; the server fetches
-    /// the file.
-    Image { media_id: String, caption: String },
-    /// Stepped (no text).
-    Location { latitude: f64, longitude: f64 },
-    /// One the server cannot apply: dead-lettered, the rest of its delivery
-    /// applied.
-    Bad(Bad),
-}
-
-/// Why a bad message cannot be applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Bad {
-    /// Its sender is not a phone (`from`), or not a BSUID (`from_user_id`).
-    Sender,
-    /// A text over WhatsApp's 4,096 characters.
-    LongText,
-}
-
-/// An action and its intended send time.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Planned {
-    pub at: Duration,
-    pub action: Action,
-    /// A redelivery of a message planned earlier.
-    pub duplicate: bool,
-}
-
-/// What each phone says, in a loop: a whole fridge report per four messages.
-pub const SCRIPT: &[&str] = &["hola", "refrigerador", "1234567890", "si"];
-
-/// Who says what: the run's conversations, each contact's place in the
-/// script, and the ids of the plan's messages.
-pub(super) struct Said {
-    seed: u64,
-    population: Population,
-    turn: Vec<usize>,
-}
-
-impl Said {
-    fn new(o: &Options, phones: usize) -> Self {
-        Self {
-            seed: o.seed,
-            population: o.population,
-            turn: vec![0; phones],
-        }
-    }
-
-    /// Contact `p`'s conversation.
-    pub(super) fn peer(&self, p: usize) -> Peer {
-        self.population.peer(p)
-    }
-
-    /// Contact `p`'s next line of the script.
-    pub(super) fn next_line(&mut self, p: usize) -> String {
-        let line = SCRIPT[self.turn[p] % SCRIPT.len()];
-        self.turn[p] += 1;
-        line.to_string()
-    }
-
-    /// The id of the `k`-th message of the delivery of plan step `n`.
-    pub(super) fn id(&self, n: usize, k: usize) -> String {
-        match k {
-            0 => format!("wamid.load.{}.{n}", self.seed),
-            k => format!("wamid.load.{}.{n}.{k}", self.seed),
-        }
-    }
-
-    /// A media id for plan step `n` (digits, as the Graph API's), unique in the run.
-    pub(super) fn media_id(&self, n: usize) -> String {
-        format!("90{}{n:09}", self.seed)
-    }
-
-    /// A delivery of contact `p`'s next line, as a text.
-    fn text(&mut self, p: usize, n: usize, at: Duration) -> Planned {
-        let kind = Kind::Text(self.next_line(p));
-        let messages = vec![Message {
-            id: self.id(n, 0),
-            kind,
-        }];
-        Planned {
-            at,
-            action: Action::Webhook {
-                to: self.peer(p),
-                messages,
-            },
-            duplicate: false,
-        }
-    }
-}
-
 /// Builds the whole plan, sorted by time.
 pub fn plan(o: &Options) -> Vec<Planned> {
     let mut rng = StdRng::seed_from_u64(o.seed);
     let phones = o.phones.max(1);
-    let mut said = Said::new(o, phones);
+    let mut said = Said::new(o.seed, o.population, phones);
     let mut mixed = Mixed::default();
     let mut out = Vec::new();
     if o.scenario == Scenario::Burst {
@@ -245,12 +120,16 @@ fn sample(cdf: &[f64], u: f64) -> usize {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
+    use std::collections::HashSet;
+
     use super::*;
+    use crate::load::mixed::BAD_EVERY;
     use crate::load::payloads;
+    use crate::load::population::Peer;
 
     /// A plan of `scenario` over `phones` contacts, 1,000 steps long.
-    pub(in crate::load) fn plan_of(scenario: Scenario, phones: usize, population: Population) -> Vec<Planned> {
+    fn plan_of(scenario: Scenario, phones: usize, population: Population) -> Vec<Planned> {
         plan(&Options {
             scenario,
             rate: 100.0,
@@ -343,5 +222,93 @@ pub(super) mod tests {
             plan_of(Scenario::Mixed, 10, population),
             plan_of(Scenario::Mixed, 10, population)
         );
+    }
+
+    #[test]
+    fn mixed_sends_reactions_images_locations_and_a_bad_message_in_every_twentieth_delivery() {
+        let plan = plan_of(
+            Scenario::Mixed,
+            10,
+            Population {
+                numbers: 2,
+                username_share: 0.5,
+            },
+        );
+        let mut seen = HashSet::new();
+        let (mut deliveries, mut with_bad, mut reactions, mut images, mut locations) = (0, 0, 0, 0, 0);
+        let mut bad_kinds = HashSet::new();
+        // In plan order (it is sorted by time, and mixed has one step per instant).
+        for step in &plan {
+            let Action::Webhook { to, messages } = &step.action else {
+                continue;
+            };
+            deliveries += 1;
+            let bad: Vec<&Message> = messages.iter().filter(|m| m.is_bad()).collect();
+            if !bad.is_empty() {
+                with_bad += 1;
+                assert_eq!(
+                    (bad.len(), messages.len()),
+                    (1, 3),
+                    "one bad among good ones: {messages:?}"
+                );
+            }
+            for m in messages {
+                match &m.kind {
+                    Kind::Reaction { message_id, .. } => {
+                        reactions += 1;
+                        assert!(
+                            seen.contains(&(to.key(), message_id.clone())),
+                            "a reaction to an earlier message of its contact"
+                        );
+                    }
+                    Kind::Image { caption, .. } => {
+                        images += 1;
+                        assert!(!caption.is_empty());
+                    }
+                    Kind::Location { .. } => locations += 1,
+                    Kind::Bad(b) => {
+                        bad_kinds.insert(*b);
+                    }
+                    Kind::Text(_) => {}
+                }
+                seen.insert((to.key(), m.id.clone()));
+            }
+        }
+        assert!(deliveries > 500, "{deliveries}");
+        assert_eq!(with_bad, deliveries / BAD_EVERY);
+        assert!(
+            reactions > 0 && images > 0 && locations > 0,
+            "{reactions} {images} {locations}"
+        );
+        assert_eq!(bad_kinds.len(), 2, "both kinds of bad message");
+        assert_eq!(
+            seen.len(),
+            plan.iter()
+                .map(|s| match &s.action {
+                    Action::Webhook { messages, .. } => messages.len(),
+                    _ => 0,
+                })
+                .sum::<usize>(),
+            "every message id is unique"
+        );
+    }
+
+    #[test]
+    fn only_mixed_sends_anything_but_texts() {
+        for scenario in [Scenario::Steady, Scenario::Duplicates, Scenario::Hot, Scenario::Burst] {
+            let plan = plan_of(scenario, 10, Population::default());
+            for step in &plan {
+                let Action::Webhook { messages, .. } = &step.action else {
+                    panic!("{scenario:?} plans only deliveries");
+                };
+                assert!(matches!(
+                    messages.as_slice(),
+                    [Message {
+                        kind: Kind::Text(_),
+                        ..
+                    }]
+                ));
+            }
+        }
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 pub use fetch::{Graph, Refused};
 pub use store::file_name;
 
-use crate::config::{MediaSettings, Secret};
+use crate::config::{MediaSettings, Secret, Settings};
 use crate::db::media::{self as rows, Attempt, MediaJob};
 use crate::db::Database;
 use crate::numbers::Numbers;
@@ -73,6 +73,24 @@ pub async fn run(fetcher: Fetcher, stop: CancellationToken) {
 }
 
 impl Fetcher {
+    /// A fetcher for the deployment `settings` describe.
+    pub fn new(db: Database, numbers: Arc<Numbers>, settings: &Settings, stats: Arc<MediaStats>) -> Self {
+        let m = &settings.media;
+        Self {
+            db,
+            graph: Graph::new(
+                &settings.whatsapp.api_base,
+                &settings.whatsapp.api_version,
+                m.max_bytes,
+                Duration::from_millis(m.timeout_ms),
+            ),
+            numbers,
+            default_token: settings.whatsapp.access_token.clone(),
+            settings: m.clone(),
+            stats,
+        }
+    }
+
     /// Claims the due jobs (at most `concurrency`) and makes one attempt at
     /// each; returns how many it claimed.
     async fn round(&self) -> usize {

@@ -321,6 +321,16 @@ pub async fn transcript(db: &TestDb, phone: &str) -> Vec<(String, String)> {
         .unwrap()
 }
 
+/// The customer's messages of a conversation, in the order they were applied.
+pub async fn user_messages(db: &TestDb, phone: &str) -> Vec<String> {
+    transcript(db, phone)
+        .await
+        .into_iter()
+        .filter(|(o, _)| o == "user")
+        .map(|(_, b)| b)
+        .collect()
+}
+
 /// A cluster with durable settings (`fsync`, `synchronous_commit` on) and the
 /// migrated engine database, for benchmarks. Stopped on drop.
 pub fn durable_cluster(rt: &tokio::runtime::Runtime, tag: &str) -> EmbeddedPostgres {
