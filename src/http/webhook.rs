@@ -193,6 +193,9 @@ fn check(m: &InboundWa, numbers: &Numbers) -> Result<(), String> {
     if m.id.is_empty() || m.id.len() > 256 {
         return Err("a provider message id has 1 to 256 characters".into());
     }
+    if let Some(group) = crate::whatsapp::kinds::group_of(&m.raw) {
+        phone::group_key(group).map_err(|why| format!("invalid group: {why}"))?;
+    }
     Ok(())
 }
 
