@@ -9,7 +9,10 @@
 pub fn mask(phone: &str) -> String {
     // A conversation key of another business number: the number's id names
     // no person, its contact is masked.
-    if let Some((number, contact)) = phone.split_once(':') {
+    if let Some((number, contact)) = phone
+        .split_once(':')
+        .filter(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    {
         return format!("{number}:{}", mask(contact));
     }
     if is_group(phone) {

@@ -968,6 +968,14 @@ async fn a_delivery_with_bad_messages_is_acknowledged_the_good_applied_and_the_b
     no_id.as_object_mut().unwrap().remove("id");
     let mut bad_group = text_message(PHONE, "wamid.badgroup", "hola");
     bad_group["group_id"] = json!("../../etc");
+    let mut number_group = text_message(PHONE, "wamid.numgroup", "hola");
+    number_group["group_id"] = json!(120363);
+    let crafted_media = message(
+        PHONE,
+        "wamid.badmedia",
+        "image",
+        json!({"id": "../me?fields=access_token", "mime_type": "image/jpeg"}),
+    );
     let mut bad_status = status("wamid.out", PHONE, "delivered");
     bad_status.as_object_mut().unwrap().remove("status");
     let body = serde_json::to_vec(&delivery(vec![change(
@@ -981,6 +989,8 @@ async fn a_delivery_with_bad_messages_is_acknowledged_the_good_applied_and_the_b
             text_message(PHONE, &format!("wamid.{}", "x".repeat(300)), "hola"),
             text_message(PHONE, "wamid.nul", "ho\u{0}la"),
             bad_group,
+            number_group,
+            crafted_media,
             text_message(PHONE, "wamid.good2", "vehiculo"),
         ],
         vec![bad_status],
@@ -991,7 +1001,7 @@ async fn a_delivery_with_bad_messages_is_acknowledged_the_good_applied_and_the_b
     let answer: Value = r.json().await.unwrap();
     assert_eq!(
         (answer["accepted"].as_i64(), answer["dead_lettered"].as_i64()),
-        (Some(2), Some(9))
+        (Some(2), Some(11))
     );
     app.engine.wait_idle().await;
     let s = app.engine.conversation(PHONE).await.unwrap().unwrap();
@@ -1004,7 +1014,7 @@ async fn a_delivery_with_bad_messages_is_acknowledged_the_good_applied_and_the_b
     let letters = app.engine.dead_letters(false, 20).await.unwrap();
     let mut reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
     reasons.sort_unstable();
-    assert_eq!(letters.len(), 9, "{reasons:?}");
+    assert_eq!(letters.len(), 11, "{reasons:?}");
     assert!(letters.iter().all(|l| l.source == "webhook"));
     for expected in [
         "1 to 256 characters",
@@ -1016,6 +1026,8 @@ async fn a_delivery_with_bad_messages_is_acknowledged_the_good_applied_and_the_b
         "without `id`",
         "a status without",
         "invalid group",
+        "not a string",
+        "invalid media id",
     ] {
         assert!(
             reasons.iter().any(|r| r.contains(expected)),
@@ -1029,11 +1041,11 @@ async fn a_delivery_with_bad_messages_is_acknowledged_the_good_applied_and_the_b
     let again: Value = app.deliver(&body, Some(APP_SECRET)).await.json().await.unwrap();
     assert_eq!(again["duplicates"], 2);
     app.engine.wait_idle().await;
-    assert_eq!(app.engine.dead_letters(false, 20).await.unwrap().len(), 9);
+    assert_eq!(app.engine.dead_letters(false, 20).await.unwrap().len(), 11);
     assert_eq!(app.engine.conversation(PHONE).await.unwrap().unwrap().version, 2);
     let metrics = app.get_text("/metrics").await;
     assert!(
-        metrics.contains("switchboard_dead_letters_unusable_total 9"),
+        metrics.contains("switchboard_dead_letters_unusable_total 11"),
         "{metrics}"
     );
 

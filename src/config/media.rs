@@ -40,7 +40,7 @@ impl Default for MediaSettings {
             max_attempts: 6,
             base_delay_ms: 1_000,
             max_delay_ms: 300_000,
-            lease_ms: 120_000,
+            lease_ms: 150_000,
             poll_interval_ms: 1_000,
             concurrency: 4,
             timeout_ms: 60_000,

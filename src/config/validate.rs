@@ -35,6 +35,11 @@ impl Settings {
         p.check(self.media.concurrency >= 1, "media.concurrency", "must be at least 1");
         p.check(self.media.max_bytes >= 1, "media.max_bytes", "must be at least 1");
         p.check(
+            self.media.lease_ms > 2 * self.media.timeout_ms as i64,
+            "media.lease_ms",
+            "must exceed twice media.timeout_ms (a fetch is two requests)",
+        );
+        p.check(
             self.api.tokens.iter().all(|t| !t.is_empty()),
             "api.tokens",
             "must not contain an empty token",

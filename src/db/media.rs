@@ -66,7 +66,12 @@ pub enum Attempt {
 
 /// Records how `job`'s attempt ended.
 pub async fn record(conn: &mut AsyncPgConnection, job: &MediaJob, attempt: &Attempt) -> Result<()> {
-    let row = media::table.find((&job.phone, &job.media_id));
+    // Only while this claim holds: a claim taken over after its lease
+    // (another process, one more attempt) is not overwritten by a late record.
+    let row = media::table
+        .find((&job.phone, &job.media_id))
+        .filter(media::status.eq("pending"))
+        .filter(media::attempts.eq(job.attempts));
     let now = diesel::dsl::now;
     match attempt {
         Attempt::Downloaded { path, bytes, mime_type } => {

@@ -364,6 +364,13 @@ outcome = "report"
             ),
             (Some("120200"), Some("wamid.bot.1"))
         );
+        let next = step(&flow, "photo", &r.data, false, &said(None), "R1b");
+        assert_eq!(next.state, "photo", "not terminal: the data is kept");
+        assert!(
+            next.data.get(REPLY_TO_KEY).is_none(),
+            "the next message replies to nothing"
+        );
+        assert_eq!(next.data[REFERRAL_KEY]["source_id"], "120200");
         let photo = Understanding {
             input: Some(json!({"id": "m1"})),
             ..said(None)

@@ -154,12 +154,12 @@ fn inbound(m: InboundWa) -> InboundMessage {
 /// meant for — `<phone_number_id>:<contact>` for a number other than the
 /// home one, the BSUID of a username-only sender — not its bare `from`.
 fn filed(m: &InboundWa, numbers: &Numbers, mut letter: Unusable) -> Unusable {
-    let sender = if m.from.is_empty() {
-        m.user_id.as_deref()
-    } else {
-        Some(m.from.as_str())
+    let contact = match crate::whatsapp::kinds::group_of(&m.raw) {
+        Some(group) => phone::group_key(group).ok(),
+        None if m.from.is_empty() => m.user_id.clone().filter(|u| phone::is_bsuid(u)),
+        None => phone::normalize(&m.from).ok(),
     };
-    if let Some(contact) = sender.and_then(|s| crate::phone::contact_key(s).ok()) {
+    if let Some(contact) = contact {
         letter.from = numbers.conversation(m.business_number.as_deref(), &contact);
     }
     letter
@@ -193,8 +193,15 @@ fn check(m: &InboundWa, numbers: &Numbers) -> Result<(), String> {
     if m.id.is_empty() || m.id.len() > 256 {
         return Err("a provider message id has 1 to 256 characters".into());
     }
-    if let Some(group) = crate::whatsapp::kinds::group_of(&m.raw) {
-        phone::group_key(group).map_err(|why| format!("invalid group: {why}"))?;
+    if let Some(group) = m.raw.get("group_id") {
+        let id = group.as_str().ok_or("invalid group: `group_id` is not a string")?;
+        phone::group_key(id).map_err(|why| format!("invalid group: {why}"))?;
+    }
+    // The media id goes into a Graph API path and a key: plain, bounded.
+    if let Some(media) = crate::whatsapp::kinds::media_of(&m.raw) {
+        if crate::media::file_name(&media.id) != media.id {
+            return Err("invalid media id: 1 to 128 letters, digits, `-` or `_`".into());
+        }
     }
     Ok(())
 }

@@ -90,11 +90,14 @@ impl Graph {
             return Ok(resp);
         }
         let why = format!("HTTP {} from the Graph API", status.as_u16());
-        Err(if status.is_server_error() || status.as_u16() == 429 {
-            Refused::Transient(why)
-        } else {
-            Refused::Permanent(why)
-        })
+        // 401/403 too: a token being rotated works again on a later attempt.
+        Err(
+            if status.is_server_error() || matches!(status.as_u16(), 401 | 403 | 429) {
+                Refused::Transient(why)
+            } else {
+                Refused::Permanent(why)
+            },
+        )
     }
 
     fn within_limit(&self, size: u64) -> Result<(), Refused> {
