@@ -16,6 +16,7 @@ pub mod pool;
 pub mod read;
 pub mod replica;
 pub mod resume;
+pub mod send_budget;
 #[rustfmt::skip]
 pub mod schema;
 pub mod sessions;

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Integer, Jsonb, Text};
+use diesel::sql_types::{BigInt, Bool, Integer, Jsonb, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::schema::{dead_letters, messages, outbox};
@@ -34,10 +34,21 @@ pub struct Claimed {
     pub idempotency_key: String,
     #[diesel(sql_type = Integer)]
     pub attempts: i32,
+    /// Claimed again after its lease ran out while it was being sent: its
+    /// sender died (or lost the database) before recording the answer, so
+    /// the provider may have accepted it already — sending it again may
+    /// repeat it.
+    #[diesel(sql_type = Bool)]
+    pub lapsed: bool,
 }
 
-/// Claims up to `limit` due rows: pending ones, and `sending` ones whose
-/// lease expired (their process died mid-send). Each claim counts an attempt.
+/// Claims up to `limit` due rows, each the next of its conversation: a row
+/// is claimed only while no earlier row of its conversation is open
+/// (pending or being sent), so a conversation's messages leave one at a
+/// time, in the order they were committed — across processes, as every
+/// claim reads the same rows. Due rows are pending ones and `sending` ones
+/// whose lease expired (their process died mid-send). Each claim counts an
+/// attempt.
 #[tracing::instrument(skip_all, fields(limit))]
 pub async fn claim(conn: &mut AsyncPgConnection, limit: i64, lease_ms: i64) -> Result<Vec<Claimed>> {
     Ok(Cached::new("WITH claim AS (SELECT ")
@@ -45,33 +56,69 @@ pub async fn claim(conn: &mut AsyncPgConnection, limit: i64, lease_ms: i64) -> R
         .sql("::int8 AS n, ")
         .bind::<BigInt, _>(lease_ms)
         .sql(
-            "::int8 AS lease_ms) \
+            "::int8 AS lease_ms), \
+             due AS (SELECT d.phone, d.id, d.status AS was FROM outbox d \
+                   WHERE d.status IN ('pending', 'sending') AND d.next_attempt_at <= now() \
+                     AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.phone = d.phone AND p.id < d.id \
+                                       AND p.status IN ('pending', 'sending')) \
+                   ORDER BY d.next_attempt_at, d.id LIMIT (SELECT n FROM claim) FOR UPDATE SKIP LOCKED) \
              UPDATE outbox AS o SET status = 'sending', attempts = o.attempts + 1, \
                     next_attempt_at = now() + make_interval(secs => claim.lease_ms / 1000.0), updated_at = now() \
-             FROM claim, (SELECT phone, id FROM outbox \
-                   WHERE status IN ('pending', 'sending') AND next_attempt_at <= now() \
-                   ORDER BY next_attempt_at, id LIMIT (SELECT n FROM claim) FOR UPDATE SKIP LOCKED) AS due \
+             FROM claim, due \
              WHERE o.phone = due.phone AND o.id = due.id \
-             RETURNING o.id, o.phone, o.payload, o.idempotency_key, o.attempts",
+             RETURNING o.id, o.phone, o.payload, o.idempotency_key, o.attempts, due.was = 'sending' AS lapsed",
         )
         .load(conn)
         .await?)
 }
 
+/// Claims the next row of each of `phones` (sorted, distinct) whose row
+/// before it was just finished in this transaction: the conversation's
+/// next message goes at once, without waiting for the claim query, and no
+/// other process can take it first (it saw the finished row still open).
+async fn claim_next(conn: &AsyncPgConnection, phones: &[&str], lease_ms: i64) -> diesel::QueryResult<Vec<Claimed>> {
+    use diesel::sql_types::Array;
+    Cached::new("UPDATE outbox AS o SET status = 'sending', attempts = o.attempts + 1, next_attempt_at = now() + ")
+        .bind::<BigInt, _>(lease_ms)
+        .sql(
+            "::int8 * interval '1 millisecond', updated_at = now() \
+             FROM unnest(",
+        )
+        .bind::<Array<Text>, _>(phones)
+        .sql(
+            "::text[]) AS c(phone) CROSS JOIN LATERAL \
+               (SELECT h.id FROM outbox h WHERE h.phone = c.phone AND h.status IN ('pending', 'sending') \
+                ORDER BY h.id LIMIT 1) AS head \
+             WHERE o.phone = c.phone AND o.id = head.id AND o.status = 'pending' AND o.next_attempt_at <= now() \
+             RETURNING o.id, o.phone, o.payload, o.idempotency_key, o.attempts, false AS lapsed",
+        )
+        .load::<Claimed>(&mut &*conn)
+        .await
+}
+
 /// Rows were sent: store each provider id on its row and on its message,
-/// all in one transaction (one commit instead of one each). Rows are updated in key
-/// order, so concurrent batches cannot deadlock.
-pub async fn mark_sent_batch(conn: &mut AsyncPgConnection, sent: &[(&Claimed, String)]) -> Result<()> {
+/// and claim each conversation's next row, all in one transaction (one
+/// commit instead of one each). Returns the next rows, leased for
+/// `lease_ms`. Rows are updated in key order, so concurrent batches cannot
+/// deadlock.
+pub async fn mark_sent_batch(
+    conn: &mut AsyncPgConnection,
+    sent: &[(Claimed, String)],
+    lease_ms: i64,
+) -> Result<Vec<Claimed>> {
     use diesel::sql_types::{Array, BigInt, Text};
-    let mut sorted: Vec<&(&Claimed, String)> = sent.iter().collect();
+    let mut sorted: Vec<&(Claimed, String)> = sent.iter().collect();
     sorted.sort_by(|a, b| (&a.0.phone, a.0.id).cmp(&(&b.0.phone, b.0.id)));
     let phones: Vec<&str> = sorted.iter().map(|(r, _)| r.phone.as_str()).collect();
     let ids: Vec<i64> = sorted.iter().map(|(r, _)| r.id).collect();
     let keys: Vec<&str> = sorted.iter().map(|(r, _)| r.idempotency_key.as_str()).collect();
     let pids: Vec<&str> = sorted.iter().map(|(_, p)| p.as_str()).collect();
+    let mut conversations = phones.clone();
+    conversations.dedup();
     conn.transaction::<_, DbError, _>(async move |conn| {
-        // Two independent updates, pipelined (as in `steps::apply`): one
-        // round trip for both.
+        // Three statements, pipelined (as in `steps::apply`): one round
+        // trip. PostgreSQL runs them in the order sent, so the next rows
+        // are claimed after their predecessors were marked.
         let conn: &AsyncPgConnection = conn;
         let rows = Cached::new(
             "UPDATE outbox AS o SET status = 'sent', provider_message_id = u.pid, last_error = NULL, \
@@ -94,8 +141,9 @@ pub async fn mark_sent_batch(conn: &mut AsyncPgConnection, sent: &[(&Claimed, St
         .bind::<Array<Text>, _>(&pids)
         .sql("::text[]) AS u(phone, key, pid) WHERE m.phone = u.phone AND m.outbox_key = u.key")
         .execute(&mut &*conn);
-        futures_util::try_join!(rows, messages)?;
-        Ok(())
+        let next = claim_next(conn, &conversations, lease_ms);
+        let (_, _, next) = futures_util::try_join!(rows, messages, next)?;
+        Ok(next)
     })
     .await
 }
@@ -150,8 +198,17 @@ pub async fn release(conn: &mut AsyncPgConnection, row: &Claimed, at: DateTime<U
 }
 
 /// Ends the row: `failed` (permanent error) or `dead` (out of attempts, also
-/// copied to dead letters). Its message shows the failure.
-pub async fn mark_final(conn: &mut AsyncPgConnection, row: &Claimed, dead: bool, reason: &str) -> Result<()> {
+/// copied to dead letters). Its message shows the failure. The
+/// conversation's next row is claimed in the same transaction (leased for
+/// `lease_ms`) and returned: a failed message does not hold back the ones
+/// after it.
+pub async fn mark_final(
+    conn: &mut AsyncPgConnection,
+    row: &Claimed,
+    dead: bool,
+    reason: &str,
+    lease_ms: i64,
+) -> Result<Vec<Claimed>> {
     let row = row.clone();
     let reason = reason.to_string();
     conn.transaction::<_, DbError, _>(async move |conn| {
@@ -185,7 +242,7 @@ pub async fn mark_final(conn: &mut AsyncPgConnection, row: &Claimed, dead: bool,
                 .execute(conn)
                 .await?;
         }
-        Ok(())
+        Ok(claim_next(conn, &[row.phone.as_str()], lease_ms).await?)
     })
     .await
 }

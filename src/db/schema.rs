@@ -108,6 +108,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    send_budget (number, second) {
+        number -> Text,
+        second -> Int8,
+        used -> Int4,
+        last_grant -> Int4,
+    }
+}
+
+diesel::table! {
     sessions (phone) {
         phone -> Text,
         flow_state -> Text,
@@ -127,5 +136,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     messages,
     outbox,
     outcomes,
+    send_budget,
     sessions,
 );

@@ -29,8 +29,8 @@ pub(super) struct ActorParts {
     pub send_queue: Arc<SendQueue>,
     /// Clones (sharing state) for the AI actor and the supervisor.
     pub ai_breaker: CircuitBreaker,
-    /// A clone (sharing state) for the supervisor; the dispatcher gets another.
-    pub outbound_breaker: CircuitBreaker,
+    /// Clones (sharing state) for the supervisor; the dispatcher gets others.
+    pub outbound_breakers: crate::outbox::OutboundBreakers,
     /// Shared with the engine handle, which reads what the actor counts.
     pub writer_stats: Arc<WriterStats>,
     /// Shared with the engine handle, which reads what the actor counts.
@@ -120,7 +120,7 @@ fn start_actors(p: ActorParts, arbiters: Vec<ArbiterHandle>) -> Started {
     let group = p.settings.engine.group_commit.clone();
     let writer = DbWriter::new(p.db.clone(), group, p.writer_stats, p.send_queue, p.lease).start();
     let ai = AiActor::new(p.model, &p.settings.ai, p.ai_breaker.clone(), p.ai_stats).start();
-    let breakers = vec![p.ai_breaker, p.outbound_breaker];
+    let breakers = std::iter::once(p.ai_breaker).chain(p.outbound_breakers.all()).collect();
     let supervisor = Supervisor::new(p.db, p.settings.engine.max_crashes, breakers, p.supervisor_stats).start();
     Started {
         writer,

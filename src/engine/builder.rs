@@ -25,7 +25,7 @@ use crate::flow::{Flow, Flows};
 use crate::lifecycle::Lifecycle;
 use crate::media::{self, Fetcher, MediaStats};
 use crate::numbers::Numbers;
-use crate::outbox::{Dispatcher, Outbound, SendQueue};
+use crate::outbox::{Dispatcher, Outbound, OutboundBreakers, SendQueue};
 use crate::whatsapp::sender::Sender;
 
 /// Builds an [`Engine`]; anything not given comes from the settings.
@@ -101,7 +101,7 @@ impl EngineBuilder {
         // Random per start, never 0 (the column's default): a restarted
         // process does not inherit the leases of its previous life.
         let instance = (rand::random::<u64>() >> 1).max(1) as i64;
-        let parts = Parts::new(&settings);
+        let parts = Parts::new(&settings, &numbers);
         let life = Lifecycle::new();
         let (actors, started) = ActorThread::start(parts.for_actors(&db, &settings, model, instance)).await?;
         let in_flight = watch::channel(0).0;
@@ -112,7 +112,7 @@ impl EngineBuilder {
                 numbers: numbers.clone(),
             },
             settings.outbox.clone(),
-            parts.outbound_breaker.clone(),
+            parts.outbound_breakers.clone(),
             parts.send_queue.clone(),
             quiesced(&life, &in_flight),
             |round| actors.spawn(life.track(round)),
@@ -224,7 +224,7 @@ struct Parts {
     /// Cloned (sharing state) into the AI actor, the supervisor and the handle.
     ai_breaker: CircuitBreaker,
     /// Cloned (sharing state) into the dispatcher and the supervisor.
-    outbound_breaker: CircuitBreaker,
+    outbound_breakers: OutboundBreakers,
     /// Filled by the writer at commit, emptied by the dispatcher.
     send_queue: Arc<SendQueue>,
     /// A broadcast: the breakers, the session actors and presence publish,
@@ -245,18 +245,18 @@ impl Parts {
             },
             send_queue: self.send_queue.clone(),
             ai_breaker: self.ai_breaker.clone(),
-            outbound_breaker: self.outbound_breaker.clone(),
+            outbound_breakers: self.outbound_breakers.clone(),
             writer_stats: self.writer_stats.clone(),
             ai_stats: self.ai_stats.clone(),
             supervisor_stats: self.supervisor_stats.clone(),
         }
     }
 
-    fn new(settings: &Settings) -> Self {
+    fn new(settings: &Settings, numbers: &Numbers) -> Self {
         let ai_breaker = CircuitBreaker::new("ai", settings.ai.breaker.clone());
-        let outbound_breaker = CircuitBreaker::new("outbound", settings.outbox.breaker.clone());
+        let outbound_breakers = OutboundBreakers::new(&settings.outbox.breaker, numbers);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        for b in [&ai_breaker, &outbound_breaker] {
+        for b in std::iter::once(ai_breaker.clone()).chain(outbound_breakers.all()) {
             let tx: broadcast::Sender<Event> = events.clone();
             b.observe(Box::new(move |name, state| {
                 let _ = tx.send(Event::breaker(name, state));
@@ -268,7 +268,7 @@ impl Parts {
             ai_stats: Arc::default(),
             supervisor_stats: Arc::default(),
             ai_breaker,
-            outbound_breaker,
+            outbound_breakers,
             send_queue: Arc::new(SendQueue::new(&settings.outbox)),
             events,
         }

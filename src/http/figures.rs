@@ -17,7 +17,7 @@ type Counter = (&'static str, &'static str, u64);
 /// them (no copy is kept here). One line per metric, as a table (so not
 /// formatted).
 #[rustfmt::skip]
-pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats, m: &MediaStats) -> [Counter; 24] {
+pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats, m: &MediaStats) -> [Counter; 28] {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     [
         ("switchboard_deliveries_total", "Inbound messages accepted (first deliveries).", s.accepted),
@@ -40,6 +40,22 @@ pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats, m: &MediaStats
         ("switchboard_outbound_retries_total", "Outbound sends to retry.", l(&o.retried)),
         ("switchboard_outbound_failed_total", "Outbound messages failed permanently.", l(&o.failed)),
         ("switchboard_dead_letters_outbound_total", "Outbound messages moved to dead letters.", l(&o.dead)),
+        (
+            "switchboard_outbound_throttled_total",
+            "Sends the API refused for the number's or the pair's rate (130429, 131056); retried.",
+            l(&o.throttled),
+        ),
+        (
+            "switchboard_outbox_resent_after_crash_total",
+            "Rows sent again whose earlier attempt's answer was never recorded (its sender died mid-send): each may reach the customer twice.",
+            l(&o.resent_after_crash),
+        ),
+        ("switchboard_read_receipts_total", "Inbound messages marked read.", l(&o.read_receipts)),
+        (
+            "switchboard_read_receipts_failed_total",
+            "Read receipts that failed or passed their deadline (best-effort, never retried).",
+            l(&o.read_receipts_failed),
+        ),
         ("switchboard_media_downloaded_total", "Inbound media files fetched and kept.", l(&m.downloaded)),
         ("switchboard_media_retries_total", "Inbound media fetches to retry.", l(&m.retried)),
         ("switchboard_media_failed_total", "Inbound media files failed for good (over the size limit, refused, out of attempts).", l(&m.failed)),

@@ -1,22 +1,38 @@
 //! The outbox dispatcher: delivers the replies and agent messages that step
 //! transactions committed, through a [`Sender`], with retries, backoff,
-//! dead letters, a circuit breaker and a per-number rate limit.
+//! dead letters, a circuit breaker and a send rate per business number.
 //!
-//! A reply is claimed by the step transaction that writes it (status
-//! `sending`, leased to this process) and handed to the dispatcher in
-//! memory (its [`SendQueue`]): no claim statement, no commit of its own, on the
-//! way of a reply. Other rows — retries, rows left pending while the
-//! send queue was full, rows of a process that died — are claimed with `FOR
-//! UPDATE SKIP LOCKED` once their lease has passed, so several processes
-//! share one outbox and a row whose process died mid-send is retried
-//! after its lease. A row is marked `sent` once; it is never claimed
-//! again after that. (A crash between the provider's accept and our record
-//! can still repeat one send: no send API offers an idempotency key.)
+//! **Order per recipient.** A conversation's messages leave one at a time,
+//! in the order they were committed: a row is claimed only while no earlier
+//! row of its conversation is open (pending or being sent), and the next
+//! is claimed in the commit that records the one before it as sent or
+//! failed for good. A retry holds the later ones back until it succeeds or
+//! is dead-lettered. Different conversations go in parallel. The database
+//! decides every claim, so this holds across processes and crashes (a row
+//! whose sender died is sent again, after its lease, before any later one
+//! of its conversation).
+//!
+//! A conversation's next row is usually claimed by the step transaction
+//! that writes it (status `sending`, leased to this process) and handed to
+//! the dispatcher in memory (its [`SendQueue`]): no claim statement, no
+//! commit of its own, on the way of a reply. Other rows are claimed with
+//! `FOR UPDATE SKIP LOCKED` once due. A row is marked `sent` once; it is
+//! never claimed again after that.
+//!
+//! **A second send.** A crash between the provider's accept and the commit
+//! that marks the row `sent` sends it again after its lease (WhatsApp's
+//! send API has no idempotency key). Accepted sends wait only for the mark
+//! commit in flight, so the window is one commit long; every such resend is
+//! counted (`switchboard_outbox_resent_after_crash_total`).
 //!
 //! - [`SendQueue`]: rows claimed at commit, on their way in memory;
-//! - `worker`: one round — claim, send (rate-limited, behind the breaker), record;
-//! - `rate`: the per-number send rate.
+//! - `pipeline`: the task — claimed rows, sends, marks in batches;
+//! - `worker`: one row's send and the record of its result;
+//! - `rate`: each number's send rate, shared by the processes;
+//! - `breakers`: each number's circuit breaker.
 
+mod breakers;
+mod pipeline;
 mod rate;
 mod send_queue;
 mod worker;
@@ -26,10 +42,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{watch, Notify};
 
 pub use crate::config::OutboxSettings;
+pub use breakers::OutboundBreakers;
 pub use send_queue::SendQueue;
 
 use self::rate::Rates;
@@ -51,6 +67,15 @@ pub struct OutboxStats {
     pub failed: std::sync::atomic::AtomicU64,
     /// Rows moved to dead letters; atomic: counted by the sends, read by `/metrics`.
     pub dead: std::sync::atomic::AtomicU64,
+    /// Sends the provider refused for the rate (130429, 131056); atomic, as above.
+    pub throttled: std::sync::atomic::AtomicU64,
+    /// Rows sent again whose earlier attempt's answer was never recorded
+    /// (its sender died mid-send): each may reach the customer twice.
+    pub resent_after_crash: std::sync::atomic::AtomicU64,
+    /// Read receipts the send API took; atomic, as above.
+    pub read_receipts: std::sync::atomic::AtomicU64,
+    /// Read receipts that failed or ran past their deadline (never retried).
+    pub read_receipts_failed: std::sync::atomic::AtomicU64,
 }
 
 /// Longest time the dispatcher goes without counting its backlog.
@@ -69,16 +94,13 @@ pub struct Dispatcher {
     /// (when the last count began, the backlog it counted): a watch, so
     /// `wait_drained` waits for a count without polling.
     backlog: watch::Receiver<(Option<Instant>, i64)>,
-    /// The outbound breaker the sends go behind; a clone, sharing its state.
+    /// The home number's outbound breaker (`outbound`); a clone, sharing its state.
     pub breaker: CircuitBreaker,
+    /// Every number's breaker; clones, sharing their state.
+    pub breakers: OutboundBreakers,
     /// Shared with the worker: its sends count here, `/metrics` reads it here.
     pub stats: Arc<OutboxStats>,
 }
-
-/// Rounds in flight at once. A round waits for its slowest send before it
-/// records its sends; the next one claims and sends meanwhile, so one slow
-/// answer from the provider does not idle the other sends.
-const ROUNDS_AT_ONCE: usize = 2;
 
 /// What the dispatcher sends through, and from which number each row goes.
 pub struct Outbound {
@@ -95,7 +117,7 @@ impl Dispatcher {
         db: Database,
         Outbound { sender, numbers }: Outbound,
         settings: OutboxSettings,
-        breaker: CircuitBreaker,
+        breakers: OutboundBreakers,
         queue: Arc<SendQueue>,
         until: impl Future<Output = ()> + Send + 'static,
         spawn: impl FnOnce(futures_util::future::BoxFuture<'static, ()>),
@@ -110,20 +132,23 @@ impl Dispatcher {
             sender,
             rates: Rates::new(settings.rate_per_s, &numbers),
             numbers,
-            sends: tokio::sync::Semaphore::new(settings.concurrency.max(1)),
-            counted: std::sync::Mutex::new(None),
-            looked: std::sync::Mutex::new(None),
-            drain_waiters: drain_waiters.clone(),
             settings,
-            breaker: breaker.clone(),
+            breakers: breakers.clone(),
             stats: stats.clone(),
         });
-        spawn(Box::pin(run(worker, wake.clone(), backlog_tx, until)));
+        spawn(Box::pin(pipeline::run(
+            worker,
+            wake.clone(),
+            backlog_tx,
+            drain_waiters.clone(),
+            until,
+        )));
         Self {
             wake,
             drain_waiters,
             backlog,
-            breaker,
+            breaker: breakers.home().clone(),
+            breakers,
             stats,
         }
     }
@@ -165,62 +190,4 @@ impl Dispatcher {
             }
         }
     }
-}
-
-/// The dispatcher's task: rounds of sends, up to [`ROUNDS_AT_ONCE`] at a
-/// time, started by a wake-up, the poll pause or a round that found work;
-/// once `until` completes, the rounds in progress finish and the rows
-/// handed over and not sent are given back.
-async fn run(
-    worker: Arc<Worker>,
-    w: Arc<tokio::sync::Notify>,
-    backlog_tx: watch::Sender<(Option<std::time::Instant>, i64)>,
-    until: impl Future<Output = ()> + Send + 'static,
-) {
-    let mut rounds = FuturesUnordered::new();
-    // The last round found nothing due: wait for a wake-up or the pause.
-    let mut idle = false;
-    let mut stopping = false;
-    tokio::pin!(until);
-    loop {
-        if stopping {
-            if rounds.is_empty() {
-                break;
-            }
-        } else if (rounds.is_empty() && !idle)
-            || (rounds.len() < ROUNDS_AT_ONCE && (worker.queue.len() > 0 || worker.look_due()))
-        {
-            // A second round only for rows already handed over or
-            // when the claim query is due (retries, rows left
-            // pending): an idle outbox costs one claim query per
-            // look, not two.
-            rounds.push(worker.clone().round());
-            continue;
-        }
-        let pause = Duration::from_millis(worker.settings.poll_interval_ms);
-        tokio::select! {
-            Some(result) = rounds.next(), if !rounds.is_empty() => match result {
-                Ok((claimed, counted)) => {
-                    if let Some(count) = counted {
-                        backlog_tx.send_modify(|b| {
-                            // Rounds overlap: keep the latest count.
-                            if b.0.is_none_or(|at| at <= count.0) {
-                                *b = (Some(count.0), count.1);
-                            }
-                        });
-                    }
-                    // More may be due right away.
-                    idle = claimed == 0;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "outbox round failed");
-                    idle = true;
-                }
-            },
-            _ = w.notified(), if !stopping => idle = false,
-            _ = tokio::time::sleep(pause), if !stopping && rounds.len() < ROUNDS_AT_ONCE => idle = false,
-            _ = &mut until, if !stopping => stopping = true,
-        }
-    }
-    worker.give_back_handed().await;
 }

@@ -120,6 +120,7 @@ mod tests {
             payload: serde_json::json!({"text": "hola"}),
             idempotency_key: format!("k.{id}"),
             attempts: 1,
+            lapsed: false,
         }
     }
 

@@ -19,15 +19,24 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// WhatsApp error codes worth retrying: throughput limit, pair rate limit,
 /// generic/temporary errors. (Meta: "Error codes", Cloud API.)
-const RETRYABLE_CODES: &[i64] = &[1, 2, 4, 80007, 130429, 131000, 131016, 131056, 133004];
+const RETRYABLE_CODES: &[i64] = &[1, 2, 4, 80007, 131000, 131016, 133004];
+/// The number sends faster than its throughput allows.
+const NUMBER_THROTTLED: i64 = 130429;
+/// Too many messages to one user from this number in a short time.
+const PAIR_THROTTLED: i64 = 131056;
 
 /// How a send ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendOutcome {
     /// Accepted by the provider, with its message id.
     Sent { provider_id: String },
-    /// Try again later (network, 5xx, 429, throughput limits).
+    /// Try again later (network, 5xx, 429).
     Retry { reason: String },
+    /// The provider refused the rate: the number's throughput (130429) or
+    /// the pair's (131056, too many messages to one user). Try again
+    /// later; the number (or only that conversation) slows down. Not a
+    /// fault of the provider: the breaker does not count it.
+    Throttled { reason: String, pair: bool },
     /// Will never succeed (outside the 24 h window, undeliverable, invalid).
     Failed { reason: String },
 }
@@ -165,6 +174,24 @@ fn choice_id(choice: &str) -> String {
 pub trait Sender: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn send(&self, msg: OutboundMessage) -> BoxFuture<'static, SendOutcome>;
+    /// Marks the inbound message `message_id` read, from business number
+    /// `from` (`None`: the home number), with the typing indicator when
+    /// `typing` (shown until the reply or 25 seconds). Best-effort: the
+    /// caller bounds it with a deadline and never retries it.
+    fn mark_read(&self, from: Option<&str>, message_id: &str, typing: bool) -> BoxFuture<'static, Result<(), String>> {
+        let _ = (from, message_id, typing);
+        futures_util::future::ready(Err(format!("{} cannot mark messages read", self.name()))).boxed()
+    }
+}
+
+/// The body that marks `message_id` read (Cloud API: "Mark messages as
+/// read", with `typing_indicator`).
+pub fn read_receipt_json(message_id: &str, typing: bool) -> Value {
+    let mut body = json!({"messaging_product": "whatsapp", "status": "read", "message_id": message_id});
+    if typing {
+        body["typing_indicator"] = json!({"type": "text"});
+    }
+    body
 }
 
 /// Builds the configured sender: each configured number sends through the
@@ -213,6 +240,14 @@ impl Sender for ByNumber {
             .boxed(),
         }
     }
+
+    fn mark_read(&self, from: Option<&str>, message_id: &str, typing: bool) -> BoxFuture<'static, Result<(), String>> {
+        let from = from.map(str::to_string).or_else(|| self.home.clone());
+        match from.as_ref().and_then(|id| self.apis.get(id)) {
+            Some(api) => api.mark_read(None, message_id, typing),
+            None => futures_util::future::ready(Err("no access token for the number".to_string())).boxed(),
+        }
+    }
 }
 
 /// Prints replies to the log instead of sending them.
@@ -229,6 +264,15 @@ impl Sender for LogSink {
         tracing::debug!(body = %msg.text, "reply body");
         let id = format!("log.{}", rand::random::<u64>());
         futures_util::future::ready(SendOutcome::Sent { provider_id: id }).boxed()
+    }
+
+    fn mark_read(
+        &self,
+        _from: Option<&str>,
+        _message_id: &str,
+        _typing: bool,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        futures_util::future::ready(Ok(())).boxed()
     }
 }
 
@@ -276,6 +320,12 @@ pub fn classify(status: u16, body: &Value) -> SendOutcome {
         "HTTP {status}, code {}: {message}",
         code.map(|c| c.to_string()).unwrap_or_else(|| "-".into())
     );
+    if let Some(c @ (NUMBER_THROTTLED | PAIR_THROTTLED)) = code {
+        return SendOutcome::Throttled {
+            reason,
+            pair: c == PAIR_THROTTLED,
+        };
+    }
     if status >= 500 || status == 429 || code.is_some_and(|c| RETRYABLE_CODES.contains(&c)) {
         SendOutcome::Retry { reason }
     } else {
@@ -312,6 +362,27 @@ impl Sender for CloudApi {
         }
         .boxed()
     }
+
+    fn mark_read(&self, _from: Option<&str>, message_id: &str, typing: bool) -> BoxFuture<'static, Result<(), String>> {
+        let this = self.clone();
+        let body = read_receipt_json(message_id, typing);
+        async move {
+            let resp = this
+                .client
+                .post(&this.url)
+                .bearer_auth(this.token.expose())
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| format!("network: {}", e.without_url()))?;
+            if resp.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("HTTP {}", resp.status().as_u16()))
+            }
+        }
+        .boxed()
+    }
 }
 
 #[cfg(test)]
@@ -328,8 +399,14 @@ mod tests {
             }
         );
         let err = |code: i64| json!({"error": {"code": code, "message": "m"}});
-        assert!(matches!(classify(400, &err(130429)), SendOutcome::Retry { .. }));
-        assert!(matches!(classify(400, &err(131056)), SendOutcome::Retry { .. }));
+        assert!(matches!(
+            classify(400, &err(130429)),
+            SendOutcome::Throttled { pair: false, .. }
+        ));
+        assert!(matches!(
+            classify(400, &err(131056)),
+            SendOutcome::Throttled { pair: true, .. }
+        ));
         assert!(matches!(classify(400, &err(131047)), SendOutcome::Failed { .. }));
         assert!(matches!(classify(400, &err(131026)), SendOutcome::Failed { .. }));
         assert!(matches!(classify(400, &err(100)), SendOutcome::Failed { .. }));

@@ -268,8 +268,19 @@ struct InsertedOutbox {
     phone: String,
     #[diesel(sql_type = Text)]
     idempotency_key: String,
+    /// Claimed at insert (the conversation's next message to send).
+    #[diesel(sql_type = Bool)]
+    claimed: bool,
 }
 
+/// Inserts the rows in batch order. With a claim, a row is claimed only if
+/// it is the next its conversation sends: the first of its conversation in
+/// the batch, with no row of that conversation still open (one in flight
+/// elsewhere, a retry waiting). The others are inserted pending, and are
+/// claimed when the row before them is finished (see
+/// `outbox::mark_sent_batch`) or by the claim query. The conversation's
+/// session row is locked by this transaction, so no other step inserts
+/// into it meanwhile.
 async fn insert_outbox(
     conn: &AsyncPgConnection,
     out: &[&NewOutbox],
@@ -284,13 +295,7 @@ async fn insert_outbox(
         .bind::<Integer, _>(claim.attempts)
         .sql("::int4 AS attempts, ")
         .bind::<BigInt, _>(claim.lease_ms)
-        .sql(
-            "::int8 AS lease_ms) \
-             INSERT INTO outbox (phone, kind, payload, idempotency_key, status, attempts, next_attempt_at) \
-             SELECT u.phone, u.kind, u.payload, u.key, claim.status, claim.attempts, \
-                    now() + claim.lease_ms * interval '1 millisecond' \
-             FROM claim, unnest(",
-        )
+        .sql("::int8 AS lease_ms), u AS (SELECT u.*, row_number() OVER (PARTITION BY u.phone ORDER BY u.ord) AS nth FROM unnest(")
         .bind::<Array<Text>, _>(out.iter().map(|o| o.phone.as_str()).collect::<Vec<_>>())
         .sql("::text[], ")
         .bind::<Array<Text>, _>(out.iter().map(|o| o.kind).collect::<Vec<_>>())
@@ -299,8 +304,16 @@ async fn insert_outbox(
         .sql("::jsonb[], ")
         .bind::<Array<Text>, _>(out.iter().map(|o| o.idempotency_key.as_str()).collect::<Vec<_>>())
         .sql(
-            "::text[]) WITH ORDINALITY AS u(phone, kind, payload, key, ord) ORDER BY u.ord \
-             RETURNING id, phone, idempotency_key",
+            "::text[]) WITH ORDINALITY AS u(phone, kind, payload, key, ord)) \
+             INSERT INTO outbox (phone, kind, payload, idempotency_key, status, attempts, next_attempt_at) \
+             SELECT u.phone, u.kind, u.payload, u.key, \
+                    CASE WHEN h.next THEN claim.status ELSE 'pending' END, \
+                    CASE WHEN h.next THEN claim.attempts ELSE 0 END, \
+                    now() + CASE WHEN h.next THEN claim.lease_ms ELSE 0 END * interval '1 millisecond' \
+             FROM claim, u CROSS JOIN LATERAL (SELECT u.nth = 1 AND NOT EXISTS \
+                   (SELECT 1 FROM outbox p WHERE p.phone = u.phone AND p.status IN ('pending', 'sending')) AS next) AS h \
+             ORDER BY u.ord \
+             RETURNING id, phone, idempotency_key, status = 'sending' AS claimed",
         )
         .load::<InsertedOutbox>(&mut &*conn)
         .await
@@ -315,6 +328,7 @@ fn claimed(inserted: Vec<InsertedOutbox>, out: &[&NewOutbox], attempts: i32) -> 
         .collect();
     inserted
         .into_iter()
+        .filter(|r| r.claimed)
         .filter_map(|r| {
             let o = payloads.get(&(r.phone.as_str(), r.idempotency_key.as_str()))?;
             Some(Claimed {
@@ -323,6 +337,7 @@ fn claimed(inserted: Vec<InsertedOutbox>, out: &[&NewOutbox], attempts: i32) -> 
                 phone: r.phone,
                 idempotency_key: r.idempotency_key,
                 attempts,
+                lapsed: false,
             })
         })
         .collect()

@@ -1,0 +1,2 @@
+DROP TABLE send_budget;
+DROP INDEX outbox_open;
