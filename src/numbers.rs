@@ -24,6 +24,9 @@ pub struct Number {
     pub access_token: Option<Secret>,
     pub flow: PathBuf,
     pub rate_per_s: u32,
+    /// Marks inbound messages read (and shows typing with `typing_indicator`).
+    pub read_receipts: bool,
+    pub typing_indicator: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -42,6 +45,8 @@ impl Numbers {
                 .or_else(|| w.access_token.clone()),
             flow: n.and_then(|n| n.flow.clone()).unwrap_or_else(|| s.flow.path.clone()),
             rate_per_s: n.and_then(|n| n.rate_per_s).unwrap_or(s.outbox.rate_per_s),
+            read_receipts: n.and_then(|n| n.read_receipts).unwrap_or(w.read_receipts),
+            typing_indicator: n.and_then(|n| n.typing_indicator).unwrap_or(w.typing_indicator),
         };
         let mut list = Vec::new();
         if let Some(home) = w.phone_number_id.as_deref().filter(|id| !id.is_empty()) {
@@ -136,6 +141,7 @@ mod tests {
             flow: None,
             rate_per_s: Some(5),
             name: Some("Soporte".into()),
+            ..Default::default()
         }];
         Numbers::from_settings(&s)
     }

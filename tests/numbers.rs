@@ -30,6 +30,7 @@ async fn app(db: &TestDb, fake: &FakeGraph, support_flow: Option<std::path::Path
                 flow: support_flow,
                 rate_per_s: Some(20),
                 name: Some("Soporte".into()),
+                ..Default::default()
             }];
             s.outbox.poll_interval_ms = 20;
         },

@@ -155,6 +155,7 @@ async fn reads_stay_read_your_writes_on_a_lagging_replica() {
                 flow: None,
                 rate_per_s: None,
                 name: None,
+                ..Default::default()
             }];
         },
         |b| b.database(db.database_with(|d| d.read_url = Some(Secret::new(replica_url.clone())))),

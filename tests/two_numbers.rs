@@ -31,6 +31,7 @@ async fn engine(db: &TestDb) -> Engine {
         flow: None,
         rate_per_s: None,
         name: Some("Soporte".into()),
+        ..Default::default()
     }];
     Engine::builder(s)
         .database(db.database())

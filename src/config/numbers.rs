@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Secret;
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NumberSettings {
     /// The number's id in the Cloud API (`metadata.phone_number_id`).
@@ -24,4 +24,10 @@ pub struct NumberSettings {
     /// Shown in the console and the API (e.g. "Ventas", "Soporte").
     #[serde(default)]
     pub name: Option<String>,
+    /// Default: `whatsapp.read_receipts`.
+    #[serde(default)]
+    pub read_receipts: Option<bool>,
+    /// Default: `whatsapp.typing_indicator`.
+    #[serde(default)]
+    pub typing_indicator: Option<bool>,
 }

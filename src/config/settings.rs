@@ -81,6 +81,11 @@ pub struct WhatsAppSettings {
     pub numbers: Vec<NumberSettings>,
     pub api_base: String,
     pub api_version: String,
+    /// Mark each inbound message read when the bot takes it up (each
+    /// number may say otherwise). Best-effort: never delays a reply.
+    pub read_receipts: bool,
+    /// With the read receipt, show the typing indicator until the reply.
+    pub typing_indicator: bool,
 }
 
 impl Default for WhatsAppSettings {
@@ -93,6 +98,8 @@ impl Default for WhatsAppSettings {
             numbers: Vec::new(),
             api_base: "https://graph.facebook.com".into(),
             api_version: "v21.0".into(),
+            read_receipts: true,
+            typing_indicator: true,
         }
     }
 }

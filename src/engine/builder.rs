@@ -26,6 +26,7 @@ use crate::lifecycle::Lifecycle;
 use crate::media::{self, Fetcher, MediaStats};
 use crate::numbers::Numbers;
 use crate::outbox::{Dispatcher, Outbound, OutboundBreakers, SendQueue};
+use crate::whatsapp::read_receipts::ReadReceipts;
 use crate::whatsapp::sender::Sender;
 
 /// Builds an [`Engine`]; anything not given comes from the settings.
@@ -105,6 +106,7 @@ impl EngineBuilder {
         let life = Lifecycle::new();
         let (actors, started) = ActorThread::start(parts.for_actors(&db, &settings, model, instance)).await?;
         let in_flight = watch::channel(0).0;
+        let receipts = Arc::new(ReadReceipts::new(sender.clone(), numbers.clone()));
         let dispatcher = Dispatcher::start(
             db.clone(),
             Outbound {
@@ -131,6 +133,7 @@ impl EngineBuilder {
             registry: registry.downgrade(),
             middleware,
             instance,
+            receipts: Some(receipts.clone()),
         }));
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -153,6 +156,7 @@ impl EngineBuilder {
                 supervisor_stats: parts.supervisor_stats,
                 ai_breaker: parts.ai_breaker,
                 dispatcher,
+                receipts,
                 media,
                 settings,
                 contacts: dashmap::DashMap::new(),

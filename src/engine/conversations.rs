@@ -8,13 +8,19 @@ use crate::actors::session::{AgentAck, AgentSend, ConversationView, Read, SetHan
 use crate::error::{Error, Result};
 use crate::events::{DeliveryEvent, Event};
 
+/// The longest agent message: four of WhatsApp's texts, sent as ordered
+/// parts (a longer one is more likely a paste gone wrong).
+pub const MAX_AGENT_CHARS: usize = 4 * crate::whatsapp::split::TEXT_BODY;
+
 impl Engine {
     /// Stores and queues a human agent's message; returns after the commit.
     pub async fn submit_agent_message(&self, phone: &str, body: &str, idempotency_key: &str) -> Result<AgentAck> {
         self.check_running()?;
         let phone = self.inner.numbers.checked_key(phone).map_err(Error::InvalidInput)?;
-        if body.trim().is_empty() || body.chars().count() > 4096 {
-            return Err(Error::InvalidInput("a message has 1 to 4,096 characters".into()));
+        if body.trim().is_empty() || body.chars().count() > MAX_AGENT_CHARS {
+            return Err(Error::InvalidInput(format!(
+                "a message has 1 to {MAX_AGENT_CHARS} characters (over 4,096 it goes in ordered parts)"
+            )));
         }
         let _guard = InFlightGuard::new(&self.inner.in_flight);
         self.call(

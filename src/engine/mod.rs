@@ -146,6 +146,8 @@ struct Inner {
     /// supervisor cannot answer.
     ai_breaker: CircuitBreaker,
     dispatcher: Dispatcher,
+    /// Shared with the session actors, which mark messages read through it.
+    receipts: Arc<crate::whatsapp::read_receipts::ReadReceipts>,
     /// Shared with the media fetcher, which counts into it.
     media: Arc<MediaStats>,
 }
@@ -190,6 +192,11 @@ impl Engine {
     /// The outbox dispatcher (backlog, wait until drained, its breaker).
     pub fn outbox(&self) -> &Dispatcher {
         &self.inner.dispatcher
+    }
+
+    /// Read receipts sent and failed.
+    pub fn read_receipts(&self) -> &crate::whatsapp::read_receipts::ReadReceipts {
+        &self.inner.receipts
     }
 
     /// The media fetcher's counters.

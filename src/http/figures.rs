@@ -9,6 +9,7 @@ use prometheus::proto::{self, MetricFamily, MetricType};
 use crate::engine::{CallDurations, StatsSnapshot, CALL_DURATION_BUCKETS};
 use crate::media::MediaStats;
 use crate::outbox::OutboxStats;
+use crate::whatsapp::read_receipts::ReadReceipts;
 
 /// One figure: its metric name, its help, its value.
 type Counter = (&'static str, &'static str, u64);
@@ -17,7 +18,7 @@ type Counter = (&'static str, &'static str, u64);
 /// them (no copy is kept here). One line per metric, as a table (so not
 /// formatted).
 #[rustfmt::skip]
-pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats, m: &MediaStats) -> [Counter; 28] {
+pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats, r: &ReadReceipts, m: &MediaStats) -> [Counter; 28] {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     [
         ("switchboard_deliveries_total", "Inbound messages accepted (first deliveries).", s.accepted),
@@ -50,11 +51,11 @@ pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats, m: &MediaStats
             "Rows sent again whose earlier attempt's answer was never recorded (its sender died mid-send): each may reach the customer twice.",
             l(&o.resent_after_crash),
         ),
-        ("switchboard_read_receipts_total", "Inbound messages marked read.", l(&o.read_receipts)),
+        ("switchboard_read_receipts_total", "Inbound messages marked read.", l(&r.sent)),
         (
             "switchboard_read_receipts_failed_total",
             "Read receipts that failed or passed their deadline (best-effort, never retried).",
-            l(&o.read_receipts_failed),
+            l(&r.failed),
         ),
         ("switchboard_media_downloaded_total", "Inbound media files fetched and kept.", l(&m.downloaded)),
         ("switchboard_media_retries_total", "Inbound media fetches to retry.", l(&m.retried)),

@@ -156,7 +156,9 @@ impl Metrics {
     pub async fn render(&self, engine: &Engine) -> String {
         let s = engine.stats();
         let mut families = self.inner.registry.gather();
-        for (name, help, value) in engine_counters(&s, &engine.outbox().stats, engine.media_stats()) {
+        for (name, help, value) in
+            engine_counters(&s, &engine.outbox().stats, engine.read_receipts(), engine.media_stats())
+        {
             families.push(family(name, help, MetricType::COUNTER, vec![counter(&[], value)]));
         }
         for (name, help, value) in engine_gauges(&s, engine.outbox().backlog()) {

@@ -22,8 +22,14 @@ struct State {
     held: Vec<String>,
     /// Sends waiting for their recipient's release.
     waiting: usize,
-    /// How long each answer takes.
-    latency: std::time::Duration,
+    /// How long each answer takes: a random time in this range.
+    latency: (std::time::Duration, std::time::Duration),
+    /// Every message send, in arrival order, with when it was answered.
+    log: Vec<Arrival>,
+    /// The read receipts received (their bodies), apart from the sends.
+    receipts: Vec<Value>,
+    /// While set, read receipts get no answer (a provider hanging on them).
+    hold_receipts: bool,
     /// Media files by id: their bytes and mime type.
     media: std::collections::HashMap<String, (Vec<u8>, String)>,
     /// The file served for any other media id, if any (the load harness's
@@ -33,6 +39,24 @@ struct State {
     media_script: VecDeque<u16>,
     /// Each media file served whole, by id, with the bearer token it was asked with.
     media_served: Vec<(String, String)>,
+}
+
+/// One message send as the fake saw it.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    /// The business number in the path.
+    pub number: String,
+    /// The recipient (`to`, or `recipient` for a BSUID).
+    pub to: String,
+    /// Its outbox row's key (`biz_opaque_callback_data`).
+    pub tracking: String,
+    /// When it arrived, wall clock (for the per-second rate).
+    pub arrived_at: std::time::SystemTime,
+    /// When it arrived and when it was answered (for overlaps).
+    pub arrived: std::time::Instant,
+    pub answered: Option<std::time::Instant>,
+    /// Whether the answer accepted it.
+    pub accepted: bool,
 }
 
 /// The fake; cheap to clone.
@@ -80,23 +104,7 @@ impl FakeGraph {
                             let (s, r) = (s.clone(), r.clone());
                             let token = bearer(&req);
                             let sender = (path.into_inner().1, token);
-                            async move {
-                                let body = body.into_inner();
-                                hold(
-                                    &s,
-                                    &r,
-                                    body["to"]
-                                        .as_str()
-                                        .or_else(|| body["recipient"].as_str())
-                                        .unwrap_or_default(),
-                                )
-                                .await;
-                                let latency = s.lock().unwrap_or_else(|p| p.into_inner()).latency;
-                                if !latency.is_zero() {
-                                    tokio::time::sleep(latency).await;
-                                }
-                                answer(&s, body, sender)
-                            }
+                            async move { message(&s, &r, body.into_inner(), sender).await }
                         },
                     ),
                 )
@@ -124,7 +132,28 @@ impl FakeGraph {
 
     /// Every answer takes `latency` (the real API answers in 100–500 ms).
     pub fn set_latency(&self, latency: std::time::Duration) {
-        self.lock().latency = latency;
+        self.lock().latency = (latency, latency);
+    }
+
+    /// Each answer takes a random time between `min` and `max`: answers
+    /// to sends made at once come back in any order.
+    pub fn set_latency_range(&self, min: std::time::Duration, max: std::time::Duration) {
+        self.lock().latency = (min, max.max(min));
+    }
+
+    /// Every message send, in arrival order.
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.lock().log.clone()
+    }
+
+    /// The read receipts received (their bodies).
+    pub fn read_receipts(&self) -> Vec<Value> {
+        self.lock().receipts.clone()
+    }
+
+    /// While `hold`, read receipts are never answered.
+    pub fn hold_read_receipts(&self, hold: bool) {
+        self.lock().hold_receipts = hold;
     }
 
     /// Sends to `to` get no answer until [`FakeGraph::release`] (a provider
@@ -270,6 +299,65 @@ async fn hold(state: &Mutex<State>, released: &tokio::sync::Notify, to: &str) {
         }
         notified.await;
     }
+}
+
+/// `POST /{version}/{number}/messages`: a read receipt, or a message send
+/// (held while its recipient is, answered after the latency, logged).
+async fn message(
+    state: &Mutex<State>,
+    released: &tokio::sync::Notify,
+    body: Value,
+    sender: (String, String),
+) -> HttpResponse {
+    let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
+    if body["status"] == "read" {
+        let hold = {
+            let mut st = lock();
+            st.receipts.push(body);
+            st.hold_receipts
+        };
+        if hold {
+            std::future::pending::<()>().await;
+        }
+        return HttpResponse::Ok().json(json!({"success": true}));
+    }
+    let to = body["to"]
+        .as_str()
+        .or_else(|| body["recipient"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let (arrived, arrived_at) = (std::time::Instant::now(), std::time::SystemTime::now());
+    let entry = {
+        let mut st = lock();
+        st.log.push(Arrival {
+            number: sender.0.clone(),
+            to: to.clone(),
+            tracking: body["biz_opaque_callback_data"]
+                .as_str()
+                .unwrap_or("untracked")
+                .to_string(),
+            arrived_at,
+            arrived,
+            answered: None,
+            accepted: false,
+        });
+        st.log.len() - 1
+    };
+    hold(state, released, &to).await;
+    let (min, max) = lock().latency;
+    let latency = if max > min {
+        min + (max - min).mul_f64(rand::random::<f64>())
+    } else {
+        min
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let resp = answer(state, body, sender);
+    let mut st = lock();
+    st.log[entry].answered = Some(std::time::Instant::now());
+    st.log[entry].accepted = resp.status().is_success();
+    resp
 }
 
 fn answer(state: &Mutex<State>, body: Value, sender: (String, String)) -> HttpResponse {

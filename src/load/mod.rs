@@ -30,6 +30,7 @@ pub mod procs;
 pub mod report;
 mod run_dir;
 pub mod scenario;
+pub mod send_order;
 mod servers;
 mod verdict;
 

@@ -37,6 +37,7 @@ pub(super) fn other_numbers(numbers: usize) -> Vec<NumberSettings> {
             flow: None,
             rate_per_s: None,
             name: None,
+            ..Default::default()
         })
         .collect()
 }

@@ -72,10 +72,6 @@ pub struct OutboxStats {
     /// Rows sent again whose earlier attempt's answer was never recorded
     /// (its sender died mid-send): each may reach the customer twice.
     pub resent_after_crash: std::sync::atomic::AtomicU64,
-    /// Read receipts the send API took; atomic, as above.
-    pub read_receipts: std::sync::atomic::AtomicU64,
-    /// Read receipts that failed or ran past their deadline (never retried).
-    pub read_receipts_failed: std::sync::atomic::AtomicU64,
 }
 
 /// Longest time the dispatcher goes without counting its backlog.

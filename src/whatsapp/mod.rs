@@ -2,5 +2,7 @@
 //! ([`sender`]).
 
 pub mod kinds;
+pub mod read_receipts;
 pub mod sender;
+pub mod split;
 pub mod webhook;

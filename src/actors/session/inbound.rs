@@ -13,6 +13,21 @@ use crate::actors::supervisor::{CrashDecision, Crashed};
 use crate::db::resume::PendingInbound;
 use crate::error::{Error, Result};
 
+/// The bot takes up `items`: each message it steps is marked read (with
+/// the typing indicator), once, unless a person has the conversation.
+fn mark_read(deps: &SessionDeps, phone: &str, core: &Core, items: &[PendingInbound], receipted: &mut i64) {
+    let Some(receipts) = &deps.receipts else { return };
+    for m in items {
+        if m.id <= *receipted {
+            continue;
+        }
+        *receipted = m.id;
+        if !core.handoff && crate::whatsapp::kinds::is_stepped(&m.payload) {
+            receipts.taken_up(phone, &m.provider_message_id);
+        }
+    }
+}
+
 /// Applies `first` (if any), the messages waiting in `inbound`, and, after
 /// a (re)start, every unprocessed inbox row of the phone — in acceptance
 /// order, several at a time as one chain when they queue up. Crashes
@@ -32,13 +47,18 @@ pub(super) async fn run_inbound(
     // Messages at the front to apply one at a time (after a chain stopped
     // on a conflict, a duplicate or a crash).
     let mut singles = 0usize;
+    // The newest message marked read (inbox ids grow in acceptance order):
+    // a message retried after a conflict is not marked twice.
+    let mut receipted = 0i64;
     while !queue.is_empty() {
         let step = if singles == 0 && queue.len() > 1 && chain_max > 1 {
             let chain: Vec<PendingInbound> = queue.drain(..queue.len().min(chain_max)).collect();
+            mark_read(deps, phone, &core, &chain, &mut receipted);
             try_chain(deps, phone, &mut core, chain, &mut queue, &mut singles).await
         } else {
             singles = singles.saturating_sub(1);
             let Some(item) = queue.pop_front() else { break };
+            mark_read(deps, phone, &core, std::slice::from_ref(&item), &mut receipted);
             try_single(deps, phone, &mut core, item).await
         };
         let (id, reason) = match step {

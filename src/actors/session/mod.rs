@@ -77,6 +77,8 @@ pub(crate) struct SessionDeps {
     pub middleware: Option<Arc<dyn Middleware>>,
     /// This engine instance: the holder of the inbox leases it takes.
     pub instance: i64,
+    /// Marks the messages the bot takes up read; shared with `/metrics`.
+    pub receipts: Option<Arc<crate::whatsapp::read_receipts::ReadReceipts>>,
 }
 
 pub struct SessionActor {

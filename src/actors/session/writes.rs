@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::events::{Event, EventKind, EventMessage};
 use crate::flow::StepResult;
 use crate::phone::mask;
-use crate::whatsapp::kinds;
+use crate::whatsapp::{kinds, split};
 
 /// Commits one write alone (a chain of one).
 pub(super) async fn persist_one(deps: &SessionDeps, write: StepWrite) -> Result<Result<WriteOutcome>> {
@@ -51,30 +51,32 @@ pub(super) fn inbound_write(
     }];
     let mut outbox = Vec::new();
     for (i, reply) in r.replies.iter().enumerate() {
-        let key = format!("in:{}:{i}", msg.id);
-        messages.push(NewMessage {
-            phone: phone.to_string(),
-            direction: "out",
-            origin: "bot",
-            body: reply.text.clone(),
-            inbox_id: Some(msg.id),
-            provider_message_id: None,
-            status: "queued",
-            outbox_key: Some(key.clone()),
-        });
-        outbox.push(NewOutbox {
-            phone: phone.to_string(),
-            kind: if reply.choices.is_empty() {
-                "text"
-            } else {
-                "interactive"
-            },
-            payload: match &reply.list_button {
-                Some(button) => json!({"text": reply.text, "choices": reply.choices, "list_button": button}),
-                None => json!({"text": reply.text, "choices": reply.choices}),
-            },
-            idempotency_key: key,
-        });
+        let parts = split::reply_parts(&reply.text, !reply.choices.is_empty());
+        let last = parts.len() - 1;
+        for (p, text) in parts.into_iter().enumerate() {
+            let key = part_key(&format!("in:{}:{i}", msg.id), p);
+            // Choices go with the last part; the parts before it are texts.
+            let choices: &[String] = if p == last { &reply.choices } else { &[] };
+            messages.push(NewMessage {
+                phone: phone.to_string(),
+                direction: "out",
+                origin: "bot",
+                body: text.clone(),
+                inbox_id: Some(msg.id),
+                provider_message_id: None,
+                status: "queued",
+                outbox_key: Some(key.clone()),
+            });
+            outbox.push(NewOutbox {
+                phone: phone.to_string(),
+                kind: if choices.is_empty() { "text" } else { "interactive" },
+                payload: match (&reply.list_button, choices.is_empty()) {
+                    (Some(button), false) => json!({"text": text, "choices": choices, "list_button": button}),
+                    _ => json!({"text": text, "choices": choices}),
+                },
+                idempotency_key: key,
+            });
+        }
     }
     StepWrite {
         phone: phone.to_string(),
@@ -100,6 +102,16 @@ pub(super) fn inbound_write(
                 inbox_id: Some(msg.id),
             })
             .collect(),
+    }
+}
+
+/// The outbox key of part `p` of a message keyed `key`: the key itself for
+/// the first (or only) part, `key.p` for the others.
+fn part_key(key: &str, p: usize) -> String {
+    if p == 0 {
+        key.to_string()
+    } else {
+        format!("{key}.{p}")
     }
 }
 
@@ -217,22 +229,26 @@ pub(super) async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core,
     let written = retry_conflicts(deps, phone, core, |at| {
         let mut w = same_state(phone, &at);
         w.dedupe_key = Some(key.clone());
-        w.messages.push(NewMessage {
-            phone: phone.to_string(),
-            direction: "out",
-            origin: "agent",
-            body: msg.body.clone(),
-            inbox_id: None,
-            provider_message_id: None,
-            status: "queued",
-            outbox_key: Some(key.clone()),
-        });
-        w.outbox.push(NewOutbox {
-            phone: phone.to_string(),
-            kind: "text",
-            payload: json!({"text": msg.body, "choices": []}),
-            idempotency_key: key.clone(),
-        });
+        for (p, text) in split::split(&msg.body, split::TEXT_BODY).into_iter().enumerate() {
+            // The first part keeps the request's key: a repeat finds it.
+            let key = part_key(&key, p);
+            w.messages.push(NewMessage {
+                phone: phone.to_string(),
+                direction: "out",
+                origin: "agent",
+                body: text.clone(),
+                inbox_id: None,
+                provider_message_id: None,
+                status: "queued",
+                outbox_key: Some(key.clone()),
+            });
+            w.outbox.push(NewOutbox {
+                phone: phone.to_string(),
+                kind: "text",
+                payload: json!({"text": text, "choices": []}),
+                idempotency_key: key,
+            });
+        }
         std::future::ready(Some((w, ())))
     })
     .await?;

@@ -1,0 +1,90 @@
+//! What the fake send API saw, checked: each recipient's messages arrived
+//! in the order they were committed and one at a time, and no number sent
+//! more in a second than its rate.
+
+use std::collections::HashMap;
+use std::time::UNIX_EPOCH;
+
+use diesel::sql_types::{BigInt, Text};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use super::fake_graph::Arrival;
+use crate::error::Result;
+
+/// Where each outbox row stands in its conversation's commit order:
+/// `(conversation, key) → id`.
+pub type CommitOrder = HashMap<(String, String), i64>;
+
+/// Reads the commit order of every outbox row.
+pub async fn commit_order(database_url: &str) -> Result<CommitOrder> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        phone: String,
+        #[diesel(sql_type = Text)]
+        idempotency_key: String,
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(database_url).await?;
+    let rows: Vec<Row> = diesel::sql_query("SELECT phone, idempotency_key, id FROM outbox")
+        .load(&mut conn)
+        .await?;
+    Ok(rows.into_iter().map(|r| ((r.phone, r.idempotency_key), r.id)).collect())
+}
+
+/// The recipients (`number → contact`) whose messages arrived out of
+/// commit order, and those with a send that arrived while the one before
+/// it was not answered yet. A row sent again (a retry, a resend after a
+/// crash) arriving right after itself is in order. `conversation` names a
+/// recipient's conversation key.
+pub fn order_violations(
+    arrivals: &[Arrival],
+    order: &CommitOrder,
+    conversation: impl Fn(&str, &str) -> String,
+) -> (Vec<String>, Vec<String>) {
+    let mut by_recipient: HashMap<(&str, &str), Vec<&Arrival>> = HashMap::new();
+    for a in arrivals {
+        by_recipient.entry((&a.number, &a.to)).or_default().push(a);
+    }
+    let (mut disordered, mut overlapped) = (Vec::new(), Vec::new());
+    for ((number, to), mut sends) in by_recipient {
+        sends.sort_by_key(|a| a.arrived);
+        let key = conversation(number, to);
+        let name = format!("{number}→{}", crate::phone::mask(to));
+        let ids: Vec<Option<i64>> = sends
+            .iter()
+            .map(|a| order.get(&(key.clone(), a.tracking.clone())).copied())
+            .collect();
+        if ids.windows(2).any(|w| matches!(w, [Some(a), Some(b)] if b < a)) {
+            disordered.push(name.clone());
+        }
+        if sends
+            .windows(2)
+            .any(|w| w[0].answered.is_none_or(|answered| w[1].arrived < answered))
+        {
+            overlapped.push(name);
+        }
+    }
+    disordered.sort();
+    overlapped.sort();
+    (disordered, overlapped)
+}
+
+/// `number second: sends` for each number and wall-clock second in which
+/// it sent more than `rate(number)`.
+pub fn over_rate(arrivals: &[Arrival], rate: impl Fn(&str) -> u32) -> Vec<String> {
+    let mut per_second: HashMap<(&str, u64), u32> = HashMap::new();
+    for a in arrivals {
+        let second = a.arrived_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        *per_second.entry((&a.number, second)).or_default() += 1;
+    }
+    let mut over: Vec<String> = per_second
+        .into_iter()
+        .filter(|((number, _), n)| *n > rate(number))
+        .map(|((number, second), n)| format!("{number} at {second}: {n} sends (rate {})", rate(number)))
+        .collect();
+    over.sort();
+    over
+}
