@@ -81,9 +81,9 @@ async fn steady_smoke_run_reports_and_holds_every_invariant() {
 }
 
 #[actix_web::test]
-async fn a_slow_send_api_still_gets_every_reply_and_the_report_says_when() {
+async fn a_slow_send_api_answering_in_any_order_gets_every_reply_in_order_within_the_rate() {
     let report = load::run(args(
-        "--scenario steady --rate 40 --duration 1 --phones 10 --drain 30 --quiet --send-latency-ms 100",
+        "--scenario steady --rate 40 --duration 1 --phones 10 --drain 30 --quiet --send-latency-ms 0-150 --send-rate 30",
     ))
     .await
     .unwrap();
@@ -92,11 +92,12 @@ async fn a_slow_send_api_still_gets_every_reply_and_the_report_says_when() {
         "{:?}",
         report.invariant_violations
     );
-    assert_eq!((report.errors, report.send_latency_ms), (0, 100));
+    assert_eq!(report.errors, 0);
+    assert_eq!((report.send_latency_ms.min, report.send_latency_ms.max), (0, 150));
     // Every message of this flow's first turn gets a reply.
     assert!(report.outbound_requests.unwrap() >= report.applied, "{report:?}");
     assert!(report.outbox_drained_after_s.is_some(), "replies left unsent");
-    assert!(report.table().contains("answering in 100 ms"));
+    assert!(report.table().contains("answering in 0-150 ms"), "{}", report.table());
 }
 
 #[actix_web::test]

@@ -100,17 +100,18 @@ pub struct LoadArgs {
     /// and its own server run out of file descriptors.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub connections: u32,
-    /// Milliseconds the fake send API takes to answer each reply (the
-    /// WhatsApp Cloud API answers in about 100–500 ms), to size the
-    /// outbox's `concurrency` against `rate_per_s`. Below the sender's
-    /// timeout (10 s): a send timed out and retried may have arrived, and
-    /// would count as a reply sent twice.
-    #[arg(
-        long,
-        default_value_t = 0,
-        value_parser = clap::value_parser!(u64).range(0..crate::whatsapp::sender::SEND_TIMEOUT.as_millis() as u64)
-    )]
-    pub send_latency_ms: u64,
+    /// Milliseconds the fake send API takes to answer each reply: `N`, or
+    /// `MIN-MAX` for a random time in that range (answers then come back
+    /// in any order). The WhatsApp Cloud API answers in about 100–500 ms.
+    /// Below the sender's timeout (10 s): a send timed out and retried may
+    /// have arrived, and would count as a reply sent twice.
+    #[arg(long, default_value = "0", value_parser = latency_range)]
+    pub send_latency_ms: LatencyRange,
+    /// Sends per second of each business number (`outbox.rate_per_s`),
+    /// held by the processes together; the checker counts each number's
+    /// sends per second against it.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub send_rate: u32,
     /// Seconds to wait after the last send for messages to be applied.
     #[arg(long, default_value_t = 30)]
     pub drain: u64,
@@ -135,6 +136,52 @@ pub struct LoadArgs {
     /// `--send-latency-ms`); its rate limit is lifted. Not a flag.
     #[arg(skip)]
     pub outbox_sends: Option<(i64, usize)>,
+}
+
+/// The fake send API's answer time, in milliseconds: from `min` to `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LatencyRange {
+    pub min: u64,
+    pub max: u64,
+}
+
+impl LatencyRange {
+    pub fn min(&self) -> Duration {
+        Duration::from_millis(self.min)
+    }
+
+    pub fn max(&self) -> Duration {
+        Duration::from_millis(self.max)
+    }
+}
+
+impl std::fmt::Display for LatencyRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max {
+            write!(f, "{}", self.min)
+        } else {
+            write!(f, "{}-{}", self.min, self.max)
+        }
+    }
+}
+
+/// `N` or `MIN-MAX` milliseconds, each below the send timeout.
+fn latency_range(value: &str) -> Result<LatencyRange, String> {
+    let limit = crate::whatsapp::sender::SEND_TIMEOUT.as_millis() as u64;
+    let ms = |v: &str| -> Result<u64, String> {
+        let n: u64 = v.trim().parse().map_err(|e| format!("{v:?}: {e}"))?;
+        (n < limit)
+            .then_some(n)
+            .ok_or_else(|| format!("{n} ms is not below the send timeout ({limit} ms)"))
+    };
+    let (min, max) = match value.split_once('-') {
+        Some((a, b)) => (ms(a)?, ms(b)?),
+        None => (ms(value)?, ms(value)?),
+    };
+    if min > max {
+        return Err(format!("{min}-{max}: the minimum is above the maximum"));
+    }
+    Ok(LatencyRange { min, max })
 }
 
 /// A share, 0 to 1 (`--username-share`).

@@ -49,7 +49,7 @@ impl OwnServer {
     pub(super) async fn start(args: &LoadArgs) -> anyhow::Result<Self> {
         let dir = RunDir::create()?;
         let graph = FakeGraph::start()?;
-        graph.set_latency(Duration::from_millis(args.send_latency_ms));
+        graph.set_latency_range(args.send_latency_ms.min(), args.send_latency_ms.max());
         graph.serve_any_media(IMAGE, IMAGE_MIME);
         let app_secret = Secret::new(format!("{:032x}", rand::random::<u128>()));
         let s = settings(args, &dir, &graph, &app_secret)?;
@@ -131,7 +131,7 @@ fn settings(args: &LoadArgs, dir: &RunDir, graph: &FakeGraph, app_secret: &Secre
     s.whatsapp.numbers = other_numbers(args.numbers as usize);
     s.media.dir = dir.path().join("media");
     // The fake API takes any rate; WhatsApp's 80/s tier would only measure itself.
-    s.outbox.rate_per_s = 100_000;
+    s.outbox.rate_per_s = args.send_rate;
     if let Some((batch, concurrency)) = args.outbox_sends {
         (s.outbox.batch, s.outbox.concurrency) = (batch, concurrency);
     }

@@ -52,6 +52,7 @@ impl Processes {
         bin: &Path,
         scenario: Scenario,
         numbers: usize,
+        send_rate: u32,
         dir: &Path,
         server_settings: &BTreeMap<String, PgValue>,
     ) -> anyhow::Result<Self> {
@@ -76,7 +77,7 @@ impl Processes {
         for i in 0..n {
             let port = free_port()?;
             let config = dir.join(format!("serve-{i}.toml"));
-            std::fs::write(&config, me.config_text(port, scenario, numbers))?;
+            std::fs::write(&config, me.config_text(port, scenario, numbers, send_rate))?;
             let log = dir.join(format!("serve-{i}.log"));
             let child = me.spawn(&config, &log)?;
             me.procs.push(Proc {
@@ -95,7 +96,7 @@ impl Processes {
     /// A process's configuration: its port, the shared database, flow and
     /// media folder, and the business numbers (the home one, then
     /// `[[whatsapp.numbers]]`).
-    fn config_text(&self, port: u16, scenario: Scenario, numbers: usize) -> String {
+    fn config_text(&self, port: u16, scenario: Scenario, numbers: usize, send_rate: u32) -> String {
         let wa = self.graph.settings();
         let others: String = other_numbers(numbers)
             .iter()
@@ -119,7 +120,7 @@ impl Processes {
              {others}\
              [api]\nrate_per_s = 1000000\nburst = 1000000\n\
              [engine]\nshare_events = true\nresume_interval_s = 1\ninbox_lease_ms = 5000\n\
-             [outbox]\nrate_per_s = 100000\nlease_ms = 3000\n\
+             [outbox]\nrate_per_s = {send_rate}\nlease_ms = 3000\n\
              [flow]\npath = {flow}\n\
              [media]\ndir = {media}\n\
              [log]\nlevel = \"warn\"\n{ai}",

@@ -106,7 +106,7 @@ pub struct Report {
     /// not drained within `--drain`).
     pub outbox_drained_after_s: Option<f64>,
     /// The fake send API's answer time (`--send-latency-ms`).
-    pub send_latency_ms: u64,
+    pub send_latency_ms: super::args::LatencyRange,
     pub invariant_violations: Vec<Violation>,
     /// `false` when no database was reachable to check.
     pub invariants_checked: bool,

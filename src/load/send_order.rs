@@ -88,3 +88,70 @@ pub fn over_rate(arrivals: &[Arrival], rate: impl Fn(&str) -> u32) -> Vec<String
     over.sort();
     over
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant, SystemTime};
+
+    use super::*;
+
+    /// A send of `key` to `to` arriving `at` ms and answered `answered` ms after `t0`.
+    fn arrival(t0: (Instant, SystemTime), to: &str, key: &str, at: u64, answered: u64) -> Arrival {
+        Arrival {
+            number: "100".into(),
+            to: to.into(),
+            tracking: key.into(),
+            arrived_at: t0.1 + Duration::from_millis(at),
+            arrived: t0.0 + Duration::from_millis(at),
+            answered: Some(t0.0 + Duration::from_millis(answered)),
+            accepted: true,
+        }
+    }
+
+    fn order() -> CommitOrder {
+        [("a", "k1", 1), ("a", "k2", 2), ("b", "k3", 3), ("b", "k4", 4)]
+            .into_iter()
+            .map(|(c, k, id)| ((c.to_string(), k.to_string()), id))
+            .collect()
+    }
+
+    #[test]
+    fn sends_in_commit_order_one_at_a_time_hold_and_a_retry_of_the_same_row_is_in_order() {
+        let t0 = (Instant::now(), SystemTime::now());
+        let sends = [
+            arrival(t0, "a", "k1", 0, 10),
+            arrival(t0, "a", "k1", 20, 30),
+            arrival(t0, "a", "k2", 30, 40),
+            arrival(t0, "b", "k3", 0, 50),
+            arrival(t0, "b", "k4", 60, 70),
+        ];
+        let (disordered, overlapped) = order_violations(&sends, &order(), |_, to| to.to_string());
+        assert!(disordered.is_empty() && overlapped.is_empty());
+    }
+
+    #[test]
+    fn a_later_row_first_or_a_send_before_the_last_was_answered_is_found() {
+        let t0 = (Instant::now(), SystemTime::now());
+        let sends = [
+            arrival(t0, "a", "k2", 0, 10),
+            arrival(t0, "a", "k1", 20, 30),
+            arrival(t0, "b", "k3", 0, 50),
+            arrival(t0, "b", "k4", 10, 70),
+        ];
+        let (disordered, overlapped) = order_violations(&sends, &order(), |_, to| to.to_string());
+        // Recipients are masked in the report (personal data).
+        assert_eq!((disordered.len(), overlapped.len()), (1, 1));
+        let (d, o) = order_violations(&sends[..2], &order(), |_, to| to.to_string());
+        assert_eq!((d.len(), o.len()), (1, 0), "a alone: out of order, not overlapped");
+        let (d, o) = order_violations(&sends[2..], &order(), |_, to| to.to_string());
+        assert_eq!((d.len(), o.len()), (0, 1), "b alone: in order, overlapped");
+    }
+
+    #[test]
+    fn more_sends_in_one_second_than_the_rate_are_found() {
+        let t0 = (Instant::now(), SystemTime::UNIX_EPOCH + Duration::from_secs(1_000));
+        let sends: Vec<Arrival> = (0..4).map(|i| arrival(t0, "a", "k1", i * 100, i * 100 + 50)).collect();
+        assert!(over_rate(&sends, |_| 4).is_empty());
+        assert_eq!(over_rate(&sends, |_| 3), vec!["100 at 1000: 4 sends (rate 3)"]);
+    }
+}

@@ -43,11 +43,14 @@ impl Servers {
             &bin,
             args.scenario,
             args.numbers as usize,
+            args.send_rate,
             dir.path(),
             &args.server_settings,
         )
         .await?;
-        procs.graph.set_latency(Duration::from_millis(args.send_latency_ms));
+        procs
+            .graph
+            .set_latency_range(args.send_latency_ms.min(), args.send_latency_ms.max());
         Ok(Self::Processes { procs, dir })
     }
 

@@ -9,6 +9,7 @@ use super::client::{metric_sum, Target};
 use super::fake_graph::FakeGraph;
 use super::measure::Measured;
 use super::report::{Percentiles, Report, TimelinePoint};
+use super::send_order;
 use super::servers::Servers;
 
 /// The provider id `--plant-violation` adds to the acked ones (in the
@@ -57,7 +58,7 @@ pub(super) async fn report(
         measured.expected.acked.push((key, PLANTED_ID.to_string()));
     }
     let checked = match servers.database_url(args) {
-        Some(url) => check(&url, &measured.expected, servers.graph()).await?,
+        Some(url) => check(&url, &measured.expected, servers.graph(), args.send_rate).await?,
         None => Checked {
             checked: false,
             violations: Vec::new(),
@@ -77,28 +78,48 @@ pub(super) async fn report(
 }
 
 /// Runs the checker on `url`: the invariants, the server's
-/// `synchronous_commit`, and repeated sends when the fake send API saw them.
-async fn check(url: &str, expected: &Expected, graph: Option<&FakeGraph>) -> anyhow::Result<Checked> {
+/// `synchronous_commit`, and, when the fake send API saw the sends, what
+/// it saw: no row accepted twice (but after a crash, counted apart), each
+/// recipient's replies in commit order and one at a time, each number
+/// within its rate.
+async fn check(url: &str, expected: &Expected, graph: Option<&FakeGraph>, send_rate: u32) -> anyhow::Result<Checked> {
     let mut violations = checker::check(url, expected).await?;
     let synchronous_commit = checker::setting(url, "synchronous_commit").await.unwrap_or_default();
     let mut resent_after_crash = 0;
     if let Some(graph) = graph {
         // Every send names its outbox row (its tracking data).
         let (twice, after_crash) = checker::repeated_sends(url, &graph.accepted_tracking()).await?;
-        if !twice.is_empty() {
-            violations.push(Violation {
-                invariant: "no outbox row is sent twice",
-                count: twice.len() as i64,
-                examples: twice.into_iter().take(REPEAT_EXAMPLES).collect(),
-            });
-        }
+        violations.extend(violation("no outbox row is sent twice", twice));
         resent_after_crash = after_crash.len() as u64;
+        let arrivals = graph.arrivals();
+        let order = send_order::commit_order(url).await?;
+        let home = super::population::number_id(0);
+        let (disordered, overlapped) = send_order::order_violations(&arrivals, &order, |number, to| {
+            if number == home {
+                to.to_string()
+            } else {
+                format!("{number}:{to}")
+            }
+        });
+        violations.extend(violation("replies of one recipient arrive in commit order", disordered));
+        violations.extend(violation("replies of one recipient never overlap", overlapped));
+        let over = send_order::over_rate(&arrivals, |_| send_rate);
+        violations.extend(violation("sends per number per second within its rate", over));
     }
     Ok(Checked {
         checked: true,
         violations,
         synchronous_commit,
         resent_after_crash,
+    })
+}
+
+/// A violation of `invariant` by `offenders`, if any.
+fn violation(invariant: &'static str, offenders: Vec<String>) -> Option<Violation> {
+    (!offenders.is_empty()).then(|| Violation {
+        invariant,
+        count: offenders.len() as i64,
+        examples: offenders.into_iter().take(REPEAT_EXAMPLES).collect(),
     })
 }
 
