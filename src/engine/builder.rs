@@ -200,7 +200,7 @@ impl EngineBuilder {
         };
         let sender = self
             .sender
-            .unwrap_or_else(|| crate::whatsapp::sender::build(&settings.whatsapp, &numbers));
+            .unwrap_or_else(|| crate::whatsapp::cloud_api::build(&settings.whatsapp, &numbers));
         Ok(Inputs {
             settings,
             flow,

@@ -26,6 +26,92 @@ use crate::db::outbox::Claimed;
 use crate::db::DbError;
 
 type Backlog = watch::Sender<(Option<Instant>, i64)>;
+/// A claim query in flight: how many rows it asked for, and its answer.
+type Claiming = BoxFuture<'static, (usize, Result<Vec<Claimed>, DbError>)>;
+/// A backlog count in flight: when it began, and its answer.
+type Counting = BoxFuture<'static, (Instant, Result<i64, DbError>)>;
+
+/// The answer of the task in `slot` (guarded by the caller: never awaited empty).
+async fn in_flight<T>(slot: &mut Option<BoxFuture<'static, T>>) -> T {
+    match slot {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The pipeline's state: the rows on their way and the one claim, mark
+/// and count in flight at a time.
+struct Pipeline {
+    worker: Arc<Worker>,
+    drain_waiters: Arc<AtomicUsize>,
+    /// Claimed rows waiting for a send slot (from the marks and the claim query).
+    ready: VecDeque<Claimed>,
+    sending: FuturesUnordered<BoxFuture<'static, (Claimed, Delivery)>>,
+    /// Accepted sends waiting for the next mark commit.
+    to_mark: Vec<(Claimed, String)>,
+    marking: Option<BoxFuture<'static, Vec<Claimed>>>,
+    claiming: Option<Claiming>,
+    counting: Option<Counting>,
+    /// When the claim query and the count last began; when a wake-up came.
+    looked: Option<Instant>,
+    counted: Option<Instant>,
+    woke_at: Instant,
+    /// Look with the claim query at the next turn.
+    woken: bool,
+    stopping: bool,
+}
+
+impl Pipeline {
+    /// Starts what can start: sends up to `concurrency`, the claim query
+    /// when due, the mark of the accepted sends, the backlog count.
+    fn start_work(&mut self) {
+        let settings = &self.worker.settings;
+        let concurrency = settings.concurrency.max(1);
+        if !self.stopping {
+            while self.sending.len() < concurrency {
+                let Some(row) = self.ready.pop_front().or_else(|| self.worker.queue.take(1).pop()) else {
+                    break;
+                };
+                self.sending.push(send(self.worker.clone(), row));
+            }
+            let room = concurrency
+                .saturating_sub(self.sending.len())
+                .min(settings.batch.max(1) as usize);
+            let poll = Duration::from_millis(settings.poll_interval_ms);
+            if self.claiming.is_none() && room > 0 && (self.woken || self.looked.is_none_or(|at| at.elapsed() >= poll))
+            {
+                self.woken = false;
+                self.looked = Some(Instant::now());
+                let w = self.worker.clone();
+                self.claiming = Some(async move { (room, w.claim(room as i64).await) }.boxed());
+            }
+        }
+        if self.marking.is_none() && !self.to_mark.is_empty() {
+            let (w, sent) = (self.worker.clone(), std::mem::take(&mut self.to_mark));
+            self.marking = Some(async move { w.mark_sent(sent).await }.boxed());
+        }
+        let idle =
+            self.sending.is_empty() && self.marking.is_none() && self.claiming.is_none() && self.ready.is_empty();
+        let drain_asked =
+            idle && self.drain_waiters.load(Ordering::SeqCst) > 0 && self.counted.is_none_or(|c| c < self.woke_at);
+        let count_due = self.counted.is_none_or(|c| c.elapsed() >= BACKLOG_EVERY);
+        if self.counting.is_none() && !self.stopping && (drain_asked || count_due) {
+            let w = self.worker.clone();
+            let began = Instant::now();
+            self.counted = Some(began);
+            self.counting = Some(async move { (began, w.backlog().await) }.boxed());
+        }
+    }
+
+    /// Stopping, with nothing left in flight.
+    fn done(&self) -> bool {
+        self.stopping
+            && self.sending.is_empty()
+            && self.marking.is_none()
+            && self.to_mark.is_empty()
+            && self.claiming.is_none()
+    }
+}
 
 /// Runs until `until` completes (no step of this process will commit
 /// another reply), then finishes the sends and marks in progress, gives
@@ -37,94 +123,69 @@ pub(super) async fn run(
     drain_waiters: Arc<AtomicUsize>,
     until: impl Future<Output = ()> + Send + 'static,
 ) {
-    let concurrency = worker.settings.concurrency.max(1);
-    let batch = worker.settings.batch.max(1) as usize;
     let poll = Duration::from_millis(worker.settings.poll_interval_ms);
-    let mut ready: VecDeque<Claimed> = VecDeque::new();
-    let mut sending = FuturesUnordered::new();
-    let mut to_mark: Vec<(Claimed, String)> = Vec::new();
-    let mut marking: Option<BoxFuture<'static, Vec<Claimed>>> = None;
-    let mut claiming: Option<BoxFuture<'static, (usize, Result<Vec<Claimed>, DbError>)>> = None;
-    let mut counting: Option<BoxFuture<'static, (Instant, Result<i64, DbError>)>> = None;
-    let (mut looked, mut counted, mut woke_at): (Option<Instant>, Option<Instant>, Instant) =
-        (None, None, Instant::now());
-    // Look with the claim query at the first turn.
-    let mut woken = true;
-    let mut stopping = false;
+    let mut p = Pipeline {
+        worker,
+        drain_waiters,
+        ready: VecDeque::new(),
+        sending: FuturesUnordered::new(),
+        to_mark: Vec::new(),
+        marking: None,
+        claiming: None,
+        counting: None,
+        looked: None,
+        counted: None,
+        woke_at: Instant::now(),
+        woken: true,
+        stopping: false,
+    };
     tokio::pin!(until);
     loop {
-        if !stopping {
-            while sending.len() < concurrency {
-                let Some(row) = ready.pop_front().or_else(|| worker.queue.take(1).pop()) else {
-                    break;
-                };
-                sending.push(send(worker.clone(), row));
-            }
-            let room = concurrency.saturating_sub(sending.len()).min(batch);
-            if claiming.is_none() && room > 0 && (woken || looked.is_none_or(|at| at.elapsed() >= poll)) {
-                woken = false;
-                looked = Some(Instant::now());
-                let w = worker.clone();
-                claiming = Some(async move { (room, w.claim(room as i64).await) }.boxed());
-            }
-        }
-        if marking.is_none() && !to_mark.is_empty() {
-            let (w, sent) = (worker.clone(), std::mem::take(&mut to_mark));
-            marking = Some(async move { w.mark_sent(sent).await }.boxed());
-        }
-        let idle = sending.is_empty() && marking.is_none() && claiming.is_none() && ready.is_empty();
-        let drain_asked = idle && drain_waiters.load(Ordering::SeqCst) > 0 && counted.is_none_or(|c| c < woke_at);
-        if counting.is_none() && !stopping && (drain_asked || counted.is_none_or(|c| c.elapsed() >= BACKLOG_EVERY)) {
-            let w = worker.clone();
-            let began = Instant::now();
-            counted = Some(began);
-            counting = Some(async move { (began, w.backlog().await) }.boxed());
-        }
-        if stopping && sending.is_empty() && marking.is_none() && to_mark.is_empty() && claiming.is_none() {
+        p.start_work();
+        if p.done() {
             break;
         }
         tokio::select! {
-            Some((row, delivery)) = sending.next(), if !sending.is_empty() => match delivery {
-                Delivery::Sent(provider_id) => to_mark.push((row, provider_id)),
-                Delivery::Recorded(next) => ready.extend(next),
+            Some((row, delivery)) = p.sending.next(), if !p.sending.is_empty() => match delivery {
+                Delivery::Sent(provider_id) => p.to_mark.push((row, provider_id)),
+                Delivery::Recorded(next) => p.ready.extend(next),
             },
-            next = async { marking.as_mut().expect("guarded").await }, if marking.is_some() => {
-                marking = None;
-                ready.extend(next);
+            next = in_flight(&mut p.marking), if p.marking.is_some() => {
+                p.marking = None;
+                p.ready.extend(next);
             }
-            (asked, claimed) = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
-                claiming = None;
+            (asked, claimed) = in_flight(&mut p.claiming), if p.claiming.is_some() => {
+                p.claiming = None;
                 match claimed {
+                    // A full claim: more may be due right away.
                     Ok(rows) => {
-                        // A full claim: more may be due right away.
-                        woken |= rows.len() == asked;
-                        ready.extend(rows);
+                        p.woken |= rows.len() == asked;
+                        p.ready.extend(rows);
                     }
                     Err(e) => tracing::warn!(error = %e, "outbox claim failed"),
                 }
             }
-            (began, count) = async { counting.as_mut().expect("guarded").await }, if counting.is_some() => {
-                counting = None;
+            (began, count) = in_flight(&mut p.counting), if p.counting.is_some() => {
+                p.counting = None;
                 match count {
-                    // Counts overlap no more than one at a time: the latest is kept.
                     Ok(n) => { backlog.send_replace((Some(began), n)); }
                     Err(e) => tracing::warn!(error = %e, "could not count the outbox backlog"),
                 }
             }
-            _ = wake.notified(), if !stopping => {
-                woke_at = Instant::now();
+            _ = wake.notified(), if !p.stopping => {
+                p.woke_at = Instant::now();
                 // A commit's hand-over wakes to send; any other wake-up
                 // (a drain asked, a replay) to look with the claim query.
-                woken |= worker.queue.len() == 0;
+                p.woken |= p.worker.queue.len() == 0;
             }
-            _ = tokio::time::sleep(poll), if !stopping => {}
-            _ = &mut until, if !stopping => stopping = true,
+            _ = tokio::time::sleep(poll), if !p.stopping => {}
+            _ = &mut until, if !p.stopping => p.stopping = true,
         }
     }
-    worker.queue.closed.store(true, Ordering::SeqCst);
-    let mut left: Vec<Claimed> = worker.queue.take(usize::MAX);
-    left.extend(ready);
-    worker.give_back(left).await;
+    p.worker.queue.closed.store(true, Ordering::SeqCst);
+    let mut left: Vec<Claimed> = p.worker.queue.take(usize::MAX);
+    left.extend(p.ready);
+    p.worker.give_back(left).await;
 }
 
 /// One row's send, with the row for the caller.

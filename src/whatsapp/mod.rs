@@ -1,6 +1,7 @@
 //! The WhatsApp Cloud API: inbound webhooks ([`webhook`]) and the send API
 //! ([`sender`]).
 
+pub mod cloud_api;
 pub mod kinds;
 pub mod read_receipts;
 pub mod sender;
