@@ -116,10 +116,17 @@ pub async fn mark_sent_batch(
     let mut conversations = phones.clone();
     conversations.dedup();
     conn.transaction::<_, DbError, _>(async move |conn| {
-        // Three statements, pipelined (as in `steps::apply`): one round
+        // Four statements, pipelined (as in `steps::apply`): one round
         // trip. PostgreSQL runs them in the order sent, so the next rows
         // are claimed after their predecessors were marked.
         let conn: &AsyncPgConnection = conn;
+        // The commit does not wait for its flush: it is visible (and safe
+        // from a crash of this process) at once, and only a crash of
+        // PostgreSQL itself within the WAL writer's delay (≤ 3 ×
+        // `wal_writer_delay`) could lose it — its rows would then be sent
+        // again after their lease, counted as resent. Marks then add no
+        // flush of their own to the disk every ack waits on.
+        let no_flush = Cached::new("SET LOCAL synchronous_commit = off").execute(&mut &*conn);
         let rows = Cached::new(
             "UPDATE outbox AS o SET status = 'sent', provider_message_id = u.pid, last_error = NULL, \
                     updated_at = now() FROM unnest(",
@@ -142,7 +149,7 @@ pub async fn mark_sent_batch(
         .sql("::text[]) AS u(phone, key, pid) WHERE m.phone = u.phone AND m.outbox_key = u.key")
         .execute(&mut &*conn);
         let next = claim_next(conn, &conversations, lease_ms);
-        let (_, _, next) = futures_util::try_join!(rows, messages, next)?;
+        let (_, _, _, next) = futures_util::try_join!(no_flush, rows, messages, next)?;
         Ok(next)
     })
     .await

@@ -112,6 +112,10 @@ pub struct LoadArgs {
     /// sends per second against it.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub send_rate: u32,
+    /// The harness's own server marks no message read (to measure what
+    /// the read receipts cost: one more call to the send API per message).
+    #[arg(long)]
+    pub no_read_receipts: bool,
     /// Seconds to wait after the last send for messages to be applied.
     #[arg(long, default_value_t = 30)]
     pub drain: u64,

@@ -129,6 +129,7 @@ fn settings(args: &LoadArgs, dir: &RunDir, graph: &FakeGraph, app_secret: &Secre
     s.whatsapp = graph.settings();
     s.whatsapp.app_secret = Some(app_secret.clone());
     s.whatsapp.numbers = other_numbers(args.numbers as usize);
+    s.whatsapp.read_receipts = !args.no_read_receipts;
     s.media.dir = dir.path().join("media");
     // The fake API takes any rate; WhatsApp's 80/s tier would only measure itself.
     s.outbox.rate_per_s = args.send_rate;

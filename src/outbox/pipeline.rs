@@ -5,10 +5,11 @@
 //! that marks the row before it sent, or failed), and the claim query
 //! (retries, rows left pending, leases run out), run on a wake-up with
 //! nothing handed over and at least every `poll_interval_ms`. Up to
-//! `concurrency` sends run at once; every accepted send waits for the one
-//! mark commit in flight, and the next commit marks all that gathered
-//! meanwhile (group commit): the window in which a crash leaves an accepted
-//! send unrecorded is one commit long.
+//! `concurrency` sends run at once; accepted sends gather for at most
+//! [`MARK_GATHER`] (or a batch), wait for the one mark commit in flight, and
+//! the next commit marks them all (group commit): the window in which a
+//! crash leaves an accepted send unrecorded is a few milliseconds and one
+//! commit long.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -31,6 +32,19 @@ type Claiming = BoxFuture<'static, (usize, Result<Vec<Claimed>, DbError>)>;
 /// A backlog count in flight: when it began, and its answer.
 type Counting = BoxFuture<'static, (Instant, Result<i64, DbError>)>;
 
+/// How long an accepted send waits for others to share its mark commit
+/// (unless a batch of them is ready sooner): a few milliseconds more in
+/// the window in which a crash repeats a send, for several times fewer
+/// commits at a high rate.
+const MARK_GATHER: Duration = Duration::from_millis(5);
+
+/// Until the accepted sends waiting since `first` are due for their mark.
+async fn sleep_until_marked(first: Option<Instant>) {
+    if let Some(at) = first {
+        tokio::time::sleep_until((at + MARK_GATHER).into()).await;
+    }
+}
+
 /// The answer of the task in `slot` (guarded by the caller: never awaited empty).
 async fn in_flight<T>(slot: &mut Option<BoxFuture<'static, T>>) -> T {
     match slot {
@@ -47,8 +61,10 @@ struct Pipeline {
     /// Claimed rows waiting for a send slot (from the marks and the claim query).
     ready: VecDeque<Claimed>,
     sending: FuturesUnordered<BoxFuture<'static, (Claimed, Delivery)>>,
-    /// Accepted sends waiting for the next mark commit.
+    /// Accepted sends waiting for the next mark commit, and when the
+    /// first of them was accepted.
     to_mark: Vec<(Claimed, String)>,
+    first_unmarked: Option<Instant>,
     marking: Option<BoxFuture<'static, Vec<Claimed>>>,
     claiming: Option<Claiming>,
     counting: Option<Counting>,
@@ -86,7 +102,11 @@ impl Pipeline {
                 self.claiming = Some(async move { (room, w.claim(room as i64).await) }.boxed());
             }
         }
-        if self.marking.is_none() && !self.to_mark.is_empty() {
+        let mark_due = self.to_mark.len() >= settings.batch.max(1) as usize
+            || self.stopping
+            || self.first_unmarked.is_some_and(|at| at.elapsed() >= MARK_GATHER);
+        if self.marking.is_none() && !self.to_mark.is_empty() && mark_due {
+            self.first_unmarked = None;
             let (w, sent) = (self.worker.clone(), std::mem::take(&mut self.to_mark));
             self.marking = Some(async move { w.mark_sent(sent).await }.boxed());
         }
@@ -130,6 +150,7 @@ pub(super) async fn run(
         ready: VecDeque::new(),
         sending: FuturesUnordered::new(),
         to_mark: Vec::new(),
+        first_unmarked: None,
         marking: None,
         claiming: None,
         counting: None,
@@ -147,7 +168,10 @@ pub(super) async fn run(
         }
         tokio::select! {
             Some((row, delivery)) = p.sending.next(), if !p.sending.is_empty() => match delivery {
-                Delivery::Sent(provider_id) => p.to_mark.push((row, provider_id)),
+                Delivery::Sent(provider_id) => {
+                    p.first_unmarked.get_or_insert_with(Instant::now);
+                    p.to_mark.push((row, provider_id));
+                }
                 Delivery::Recorded(next) => p.ready.extend(next),
             },
             next = in_flight(&mut p.marking), if p.marking.is_some() => {
@@ -179,6 +203,7 @@ pub(super) async fn run(
                 p.woken |= p.worker.queue.len() == 0;
             }
             _ = tokio::time::sleep(poll), if !p.stopping => {}
+            _ = sleep_until_marked(p.first_unmarked), if p.marking.is_none() && p.first_unmarked.is_some() => {}
             _ = &mut until, if !p.stopping => p.stopping = true,
         }
     }

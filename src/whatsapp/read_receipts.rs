@@ -20,6 +20,9 @@ pub struct ReadReceipts {
     /// shared with the dispatcher.
     sender: Arc<dyn Sender>,
     numbers: Arc<Numbers>,
+    /// The runtime the engine was built on: receipts run there, off the
+    /// actors' threads.
+    runtime: tokio::runtime::Handle,
     /// Receipts the API took; atomics: counted by the receipts' tasks, read by `/metrics`.
     pub sent: AtomicU64,
     /// Receipts that failed or passed their deadline.
@@ -27,10 +30,12 @@ pub struct ReadReceipts {
 }
 
 impl ReadReceipts {
+    /// Must be called within a tokio runtime (the receipts' tasks run on it).
     pub fn new(sender: Arc<dyn Sender>, numbers: Arc<Numbers>) -> Self {
         Self {
             sender,
             numbers,
+            runtime: tokio::runtime::Handle::current(),
             sent: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         }
@@ -48,7 +53,7 @@ impl ReadReceipts {
         let (from, _) = self.numbers.split(conversation);
         let call = self.sender.mark_read(from, message_id, typing);
         let this = self.clone();
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             match tokio::time::timeout(DEADLINE, call).await {
                 Ok(Ok(())) => {
                     this.sent.fetch_add(1, Ordering::Relaxed);
