@@ -256,7 +256,7 @@ async fn a_nine_thousand_character_message_arrives_as_three_ordered_parts() {
     e.outbox().wait_drained().await;
     assert_eq!(
         arrived_for(&fake, to),
-        vec!["agent:k9000", "agent:k9000.1", "agent:k9000.2"]
+        vec!["agent:k9000", "agent:k9000#p1", "agent:k9000#p2"]
     );
     let bodies: Vec<String> = fake
         .requests()
@@ -269,5 +269,107 @@ async fn a_nine_thousand_character_message_arrives_as_three_ordered_parts() {
     e.submit_agent_message(to, &long, "k9000").await.unwrap();
     e.outbox().wait_drained().await;
     assert_eq!(fake.arrivals().len(), 3);
+    // A key that could name a part is refused, not confused with one.
+    assert!(e.submit_agent_message(to, "hola", "k9000#p1").await.is_err());
     e.shutdown().await.unwrap();
+}
+
+/// Inserts an outbox row of `to` with this status and attempt count.
+async fn put_row(db: &TestDb, to: &str, key: &str, status: &str, attempts: i32) -> i64 {
+    diesel::insert_into(outbox::table)
+        .values((
+            outbox::phone.eq(to),
+            outbox::kind.eq("text"),
+            outbox::payload.eq(serde_json::json!({"text": key, "choices": []})),
+            outbox::idempotency_key.eq(key),
+            outbox::status.eq(status),
+            outbox::attempts.eq(attempts),
+            outbox::next_attempt_at.eq(diesel::dsl::now),
+        ))
+        .returning(outbox::id)
+        .get_result(&mut db.admin().await)
+        .await
+        .unwrap()
+}
+
+fn claimed(to: &str, id: i64, key: &str, attempts: i32) -> switchboard::db::outbox::Claimed {
+    switchboard::db::outbox::Claimed {
+        id,
+        phone: to.into(),
+        payload: serde_json::json!({"text": key}),
+        idempotency_key: key.into(),
+        attempts,
+        lapsed: false,
+    }
+}
+
+#[actix_web::test]
+async fn a_late_record_from_a_sender_whose_lease_ran_out_changes_nothing() {
+    use switchboard::db::outbox as rows;
+    let db = TestDb::migrated().await;
+    let to = "5215580007000";
+    // Claimed by us at attempt 1; our lease ran out and another process
+    // claimed it again (attempt 2) and is sending it now.
+    let first = put_row(&db, to, "in:7:0", "sending", 2).await;
+    put_row(&db, to, "in:7:1", "pending", 0).await;
+    let mut conn = db.admin().await;
+    let ours = claimed(to, first, "in:7:0", 1);
+    let next = rows::mark_sent_batch(&mut conn, &[(ours.clone(), "wamid.late".into())], 30_000)
+        .await
+        .unwrap();
+    assert!(next.is_empty(), "the next row stays behind the one in flight");
+    let at = chrono::Utc::now();
+    rows::mark_retry(&mut conn, &ours, at, "late").await.unwrap();
+    rows::release(&mut conn, &ours, at).await.unwrap();
+    assert!(rows::mark_final(&mut conn, &ours, false, "late", 30_000)
+        .await
+        .unwrap()
+        .is_empty());
+    let statuses: Vec<(String, String)> = rows(&db).await;
+    assert_eq!(
+        statuses,
+        vec![("in:7:0".into(), "sending".into()), ("in:7:1".into(), "pending".into())],
+        "the other process's claim decides"
+    );
+}
+
+#[actix_web::test]
+async fn a_row_replayed_from_the_dead_letters_waits_for_the_one_in_flight_then_goes_next() {
+    use switchboard::db::outbox as rows;
+    let db = TestDb::migrated().await;
+    let to = "5215580008000";
+    let dead = put_row(&db, to, "in:8:0", "pending", 0).await;
+    let mut conn = db.admin().await;
+    // The first row went to the dead letters; the next one is being sent.
+    let claimed_first = rows::claim(&mut conn, 10, 30_000).await.unwrap();
+    assert_eq!(claimed_first.len(), 1);
+    rows::mark_final(&mut conn, &claimed_first[0], true, "gave up", 30_000)
+        .await
+        .unwrap();
+    let second = put_row(&db, to, "in:8:1", "sending", 1).await;
+    let letter: i64 = switchboard::db::schema::dead_letters::table
+        .filter(switchboard::db::schema::dead_letters::source_id.eq(dead))
+        .select(switchboard::db::schema::dead_letters::id)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    switchboard::db::dead_letters::replay(&mut conn, to, letter)
+        .await
+        .unwrap();
+    assert!(
+        rows::claim(&mut conn, 10, 30_000).await.unwrap().is_empty(),
+        "not while a later row of its conversation is in flight"
+    );
+    let next = rows::mark_sent_batch(
+        &mut conn,
+        &[(claimed(to, second, "in:8:1", 1), "wamid.s".into())],
+        30_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        next.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![dead],
+        "then it goes next"
+    );
 }

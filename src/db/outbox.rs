@@ -44,7 +44,8 @@ pub struct Claimed {
 
 /// Claims up to `limit` due rows, each the next of its conversation: a row
 /// is claimed only while no earlier row of its conversation is open
-/// (pending or being sent), so a conversation's messages leave one at a
+/// (pending or being sent) and no other is being sent (a row replayed from
+/// the dead letters is older than the ones after it), so a conversation's messages leave one at a
 /// time, in the order they were committed — across processes, as every
 /// claim reads the same rows. Due rows are pending ones and `sending` ones
 /// whose lease expired (their process died mid-send). Each claim counts an
@@ -59,8 +60,9 @@ pub async fn claim(conn: &mut AsyncPgConnection, limit: i64, lease_ms: i64) -> R
             "::int8 AS lease_ms), \
              due AS (SELECT d.phone, d.id, d.status AS was FROM outbox d \
                    WHERE d.status IN ('pending', 'sending') AND d.next_attempt_at <= now() \
-                     AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.phone = d.phone AND p.id < d.id \
-                                       AND p.status IN ('pending', 'sending')) \
+                     AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.phone = d.phone AND p.id <> d.id \
+                                       AND (p.status = 'sending' \
+                                            OR (p.id < d.id AND p.status = 'pending'))) \
                    ORDER BY d.next_attempt_at, d.id LIMIT (SELECT n FROM claim) FOR UPDATE SKIP LOCKED) \
              UPDATE outbox AS o SET status = 'sending', attempts = o.attempts + 1, \
                     next_attempt_at = now() + make_interval(secs => claim.lease_ms / 1000.0), updated_at = now() \
@@ -97,60 +99,65 @@ async fn claim_next(conn: &AsyncPgConnection, phones: &[&str], lease_ms: i64) ->
 }
 
 /// Rows were sent: store each provider id on its row and on its message,
-/// and claim each conversation's next row, all in one transaction (one
-/// commit instead of one each). Returns the next rows, leased for
-/// `lease_ms`. Rows are updated in key order, so concurrent batches cannot
-/// deadlock.
+/// and claim each conversation's next row, in one transaction (one commit
+/// instead of one each). Returns the next rows, leased for `lease_ms`. A
+/// row is marked only while its claim is still this one (`sending`, the
+/// same attempt): a row whose lease ran out and that another process
+/// claimed again is left to it, and its conversation's next row with it.
 pub async fn mark_sent_batch(
     conn: &mut AsyncPgConnection,
     sent: &[(Claimed, String)],
     lease_ms: i64,
 ) -> Result<Vec<Claimed>> {
     use diesel::sql_types::{Array, BigInt, Text};
+    #[derive(QueryableByName)]
+    struct Marked {
+        #[diesel(sql_type = Text)]
+        phone: String,
+    }
     let mut sorted: Vec<&(Claimed, String)> = sent.iter().collect();
     sorted.sort_by(|a, b| (&a.0.phone, a.0.id).cmp(&(&b.0.phone, b.0.id)));
     let phones: Vec<&str> = sorted.iter().map(|(r, _)| r.phone.as_str()).collect();
     let ids: Vec<i64> = sorted.iter().map(|(r, _)| r.id).collect();
-    let keys: Vec<&str> = sorted.iter().map(|(r, _)| r.idempotency_key.as_str()).collect();
+    let attempts: Vec<i32> = sorted.iter().map(|(r, _)| r.attempts).collect();
     let pids: Vec<&str> = sorted.iter().map(|(_, p)| p.as_str()).collect();
-    let mut conversations = phones.clone();
-    conversations.dedup();
     conn.transaction::<_, DbError, _>(async move |conn| {
-        // Four statements, pipelined (as in `steps::apply`): one round
-        // trip. PostgreSQL runs them in the order sent, so the next rows
-        // are claimed after their predecessors were marked.
-        let conn: &AsyncPgConnection = conn;
         // The commit does not wait for its flush: it is visible (and safe
         // from a crash of this process) at once, and only a crash of
         // PostgreSQL itself within the WAL writer's delay (≤ 3 ×
         // `wal_writer_delay`) could lose it — its rows would then be sent
         // again after their lease, counted as resent. Marks then add no
         // flush of their own to the disk every ack waits on.
-        let no_flush = Cached::new("SET LOCAL synchronous_commit = off").execute(&mut &*conn);
-        let rows = Cached::new(
-            "UPDATE outbox AS o SET status = 'sent', provider_message_id = u.pid, last_error = NULL, \
-                    updated_at = now() FROM unnest(",
+        Cached::new("SET LOCAL synchronous_commit = off").execute(conn).await?;
+        // The row and its message in one statement; the next rows in a
+        // second, which sees the first's marks.
+        let marked: Vec<Marked> = Cached::new(
+            "WITH marked AS (UPDATE outbox AS o SET status = 'sent', provider_message_id = u.pid, \
+                    last_error = NULL, updated_at = now() FROM unnest(",
         )
         .bind::<Array<Text>, _>(&phones)
         .sql("::text[], ")
         .bind::<Array<BigInt>, _>(&ids)
         .sql("::bigint[], ")
+        .bind::<Array<Integer>, _>(&attempts)
+        .sql("::int4[], ")
         .bind::<Array<Text>, _>(&pids)
-        .sql("::text[]) AS u(phone, id, pid) WHERE o.phone = u.phone AND o.id = u.id")
-        .execute(&mut &*conn);
-        let messages = Cached::new(
-            "UPDATE messages AS m SET status = 'sent', provider_message_id = u.pid, updated_at = now() FROM unnest(",
+        .sql(
+            "::text[]) AS u(phone, id, attempts, pid) \
+               WHERE o.phone = u.phone AND o.id = u.id AND o.status = 'sending' AND o.attempts = u.attempts \
+               RETURNING o.phone, o.idempotency_key, o.provider_message_id), \
+             messages_sent AS (UPDATE messages AS m SET status = 'sent', \
+                    provider_message_id = marked.provider_message_id, updated_at = now() \
+               FROM marked WHERE m.phone = marked.phone AND m.outbox_key = marked.idempotency_key) \
+             SELECT DISTINCT phone FROM marked ORDER BY phone",
         )
-        .bind::<Array<Text>, _>(&phones)
-        .sql("::text[], ")
-        .bind::<Array<Text>, _>(&keys)
-        .sql("::text[], ")
-        .bind::<Array<Text>, _>(&pids)
-        .sql("::text[]) AS u(phone, key, pid) WHERE m.phone = u.phone AND m.outbox_key = u.key")
-        .execute(&mut &*conn);
-        let next = claim_next(conn, &conversations, lease_ms);
-        let (_, _, _, next) = futures_util::try_join!(no_flush, rows, messages, next)?;
-        Ok(next)
+        .load(conn)
+        .await?;
+        if marked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conversations: Vec<&str> = marked.iter().map(|m| m.phone.as_str()).collect();
+        Ok(claim_next(conn, &conversations, lease_ms).await?)
     })
     .await
 }
@@ -176,9 +183,20 @@ pub async fn give_back(conn: &mut AsyncPgConnection, rows: &[Claimed]) -> Result
     Ok(())
 }
 
+/// The row while its claim is still `row`'s (not claimed again by another
+/// process after its lease ran out).
+macro_rules! still_claimed {
+    ($row:expr) => {
+        outbox::table
+            .find((&$row.phone, $row.id))
+            .filter(outbox::status.eq("sending"))
+            .filter(outbox::attempts.eq($row.attempts))
+    };
+}
+
 /// Try again at `at`.
 pub async fn mark_retry(conn: &mut AsyncPgConnection, row: &Claimed, at: DateTime<Utc>, reason: &str) -> Result<()> {
-    diesel::update(outbox::table.find((&row.phone, row.id)))
+    diesel::update(still_claimed!(row))
         .set((
             outbox::status.eq("pending"),
             outbox::next_attempt_at.eq(at),
@@ -193,7 +211,7 @@ pub async fn mark_retry(conn: &mut AsyncPgConnection, row: &Claimed, at: DateTim
 /// Gives a claim back untouched (the sender's breaker is open): the attempt
 /// does not count.
 pub async fn release(conn: &mut AsyncPgConnection, row: &Claimed, at: DateTime<Utc>) -> Result<()> {
-    diesel::update(outbox::table.find((&row.phone, row.id)))
+    diesel::update(still_claimed!(row))
         .set((
             outbox::status.eq("pending"),
             outbox::attempts.eq(outbox::attempts - 1),
@@ -219,7 +237,7 @@ pub async fn mark_final(
     let row = row.clone();
     let reason = reason.to_string();
     conn.transaction::<_, DbError, _>(async move |conn| {
-        diesel::update(outbox::table.find((&row.phone, row.id)))
+        let ended = diesel::update(still_claimed!(row))
             .set((
                 outbox::status.eq(if dead { "dead" } else { "failed" }),
                 outbox::last_error.eq(&reason),
@@ -227,6 +245,10 @@ pub async fn mark_final(
             ))
             .execute(conn)
             .await?;
+        if ended == 0 {
+            // Claimed again by another process: its claim decides.
+            return Ok(Vec::new());
+        }
         diesel::update(messages::table)
             .filter(messages::phone.eq(&row.phone))
             .filter(messages::outbox_key.eq(&row.idempotency_key))

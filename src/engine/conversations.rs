@@ -17,6 +17,10 @@ impl Engine {
     pub async fn submit_agent_message(&self, phone: &str, body: &str, idempotency_key: &str) -> Result<AgentAck> {
         self.check_running()?;
         let phone = self.inner.numbers.checked_key(phone).map_err(Error::InvalidInput)?;
+        if idempotency_key.contains('#') {
+            // `#` names the parts of a long message (`key#p1`, …).
+            return Err(Error::InvalidInput("an idempotency key has no '#'".into()));
+        }
         if body.trim().is_empty() || body.chars().count() > MAX_AGENT_CHARS {
             return Err(Error::InvalidInput(format!(
                 "a message has 1 to {MAX_AGENT_CHARS} characters (over 4,096 it goes in ordered parts)"

@@ -126,7 +126,11 @@ impl Dispatcher {
             db,
             queue,
             sender,
-            rates: Rates::new(settings.rate_per_s, &numbers),
+            rates: Rates::new(
+                settings.rate_per_s,
+                &numbers,
+                Duration::from_millis(settings.lease_ms.max(0) as u64),
+            ),
             numbers,
             settings,
             breakers: breakers.clone(),

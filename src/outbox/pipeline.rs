@@ -45,6 +45,10 @@ async fn sleep_until_marked(first: Option<Instant>) {
     }
 }
 
+/// The shortest pause between two counts for a caller waiting for the
+/// drain (while a retry is due later, it asks again at once).
+const DRAIN_COUNT_EVERY: Duration = Duration::from_millis(20);
+
 /// The answer of the task in `slot` (guarded by the caller: never awaited empty).
 async fn in_flight<T>(slot: &mut Option<BoxFuture<'static, T>>) -> T {
     match slot {
@@ -85,7 +89,8 @@ impl Pipeline {
         let concurrency = settings.concurrency.max(1);
         if !self.stopping {
             while self.sending.len() < concurrency {
-                let Some(row) = self.ready.pop_front().or_else(|| self.worker.queue.take(1).pop()) else {
+                // The queue first: its rows are dropped past half their lease.
+                let Some(row) = self.worker.queue.take(1).pop().or_else(|| self.ready.pop_front()) else {
                     break;
                 };
                 self.sending.push(send(self.worker.clone(), row));
@@ -112,8 +117,11 @@ impl Pipeline {
         }
         let idle =
             self.sending.is_empty() && self.marking.is_none() && self.claiming.is_none() && self.ready.is_empty();
-        let drain_asked =
-            idle && self.drain_waiters.load(Ordering::SeqCst) > 0 && self.counted.is_none_or(|c| c < self.woke_at);
+        let drain_asked = idle
+            && self.drain_waiters.load(Ordering::SeqCst) > 0
+            && self
+                .counted
+                .is_none_or(|c| c < self.woke_at && c.elapsed() >= DRAIN_COUNT_EVERY);
         let count_due = self.counted.is_none_or(|c| c.elapsed() >= BACKLOG_EVERY);
         if self.counting.is_none() && !self.stopping && (drain_asked || count_due) {
             let w = self.worker.clone();
@@ -202,7 +210,8 @@ pub(super) async fn run(
                 // (a drain asked, a replay) to look with the claim query.
                 p.woken |= p.worker.queue.len() == 0;
             }
-            _ = tokio::time::sleep(poll), if !p.stopping => {}
+            // While a caller waits for the drain, count again soon.
+            _ = tokio::time::sleep(if p.drain_waiters.load(Ordering::SeqCst) > 0 { poll.min(DRAIN_COUNT_EVERY) } else { poll }), if !p.stopping => {}
             _ = sleep_until_marked(p.first_unmarked), if p.marking.is_none() && p.first_unmarked.is_some() => {}
             _ = &mut until, if !p.stopping => p.stopping = true,
         }

@@ -27,7 +27,8 @@ const GUARD: Duration = Duration::from_millis(30);
 /// Budgets older than this are swept.
 const KEEP_SECONDS: i64 = 60;
 /// The pause after a throughput error (130429) of the number; doubled by
-/// each further one in a row, up to [`MAX_BACK_OFF`].
+/// each further one in a row, up to [`MAX_BACK_OFF`] (and a quarter of the
+/// rows' lease).
 const BACK_OFF: Duration = Duration::from_secs(1);
 const MAX_BACK_OFF: Duration = Duration::from_secs(30);
 
@@ -53,6 +54,9 @@ pub(super) struct RateLimit {
     number: String,
     rate: u32,
     every: Duration,
+    /// The longest throttling pause: under the rows' lease, so a claimed
+    /// row waiting it out is still ours when it goes.
+    max_pause: Duration,
     /// A tokio mutex: held across a take from the budget, so one send of
     /// the number asks the database while the others wait for its answer.
     bucket: Mutex<Bucket>,
@@ -68,12 +72,13 @@ fn wall() -> (i64, Duration) {
 }
 
 impl RateLimit {
-    fn new(number: &str, rate: u32) -> Self {
+    fn new(number: &str, rate: u32, max_pause: Duration) -> Self {
         let rate = rate.max(1);
         Self {
             number: number.to_string(),
             rate,
             every: Duration::from_secs_f64(1.0 / f64::from(rate)),
+            max_pause: max_pause.clamp(Duration::from_millis(100), MAX_BACK_OFF),
             bucket: Mutex::new(Bucket {
                 second: 0,
                 held: 0,
@@ -123,11 +128,15 @@ impl RateLimit {
             }
             let now = Instant::now();
             let at = b.next.max(now);
-            // The spacing would begin this send in the next second (or its
-            // guard): the sends held of this one lapse.
-            if at.saturating_duration_since(now) + wall().1 + GUARD >= Duration::from_secs(1) {
+            let (still, into) = wall();
+            // The take crossed into the next second, or the spacing would
+            // begin this send there (or in its guard): the sends held of
+            // this second lapse, and none is taken again before the next.
+            if still != b.second || at.saturating_duration_since(now) + into + GUARD >= Duration::from_secs(1) {
                 b.held = 0;
                 b.next = at;
+                drop(b);
+                tokio::time::sleep(Duration::from_secs(1).saturating_sub(wall().1)).await;
                 continue;
             }
             b.held -= 1;
@@ -160,7 +169,11 @@ impl RateLimit {
     /// from this process for a while, longer each time in a row.
     pub(super) async fn throttled(&self) {
         let mut b = self.bucket.lock().await;
-        let pause = (BACK_OFF * 2u32.saturating_pow(b.throttled.min(5))).min(MAX_BACK_OFF);
+        if b.paused_until.is_some_and(|u| u > Instant::now()) {
+            // One throttling answered to several sends in flight: one step.
+            return;
+        }
+        let pause = (BACK_OFF * 2u32.saturating_pow(b.throttled.min(5))).min(self.max_pause);
         b.throttled += 1;
         b.paused_until = Some(Instant::now() + pause);
         b.held = 0;
@@ -171,8 +184,9 @@ impl RateLimit {
     }
 
     /// A send was accepted: the throttling is over.
-    pub(super) fn accepted(&self) {
-        if let Ok(mut b) = self.bucket.try_lock() {
+    pub(super) async fn accepted(&self) {
+        let mut b = self.bucket.lock().await;
+        if b.throttled > 0 && b.paused_until.is_none_or(|u| u <= Instant::now()) {
             b.throttled = 0;
         }
     }
@@ -188,13 +202,15 @@ pub(super) struct Rates {
 }
 
 impl Rates {
-    pub(super) fn new(default: u32, numbers: &crate::numbers::Numbers) -> Self {
+    /// `lease`: the rows' lease (throttling pauses stay under a quarter of it).
+    pub(super) fn new(default: u32, numbers: &crate::numbers::Numbers, lease: Duration) -> Self {
+        let max_pause = lease / 4;
         Self {
-            default: RateLimit::new("", default),
+            default: RateLimit::new("", default, max_pause),
             own: numbers
                 .all()
                 .iter()
-                .map(|n| (n.id.clone(), RateLimit::new(&n.id, n.rate_per_s)))
+                .map(|n| (n.id.clone(), RateLimit::new(&n.id, n.rate_per_s, max_pause)))
                 .collect(),
             home: numbers.home().map(|h| h.id.clone()),
         }

@@ -59,6 +59,10 @@ impl Worker {
             tracing::warn!("sending again a row whose earlier attempt was never recorded; it may arrive twice");
         }
         let (number, contact) = self.numbers.split(&row.phone);
+        // The rate first: a wait for it (or a throttling pause) is not the
+        // provider's slowness, which the breaker times.
+        let rate = self.rates.of(number);
+        rate.wait(&self.db).await;
         let result = match self.breakers.of(number).try_acquire() {
             Err(_) => {
                 let at = Utc::now() + chrono::Duration::milliseconds(self.settings.breaker.open_ms as i64);
@@ -68,8 +72,6 @@ impl Worker {
                     .map(|()| Vec::new())
             }
             Ok(permit) => {
-                let rate = self.rates.of(number);
-                rate.wait(&self.db).await;
                 let outcome = self
                     .sender
                     .send(OutboundMessage {
@@ -84,7 +86,7 @@ impl Worker {
                 });
                 match outcome {
                     SendOutcome::Sent { provider_id } => {
-                        rate.accepted();
+                        rate.accepted().await;
                         self.stats.sent.fetch_add(1, Relaxed);
                         return Delivery::Sent(provider_id);
                     }

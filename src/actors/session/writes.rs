@@ -106,12 +106,13 @@ pub(super) fn inbound_write(
 }
 
 /// The outbox key of part `p` of a message keyed `key`: the key itself for
-/// the first (or only) part, `key.p` for the others.
+/// the first (or only) part, `key#p<p>` for the others (no key of a whole
+/// message has a `#`: agents' keys are refused with one).
 fn part_key(key: &str, p: usize) -> String {
     if p == 0 {
         key.to_string()
     } else {
-        format!("{key}.{p}")
+        format!("{key}#p{p}")
     }
 }
 
