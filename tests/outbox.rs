@@ -6,7 +6,7 @@ mod support;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use support::{engine_settings, example_flow, say, TestDb};
+use support::{say, TestDb};
 use switchboard::breaker::BreakerState;
 use switchboard::db::schema::{dead_letters, messages, outbox};
 use switchboard::load::fake_graph::{wa_error, FakeGraph};
@@ -15,18 +15,7 @@ use switchboard::Engine;
 const PHONE: &str = "5215512341234";
 
 async fn engine(db: &TestDb, fake: &FakeGraph, adjust: impl FnOnce(&mut switchboard::config::Settings)) -> Engine {
-    let mut s = engine_settings(db);
-    s.whatsapp = fake.settings();
-    s.outbox.base_delay_ms = 10;
-    s.outbox.max_delay_ms = 20;
-    s.outbox.poll_interval_ms = 20;
-    adjust(&mut s);
-    Engine::builder(s)
-        .database(db.database())
-        .flow(example_flow())
-        .start()
-        .await
-        .unwrap()
+    support::engine_with_fake(db, fake, adjust).await
 }
 
 async fn rows(db: &TestDb) -> Vec<(String, i32, Option<String>, Option<String>)> {

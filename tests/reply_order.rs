@@ -11,25 +11,14 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use support::{engine_settings, example_flow, say, TestDb};
+use support::{say, TestDb};
 use switchboard::db::schema::{messages, outbox};
 use switchboard::load::fake_graph::{wa_error, FakeGraph};
 use switchboard::load::send_order::{commit_order, order_violations, over_rate};
 use switchboard::Engine;
 
 async fn engine(db: &TestDb, fake: &FakeGraph, adjust: impl FnOnce(&mut switchboard::config::Settings)) -> Engine {
-    let mut s = engine_settings(db);
-    s.whatsapp = fake.settings();
-    s.outbox.base_delay_ms = 10;
-    s.outbox.max_delay_ms = 20;
-    s.outbox.poll_interval_ms = 20;
-    adjust(&mut s);
-    Engine::builder(s)
-        .database(db.database())
-        .flow(example_flow())
-        .start()
-        .await
-        .unwrap()
+    support::engine_with_fake(db, fake, adjust).await
 }
 
 /// Each outbox row's key and status, in commit order.
@@ -139,21 +128,8 @@ async fn a_row_whose_sender_died_is_resent_before_the_later_ones_of_its_conversa
     let db = TestDb::migrated().await;
     let to = "5215580003000";
     // A process claimed the first row and died mid-send; the second waits.
-    for (key, status) in [("in:1:0", "sending"), ("in:1:1", "pending")] {
-        diesel::insert_into(outbox::table)
-            .values((
-                outbox::phone.eq(to),
-                outbox::kind.eq("text"),
-                outbox::payload.eq(serde_json::json!({"text": key, "choices": []})),
-                outbox::idempotency_key.eq(key),
-                outbox::status.eq(status),
-                outbox::attempts.eq(i32::from(status == "sending")),
-                outbox::next_attempt_at.eq(diesel::dsl::now),
-            ))
-            .execute(&mut db.admin().await)
-            .await
-            .unwrap();
-    }
+    put_row(&db, to, "in:1:0", "sending", 1).await;
+    put_row(&db, to, "in:1:1", "pending", 0).await;
     let fake = FakeGraph::start().unwrap();
     let e = engine(&db, &fake, |_| {}).await;
     e.outbox().wait_drained().await;

@@ -365,3 +365,24 @@ pub async fn bench_engine(
         .await
         .unwrap()
 }
+
+/// An engine on `db` sending through `fake`, with quick retries and looks
+/// at the outbox, then `adjust`ed.
+pub async fn engine_with_fake(
+    db: &TestDb,
+    fake: &switchboard::load::fake_graph::FakeGraph,
+    adjust: impl FnOnce(&mut switchboard::config::Settings),
+) -> switchboard::Engine {
+    let mut s = engine_settings(db);
+    s.whatsapp = fake.settings();
+    s.outbox.base_delay_ms = 10;
+    s.outbox.max_delay_ms = 20;
+    s.outbox.poll_interval_ms = 20;
+    adjust(&mut s);
+    switchboard::Engine::builder(s)
+        .database(db.database())
+        .flow(example_flow())
+        .start()
+        .await
+        .unwrap()
+}
