@@ -12,7 +12,7 @@ pub struct OutboxSettings {
     pub poll_interval_ms: u64,
     /// Rows claimed at once.
     pub batch: i64,
-    /// Sends in flight at once (over the rounds in flight). Sends per
+    /// Sends in flight at once (of different conversations). Sends per
     /// second are at most this over the API's answer time: keep it above
     /// `rate_per_s` × that time.
     pub concurrency: usize,

@@ -83,9 +83,9 @@ pub struct Dispatcher {
     /// The send queue's: a look at the outbox now. Shared, so a commit's
     /// hand-over and [`Dispatcher::wake`] rouse the same loop.
     wake: Arc<Notify>,
-    /// Callers of `wait_drained` waiting now: rounds that find nothing due
-    /// count the backlog for them. Atomic and shared with the worker: callers
-    /// count themselves in and out, every round reads it without a lock.
+    /// Callers of `wait_drained` waiting now: the pipeline, when idle,
+    /// counts the backlog for them. Atomic and shared with the pipeline: callers
+    /// count themselves in and out, the pipeline reads it without a lock.
     drain_waiters: Arc<AtomicUsize>,
     /// (when the last count began, the backlog it counted): a watch, so
     /// `wait_drained` waits for a count without polling.
@@ -164,7 +164,7 @@ impl Dispatcher {
         self.backlog.borrow().1
     }
 
-    /// Waits until no row is pending or being sent, as counted by a round
+    /// Waits until no row is pending or being sent, as counted by the pipeline
     /// after this call.
     pub async fn wait_drained(&self) {
         /// Counts this caller as waiting until it returns or is dropped.

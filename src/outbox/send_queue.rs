@@ -17,7 +17,7 @@ use crate::db::outbox::{Claimed, ClaimedRows};
 /// sent by two dispatchers.
 pub struct SendQueue {
     /// A mutex: pushed by step commits on the writer, popped by the
-    /// dispatcher's rounds. A std one: held for a push or a pop, never across an await.
+    /// dispatcher's pipeline. A std one: held for a push or a pop, never across an await.
     rows: std::sync::Mutex<std::collections::VecDeque<(Claimed, Instant)>>,
     /// Wakes the dispatcher when a commit hands it rows; an `Arc`, shared
     /// with the dispatcher's handle, which wakes it the same way.
@@ -40,7 +40,7 @@ impl SendQueue {
         }
     }
 
-    /// Room for eight rounds' worth of rows (at 2,000 replies/s, four leave
+    /// Room for eight batches' worth of rows (at 2,000 replies/s, four leave
     /// one row in six to the claim query), but no more than the rate limit
     /// sends in a quarter of the lease: a row handed over is sent well
     /// within it.
@@ -134,7 +134,7 @@ mod tests {
         let h = SendQueue::new(&settings);
         assert_eq!(h.claim_ms(), Some(10_000));
         h.hand((1..=16).map(row).collect());
-        // Eight rounds' worth fill it: later commits insert their rows pending.
+        // Eight batches' worth fill it: later commits insert their rows pending.
         assert_eq!(h.claim_ms(), None);
         assert_eq!(h.take(3).iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(h.claim_ms(), Some(10_000));
@@ -152,7 +152,7 @@ mod tests {
         assert_eq!(
             SendQueue::limit(&settings),
             32,
-            "20 by the rate, but at least one round"
+            "20 by the rate, but at least one batch"
         );
         let settings = OutboxSettings {
             rate_per_s: 80,
