@@ -10,7 +10,8 @@ use super::breaker::BreakerSettings;
 pub struct OutboxSettings {
     /// Longest pause between looks at the outbox when nothing wakes the dispatcher.
     pub poll_interval_ms: u64,
-    /// Rows claimed at once.
+    /// Rows claimed at once; also the accepted sends that share a `sent`
+    /// mark without waiting out its few milliseconds of gathering.
     pub batch: i64,
     /// Sends in flight at once (of different conversations). Sends per
     /// second are at most this over the API's answer time: keep it above
