@@ -343,6 +343,9 @@ async fn message(
         });
         st.log.len() - 1
     };
+    // Answered when this handler ends, even when the client gave up and it
+    // was dropped mid-wait: the sender sends again only after that.
+    let _answered = AnsweredOnDrop { state, entry };
     hold(state, released, &to).await;
     let (min, max) = lock().latency;
     let latency = if max > min {
@@ -354,10 +357,21 @@ async fn message(
         tokio::time::sleep(latency).await;
     }
     let resp = answer(state, body, sender);
-    let mut st = lock();
-    st.log[entry].answered = Some(std::time::Instant::now());
-    st.log[entry].accepted = resp.status().is_success();
+    lock().log[entry].accepted = resp.status().is_success();
     resp
+}
+
+/// Marks a logged send answered when its handler ends.
+struct AnsweredOnDrop<'a> {
+    state: &'a Mutex<State>,
+    entry: usize,
+}
+
+impl Drop for AnsweredOnDrop<'_> {
+    fn drop(&mut self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.log[self.entry].answered = Some(std::time::Instant::now());
+    }
 }
 
 fn answer(state: &Mutex<State>, body: Value, sender: (String, String)) -> HttpResponse {
