@@ -133,7 +133,7 @@ impl EngineBuilder {
             registry: registry.downgrade(),
             middleware,
             instance,
-            receipts: Some(receipts.clone()),
+            receipts: receipts.clone(),
         }));
         let engine = Engine {
             inner: Arc::new(Inner {

@@ -38,7 +38,8 @@ impl OutboundBreakers {
         }
     }
 
-    /// The breaker of `number` (`None`: the home number).
+    /// The breaker of `number` (as `Numbers::split` names it; `None` when
+    /// no number is configured).
     pub fn of(&self, number: Option<&str>) -> &CircuitBreaker {
         number
             .filter(|n| Some(*n) != self.home.as_deref())

@@ -197,8 +197,6 @@ impl RateLimit {
 pub(super) struct Rates {
     default: RateLimit,
     own: HashMap<String, RateLimit>,
-    /// The number of conversations keyed by their contact alone.
-    home: Option<String>,
 }
 
 impl Rates {
@@ -212,14 +210,12 @@ impl Rates {
                 .iter()
                 .map(|n| (n.id.clone(), RateLimit::new(&n.id, n.rate_per_s, max_pause)))
                 .collect(),
-            home: numbers.home().map(|h| h.id.clone()),
         }
     }
 
+    /// The rate of `number` (as `Numbers::split` names it: the home
+    /// number's id for its conversations).
     pub(super) fn of(&self, number: Option<&str>) -> &RateLimit {
-        number
-            .or(self.home.as_deref())
-            .and_then(|n| self.own.get(n))
-            .unwrap_or(&self.default)
+        number.and_then(|n| self.own.get(n)).unwrap_or(&self.default)
     }
 }

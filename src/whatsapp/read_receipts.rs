@@ -42,8 +42,9 @@ impl ReadReceipts {
     }
 
     /// Marks `message_id` of `conversation` read, if its number wants
-    /// receipts (a conversation of no configured number follows the home
-    /// number's setting). Returns at once; the receipt goes on its own task.
+    /// receipts (a conversation of a number no longer configured follows
+    /// the home number; with none configured: always, with typing).
+    /// Returns at once; the receipt goes on its own task.
     pub fn taken_up(self: &Arc<Self>, conversation: &str, message_id: &str) {
         let number = self.numbers.of(conversation).or_else(|| self.numbers.home());
         let (read, typing) = number.map_or((true, true), |n| (n.read_receipts, n.typing_indicator));

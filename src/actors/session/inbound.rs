@@ -16,14 +16,13 @@ use crate::error::{Error, Result};
 /// The bot takes up `items`: each message it steps is marked read (with
 /// the typing indicator), once, unless a person has the conversation.
 fn mark_read(deps: &SessionDeps, phone: &str, core: &Core, items: &[PendingInbound], receipted: &mut i64) {
-    let Some(receipts) = &deps.receipts else { return };
     for m in items {
         if m.id <= *receipted {
             continue;
         }
         *receipted = m.id;
         if !core.handoff && crate::whatsapp::kinds::is_stepped(&m.payload) {
-            receipts.taken_up(phone, &m.provider_message_id);
+            deps.receipts.taken_up(phone, &m.provider_message_id);
         }
     }
 }

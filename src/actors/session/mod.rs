@@ -78,7 +78,7 @@ pub(crate) struct SessionDeps {
     /// This engine instance: the holder of the inbox leases it takes.
     pub instance: i64,
     /// Marks the messages the bot takes up read; shared with `/metrics`.
-    pub receipts: Option<Arc<crate::whatsapp::read_receipts::ReadReceipts>>,
+    pub receipts: Arc<crate::whatsapp::read_receipts::ReadReceipts>,
 }
 
 pub struct SessionActor {

@@ -13,7 +13,7 @@ use crate::db::resume::PendingInbound;
 use crate::db::steps::{NewMedia, NewMessage, NewOutbox, NewOutcome, StepWrite, WriteOutcome};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventKind, EventMessage};
-use crate::flow::StepResult;
+use crate::flow::{Reply, StepResult};
 use crate::phone::mask;
 use crate::whatsapp::{kinds, split};
 
@@ -51,32 +51,13 @@ pub(super) fn inbound_write(
     }];
     let mut outbox = Vec::new();
     for (i, reply) in r.replies.iter().enumerate() {
-        let parts = split::reply_parts(&reply.text, !reply.choices.is_empty());
-        let last = parts.len() - 1;
-        for (p, text) in parts.into_iter().enumerate() {
-            let key = part_key(&format!("in:{}:{i}", msg.id), p);
-            // Choices go with the last part; the parts before it are texts.
-            let choices: &[String] = if p == last { &reply.choices } else { &[] };
-            messages.push(NewMessage {
-                phone: phone.to_string(),
-                direction: "out",
-                origin: "bot",
-                body: text.clone(),
-                inbox_id: Some(msg.id),
-                provider_message_id: None,
-                status: "queued",
-                outbox_key: Some(key.clone()),
-            });
-            outbox.push(NewOutbox {
-                phone: phone.to_string(),
-                kind: if choices.is_empty() { "text" } else { "interactive" },
-                payload: match (&reply.list_button, choices.is_empty()) {
-                    (Some(button), false) => json!({"text": text, "choices": choices, "list_button": button}),
-                    _ => json!({"text": text, "choices": choices}),
-                },
-                idempotency_key: key,
-            });
-        }
+        let out = Outbound {
+            phone,
+            origin: "bot",
+            inbox_id: Some(msg.id),
+            key: &format!("in:{}:{i}", msg.id),
+        };
+        out.push_parts(reply, &mut messages, &mut outbox);
     }
     StepWrite {
         phone: phone.to_string(),
@@ -102,6 +83,48 @@ pub(super) fn inbound_write(
                 inbox_id: Some(msg.id),
             })
             .collect(),
+    }
+}
+
+/// One outbound message of a step (a bot reply, an agent message): its
+/// rows, a message and an outbox row per part.
+struct Outbound<'a> {
+    phone: &'a str,
+    origin: &'static str,
+    inbox_id: Option<i64>,
+    /// The whole message's key: its first part's.
+    key: &'a str,
+}
+
+impl Outbound<'_> {
+    /// The reply's parts (see `whatsapp::split`), in order: the choices go
+    /// with the last; the parts before it are texts.
+    fn push_parts(&self, reply: &Reply, messages: &mut Vec<NewMessage>, outbox: &mut Vec<NewOutbox>) {
+        let parts = split::reply_parts(&reply.text, !reply.choices.is_empty());
+        let last = parts.len() - 1;
+        for (p, text) in parts.into_iter().enumerate() {
+            let key = part_key(self.key, p);
+            let choices: &[String] = if p == last { &reply.choices } else { &[] };
+            messages.push(NewMessage {
+                phone: self.phone.to_string(),
+                direction: "out",
+                origin: self.origin,
+                body: text.clone(),
+                inbox_id: self.inbox_id,
+                provider_message_id: None,
+                status: "queued",
+                outbox_key: Some(key.clone()),
+            });
+            outbox.push(NewOutbox {
+                phone: self.phone.to_string(),
+                kind: if choices.is_empty() { "text" } else { "interactive" },
+                payload: match (&reply.list_button, choices.is_empty()) {
+                    (Some(button), false) => json!({"text": text, "choices": choices, "list_button": button}),
+                    _ => json!({"text": text, "choices": choices}),
+                },
+                idempotency_key: key,
+            });
+        }
     }
 }
 
@@ -230,26 +253,18 @@ pub(super) async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core,
     let written = retry_conflicts(deps, phone, core, |at| {
         let mut w = same_state(phone, &at);
         w.dedupe_key = Some(key.clone());
-        for (p, text) in split::split(&msg.body, split::TEXT_BODY).into_iter().enumerate() {
-            // The first part keeps the request's key: a repeat finds it.
-            let key = part_key(&key, p);
-            w.messages.push(NewMessage {
-                phone: phone.to_string(),
-                direction: "out",
-                origin: "agent",
-                body: text.clone(),
-                inbox_id: None,
-                provider_message_id: None,
-                status: "queued",
-                outbox_key: Some(key.clone()),
-            });
-            w.outbox.push(NewOutbox {
-                phone: phone.to_string(),
-                kind: "text",
-                payload: json!({"text": text, "choices": []}),
-                idempotency_key: key,
-            });
-        }
+        let out = Outbound {
+            phone,
+            origin: "agent",
+            inbox_id: None,
+            key: &key,
+        };
+        let text = Reply {
+            text: msg.body.clone(),
+            choices: Vec::new(),
+            list_button: None,
+        };
+        out.push_parts(&text, &mut w.messages, &mut w.outbox);
         std::future::ready(Some((w, ())))
     })
     .await?;
