@@ -33,6 +33,13 @@ pub enum Error {
     /// The flow file is invalid.
     #[error(transparent)]
     Flow(#[from] crate::flow::FlowError),
+    /// A free-form message outside the 24-hour customer-service window (409).
+    #[error("{}", .0.closed_reason())]
+    OutsideWindow(crate::whatsapp::window::Window),
+    /// A valid request the conversation's or the provider's state refuses
+    /// now (409): a template WhatsApp paused or disabled.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Error {
@@ -41,9 +48,13 @@ impl Error {
         match self {
             Error::Database(e) => e.is_retryable(),
             Error::Overloaded(_) | Error::Unavailable(_) => true,
-            Error::NotFound(_) | Error::InvalidInput(_) | Error::Processing(_) | Error::Server(_) | Error::Flow(_) => {
-                false
-            }
+            Error::NotFound(_)
+            | Error::InvalidInput(_)
+            | Error::Processing(_)
+            | Error::Server(_)
+            | Error::Flow(_)
+            | Error::OutsideWindow(_)
+            | Error::Refused(_) => false,
         }
     }
 }

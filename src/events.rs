@@ -19,6 +19,9 @@ pub enum EventKind {
     AgentMessage,
     /// The conversation went to a human agent or back to the bot.
     Handoff,
+    /// A due timer was applied (a reminder, an escalation, an expiry, a
+    /// hand-off timeout), with the messages it sent.
+    Timer,
     /// WhatsApp reported the delivery status of an outbound message.
     DeliveryStatus,
     /// A circuit breaker changed state (`phone` is empty).

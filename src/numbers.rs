@@ -27,6 +27,8 @@ pub struct Number {
     /// Marks inbound messages read (and shows typing with `typing_indicator`).
     pub read_receipts: bool,
     pub typing_indicator: bool,
+    /// The templates this number may send.
+    pub templates: Vec<crate::config::TemplateSettings>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -47,6 +49,9 @@ impl Numbers {
             rate_per_s: n.and_then(|n| n.rate_per_s).unwrap_or(s.outbox.rate_per_s),
             read_receipts: n.and_then(|n| n.read_receipts).unwrap_or(w.read_receipts),
             typing_indicator: n.and_then(|n| n.typing_indicator).unwrap_or(w.typing_indicator),
+            templates: n
+                .and_then(|n| n.templates.clone())
+                .unwrap_or_else(|| w.templates.clone()),
         };
         let mut list = Vec::new();
         if let Some(home) = w.phone_number_id.as_deref().filter(|id| !id.is_empty()) {

@@ -292,6 +292,8 @@ async fn delivery_statuses_update_the_outbound_message_and_never_go_backwards() 
 async fn the_agent_api_needs_a_token_and_reads_its_own_writes() {
     let db = TestDb::migrated().await;
     let app = app(&db).await;
+    // The customer wrote: the 24-hour window is open.
+    app.say(PHONE, "wamid.window", "hola").await;
     let url = app.url(&format!("/api/conversations/{PHONE}/messages"));
     let r = app
         .client

@@ -218,7 +218,7 @@ async fn a_username_user_whose_bsuid_changed_continues_the_same_conversation() {
     const NEW_BSUID: &str = "US.77700000000000000001";
     bsuid_says(&app, "wamid.i1", "vehiculo").await;
     // Meta's notice: from the new BSUID, naming the previous one.
-    let notice = json!({"from_user_id": NEW_BSUID, "id": "wamid.i2", "timestamp": "1732320000", "type": "system",
+    let notice = json!({"from_user_id": NEW_BSUID, "id": "wamid.i2", "timestamp": chrono::Utc::now().timestamp().to_string(), "type": "system",
         "system": {"body": "User Ana changed", "type": "user_changed_user_id",
                    "user_id": NEW_BSUID, "previous_user_id": BSUID}});
     send(&app, &from_contact(None, Some(NEW_BSUID), vec![notice])).await;

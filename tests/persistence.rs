@@ -55,7 +55,9 @@ async fn migrations_go_all_up_all_down_and_all_up_again() {
             "outbox",
             "outcomes",
             "send_budget",
-            "sessions"
+            "sessions",
+            "template_status",
+            "timers"
         ]
     );
 
@@ -93,11 +95,12 @@ async fn every_table_has_a_comment_and_the_phone_in_its_primary_key() {
     .load(&mut db.admin().await)
     .await
     .unwrap();
-    assert_eq!(rows.len(), 9);
+    assert_eq!(rows.len(), 11);
     for t in rows {
         // The send budget is the deployment's, per business number and
-        // second — no conversation's data (a reference table, sharded).
-        let per_conversation = t.name != "send_budget";
+        // second, and template statuses are the business account's — no
+        // conversation's data (reference tables, sharded).
+        let per_conversation = !["send_budget", "template_status"].contains(&t.name.as_str());
         assert!(
             t.commented && (t.phone_in_pk || !per_conversation),
             "table {}: {t:?}",
@@ -478,6 +481,7 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
         outbox: Vec::new(),
         outcomes: Vec::new(),
         media: Vec::new(),
+        time: Default::default(),
     };
     // Three steps of one phone and one of another, in one transaction.
     let out = commit_batch(
@@ -605,6 +609,7 @@ async fn a_step_can_claim_its_outbox_rows_at_insert_and_the_claim_query_leaves_t
         }],
         outcomes: Vec::new(),
         media: Vec::new(),
+        time: Default::default(),
     };
     // Claimed at insert: returned with their payloads, one attempt counted,
     // leased (the claim query, as another process runs it, skips them).
@@ -709,6 +714,7 @@ async fn a_batch_waiting_for_a_session_lock_sees_what_the_holder_committed() {
         outbox: Vec::new(),
         outcomes: Vec::new(),
         media: Vec::new(),
+        time: Default::default(),
     };
     let mut batch_conn = test.admin().await;
     let batch = tokio::spawn(async move { commit_batch(&mut batch_conn, &[write]).await.unwrap() });

@@ -161,6 +161,23 @@ async fn reads_stay_read_your_writes_on_a_lagging_replica() {
         |b| b.database(db.database_with(|d| d.read_url = Some(Secret::new(replica_url.clone())))),
     )
     .await;
+    // Each customer writes first: agents answer inside the 24-hour window.
+    for i in 0..100 {
+        let (phone, number) = (format!("52155{:08}", i % 50), [SALES, SUPPORT][i / 50]);
+        app.engine
+            .submit_inbound(switchboard::InboundMessage {
+                phone,
+                user_id: None,
+                business_number: Some(number.into()),
+                provider_message_id: format!("wamid.first{i}"),
+                payload: support::text("hola"),
+                contact_name: None,
+                contact_username: None,
+            })
+            .await
+            .unwrap();
+    }
+    app.engine.wait_idle().await;
     let mut naive = AsyncPgConnection::establish(&replica_url).await.unwrap();
     let mut primary = db.admin().await;
     // The standby has everything written so far before the measured pairs.

@@ -22,4 +22,11 @@ pub struct EngineStats {
     /// Items of deliveries that could not be applied, kept as dead letters
     /// (first time each).
     pub unusable: AtomicU64,
+    /// Due timers applied (their steps committed).
+    pub timers_fired: AtomicU64,
+    /// Of those, applied over a second after their due time (a process was
+    /// down, or the engine was behind): late, not lost.
+    pub timers_late: AtomicU64,
+    /// Due timers found cancelled or fired when their step committed.
+    pub timers_moot: AtomicU64,
 }

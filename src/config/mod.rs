@@ -13,6 +13,8 @@ mod numbers;
 mod outbox;
 mod secret;
 mod settings;
+mod templates;
+mod timers;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +28,8 @@ pub use numbers::NumberSettings;
 pub use outbox::OutboxSettings;
 pub use secret::{redact_url, Secret, REDACTED};
 pub use settings::*;
+pub use templates::TemplateSettings;
+pub use timers::TimerSettings;
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "SWITCHBOARD__";

@@ -1,5 +1,5 @@
 //! One business number of the deployment (`[[whatsapp.numbers]]`): its own
-//! token, flow and send rate, each defaulting to the deployment's.
+//! token, flow, send rate and templates, each defaulting to the deployment's.
 
 use std::path::PathBuf;
 
@@ -30,4 +30,7 @@ pub struct NumberSettings {
     /// Default: `whatsapp.typing_indicator`.
     #[serde(default)]
     pub typing_indicator: Option<bool>,
+    /// This number's templates, where they differ. Default: `whatsapp.templates`.
+    #[serde(default)]
+    pub templates: Option<Vec<super::TemplateSettings>>,
 }

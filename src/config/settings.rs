@@ -12,6 +12,7 @@ use super::engine::EngineSettings;
 use super::media::MediaSettings;
 use super::outbox::OutboxSettings;
 use super::secret::Secret;
+use super::timers::TimerSettings;
 use super::NumberSettings;
 
 /// The whole configuration of one switchboard process.
@@ -26,6 +27,7 @@ pub struct Settings {
     pub engine: EngineSettings,
     pub outbox: OutboxSettings,
     pub media: MediaSettings,
+    pub timers: TimerSettings,
     pub flow: FlowSettings,
     pub log: LogSettings,
 }
@@ -86,6 +88,9 @@ pub struct WhatsAppSettings {
     pub read_receipts: bool,
     /// With the read receipt, show the typing indicator until the reply.
     pub typing_indicator: bool,
+    /// The message templates the deployment may send (outside the 24-hour
+    /// window, from timers and agents); a number may list its own.
+    pub templates: Vec<super::TemplateSettings>,
 }
 
 impl Default for WhatsAppSettings {
@@ -100,6 +105,7 @@ impl Default for WhatsAppSettings {
             api_version: "v21.0".into(),
             read_receipts: true,
             typing_indicator: true,
+            templates: Vec::new(),
         }
     }
 }

@@ -31,6 +31,25 @@ impl Settings {
             "must be an http:// or https:// URL",
         );
         numbers(&self.whatsapp, &mut p);
+        p.0.extend(super::templates::problems(
+            "whatsapp.templates",
+            &self.whatsapp.templates,
+        ));
+        for (i, n) in self.whatsapp.numbers.iter().enumerate() {
+            if let Some(list) = &n.templates {
+                p.0.extend(super::templates::problems(
+                    &format!("whatsapp.numbers[{i}].templates"),
+                    list,
+                ));
+            }
+        }
+        p.check(self.timers.batch >= 1, "timers.batch", "must be at least 1");
+        p.check(
+            (10..=60_000).contains(&self.timers.poll_interval_ms),
+            "timers.poll_interval_ms",
+            "must be between 10 and 60000",
+        );
+        p.check(self.timers.lease_ms >= 1000, "timers.lease_ms", "must be at least 1000");
         p.check(self.media.max_attempts >= 1, "media.max_attempts", "must be at least 1");
         p.check(self.media.concurrency >= 1, "media.concurrency", "must be at least 1");
         p.check(self.media.max_bytes >= 1, "media.max_bytes", "must be at least 1");

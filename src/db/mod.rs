@@ -22,6 +22,8 @@ pub mod schema;
 pub mod sessions;
 pub mod sql;
 pub mod steps;
+pub mod templates;
+pub mod timers;
 
 use std::sync::{Arc, Mutex};
 

@@ -38,6 +38,7 @@ diesel::table! {
         leased_by -> Int8,
         lease_until -> Timestamptz,
         contact_username -> Nullable<Text>,
+        version -> Nullable<Int8>,
     }
 }
 
@@ -125,6 +126,35 @@ diesel::table! {
         handoff -> Bool,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        last_customer_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    template_status (name, language) {
+        name -> Text,
+        language -> Text,
+        status -> Text,
+        reason -> Nullable<Text>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    timers (phone, id) {
+        phone -> Text,
+        id -> Int8,
+        kind -> Text,
+        due_at -> Timestamptz,
+        action -> Jsonb,
+        status -> Text,
+        set_version -> Int8,
+        fired_version -> Nullable<Int8>,
+        fired_at -> Nullable<Timestamptz>,
+        outcome -> Nullable<Text>,
+        leased_by -> Int8,
+        lease_until -> Timestamptz,
+        created_at -> Timestamptz,
     }
 }
 
@@ -138,4 +168,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     outcomes,
     send_budget,
     sessions,
+    template_status,
+    timers,
 );

@@ -23,6 +23,9 @@ pub struct SessionRecord {
     pub handoff: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the customer last wrote (that message's own timestamp): the
+    /// 24-hour window runs from here. `None`: never.
+    pub last_customer_at: Option<DateTime<Utc>>,
 }
 
 /// Reads a session, if it exists.

@@ -28,6 +28,7 @@ use crate::numbers::Numbers;
 use crate::outbox::{Dispatcher, Outbound, OutboundBreakers, SendQueue};
 use crate::whatsapp::read_receipts::ReadReceipts;
 use crate::whatsapp::sender::Sender;
+use crate::whatsapp::templates::Templates;
 
 /// Builds an [`Engine`]; anything not given comes from the settings.
 pub struct EngineBuilder {
@@ -98,6 +99,7 @@ impl EngineBuilder {
             sender,
             middleware,
             numbers,
+            templates,
         } = self.inputs().await?;
         // Random per start, never 0 (the column's default): a restarted
         // process does not inherit the leases of its previous life.
@@ -134,6 +136,7 @@ impl EngineBuilder {
             middleware,
             instance,
             receipts: receipts.clone(),
+            templates: templates.clone(),
         }));
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -160,10 +163,12 @@ impl EngineBuilder {
                 media,
                 settings,
                 contacts: dashmap::DashMap::new(),
+                templates,
             }),
         };
         engine.resume(true).await?;
         engine.start_resume_sweeper();
+        engine.start_timer_poller();
         Ok(engine)
     }
 }
@@ -179,6 +184,7 @@ struct Inputs {
     sender: Arc<dyn Sender>,
     middleware: Option<Arc<dyn Middleware>>,
     numbers: Arc<Numbers>,
+    templates: Arc<Templates>,
 }
 
 impl EngineBuilder {
@@ -190,6 +196,9 @@ impl EngineBuilder {
             None => Flow::load(&settings.flow.path)?,
         });
         let flow = Arc::new(Flows::load(default, &settings.flow.path, numbers.clone())?);
+        // A flow may only name templates its numbers have, with their parameter counts.
+        let templates = Arc::new(Templates::new(&settings.whatsapp, numbers.clone()));
+        templates.check_flows(&flow)?;
         let model = match self.model {
             Some(m) => m,
             None => crate::ai::build_model(&settings.ai).map_err(|e| Error::InvalidInput(e.to_string()))?,
@@ -210,6 +219,7 @@ impl EngineBuilder {
             sender,
             middleware: self.middleware,
             numbers,
+            templates,
         })
     }
 }

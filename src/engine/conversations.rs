@@ -4,7 +4,7 @@ use scoped_futures::ScopedFutureExt;
 
 use super::mailbox::InFlightGuard;
 use super::Engine;
-use crate::actors::session::{AgentAck, AgentSend, ConversationView, Read, SetHandoff, Wake};
+use crate::actors::session::{AgentAck, AgentContent, AgentSend, ConversationView, Read, SetHandoff, Wake};
 use crate::error::{Error, Result};
 use crate::events::{DeliveryEvent, Event};
 
@@ -30,11 +30,81 @@ impl Engine {
         self.call(
             &phone,
             AgentSend {
-                body: body.to_string(),
+                content: AgentContent::Text(body.to_string()),
                 idempotency_key: idempotency_key.to_string(),
             },
         )
         .await?
+    }
+
+    /// Stores and queues a template message (any time: templates are what
+    /// may go outside the 24-hour window); returns after the commit. An
+    /// unknown template or a wrong parameter count is invalid input; one
+    /// WhatsApp paused or disabled is refused with its status.
+    pub async fn submit_template(
+        &self,
+        phone: &str,
+        name: &str,
+        language: Option<&str>,
+        parameters: Vec<String>,
+        idempotency_key: &str,
+    ) -> Result<AgentAck> {
+        self.check_running()?;
+        let phone = self.inner.numbers.checked_key(phone).map_err(Error::InvalidInput)?;
+        if idempotency_key.contains('#') {
+            return Err(Error::InvalidInput("an idempotency key has no '#'".into()));
+        }
+        let template = self
+            .inner
+            .templates
+            .call(&phone, name, language, parameters)
+            .map_err(Error::InvalidInput)?;
+        if let Some(s) = self
+            .inner
+            .db
+            .template_status(&template.name, &template.language)
+            .await?
+        {
+            if crate::whatsapp::templates::is_stopped(&s.status) {
+                return Err(Error::Refused(format!(
+                    "template `{}` ({}) is {} at WhatsApp{}; it cannot be sent until it is approved again",
+                    template.name,
+                    template.language,
+                    s.status,
+                    s.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                )));
+            }
+        }
+        let _guard = InFlightGuard::new(&self.inner.in_flight);
+        self.call(
+            &phone,
+            AgentSend {
+                content: AgentContent::Template(template),
+                idempotency_key: idempotency_key.to_string(),
+            },
+        )
+        .await?
+    }
+
+    /// The templates conversation `phone` may send (its business number's).
+    pub fn templates_of(&self, phone: &str) -> &[crate::config::TemplateSettings] {
+        self.inner.templates.of(phone)
+    }
+
+    /// Records a template's status as WhatsApp reported it
+    /// (`message_template_status_update`).
+    pub async fn record_template_status(
+        &self,
+        name: &str,
+        language: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        Ok(self
+            .inner
+            .db
+            .record_template_status(name, language, status, reason)
+            .await?)
     }
 
     /// Hands the conversation to a human agent (`true`) or back to the bot.
@@ -58,6 +128,7 @@ impl Engine {
             data: s.data,
             version: s.version,
             handoff: s.handoff,
+            window: crate::whatsapp::window::Window::now(s.last_customer_at),
         }))
     }
 

@@ -10,6 +10,7 @@
 //! - `mailbox`: the per-phone line into a session actor's mailbox;
 //! - `reads`: lists, histories and dead letters for the HTTP layer;
 //! - `resume`: picking up accepted messages not yet applied;
+//! - `timers`: claiming due timers and handing each to its conversation;
 //! - `stats` and `shutdown`.
 
 mod actor_thread;
@@ -23,6 +24,7 @@ mod reads;
 mod resume;
 mod shutdown;
 mod stats;
+mod timers;
 
 use std::sync::Arc;
 
@@ -150,6 +152,8 @@ struct Inner {
     receipts: Arc<crate::whatsapp::read_receipts::ReadReceipts>,
     /// Shared with the media fetcher, which counts into it.
     media: Arc<MediaStats>,
+    /// The templates each conversation may send; shared with the session actors.
+    templates: Arc<crate::whatsapp::templates::Templates>,
 }
 
 impl std::fmt::Debug for Engine {

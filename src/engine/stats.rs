@@ -26,6 +26,11 @@ pub struct StatsSnapshot {
     pub retries: u64,
     /// Delivery items kept as dead letters because they cannot be applied.
     pub unusable: u64,
+    /// Due timers applied; of those, late (over a second after due); and
+    /// those found cancelled or fired when their step committed.
+    pub timers_fired: u64,
+    pub timers_late: u64,
+    pub timers_moot: u64,
     pub batches: u64,
     pub batched_writes: u64,
     pub largest_batch: u64,
@@ -62,6 +67,9 @@ impl Engine {
             conflicts: l(&i.stats.conflicts),
             retries: l(&i.stats.retries),
             unusable: l(&i.stats.unusable),
+            timers_fired: l(&i.stats.timers_fired),
+            timers_late: l(&i.stats.timers_late),
+            timers_moot: l(&i.stats.timers_moot),
             batches: l(&w.batches),
             batched_writes: l(&w.writes),
             largest_batch: l(&w.largest_batch),

@@ -11,6 +11,8 @@ use regex::Regex;
 
 use format::FileFlow;
 
+use super::time::{AfterRule, Timing};
+
 /// A validated conversation flow.
 #[derive(Debug, Clone)]
 pub struct Flow {
@@ -22,6 +24,8 @@ pub struct Flow {
     /// Global intents, recognized in every state.
     pub global: BTreeMap<String, GlobalIntent>,
     pub states: BTreeMap<String, State>,
+    /// Expiry and hand-off timeout (see [`super::time`]).
+    pub timing: Timing,
 }
 
 /// WhatsApp's limits on interactive messages: a flow that passes them is
@@ -68,6 +72,8 @@ pub struct State {
     pub next: Option<String>,
     /// Terminal states record this outcome, then the conversation restarts.
     pub outcome: Option<String>,
+    /// Reminders and escalations while the conversation rests here, shortest first.
+    pub after: Vec<AfterRule>,
 }
 
 impl State {
@@ -159,11 +165,11 @@ impl Flow {
             problems,
         };
         let raw: FileFlow = toml::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
-        let (states, problems) = validate::validate(&raw, text);
+        let (states, timing, problems) = validate::validate(&raw, text);
         if !problems.is_empty() {
             return Err(fail(problems));
         }
-        Ok(validate::assemble(raw, states))
+        Ok(validate::assemble(raw, states, timing))
     }
 
     pub fn state(&self, name: &str) -> Option<&State> {

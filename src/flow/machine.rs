@@ -134,7 +134,7 @@ fn remember_context(data: &mut Value, u: &Understanding) {
 }
 
 /// The result before this message acts: same state, data as an object (it may be null).
-fn unchanged(flow: &Flow, state: &str, data: &Value, handoff: bool) -> StepResult {
+pub(super) fn unchanged(flow: &Flow, state: &str, data: &Value, handoff: bool) -> StepResult {
     StepResult {
         state: flow.current(state).name.clone(),
         data: if data.is_object() {
@@ -231,7 +231,7 @@ fn on_transition(flow: &Flow, current: &State, intent: Option<&str>, out: &mut S
 
 /// Moves to `target`, prompting there; a terminal state records its outcome
 /// and returns the conversation to the initial state with empty data.
-fn enter(flow: &Flow, target: &str, out: &mut StepResult, ticket: &str) {
+pub(super) fn enter(flow: &Flow, target: &str, out: &mut StepResult, ticket: &str) {
     let state = flow.current(target);
     if let Some(kind) = &state.outcome {
         let mut data = out.data.clone();
@@ -255,7 +255,7 @@ fn enter(flow: &Flow, target: &str, out: &mut StepResult, ticket: &str) {
     }
 }
 
-fn text(s: &str) -> Reply {
+pub(super) fn text(s: &str) -> Reply {
     Reply {
         text: s.to_string(),
         choices: Vec::new(),
@@ -265,7 +265,17 @@ fn text(s: &str) -> Reply {
 
 /// The state's prompt with `{slot}` placeholders filled from `data`.
 fn prompt(state: &State, data: &Value) -> Reply {
-    let mut t = state.prompt.clone();
+    Reply {
+        text: fill(&state.prompt, data),
+        choices: state.choices.clone(),
+        list_button: (state.choices.len() > crate::flow::definition::limits::BUTTONS)
+            .then(|| state.list_button.clone()),
+    }
+}
+
+/// `text` with `{slot}` placeholders filled from `data`.
+pub(super) fn fill(text: &str, data: &Value) -> String {
+    let mut t = text.to_string();
     if let Some(obj) = data.as_object() {
         for (k, v) in obj {
             if let Some(s) = v.as_str() {
@@ -273,12 +283,7 @@ fn prompt(state: &State, data: &Value) -> Reply {
             }
         }
     }
-    Reply {
-        text: t,
-        choices: state.choices.clone(),
-        list_button: (state.choices.len() > crate::flow::definition::limits::BUTTONS)
-            .then(|| state.list_button.clone()),
-    }
+    t
 }
 
 fn attempts(data: &Value) -> u32 {

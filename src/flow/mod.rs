@@ -2,9 +2,12 @@
 //! state machine ([`machine`]).
 
 pub mod definition;
+pub mod fire;
 pub mod machine;
 pub mod per_number;
+pub mod time;
 
 pub use definition::{normalize_text, Flow, FlowError, GlobalIntent, Slot, SlotKind, State};
 pub use machine::{step, Needs, Outcome, Reply, StepResult, Understanding};
 pub use per_number::Flows;
+pub use time::{TemplateCall, TimerAction, TimerKind, TimerPlan};

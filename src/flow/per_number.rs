@@ -50,6 +50,12 @@ impl Flows {
         }
     }
 
+    /// The flow of business number `id`'s conversations (`None`: a
+    /// deployment without numbers).
+    pub fn of_number(&self, id: Option<&str>) -> &Arc<Flow> {
+        id.and_then(|id| self.own.get(id)).unwrap_or(&self.default)
+    }
+
     pub fn default_flow(&self) -> &Arc<Flow> {
         &self.default
     }

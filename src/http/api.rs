@@ -22,6 +22,7 @@ pub fn scope() -> Scope {
         .route("/conversations", web::get().to(list))
         .route("/conversations/{phone}", web::get().to(get))
         .route("/conversations/{phone}/messages", web::post().to(send))
+        .route("/conversations/{phone}/template", web::post().to(template))
         .route("/conversations/{phone}/handoff", web::post().to(handoff))
         .route("/conversations/{phone}/events", web::get().to(sse::conversation))
         .route("/conversations/{phone}/media/{media_id}", web::get().to(media::file))
@@ -199,6 +200,8 @@ async fn get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<Strin
         "contact": contact,
         "contact_name": display.name,
         "contact_username": display.username,
+        "window": session.window,
+        "templates": state.engine.templates_of(&phone),
         "messages": messages,
     })))
 }
@@ -226,28 +229,73 @@ async fn send(
         ));
     }
     let body = body.into_inner();
-    let key = match body.idempotency_key {
-        Some(k) if !k.is_empty() && k.len() <= 128 => k,
-        Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "idempotency_key has 1 to 128 characters",
-            ))
-        }
-        None => format!("{:032x}", rand::random::<u128>()),
-    };
+    let key = idempotency_key(body.idempotency_key)?;
     let ack = state.engine.submit_agent_message(&phone, &body.text, &key).await?;
+    Ok(acked(ack))
+}
+
+/// The caller's idempotency key, checked, or a new one.
+fn idempotency_key(given: Option<String>) -> Result<String, ApiError> {
+    match given {
+        Some(k) if !k.is_empty() && k.len() <= 128 => Ok(k),
+        Some(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key has 1 to 128 characters",
+        )),
+        None => Ok(format!("{:032x}", rand::random::<u128>())),
+    }
+}
+
+/// 201 for a message stored now, 200 for a key stored before.
+fn acked(ack: crate::actors::session::AgentAck) -> HttpResponse {
     let status = if ack.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok(HttpResponse::build(status).json(json!({
+    HttpResponse::build(status).json(json!({
         "id": format!("agent:{}", ack.idempotency_key),
         "idempotency_key": ack.idempotency_key,
         "version": ack.version,
         "created": ack.created,
-    })))
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateBody {
+    /// A configured template's name (`whatsapp.templates`).
+    name: String,
+    /// Needed only when the template is configured in several languages.
+    language: Option<String>,
+    /// Its body parameters, as many as it takes.
+    #[serde(default)]
+    parameters: Vec<String>,
+    idempotency_key: Option<String>,
+}
+
+/// Sends a template: the way to reach a customer outside the 24-hour window.
+async fn template(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<TemplateBody>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    let phone = conversation_path::named(&state, &req, &path).await?;
+    if crate::phone::is_group(state.engine.numbers().split(&phone).1) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "a group's conversation is kept to be read; templates go to 1:1 conversations",
+        ));
+    }
+    let body = body.into_inner();
+    let key = idempotency_key(body.idempotency_key)?;
+    let ack = state
+        .engine
+        .submit_template(&phone, &body.name, body.language.as_deref(), body.parameters, &key)
+        .await?;
+    Ok(acked(ack))
 }
 
 #[derive(Debug, Deserialize)]

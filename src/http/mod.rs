@@ -54,6 +54,8 @@ pub struct ApiError {
     pub reason: String,
     /// Seconds for `Retry-After` (429, 503).
     pub retry_after: Option<u64>,
+    /// More of the answer's JSON fields beside `error` (a 409's window).
+    pub detail: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ApiError {
@@ -62,6 +64,7 @@ impl ApiError {
             status,
             reason: reason.into(),
             retry_after: None,
+            detail: None,
         }
     }
 }
@@ -88,14 +91,25 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        r.json(json!({"error": self.reason}))
+        let mut body = self.detail.clone().unwrap_or_default();
+        body.insert("error".into(), json!(self.reason));
+        r.json(body)
     }
 }
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
+        if let Error::OutsideWindow(w) = &e {
+            let mut detail = serde_json::Map::new();
+            detail.insert("window".into(), json!(w));
+            return ApiError {
+                detail: Some(detail),
+                ..ApiError::new(StatusCode::CONFLICT, e.to_string())
+            };
+        }
         let status = match &e {
             Error::InvalidInput(_) => StatusCode::BAD_REQUEST,
+            Error::Refused(_) => StatusCode::CONFLICT,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             e if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

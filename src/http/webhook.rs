@@ -122,10 +122,18 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
             statuses += 1;
         }
     }
+    for t in &delivery.templates {
+        engine
+            .record_template_status(&t.name, &t.language, &t.status, t.reason.as_deref())
+            .await
+            .map_err(unstored)?;
+        tracing::info!(template = %t.name, language = %t.language, status = %t.status, "template status reported");
+    }
     Ok(HttpResponse::Ok().json(json!({
         "accepted": accepted,
         "duplicates": duplicates,
         "statuses": statuses,
+        "templates": delivery.templates.len(),
         "dead_lettered": dead_lettered,
     })))
 }

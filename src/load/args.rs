@@ -112,6 +112,11 @@ pub struct LoadArgs {
     /// sends per second against it.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub send_rate: u32,
+    /// Mid-run, sets this many timers due in the same second, each in a
+    /// conversation of its own (the firing benchmark); the report shows
+    /// how late they fired.
+    #[arg(long, default_value_t = 0)]
+    pub timer_wave: u32,
     /// The harness's own server marks no message read (to measure what
     /// the read receipts cost: one more call to the send API per message).
     #[arg(long)]

@@ -58,6 +58,14 @@ enum On {
     BesideBad,
 }
 
+/// The message kinds the flow steps, as an SQL list: those of
+/// `whatsapp::kinds::STEPPED` (a unit test keeps them in step).
+macro_rules! stepped {
+    () => {
+        "('text', 'interactive', 'button', 'image', 'audio', 'video', 'document', 'sticker', 'location', 'contacts')"
+    };
+}
+
 /// Each check selects the keys that break it (an empty result holds).
 /// Messages are looked up in their conversation (the key their business
 /// number and contact make), as the server files them.
@@ -97,22 +105,22 @@ const CHECKS: &[(&str, On, &str)] = &[
         "every reply has exactly one outbox row",
         On::Rows,
         "SELECT m.phone || ':' || coalesce(m.outbox_key, '-') AS key FROM messages m \
-         WHERE m.direction = 'out' AND NOT EXISTS \
+         WHERE m.direction = 'out' AND m.status <> 'skipped' AND NOT EXISTS \
                (SELECT 1 FROM outbox o WHERE o.phone = m.phone AND o.idempotency_key = m.outbox_key)",
     ),
     (
         // Stepped: the kinds of `whatsapp::kinds::STEPPED`, outside groups
         // (a unit test keeps the list in step); stored-only messages keep
-        // the version.
+        // the version. A fired timer is a step of its own.
         "versions are contiguous and count the applied steps",
         On::Rows,
-        "SELECT s.phone || ' v' || s.version AS key FROM sessions s \
-         WHERE s.version <> (SELECT count(*) FROM messages m \
+        concat!("SELECT s.phone || ' v' || s.version AS key FROM sessions s \
+         WHERE s.version <> (SELECT count(*) FROM timers t WHERE t.phone = s.phone AND t.status = 'fired') \
+                          + (SELECT count(*) FROM messages m \
                              WHERE m.phone = s.phone AND (m.origin = 'agent' OR (m.origin = 'user' AND EXISTS ( \
                                SELECT 1 FROM inbox i WHERE i.phone = m.phone AND i.id = m.inbox_id \
                                  AND i.payload->'group_id' IS NULL AND i.payload->>'type' IN \
-                                 ('text', 'interactive', 'button', 'image', 'audio', 'video', 'document', \
-                                  'sticker', 'location', 'contacts')))))",
+                                 ", stepped!(), "))))"),
     ),
     (
         // In the order each process accepted them (`leased_by`: the
@@ -155,6 +163,42 @@ const CHECKS: &[(&str, On, &str)] = &[
                              ON d.phone = i.phone AND d.source = 'inbox' AND d.source_id = i.id \
                            WHERE i.phone = a.phone AND i.provider_message_id = a.id) \
            AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.source = 'webhook' AND d.dedupe_key = a.id)",
+    ),
+    (
+        // Left a few seconds: a timer coming due as the run ends.
+        "every due timer fired or was cancelled",
+        On::Rows,
+        "SELECT phone || ':' || id AS key FROM timers \
+         WHERE status = 'pending' AND due_at < now() - interval '5 seconds'",
+    ),
+    (
+        "a fired timer's step has a version of its own, after the step that set it",
+        On::Rows,
+        concat!("SELECT t.phone || ':' || t.id AS key FROM timers t WHERE t.status = 'fired' AND (t.fired_version <= t.set_version \
+            OR EXISTS (SELECT 1 FROM timers o WHERE o.phone = t.phone AND o.id <> t.id AND o.fired_version = t.fired_version) \
+            OR EXISTS (SELECT 1 FROM inbox i WHERE i.phone = t.phone AND i.version = t.fired_version \
+                         AND i.payload->'group_id' IS NULL AND i.payload->>'type' IN \
+                         ", stepped!(), "))"),
+    ),
+    (
+        // A stepped message applied between a reminder's setting and its
+        // firing replaced it: it must not have fired. (Hand-off timeouts
+        // run on while the customer writes; they are not checked here.)
+        "no timer fired after a message that cancelled it",
+        On::Rows,
+        concat!("SELECT t.phone || ':' || t.id AS key FROM timers t WHERE t.status = 'fired' AND t.kind <> 'handoff' \
+           AND EXISTS (SELECT 1 FROM inbox i WHERE i.phone = t.phone \
+                         AND i.version > t.set_version AND i.version < t.fired_version \
+                         AND i.payload->'group_id' IS NULL AND i.payload->>'type' IN \
+                         ", stepped!(), ")"),
+    ),
+    (
+        "a timer's messages are queued once, only if it fired and had something to send",
+        On::Rows,
+        "SELECT t.phone || ':' || t.id AS key FROM timers t \
+         WHERE (t.status = 'fired' AND t.outcome IN ('replied', 'template')) \
+               <> EXISTS (SELECT 1 FROM outbox o WHERE o.phone = t.phone \
+                            AND o.idempotency_key LIKE 'timer:' || t.id || ':%')",
     ),
 ];
 
@@ -255,15 +299,11 @@ pub async fn setting(database_url: &str, name: &str) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::CHECKS;
     use crate::whatsapp::kinds::STEPPED;
 
     #[test]
     fn the_version_check_counts_exactly_the_kinds_the_flow_steps() {
-        let (_, _, sql) = CHECKS
-            .iter()
-            .find(|(name, _, _)| name.starts_with("versions are contiguous"))
-            .unwrap();
+        let sql = stepped!();
         let listed = sql.matches("', '").count() + 1;
         assert_eq!(listed, STEPPED.len(), "{sql}");
         for kind in STEPPED {

@@ -19,6 +19,11 @@ pub const BAD_EVERY: usize = 20;
 /// An agent's reply.
 const AGENT_TEXT: &str = "Hola, soy del equipo de soporte.";
 
+/// An agent answers a contact only this long after its first message was
+/// planned: free-form messages go only inside the 24-hour window, which
+/// that message opens once applied (a 409 otherwise).
+const AGENT_AFTER: Duration = Duration::from_secs(2);
+
 /// Where a location message points (Mexico City's Zócalo).
 const LATITUDE: f64 = 19.4326;
 const LONGITUDE: f64 = -99.1332;
@@ -30,16 +35,23 @@ pub(super) struct Mixed {
     last: HashMap<usize, String>,
     /// Deliveries planned so far (every [`BAD_EVERY`]th holds a bad message).
     deliveries: usize,
+    /// When each contact's first delivery is planned.
+    wrote: HashMap<usize, Duration>,
 }
 
 impl Mixed {
     /// Plan step `n`, for contact `p` at `at`: in twenty, two statuses, two
     /// agent replies, two reads and fourteen deliveries (one reaction, one
     /// image, one location, eleven texts) — the shares of the scenario
-    /// before it had kinds: 10% each, 70% deliveries.
+    /// before it had kinds: 10% each, 70% deliveries. A contact an agent
+    /// cannot answer yet (see [`AGENT_AFTER`]) writes instead.
     pub(super) fn next(&mut self, said: &mut Said, rng: &mut StdRng, p: usize, n: usize, at: Duration) -> Planned {
         let to = said.peer(p);
-        let roll = rng.random_range(0..20);
+        let mut roll = rng.random_range(0..20);
+        let window_open = self.wrote.get(&p).is_some_and(|w| *w + AGENT_AFTER <= at);
+        if matches!(roll, 2 | 3) && !window_open {
+            roll = 9;
+        }
         let action = match roll {
             0 | 1 => Action::Status {
                 to,
@@ -54,6 +66,7 @@ impl Mixed {
             4 | 5 => Action::Read { to },
             _ => {
                 let kind = self.kind(said, p, n, roll);
+                self.wrote.entry(p).or_insert(at);
                 Action::Webhook {
                     to,
                     messages: self.delivery(said, p, n, kind),

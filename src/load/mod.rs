@@ -32,6 +32,7 @@ mod run_dir;
 pub mod scenario;
 pub mod send_order;
 mod servers;
+pub mod timer_figures;
 mod verdict;
 
 use std::future::Future;
@@ -72,6 +73,7 @@ async fn load_and_check(
     interrupt: impl Future<Output = ()>,
 ) -> anyhow::Result<Report> {
     let target = servers.target(args);
+    let wave_on = servers.database_url(args).filter(|_| args.timer_wave > 0);
     let sending = async {
         let driving = driver::drive(
             target.clone(),
@@ -81,8 +83,18 @@ async fn load_and_check(
             args.drain_limit(),
             !args.quiet,
         );
-        // The fault, if any, runs beside the load.
-        tokio::join!(driving, chaos::run(args, servers.processes_mut()))
+        let wave = async {
+            let Some(url) = &wave_on else { return Ok(()) };
+            let initial = crate::flow::Flow::parse(&args.scenario.flow(), "flow.toml")?.initial;
+            let note = timer_figures::wave(url, args.timer_wave, args.run_for() / 2, &initial).await?;
+            if !args.quiet {
+                eprintln!("{note}");
+            }
+            anyhow::Ok(())
+        };
+        // The fault, if any, and the timer wave run beside the load.
+        let (measured, chaos, wave) = tokio::join!(driving, chaos::run(args, servers.processes_mut()), wave);
+        (measured, chaos.and_then(|c| wave.map(|()| c)))
     };
     let outcome = tokio::select! {
         pair = sending => Some(pair),

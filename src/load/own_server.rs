@@ -13,7 +13,6 @@ use super::payloads::{IMAGE, IMAGE_MIME};
 use super::population::other_numbers;
 use super::run_dir::RunDir;
 use super::scenario::Scenario;
-use super::EXAMPLE_FLOW;
 use crate::config::{AiProvider, Secret, Settings};
 use crate::engine::Engine;
 use crate::flow::Flow;
@@ -53,7 +52,7 @@ impl OwnServer {
         graph.serve_any_media(IMAGE, IMAGE_MIME);
         let app_secret = Secret::new(format!("{:032x}", rand::random::<u128>()));
         let s = settings(args, &dir, &graph, &app_secret)?;
-        let flow = Flow::parse(EXAMPLE_FLOW, "flows/reporte.toml")?;
+        let flow = Flow::parse(&args.scenario.flow(), "flows/reporte.toml")?;
         let engine = Engine::builder(s.clone())
             .flow(flow)
             .start()

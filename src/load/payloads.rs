@@ -22,10 +22,6 @@ pub const IMAGE_MIME: &str = "image/jpeg";
 /// bad message.
 const TEXT_LIMIT: usize = 4_096;
 
-/// Every message's `timestamp` (the server keeps it; no check of the run
-/// depends on it).
-const TIMESTAMP: &str = "1732320000";
-
 /// Every status's `timestamp`.
 const STATUS_TIMESTAMP: &str = "1732320001";
 
@@ -70,7 +66,8 @@ fn contact(c: &Contact) -> Value {
 
 /// Message `m` from `to`'s contact.
 pub fn message(to: &Peer, m: &Message) -> Value {
-    let mut v = json!({"id": m.id, "timestamp": TIMESTAMP});
+    // Sent now: the 24-hour window runs from a message's own timestamp.
+    let mut v = json!({"id": m.id, "timestamp": chrono::Utc::now().timestamp().to_string()});
     let (field, id) = match (&to.contact, m.kind == Kind::Bad(Bad::Sender)) {
         (Contact::Phone(phone), false) => ("from", phone.as_str()),
         (Contact::Phone(_), true) => ("from", "not-a-phone"),

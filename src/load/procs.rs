@@ -73,7 +73,7 @@ impl Processes {
             procs: Vec::new(),
             dir: dir.to_path_buf(),
         };
-        std::fs::write(dir.join("flow.toml"), super::EXAMPLE_FLOW)?;
+        std::fs::write(dir.join("flow.toml"), scenario.flow())?;
         for i in 0..n {
             let port = free_port()?;
             let config = dir.join(format!("serve-{i}.toml"));

@@ -114,6 +114,9 @@ pub struct Report {
     /// Per second of intended send time (the first entry is second 0).
     pub timeline: Vec<TimelinePoint>,
     pub synchronous_commit: String,
+    /// What the run's timers did (`None`: it set none), and the
+    /// `--timer-wave`'s apart.
+    pub timers: Option<super::timer_figures::Timers>,
 }
 
 impl Report {
@@ -167,6 +170,9 @@ impl Report {
                     None => "NOT all sent within --drain".into(),
                 }
             ));
+        }
+        if let Some(timers) = &self.timers {
+            t.push_str(&timers.lines());
         }
         if self.event_reconnects > 0 {
             t.push_str(&format!(

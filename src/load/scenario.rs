@@ -30,6 +30,12 @@ pub enum Scenario {
     /// then a bad message among good ones), status updates, agent replies
     /// and conversation reads together.
     Mixed,
+    /// As `steady`, on the example flow with a 2-second reminder where it
+    /// asks for a SAP number: with a conversation's messages a few seconds
+    /// apart, some customers answer before their reminder (cancelling it),
+    /// some after (it fires). `--timer-wave N` adds N timers due in the
+    /// same second, mid-run.
+    Timers,
 }
 
 impl Scenario {
@@ -41,9 +47,24 @@ impl Scenario {
             Scenario::Hot => "hot",
             Scenario::AiSlow => "ai-slow",
             Scenario::Mixed => "mixed",
+            Scenario::Timers => "timers",
+        }
+    }
+
+    /// The flow the run's server runs: the example flow, with the
+    /// `timers` scenario's short reminder.
+    pub fn flow(self) -> String {
+        match self {
+            Scenario::Timers => super::EXAMPLE_FLOW.replace(REMINDER, SHORT_REMINDER),
+            _ => super::EXAMPLE_FLOW.to_string(),
         }
     }
 }
+
+/// The example flow's reminder where it asks for a SAP number, and the
+/// `timers` scenario's.
+const REMINDER: &str = "[states.refri_sap.after.\"10m\"]";
+const SHORT_REMINDER: &str = "[states.refri_sap.after.\"2s\"]";
 
 /// Knobs of a plan.
 #[derive(Debug, Clone)]
@@ -295,7 +316,13 @@ mod tests {
 
     #[test]
     fn only_mixed_sends_anything_but_texts() {
-        for scenario in [Scenario::Steady, Scenario::Duplicates, Scenario::Hot, Scenario::Burst] {
+        for scenario in [
+            Scenario::Steady,
+            Scenario::Duplicates,
+            Scenario::Hot,
+            Scenario::Burst,
+            Scenario::Timers,
+        ] {
             let plan = plan_of(scenario, 10, Population::default());
             for step in &plan {
                 let Action::Webhook { messages, .. } = &step.action else {
@@ -310,5 +337,13 @@ mod tests {
                 ));
             }
         }
+    }
+
+    #[test]
+    fn the_timers_scenario_runs_the_example_flow_with_a_two_second_reminder() {
+        let flow = crate::flow::Flow::parse(&Scenario::Timers.flow(), "timers.toml").unwrap();
+        let rules = &flow.state("refri_sap").unwrap().after;
+        assert_eq!(rules[0].delay, Duration::from_secs(2));
+        assert_eq!(Scenario::Steady.flow(), crate::load::EXAMPLE_FLOW);
     }
 }

@@ -27,6 +27,7 @@ struct Checked {
     violations: Vec<Violation>,
     synchronous_commit: String,
     resent_after_crash: u64,
+    timers: Option<super::timer_figures::Timers>,
 }
 
 /// What the servers said after the run.
@@ -58,12 +59,17 @@ pub(super) async fn report(
         measured.expected.acked.push((key, PLANTED_ID.to_string()));
     }
     let checked = match servers.database_url(args) {
-        Some(url) => check(&url, &measured.expected, servers.graph(), args.send_rate).await?,
+        Some(url) => {
+            let mut c = check(&url, &measured.expected, servers.graph(), args.send_rate).await?;
+            c.timers = super::timer_figures::figures(&url, args.timer_wave > 0).await?;
+            c
+        }
         None => Checked {
             checked: false,
             violations: Vec::new(),
             synchronous_commit: "unknown".to_string(),
             resent_after_crash: 0,
+            timers: None,
         },
     };
     let served = Served {
@@ -111,6 +117,7 @@ async fn check(url: &str, expected: &Expected, graph: Option<&FakeGraph>, send_r
         violations,
         synchronous_commit,
         resent_after_crash,
+        timers: None,
     })
 }
 
@@ -158,5 +165,6 @@ fn assemble(args: &LoadArgs, target: &Target, m: Measured, served: Served, check
         error_samples: m.error_samples,
         timeline: m.timeline.iter().map(TimelinePoint::from_second).collect(),
         synchronous_commit: checked.synchronous_commit,
+        timers: checked.timers,
     }
 }

@@ -6,4 +6,6 @@ pub mod kinds;
 pub mod read_receipts;
 pub mod sender;
 pub mod split;
+pub mod templates;
 pub mod webhook;
+pub mod window;

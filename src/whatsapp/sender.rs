@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use crate::events::CHOICE_ID;
 use crate::flow::definition::limits;
 use crate::phone::mask;
+use crate::whatsapp::templates::TemplateMessage;
 
 /// Budget of one send request.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,6 +47,8 @@ pub struct OutboundMessage {
     /// message's status webhooks: the outbox row's idempotency key, so a
     /// send can be traced to its row (and a repeated send recognized).
     pub tracking: Option<String>,
+    /// A template message (then `text` and `choices` are not sent).
+    pub template: Option<TemplateMessage>,
 }
 
 impl OutboundMessage {
@@ -66,6 +69,7 @@ impl OutboundMessage {
                 .map(|c| c.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
                 .unwrap_or_default(),
             list_button: payload.get("list_button").and_then(Value::as_str).map(str::to_string),
+            template: TemplateMessage::of_payload(payload),
         }
     }
 
@@ -93,6 +97,15 @@ impl OutboundMessage {
     }
 
     fn content_json(&self) -> Value {
+        if let Some(t) = &self.template {
+            return json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": self.to,
+                "type": "template",
+                "template": t.graph_json(),
+            });
+        }
         let interactive = match self.choices.len() {
             0 => None,
             n if n <= limits::BUTTONS => Some(self.buttons()),
@@ -221,6 +234,7 @@ mod tests {
             list_button: None,
             tracking: None,
             from: None,
+            template: None,
         };
         let j = m.to_graph_json();
         assert_eq!(j["recipient"], "US.13491208655302741918");
@@ -239,6 +253,7 @@ mod tests {
             list_button: Some("Elige".into()),
             tracking: None,
             from: None,
+            template: None,
         };
         let j = m.to_graph_json();
         assert_eq!(j["interactive"]["type"], "list");
@@ -268,6 +283,7 @@ mod tests {
             list_button: None,
             tracking: Some("out:1".into()),
             from: None,
+            template: None,
         };
         let j = m.to_graph_json();
         assert_eq!(j["type"], "interactive");

@@ -52,6 +52,18 @@ pub struct StatusWa {
     pub errors: Option<Value>,
 }
 
+/// A template's new status (`message_template_status_update`: approved,
+/// paused, disabled, …).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateStatusWa {
+    pub name: String,
+    pub language: String,
+    /// `event`: `APPROVED`, `PAUSED`, `DISABLED`, `REJECTED`, …
+    pub status: String,
+    /// Why, when WhatsApp says (`reason`, absent or `NONE` otherwise).
+    pub reason: Option<String>,
+}
+
 /// A message or status of a delivery that cannot be applied: kept (as a
 /// dead letter) with the reason, so the rest of the delivery goes on.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +126,7 @@ fn without_nul(v: &Value) -> Value {
 pub struct Delivery {
     pub messages: Vec<InboundWa>,
     pub statuses: Vec<StatusWa>,
+    pub templates: Vec<TemplateStatusWa>,
     pub unusable: Vec<Unusable>,
 }
 
@@ -162,6 +175,10 @@ pub fn parse(body: &[u8]) -> Result<Delivery, DeliveryError> {
         };
         for change in changes {
             let Some(value) = change.get("value") else { continue };
+            if str_at(change, "field") == Some("message_template_status_update") {
+                template_status(value, &mut d);
+                continue;
+            }
             let business_number = value.pointer("/metadata/phone_number_id").and_then(Value::as_str);
             let contacts: Vec<Contact> = value
                 .get("contacts")
@@ -218,6 +235,26 @@ pub fn parse(body: &[u8]) -> Result<Delivery, DeliveryError> {
         }
     }
     Ok(d)
+}
+
+/// A `message_template_status_update` change's value.
+fn template_status(value: &Value, d: &mut Delivery) {
+    let name = str_at(value, "message_template_name");
+    let language = str_at(value, "message_template_language");
+    match (name, language, str_at(value, "event")) {
+        (Some(name), Some(language), Some(status)) => d.templates.push(TemplateStatusWa {
+            name: name.to_string(),
+            language: language.to_string(),
+            status: status.to_ascii_uppercase(),
+            reason: str_at(value, "reason")
+                .filter(|r| !r.is_empty() && *r != "NONE")
+                .map(str::to_string),
+        }),
+        _ => d.unusable.push(Unusable::new(
+            value,
+            "a template status update without `message_template_name`, `message_template_language` or `event`",
+        )),
+    }
 }
 
 /// Checks `X-Hub-Signature-256: sha256=<hex>` over the exact raw body, in

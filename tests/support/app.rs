@@ -162,7 +162,9 @@ pub fn delivery(changes: Vec<Value>) -> Value {
 
 /// A message object of `kind` with its type-specific part.
 pub fn message(from: &str, id: &str, kind: &str, part: Value) -> Value {
-    let mut m = json!({"from": from, "id": id, "timestamp": "1732320000", "type": kind});
+    // Sent now: the 24-hour window runs from a message's own timestamp.
+    let now = chrono::Utc::now().timestamp().to_string();
+    let mut m = json!({"from": from, "id": id, "timestamp": now, "type": kind});
     if kind != "unsupported" {
         m[kind] = part;
     } else {

@@ -6,6 +6,9 @@ use serde_json::Value;
 
 use crate::db::resume::PendingInbound;
 use crate::error::Result;
+use crate::flow::TimerKind;
+use crate::whatsapp::templates::TemplateMessage;
+use crate::whatsapp::window::Window;
 
 /// A conversation as its actor knows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -15,6 +18,8 @@ pub struct ConversationView {
     pub data: Value,
     pub version: i64,
     pub handoff: bool,
+    /// The 24-hour customer-service window, now.
+    pub window: Window,
 }
 
 /// Apply one accepted inbound message.
@@ -27,13 +32,34 @@ pub struct Apply(pub PendingInbound);
 #[rtype(result = "Result<()>")]
 pub struct Wake;
 
-/// Send a message written by a human agent.
+/// Send a message written by a human agent: free-form text (only inside
+/// the 24-hour window) or a template (any time).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<AgentAck>")]
 pub struct AgentSend {
-    pub body: String,
+    pub content: AgentContent,
     /// Makes a retried request harmless: the same key is stored once.
     pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentContent {
+    Text(String),
+    Template(TemplateMessage),
+}
+
+/// Apply a due timer (claimed by this process's timer poller).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<()>")]
+pub struct Fire(pub DueTimer);
+
+/// A due timer as claimed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueTimer {
+    pub id: i64,
+    pub kind: TimerKind,
+    pub action: Value,
+    pub due_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -18,6 +18,7 @@ mod inbound;
 pub mod messages;
 mod state;
 mod step;
+mod time;
 mod writes;
 
 use std::collections::VecDeque;
@@ -27,7 +28,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures_util::FutureExt;
 
-pub use messages::{AgentAck, AgentSend, Apply, ConversationView, Read, SetHandoff, Stop, Wake};
+pub use messages::{
+    AgentAck, AgentContent, AgentSend, Apply, ConversationView, DueTimer, Fire, Read, SetHandoff, Stop, Wake,
+};
 
 use self::inbound::run_inbound;
 use self::state::{ensure_core, view, Core};
@@ -79,6 +82,8 @@ pub(crate) struct SessionDeps {
     pub instance: i64,
     /// Marks the messages the bot takes up read; shared with `/metrics`.
     pub receipts: Arc<crate::whatsapp::read_receipts::ReadReceipts>,
+    /// The templates each conversation may send.
+    pub templates: Arc<crate::whatsapp::templates::Templates>,
 }
 
 pub struct SessionActor {
@@ -196,6 +201,20 @@ impl Handler<AgentSend> for SessionActor {
         self.atomic_loaded(move |deps, phone, mut core| {
             async move {
                 let r = agent_send(&deps, &phone, &mut core, msg).await;
+                (core, r)
+            }
+            .boxed()
+        })
+    }
+}
+
+impl Handler<Fire> for SessionActor {
+    type Result = AtomicResponse<Self, Result<()>>;
+
+    fn handle(&mut self, msg: Fire, _: &mut Context<Self>) -> Self::Result {
+        self.atomic_loaded(move |deps, phone, mut core| {
+            async move {
+                let r = time::fire_timer(&deps, &phone, &mut core, msg.0).await;
                 (core, r)
             }
             .boxed()

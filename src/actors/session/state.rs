@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 
+use chrono::{DateTime, Utc};
 use scoped_futures::ScopedFutureExt;
 use serde_json::{json, Value};
 
@@ -10,6 +11,7 @@ use super::SessionDeps;
 use crate::db::resume::{self, PendingInbound};
 use crate::db::sessions::SessionRecord;
 use crate::error::Result;
+use crate::whatsapp::window::Window;
 
 /// Inbox ids remembered per actor to skip a message already applied
 /// (a resumed row whose mailbox copy arrives later).
@@ -25,6 +27,8 @@ pub(super) struct Core {
     pub(super) data: Value,
     pub(super) version: i64,
     pub(super) handoff: bool,
+    /// When the customer last wrote (the 24-hour window runs from it).
+    pub(super) last_customer_at: Option<DateTime<Utc>>,
     pub(super) recent: VecDeque<i64>,
 }
 
@@ -43,6 +47,7 @@ pub(super) struct Snapshot {
     pub(super) data: Value,
     pub(super) handoff: bool,
     pub(super) version: i64,
+    pub(super) last_customer_at: Option<DateTime<Utc>>,
 }
 
 impl Snapshot {
@@ -52,6 +57,7 @@ impl Snapshot {
             data: c.data.clone(),
             handoff: c.handoff,
             version: c.version,
+            last_customer_at: c.last_customer_at,
         }
     }
 }
@@ -63,6 +69,7 @@ pub(super) fn view(phone: &str, c: &Core) -> ConversationView {
         data: c.data.clone(),
         version: c.version,
         handoff: c.handoff,
+        window: Window::now(c.last_customer_at),
     }
 }
 
@@ -101,6 +108,7 @@ pub(super) fn core_of(deps: &SessionDeps, phone: &str, record: Option<SessionRec
             data: s.data,
             version: s.version,
             handoff: s.handoff,
+            last_customer_at: s.last_customer_at,
             recent,
         },
         None => Core {
@@ -108,6 +116,7 @@ pub(super) fn core_of(deps: &SessionDeps, phone: &str, record: Option<SessionRec
             data: json!({}),
             version: 0,
             handoff: false,
+            last_customer_at: None,
             recent,
         },
     }

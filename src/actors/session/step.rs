@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use futures_util::FutureExt;
 
 use super::state::{create_as, Core, Snapshot};
-use super::writes::{inbound_write, retry_conflicts, stored_write, Written};
+use super::time::inbound_time;
+use super::writes::{customer_at, inbound_write, retry_conflicts, stored_write, Written};
 use super::SessionDeps;
 use crate::actors::ai::Understand;
 use crate::actors::db_writer::Persist;
@@ -49,6 +50,7 @@ pub(super) async fn apply_chain(
             let body = kinds::stored_body(&msg.payload);
             let mut write = stored_write(phone, &at, msg, &body);
             write.create_as = create_as(deps, phone, at.version);
+            at.last_customer_at = at.last_customer_at.max(write.time.customer_at);
             writes.push(write);
             steps.push((body, None));
             continue;
@@ -73,7 +75,9 @@ pub(super) async fn apply_chain(
                 break;
             }
         };
-        let mut write = inbound_write(phone, at.version, msg, &text, &result);
+        let time = inbound_time(deps, phone, at.handoff, &result, msg);
+        let customer_at = time.customer_at.max(at.last_customer_at);
+        let mut write = inbound_write(phone, &at, msg, &text, &result, time);
         write.create_as = create_as(deps, phone, at.version);
         writes.push(write);
         at = Snapshot {
@@ -81,6 +85,7 @@ pub(super) async fn apply_chain(
             data: result.data.clone(),
             handoff: result.handoff,
             version: at.version + 1,
+            last_customer_at: customer_at,
         };
         steps.push((text, Some(result)));
     }
@@ -127,6 +132,7 @@ pub(super) fn committed(
     core.data = result.data;
     core.handoff = result.handoff;
     core.version = version;
+    core.last_customer_at = core.last_customer_at.max(Some(customer_at(msg)));
     core.remember(msg.id);
 }
 
@@ -143,6 +149,7 @@ pub(super) fn stored(deps: &SessionDeps, phone: &str, core: &mut Core, version: 
     // Best-effort, like every event.
     let _ = deps.events.send(event);
     core.version = version;
+    core.last_customer_at = core.last_customer_at.max(Some(customer_at(msg)));
     core.remember(msg.id);
 }
 
@@ -168,7 +175,8 @@ pub(super) async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Co
     let (msg_ref, text_ref) = (&msg, text.as_str());
     let written = retry_conflicts(deps, phone, core, |at| async move {
         let result = understand_and_step(deps, phone, &at, text_ref, msg_ref).await;
-        let mut write = inbound_write(phone, at.version, msg_ref, text_ref, &result);
+        let time = inbound_time(deps, phone, at.handoff, &result, msg_ref);
+        let mut write = inbound_write(phone, &at, msg_ref, text_ref, &result, time);
         write.create_as = create_as(deps, phone, at.version);
         Some((write, result))
     })

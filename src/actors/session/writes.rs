@@ -5,16 +5,18 @@ use std::sync::atomic::Ordering;
 
 use serde_json::json;
 
-use super::messages::{AgentAck, AgentSend, ConversationView};
+use super::messages::{AgentAck, AgentContent, AgentSend, ConversationView};
 use super::state::{load_core, view, Core, Snapshot};
 use super::SessionDeps;
 use crate::actors::db_writer::Persist;
 use crate::db::resume::PendingInbound;
-use crate::db::steps::{NewMedia, NewMessage, NewOutbox, NewOutcome, StepWrite, WriteOutcome};
+use crate::db::steps::{NewMedia, NewMessage, NewOutbox, NewOutcome, StepTime, StepWrite, WriteOutcome};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventKind, EventMessage};
 use crate::flow::{Reply, StepResult};
 use crate::phone::mask;
+use crate::whatsapp::templates::TemplateMessage;
+use crate::whatsapp::window::{self, Window};
 use crate::whatsapp::{kinds, split};
 
 /// Commits one write alone (a chain of one).
@@ -34,11 +36,15 @@ pub(super) async fn persist_one(deps: &SessionDeps, write: StepWrite) -> Result<
 /// with their outbox rows, and the outcome it produced.
 pub(super) fn inbound_write(
     phone: &str,
-    expected_version: i64,
+    at: &Snapshot,
     msg: &PendingInbound,
     text: &str,
     r: &StepResult,
+    time: StepTime,
 ) -> StepWrite {
+    // A message that reaches the bot over 24 hours after it was sent (a
+    // long outage) cannot be answered free-form: its replies are skipped.
+    let sendable = Window::now(time.customer_at.max(at.last_customer_at)).open;
     let mut messages = vec![NewMessage {
         phone: phone.to_string(),
         direction: "in",
@@ -56,12 +62,13 @@ pub(super) fn inbound_write(
             origin: "bot",
             inbox_id: Some(msg.id),
             key: &format!("in:{}:{i}", msg.id),
+            sendable,
         };
         out.push_parts(reply, &mut messages, &mut outbox);
     }
     StepWrite {
         phone: phone.to_string(),
-        expected_version,
+        expected_version: at.version,
         create_as: None,
         flow_state: r.state.clone(),
         data: r.data.clone(),
@@ -83,23 +90,27 @@ pub(super) fn inbound_write(
                 inbox_id: Some(msg.id),
             })
             .collect(),
+        time,
     }
 }
 
 /// One outbound message of a step (a bot reply, an agent message): its
 /// rows, a message and an outbox row per part.
-struct Outbound<'a> {
-    phone: &'a str,
-    origin: &'static str,
-    inbox_id: Option<i64>,
+pub(super) struct Outbound<'a> {
+    pub(super) phone: &'a str,
+    pub(super) origin: &'static str,
+    pub(super) inbox_id: Option<i64>,
     /// The whole message's key: its first part's.
-    key: &'a str,
+    pub(super) key: &'a str,
+    /// False outside the 24-hour window: the message is recorded as
+    /// skipped and not sent.
+    pub(super) sendable: bool,
 }
 
 impl Outbound<'_> {
     /// The reply's parts (see `whatsapp::split`), in order: the choices go
     /// with the last; the parts before it are texts.
-    fn push_parts(&self, reply: &Reply, messages: &mut Vec<NewMessage>, outbox: &mut Vec<NewOutbox>) {
+    pub(super) fn push_parts(&self, reply: &Reply, messages: &mut Vec<NewMessage>, outbox: &mut Vec<NewOutbox>) {
         let parts = split::reply_parts(&reply.text, !reply.choices.is_empty());
         let last = parts.len() - 1;
         for (p, text) in parts.into_iter().enumerate() {
@@ -112,9 +123,12 @@ impl Outbound<'_> {
                 body: text.clone(),
                 inbox_id: self.inbox_id,
                 provider_message_id: None,
-                status: "queued",
+                status: if self.sendable { "queued" } else { "skipped" },
                 outbox_key: Some(key.clone()),
             });
+            if !self.sendable {
+                continue;
+            }
             outbox.push(NewOutbox {
                 phone: self.phone.to_string(),
                 kind: if choices.is_empty() { "text" } else { "interactive" },
@@ -125,6 +139,31 @@ impl Outbound<'_> {
                 idempotency_key: key,
             });
         }
+    }
+
+    /// A template message: one message row (its transcript) and one outbox row.
+    pub(super) fn push_template(
+        &self,
+        t: &TemplateMessage,
+        messages: &mut Vec<NewMessage>,
+        outbox: &mut Vec<NewOutbox>,
+    ) {
+        messages.push(NewMessage {
+            phone: self.phone.to_string(),
+            direction: "out",
+            origin: self.origin,
+            body: t.transcript(),
+            inbox_id: self.inbox_id,
+            provider_message_id: None,
+            status: "queued",
+            outbox_key: Some(self.key.to_string()),
+        });
+        outbox.push(NewOutbox {
+            phone: self.phone.to_string(),
+            kind: "template",
+            payload: t.payload(),
+            idempotency_key: self.key.to_string(),
+        });
     }
 }
 
@@ -207,8 +246,17 @@ pub(super) fn stored_write(phone: &str, at: &Snapshot, msg: &PendingInbound, bod
             outbox_key: None,
         }],
         media: media_jobs(phone, msg),
+        time: StepTime {
+            customer_at: Some(customer_at(msg)),
+            ..Default::default()
+        },
         ..same_state(phone, at)
     }
+}
+
+/// When the customer sent `msg` (its own timestamp; when it gives none, now).
+pub(super) fn customer_at(msg: &PendingInbound) -> chrono::DateTime<chrono::Utc> {
+    window::sent_at(&msg.payload).unwrap_or_else(chrono::Utc::now)
 }
 
 /// The download job of the media file `msg` carries, if it carries one.
@@ -244,27 +292,44 @@ pub(super) fn same_state(phone: &str, c: &Snapshot) -> StepWrite {
         outbox: Vec::new(),
         outcomes: Vec::new(),
         media: Vec::new(),
+        time: StepTime::default(),
     }
 }
 
-/// Stores and queues an agent's message (no flow step), bumping the version.
+/// Stores and queues an agent's message (no flow step), bumping the
+/// version: free-form text only inside the 24-hour window, a template any
+/// time. In a hand-off it restarts the hand-off timeout.
 pub(super) async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core, msg: AgentSend) -> Result<AgentAck> {
     let key = format!("agent:{}", msg.idempotency_key);
+    let window = Window::now(core.last_customer_at);
+    if matches!(msg.content, AgentContent::Text(_)) && !window.open {
+        return Err(Error::OutsideWindow(window));
+    }
+    let flow = deps.flows.of(phone);
     let written = retry_conflicts(deps, phone, core, |at| {
         let mut w = same_state(phone, &at);
         w.dedupe_key = Some(key.clone());
+        if at.handoff && flow.has_timers() {
+            w.time.timers = Some(super::time::new_timers(flow.resting_timers(&at.state, true)));
+        }
         let out = Outbound {
             phone,
             origin: "agent",
             inbox_id: None,
             key: &key,
+            sendable: true,
         };
-        let text = Reply {
-            text: msg.body.clone(),
-            choices: Vec::new(),
-            list_button: None,
-        };
-        out.push_parts(&text, &mut w.messages, &mut w.outbox);
+        match &msg.content {
+            AgentContent::Text(body) => {
+                let text = Reply {
+                    text: body.clone(),
+                    choices: Vec::new(),
+                    list_button: None,
+                };
+                out.push_parts(&text, &mut w.messages, &mut w.outbox);
+            }
+            AgentContent::Template(t) => out.push_template(t, &mut w.messages, &mut w.outbox),
+        }
         std::future::ready(Some((w, ())))
     })
     .await?;
@@ -274,7 +339,10 @@ pub(super) async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core,
         let event = Event::conversation(EventKind::AgentMessage, phone, version, &core.state, core.handoff)
             .with_messages(vec![EventMessage {
                 origin: "agent".into(),
-                body: msg.body.clone(),
+                body: match &msg.content {
+                    AgentContent::Text(body) => body.clone(),
+                    AgentContent::Template(t) => t.transcript(),
+                },
             }]);
         let _ = deps.events.send(event);
     }
@@ -292,9 +360,16 @@ pub(super) async fn set_handoff(
     core: &mut Core,
     on: bool,
 ) -> Result<ConversationView> {
+    let flow = deps.flows.of(phone);
     let written = retry_conflicts(deps, phone, core, |at| {
         let write = (at.handoff != on).then(|| StepWrite {
             handoff: on,
+            time: StepTime {
+                timers: flow
+                    .has_timers()
+                    .then(|| super::time::new_timers(flow.resting_timers(&at.state, on))),
+                ..Default::default()
+            },
             ..same_state(phone, &at)
         });
         std::future::ready(write.map(|w| (w, ())))

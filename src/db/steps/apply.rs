@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::future::{self, BoxFuture};
 
@@ -20,7 +20,7 @@ use crate::db::error::{DbError, Result};
 use crate::db::outbox::Claimed;
 use crate::db::sql::Cached;
 
-type Pending<'c> = BoxFuture<'c, diesel::QueryResult<usize>>;
+pub(super) type Pending<'c> = BoxFuture<'c, diesel::QueryResult<usize>>;
 
 /// Applies `valid` (steps whose versions were checked under the locks).
 /// Returns the outbox rows inserted claimed (none without `claim_ms`; see
@@ -39,6 +39,8 @@ pub(super) async fn apply(
     pipeline.extend(insert_outcomes(conn, valid));
     pipeline.extend(insert_media(conn, valid));
     pipeline.extend(mark_processed(conn, valid));
+    pipeline.extend(super::timers::mark_fired(conn, valid));
+    pipeline.extend(super::timers::replace(conn, valid));
     let outbox = insert_outbox(conn, &out, &claim);
     let (counts, inserted) = futures_util::try_join!(future::try_join_all(pipeline), outbox)?;
     if counts[0] != session_rows {
@@ -56,39 +58,46 @@ pub(super) async fn apply(
 }
 
 /// One session row's update: a chain's first expected version, its last
-/// write's state, and how many writes it applies.
+/// write's state, how many steps it applies, and the customer's latest
+/// message time among them.
 struct SessionUpdate<'a> {
     expected: i64,
     last: &'a StepWrite,
     steps: i64,
+    customer_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The versioned session update: a chain updates its row once, to its last
-/// stepped state (writes that only store change no session). Returns the
-/// statement and the number of rows it must touch.
+/// state (a write that only stores a message changes no state, but a
+/// customer's message moves the window). Returns the statement and the
+/// number of rows it must touch.
 fn update_sessions<'c>(conn: &'c AsyncPgConnection, valid: &[&StepWrite]) -> (Pending<'c>, usize) {
     let mut order: Vec<&str> = Vec::new();
     let mut updates: HashMap<&str, SessionUpdate> = HashMap::new();
-    for w in valid.iter().filter(|w| w.stepped) {
+    for w in valid.iter().filter(|w| w.stepped || w.time.customer_at.is_some()) {
+        let (steps, at) = (i64::from(w.stepped), w.time.customer_at);
         updates
             .entry(w.phone.as_str())
             .and_modify(|u| {
                 u.last = w;
-                u.steps += 1;
+                u.steps += steps;
+                u.customer_at = u.customer_at.max(at);
             })
             .or_insert_with(|| {
                 order.push(w.phone.as_str());
                 SessionUpdate {
                     expected: w.expected_version,
                     last: w,
-                    steps: 1,
+                    steps,
+                    customer_at: at,
                 }
             });
     }
     let rows: Vec<&SessionUpdate> = order.iter().map(|p| &updates[p]).collect();
     let statement = Cached::new(
         "UPDATE sessions AS s SET flow_state = u.flow_state, data = u.data, handoff = u.handoff, \
-                version = s.version + u.steps, updated_at = now() FROM unnest(",
+                version = s.version + u.steps, updated_at = now(), \
+                last_customer_at = greatest(s.last_customer_at, u.customer_at) FROM unnest(",
     )
     .bind::<Array<Text>, _>(&order)
     .sql("::text[], ")
@@ -101,8 +110,10 @@ fn update_sessions<'c>(conn: &'c AsyncPgConnection, valid: &[&StepWrite]) -> (Pe
     .bind::<Array<BigInt>, _>(rows.iter().map(|u| u.expected).collect::<Vec<_>>())
     .sql("::int8[], ")
     .bind::<Array<BigInt>, _>(rows.iter().map(|u| u.steps).collect::<Vec<_>>())
+    .sql("::int8[], ")
+    .bind::<Array<Nullable<Timestamptz>>, _>(rows.iter().map(|u| u.customer_at).collect::<Vec<_>>())
     .sql(
-        "::int8[]) AS u(phone, flow_state, data, handoff, expected, steps) \
+        "::timestamptz[]) AS u(phone, flow_state, data, handoff, expected, steps, customer_at) \
          WHERE s.phone = u.phone AND s.version = u.expected",
     )
     .execute(&mut &*conn);
@@ -209,27 +220,33 @@ fn insert_media<'c>(conn: &'c AsyncPgConnection, valid: &[&StepWrite]) -> Option
     )
 }
 
-/// Marks the steps' inbound messages processed.
+/// Marks the steps' inbound messages processed, with the version each
+/// committed at.
 fn mark_processed<'c>(conn: &'c AsyncPgConnection, valid: &[&StepWrite]) -> Option<Pending<'c>> {
-    let (phones, ids): (Vec<&str>, Vec<i64>) = valid
+    let rows: Vec<(&str, i64, i64)> = valid
         .iter()
-        .filter_map(|w| w.inbox_id.map(|id| (w.phone.as_str(), id)))
-        .unzip();
-    if ids.is_empty() {
+        .filter_map(|w| w.inbox_id.map(|id| (w.phone.as_str(), id, w.committed_version())))
+        .collect();
+    if rows.is_empty() {
         return None;
     }
+    let phones: Vec<&str> = rows.iter().map(|r| r.0).collect();
+    let ids: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    let versions: Vec<i64> = rows.iter().map(|r| r.2).collect();
     // No `processed_at IS NULL` filter (they were checked under the session
     // locks): with it the planner reads the partial unprocessed index, whose
     // statistics lag behind a busy phone's backlog, and hashes that backlog.
     Some(
         Cached::new(
-            "UPDATE inbox AS i SET processed_at = coalesce(i.processed_at, now()), attempts = i.attempts + 1 \
-             FROM unnest(",
+            "UPDATE inbox AS i SET processed_at = coalesce(i.processed_at, now()), attempts = i.attempts + 1, \
+             version = u.version FROM unnest(",
         )
         .bind::<Array<Text>, _>(phones)
         .sql("::text[], ")
         .bind::<Array<BigInt>, _>(ids)
-        .sql("::int8[]) AS u(phone, id) WHERE i.phone = u.phone AND i.id = u.id")
+        .sql("::int8[], ")
+        .bind::<Array<BigInt>, _>(versions)
+        .sql("::int8[]) AS u(phone, id, version) WHERE i.phone = u.phone AND i.id = u.id")
         .execute(&mut &*conn),
     )
 }

@@ -71,6 +71,9 @@ where
 pub(super) enum Key {
     Inbox(i64),
     Outbox(String),
+    /// A timer no longer pending: fired already, or cancelled by a step
+    /// before this one (the customer answered, the state changed).
+    Timer(i64),
 }
 
 pub(super) async fn existing_keys<C>(conn: &mut C, writes: &[StepWrite]) -> Result<HashSet<(String, Key)>>
@@ -126,4 +129,27 @@ where
         .load(conn)
         .await?;
     Ok(rows.into_iter().map(|r| (r.phone, Key::Inbox(r.id))).collect())
+}
+
+/// The timers the writes would fire that are no longer pending (read under
+/// the session locks: a step that cancels a timer holds its session's lock).
+pub(super) async fn moot_timers<C>(conn: &mut C, writes: &[StepWrite]) -> Result<HashSet<(String, Key)>>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
+    let (phones, ids): (Vec<&str>, Vec<i64>) = writes
+        .iter()
+        .filter_map(|w| w.time.fired.map(|f| (w.phone.as_str(), f.id)))
+        .unzip();
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows: Vec<PhoneId> = Cached::new("SELECT t.phone, t.id FROM unnest(")
+        .bind::<Array<Text>, _>(&phones)
+        .sql("::text[], ")
+        .bind::<Array<BigInt>, _>(&ids)
+        .sql("::int8[]) AS u(phone, id) JOIN timers t ON t.phone = u.phone AND t.id = u.id WHERE t.status <> 'pending'")
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.phone, Key::Timer(r.id))).collect())
 }

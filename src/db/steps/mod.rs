@@ -23,6 +23,7 @@ use crate::db::error::{DbError, Result};
 
 mod apply;
 mod checks;
+mod timers;
 
 use checks::Key;
 
@@ -70,6 +71,36 @@ pub struct NewMedia {
     pub caption: Option<String>,
 }
 
+/// A timer a step sets (see [`crate::flow::time`]): due `delay_ms` after
+/// the commit, by the database's clock.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewTimer {
+    pub kind: &'static str,
+    pub delay_ms: i64,
+    pub action: serde_json::Value,
+}
+
+/// The due timer a step applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FiredTimer {
+    pub id: i64,
+    /// `replied`, `template`, `skipped` or `silent`.
+    pub outcome: &'static str,
+}
+
+/// What a step does to the conversation's clock: its timers and its
+/// customer-service window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepTime {
+    /// Replaces the conversation's pending timers with these (`None`: they stay).
+    pub timers: Option<Vec<NewTimer>>,
+    /// The due timer this step applies: marked fired with it; the step is
+    /// refused (as already applied) if the timer is no longer pending.
+    pub fired: Option<FiredTimer>,
+    /// The customer's message's own time: the window runs 24 hours from it.
+    pub customer_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Everything one step of one conversation writes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepWrite {
@@ -97,6 +128,15 @@ pub struct StepWrite {
     pub outcomes: Vec<NewOutcome>,
     /// The media files its inbound message carries, to download.
     pub media: Vec<NewMedia>,
+    /// Its timers and the customer's last message time.
+    pub time: StepTime,
+}
+
+impl StepWrite {
+    /// The session's version once this write is committed.
+    pub fn committed_version(&self) -> i64 {
+        self.expected_version + i64::from(self.stepped)
+    }
 }
 
 /// What happened to one write of a batch.
@@ -144,13 +184,16 @@ pub async fn commit_batch_claiming(
         // were granted, as when each waited for the one before.
         let shared: &AsyncPgConnection = conn;
         let (mut c1, mut c2, mut c3, mut c4) = (shared, shared, shared, shared);
-        let ((), versions, mut processed, keys) = futures_util::try_join!(
+        let mut c5 = shared;
+        let ((), versions, mut processed, keys, moot) = futures_util::try_join!(
             checks::create_sessions(&mut c1, writes),
             checks::lock_sessions(&mut c2, &phones),
             checks::processed_inbox(&mut c3, writes),
             checks::existing_keys(&mut c4, writes),
+            checks::moot_timers(&mut c5, writes),
         )?;
         processed.extend(keys);
+        processed.extend(moot);
         let (results, valid) = judge(writes, &versions, &processed);
         let claimed = if valid.is_empty() {
             Vec::new()
@@ -182,7 +225,10 @@ fn judge<'w>(
             .is_some_and(|id| processed.contains(&(w.phone.clone(), Key::Inbox(id))))
             || w.dedupe_key
                 .as_ref()
-                .is_some_and(|k| processed.contains(&(w.phone.clone(), Key::Outbox(k.clone()))));
+                .is_some_and(|k| processed.contains(&(w.phone.clone(), Key::Outbox(k.clone()))))
+            || w.time
+                .fired
+                .is_some_and(|f| processed.contains(&(w.phone.clone(), Key::Timer(f.id))));
         let outcome = if *broken {
             WriteOutcome::Conflict { actual }
         } else if applied {

@@ -18,6 +18,12 @@ pub(super) struct FileFlow {
     #[serde(default)]
     pub(super) global: BTreeMap<String, Spanned<FileGlobal>>,
     pub(super) states: BTreeMap<String, Spanned<FileState>>,
+    /// An idle conversation starts over after this long (`"24h"`).
+    pub(super) expire_after: Option<Spanned<String>>,
+    pub(super) expire_reply: Option<String>,
+    /// A hand-off returns to the bot when no agent wrote for this long.
+    pub(super) handoff_timeout: Option<Spanned<String>>,
+    pub(super) handoff_timeout_reply: Option<String>,
 }
 
 fn default_fallback() -> String {
@@ -46,6 +52,25 @@ pub(super) struct FileState {
     pub(super) slot: Option<FileSlot>,
     pub(super) next: Option<String>,
     pub(super) outcome: Option<String>,
+    /// Duration (`"10m"`) → what happens if the customer has not answered by then.
+    #[serde(default)]
+    pub(super) after: BTreeMap<String, Spanned<FileAfter>>,
+}
+
+/// A reminder or escalation of a state.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileAfter {
+    pub(super) reply: Option<String>,
+    pub(super) target: Option<String>,
+    #[serde(default)]
+    pub(super) handoff: bool,
+    /// A configured template (`whatsapp.templates`): sent when the 24-hour
+    /// window has closed (or always, without a `reply`).
+    pub(super) template: Option<String>,
+    /// The template's body parameters; `{slot}` placeholders are filled.
+    #[serde(default)]
+    pub(super) parameters: Vec<String>,
 }
 
 #[derive(Deserialize)]

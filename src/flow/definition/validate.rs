@@ -5,12 +5,15 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use regex::Regex;
 
-use super::format::{FileFlow, FileSlot, FileState};
+use toml::Spanned;
+
+use super::format::{FileAfter, FileFlow, FileSlot, FileState};
 use super::{limits, normalize_text, Flow, GlobalIntent, Slot, SlotKind, State};
+use crate::flow::time::{parse_duration, AfterRule, TemplateCall, Timing};
 
 /// Runs every check in file order, so one error lists every problem; reachability
 /// only on an otherwise sound flow, where a bad target cannot fake unreachable states.
-pub(super) fn validate(raw: &FileFlow, text: &str) -> (BTreeMap<String, State>, Vec<String>) {
+pub(super) fn validate(raw: &FileFlow, text: &str) -> (BTreeMap<String, State>, Timing, Vec<String>) {
     let mut check = Check {
         raw,
         text,
@@ -18,12 +21,13 @@ pub(super) fn validate(raw: &FileFlow, text: &str) -> (BTreeMap<String, State>, 
     };
     check.initial_declared();
     check.globals();
+    let timing = check.timing();
     let states = check.states();
     check.intents_have_keywords();
     if check.problems.is_empty() {
         check.all_reachable(&states);
     }
-    (states, check.problems)
+    (states, timing, check.problems)
 }
 
 /// The file under validation and the problems found so far.
@@ -79,6 +83,72 @@ impl Check<'_> {
         }
     }
 
+    /// A flow-level duration, checked; a problem names the key and its line.
+    fn duration(&mut self, key: &str, value: Option<&Spanned<String>>) -> Option<std::time::Duration> {
+        let v = value?;
+        match parse_duration(v.get_ref()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                let at = self.line(v.span());
+                self.problems.push(format!("`{key}` (line {at}): {e}"));
+                None
+            }
+        }
+    }
+
+    /// `expire_after` and `handoff_timeout`, with their replies.
+    fn timing(&mut self) -> Timing {
+        Timing {
+            expire_after: self.duration("expire_after", self.raw.expire_after.as_ref()),
+            expire_reply: self.raw.expire_reply.clone(),
+            handoff_timeout: self.duration("handoff_timeout", self.raw.handoff_timeout.as_ref()),
+            handoff_timeout_reply: self.raw.handoff_timeout_reply.clone(),
+        }
+    }
+
+    /// A state's `[states.X.after]` rules: durations parse, targets exist,
+    /// each does something. Shortest first.
+    fn after(&self, s: &FileState, why: &mut Vec<String>) -> Vec<AfterRule> {
+        let mut rules = Vec::new();
+        for (label, rule) in &s.after {
+            let at = self.line(rule.span());
+            let r: &FileAfter = rule.get_ref();
+            let mut bad = |w: String| why.push(format!("after \"{label}\" (line {at}): {w}"));
+            let delay = match parse_duration(label) {
+                Ok(d) => d,
+                Err(e) => {
+                    bad(e);
+                    continue;
+                }
+            };
+            if let Some(t) = r.target.as_deref().filter(|t| !self.known(t)) {
+                bad(format!("unknown target state `{t}`"));
+            }
+            if r.reply.is_none() && r.target.is_none() && !r.handoff && r.template.is_none() {
+                bad("does nothing: give a reply, a target, handoff or a template".into());
+            }
+            if r.template.is_none() && !r.parameters.is_empty() {
+                bad("`parameters` without a `template`".into());
+            }
+            if r.handoff && r.target.is_some() {
+                bad("a hand-off stays in the state: no `target` with `handoff`".into());
+            }
+            rules.push(AfterRule {
+                label: label.clone(),
+                delay,
+                reply: r.reply.clone(),
+                target: r.target.clone(),
+                handoff: r.handoff,
+                template: r.template.clone().map(|name| TemplateCall {
+                    name,
+                    parameters: r.parameters.clone(),
+                }),
+            });
+        }
+        rules.sort_by_key(|r| r.delay);
+        rules
+    }
+
     /// Checks and builds every state; a state's problems name it and its line.
     fn states(&mut self) -> BTreeMap<String, State> {
         let mut states = BTreeMap::new();
@@ -110,6 +180,7 @@ impl Check<'_> {
             slot: s.slot.as_ref().map(|fs| self.slot(fs, why)),
             next: s.next.clone(),
             outcome: s.outcome.clone(),
+            after: self.after(s, why),
         }
     }
 
@@ -254,13 +325,14 @@ fn reachable(raw: &FileFlow, states: &BTreeMap<String, State>) -> BTreeSet<Strin
             queue.extend(st.on.values().map(String::as_str));
             queue.extend(st.next.as_deref());
             queue.extend(st.slot.as_ref().and_then(|sl| sl.exhausted_target.as_deref()));
+            queue.extend(st.after.iter().filter_map(|r| r.target.as_deref()));
         }
     }
     seen
 }
 
 /// The validated flow, with keywords normalized once here rather than per message.
-pub(super) fn assemble(raw: FileFlow, states: BTreeMap<String, State>) -> Flow {
+pub(super) fn assemble(raw: FileFlow, states: BTreeMap<String, State>, timing: Timing) -> Flow {
     Flow {
         name: raw.name,
         initial: raw.initial.into_inner(),
@@ -286,5 +358,6 @@ pub(super) fn assemble(raw: FileFlow, states: BTreeMap<String, State>) -> Flow {
             })
             .collect(),
         states,
+        timing,
     }
 }

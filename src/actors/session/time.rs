@@ -1,0 +1,174 @@
+//! Time in the session actor: the timers a step sets, and a due timer
+//! applied as a step of its own — in its place in the conversation's line,
+//! versioned, committed with its `fired` mark (a timer no longer pending
+//! when the step commits was cancelled or fired: nothing happens).
+
+use std::sync::atomic::Ordering;
+
+use super::messages::DueTimer;
+use super::state::Core;
+use super::writes::{retry_conflicts, same_state, Outbound, Written};
+use super::SessionDeps;
+use crate::db::resume::PendingInbound;
+use crate::db::steps::{FiredTimer, NewOutcome, NewTimer, StepTime, StepWrite};
+use crate::error::Result;
+use crate::events::{Event, EventKind, EventMessage};
+use crate::flow::fire::{fire, Fired};
+use crate::flow::{StepResult, TimerAction, TimerPlan};
+use crate::phone::mask;
+use crate::whatsapp::window::Window;
+
+/// The rows of timers to set.
+pub(super) fn new_timers(plans: Vec<TimerPlan>) -> Vec<NewTimer> {
+    plans
+        .into_iter()
+        .map(|p| NewTimer {
+            kind: p.kind.as_str(),
+            delay_ms: i64::try_from(p.delay.as_millis()).unwrap_or(i64::MAX),
+            action: p.action.to_json(),
+        })
+        .collect()
+}
+
+/// What an inbound message's step does to the clock: the customer wrote
+/// (the window moves), and — unless a person holds the conversation (the
+/// bot stays silent, the hand-off timeout runs on) — the conversation's
+/// timers become those of where the step leaves it.
+pub(super) fn inbound_time(
+    deps: &SessionDeps,
+    phone: &str,
+    was_handoff: bool,
+    r: &StepResult,
+    msg: &PendingInbound,
+) -> StepTime {
+    let flow = deps.flows.of(phone);
+    StepTime {
+        timers: (flow.has_timers() && !was_handoff).then(|| new_timers(flow.resting_timers(&r.state, r.handoff))),
+        fired: None,
+        customer_at: Some(super::writes::customer_at(msg)),
+    }
+}
+
+/// Applies due timer `t`. A moot one (cancelled, fired) changes nothing.
+pub(super) async fn fire_timer(deps: &SessionDeps, phone: &str, core: &mut Core, t: DueTimer) -> Result<()> {
+    let flow = deps.flows.of(phone);
+    let action = TimerAction::from_json(&t.action);
+    let (t_ref, action_ref) = (&t, &action);
+    let written = retry_conflicts(deps, phone, core, |at| {
+        let window = Window::now(at.last_customer_at);
+        let ticket = format!("T{}", t_ref.id);
+        let f = fire(
+            flow,
+            &at.state,
+            &at.data,
+            at.handoff,
+            t_ref.kind,
+            action_ref,
+            window.open,
+            &ticket,
+        );
+        let mut w = same_state(phone, &at);
+        timer_rows(deps, phone, t_ref.id, &f, &mut w);
+        w.time = StepTime {
+            timers: f
+                .replace_timers
+                .then(|| new_timers(flow.resting_timers(&f.result.state, f.result.handoff))),
+            fired: Some(FiredTimer {
+                id: t_ref.id,
+                outcome: f.outcome,
+            }),
+            customer_at: None,
+        };
+        std::future::ready(Some((w, f)))
+    })
+    .await?;
+    match written {
+        Some(Written::Committed { version, made }) => {
+            deps.stats.timers_fired.fetch_add(1, Ordering::Relaxed);
+            let late = chrono::Utc::now() - t.due_at > chrono::TimeDelta::seconds(1);
+            if late {
+                deps.stats.timers_late.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(phone = %mask(phone), timer = t.id, version, outcome = made.outcome, late, "timer fired");
+            publish(deps, phone, version, &made);
+            core.state = made.result.state;
+            core.data = made.result.data;
+            core.handoff = made.result.handoff;
+            core.version = version;
+        }
+        Some(Written::AlreadyApplied) => {
+            deps.stats.timers_moot.fetch_add(1, Ordering::Relaxed);
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// The rows of a timer's step: its replies (or its template) and the
+/// outcome a target reached.
+fn timer_rows(deps: &SessionDeps, phone: &str, id: i64, f: &Fired, w: &mut StepWrite) {
+    w.stepped = true;
+    w.flow_state = f.result.state.clone();
+    w.data = f.result.data.clone();
+    w.handoff = f.result.handoff;
+    for (i, reply) in f.result.replies.iter().enumerate() {
+        let key = format!("timer:{id}:{i}");
+        let out = Outbound {
+            phone,
+            origin: "bot",
+            inbox_id: None,
+            key: &key,
+            sendable: true,
+        };
+        out.push_parts(reply, &mut w.messages, &mut w.outbox);
+    }
+    if let Some(call) = &f.template {
+        let key = format!("timer:{id}:t");
+        let out = Outbound {
+            phone,
+            origin: "bot",
+            inbox_id: None,
+            key: &key,
+            sendable: true,
+        };
+        // Checked at load against the number's templates; a template
+        // removed from the configuration since is not sent.
+        match deps.templates.call(phone, &call.name, None, call.parameters.clone()) {
+            Ok(t) => out.push_template(&t, &mut w.messages, &mut w.outbox),
+            Err(e) => tracing::warn!(phone = %mask(phone), timer = id, error = %e, "timer template not sent"),
+        }
+    }
+    w.outcomes = f
+        .result
+        .outcome
+        .iter()
+        .map(|o| NewOutcome {
+            phone: phone.to_string(),
+            kind: o.kind.clone(),
+            ticket: o.ticket.clone(),
+            data: o.data.clone(),
+            inbox_id: None,
+        })
+        .collect();
+}
+
+fn publish(deps: &SessionDeps, phone: &str, version: i64, f: &Fired) {
+    let mut messages: Vec<EventMessage> = f
+        .result
+        .replies
+        .iter()
+        .map(|m| EventMessage {
+            origin: "bot".into(),
+            body: m.text.clone(),
+        })
+        .collect();
+    if let Some(t) = &f.template {
+        messages.push(EventMessage {
+            origin: "bot".into(),
+            body: format!("[plantilla {}]", t.name),
+        });
+    }
+    let event = Event::conversation(EventKind::Timer, phone, version, &f.result.state, f.result.handoff)
+        .with_messages(messages);
+    let _ = deps.events.send(event);
+}

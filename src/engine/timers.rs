@@ -1,0 +1,88 @@
+//! The timer poller: every `timers.poll_interval_ms` it claims the due
+//! timers of many conversations at once and hands each to its
+//! conversation's actor, in line behind what that conversation already has
+//! queued. Pending timers cost nothing while they wait: no task, no memory,
+//! an index entry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use scoped_futures::ScopedFutureExt;
+
+use super::Engine;
+use crate::actors::session::{DueTimer, Fire};
+use crate::db::timers::{self, ClaimedTimer};
+use crate::flow::TimerKind;
+
+impl Engine {
+    /// Claims due timers until stop. Holds the engine weakly, like the
+    /// resume sweeper.
+    pub(super) fn start_timer_poller(&self) {
+        let settings = self.inner.settings.timers.clone();
+        let every = Duration::from_millis(settings.poll_interval_ms.max(10));
+        let weak = Arc::downgrade(&self.inner);
+        let stop = self.inner.life.cancelled();
+        self.inner.actors.spawn(self.inner.life.track(async move {
+            tokio::pin!(stop);
+            loop {
+                let Some(inner) = weak.upgrade() else { break };
+                let engine = Engine { inner };
+                let claimed = engine.fire_due(settings.batch, settings.lease_ms).await;
+                drop(engine);
+                // A full batch: more may be due now.
+                if claimed >= settings.batch as usize {
+                    continue;
+                }
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        }));
+    }
+
+    /// Claims up to `batch` due timers and puts each in its conversation's
+    /// line. Returns how many were claimed. A timer that cannot be queued
+    /// (the engine stops) is claimed again after its lease.
+    async fn fire_due(&self, batch: i64, lease_ms: i64) -> usize {
+        if self.is_stopping() {
+            return 0;
+        }
+        let holder = self.inner.instance;
+        let due = self
+            .inner
+            .db
+            .run("claim_due_timers", |c| {
+                timers::claim_due(c, holder, lease_ms, batch).scope_boxed()
+            })
+            .await;
+        let due = match due {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming due timers failed");
+                return 0;
+            }
+        };
+        let n = due.len();
+        for t in due {
+            let ClaimedTimer {
+                phone,
+                id,
+                kind,
+                action,
+                due_at,
+            } = t;
+            let Some(kind) = TimerKind::parse(&kind) else { continue };
+            let fire = Fire(DueTimer {
+                id,
+                kind,
+                action,
+                due_at,
+            });
+            if let Err(e) = self.post(phone, fire, None, None, None).await {
+                tracing::warn!(timer = id, error = %e, "due timer not queued; it is claimed again after its lease");
+            }
+        }
+        n
+    }
+}
