@@ -19,7 +19,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use support::app::{status, text_message, TestApp};
 use support::TestDb;
-use switchboard::config::Secret;
+use switchboard::config::{Secret, TemplateSettings};
 use switchboard::db::schema::messages;
 
 const TOKEN: &str = "console-test-token";
@@ -582,7 +582,7 @@ async fn the_console_shows_a_username_contact_and_the_photo_it_sent() {
     .await;
     // A username user (no phone) sends a photo.
     const BSUID: &str = "US.13491208655302741918";
-    let photo = json!({"from_user_id": BSUID, "id": "wamid.console.photo", "timestamp": "1732320000",
+    let photo = json!({"from_user_id": BSUID, "id": "wamid.console.photo", "timestamp": chrono::Utc::now().timestamp().to_string(),
         "type": "image", "image": {"id": "9001", "mime_type": "image/png", "caption": "la etiqueta"}});
     let value = json!({"messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550001111", "phone_number_id": "1098765432"},
@@ -639,6 +639,119 @@ async fn the_console_shows_a_username_contact_and_the_photo_it_sent() {
     let errors = errors_past_sign_in(&c).await;
     assert!(errors.is_empty(), "browser console errors: {errors:?}");
     assert_eq!(fake.media_served().len(), 1, "fetched once from the Graph API");
+    c.close().await.unwrap();
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn the_console_shows_the_closed_window_and_sends_a_template() {
+    let db = TestDb::migrated().await;
+    let app = TestApp::spawn(
+        &db,
+        |s| {
+            s.api.tokens = vec![Secret::new(TOKEN)];
+            s.whatsapp.app_secret = Some(Secret::new(support::app::APP_SECRET));
+            s.whatsapp.templates = vec![TemplateSettings {
+                name: "recordatorio".into(),
+                language: "es".into(),
+                parameters: 1,
+            }];
+        },
+        None,
+    )
+    .await;
+    // The customer wrote 25 hours ago: the 24-hour window has closed.
+    let phone = "5215512345678";
+    let mut m = text_message(phone, "wamid.console.late", "hola");
+    m["timestamp"] = json!((chrono::Utc::now() - chrono::TimeDelta::hours(25))
+        .timestamp()
+        .to_string());
+    let r = app.deliver_value(vec![m], vec![]).await;
+    assert_eq!(r.status(), 200);
+    app.engine.wait_idle().await;
+
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().unwrap();
+    let c = driver.browser(profile.path()).await;
+    c.goto(&app.url("/console")).await.unwrap();
+    until(&c, "the sign-in form", "!document.getElementById('login').hidden").await;
+    type_into(&c, "#token", TOKEN).await;
+    click(&c, "#login-button").await;
+    let row = format!("li.conv[data-phone='{phone}']");
+    until(&c, "the conversation", &format!("document.querySelector(\"{row}\")")).await;
+    click(&c, &row).await;
+
+    // The header says the window is closed; free text is off, templates on.
+    until(
+        &c,
+        "the closed window",
+        "document.getElementById('conv-window').dataset.open === 'false'",
+    )
+    .await;
+    let label = js(&c, "document.getElementById('conv-window').textContent").await;
+    assert!(
+        label.as_str().unwrap().contains("templates only"),
+        "the window's label: {label}"
+    );
+    assert_eq!(js(&c, "document.getElementById('reply-text').disabled").await, true);
+    assert_eq!(js(&c, "document.getElementById('send').disabled").await, true);
+    until(
+        &c,
+        "the bot's reply, not sent",
+        "[...document.querySelectorAll('#messages .msg.bot .status')].some(s => s.dataset.status === 'skipped' \
+         && s.textContent.includes('outside the 24-hour window'))",
+    )
+    .await;
+    until(
+        &c,
+        "the template form",
+        "!document.getElementById('template-form').hidden \
+         && getComputedStyle(document.getElementById('template-form')).display !== 'none'",
+    )
+    .await;
+    assert_eq!(
+        js(
+            &c,
+            "[...document.querySelectorAll('#template-name option')].map(o => o.textContent)"
+        )
+        .await,
+        json!(["recordatorio (es)"])
+    );
+    assert_eq!(
+        js(
+            &c,
+            "document.querySelectorAll('#template-params .template-param').length"
+        )
+        .await,
+        1,
+        "one input for its one parameter"
+    );
+
+    // Filled in and sent, the template shows in the conversation.
+    type_into(&c, "#template-params .template-param", "martes").await;
+    click(&c, "#template-send").await;
+    until(
+        &c,
+        "the template in the conversation",
+        "[...document.querySelectorAll('#messages .msg.out .body')].some(e => e.textContent.startsWith('[plantilla recordatorio'))",
+    )
+    .await;
+    assert_eq!(js(&c, "document.getElementById('conv-error').textContent").await, "");
+    let bodies = js(
+        &c,
+        "[...document.querySelectorAll('#messages .msg.out .body')].map(e => e.textContent)",
+    )
+    .await;
+    assert!(
+        bodies
+            .as_array()
+            .unwrap()
+            .contains(&json!("[plantilla recordatorio (es): martes]")),
+        "the template's transcript: {bodies}"
+    );
+    save_screenshot(&c, "template.png").await;
+    let errors = errors_past_sign_in(&c).await;
+    assert!(errors.is_empty(), "browser console errors: {errors:?}");
     c.close().await.unwrap();
     app.stop().await;
 }

@@ -18,7 +18,7 @@ type Counter = (&'static str, &'static str, u64);
 /// them (no copy is kept here). One line per metric, as a table (so not
 /// formatted).
 #[rustfmt::skip]
-pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats, r: &ReadReceipts, m: &MediaStats) -> [Counter; 28] {
+pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats, r: &ReadReceipts, m: &MediaStats) -> [Counter; 31] {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     [
         ("switchboard_deliveries_total", "Inbound messages accepted (first deliveries).", s.accepted),
@@ -61,6 +61,9 @@ pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats, r: &ReadReceip
         ("switchboard_media_retries_total", "Inbound media fetches to retry.", l(&m.retried)),
         ("switchboard_media_failed_total", "Inbound media files failed for good (over the size limit, refused, out of attempts).", l(&m.failed)),
         ("switchboard_pool_checkout_timeouts_total", "Database pool checkouts that timed out.", s.pool.gets_timed_out),
+        ("switchboard_timers_fired_total", "Due timers applied (reminders, escalations, expiries, hand-off timeouts).", s.timers_fired),
+        ("switchboard_timers_late_total", "Timers applied over a second after their due time (a process was down or behind): late, not lost.", s.timers_late),
+        ("switchboard_timers_moot_total", "Due timers found cancelled or fired when their step committed (nothing done).", s.timers_moot),
     ]
 }
 

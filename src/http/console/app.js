@@ -15,6 +15,10 @@ const state = {
   open: null, // the phone of the open conversation
   conversation: null, // its last fetched answer
   pending: [], // agent messages not in the last fetch: {key, text, status, error, ackedAt}
+  templateList: null, // the template list the form's <select> was built from (JSON)
+  templateShown: null, // the template whose parameter inputs are shown
+  templateChosen: null, // the template picked in the form: {name, language, parameters}
+  templateError: "", // why the last template send failed, kept across refreshes
   unread: JSON.parse(sessionStorage.getItem(UNREAD_KEY) || "{}"),
   states: new Set(),
   numbers: new Map(), // business number id → its name (or the id)
@@ -214,12 +218,15 @@ async function openConversation(phone) {
   $("conv-error").textContent = "";
   $("conv-phone").textContent = "";
   $("conv-name").textContent = "";
+  resetTemplateForm();
   await refreshConversation();
   refreshList();
-  $("reply-text").focus();
+  ($("reply-text").disabled ? $("template-name") : $("reply-text")).focus();
 }
 
 function closeConversation() {
+  clearTimeout(state.timers.window);
+  delete state.timers.window;
   state.open = null;
   state.conversation = null;
   state.pending = [];
@@ -239,7 +246,7 @@ async function refreshConversation() {
     state.conversation = data;
     // Messages acknowledged before this read began are in it now.
     state.pending = state.pending.filter((p) => !(p.status === "sent" && p.ackedAt <= started));
-    $("conv-error").textContent = "";
+    $("conv-error").textContent = state.templateError;
     renderConversation();
   } catch (e) {
     if (state.open === phone && e.status !== 401) $("conv-error").textContent = describe(e);
@@ -254,6 +261,7 @@ const STATUS_LABEL = {
   delivered: "✓✓ delivered",
   read: "✓✓ read",
   failed: "✗ failed",
+  skipped: "not sent: outside the 24-hour window",
   received: "",
 };
 
@@ -271,6 +279,7 @@ function renderConversation() {
   $("conv-name").textContent = who;
   $("conv-phone").textContent =
     shownContact(data.contact || state.open) + (data.number_name ? " → " + data.number_name : "");
+  renderWindow(data.window || { open: true }, data.templates || []);
 
   const ol = $("messages");
   const atBottom = ol.scrollHeight - ol.scrollTop - ol.clientHeight < 40;
@@ -294,6 +303,140 @@ function renderConversation() {
   }
   for (const p of state.pending) ol.append(pendingItem(p));
   if (atBottom || state.pending.length) ol.scrollTop = ol.scrollHeight;
+}
+
+// ---------- the 24-hour window and templates ----------
+
+const REPLY_PLACEHOLDER = "Reply… (Enter sends, Shift+Enter new line)";
+const CLOSED_PLACEHOLDER = "Only templates can be sent outside the 24-hour customer-service window";
+
+// A moment in the agent's own time zone: the time alone when it is today.
+function localTime(iso) {
+  const d = new Date(iso);
+  if (d.toDateString() === new Date().toDateString()) {
+    return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+  return localDateTime(iso);
+}
+
+function localDateTime(iso) {
+  return new Date(iso).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+}
+
+// The window in the header; free text while it is open, templates once closed.
+function renderWindow(w, templates) {
+  const label = $("conv-window");
+  label.dataset.open = String(!!w.open);
+  if (w.open) label.textContent = w.closes_at ? "window open until " + localTime(w.closes_at) : "window open";
+  else if (w.closes_at) label.textContent = "window closed " + localDateTime(w.closes_at) + " — templates only";
+  else label.textContent = "no customer message yet — templates only";
+  label.title = w.closes_at ? new Date(w.closes_at).toLocaleString() : "";
+  const box = $("reply-text");
+  box.disabled = !w.open;
+  $("send").disabled = !w.open;
+  box.placeholder = w.open ? REPLY_PLACEHOLDER : CLOSED_PLACEHOLDER;
+  $("template-form").hidden = w.open;
+  if (w.open && state.templateError) {
+    state.templateError = "";
+    $("conv-error").textContent = "";
+  }
+  if (!w.open) renderTemplates(templates);
+  watchWindow(w);
+}
+
+// An open window closes with no event: read the conversation again then.
+function watchWindow(w) {
+  clearTimeout(state.timers.window);
+  delete state.timers.window;
+  if (!w.open || !w.closes_at) return;
+  const ms = Math.max(1000, new Date(w.closes_at).getTime() - Date.now() + 1000);
+  if (ms > 2 ** 31 - 1) return;
+  state.timers.window = setTimeout(() => {
+    delete state.timers.window;
+    refreshConversation();
+  }, ms);
+}
+
+function resetTemplateForm() {
+  state.templateList = null;
+  state.templateShown = null;
+  state.templateChosen = null;
+  state.templateError = "";
+  $("template-name").replaceChildren();
+  $("template-params").replaceChildren();
+}
+
+// The template choices, rebuilt only when the list itself changes (a
+// refresh must not wipe what the agent is typing).
+function renderTemplates(list) {
+  const empty = list.length === 0;
+  $("template-empty").hidden = !empty;
+  $("template-fields").hidden = empty;
+  const sig = JSON.stringify(list);
+  if (sig === state.templateList) return;
+  const select = $("template-name");
+  const before = state.templateChosen;
+  state.templateList = sig;
+  select.replaceChildren();
+  list.forEach((t, i) => select.append(new Option(`${t.name} (${t.language})`, String(i))));
+  // Keep the agent's choice when it is still offered.
+  const again = before ? list.findIndex((t) => t.name === before.name && t.language === before.language) : -1;
+  if (again >= 0) select.value = String(again);
+  renderTemplateParams();
+}
+
+function chosenTemplate() {
+  const list = (state.conversation && state.conversation.templates) || [];
+  return list[Number($("template-name").value)] || null;
+}
+
+// One input per body parameter of the chosen template.
+function renderTemplateParams() {
+  const t = chosenTemplate();
+  state.templateChosen = t;
+  const key = t ? JSON.stringify([t.name, t.language, t.parameters]) : "";
+  if (key === state.templateShown) return;
+  state.templateShown = key;
+  const box = $("template-params");
+  box.replaceChildren();
+  for (let i = 0; i < (t ? t.parameters : 0); i++) {
+    const input = el("input", "template-param");
+    input.type = "text";
+    input.placeholder = `{{${i + 1}}}`;
+    input.setAttribute("aria-label", `Parameter ${i + 1} of ${t.name}`);
+    box.append(input);
+  }
+}
+
+async function sendTemplate() {
+  const phone = state.open;
+  const t = chosenTemplate();
+  if (!phone || !t) return;
+  const inputs = Array.from(document.querySelectorAll("#template-params .template-param"));
+  const button = $("template-send");
+  button.disabled = true;
+  try {
+    await api("/api/conversations/" + encodeURIComponent(phone) + "/template", {
+      method: "POST",
+      body: {
+        name: t.name,
+        language: t.language,
+        parameters: inputs.map((i) => i.value.trim()),
+        idempotency_key: newKey(),
+      },
+    });
+    if (state.open !== phone) return;
+    state.templateError = "";
+    $("conv-error").textContent = "";
+    for (const i of inputs) i.value = "";
+    await refreshConversation();
+  } catch (e) {
+    if (state.open !== phone || e.status === 401) return;
+    state.templateError = "Template: " + describe(e);
+    $("conv-error").textContent = state.templateError;
+  } finally {
+    button.disabled = false;
+  }
 }
 
 // A media file beside its message: fetched with the token (an <img src>
@@ -371,7 +514,7 @@ function newKey() {
 async function sendReply() {
   const box = $("reply-text");
   const text = box.value.trim();
-  if (!text || !state.open) return;
+  if (!text || !state.open || box.disabled) return;
   box.value = "";
   // The key makes a retry of this very message harmless.
   const p = { key: newKey(), text, status: "sending", error: null, ackedAt: 0, phone: state.open };
@@ -394,6 +537,8 @@ async function deliver(p) {
   } catch (e) {
     p.status = "failed";
     p.error = describe(e);
+    // 409: the window has closed meanwhile; show it (and the templates).
+    if (e.status === 409 && state.open === p.phone) schedule("conversation", refreshConversation, 0);
   }
   if (state.open === p.phone) renderConversation();
 }
@@ -612,6 +757,11 @@ document.addEventListener("DOMContentLoaded", () => {
       sendReply();
     }
   });
+  $("template-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    sendTemplate();
+  });
+  $("template-name").addEventListener("change", renderTemplateParams);
   $("back").addEventListener("click", closeConversation);
   $("handoff-button").addEventListener("click", toggleHandoff);
   $("ops-toggle").addEventListener("click", () => $("app").classList.toggle("show-ops"));
