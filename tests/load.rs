@@ -137,6 +137,81 @@ async fn mixed_over_two_numbers_and_username_only_contacts_holds_every_invariant
     );
 }
 
+#[actix_web::test]
+async fn timers_smoke_run_fires_and_cancels_reminders_and_holds_every_invariant() {
+    // A conversation's messages 1.5 s apart on average against a 2 s
+    // reminder: some answer first, some are reminded; and a wave of 50
+    // timers due in one second.
+    let a = args("--scenario timers --rate 20 --duration 4 --phones 30 --drain 30 --quiet --timer-wave 50");
+    let report = load::run(a).await.unwrap();
+    assert!(report.invariants_checked);
+    assert!(
+        report.invariant_violations.is_empty(),
+        "{:?}",
+        report.invariant_violations
+    );
+    assert_eq!(report.errors, 0, "{:?}", report.error_samples);
+    let timers = report.timers.expect("the run set timers");
+    assert!(timers.all.fired > 0 && timers.all.cancelled > 0, "{timers:?}");
+    let wave = timers.wave.expect("a wave was asked for");
+    assert_eq!((wave.set, wave.fired), (50, 50), "{wave:?}");
+}
+
+#[tokio::test]
+async fn the_checker_catches_a_timer_left_due_fired_after_its_cancelling_message_or_without_its_reply() {
+    let db = TestDb::migrated().await;
+    let engine = switchboard::Engine::builder(engine_settings(&db))
+        .database(db.database())
+        .flow(example_flow())
+        .start()
+        .await
+        .unwrap();
+    let phone = "5215512341299";
+    // Into the SAP number's state (its 10-minute reminder set), then out.
+    for (i, t) in ["refrigerador", "1234567890"].iter().enumerate() {
+        say(&engine, phone, &format!("wamid.tk.{i}"), t).await;
+        engine.wait_idle().await;
+    }
+    engine.shutdown().await.unwrap();
+    let url = db.url.expose();
+    let acked = checker::Expected::acked_in(phone, &["wamid.tk.0", "wamid.tk.1"]);
+    assert!(
+        checker::check(url, &acked).await.unwrap().is_empty(),
+        "a clean run holds"
+    );
+    let mut admin = db.admin().await;
+    let mut plant = async |sql: &str| {
+        diesel::sql_query(sql).execute(&mut admin).await.unwrap();
+    };
+    let found = |v: Vec<checker::Violation>, name: &str| v.iter().any(|x| x.invariant == name);
+
+    plant("UPDATE timers SET due_at = now() - interval '1 hour' WHERE status = 'pending'").await;
+    let v = checker::check(url, &acked).await.unwrap();
+    assert!(found(v, "every due timer fired or was cancelled"));
+    plant("UPDATE timers SET due_at = now() + interval '1 hour' WHERE status = 'pending'").await;
+
+    // The reminder cancelled by the SAP number "fires" after it.
+    plant(
+        "UPDATE timers SET status = 'fired', fired_version = 3, outcome = 'silent' \
+         WHERE kind = 'after' AND status = 'cancelled'",
+    )
+    .await;
+    plant("UPDATE sessions SET version = version + 1").await;
+    let v = checker::check(url, &acked).await.unwrap();
+    assert!(
+        found(v.clone(), "no timer fired after a message that cancelled it"),
+        "{v:?}"
+    );
+    assert!(!found(v, "versions are contiguous and count the applied steps"));
+
+    plant("UPDATE timers SET outcome = 'replied' WHERE status = 'fired'").await;
+    let v = checker::check(url, &acked).await.unwrap();
+    assert!(found(
+        v,
+        "a timer's messages are queued once, only if it fired and had something to send"
+    ));
+}
+
 #[tokio::test]
 async fn the_checker_catches_a_version_gap_a_duplicated_reply_and_an_unprocessed_ack() {
     let db = TestDb::migrated().await;

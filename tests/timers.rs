@@ -590,3 +590,81 @@ async fn a_reminder_fires_once_after_the_server_is_killed_while_it_waits() {
     second.kill().unwrap();
     second.wait().unwrap();
 }
+
+#[actix_web::test]
+async fn a_reminder_whose_template_whatsapp_paused_is_skipped_outside_the_window() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start().unwrap();
+    let e = engine(&db, &fake, FLOW, |_| {}).await;
+    e.record_template_status("recordatorio", "es", "PAUSED", Some("LOW_QUALITY"))
+        .await
+        .unwrap();
+    let mut rx = e.subscribe();
+    let phone = "5215590000010";
+    e.submit_inbound(switchboard::InboundMessage {
+        phone: phone.into(),
+        user_id: None,
+        business_number: None,
+        provider_message_id: "wamid.paused".into(),
+        payload: old_message(phone, "wamid.paused", "reportar"),
+        contact_name: None,
+        contact_username: None,
+    })
+    .await
+    .unwrap();
+    event(&mut rx, EventKind::Timer, phone).await;
+    e.wait_idle().await;
+    e.outbox().wait_drained().await;
+    assert!(
+        sent_to(&fake, phone).is_empty(),
+        "nothing may go: {:?}",
+        sent_to(&fake, phone)
+    );
+    assert_eq!(
+        timer_rows(&db, phone).await,
+        [("after".into(), "fired".into(), Some("skipped".into()))]
+    );
+    e.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn claiming_due_timers_reads_the_due_index_however_many_wait() {
+    let db = TestDb::migrated().await;
+    let mut admin = db.admin().await;
+    // A hundred thousand reminders waiting, for days: none is due.
+    diesel::sql_query(
+        "INSERT INTO timers (phone, kind, due_at, action, set_version) \
+         SELECT '52155' || lpad(g::text, 8, '0'), 'after', now() + interval '2 days', '{}', 1 \
+         FROM generate_series(1, 100000) AS g",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    diesel::sql_query("ANALYZE timers").execute(&mut admin).await.unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Plan {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+    let plan: Vec<Plan> = diesel::sql_query(
+        "EXPLAIN SELECT phone, id FROM timers WHERE status = 'pending' AND due_at <= now() \
+         AND lease_until < now() ORDER BY due_at LIMIT 1000 FOR UPDATE SKIP LOCKED",
+    )
+    .load(&mut admin)
+    .await
+    .unwrap();
+    let plan: Vec<String> = plan.into_iter().map(|p| p.line).collect();
+    assert!(
+        plan.iter().any(|l| l.contains("timers_due")) && !plan.iter().any(|l| l.contains("Seq Scan")),
+        "{plan:#?}"
+    );
+    let claimed = db
+        .database()
+        .run("claim", |c| {
+            use scoped_futures::ScopedFutureExt;
+            switchboard::db::timers::claim_due(c, 1, 30_000, 1000).scope_boxed()
+        })
+        .await
+        .unwrap();
+    assert!(claimed.is_empty());
+}

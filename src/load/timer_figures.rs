@@ -60,6 +60,30 @@ impl Timers {
     }
 }
 
+/// Waits, at most `limit`, until the wave's timers are all applied (they
+/// come due up to 3 s after they were set, perhaps after the last send).
+pub async fn wait_wave(url: &str, limit: Duration) -> crate::Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut conn = AsyncPgConnection::establish(url).await?;
+    #[derive(QueryableByName)]
+    struct Left {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    while std::time::Instant::now() < deadline {
+        let left: Left = diesel::sql_query(
+            "SELECT count(*) AS n FROM timers WHERE action->>'after' = 'wave' AND status = 'pending'",
+        )
+        .get_result(&mut conn)
+        .await?;
+        if left.n == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 /// The figures of the run's timers (`None`: it set none).
 pub async fn figures(url: &str, wave: bool) -> crate::Result<Option<Timers>> {
     let mut conn = AsyncPgConnection::establish(url).await?;

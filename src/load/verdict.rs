@@ -49,6 +49,9 @@ pub(super) async fn report(
     mut measured: Measured,
     chaos: Option<String>,
 ) -> anyhow::Result<Report> {
+    if let Some(url) = servers.database_url(args).filter(|_| args.timer_wave > 0) {
+        super::timer_figures::wait_wave(&url, args.drain_limit()).await?;
+    }
     let drain_from = Instant::now();
     let drained_after_s = servers
         .drain(args.drain_limit())

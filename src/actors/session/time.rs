@@ -52,7 +52,13 @@ pub(super) fn inbound_time(
 /// Applies due timer `t`. A moot one (cancelled, fired) changes nothing.
 pub(super) async fn fire_timer(deps: &SessionDeps, phone: &str, core: &mut Core, t: DueTimer) -> Result<()> {
     let flow = deps.flows.of(phone);
-    let action = TimerAction::from_json(&t.action);
+    let mut action = TimerAction::from_json(&t.action);
+    if let Some(stopped) = stopped_template(deps, phone, &action).await? {
+        // WhatsApp stopped it: the timer goes on without it (its reply
+        // outside the window is then skipped), said once in the log.
+        tracing::warn!(phone = %mask(phone), timer = t.id, reason = %stopped, "timer template not sent");
+        action.template = None;
+    }
     let (t_ref, action_ref) = (&t, &action);
     let written = retry_conflicts(deps, phone, core, |at| {
         let window = Window::now(at.last_customer_at);
@@ -102,6 +108,19 @@ pub(super) async fn fire_timer(deps: &SessionDeps, phone: &str, core: &mut Core,
         None => {}
     }
     Ok(())
+}
+
+/// Why the template `action` names may not be sent now (WhatsApp paused
+/// or disabled it), if that is so.
+async fn stopped_template(deps: &SessionDeps, phone: &str, action: &TimerAction) -> Result<Option<String>> {
+    let Some(call) = &action.template else { return Ok(None) };
+    let Ok(t) = deps.templates.call(phone, &call.name, None, call.parameters.clone()) else {
+        return Ok(None);
+    };
+    let status = deps.db.template_status(&t.name, &t.language).await?;
+    Ok(status
+        .filter(|s| crate::whatsapp::templates::is_stopped(&s.status))
+        .map(|s| format!("template `{}` ({}) is {}", t.name, t.language, s.status)))
 }
 
 /// The rows of a timer's step: its replies (or its template) and the
