@@ -199,6 +199,14 @@ async fn console_errors(c: &Client) -> Vec<String> {
 
 /// The browser's errors but the 401s of signing in (a wrong token, or the
 /// sign-in page's first look before a token): those are by design.
+/// Opens the console and signs in with the token.
+async fn sign_in(c: &Client, app: &TestApp) {
+    c.goto(&app.url("/console")).await.unwrap();
+    until(c, "the sign-in form", "!document.getElementById('login').hidden").await;
+    type_into(c, "#token", TOKEN).await;
+    click(c, "#login-button").await;
+}
+
 async fn errors_past_sign_in(c: &Client) -> Vec<String> {
     console_errors(c)
         .await
@@ -607,10 +615,7 @@ async fn the_console_shows_a_username_contact_and_the_photo_it_sent() {
     let driver = Driver::start();
     let profile = tempfile::tempdir().unwrap();
     let c = driver.browser(profile.path()).await;
-    c.goto(&app.url("/console")).await.unwrap();
-    until(&c, "the sign-in form", "!document.getElementById('login').hidden").await;
-    type_into(&c, "#token", TOKEN).await;
-    click(&c, "#login-button").await;
+    sign_in(&c, &app).await;
     let row = format!("li.conv[data-phone='{BSUID}']");
     until(&c, "the conversation", &format!("document.querySelector(\"{row}\")")).await;
     let row_text = js(&c, &format!("document.querySelector(\"{row}\").textContent")).await;
@@ -673,10 +678,7 @@ async fn the_console_shows_the_closed_window_and_sends_a_template() {
     let driver = Driver::start();
     let profile = tempfile::tempdir().unwrap();
     let c = driver.browser(profile.path()).await;
-    c.goto(&app.url("/console")).await.unwrap();
-    until(&c, "the sign-in form", "!document.getElementById('login').hidden").await;
-    type_into(&c, "#token", TOKEN).await;
-    click(&c, "#login-button").await;
+    sign_in(&c, &app).await;
     let row = format!("li.conv[data-phone='{phone}']");
     until(&c, "the conversation", &format!("document.querySelector(\"{row}\")")).await;
     click(&c, &row).await;

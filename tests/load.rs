@@ -40,6 +40,7 @@ async fn smoke_with(scenario: &str, more: &str) -> serde_json::Value {
         report.invariant_violations
     );
     assert_eq!(report.errors, 0, "{:?}", report.error_samples);
+    assert_eq!(report.quarantined, 0, "steps kept failing");
     assert_eq!(report.acked, report.sent);
     assert!(report.outbox_drained_after_s.is_some(), "replies left unsent");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
@@ -137,6 +138,31 @@ async fn mixed_over_two_numbers_and_username_only_contacts_holds_every_invariant
     );
 }
 
+/// A database where `phone` said `lines` (each applied before the next),
+/// and what was acked: the checker finds it clean.
+async fn clean_conversation(phone: &str, lines: &[&str]) -> (TestDb, checker::Expected) {
+    let db = TestDb::migrated().await;
+    let engine = switchboard::Engine::builder(engine_settings(&db))
+        .database(db.database())
+        .flow(example_flow())
+        .start()
+        .await
+        .unwrap();
+    let ids: Vec<String> = (0..lines.len()).map(|i| format!("wamid.ck.{i}")).collect();
+    for (id, t) in ids.iter().zip(lines) {
+        say(&engine, phone, id, t).await;
+        engine.wait_idle().await;
+    }
+    engine.shutdown().await.unwrap();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let acked = checker::Expected::acked_in(phone, &ids);
+    assert!(
+        checker::check(db.url.expose(), &acked).await.unwrap().is_empty(),
+        "a clean run holds"
+    );
+    (db, acked)
+}
+
 #[actix_web::test]
 async fn timers_smoke_run_fires_and_cancels_reminders_and_holds_every_invariant() {
     // A conversation's messages 1.5 s apart on average against a 2 s
@@ -151,6 +177,7 @@ async fn timers_smoke_run_fires_and_cancels_reminders_and_holds_every_invariant(
         report.invariant_violations
     );
     assert_eq!(report.errors, 0, "{:?}", report.error_samples);
+    assert_eq!(report.quarantined, 0, "steps kept failing");
     let timers = report.timers.expect("the run set timers");
     assert!(timers.all.fired > 0 && timers.all.cancelled > 0, "{timers:?}");
     let wave = timers.wave.expect("a wave was asked for");
@@ -159,26 +186,9 @@ async fn timers_smoke_run_fires_and_cancels_reminders_and_holds_every_invariant(
 
 #[tokio::test]
 async fn the_checker_catches_a_timer_left_due_fired_after_its_cancelling_message_or_without_its_reply() {
-    let db = TestDb::migrated().await;
-    let engine = switchboard::Engine::builder(engine_settings(&db))
-        .database(db.database())
-        .flow(example_flow())
-        .start()
-        .await
-        .unwrap();
-    let phone = "5215512341299";
     // Into the SAP number's state (its 10-minute reminder set), then out.
-    for (i, t) in ["refrigerador", "1234567890"].iter().enumerate() {
-        say(&engine, phone, &format!("wamid.tk.{i}"), t).await;
-        engine.wait_idle().await;
-    }
-    engine.shutdown().await.unwrap();
+    let (db, acked) = clean_conversation("5215512341299", &["refrigerador", "1234567890"]).await;
     let url = db.url.expose();
-    let acked = checker::Expected::acked_in(phone, &["wamid.tk.0", "wamid.tk.1"]);
-    assert!(
-        checker::check(url, &acked).await.unwrap().is_empty(),
-        "a clean run holds"
-    );
     let mut admin = db.admin().await;
     let mut plant = async |sql: &str| {
         diesel::sql_query(sql).execute(&mut admin).await.unwrap();
@@ -190,10 +200,10 @@ async fn the_checker_catches_a_timer_left_due_fired_after_its_cancelling_message
     assert!(found(v, "every due timer fired or was cancelled"));
     plant("UPDATE timers SET due_at = now() + interval '1 hour' WHERE status = 'pending'").await;
 
-    // The reminder cancelled by the SAP number "fires" after it.
+    // A reminder set before the two messages "fires" after them.
     plant(
-        "UPDATE timers SET status = 'fired', fired_version = 3, outcome = 'silent' \
-         WHERE kind = 'after' AND status = 'cancelled'",
+        "INSERT INTO timers (phone, kind, due_at, action, status, set_version, fired_version, fired_at, outcome) \
+         VALUES ('5215512341299', 'after', now(), '{}', 'fired', 0, 3, now(), 'silent')",
     )
     .await;
     plant("UPDATE sessions SET version = version + 1").await;
@@ -214,26 +224,9 @@ async fn the_checker_catches_a_timer_left_due_fired_after_its_cancelling_message
 
 #[tokio::test]
 async fn the_checker_catches_a_version_gap_a_duplicated_reply_and_an_unprocessed_ack() {
-    let db = TestDb::migrated().await;
-    let engine = switchboard::Engine::builder(engine_settings(&db))
-        .database(db.database())
-        .flow(example_flow())
-        .start()
-        .await
-        .unwrap();
     let phone = "5215512341234";
-    for (i, t) in ["hola", "refrigerador"].iter().enumerate() {
-        say(&engine, phone, &format!("wamid.ck.{i}"), t).await;
-    }
-    engine.wait_idle().await;
-    engine.shutdown().await.unwrap();
-    let acked = checker::Expected::acked_in(phone, &["wamid.ck.0", "wamid.ck.1"]);
+    let (db, acked) = clean_conversation(phone, &["hola", "refrigerador"]).await;
     let url = db.url.expose();
-    assert!(
-        checker::check(url, &acked).await.unwrap().is_empty(),
-        "a clean run holds"
-    );
-
     let mut admin = db.admin().await;
     let mut plant = async |sql: &str| {
         diesel::sql_query(sql).execute(&mut admin).await.unwrap();

@@ -41,6 +41,11 @@ reply = "¿Sigues ahí?"
 template = "recordatorio"
 "#;
 
+/// The test flow with flow-level keys (`expire_after`, …) added.
+fn with_top(keys: &str) -> String {
+    FLOW.replace("[intents]", &format!("{keys}\n[intents]"))
+}
+
 fn templates() -> Vec<TemplateSettings> {
     vec![
         TemplateSettings {
@@ -159,14 +164,18 @@ async fn a_reminder_does_not_fire_when_the_customer_answers_first() {
     let (answers, waits) = ("5215590000002", "5215590000003");
     say(&e, answers, "wamid.a1", "reportar").await;
     e.wait_idle().await;
+    assert_eq!(
+        timer_rows(&db, answers).await,
+        [("after".into(), "pending".into(), None)]
+    );
     say(&e, answers, "wamid.a2", "listo").await;
     // A witness whose reminder is due after the cancelled one's.
     say(&e, waits, "wamid.w1", "reportar").await;
     event(&mut rx, EventKind::Timer, waits).await;
     e.wait_idle().await;
-    assert_eq!(
-        timer_rows(&db, answers).await,
-        [("after".into(), "cancelled".into(), None)]
+    assert!(
+        timer_rows(&db, answers).await.is_empty(),
+        "cancelled: deleted by the answer's step"
     );
     assert!(
         !texts(&sent_to(&fake, answers)).contains(&"¿Sigues ahí?".to_string()),
@@ -215,10 +224,7 @@ async fn two_processes_fire_a_reminder_once() {
 async fn an_expired_conversation_starts_over_from_the_initial_state() {
     let db = TestDb::migrated().await;
     let fake = FakeGraph::start().unwrap();
-    let flow = FLOW.replace(
-        "[intents]",
-        "expire_after = \"2s\"\nexpire_reply = \"Empecemos de nuevo.\"\n[intents]",
-    );
+    let flow = with_top("expire_after = \"2s\"\nexpire_reply = \"Empecemos de nuevo.\"");
     // Without the reminder: only the expiry is due.
     let flow = flow.replace(
         "[states.pide_dato.after.\"1s\"]\nreply = \"¿Sigues ahí?\"\ntemplate = \"recordatorio\"\n",
@@ -249,10 +255,7 @@ async fn an_expired_conversation_starts_over_from_the_initial_state() {
 async fn a_handoff_returns_to_the_bot_after_its_timeout_and_an_agent_message_restarts_it() {
     let db = TestDb::migrated().await;
     let fake = FakeGraph::start().unwrap();
-    let flow = FLOW.replace(
-        "[intents]",
-        "handoff_timeout = \"2s\"\nhandoff_timeout_reply = \"Te atiende el asistente de nuevo.\"\n[intents]",
-    );
+    let flow = with_top("handoff_timeout = \"2s\"\nhandoff_timeout_reply = \"Te atiende el asistente de nuevo.\"");
     let e = engine(&db, &fake, &flow, |_| {}).await;
     let mut rx = e.subscribe();
     let phone = "5215590000005";
@@ -270,18 +273,18 @@ async fn a_handoff_returns_to_the_bot_after_its_timeout_and_an_agent_message_res
         .into_iter()
         .map(|(k, s, _)| (k, s))
         .collect();
-    // The reminder (cancelled by the hand-off), the first timeout
-    // (cancelled by the agent's message), the one that fired, and the
-    // reminder again, back with the bot in the state.
-    assert_eq!(
-        kinds,
-        [
-            ("after".into(), "cancelled".into()),
-            ("handoff".into(), "cancelled".into()),
-            ("handoff".into(), "fired".into()),
-            ("after".into(), "pending".into())
-        ]
-    );
+    // The reminder (cancelled by the hand-off) and the first timeout
+    // (cancelled by the agent's message) are gone; the timeout that fired
+    // stays. The state's reminder waits for the customer's next message.
+    assert_eq!(kinds, [("handoff".into(), "fired".into())]);
+    let numbered: i64 = timers::table
+        .filter(timers::phone.eq(phone))
+        .select(diesel::dsl::max(timers::id))
+        .first::<Option<i64>>(&mut db.admin().await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(numbered >= 3, "three timers were set: {numbered}");
     assert_eq!(
         texts(&sent_to(&fake, phone)).last().map(String::as_str),
         Some("Te atiende el asistente de nuevo.")
@@ -296,6 +299,21 @@ fn old_message(from: &str, id: &str, body: &str) -> Value {
         .timestamp()
         .to_string());
     m
+}
+
+/// Submits a text the customer sent 25 hours ago.
+async fn say_long_ago(e: &Engine, phone: &str, id: &str, body: &str) {
+    e.submit_inbound(switchboard::InboundMessage {
+        phone: phone.into(),
+        user_id: None,
+        business_number: None,
+        provider_message_id: id.into(),
+        payload: old_message(phone, id, body),
+        contact_name: None,
+        contact_username: None,
+    })
+    .await
+    .unwrap();
 }
 
 async fn post(app: &TestApp, path: &str, body: Value) -> (u16, Value) {
@@ -404,18 +422,7 @@ async fn a_reminder_outside_the_window_sends_its_template() {
     let e = engine(&db, &fake, FLOW, |_| {}).await;
     let mut rx = e.subscribe();
     let phone = "5215590000007";
-    let payload = old_message(phone, "wamid.late", "reportar");
-    e.submit_inbound(switchboard::InboundMessage {
-        phone: phone.into(),
-        user_id: None,
-        business_number: None,
-        provider_message_id: "wamid.late".into(),
-        payload,
-        contact_name: None,
-        contact_username: None,
-    })
-    .await
-    .unwrap();
+    say_long_ago(&e, phone, "wamid.late", "reportar").await;
     event(&mut rx, EventKind::Timer, phone).await;
     e.wait_idle().await;
     e.outbox().wait_drained().await;
@@ -440,7 +447,7 @@ fn a_flow_with_an_unknown_target_or_a_bad_duration_in_after_fails_naming_the_sta
     assert!(err.contains("state `pide_dato`"), "{err}");
     assert!(err.contains("unknown target state `escalar`"), "{err}");
     assert!(err.contains("after \"10 minutos\""), "{err}");
-    let bad = FLOW.replace("[intents]", "expire_after = \"pronto\"\n[intents]");
+    let bad = with_top("expire_after = \"pronto\"");
     let err = Flow::parse(&bad, "tiempo.toml").unwrap_err().to_string();
     assert!(err.contains("`expire_after` (line 4)"), "{err}");
 }
@@ -601,17 +608,7 @@ async fn a_reminder_whose_template_whatsapp_paused_is_skipped_outside_the_window
         .unwrap();
     let mut rx = e.subscribe();
     let phone = "5215590000010";
-    e.submit_inbound(switchboard::InboundMessage {
-        phone: phone.into(),
-        user_id: None,
-        business_number: None,
-        provider_message_id: "wamid.paused".into(),
-        payload: old_message(phone, "wamid.paused", "reportar"),
-        contact_name: None,
-        contact_username: None,
-    })
-    .await
-    .unwrap();
+    say_long_ago(&e, phone, "wamid.paused", "reportar").await;
     event(&mut rx, EventKind::Timer, phone).await;
     e.wait_idle().await;
     e.outbox().wait_drained().await;
@@ -667,4 +664,53 @@ async fn claiming_due_timers_reads_the_due_index_however_many_wait() {
         .await
         .unwrap();
     assert!(claimed.is_empty());
+}
+
+#[test]
+fn timers_that_would_loop_with_nobody_writing_are_refused() {
+    let looping = FLOW.replace(
+        "reply = \"¿Sigues ahí?\"",
+        "reply = \"¿Sigues ahí?\"\ntarget = \"pide_dato\"",
+    );
+    let err = Flow::parse(&looping, "tiempo.toml").unwrap_err().to_string();
+    assert!(err.contains("timers alone loop through `pide_dato`"), "{err}");
+    // A reminder that only reminds fires once, and a hand-off's timeout
+    // does not set the reminder that handed off again: no loop.
+    assert!(Flow::parse(FLOW, "tiempo.toml").is_ok());
+    let handing = with_top("handoff_timeout = \"1h\"").replace(
+        "reply = \"¿Sigues ahí?\"\ntemplate = \"recordatorio\"",
+        "handoff = true",
+    );
+    assert!(Flow::parse(&handing, "tiempo.toml").is_ok());
+}
+
+#[actix_web::test]
+async fn an_agent_answers_a_customer_another_process_heard_and_a_retry_after_the_window_is_stored_not_refused() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start().unwrap();
+    let a = engine(&db, &fake, FLOW, |_| {}).await;
+    let b = engine(&db, &fake, FLOW, |_| {}).await;
+    let phone = "5215590000011";
+    // B's actor knows the conversation from before the customer wrote.
+    let refused = b.submit_agent_message(phone, "Hola", "early").await.unwrap_err();
+    assert!(matches!(refused, switchboard::Error::OutsideWindow(_)), "{refused}");
+    say(&a, phone, "wamid.ab1", "reportar").await;
+    a.wait_idle().await;
+    let ack = b.submit_agent_message(phone, "Hola, te ayudo.", "k1").await.unwrap();
+    assert!(ack.created);
+    // A day later the same request is retried (its answer was lost).
+    diesel::sql_query("UPDATE sessions SET last_customer_at = now() - interval '25 hours'")
+        .execute(&mut db.admin().await)
+        .await
+        .unwrap();
+    b.shutdown().await.unwrap();
+    let b = engine(&db, &fake, FLOW, |_| {}).await;
+    let again = b.submit_agent_message(phone, "Hola, te ayudo.", "k1").await.unwrap();
+    assert!(!again.created, "stored before: answered, not refused");
+    assert!(
+        b.submit_agent_message(phone, "¿Sigues?", "k2").await.is_err(),
+        "a new one is refused"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
 }

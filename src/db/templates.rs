@@ -1,4 +1,5 @@
-//! Template statuses as WhatsApp reports them (`message_template_status_update`).
+//! Template statuses as WhatsApp reports them (`message_template_status_update`),
+//! and whether an agent's request (a text or a template) was stored before.
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -60,6 +61,28 @@ impl Database {
                     .execute(c)
                     .await?;
                 Ok(())
+            }
+            .scope_boxed()
+        })
+        .await
+    }
+}
+
+impl Database {
+    /// Whether conversation `phone` has an outbound message keyed `key`
+    /// (an agent's request stored before: its retry is answered "stored",
+    /// whatever has changed since).
+    pub async fn outbox_key_exists(&self, phone: &str, key: &str) -> Result<bool> {
+        use super::schema::outbox;
+        self.run("outbox_key_exists", |c| {
+            async move {
+                Ok(diesel::select(diesel::dsl::exists(
+                    outbox::table
+                        .filter(outbox::phone.eq(phone))
+                        .filter(outbox::idempotency_key.eq(key)),
+                ))
+                .get_result::<bool>(c)
+                .await?)
             }
             .scope_boxed()
         })

@@ -166,10 +166,19 @@ impl EngineBuilder {
                 templates,
             }),
         };
-        engine.resume(true).await?;
-        engine.start_resume_sweeper();
-        engine.start_timer_poller();
+        engine.begin().await?;
         Ok(engine)
+    }
+}
+
+impl Engine {
+    /// Picks up what an earlier run left (accepted messages not applied),
+    /// then starts the periodic work: the resume sweep and the timer poller.
+    async fn begin(&self) -> Result<()> {
+        self.resume(true).await?;
+        self.start_resume_sweeper();
+        self.start_timer_poller();
+        Ok(())
     }
 }
 

@@ -59,12 +59,17 @@ impl Engine {
             .templates
             .call(&phone, name, language, parameters)
             .map_err(Error::InvalidInput)?;
-        if let Some(s) = self
-            .inner
-            .db
-            .template_status(&template.name, &template.language)
-            .await?
-        {
+        // A retry of a request stored before is answered "stored", whatever
+        // WhatsApp said of the template since.
+        let db = &self.inner.db;
+        let stored = db
+            .outbox_key_exists(&phone, &format!("agent:{idempotency_key}"))
+            .await?;
+        let status = match stored {
+            true => None,
+            false => db.template_status(&template.name, &template.language).await?,
+        };
+        if let Some(s) = status {
             if crate::whatsapp::templates::is_stopped(&s.status) {
                 return Err(Error::Refused(format!(
                     "template `{}` ({}) is {} at WhatsApp{}; it cannot be sent until it is approved again",

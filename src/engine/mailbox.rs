@@ -210,7 +210,9 @@ impl Engine {
                 Err(MailboxError::Timeout) => Err(Error::Unavailable("session actor timed out".into())),
             };
             if let Err(e) = result {
-                tracing::warn!(phone = %phone::mask(&phone), error = %e, "message left in the inbox; it will be resumed");
+                // A message stays in the inbox (resumed later), a timer
+                // stays pending (claimed again after its lease).
+                tracing::warn!(phone = %phone::mask(&phone), error = %e, "work left undone; it will be taken up again");
             }
             drop(permit);
             drop(guard);

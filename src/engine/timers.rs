@@ -64,7 +64,9 @@ impl Engine {
             }
         };
         let n = due.len();
-        for t in due {
+        // Each in its own conversation's line, side by side: a busy
+        // conversation's full mailbox holds up only its own timers.
+        futures_util::future::join_all(due.into_iter().filter_map(|t| {
             let ClaimedTimer {
                 phone,
                 id,
@@ -72,17 +74,20 @@ impl Engine {
                 action,
                 due_at,
             } = t;
-            let Some(kind) = TimerKind::parse(&kind) else { continue };
+            let kind = TimerKind::parse(&kind)?;
             let fire = Fire(DueTimer {
                 id,
                 kind,
                 action,
                 due_at,
             });
-            if let Err(e) = self.post(phone, fire, None, None, None).await {
-                tracing::warn!(timer = id, error = %e, "due timer not queued; it is claimed again after its lease");
-            }
-        }
+            Some(async move {
+                if let Err(e) = self.post(phone, fire, None, None, None).await {
+                    tracing::warn!(timer = id, error = %e, "due timer not queued; it is claimed again after its lease");
+                }
+            })
+        }))
+        .await;
         n
     }
 }

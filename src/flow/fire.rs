@@ -81,6 +81,7 @@ pub fn fire(
     }
     let template = action.template.as_ref().map(|t| TemplateCall {
         name: t.name.clone(),
+        language: t.language.clone(),
         parameters: t.parameters.iter().map(|p| fill(p, data)).collect(),
     });
     let (template, outcome) = match (window_open, out.replies.is_empty(), template) {

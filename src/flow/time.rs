@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::Flow;
+use std::collections::BTreeMap;
+
+use super::{Flow, State};
 
 /// What sets a timer, as stored in its row's `kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +48,9 @@ impl TimerKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TemplateCall {
     pub name: String,
+    /// Needed when the template is configured in several languages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
     #[serde(default)]
     pub parameters: Vec<String>,
 }
@@ -109,7 +114,12 @@ pub struct TimerPlan {
     pub action: TimerAction,
 }
 
-/// Parses `"90s"`, `"10m"`, `"2h"`, `"1d"` (a positive whole number and a unit).
+/// The longest timer: a year (a due time past it is a typo, and would
+/// overflow the database's interval arithmetic).
+const MAX_SECS: u64 = 365 * 86_400;
+
+/// Parses `"90s"`, `"10m"`, `"2h"`, `"1d"` (a positive whole number and a
+/// unit), up to a year.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -127,17 +137,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if secs == 0 {
         return Err(format!("duration `{s}` must be positive"));
     }
+    if secs > MAX_SECS {
+        return Err(format!("duration `{s}`: at most 365d"));
+    }
     Ok(Duration::from_secs(secs))
 }
 
 impl Flow {
-    /// Whether this flow sets any timer (else steps write none and cancel none).
-    pub fn has_timers(&self) -> bool {
-        self.timing.expire_after.is_some()
-            || self.timing.handoff_timeout.is_some()
-            || self.states.values().any(|s| !s.after.is_empty())
-    }
-
     /// The timers of a conversation resting in `state`: in a hand-off only
     /// the hand-off timeout; otherwise the state's reminders and, away from
     /// the initial state, the expiry.
@@ -206,6 +212,42 @@ impl Flow {
     }
 }
 
+/// States from which timers alone loop forever, the customer silent (a
+/// reminder's target leading back to it): each turn would send a message (a
+/// paid template, outside the window). One problem per loop, naming its
+/// states. (A hand-off cannot loop: back from its timeout, the state's
+/// reminders are not set again until the customer writes.)
+pub(crate) fn timer_loops(states: &BTreeMap<String, State>) -> Vec<String> {
+    let next = |s: &State| -> Vec<String> { s.after.iter().filter_map(|r| r.target.clone()).collect() };
+    let mut problems = Vec::new();
+    let mut reported: std::collections::BTreeSet<String> = Default::default();
+    for start in states.keys() {
+        // Depth-first along timer edges from `start`, looking for `start`.
+        let mut stack = vec![vec![start.clone()]];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(path) = stack.pop() {
+            let Some(last) = path.last().and_then(|l| states.get(l)) else {
+                continue;
+            };
+            for t in next(last) {
+                if &t == start {
+                    if path.iter().all(|p| reported.insert(p.clone())) {
+                        problems.push(format!(
+                            "timers alone loop through {} with nobody writing: give the loop a way to stop",
+                            path.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(" → ")
+                        ));
+                    }
+                } else if seen.insert(t.clone()) {
+                    let mut longer = path.clone();
+                    longer.push(t);
+                    stack.push(longer);
+                }
+            }
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,7 +258,17 @@ mod tests {
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7_200)));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
-        for bad in ["", "10", "m", "1.5h", "0s", "-1m", "10 minutes"] {
+        for bad in [
+            "",
+            "10",
+            "m",
+            "1.5h",
+            "0s",
+            "-1m",
+            "10 minutes",
+            "366d",
+            "99999999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -220,18 +220,25 @@ async fn send(
     path: web::Path<String>,
     body: web::Json<SendBody>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
-    let phone = conversation_path::named(&state, &req, &path).await?;
+    let phone = one_to_one(&state, &req, &path).await?;
+    let body = body.into_inner();
+    let key = idempotency_key(body.idempotency_key)?;
+    let ack = state.engine.submit_agent_message(&phone, &body.text, &key).await?;
+    Ok(acked(ack))
+}
+
+/// The conversation a message is sent to, the caller authorized: a 1:1
+/// one (a group's is read-only: 409).
+async fn one_to_one(state: &AppState, req: &HttpRequest, path: &str) -> Result<String, ApiError> {
+    authorize(state, req)?;
+    let phone = conversation_path::named(state, req, path).await?;
     if crate::phone::is_group(state.engine.numbers().split(&phone).1) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "a group's conversation is kept to be read; the bot and agents answer in 1:1 conversations",
         ));
     }
-    let body = body.into_inner();
-    let key = idempotency_key(body.idempotency_key)?;
-    let ack = state.engine.submit_agent_message(&phone, &body.text, &key).await?;
-    Ok(acked(ack))
+    Ok(phone)
 }
 
 /// The caller's idempotency key, checked, or a new one.
@@ -281,14 +288,7 @@ async fn template(
     path: web::Path<String>,
     body: web::Json<TemplateBody>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
-    let phone = conversation_path::named(&state, &req, &path).await?;
-    if crate::phone::is_group(state.engine.numbers().split(&phone).1) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "a group's conversation is kept to be read; templates go to 1:1 conversations",
-        ));
-    }
+    let phone = one_to_one(&state, &req, &path).await?;
     let body = body.into_inner();
     let key = idempotency_key(body.idempotency_key)?;
     let ack = state

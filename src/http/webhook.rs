@@ -10,7 +10,9 @@ use crate::engine::{InboundMessage, NewUnusable};
 use crate::error::Error;
 use crate::numbers::Numbers;
 use crate::phone;
-use crate::whatsapp::webhook::{has_nul, parse, secure_eq, verify_signature, InboundWa, Unusable};
+use crate::whatsapp::webhook::{
+    has_nul, parse, secure_eq, verify_signature, InboundWa, StatusWa, TemplateStatusWa, Unusable,
+};
 
 /// Largest delivery accepted (Meta sends up to 3 MB).
 pub const BODY_LIMIT: usize = 3 * 1024 * 1024;
@@ -104,8 +106,25 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
             duplicates += 1;
         }
     }
+    let statuses = apply_reports(engine, &delivery.statuses, &delivery.templates).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "statuses": statuses,
+        "templates": delivery.templates.len(),
+        "dead_lettered": dead_lettered,
+    })))
+}
+
+/// Applies a delivery's reports: the statuses of our messages (returns how
+/// many matched one) and the templates' new statuses.
+async fn apply_reports(
+    engine: &crate::engine::Engine,
+    reports: &[StatusWa],
+    templates: &[TemplateStatusWa],
+) -> Result<usize, ApiError> {
     let mut statuses = 0;
-    for s in &delivery.statuses {
+    for s in reports {
         let error = s.errors.as_ref().map(|e| e.to_string());
         let recipient = (!s.recipient.is_empty()).then_some(s.recipient.as_str());
         if engine
@@ -122,20 +141,14 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
             statuses += 1;
         }
     }
-    for t in &delivery.templates {
+    for t in templates {
         engine
             .record_template_status(&t.name, &t.language, &t.status, t.reason.as_deref())
             .await
             .map_err(unstored)?;
         tracing::info!(template = %t.name, language = %t.language, status = %t.status, "template status reported");
     }
-    Ok(HttpResponse::Ok().json(json!({
-        "accepted": accepted,
-        "duplicates": duplicates,
-        "statuses": statuses,
-        "templates": delivery.templates.len(),
-        "dead_lettered": dead_lettered,
-    })))
+    Ok(statuses)
 }
 
 /// The engine's message for a usable one: a contact known only by its BSUID

@@ -100,6 +100,9 @@ pub struct Report {
     pub e2e_latency_ms: Percentiles,
     pub conflicts: u64,
     pub retries: u64,
+    /// Inbound messages that kept crashing their step and were moved to
+    /// dead letters (applied never, lost never: a load run should have none).
+    pub quarantined: u64,
     pub outbound_requests: Option<u64>,
     /// Seconds from the last message seen applied until the outbox had
     /// nothing pending or being sent (own server or processes; `None` when
@@ -173,6 +176,12 @@ impl Report {
         }
         if let Some(timers) = &self.timers {
             t.push_str(&timers.lines());
+        }
+        if self.quarantined > 0 {
+            t.push_str(&format!(
+                "  QUARANTINED {} inbound messages (their steps kept failing): see the dead letters\n",
+                self.quarantined
+            ));
         }
         if self.event_reconnects > 0 {
             t.push_str(&format!(

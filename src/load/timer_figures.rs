@@ -16,10 +16,13 @@ const WAVE: &str = "wave";
 /// How many timers, and how late they fired.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, QueryableByName)]
 pub struct TimerFigures {
+    /// Timers set: numbered by the table's sequence (a rolled-back batch's
+    /// numbers count too, as cancelled).
     #[diesel(sql_type = BigInt)]
     pub set: i64,
     #[diesel(sql_type = BigInt)]
     pub fired: i64,
+    /// Set and gone: a cancelled timer is deleted by the step that cancels it.
     #[diesel(sql_type = BigInt)]
     pub cancelled: i64,
     #[diesel(sql_type = BigInt)]
@@ -87,22 +90,25 @@ pub async fn wait_wave(url: &str, limit: Duration) -> crate::Result<()> {
 /// The figures of the run's timers (`None`: it set none).
 pub async fn figures(url: &str, wave: bool) -> crate::Result<Option<Timers>> {
     let mut conn = AsyncPgConnection::establish(url).await?;
-    let all = of(&mut conn, "").await?;
+    // Every timer ever numbered; the wave's (never cancelled) are its rows.
+    let numbered = "(SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM timers_id_seq)";
+    let all = of(&mut conn, numbered, "").await?;
     if all.set == 0 {
         return Ok(None);
     }
     let wave = match wave {
-        true => Some(of(&mut conn, "WHERE action->>'after' = 'wave'").await?),
+        true => Some(of(&mut conn, "count(*)", "WHERE action->>'after' = 'wave'").await?),
         false => None,
     };
     Ok(Some(Timers { all, wave }))
 }
 
-async fn of(conn: &mut AsyncPgConnection, filter: &str) -> crate::Result<TimerFigures> {
+/// The figures of the timers `filter` keeps, `set` counting those set.
+async fn of(conn: &mut AsyncPgConnection, set: &str, filter: &str) -> crate::Result<TimerFigures> {
     let delay = "extract(epoch FROM fired_at - due_at) * 1000";
     let sql = format!(
-        "SELECT count(*) AS set, count(*) FILTER (WHERE status = 'fired') AS fired, \
-                count(*) FILTER (WHERE status = 'cancelled') AS cancelled, \
+        "SELECT {set}::int8 AS set, count(*) FILTER (WHERE status = 'fired') AS fired, \
+                {set}::int8 - count(*) AS cancelled, \
                 count(*) FILTER (WHERE status = 'pending') AS pending, \
                 count(*) FILTER (WHERE status = 'fired' AND fired_at - due_at > interval '1 second') AS late, \
                 coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY {delay}) FILTER (WHERE status = 'fired'), 0) AS fire_delay_p50_ms, \
@@ -115,12 +121,23 @@ async fn of(conn: &mut AsyncPgConnection, filter: &str) -> crate::Result<TimerFi
 
 /// At `at` into the run, sets `n` reminders due together at the start of a
 /// second 2 to 3 seconds later, each in a conversation of its own (new
-/// contacts, in the flow's `initial` state: the firing creates them, as a
-/// step). Says what it did, for the report.
+/// contacts who wrote a moment ago, in the flow's `initial` state: each
+/// reminder is a step and a send). Says what it did, for the report.
 pub async fn wave(url: &str, n: u32, at: Duration, initial: &str) -> crate::Result<String> {
     tokio::time::sleep(at).await;
     let mut conn = AsyncPgConnection::establish(url).await?;
     let action = serde_json::json!({"state": initial, "after": WAVE, "reply": "¿Sigues ahí? (recordatorio)"});
+    // Customers who wrote a moment ago (the window open: the reminders go
+    // out), at rest in the initial state at version 0.
+    diesel::sql_query(
+        "INSERT INTO sessions (phone, flow_state, last_customer_at) \
+         SELECT '52199' || lpad(g::text, 8, '0'), $1, now() FROM generate_series(1, $2) AS g \
+         ON CONFLICT (phone) DO NOTHING",
+    )
+    .bind::<Text, _>(initial)
+    .bind::<BigInt, _>(i64::from(n))
+    .execute(&mut conn)
+    .await?;
     diesel::sql_query(
         "INSERT INTO timers (phone, kind, due_at, action, set_version) \
          SELECT '52199' || lpad(g::text, 8, '0'), 'after', date_trunc('second', now()) + interval '3 seconds', $1, 0 \

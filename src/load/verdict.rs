@@ -36,6 +36,7 @@ struct Served {
     chaos: Option<String>,
     conflicts: u64,
     retries: u64,
+    quarantined: u64,
     outbound_requests: Option<u64>,
     drained_after_s: Option<f64>,
 }
@@ -80,6 +81,7 @@ pub(super) async fn report(
         chaos,
         conflicts: metric_sum(&target.bases, "switchboard_version_conflicts_total").await,
         retries: metric_sum(&target.bases, "switchboard_retries_total").await,
+        quarantined: metric_sum(&target.bases, "switchboard_dead_letters_inbound_total").await,
         outbound_requests: servers.graph().map(|g| g.request_count() as u64),
         drained_after_s,
     };
@@ -160,6 +162,7 @@ fn assemble(args: &LoadArgs, target: &Target, m: Measured, served: Served, check
         e2e_latency_ms: Percentiles::from_us(&m.e2e_us),
         conflicts: served.conflicts,
         retries: served.retries,
+        quarantined: served.quarantined,
         outbound_requests: served.outbound_requests,
         outbox_drained_after_s: served.drained_after_s,
         send_latency_ms: args.send_latency_ms,

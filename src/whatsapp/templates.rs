@@ -141,7 +141,7 @@ impl Templates {
                 .templates_named()
                 .into_iter()
                 .filter_map(|(at, call)| {
-                    let t = match resolve(list, &call.name, None) {
+                    let t = match resolve(list, &call.name, call.language.as_deref()) {
                         Ok(t) => t,
                         Err(e) => return Some(format!("{at}: {e}")),
                     };
@@ -191,10 +191,14 @@ fn resolve<'a>(
             .copied()
             .ok_or_else(|| format!("template `{name}` is not configured in language `{lang}`")),
         ([one], None) => Ok(one),
-        (_, None) => named
-            .first()
-            .copied()
-            .ok_or_else(|| format!("template `{name}`: give its language")),
+        (several, None) => Err(format!(
+            "template `{name}` is configured in {}: give its language",
+            several
+                .iter()
+                .map(|t| t.language.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     }
 }
 

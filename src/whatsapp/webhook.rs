@@ -179,62 +179,68 @@ pub fn parse(body: &[u8]) -> Result<Delivery, DeliveryError> {
                 template_status(value, &mut d);
                 continue;
             }
-            let business_number = value.pointer("/metadata/phone_number_id").and_then(Value::as_str);
-            let contacts: Vec<Contact> = value
-                .get("contacts")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .map(|c| Contact {
-                    wa_id: str_at(c, "wa_id"),
-                    user_id: str_at(c, "user_id"),
-                    name: c.pointer("/profile/name").and_then(Value::as_str),
-                    username: c.pointer("/profile/username").and_then(Value::as_str),
-                })
-                .collect();
-            for m in value.get("messages").and_then(Value::as_array).into_iter().flatten() {
-                let from = str_at(m, "from");
-                let contact = contacts.iter().find(|c| from.is_some() && c.wa_id == from).or_else(|| {
-                    let user = str_at(m, "from_user_id");
-                    contacts.iter().find(|c| user.is_some() && c.user_id == user)
-                });
-                let user_id = str_at(m, "from_user_id").or(contact.and_then(|c| c.user_id));
-                match (from.or(user_id), str_at(m, "id")) {
-                    (Some(_), Some(id)) => d.messages.push(InboundWa {
-                        from: from.unwrap_or_default().to_string(),
-                        user_id: user_id.map(str::to_string),
-                        business_number: business_number.map(str::to_string),
-                        id: id.to_string(),
-                        kind: str_at(m, "type").unwrap_or("unknown").to_string(),
-                        contact_name: contact.and_then(|c| c.name).map(str::to_string),
-                        contact_username: contact.and_then(|c| c.username).map(str::to_string),
-                        raw: m.clone(),
-                    }),
-                    (None, _) => d
-                        .unusable
-                        .push(Unusable::new(m, "a message without `from` or `from_user_id`")),
-                    (_, None) => d.unusable.push(Unusable::new(m, "a message without `id`")),
-                }
-            }
-            for s in value.get("statuses").and_then(Value::as_array).into_iter().flatten() {
-                let (Some(id), Some(status)) = (str_at(s, "id"), str_at(s, "status")) else {
-                    d.unusable.push(Unusable::new(s, "a status without `id` or `status`"));
-                    continue;
-                };
-                d.statuses.push(StatusWa {
-                    id: id.to_string(),
-                    recipient: str_at(s, "recipient_id")
-                        .or_else(|| str_at(s, "recipient_user_id"))
-                        .unwrap_or_default()
-                        .to_string(),
-                    business_number: business_number.map(str::to_string),
-                    status: status.to_string(),
-                    errors: s.get("errors").cloned(),
-                });
-            }
+            messages_and_statuses(value, &mut d);
         }
     }
     Ok(d)
+}
+
+/// A `messages` change's value: its messages (with their senders'
+/// identifiers and names from `contacts`) and the statuses of ours.
+fn messages_and_statuses(value: &Value, d: &mut Delivery) {
+    let business_number = value.pointer("/metadata/phone_number_id").and_then(Value::as_str);
+    let contacts: Vec<Contact> = value
+        .get("contacts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| Contact {
+            wa_id: str_at(c, "wa_id"),
+            user_id: str_at(c, "user_id"),
+            name: c.pointer("/profile/name").and_then(Value::as_str),
+            username: c.pointer("/profile/username").and_then(Value::as_str),
+        })
+        .collect();
+    for m in value.get("messages").and_then(Value::as_array).into_iter().flatten() {
+        let from = str_at(m, "from");
+        let contact = contacts.iter().find(|c| from.is_some() && c.wa_id == from).or_else(|| {
+            let user = str_at(m, "from_user_id");
+            contacts.iter().find(|c| user.is_some() && c.user_id == user)
+        });
+        let user_id = str_at(m, "from_user_id").or(contact.and_then(|c| c.user_id));
+        match (from.or(user_id), str_at(m, "id")) {
+            (Some(_), Some(id)) => d.messages.push(InboundWa {
+                from: from.unwrap_or_default().to_string(),
+                user_id: user_id.map(str::to_string),
+                business_number: business_number.map(str::to_string),
+                id: id.to_string(),
+                kind: str_at(m, "type").unwrap_or("unknown").to_string(),
+                contact_name: contact.and_then(|c| c.name).map(str::to_string),
+                contact_username: contact.and_then(|c| c.username).map(str::to_string),
+                raw: m.clone(),
+            }),
+            (None, _) => d
+                .unusable
+                .push(Unusable::new(m, "a message without `from` or `from_user_id`")),
+            (_, None) => d.unusable.push(Unusable::new(m, "a message without `id`")),
+        }
+    }
+    for s in value.get("statuses").and_then(Value::as_array).into_iter().flatten() {
+        let (Some(id), Some(status)) = (str_at(s, "id"), str_at(s, "status")) else {
+            d.unusable.push(Unusable::new(s, "a status without `id` or `status`"));
+            continue;
+        };
+        d.statuses.push(StatusWa {
+            id: id.to_string(),
+            recipient: str_at(s, "recipient_id")
+                .or_else(|| str_at(s, "recipient_user_id"))
+                .unwrap_or_default()
+                .to_string(),
+            business_number: business_number.map(str::to_string),
+            status: status.to_string(),
+            errors: s.get("errors").cloned(),
+        });
+    }
 }
 
 /// A `message_template_status_update` change's value.

@@ -211,11 +211,22 @@ impl Handler<AgentSend> for SessionActor {
 impl Handler<Fire> for SessionActor {
     type Result = AtomicResponse<Self, Result<()>>;
 
+    /// The conversation's accepted messages go first (those waiting here,
+    /// and any left unprocessed, as a wake-up would find them): a timer
+    /// fires only after every message accepted before it was applied, so
+    /// an answer that cancels it wins.
     fn handle(&mut self, msg: Fire, _: &mut Context<Self>) -> Self::Result {
-        self.atomic_loaded(move |deps, phone, mut core| {
+        let inbound = self.inbound.clone();
+        self.atomic(|deps, phone, core| {
             async move {
+                let (core, applied) = run_inbound(&deps, &phone, core, None, &inbound).await;
+                let Some(mut core) = core else { return (None, applied) };
+                if applied.is_err() {
+                    // Left for later (the timer is claimed again after its lease).
+                    return (Some(core), applied);
+                }
                 let r = time::fire_timer(&deps, &phone, &mut core, msg.0).await;
-                (core, r)
+                (Some(core), r)
             }
             .boxed()
         })

@@ -132,7 +132,7 @@ pub(super) fn committed(
     core.data = result.data;
     core.handoff = result.handoff;
     core.version = version;
-    core.last_customer_at = core.last_customer_at.max(Some(customer_at(msg)));
+    core.last_customer_at = core.last_customer_at.max(customer_at(msg));
     core.remember(msg.id);
 }
 
@@ -149,7 +149,7 @@ pub(super) fn stored(deps: &SessionDeps, phone: &str, core: &mut Core, version: 
     // Best-effort, like every event.
     let _ = deps.events.send(event);
     core.version = version;
-    core.last_customer_at = core.last_customer_at.max(Some(customer_at(msg)));
+    core.last_customer_at = core.last_customer_at.max(customer_at(msg));
     core.remember(msg.id);
 }
 

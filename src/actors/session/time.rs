@@ -7,14 +7,14 @@ use std::sync::atomic::Ordering;
 
 use super::messages::DueTimer;
 use super::state::Core;
-use super::writes::{retry_conflicts, same_state, Outbound, Written};
+use super::writes::{outcome_rows, retry_conflicts, same_state, Outbound, Written};
 use super::SessionDeps;
 use crate::db::resume::PendingInbound;
-use crate::db::steps::{FiredTimer, NewOutcome, NewTimer, StepTime, StepWrite};
+use crate::db::steps::{FiredTimer, NewTimer, StepTime, StepWrite};
 use crate::error::Result;
 use crate::events::{Event, EventKind, EventMessage};
 use crate::flow::fire::{fire, Fired};
-use crate::flow::{StepResult, TimerAction, TimerPlan};
+use crate::flow::{StepResult, TimerAction, TimerKind, TimerPlan};
 use crate::phone::mask;
 use crate::whatsapp::window::Window;
 
@@ -33,7 +33,8 @@ pub(super) fn new_timers(plans: Vec<TimerPlan>) -> Vec<NewTimer> {
 /// What an inbound message's step does to the clock: the customer wrote
 /// (the window moves), and — unless a person holds the conversation (the
 /// bot stays silent, the hand-off timeout runs on) — the conversation's
-/// timers become those of where the step leaves it.
+/// timers become those of where the step leaves it: none, in a flow
+/// without timers (those an earlier flow set are cancelled all the same).
 pub(super) fn inbound_time(
     deps: &SessionDeps,
     phone: &str,
@@ -43,20 +44,32 @@ pub(super) fn inbound_time(
 ) -> StepTime {
     let flow = deps.flows.of(phone);
     StepTime {
-        timers: (flow.has_timers() && !was_handoff).then(|| new_timers(flow.resting_timers(&r.state, r.handoff))),
+        timers: (!was_handoff).then(|| new_timers(flow.resting_timers(&r.state, r.handoff))),
         fired: None,
-        customer_at: Some(super::writes::customer_at(msg)),
+        customer_at: super::writes::customer_at(msg),
     }
+}
+
+/// The timers a conversation has after a timer's step moved it: those of
+/// where it rests — but back from a hand-off timeout, not the state's
+/// reminders (they would hand off again, and again, with nobody writing):
+/// they are set when the customer next writes.
+fn after_timer(flow: &crate::flow::Flow, kind: TimerKind, r: &StepResult) -> Vec<TimerPlan> {
+    let mut plans = flow.resting_timers(&r.state, r.handoff);
+    if kind == TimerKind::Handoff {
+        plans.retain(|p| p.kind != TimerKind::After);
+    }
+    plans
 }
 
 /// Applies due timer `t`. A moot one (cancelled, fired) changes nothing.
 pub(super) async fn fire_timer(deps: &SessionDeps, phone: &str, core: &mut Core, t: DueTimer) -> Result<()> {
     let flow = deps.flows.of(phone);
     let mut action = TimerAction::from_json(&t.action);
-    if let Some(stopped) = stopped_template(deps, phone, &action).await? {
-        // WhatsApp stopped it: the timer goes on without it (its reply
-        // outside the window is then skipped), said once in the log.
-        tracing::warn!(phone = %mask(phone), timer = t.id, reason = %stopped, "timer template not sent");
+    if let Some(why) = unsendable_template(deps, phone, &action).await? {
+        // The timer goes on without it (its reply outside the window is
+        // then skipped), said once in the log.
+        tracing::warn!(phone = %mask(phone), timer = t.id, reason = %why, "timer template not sent");
         action.template = None;
     }
     let (t_ref, action_ref) = (&t, &action);
@@ -78,7 +91,7 @@ pub(super) async fn fire_timer(deps: &SessionDeps, phone: &str, core: &mut Core,
         w.time = StepTime {
             timers: f
                 .replace_timers
-                .then(|| new_timers(flow.resting_timers(&f.result.state, f.result.handoff))),
+                .then(|| new_timers(after_timer(flow, t_ref.kind, &f.result))),
             fired: Some(FiredTimer {
                 id: t_ref.id,
                 outcome: f.outcome,
@@ -110,12 +123,17 @@ pub(super) async fn fire_timer(deps: &SessionDeps, phone: &str, core: &mut Core,
     Ok(())
 }
 
-/// Why the template `action` names may not be sent now (WhatsApp paused
-/// or disabled it), if that is so.
-async fn stopped_template(deps: &SessionDeps, phone: &str, action: &TimerAction) -> Result<Option<String>> {
+/// Why the template `action` names cannot be sent now, if it cannot:
+/// removed from the number's templates since the flow was loaded, or
+/// paused or disabled by WhatsApp.
+async fn unsendable_template(deps: &SessionDeps, phone: &str, action: &TimerAction) -> Result<Option<String>> {
     let Some(call) = &action.template else { return Ok(None) };
-    let Ok(t) = deps.templates.call(phone, &call.name, None, call.parameters.clone()) else {
-        return Ok(None);
+    let t = match deps
+        .templates
+        .call(phone, &call.name, call.language.as_deref(), call.parameters.clone())
+    {
+        Ok(t) => t,
+        Err(e) => return Ok(Some(e)),
     };
     let status = deps.db.template_status(&t.name, &t.language).await?;
     Ok(status
@@ -132,43 +150,19 @@ fn timer_rows(deps: &SessionDeps, phone: &str, id: i64, f: &Fired, w: &mut StepW
     w.handoff = f.result.handoff;
     for (i, reply) in f.result.replies.iter().enumerate() {
         let key = format!("timer:{id}:{i}");
-        let out = Outbound {
-            phone,
-            origin: "bot",
-            inbox_id: None,
-            key: &key,
-            sendable: true,
-        };
-        out.push_parts(reply, &mut w.messages, &mut w.outbox);
+        Outbound::bot(phone, &key).push_parts(reply, &mut w.messages, &mut w.outbox);
     }
     if let Some(call) = &f.template {
         let key = format!("timer:{id}:t");
-        let out = Outbound {
-            phone,
-            origin: "bot",
-            inbox_id: None,
-            key: &key,
-            sendable: true,
-        };
-        // Checked at load against the number's templates; a template
-        // removed from the configuration since is not sent.
-        match deps.templates.call(phone, &call.name, None, call.parameters.clone()) {
-            Ok(t) => out.push_template(&t, &mut w.messages, &mut w.outbox),
-            Err(e) => tracing::warn!(phone = %mask(phone), timer = id, error = %e, "timer template not sent"),
+        // Resolved before the step (`unsendable_template`): it resolves.
+        if let Ok(t) = deps
+            .templates
+            .call(phone, &call.name, call.language.as_deref(), call.parameters.clone())
+        {
+            Outbound::bot(phone, &key).push_template(&t, &mut w.messages, &mut w.outbox);
         }
     }
-    w.outcomes = f
-        .result
-        .outcome
-        .iter()
-        .map(|o| NewOutcome {
-            phone: phone.to_string(),
-            kind: o.kind.clone(),
-            ticket: o.ticket.clone(),
-            data: o.data.clone(),
-            inbox_id: None,
-        })
-        .collect();
+    w.outcomes = outcome_rows(phone, &f.result, None);
 }
 
 fn publish(deps: &SessionDeps, phone: &str, version: i64, f: &Fired) {

@@ -79,19 +79,23 @@ pub(super) fn inbound_write(
         messages,
         outbox,
         media: media_jobs(phone, msg),
-        outcomes: r
-            .outcome
-            .iter()
-            .map(|o| NewOutcome {
-                phone: phone.to_string(),
-                kind: o.kind.clone(),
-                ticket: o.ticket.clone(),
-                data: o.data.clone(),
-                inbox_id: Some(msg.id),
-            })
-            .collect(),
+        outcomes: outcome_rows(phone, r, Some(msg.id)),
         time,
     }
+}
+
+/// The outcome a step reached, as its row (`inbox_id`: the message that reached it).
+pub(super) fn outcome_rows(phone: &str, r: &StepResult, inbox_id: Option<i64>) -> Vec<NewOutcome> {
+    r.outcome
+        .iter()
+        .map(|o| NewOutcome {
+            phone: phone.to_string(),
+            kind: o.kind.clone(),
+            ticket: o.ticket.clone(),
+            data: o.data.clone(),
+            inbox_id,
+        })
+        .collect()
 }
 
 /// One outbound message of a step (a bot reply, an agent message): its
@@ -107,7 +111,18 @@ pub(super) struct Outbound<'a> {
     pub(super) sendable: bool,
 }
 
-impl Outbound<'_> {
+impl<'a> Outbound<'a> {
+    /// A message the bot sends on its own (a timer's), keyed `key`.
+    pub(super) fn bot(phone: &'a str, key: &'a str) -> Self {
+        Self {
+            phone,
+            origin: "bot",
+            inbox_id: None,
+            key,
+            sendable: true,
+        }
+    }
+
     /// The reply's parts (see `whatsapp::split`), in order: the choices go
     /// with the last; the parts before it are texts.
     pub(super) fn push_parts(&self, reply: &Reply, messages: &mut Vec<NewMessage>, outbox: &mut Vec<NewOutbox>) {
@@ -247,16 +262,22 @@ pub(super) fn stored_write(phone: &str, at: &Snapshot, msg: &PendingInbound, bod
         }],
         media: media_jobs(phone, msg),
         time: StepTime {
-            customer_at: Some(customer_at(msg)),
+            customer_at: customer_at(msg),
             ..Default::default()
         },
         ..same_state(phone, at)
     }
 }
 
-/// When the customer sent `msg` (its own timestamp; when it gives none, now).
-pub(super) fn customer_at(msg: &PendingInbound) -> chrono::DateTime<chrono::Utc> {
-    window::sent_at(&msg.payload).unwrap_or_else(chrono::Utc::now)
+/// When the customer sent `msg` (its own timestamp; when it gives none,
+/// now). `None` for what WhatsApp itself sends (a `system` notice, an
+/// `errors` report): that opens no window.
+pub(super) fn customer_at(msg: &PendingInbound) -> Option<chrono::DateTime<chrono::Utc>> {
+    let by_whatsapp = matches!(
+        msg.payload.get("type").and_then(serde_json::Value::as_str),
+        Some("system" | "errors")
+    );
+    (!by_whatsapp).then(|| window::sent_at(&msg.payload).unwrap_or_else(chrono::Utc::now))
 }
 
 /// The download job of the media file `msg` carries, if it carries one.
@@ -301,15 +322,28 @@ pub(super) fn same_state(phone: &str, c: &Snapshot) -> StepWrite {
 /// time. In a hand-off it restarts the hand-off timeout.
 pub(super) async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core, msg: AgentSend) -> Result<AgentAck> {
     let key = format!("agent:{}", msg.idempotency_key);
-    let window = Window::now(core.last_customer_at);
-    if matches!(msg.content, AgentContent::Text(_)) && !window.open {
-        return Err(Error::OutsideWindow(window));
+    if matches!(msg.content, AgentContent::Text(_)) && !Window::now(core.last_customer_at).open {
+        // Another process may have applied the customer's latest message,
+        // and a retry of a request stored while the window was open is
+        // answered "stored": both are read before refusing.
+        if deps.db.outbox_key_exists(phone, &key).await? {
+            return Ok(AgentAck {
+                version: core.version,
+                idempotency_key: msg.idempotency_key,
+                created: false,
+            });
+        }
+        *core = super::state::load_core(deps, phone, std::mem::take(&mut core.recent)).await?;
+        let window = Window::now(core.last_customer_at);
+        if !window.open {
+            return Err(Error::OutsideWindow(window));
+        }
     }
     let flow = deps.flows.of(phone);
     let written = retry_conflicts(deps, phone, core, |at| {
         let mut w = same_state(phone, &at);
         w.dedupe_key = Some(key.clone());
-        if at.handoff && flow.has_timers() {
+        if at.handoff {
             w.time.timers = Some(super::time::new_timers(flow.resting_timers(&at.state, true)));
         }
         let out = Outbound {
@@ -365,9 +399,7 @@ pub(super) async fn set_handoff(
         let write = (at.handoff != on).then(|| StepWrite {
             handoff: on,
             time: StepTime {
-                timers: flow
-                    .has_timers()
-                    .then(|| super::time::new_timers(flow.resting_timers(&at.state, on))),
+                timers: Some(super::time::new_timers(flow.resting_timers(&at.state, on))),
                 ..Default::default()
             },
             ..same_state(phone, &at)

@@ -71,8 +71,8 @@ where
 pub(super) enum Key {
     Inbox(i64),
     Outbox(String),
-    /// A timer no longer pending: fired already, or cancelled by a step
-    /// before this one (the customer answered, the state changed).
+    /// A timer no longer pending: fired already, or cancelled (deleted) by
+    /// a step before this one (the customer answered, the state changed).
     Timer(i64),
 }
 
@@ -131,8 +131,9 @@ where
     Ok(rows.into_iter().map(|r| (r.phone, Key::Inbox(r.id))).collect())
 }
 
-/// The timers the writes would fire that are no longer pending (read under
-/// the session locks: a step that cancels a timer holds its session's lock).
+/// The timers the writes would fire that are no longer pending — fired, or
+/// gone (cancelled) — read under the session locks: a step that cancels a
+/// timer holds its session's lock.
 pub(super) async fn moot_timers<C>(conn: &mut C, writes: &[StepWrite]) -> Result<HashSet<(String, Key)>>
 where
     C: AsyncConnectionCore<Backend = Pg> + Send,
@@ -144,11 +145,14 @@ where
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
-    let rows: Vec<PhoneId> = Cached::new("SELECT t.phone, t.id FROM unnest(")
+    let rows: Vec<PhoneId> = Cached::new("SELECT u.phone, u.id FROM unnest(")
         .bind::<Array<Text>, _>(&phones)
         .sql("::text[], ")
         .bind::<Array<BigInt>, _>(&ids)
-        .sql("::int8[]) AS u(phone, id) JOIN timers t ON t.phone = u.phone AND t.id = u.id WHERE t.status <> 'pending'")
+        .sql(
+            "::int8[]) AS u(phone, id) WHERE NOT EXISTS \
+             (SELECT 1 FROM timers t WHERE t.phone = u.phone AND t.id = u.id AND t.status = 'pending')",
+        )
         .load(conn)
         .await?;
     Ok(rows.into_iter().map(|r| (r.phone, Key::Timer(r.id))).collect())

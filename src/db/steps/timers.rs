@@ -1,6 +1,7 @@
 //! A batch's timer statements: the due timers its steps apply, marked
 //! fired; and the conversations whose timers its steps replace (the
-//! pending ones cancelled, the new ones inserted, in one statement).
+//! pending ones cancelled — deleted: no new row version, no index entry —
+//! and the new ones inserted, in one statement).
 
 use std::collections::HashMap;
 
@@ -63,7 +64,7 @@ pub(super) fn replace<'c>(conn: &'c AsyncPgConnection, valid: &[&StepWrite]) -> 
         })
         .collect();
     Some(
-        Cached::new("WITH cancelled AS (UPDATE timers AS t SET status = 'cancelled' FROM unnest(")
+        Cached::new("WITH cancelled AS (DELETE FROM timers AS t USING unnest(")
             .bind::<Array<Text>, _>(&order)
             .sql("::text[]) AS c(phone) WHERE t.phone = c.phone AND t.status = 'pending' AND t.id <> ALL(")
             .bind::<Array<BigInt>, _>(fired)

@@ -68,6 +68,8 @@ pub(super) struct FileAfter {
     /// A configured template (`whatsapp.templates`): sent when the 24-hour
     /// window has closed (or always, without a `reply`).
     pub(super) template: Option<String>,
+    /// The template's language, when it is configured in several.
+    pub(super) language: Option<String>,
     /// The template's body parameters; `{slot}` placeholders are filled.
     #[serde(default)]
     pub(super) parameters: Vec<String>,

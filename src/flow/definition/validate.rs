@@ -23,6 +23,7 @@ pub(super) fn validate(raw: &FileFlow, text: &str) -> (BTreeMap<String, State>, 
     check.globals();
     let timing = check.timing();
     let states = check.states();
+    check.problems.extend(crate::flow::time::timer_loops(&states));
     check.intents_have_keywords();
     if check.problems.is_empty() {
         check.all_reachable(&states);
@@ -127,8 +128,8 @@ impl Check<'_> {
             if r.reply.is_none() && r.target.is_none() && !r.handoff && r.template.is_none() {
                 bad("does nothing: give a reply, a target, handoff or a template".into());
             }
-            if r.template.is_none() && !r.parameters.is_empty() {
-                bad("`parameters` without a `template`".into());
+            if r.template.is_none() && (!r.parameters.is_empty() || r.language.is_some()) {
+                bad("`parameters` or `language` without a `template`".into());
             }
             if r.handoff && r.target.is_some() {
                 bad("a hand-off stays in the state: no `target` with `handoff`".into());
@@ -141,6 +142,7 @@ impl Check<'_> {
                 handoff: r.handoff,
                 template: r.template.clone().map(|name| TemplateCall {
                     name,
+                    language: r.language.clone(),
                     parameters: r.parameters.clone(),
                 }),
             });
