@@ -46,6 +46,14 @@ fn with_top(keys: &str) -> String {
     FLOW.replace("[intents]", &format!("{keys}\n[intents]"))
 }
 
+/// `flow` without the test flow's reminder.
+fn without_reminder(flow: &str) -> String {
+    flow.replace(
+        "[states.pide_dato.after.\"1s\"]\nreply = \"¿Sigues ahí?\"\ntemplate = \"recordatorio\"\n",
+        "",
+    )
+}
+
 fn templates() -> Vec<TemplateSettings> {
     vec![
         TemplateSettings {
@@ -226,10 +234,7 @@ async fn an_expired_conversation_starts_over_from_the_initial_state() {
     let fake = FakeGraph::start().unwrap();
     let flow = with_top("expire_after = \"2s\"\nexpire_reply = \"Empecemos de nuevo.\"");
     // Without the reminder: only the expiry is due.
-    let flow = flow.replace(
-        "[states.pide_dato.after.\"1s\"]\nreply = \"¿Sigues ahí?\"\ntemplate = \"recordatorio\"\n",
-        "",
-    );
+    let flow = without_reminder(&flow);
     let e = engine(&db, &fake, &flow, |_| {}).await;
     let mut rx = e.subscribe();
     let phone = "5215590000004";
@@ -713,4 +718,42 @@ async fn an_agent_answers_a_customer_another_process_heard_and_a_retry_after_the
     );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+#[actix_web::test]
+async fn a_customer_back_after_the_expiry_meets_a_fresh_start_even_if_its_timer_has_not_fired() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start().unwrap();
+    let flow = without_reminder(&with_top("expire_after = \"1h\""));
+    let e = engine(&db, &fake, &flow, |s| s.timers.poll_interval_ms = 60_000).await;
+    let phone = "5215590000012";
+    say(&e, phone, "wamid.e1", "reportar").await;
+    e.wait_idle().await;
+    e.shutdown().await.unwrap();
+    // Two hours pass while no process runs (the expiry is overdue, not fired).
+    diesel::sql_query("UPDATE sessions SET last_customer_at = last_customer_at - interval '2 hours'")
+        .execute(&mut db.admin().await)
+        .await
+        .unwrap();
+    let e = engine(&db, &fake, &flow, |s| s.timers.poll_interval_ms = 60_000).await;
+    // "listo" answers the old question (back to the start, its prompt); met
+    // at the start it is not understood (the fallback, then the prompt).
+    say(&e, phone, "wamid.e2", "listo").await;
+    e.wait_idle().await;
+    let bot: Vec<String> = support::transcript(&db, phone)
+        .await
+        .into_iter()
+        .filter(|(o, _)| o == "bot")
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(bot.len(), 3, "{bot:?}");
+    assert!(
+        bot[1].starts_with("Perdón"),
+        "the stale question was not taken up: {bot:?}"
+    );
+    assert!(
+        timer_rows(&db, phone).await.is_empty(),
+        "the overdue expiry is cancelled"
+    );
+    e.shutdown().await.unwrap();
 }

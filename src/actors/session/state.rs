@@ -42,6 +42,7 @@ impl Core {
 }
 
 /// The part of a conversation a step reads.
+#[derive(Clone)]
 pub(super) struct Snapshot {
     pub(super) state: String,
     pub(super) data: Value,

@@ -226,6 +226,8 @@ pub(super) async fn understand_and_step(
     msg: &PendingInbound,
 ) -> StepResult {
     let flow = deps.flows.of(phone);
+    let expired = super::time::met_expired(flow, core, msg);
+    let core = expired.as_ref().unwrap_or(core);
     let mut understanding = flow::Understanding::default();
     if !core.handoff {
         let needs = flow.needs(&core.state);

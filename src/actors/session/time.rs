@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use super::messages::DueTimer;
-use super::state::Core;
+use super::state::{Core, Snapshot};
 use super::writes::{outcome_rows, retry_conflicts, same_state, Outbound, Written};
 use super::SessionDeps;
 use crate::db::resume::PendingInbound;
@@ -60,6 +60,22 @@ fn after_timer(flow: &crate::flow::Flow, kind: TimerKind, r: &StepResult) -> Vec
         plans.retain(|p| p.kind != TimerKind::After);
     }
     plans
+}
+
+/// The conversation a message meets when its customer was silent for
+/// longer than `expire_after` (by the message's own time) and it still
+/// waits away from the start: its expiry is overdue even if the timer has
+/// not fired yet (no process ran meanwhile), so the message meets a fresh
+/// start, not a stale question. `None`: it meets the conversation as is.
+pub(super) fn met_expired(flow: &crate::flow::Flow, at: &Snapshot, msg: &PendingInbound) -> Option<Snapshot> {
+    let idle = flow.timing.expire_after?;
+    let (last, now) = (at.last_customer_at?, super::writes::customer_at(msg)?);
+    let silent = (now - last).to_std().ok()?;
+    (silent > idle && !at.handoff && at.state != flow.initial).then(|| Snapshot {
+        state: flow.initial.clone(),
+        data: serde_json::json!({}),
+        ..at.clone()
+    })
 }
 
 /// Applies due timer `t`. A moot one (cancelled, fired) changes nothing.
