@@ -199,6 +199,21 @@ async fn console_errors(c: &Client) -> Vec<String> {
 
 /// The browser's errors but the 401s of signing in (a wrong token, or the
 /// sign-in page's first look before a token): those are by design.
+/// An app whose API needs the token and whose webhooks are signed; `more`
+/// edits the rest.
+async fn console_app(db: &TestDb, more: impl FnOnce(&mut switchboard::config::Settings)) -> TestApp {
+    TestApp::spawn(
+        db,
+        |s| {
+            s.api.tokens = vec![Secret::new(TOKEN)];
+            s.whatsapp.app_secret = Some(Secret::new(support::app::APP_SECRET));
+            more(s);
+        },
+        None,
+    )
+    .await
+}
+
 /// Opens the console and signs in with the token.
 async fn sign_in(c: &Client, app: &TestApp) {
     c.goto(&app.url("/console")).await.unwrap();
@@ -218,15 +233,7 @@ async fn errors_past_sign_in(c: &Client) -> Vec<String> {
 #[actix_web::test]
 async fn the_console_lists_answers_hands_off_and_tracks_delivery_live() {
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(
-        &db,
-        |s| {
-            s.api.tokens = vec![Secret::new(TOKEN)];
-            s.whatsapp.app_secret = Some(Secret::new(support::app::APP_SECRET));
-        },
-        None,
-    )
-    .await;
+    let app = console_app(&db, |_| {}).await;
     let driver = Driver::start();
     let profile = tempfile::tempdir().unwrap();
     let c = driver.browser(profile.path()).await;
@@ -651,19 +658,13 @@ async fn the_console_shows_a_username_contact_and_the_photo_it_sent() {
 #[actix_web::test]
 async fn the_console_shows_the_closed_window_and_sends_a_template() {
     let db = TestDb::migrated().await;
-    let app = TestApp::spawn(
-        &db,
-        |s| {
-            s.api.tokens = vec![Secret::new(TOKEN)];
-            s.whatsapp.app_secret = Some(Secret::new(support::app::APP_SECRET));
-            s.whatsapp.templates = vec![TemplateSettings {
-                name: "recordatorio".into(),
-                language: "es".into(),
-                parameters: 1,
-            }];
-        },
-        None,
-    )
+    let app = console_app(&db, |s| {
+        s.whatsapp.templates = vec![TemplateSettings {
+            name: "recordatorio".into(),
+            language: "es".into(),
+            parameters: 1,
+        }];
+    })
     .await;
     // The customer wrote 25 hours ago: the 24-hour window has closed.
     let phone = "5215512345678";

@@ -138,29 +138,54 @@ async fn mixed_over_two_numbers_and_username_only_contacts_holds_every_invariant
     );
 }
 
-/// A database where `phone` said `lines` (each applied before the next),
-/// and what was acked: the checker finds it clean.
-async fn clean_conversation(phone: &str, lines: &[&str]) -> (TestDb, checker::Expected) {
-    let db = TestDb::migrated().await;
-    let engine = switchboard::Engine::builder(engine_settings(&db))
-        .database(db.database())
-        .flow(example_flow())
-        .start()
-        .await
-        .unwrap();
-    let ids: Vec<String> = (0..lines.len()).map(|i| format!("wamid.ck.{i}")).collect();
-    for (id, t) in ids.iter().zip(lines) {
-        say(&engine, phone, id, t).await;
-        engine.wait_idle().await;
+/// A conversation's database that the checker found clean, and what was
+/// acked: violations are planted in it.
+struct Clean {
+    db: TestDb,
+    acked: checker::Expected,
+    admin: diesel_async::AsyncPgConnection,
+}
+
+impl Clean {
+    /// `phone` said `lines` (each applied before the next).
+    async fn conversation(phone: &str, lines: &[&str]) -> Self {
+        let db = TestDb::migrated().await;
+        let engine = switchboard::Engine::builder(engine_settings(&db))
+            .database(db.database())
+            .flow(example_flow())
+            .start()
+            .await
+            .unwrap();
+        let ids: Vec<String> = (0..lines.len()).map(|i| format!("wamid.ck.{i}")).collect();
+        for (id, t) in ids.iter().zip(lines) {
+            say(&engine, phone, id, t).await;
+            engine.wait_idle().await;
+        }
+        engine.shutdown().await.unwrap();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let acked = checker::Expected::acked_in(phone, &ids);
+        assert!(
+            checker::check(db.url.expose(), &acked).await.unwrap().is_empty(),
+            "a clean run holds"
+        );
+        let admin = db.admin().await;
+        Self { db, acked, admin }
     }
-    engine.shutdown().await.unwrap();
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let acked = checker::Expected::acked_in(phone, &ids);
-    assert!(
-        checker::check(db.url.expose(), &acked).await.unwrap().is_empty(),
-        "a clean run holds"
-    );
-    (db, acked)
+
+    async fn plant(&mut self, sql: &str) {
+        diesel::sql_query(sql).execute(&mut self.admin).await.unwrap();
+    }
+
+    /// Whether the checker finds `invariant` broken, `expected` acked.
+    async fn breaks_with(&self, expected: &checker::Expected, invariant: &str) -> bool {
+        let v = checker::check(self.db.url.expose(), expected).await.unwrap();
+        v.iter().any(|x| x.invariant == invariant)
+    }
+
+    /// Whether the checker finds `invariant` broken, what was said acked.
+    async fn breaks(&self, invariant: &str) -> bool {
+        self.breaks_with(&self.acked, invariant).await
+    }
 }
 
 #[actix_web::test]
@@ -187,75 +212,54 @@ async fn timers_smoke_run_fires_and_cancels_reminders_and_holds_every_invariant(
 #[tokio::test]
 async fn the_checker_catches_a_timer_left_due_fired_after_its_cancelling_message_or_without_its_reply() {
     // Into the SAP number's state (its 10-minute reminder set), then out.
-    let (db, acked) = clean_conversation("5215512341299", &["refrigerador", "1234567890"]).await;
-    let url = db.url.expose();
-    let mut admin = db.admin().await;
-    let mut plant = async |sql: &str| {
-        diesel::sql_query(sql).execute(&mut admin).await.unwrap();
-    };
-    let found = |v: Vec<checker::Violation>, name: &str| v.iter().any(|x| x.invariant == name);
-
-    plant("UPDATE timers SET due_at = now() - interval '1 hour' WHERE status = 'pending'").await;
-    let v = checker::check(url, &acked).await.unwrap();
-    assert!(found(v, "every due timer fired or was cancelled"));
-    plant("UPDATE timers SET due_at = now() + interval '1 hour' WHERE status = 'pending'").await;
+    let mut c = Clean::conversation("5215512341299", &["refrigerador", "1234567890"]).await;
+    c.plant("UPDATE timers SET due_at = now() - interval '1 hour' WHERE status = 'pending'")
+        .await;
+    assert!(c.breaks("every due timer fired or was cancelled").await);
+    c.plant("UPDATE timers SET due_at = now() + interval '1 hour' WHERE status = 'pending'")
+        .await;
 
     // A reminder set before the two messages "fires" after them.
-    plant(
+    c.plant(
         "INSERT INTO timers (phone, kind, due_at, action, status, set_version, fired_version, fired_at, outcome) \
          VALUES ('5215512341299', 'after', now(), '{}', 'fired', 0, 3, now(), 'silent')",
     )
     .await;
-    plant("UPDATE sessions SET version = version + 1").await;
-    let v = checker::check(url, &acked).await.unwrap();
-    assert!(
-        found(v.clone(), "no timer fired after a message that cancelled it"),
-        "{v:?}"
-    );
-    assert!(!found(v, "versions are contiguous and count the applied steps"));
+    c.plant("UPDATE sessions SET version = version + 1").await;
+    assert!(c.breaks("no timer fired after a message that cancelled it").await);
+    assert!(!c.breaks("versions are contiguous and count the applied steps").await);
 
-    plant("UPDATE timers SET outcome = 'replied' WHERE status = 'fired'").await;
-    let v = checker::check(url, &acked).await.unwrap();
-    assert!(found(
-        v,
-        "a timer's messages are queued once, only if it fired and had something to send"
-    ));
+    c.plant("UPDATE timers SET outcome = 'replied' WHERE status = 'fired'")
+        .await;
+    assert!(
+        c.breaks("a timer's messages are queued once, only if it fired and had something to send")
+            .await
+    );
 }
 
 #[tokio::test]
 async fn the_checker_catches_a_version_gap_a_duplicated_reply_and_an_unprocessed_ack() {
     let phone = "5215512341234";
-    let (db, acked) = clean_conversation(phone, &["hola", "refrigerador"]).await;
-    let url = db.url.expose();
-    let mut admin = db.admin().await;
-    let mut plant = async |sql: &str| {
-        diesel::sql_query(sql).execute(&mut admin).await.unwrap();
-    };
-    let found = |v: Vec<checker::Violation>, name: &str| v.iter().any(|x| x.invariant == name);
+    let mut c = Clean::conversation(phone, &["hola", "refrigerador"]).await;
+    c.plant("UPDATE sessions SET version = version + 1").await;
+    assert!(c.breaks("versions are contiguous and count the applied steps").await);
+    c.plant("UPDATE sessions SET version = version - 1").await;
 
-    plant("UPDATE sessions SET version = version + 1").await;
-    let v = checker::check(url, &acked).await.unwrap();
-    assert!(found(v, "versions are contiguous and count the applied steps"));
-    plant("UPDATE sessions SET version = version - 1").await;
-
-    plant(
+    c.plant(
         "INSERT INTO messages (phone, direction, origin, body, inbox_id, status, outbox_key) \
          SELECT phone, direction, origin, body, inbox_id, status, outbox_key FROM messages \
          WHERE origin = 'bot' LIMIT 1",
     )
     .await;
-    let v = checker::check(url, &acked).await.unwrap();
-    assert!(found(v, "no inbound message has its replies twice"));
+    assert!(c.breaks("no inbound message has its replies twice").await);
 
-    let mut more = acked.clone();
+    let mut more = c.acked.clone();
     more.acked.push((phone.to_string(), "wamid.never-stored".into()));
-    let v = checker::check(url, &more).await.unwrap();
-    assert!(found(v, "every acked message is registered"));
+    assert!(c.breaks_with(&more, "every acked message is registered").await);
 
     // In its own conversation: the same message under another number is not registered.
     let elsewhere = checker::Expected::acked_in(&format!("1098765433:{phone}"), &["wamid.ck.0"]);
-    let v = checker::check(url, &elsewhere).await.unwrap();
-    assert!(found(v, "every acked message is registered"));
+    assert!(c.breaks_with(&elsewhere, "every acked message is registered").await);
 
     // A bad message that was neither dead-lettered nor applied, and a
     // good one beside it that was lost; then a good one that was applied.
@@ -264,38 +268,25 @@ async fn the_checker_catches_a_version_gap_a_duplicated_reply_and_an_unprocessed
         beside_bad: vec![(phone.to_string(), "wamid.never-stored".into())],
         ..checker::Expected::default()
     };
-    let v = checker::check(url, &lost).await.unwrap();
-    assert!(found(
-        v.clone(),
-        "every bad message of a delivery is dead-lettered, not applied"
-    ));
-    assert!(found(
-        v,
-        "every good message of a delivery with a bad one is applied or dead-lettered"
-    ));
+    let bad_kept = "every bad message of a delivery is dead-lettered, not applied";
+    let good_kept = "every good message of a delivery with a bad one is applied or dead-lettered";
+    assert!(c.breaks_with(&lost, bad_kept).await);
+    assert!(c.breaks_with(&lost, good_kept).await);
     let applied = checker::Expected {
         beside_bad: vec![(phone.to_string(), "wamid.ck.0".into())],
         ..checker::Expected::default()
     };
-    let v = checker::check(url, &applied).await.unwrap();
-    assert!(!found(
-        v,
-        "every good message of a delivery with a bad one is applied or dead-lettered"
-    ));
+    assert!(!c.breaks_with(&applied, good_kept).await);
     // A bad message applied as if it were good.
     let applied_bad = checker::Expected {
         bad: vec!["wamid.ck.1".into()],
         ..checker::Expected::default()
     };
-    let v = checker::check(url, &applied_bad).await.unwrap();
-    assert!(found(
-        v,
-        "every bad message of a delivery is dead-lettered, not applied"
-    ));
+    assert!(c.breaks_with(&applied_bad, bad_kept).await);
 
-    plant("UPDATE inbox SET processed_at = NULL WHERE provider_message_id = 'wamid.ck.1'").await;
-    let v = checker::check(url, &acked).await.unwrap();
-    assert!(found(v, "every acked message is processed"));
+    c.plant("UPDATE inbox SET processed_at = NULL WHERE provider_message_id = 'wamid.ck.1'")
+        .await;
+    assert!(c.breaks("every acked message is processed").await);
 }
 
 #[actix_web::test]
