@@ -726,34 +726,52 @@ async fn a_customer_back_after_the_expiry_meets_a_fresh_start_even_if_its_timer_
     let fake = FakeGraph::start().unwrap();
     let flow = without_reminder(&with_top("expire_after = \"1h\""));
     let e = engine(&db, &fake, &flow, |s| s.timers.poll_interval_ms = 60_000).await;
-    let phone = "5215590000012";
-    say(&e, phone, "wamid.e1", "reportar").await;
+    let (idle, handed_back) = ("5215590000012", "5215590000013");
+    for (i, p) in [idle, handed_back].iter().enumerate() {
+        say(&e, p, &format!("wamid.e{i}"), "reportar").await;
+    }
     e.wait_idle().await;
     e.shutdown().await.unwrap();
-    // Two hours pass while no process runs (the expiry is overdue, not fired).
-    diesel::sql_query("UPDATE sessions SET last_customer_at = last_customer_at - interval '2 hours'")
-        .execute(&mut db.admin().await)
-        .await
-        .unwrap();
+    // Two hours pass while no process runs (the expiry is overdue, not
+    // fired); in the other conversation an agent acted a minute ago.
+    let mut admin = db.admin().await;
+    diesel::sql_query(
+        "UPDATE sessions SET last_customer_at = last_customer_at - interval '2 hours', \
+         updated_at = CASE WHEN phone = $1 THEN now() - interval '1 minute' ELSE updated_at - interval '2 hours' END",
+    )
+    .bind::<diesel::sql_types::Text, _>(handed_back)
+    .execute(&mut admin)
+    .await
+    .unwrap();
     let e = engine(&db, &fake, &flow, |s| s.timers.poll_interval_ms = 60_000).await;
     // "listo" answers the old question (back to the start, its prompt); met
     // at the start it is not understood (the fallback, then the prompt).
-    say(&e, phone, "wamid.e2", "listo").await;
+    for (i, p) in [idle, handed_back].iter().enumerate() {
+        say(&e, p, &format!("wamid.f{i}"), "listo").await;
+    }
     e.wait_idle().await;
-    let bot: Vec<String> = support::transcript(&db, phone)
+    let fresh = bot_said(&db, idle).await;
+    assert_eq!(fresh.len(), 3, "{fresh:?}");
+    assert!(
+        fresh[1].starts_with("Perdón"),
+        "the stale question was not taken up: {fresh:?}"
+    );
+    assert!(
+        timer_rows(&db, idle).await.is_empty(),
+        "the overdue expiry is cancelled"
+    );
+    // Recent activity (an agent's, a timer's) restarts the idle time.
+    let kept = bot_said(&db, handed_back).await;
+    assert_eq!(kept.len(), 2, "the question was answered: {kept:?}");
+    e.shutdown().await.unwrap();
+}
+
+/// What the bot said in the conversation, oldest first.
+async fn bot_said(db: &TestDb, phone: &str) -> Vec<String> {
+    support::transcript(db, phone)
         .await
         .into_iter()
         .filter(|(o, _)| o == "bot")
         .map(|(_, b)| b)
-        .collect();
-    assert_eq!(bot.len(), 3, "{bot:?}");
-    assert!(
-        bot[1].starts_with("Perdón"),
-        "the stale question was not taken up: {bot:?}"
-    );
-    assert!(
-        timer_rows(&db, phone).await.is_empty(),
-        "the overdue expiry is cancelled"
-    );
-    e.shutdown().await.unwrap();
+        .collect()
 }

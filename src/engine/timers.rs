@@ -64,30 +64,32 @@ impl Engine {
             }
         };
         let n = due.len();
-        // Each in its own conversation's line, side by side: a busy
-        // conversation's full mailbox holds up only its own timers.
-        futures_util::future::join_all(due.into_iter().filter_map(|t| {
-            let ClaimedTimer {
-                phone,
-                id,
-                kind,
-                action,
-                due_at,
-            } = t;
-            let kind = TimerKind::parse(&kind)?;
-            let fire = Fire(DueTimer {
-                id,
-                kind,
-                action,
-                due_at,
-            });
-            Some(async move {
-                if let Err(e) = self.post(phone, fire, None, None, None).await {
-                    tracing::warn!(timer = id, error = %e, "due timer not queued; it is claimed again after its lease");
+        // Each conversation's due timers, most overdue first, posted in
+        // that order by a task of its own: a busy conversation's full
+        // mailbox holds up only its own timers, not the poller.
+        let mut by_phone: std::collections::BTreeMap<String, Vec<ClaimedTimer>> = Default::default();
+        for t in due {
+            by_phone.entry(t.phone.clone()).or_default().push(t);
+        }
+        for (phone, mut timers) in by_phone {
+            timers.sort_by_key(|t| (t.due_at, t.id));
+            let engine = self.clone();
+            self.inner.actors.spawn(self.inner.life.track(async move {
+                for t in timers {
+                    let Some(kind) = TimerKind::parse(&t.kind) else { continue };
+                    let id = t.id;
+                    let fire = Fire(DueTimer {
+                        id,
+                        kind,
+                        action: t.action,
+                        due_at: t.due_at,
+                    });
+                    if let Err(e) = engine.post(phone.clone(), fire, None, None, None).await {
+                        tracing::warn!(timer = id, error = %e, "due timer not queued; it is claimed again after its lease");
+                    }
                 }
-            })
-        }))
-        .await;
+            }));
+        }
         n
     }
 }

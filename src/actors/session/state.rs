@@ -29,7 +29,18 @@ pub(super) struct Core {
     pub(super) handoff: bool,
     /// When the customer last wrote (the 24-hour window runs from it).
     pub(super) last_customer_at: Option<DateTime<Utc>>,
+    /// When the conversation last changed (a step of any kind: the
+    /// expiry counts from it).
+    pub(super) last_step_at: Option<DateTime<Utc>>,
     pub(super) recent: VecDeque<i64>,
+}
+
+impl Core {
+    /// A write of this actor committed at `version`.
+    pub(super) fn stepped_to(&mut self, version: i64) {
+        self.version = version;
+        self.last_step_at = Some(Utc::now());
+    }
 }
 
 impl Core {
@@ -49,6 +60,7 @@ pub(super) struct Snapshot {
     pub(super) handoff: bool,
     pub(super) version: i64,
     pub(super) last_customer_at: Option<DateTime<Utc>>,
+    pub(super) last_step_at: Option<DateTime<Utc>>,
 }
 
 impl Snapshot {
@@ -59,6 +71,7 @@ impl Snapshot {
             handoff: c.handoff,
             version: c.version,
             last_customer_at: c.last_customer_at,
+            last_step_at: c.last_step_at,
         }
     }
 }
@@ -110,6 +123,7 @@ pub(super) fn core_of(deps: &SessionDeps, phone: &str, record: Option<SessionRec
             version: s.version,
             handoff: s.handoff,
             last_customer_at: s.last_customer_at,
+            last_step_at: Some(s.updated_at),
             recent,
         },
         None => Core {
@@ -118,6 +132,7 @@ pub(super) fn core_of(deps: &SessionDeps, phone: &str, record: Option<SessionRec
             version: 0,
             handoff: false,
             last_customer_at: None,
+            last_step_at: None,
             recent,
         },
     }

@@ -86,6 +86,7 @@ pub(super) async fn apply_chain(
             handoff: result.handoff,
             version: at.version + 1,
             last_customer_at: customer_at,
+            last_step_at: Some(chrono::Utc::now()),
         };
         steps.push((text, Some(result)));
     }
@@ -131,7 +132,7 @@ pub(super) fn committed(
     core.state = result.state;
     core.data = result.data;
     core.handoff = result.handoff;
-    core.version = version;
+    core.stepped_to(version);
     core.last_customer_at = core.last_customer_at.max(customer_at(msg));
     core.remember(msg.id);
 }

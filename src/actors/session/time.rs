@@ -62,14 +62,16 @@ fn after_timer(flow: &crate::flow::Flow, kind: TimerKind, r: &StepResult) -> Vec
     plans
 }
 
-/// The conversation a message meets when its customer was silent for
-/// longer than `expire_after` (by the message's own time) and it still
-/// waits away from the start: its expiry is overdue even if the timer has
-/// not fired yet (no process ran meanwhile), so the message meets a fresh
-/// start, not a stale question. `None`: it meets the conversation as is.
+/// The conversation a message meets when nothing happened to it for
+/// longer than `expire_after` before the message was sent (no step of any
+/// kind: the customer's, an agent's, a timer's — the expiry timer counts
+/// from the last of them) and it still waits away from the start: its
+/// expiry is overdue even if the timer has not fired yet (no process ran
+/// meanwhile), so the message meets a fresh start, not a stale question.
+/// `None`: it meets the conversation as is.
 pub(super) fn met_expired(flow: &crate::flow::Flow, at: &Snapshot, msg: &PendingInbound) -> Option<Snapshot> {
     let idle = flow.timing.expire_after?;
-    let (last, now) = (at.last_customer_at?, super::writes::customer_at(msg)?);
+    let (last, now) = (at.last_step_at?, super::writes::customer_at(msg)?);
     let silent = (now - last).to_std().ok()?;
     (silent > idle && !at.handoff && at.state != flow.initial).then(|| Snapshot {
         state: flow.initial.clone(),
@@ -129,7 +131,7 @@ pub(super) async fn fire_timer(deps: &SessionDeps, phone: &str, core: &mut Core,
             core.state = made.result.state;
             core.data = made.result.data;
             core.handoff = made.result.handoff;
-            core.version = version;
+            core.stepped_to(version);
         }
         Some(Written::AlreadyApplied) => {
             deps.stats.timers_moot.fetch_add(1, Ordering::Relaxed);

@@ -369,7 +369,7 @@ pub(super) async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core,
     .await?;
     let created = matches!(written, Some(Written::Committed { .. }));
     if let Some(Written::Committed { version, .. }) = written {
-        core.version = version;
+        core.stepped_to(version);
         let event = Event::conversation(EventKind::AgentMessage, phone, version, &core.state, core.handoff)
             .with_messages(vec![EventMessage {
                 origin: "agent".into(),
@@ -408,7 +408,7 @@ pub(super) async fn set_handoff(
     })
     .await?;
     if let Some(Written::Committed { version, .. }) = written {
-        core.version = version;
+        core.stepped_to(version);
         core.handoff = on;
         let _ = deps
             .events

@@ -96,7 +96,8 @@ fn update_sessions<'c>(conn: &'c AsyncPgConnection, valid: &[&StepWrite]) -> (Pe
     let rows: Vec<&SessionUpdate> = order.iter().map(|p| &updates[p]).collect();
     let statement = Cached::new(
         "UPDATE sessions AS s SET flow_state = u.flow_state, data = u.data, handoff = u.handoff, \
-                version = s.version + u.steps, updated_at = now(), \
+                version = s.version + u.steps, \
+                updated_at = CASE WHEN u.steps > 0 THEN now() ELSE s.updated_at END, \
                 last_customer_at = greatest(s.last_customer_at, u.customer_at) FROM unnest(",
     )
     .bind::<Array<Text>, _>(&order)
