@@ -43,6 +43,8 @@ async fn smoke_with(scenario: &str, more: &str) -> serde_json::Value {
     assert_eq!(report.quarantined, 0, "steps kept failing");
     assert_eq!(report.acked, report.sent);
     assert!(report.outbox_drained_after_s.is_some(), "replies left unsent");
+    let cost = report.cost.as_ref().expect("a cost section");
+    assert!(cost.server_in_generator && cost.generator_cpu_us > 0.0, "{cost:?}");
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
     for field in [
         "scenario",
@@ -98,6 +100,8 @@ async fn a_slow_send_api_answering_in_any_order_gets_every_reply_in_order_within
     // Every message of this flow's first turn gets a reply.
     assert!(report.outbound_requests.unwrap() >= report.applied, "{report:?}");
     assert!(report.outbox_drained_after_s.is_some(), "replies left unsent");
+    let cost = report.cost.as_ref().expect("a cost section");
+    assert!(cost.server_in_generator && cost.generator_cpu_us > 0.0, "{cost:?}");
     assert!(report.table().contains("answering in 0-150 ms"), "{}", report.table());
 }
 
@@ -136,6 +140,40 @@ async fn mixed_over_two_numbers_and_username_only_contacts_holds_every_invariant
         (json["numbers"].as_u64(), json["username_share"].as_f64()),
         (Some(2), Some(0.5))
     );
+}
+
+#[actix_web::test]
+async fn the_cost_of_a_message_is_reported_by_process_the_generator_apart_from_the_server() {
+    let a = args(&format!(
+        "--scenario steady --processes 1 --serve-bin {} --rate 40 --duration 2 --phones 10 --drain 30 --quiet",
+        env!("CARGO_BIN_EXE_switchboard")
+    ));
+    let report = load::run(a).await.unwrap();
+    assert!(
+        report.invariant_violations.is_empty(),
+        "{:?}",
+        report.invariant_violations
+    );
+    let c = report.cost.clone().expect("a cost section");
+    assert!(!c.server_in_generator, "the server ran in a process of its own");
+    let each = [
+        ("server CPU", c.server_cpu_us),
+        ("generator CPU", Some(c.generator_cpu_us)),
+        ("PostgreSQL CPU", c.postgres_cpu_us),
+        ("WAL bytes", c.wal_bytes),
+        ("statements", c.statements),
+        ("commits", c.commits),
+        ("WAL flushes", c.fsyncs),
+        ("resident bytes per conversation", c.rss_per_live_conversation),
+    ];
+    for (what, v) in each {
+        assert!(v.is_some_and(|v| v > 0.0), "{what}: {v:?} ({c:?})");
+    }
+    // Plausible: a message writes rows (some hundreds of WAL bytes at
+    // least) and costs the server more than a microsecond, less than a second.
+    assert!(c.wal_bytes.unwrap() > 100.0, "{c:?}");
+    assert!((1.0..1e6).contains(&c.server_cpu_us.unwrap()), "{c:?}");
+    assert!(report.table().contains("cost/message server"), "{}", report.table());
 }
 
 /// A conversation's database that the checker found clean, and what was

@@ -46,7 +46,9 @@ pub struct LoadArgs {
     /// servers' database connections (`pg_terminate_backend`).
     #[arg(long)]
     pub kill_connections_every_ms: Option<u64>,
-    /// The `switchboard` binary the processes run (default: this one).
+    /// The `switchboard` binary the processes run (default: this one). Given,
+    /// the server runs in processes of its own even with `--processes 1`:
+    /// the cost section then tells the server's CPU from the generator's.
     #[arg(long)]
     pub serve_bin: Option<PathBuf>,
     /// Requests per second (open loop); with --max, the number of workers.
@@ -219,7 +221,7 @@ impl LoadArgs {
     /// Whether the harness runs `serve` processes of its own (several, or
     /// for a fault) instead of one server inside this process.
     pub(super) fn wants_processes(&self) -> bool {
-        self.target.is_none() && (self.processes > 1 || self.chaos_asked())
+        self.target.is_none() && (self.processes > 1 || self.chaos_asked() || self.serve_bin.is_some())
     }
 
     /// The `--target` servers' base URLs, as the requests are built from
@@ -272,6 +274,16 @@ impl LoadArgs {
     /// How long the sending lasts (`--duration`).
     pub(super) fn run_for(&self) -> Duration {
         Duration::from_secs(self.duration)
+    }
+
+    /// The harness's own cluster's settings: the configuration's, with
+    /// `pg_stat_statements` loaded unless they load libraries of their own
+    /// (the cost section counts statements with it).
+    pub(super) fn cluster_settings(&self) -> BTreeMap<String, PgValue> {
+        let mut s = self.server_settings.clone();
+        s.entry("shared_preload_libraries".into())
+            .or_insert_with(|| PgValue::Text("pg_stat_statements".into()));
+        s
     }
 
     /// How long each wait after the sending may take (`--drain`).

@@ -17,6 +17,7 @@ mod args;
 mod chaos;
 pub mod checker;
 mod client;
+pub mod cost;
 pub mod driver;
 mod events;
 pub mod fake_graph;
@@ -73,6 +74,7 @@ async fn load_and_check(
     interrupt: impl Future<Output = ()>,
 ) -> anyhow::Result<Report> {
     let target = servers.target(args);
+    let before = cost::Sample::take(&servers.cost_sources(), servers.database_url(args).as_deref()).await;
     let wave_on = servers.database_url(args).filter(|_| args.timer_wave > 0);
     let sending = async {
         let driving = driver::drive(
@@ -103,7 +105,7 @@ async fn load_and_check(
     let Some((measured, chaos)) = outcome else {
         anyhow::bail!("interrupted: the run was stopped and its own servers and database removed");
     };
-    verdict::report(args, servers, &target, measured, chaos?).await
+    verdict::report(args, servers, &target, measured, chaos?, before).await
 }
 
 /// Writes the report as JSON to `--report`, and its plot (SVG) beside it.

@@ -39,7 +39,7 @@ pub(super) struct OwnServer {
     done: Option<JoinHandle<crate::Result<()>>>,
     /// Declared last, so dropped last: the cluster is stopped before the
     /// folder goes.
-    _dir: RunDir,
+    dir: RunDir,
 }
 
 impl OwnServer {
@@ -79,8 +79,13 @@ impl OwnServer {
             engine,
             stop: Some(stop),
             done: Some(done),
-            _dir: dir,
+            dir,
         })
+    }
+
+    /// The cluster's data folder.
+    pub(super) fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.data_dir()
     }
 
     /// Waits, each step at most `limit`, for the engine to be idle and the
@@ -122,7 +127,7 @@ fn settings(args: &LoadArgs, dir: &RunDir, graph: &FakeGraph, app_secret: &Secre
     let mut s = Settings::default();
     s.database.embedded.data_dir = dir.data_dir();
     s.database.embedded.port = free_port()?;
-    s.database.embedded.server_settings = args.server_settings.clone();
+    s.database.embedded.server_settings = args.cluster_settings();
     s.database.max_connections = MAX_CONNECTIONS;
     s.server.bind = "127.0.0.1:0".into();
     s.whatsapp = graph.settings();

@@ -169,6 +169,16 @@ impl Processes {
     }
 
     /// The processes' base URLs.
+    /// The `serve` processes' pids.
+    pub fn pids(&self) -> Vec<i32> {
+        self.procs.iter().map(|p| p.child.id() as i32).collect()
+    }
+
+    /// The shared cluster's data folder.
+    pub fn data_dir(&self) -> PathBuf {
+        super::run_dir::data_dir(&self.dir)
+    }
+
     pub fn bases(&self) -> Vec<String> {
         self.procs
             .iter()

@@ -120,6 +120,9 @@ pub struct Report {
     /// What the run's timers did (`None`: it set none), and the
     /// `--timer-wave`'s apart.
     pub timers: Option<super::timer_figures::Timers>,
+    /// What an applied message cost (CPU by process, WAL, statements,
+    /// commits, flushes; memory per live conversation).
+    pub cost: Option<super::cost::Cost>,
 }
 
 impl Report {
@@ -174,6 +177,9 @@ impl Report {
                 }
             ));
         }
+        if let Some(cost) = &self.cost {
+            t.push_str(&cost.lines());
+        }
         if let Some(timers) = &self.timers {
             t.push_str(&timers.lines());
         }
@@ -189,19 +195,22 @@ impl Report {
                 self.event_reconnects
             ));
         }
-        if !self.invariants_checked {
-            t.push_str("  invariants: NOT CHECKED (no database URL)\n");
-        } else if self.invariant_violations.is_empty() {
-            t.push_str("  invariants: all hold\n");
-        } else {
-            for v in &self.invariant_violations {
-                t.push_str(&format!(
-                    "  VIOLATION {}: {} (e.g. {:?})\n",
-                    v.invariant, v.count, v.examples
-                ));
-            }
-        }
+        t.push_str(&self.verdict_lines());
         t
+    }
+
+    /// The checker's verdict, for the table.
+    fn verdict_lines(&self) -> String {
+        if !self.invariants_checked {
+            return "  invariants: NOT CHECKED (no database URL)\n".into();
+        }
+        if self.invariant_violations.is_empty() {
+            return "  invariants: all hold\n".into();
+        }
+        self.invariant_violations
+            .iter()
+            .map(|v| format!("  VIOLATION {}: {} (e.g. {:?})\n", v.invariant, v.count, v.examples))
+            .collect()
     }
 
     /// Ack and end-to-end p99 per second of the run, as an SVG line chart

@@ -45,7 +45,7 @@ impl Servers {
             args.numbers as usize,
             args.send_rate,
             dir.path(),
-            &args.server_settings,
+            &args.cluster_settings(),
         )
         .await?;
         procs
@@ -106,6 +106,23 @@ impl Servers {
             Self::Own(o) => Some(o.db_url.expose().to_string()),
             Self::Processes { procs, .. } => Some(procs.db.url().expose().to_string()),
             Self::Elsewhere => args.database_url.clone(),
+        }
+    }
+
+    /// Where the run's costs are read from (see `cost`).
+    pub(super) fn cost_sources(&self) -> super::cost::Sources {
+        match self {
+            Self::Own(o) => super::cost::Sources {
+                server_pids: Vec::new(),
+                pg_data_dir: Some(o.data_dir()),
+                in_process: true,
+            },
+            Self::Processes { procs, .. } => super::cost::Sources {
+                server_pids: procs.pids(),
+                pg_data_dir: Some(procs.data_dir()),
+                in_process: false,
+            },
+            Self::Elsewhere => super::cost::Sources::default(),
         }
     }
 

@@ -49,6 +49,7 @@ pub(super) async fn report(
     target: &Target,
     mut measured: Measured,
     chaos: Option<String>,
+    before: super::cost::Sample,
 ) -> anyhow::Result<Report> {
     if let Some(url) = servers.database_url(args).filter(|_| args.timer_wave > 0) {
         super::timer_figures::wait_wave(&url, args.drain_limit()).await?;
@@ -58,6 +59,8 @@ pub(super) async fn report(
         .drain(args.drain_limit())
         .await
         .then(|| drain_from.elapsed().as_secs_f64());
+    // Before the checker's own statements.
+    let cost = measure_cost(args, servers, target, &before, measured.applied).await;
     if args.plant_violation {
         let key = super::population::phone(0);
         measured.expected.acked.push((key, PLANTED_ID.to_string()));
@@ -85,7 +88,34 @@ pub(super) async fn report(
         outbound_requests: servers.graph().map(|g| g.request_count() as u64),
         drained_after_s,
     };
-    Ok(assemble(args, target, measured, served, checked))
+    let mut report = assemble(args, target, measured, served, checked);
+    report.cost = Some(cost);
+    Ok(report)
+}
+
+/// The run's cost per applied message, from `before` to now.
+async fn measure_cost(
+    args: &LoadArgs,
+    servers: &Servers,
+    target: &Target,
+    before: &super::cost::Sample,
+    applied: u64,
+) -> super::cost::Cost {
+    let sources = servers.cost_sources();
+    let after = super::cost::Sample::take(&sources, servers.database_url(args).as_deref()).await;
+    let rss: Option<f64> = match (sources.in_process, sources.server_pids.is_empty()) {
+        (true, _) => super::cost::rss_bytes(std::process::id() as i32),
+        (false, false) => Some(
+            sources
+                .server_pids
+                .iter()
+                .filter_map(|p| super::cost::rss_bytes(*p))
+                .sum(),
+        ),
+        (false, true) => None,
+    };
+    let live = metric_sum(&target.bases, "switchboard_live_sessions").await as f64;
+    super::cost::between(before, &after, applied, rss, Some(live), sources.in_process)
 }
 
 /// Runs the checker on `url`: the invariants, the server's
@@ -172,5 +202,6 @@ fn assemble(args: &LoadArgs, target: &Target, m: Measured, served: Served, check
         timeline: m.timeline.iter().map(TimelinePoint::from_second).collect(),
         synchronous_commit: checked.synchronous_commit,
         timers: checked.timers,
+        cost: None,
     }
 }
