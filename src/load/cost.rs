@@ -16,7 +16,7 @@ use serde::Serialize;
 pub struct Sources {
     /// The `serve` processes (none: the server runs in this process, or elsewhere).
     pub server_pids: Vec<i32>,
-    /// The harness's own cluster (its postmaster's pid is in `postmaster.pid`).
+    /// The harness's own cluster (its postmaster found as the run folder's guard finds it).
     pub pg_data_dir: Option<PathBuf>,
     /// The server runs inside the generator's process: their CPU is one figure.
     pub in_process: bool,
@@ -189,13 +189,7 @@ const USER_HZ: f64 = 100.0;
 /// PostgreSQL's CPU seconds: the postmaster (its reaped children included)
 /// and every live child of it.
 fn postgres_cpu_s(data_dir: &Path) -> Option<f64> {
-    let pid: i32 = std::fs::read_to_string(data_dir.join("postmaster.pid"))
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()?;
+    let pid = super::run_dir::postmaster(data_dir)?;
     let mut total = cpu_s(pid, true)?;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {

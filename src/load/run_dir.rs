@@ -81,7 +81,7 @@ fn stop_leftover_cluster(data_dir: &Path) {
 
 /// The pid in `postmaster.pid`, if that process works in `data_dir` (a
 /// stale file may name a pid some other program has since).
-fn postmaster(data_dir: &Path) -> Option<i32> {
+pub(super) fn postmaster(data_dir: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(data_dir.join("postmaster.pid"))
         .ok()?
         .lines()
