@@ -30,7 +30,7 @@ pub const CHANNEL: &str = "switchboard_events";
 /// PostgreSQL refuses `NOTIFY` payloads of 8000 bytes or more.
 const MAX_PAYLOAD: usize = 7_900;
 /// Events sent in one round of pipelined `NOTIFY`s.
-const NOTIFY_BATCH: usize = 64;
+const NOTIFY_BATCH: usize = 256;
 
 #[derive(Serialize, Deserialize)]
 struct Shared {
@@ -176,13 +176,20 @@ async fn notify(client: &tokio_postgres::Client, instance: i64, batch: Vec<Event
         .filter(|e| !e.relayed && e.kind != EventKind::BreakerState)
         .filter_map(|e| payload(instance, e))
         .collect();
-    // Pipelined on the one connection: one round trip for the batch.
-    let sends = payloads
-        .iter()
-        .map(|p| async move { client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, p]).await });
-    for r in futures_util::future::join_all(sends).await {
-        r.map_err(|e| e.to_string())?;
+    if payloads.is_empty() {
+        return Ok(());
     }
+    // One statement, one transaction for the batch: each NOTIFY on its own
+    // was a commit of its own, one per message. Delivered at commit in
+    // order; PostgreSQL folds identical payloads of one transaction into
+    // one, which only identical events (a status redelivered) can be.
+    client
+        .execute(
+            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+            &[&CHANNEL, &payloads],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 
