@@ -176,6 +176,60 @@ async fn the_cost_of_a_message_is_reported_by_process_the_generator_apart_from_t
     assert!(report.table().contains("cost/message server"), "{}", report.table());
 }
 
+#[actix_web::test]
+async fn the_limits_mode_measures_the_databases_ceilings_and_sets_the_run_against_them() {
+    let a = args("--scenario steady --rate 40 --duration 2 --phones 10 --drain 30 --limits 1 --quiet");
+    let report = load::run(a).await.unwrap();
+    assert!(
+        report.invariant_violations.is_empty(),
+        "{:?}",
+        report.invariant_violations
+    );
+    let l = report.limits.clone().expect("a limits section");
+    assert!(l.one_per_commit_msgs_per_s > 0.0 && l.batched_msgs_per_s > 0.0, "{l:?}");
+    // Open loop at the run's rate for a second: about 40 bare commits, each timed.
+    let bare = l.bare_commit_ms.expect("bare commits at the run's rate");
+    assert_eq!((l.bare_commit_rate, bare.count), (Some(40.0), 40), "{l:?}");
+    assert!(bare.p50 > 0.0 && bare.p99 >= bare.p50, "{l:?}");
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+    assert!(close(
+        l.throughput_vs_one_per_commit * l.one_per_commit_msgs_per_s,
+        report.throughput_msgs_per_s
+    ));
+    assert!(close(
+        l.throughput_vs_batched * l.batched_msgs_per_s,
+        report.throughput_msgs_per_s
+    ));
+    assert!(close(
+        l.ack_p99_vs_bare_commit_p99.unwrap() * bare.p99,
+        report.ack_latency_ms.p99
+    ));
+    assert!(report.table().contains("1 message/commit"), "{}", report.table());
+}
+
+#[actix_web::test]
+async fn the_limits_write_a_messages_rows_and_leave_no_table_behind() {
+    let db = TestDb::migrated().await;
+    let l = load::limits::measure(db.url.expose(), 0.3, 20, None).await.unwrap();
+    assert!(l.one_per_commit_msgs_per_s > 0.0 && l.batched_msgs_per_s > 0.0, "{l:?}");
+    assert_eq!(
+        (l.bare_commit_rate, l.bare_commit_ms),
+        (None, None),
+        "no rate, no bare commits"
+    );
+    #[derive(diesel::QueryableByName)]
+    struct Left {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let left: Left =
+        diesel::sql_query("SELECT count(*) AS n FROM information_schema.tables WHERE table_name LIKE 'limits%'")
+            .get_result(&mut db.admin().await)
+            .await
+            .unwrap();
+    assert_eq!(left.n, 0, "the scratch tables are dropped");
+}
+
 /// A conversation's database that the checker found clean, and what was
 /// acked: violations are planted in it.
 struct Clean {

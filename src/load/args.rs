@@ -123,6 +123,12 @@ pub struct LoadArgs {
     /// the read receipts cost: one more call to the send API per message).
     #[arg(long)]
     pub no_read_receipts: bool,
+    /// Before the load, measure the database's own limits for the job on
+    /// the run's cluster for this many seconds each (one message per
+    /// commit, batched, a bare durable commit at `--rate`) and report the
+    /// run against them as ratios.
+    #[arg(long, value_parser = positive_seconds)]
+    pub limits: Option<f64>,
     /// Seconds to wait after the last send for messages to be applied.
     #[arg(long, default_value_t = 30)]
     pub drain: u64,
@@ -200,6 +206,15 @@ fn share(value: &str) -> Result<f64, String> {
     match value.parse::<f64>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
         Ok(_) => Err("a share is from 0 to 1".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Seconds, more than 0 and at most an hour (`--limits`).
+fn positive_seconds(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 3600.0 => Ok(v),
+        Ok(_) => Err("seconds from more than 0 to 3600".into()),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -21,6 +21,7 @@ pub mod cost;
 pub mod driver;
 mod events;
 pub mod fake_graph;
+pub mod limits;
 mod measure;
 mod mixed;
 mod own_server;
@@ -74,6 +75,7 @@ async fn load_and_check(
     interrupt: impl Future<Output = ()>,
 ) -> anyhow::Result<Report> {
     let target = servers.target(args);
+    let limits = measure_limits(args, servers).await?;
     let before = cost::Sample::take(&servers.cost_sources(), servers.database_url(args).as_deref()).await;
     let wave_on = servers.database_url(args).filter(|_| args.timer_wave > 0);
     let sending = async {
@@ -105,7 +107,23 @@ async fn load_and_check(
     let Some((measured, chaos)) = outcome else {
         anyhow::bail!("interrupted: the run was stopped and its own servers and database removed");
     };
-    verdict::report(args, servers, &target, measured, chaos?, before).await
+    let mut report = verdict::report(args, servers, &target, measured, chaos?, before).await?;
+    report.limits = limits.map(|l| l.against(&report));
+    Ok(report)
+}
+
+/// With `--limits`: the database's own limits for the job, on the run's
+/// cluster, before the load (and before the cost's first sample).
+async fn measure_limits(args: &LoadArgs, servers: &Servers) -> anyhow::Result<Option<limits::Limits>> {
+    let Some(seconds) = args.limits else { return Ok(None) };
+    let url = servers
+        .database_url(args)
+        .context("--limits measures the run's database: the harness's own, or --database-url with --target")?;
+    let rate = args.closed_loop().is_none().then_some(args.rate);
+    if !args.quiet {
+        eprintln!("measuring the database's limits ({seconds} s each)…");
+    }
+    limits::measure(&url, seconds, args.phones, rate).await.map(Some)
 }
 
 /// Writes the report as JSON to `--report`, and its plot (SVG) beside it.

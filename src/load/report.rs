@@ -123,6 +123,9 @@ pub struct Report {
     /// What an applied message cost (CPU by process, WAL, statements,
     /// commits, flushes; memory per live conversation).
     pub cost: Option<super::cost::Cost>,
+    /// With `--limits`: the database's own limits for the job, and the run
+    /// against them.
+    pub limits: Option<super::limits::Limits>,
 }
 
 impl Report {
@@ -179,6 +182,9 @@ impl Report {
         }
         if let Some(cost) = &self.cost {
             t.push_str(&cost.lines());
+        }
+        if let Some(limits) = &self.limits {
+            t.push_str(&limits.lines());
         }
         if let Some(timers) = &self.timers {
             t.push_str(&timers.lines());

@@ -203,5 +203,6 @@ fn assemble(args: &LoadArgs, target: &Target, m: Measured, served: Served, check
         synchronous_commit: checked.synchronous_commit,
         timers: checked.timers,
         cost: None,
+        limits: None,
     }
 }
