@@ -33,6 +33,9 @@ pub struct EventMessage {
     /// `user`, `bot` or `agent`.
     pub origin: std::borrow::Cow<'static, str>,
     pub body: String,
+    /// The named agent who wrote an agent message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
 }
 
 /// A delivery status report.

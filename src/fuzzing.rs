@@ -147,7 +147,7 @@ pub fn config_file(data: &[u8]) -> bool {
         "the printed configuration is TOML:\n{shown}"
     );
     for token in &settings.api.tokens {
-        let t = token.expose();
+        let t = token.token.expose();
         // Long, plain and written once: found in the output only if leaked.
         if t.len() >= 12 && t.bytes().all(|b| b.is_ascii_alphanumeric()) && text.matches(t).count() == 1 {
             assert!(!shown.contains(t), "a secret in the printed configuration");
@@ -182,6 +182,7 @@ pub fn sse_event(data: &[u8]) -> bool {
         messages: vec![EventMessage {
             origin: "bot".into(),
             body,
+            author: None,
         }],
         provider_message_id: Some(next()),
         delivery: (kind == EventKind::DeliveryStatus).then(|| DeliveryEvent {

@@ -42,6 +42,7 @@ pub mod phone;
 pub mod retry;
 pub mod startup;
 pub mod telemetry;
+pub mod webhooks;
 pub mod whatsapp;
 
 pub use engine::{Engine, InboundMessage};

@@ -269,19 +269,19 @@ async fn while_a_human_agent_holds_the_conversation_the_bot_does_not_reply() {
     let r = walk(&e, &db, &["hola?", "refrigerador"]).await;
     assert!(r.is_empty(), "the bot stayed silent: {r:?}");
     let ack = e
-        .submit_agent_message(PHONE, "Hola, soy Ana. ¿En qué te ayudo?", "k1")
+        .submit_agent_message(PHONE, "Hola, soy Ana. ¿En qué te ayudo?", "k1", None)
         .await
         .unwrap();
     assert!(ack.created);
     let again = e
-        .submit_agent_message(PHONE, "Hola, soy Ana. ¿En qué te ayudo?", "k1")
+        .submit_agent_message(PHONE, "Hola, soy Ana. ¿En qué te ayudo?", "k1", None)
         .await
         .unwrap();
     assert!(!again.created, "a retried agent send is stored once");
     let t = transcript(&db, PHONE).await;
     assert_eq!(t.iter().filter(|(o, _)| o == "agent").count(), 1);
     // Handed back to the bot, it answers again.
-    let v = e.set_handoff(PHONE, false).await.unwrap();
+    let v = e.set_handoff(PHONE, false, None).await.unwrap();
     assert!(!v.handoff);
     let r = walk(&e, &db, &["refrigerador"]).await;
     assert!(r[0].contains("número SAP"), "{r:?}");

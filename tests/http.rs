@@ -19,7 +19,7 @@ const TOKEN: &str = "agent-token-1";
 fn secure(s: &mut switchboard::config::Settings) {
     s.whatsapp.app_secret = Some(Secret::new(APP_SECRET));
     s.whatsapp.verify_token = Some(Secret::new("verify-me"));
-    s.api.tokens = vec![Secret::new("old-token"), Secret::new(TOKEN)];
+    s.api.tokens = vec![Secret::new("old-token").into(), Secret::new(TOKEN).into()];
 }
 
 async fn app(db: &TestDb) -> TestApp {

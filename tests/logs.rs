@@ -43,7 +43,7 @@ async fn a_full_conversation_logs_no_phone_body_or_secret_in_clear() {
         &db,
         |s| {
             s.whatsapp.app_secret = Some(Secret::new(APP_SECRET));
-            s.api.tokens = vec![Secret::new(token)];
+            s.api.tokens = vec![Secret::new(token).into()];
         },
         None,
     )

@@ -65,7 +65,7 @@ async fn app(db: &TestDb, fake: &FakeGraph, max_bytes: u64) -> TestApp {
         db,
         |s| {
             s.whatsapp = whatsapp;
-            s.api.tokens = vec![switchboard::config::Secret::new(TOKEN)];
+            s.api.tokens = vec![switchboard::config::Secret::new(TOKEN).into()];
             s.outbox.poll_interval_ms = 20;
             s.media.dir = dir;
             s.media.max_bytes = max_bytes;

@@ -477,6 +477,7 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
             provider_message_id: None,
             status: "received",
             outbox_key: None,
+            author: None,
         }],
         outbox: Vec::new(),
         outcomes: Vec::new(),

@@ -196,7 +196,7 @@ async fn reads_stay_read_your_writes_on_a_lagging_replica() {
         let key = app.engine.numbers().conversation(Some(number), &phone);
         let text = format!("respuesta {i}");
         app.engine
-            .submit_agent_message(&key, &text, &format!("pair-{i}"))
+            .submit_agent_message(&key, &text, &format!("pair-{i}"), None)
             .await
             .unwrap();
         // Naive: straight to the replica.

@@ -265,8 +265,8 @@ async fn a_handoff_returns_to_the_bot_after_its_timeout_and_an_agent_message_res
     let mut rx = e.subscribe();
     let phone = "5215590000005";
     say(&e, phone, "wamid.h1", "reportar").await;
-    assert!(e.set_handoff(phone, true).await.unwrap().handoff);
-    e.submit_agent_message(phone, "Hola, soy Marta.", "marta-1")
+    assert!(e.set_handoff(phone, true, None).await.unwrap().handoff);
+    e.submit_agent_message(phone, "Hola, soy Marta.", "marta-1", None)
         .await
         .unwrap();
     let back = event(&mut rx, EventKind::Timer, phone).await;
@@ -697,11 +697,14 @@ async fn an_agent_answers_a_customer_another_process_heard_and_a_retry_after_the
     let b = engine(&db, &fake, FLOW, |_| {}).await;
     let phone = "5215590000011";
     // B's actor knows the conversation from before the customer wrote.
-    let refused = b.submit_agent_message(phone, "Hola", "early").await.unwrap_err();
+    let refused = b.submit_agent_message(phone, "Hola", "early", None).await.unwrap_err();
     assert!(matches!(refused, switchboard::Error::OutsideWindow(_)), "{refused}");
     say(&a, phone, "wamid.ab1", "reportar").await;
     a.wait_idle().await;
-    let ack = b.submit_agent_message(phone, "Hola, te ayudo.", "k1").await.unwrap();
+    let ack = b
+        .submit_agent_message(phone, "Hola, te ayudo.", "k1", None)
+        .await
+        .unwrap();
     assert!(ack.created);
     // A day later the same request is retried (its answer was lost).
     diesel::sql_query("UPDATE sessions SET last_customer_at = now() - interval '25 hours'")
@@ -710,10 +713,13 @@ async fn an_agent_answers_a_customer_another_process_heard_and_a_retry_after_the
         .unwrap();
     b.shutdown().await.unwrap();
     let b = engine(&db, &fake, FLOW, |_| {}).await;
-    let again = b.submit_agent_message(phone, "Hola, te ayudo.", "k1").await.unwrap();
+    let again = b
+        .submit_agent_message(phone, "Hola, te ayudo.", "k1", None)
+        .await
+        .unwrap();
     assert!(!again.created, "stored before: answered, not refused");
     assert!(
-        b.submit_agent_message(phone, "¿Sigues?", "k2").await.is_err(),
+        b.submit_agent_message(phone, "¿Sigues?", "k2", None).await.is_err(),
         "a new one is refused"
     );
     a.shutdown().await.unwrap();

@@ -8,6 +8,7 @@ mod ai;
 mod breaker;
 mod database;
 mod engine;
+mod integrations;
 mod media;
 mod numbers;
 mod outbox;
@@ -15,6 +16,7 @@ mod secret;
 mod settings;
 mod templates;
 mod timers;
+mod tokens;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ pub use ai::{AiProvider, AiSettings, OpenAiSettings, SimulatedSettings};
 pub use breaker::BreakerSettings;
 pub use database::{DatabaseSettings, EmbeddedSettings, PgValue, RetrySettings, OWNED_SERVER_SETTINGS};
 pub use engine::{EngineSettings, GroupCommitSettings};
+pub use integrations::{webhook_key, IntegrationSettings, WebhookSettings, EVENT_KINDS};
 pub use media::MediaSettings;
 pub use numbers::NumberSettings;
 pub use outbox::OutboxSettings;
@@ -30,6 +33,7 @@ pub use secret::{redact_url, Secret, REDACTED};
 pub use settings::*;
 pub use templates::TemplateSettings;
 pub use timers::TimerSettings;
+pub use tokens::{ApiToken, Role};
 
 /// Prefix of the environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "SWITCHBOARD__";

@@ -28,6 +28,7 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub media: MediaSettings,
     pub timers: TimerSettings,
+    pub integrations: super::IntegrationSettings,
     pub flow: FlowSettings,
     pub log: LogSettings,
 }
@@ -113,8 +114,9 @@ impl Default for WhatsAppSettings {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
-    /// Bearer tokens accepted on `/api` (several, for rotation). Empty: open.
-    pub tokens: Vec<Secret>,
+    /// Bearer tokens accepted on `/api` (several, for rotation): plain
+    /// strings (anonymous admins) or `{ name, token, role }`. Empty: open.
+    pub tokens: Vec<super::ApiToken>,
     /// Requests per second per client address on `/api` (then 429 with
     /// Retry-After), with bursts up to `burst`.
     pub rate_per_s: u32,

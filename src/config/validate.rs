@@ -58,11 +58,10 @@ impl Settings {
             "media.lease_ms",
             "must exceed twice media.timeout_ms (a fetch is two requests)",
         );
-        p.check(
-            self.api.tokens.iter().all(|t| !t.is_empty()),
-            "api.tokens",
-            "must not contain an empty token",
-        );
+        p.0.extend(super::integrations::problems(&self.integrations));
+        for why in super::tokens::problems(&self.api.tokens) {
+            p.check(false, "api.tokens", &why);
+        }
         p.check(
             tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
             "log.level",

@@ -137,6 +137,9 @@ pub struct MessageRow {
     pub error: Option<String>,
     pub provider_message_id: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// The named agent who wrote an agent message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -158,12 +161,21 @@ type Stored = (
     Option<String>,
     DateTime<Utc>,
     Option<i64>,
+    Option<String>,
 );
 
-/// The newest `limit` messages of a conversation, oldest first.
-pub async fn recent_messages(conn: &mut AsyncPgConnection, phone: &str, limit: i64) -> Result<Vec<MessageRow>> {
+/// The newest `limit` messages of a conversation older than message
+/// `before` (all: `None`), oldest first. Ids grow with each message stored,
+/// so paging back by the oldest id shown covers the whole history once.
+pub async fn recent_messages(
+    conn: &mut AsyncPgConnection,
+    phone: &str,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<MessageRow>> {
     let mut rows: Vec<Stored> = messages::table
         .filter(messages::phone.eq(phone))
+        .filter(messages::id.lt(before.unwrap_or(i64::MAX)))
         .order(messages::id.desc())
         .limit(limit)
         .select((
@@ -176,6 +188,7 @@ pub async fn recent_messages(conn: &mut AsyncPgConnection, phone: &str, limit: i
             messages::provider_message_id,
             messages::created_at,
             messages::inbox_id,
+            messages::author,
         ))
         .load(conn)
         .await?;
@@ -207,30 +220,37 @@ pub async fn recent_messages(conn: &mut AsyncPgConnection, phone: &str, limit: i
             .collect();
     Ok(rows
         .into_iter()
-        .map(
-            |(id, direction, origin, body, status, error, provider_message_id, created_at, inbox_id)| {
-                let payload = inbox_id.filter(|_| direction == "in").and_then(|i| payloads.get(&i));
-                let at = |p: &str| {
-                    payload
-                        .and_then(|v| v.pointer(p))
-                        .and_then(|v| v.as_str())
-                        .map(str::to_string)
-                };
-                MessageRow {
-                    context_id: at("/context/id"),
-                    referral: payload.and_then(|v| v.get("referral")).cloned(),
-                    reacts_to: at("/reaction/message_id"),
-                    media: provider_message_id.as_ref().and_then(|p| media.remove(p)),
-                    id,
-                    direction,
-                    origin,
-                    body,
-                    status,
-                    error,
-                    provider_message_id,
-                    created_at,
-                }
-            },
-        )
+        .map(|r| message_row(r, &payloads, &mut media))
         .collect())
+}
+
+/// A stored message as the API shows it, with what its inbound payload
+/// says beyond the text and its media file.
+fn message_row(
+    (id, direction, origin, body, status, error, provider_message_id, created_at, inbox_id, author): Stored,
+    payloads: &std::collections::HashMap<i64, serde_json::Value>,
+    media: &mut std::collections::HashMap<String, crate::db::media::MediaInfo>,
+) -> MessageRow {
+    let payload = inbox_id.filter(|_| direction == "in").and_then(|i| payloads.get(&i));
+    let at = |p: &str| {
+        payload
+            .and_then(|v| v.pointer(p))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    MessageRow {
+        context_id: at("/context/id"),
+        referral: payload.and_then(|v| v.get("referral")).cloned(),
+        reacts_to: at("/reaction/message_id"),
+        media: provider_message_id.as_ref().and_then(|p| media.remove(p)),
+        id,
+        direction,
+        origin,
+        body,
+        status,
+        error,
+        provider_message_id,
+        created_at,
+        author,
+    }
 }

@@ -76,6 +76,7 @@ diesel::table! {
         outbox_key -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        author -> Nullable<Text>,
     }
 }
 

@@ -111,10 +111,7 @@ impl EngineBuilder {
         let receipts = Arc::new(ReadReceipts::new(sender.clone(), numbers.clone()));
         let dispatcher = Dispatcher::start(
             db.clone(),
-            Outbound {
-                sender,
-                numbers: numbers.clone(),
-            },
+            parts.outbound(sender, &numbers),
             settings.outbox.clone(),
             parts.outbound_breakers.clone(),
             parts.send_queue.clone(),
@@ -137,6 +134,7 @@ impl EngineBuilder {
             instance,
             receipts: receipts.clone(),
             templates: templates.clone(),
+            webhooks: parts.webhooks.clone(),
         }));
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -253,6 +251,8 @@ struct Parts {
     /// A broadcast: the breakers, the session actors and presence publish,
     /// every SSE subscriber reads its own copy.
     events: broadcast::Sender<Event>,
+    /// The team's webhooks: rows added by the session actors, posted by the dispatcher.
+    webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl Parts {
@@ -294,6 +294,17 @@ impl Parts {
             outbound_breakers,
             send_queue: Arc::new(SendQueue::new(&settings.outbox)),
             events,
+            webhooks: Arc::new(crate::webhooks::Webhooks::new(&settings.integrations)),
+        }
+    }
+
+    /// What the dispatcher sends through: `sender` to WhatsApp from the
+    /// conversations' `numbers`, the poster to the team's webhooks.
+    fn outbound(&self, sender: Arc<dyn Sender>, numbers: &Arc<Numbers>) -> Outbound {
+        Outbound {
+            sender,
+            numbers: numbers.clone(),
+            webhooks: Arc::new(crate::webhooks::post::Poster::new(&self.webhooks)),
         }
     }
 }

@@ -13,8 +13,15 @@ use crate::events::{DeliveryEvent, Event};
 pub const MAX_AGENT_CHARS: usize = 4 * crate::whatsapp::split::TEXT_BODY;
 
 impl Engine {
-    /// Stores and queues a human agent's message; returns after the commit.
-    pub async fn submit_agent_message(&self, phone: &str, body: &str, idempotency_key: &str) -> Result<AgentAck> {
+    /// Stores and queues a human agent's message (written `by` a named
+    /// agent, or anonymously); returns after the commit.
+    pub async fn submit_agent_message(
+        &self,
+        phone: &str,
+        body: &str,
+        idempotency_key: &str,
+        by: Option<&str>,
+    ) -> Result<AgentAck> {
         self.check_running()?;
         let phone = self.inner.numbers.checked_key(phone).map_err(Error::InvalidInput)?;
         if idempotency_key.contains('#') {
@@ -32,6 +39,7 @@ impl Engine {
             AgentSend {
                 content: AgentContent::Text(body.to_string()),
                 idempotency_key: idempotency_key.to_string(),
+                author: by.map(str::to_string),
             },
         )
         .await?
@@ -48,6 +56,7 @@ impl Engine {
         language: Option<&str>,
         parameters: Vec<String>,
         idempotency_key: &str,
+        by: Option<&str>,
     ) -> Result<AgentAck> {
         self.check_running()?;
         let phone = self.inner.numbers.checked_key(phone).map_err(Error::InvalidInput)?;
@@ -86,6 +95,7 @@ impl Engine {
             AgentSend {
                 content: AgentContent::Template(template),
                 idempotency_key: idempotency_key.to_string(),
+                author: by.map(str::to_string),
             },
         )
         .await?
@@ -112,12 +122,14 @@ impl Engine {
             .await?)
     }
 
-    /// Hands the conversation to a human agent (`true`) or back to the bot.
-    pub async fn set_handoff(&self, phone: &str, on: bool) -> Result<ConversationView> {
+    /// Hands the conversation to a human agent (`true`) or back to the bot,
+    /// `by` a named agent or anonymously.
+    pub async fn set_handoff(&self, phone: &str, on: bool, by: Option<&str>) -> Result<ConversationView> {
         self.check_running()?;
         let phone = self.inner.numbers.checked_key(phone).map_err(Error::InvalidInput)?;
         let _guard = InFlightGuard::new(&self.inner.in_flight);
-        self.call(&phone, SetHandoff(on)).await?
+        let by = by.map(str::to_string);
+        self.call(&phone, SetHandoff { on, by }).await?
     }
 
     /// Reads a conversation. Through its actor when it is live (so the read

@@ -25,11 +25,22 @@ impl Engine {
     /// The newest `limit` messages of `phone`'s conversation and how its
     /// contact shows; from the replica only once it has this conversation's last write.
     pub async fn recent_messages(&self, phone: &str, limit: i64) -> Result<(Vec<MessageRow>, ContactDisplay)> {
+        self.messages_before(phone, None, limit).await
+    }
+
+    /// A page of `phone`'s history: the newest `limit` messages older than
+    /// message `before` (the newest of all: `None`), oldest first.
+    pub async fn messages_before(
+        &self,
+        phone: &str,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<(Vec<MessageRow>, ContactDisplay)> {
         let db = &self.inner.db;
         db.retry_policy()
             .run("recent_messages", || async {
                 let (mut conn, _) = db.read_conn(Some(phone)).await?;
-                let messages = read::recent_messages(&mut conn, phone, limit).await?;
+                let messages = read::recent_messages(&mut conn, phone, before, limit).await?;
                 Ok((messages, read::contact_display(&mut conn, phone).await?))
             })
             .await

@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse, Scope};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::authorize;
+use super::auth::{authorize, authorize_admin, Caller};
 use super::readiness::Readiness;
 use super::{conversation_path, media, sse, ApiError, AppState};
 use crate::db::read::NumberScope;
@@ -13,7 +13,7 @@ use crate::engine::{ConversationSummary, ListFilter};
 
 /// Largest page of the conversation list.
 const MAX_PAGE: i64 = 200;
-/// Messages returned with one conversation.
+/// Messages returned with one conversation, unless `?limit=` says otherwise.
 const RECENT_MESSAGES: i64 = 50;
 
 pub fn scope() -> Scope {
@@ -46,7 +46,7 @@ async fn dead_letters(
     req: HttpRequest,
     q: web::Query<DeadLetterQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+    authorize_admin(&state, &req)?;
     let (pending, limit) = (q.pending.unwrap_or(true), q.limit.unwrap_or(50).clamp(1, MAX_PAGE));
     let rows = state.engine.dead_letters(pending, limit).await?;
     Ok(HttpResponse::Ok().json(json!({"dead_letters": rows})))
@@ -57,7 +57,7 @@ async fn replay(
     req: HttpRequest,
     path: web::Path<(String, i64)>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+    authorize_admin(&state, &req)?;
     let (phone, id) = path.into_inner();
     let phone = conversation_path::listed(&state, &phone)?;
     state.engine.replay_dead_letter(&phone, id).await?;
@@ -65,13 +65,13 @@ async fn replay(
 }
 
 async fn breakers(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+    authorize_admin(&state, &req)?;
     Ok(HttpResponse::Ok().json(json!({"breakers": state.engine.breakers().await})))
 }
 
 /// Everything the console's operations panel shows, in one answer.
 async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+    authorize_admin(&state, &req)?;
     let engine = &state.engine;
     let readiness = Readiness::of(&state).await;
     let dead_letters = engine.pending_dead_letters().await;
@@ -105,7 +105,7 @@ async fn force_breaker(
     path: web::Path<String>,
     body: web::Json<ForceBody>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+    authorize_admin(&state, &req)?;
     let open = match body.state.as_str() {
         "open" => true,
         "closed" => false,
@@ -184,14 +184,45 @@ fn with_number(numbers: &crate::numbers::Numbers, row: ConversationSummary) -> s
     v
 }
 
-async fn get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Read by `conversation_path`.
+    #[allow(dead_code)]
+    number: Option<String>,
+    /// Only messages older than this one (its `id`): the page before it.
+    before: Option<i64>,
+    /// Messages in the page (1 to 200).
+    limit: Option<i64>,
+}
+
+/// One conversation with a page of its history: the newest messages, or
+/// with `?before=ID` those older than message ID; `older_before` is the id
+/// to ask with for the page before this one (`null`: none is older).
+async fn get(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    q: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let phone = conversation_path::named(&state, &req, &path).await?;
+    let limit = match q.limit {
+        None => RECENT_MESSAGES,
+        Some(n) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(_) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "limit is 1 to 200")),
+    };
     // Through the actor when live: the read comes after everything queued before it.
     let Some(session) = state.engine.conversation(&phone).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such conversation"));
     };
-    let (messages, display) = state.engine.recent_messages(&phone, RECENT_MESSAGES).await?;
+    // One more than the page: whether an older page exists, without a count.
+    let (mut messages, display) = state.engine.messages_before(&phone, q.before, limit + 1).await?;
+    let older = messages.len() as i64 > limit;
+    if older {
+        messages.remove(0);
+    }
+    let older_before = older.then(|| messages.first().map(|m| m.id)).flatten();
     let (number, contact) = state.engine.numbers().split(&phone);
     Ok(HttpResponse::Ok().json(json!({
         "session": session,
@@ -203,6 +234,7 @@ async fn get(state: web::Data<AppState>, req: HttpRequest, path: web::Path<Strin
         "window": session.window,
         "templates": state.engine.templates_of(&phone),
         "messages": messages,
+        "older_before": older_before,
     })))
 }
 
@@ -220,17 +252,20 @@ async fn send(
     path: web::Path<String>,
     body: web::Json<SendBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let phone = one_to_one(&state, &req, &path).await?;
+    let (phone, caller) = one_to_one(&state, &req, &path).await?;
     let body = body.into_inner();
     let key = idempotency_key(body.idempotency_key)?;
-    let ack = state.engine.submit_agent_message(&phone, &body.text, &key).await?;
+    let ack = state
+        .engine
+        .submit_agent_message(&phone, &body.text, &key, caller.name.as_deref())
+        .await?;
     Ok(acked(ack))
 }
 
-/// The conversation a message is sent to, the caller authorized: a 1:1
-/// one (a group's is read-only: 409).
-async fn one_to_one(state: &AppState, req: &HttpRequest, path: &str) -> Result<String, ApiError> {
-    authorize(state, req)?;
+/// The conversation a message is sent to, and who sends it: a 1:1 one (a
+/// group's is read-only: 409).
+async fn one_to_one(state: &AppState, req: &HttpRequest, path: &str) -> Result<(String, Caller), ApiError> {
+    let caller = authorize(state, req)?;
     let phone = conversation_path::named(state, req, path).await?;
     if crate::phone::is_group(state.engine.numbers().split(&phone).1) {
         return Err(ApiError::new(
@@ -238,7 +273,7 @@ async fn one_to_one(state: &AppState, req: &HttpRequest, path: &str) -> Result<S
             "a group's conversation is kept to be read; the bot and agents answer in 1:1 conversations",
         ));
     }
-    Ok(phone)
+    Ok((phone, caller))
 }
 
 /// The caller's idempotency key, checked, or a new one.
@@ -288,12 +323,13 @@ async fn template(
     path: web::Path<String>,
     body: web::Json<TemplateBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let phone = one_to_one(&state, &req, &path).await?;
+    let (phone, caller) = one_to_one(&state, &req, &path).await?;
     let body = body.into_inner();
     let key = idempotency_key(body.idempotency_key)?;
+    let by = caller.name.as_deref();
     let ack = state
         .engine
-        .submit_template(&phone, &body.name, body.language.as_deref(), body.parameters, &key)
+        .submit_template(&phone, &body.name, body.language.as_deref(), body.parameters, &key, by)
         .await?;
     Ok(acked(ack))
 }
@@ -311,8 +347,11 @@ async fn handoff(
     path: web::Path<String>,
     body: web::Json<HandoffBody>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&state, &req)?;
+    let caller = authorize(&state, &req)?;
     let phone = conversation_path::named(&state, &req, &path).await?;
-    let view = state.engine.set_handoff(&phone, body.active).await?;
+    let view = state
+        .engine
+        .set_handoff(&phone, body.active, caller.name.as_deref())
+        .await?;
     Ok(HttpResponse::Ok().json(json!({"session": view})))
 }

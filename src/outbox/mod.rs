@@ -102,6 +102,8 @@ pub struct Dispatcher {
 pub struct Outbound {
     pub sender: Arc<dyn Sender>,
     pub numbers: Arc<Numbers>,
+    /// The team's webhook endpoints (`[[integrations.webhooks]]`).
+    pub webhooks: Arc<crate::webhooks::post::Poster>,
 }
 
 impl Dispatcher {
@@ -111,7 +113,11 @@ impl Dispatcher {
     /// rows handed over and not sent, and ends.
     pub fn start(
         db: Database,
-        Outbound { sender, numbers }: Outbound,
+        Outbound {
+            sender,
+            numbers,
+            webhooks,
+        }: Outbound,
         settings: OutboxSettings,
         breakers: OutboundBreakers,
         queue: Arc<SendQueue>,
@@ -135,6 +141,7 @@ impl Dispatcher {
             settings,
             breakers: breakers.clone(),
             stats: stats.clone(),
+            webhooks,
         });
         spawn(Box::pin(pipeline::run(
             worker,

@@ -36,6 +36,8 @@ pub(super) struct Worker {
     pub(super) numbers: Arc<Numbers>,
     /// Shared with the handle: counted here by each send, read by `/metrics`.
     pub(super) stats: Arc<OutboxStats>,
+    /// Delivers the webhook rows (lanes `webhook:…`).
+    pub(super) webhooks: Arc<crate::webhooks::post::Poster>,
 }
 
 /// How one row's delivery ended.
@@ -57,6 +59,21 @@ impl Worker {
             // provider may have accepted it (see `db::outbox::Claimed`).
             self.stats.resent_after_crash.fetch_add(1, Relaxed);
             tracing::warn!("sending again a row whose earlier attempt was never recorded; it may arrive twice");
+        }
+        if crate::webhooks::is_lane(&row.phone) {
+            // A team's endpoint: no business number's rate or breaker.
+            let outcome = self.webhooks.post(row).await;
+            if let SendOutcome::Sent { provider_id } = outcome {
+                self.stats.sent.fetch_add(1, Relaxed);
+                return Delivery::Sent(provider_id);
+            }
+            return match self.record(row, outcome).await {
+                Ok(next) => Delivery::Recorded(next),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record a webhook result");
+                    Delivery::Recorded(Vec::new())
+                }
+            };
         }
         let (number, contact) = self.numbers.split(&row.phone);
         // The rate first: a wait for it (or a throttling pause) is not the

@@ -40,6 +40,8 @@ pub struct AgentSend {
     pub content: AgentContent,
     /// Makes a retried request harmless: the same key is stored once.
     pub idempotency_key: String,
+    /// The named agent who wrote it (`api.tokens`); `None`: anonymous.
+    pub author: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -70,10 +72,14 @@ pub struct AgentAck {
     pub created: bool,
 }
 
-/// Give the conversation to a human agent (`true`) or back to the bot.
-#[derive(Debug, Clone, Copy, Message)]
+/// Give the conversation to a human agent (`on`) or back to the bot.
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<ConversationView>")]
-pub struct SetHandoff(pub bool);
+pub struct SetHandoff {
+    pub on: bool,
+    /// The named agent who did it; `None`: anonymous.
+    pub by: Option<String>,
+}
 
 /// Read the conversation, after every message queued before this one.
 #[derive(Debug, Clone, Copy, Message)]

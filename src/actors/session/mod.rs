@@ -12,8 +12,10 @@
 //! - [`messages`]: what the engine sends the actor;
 //! - `state`: the conversation in memory and how it is loaded;
 //! - `inbound`: the step pipeline of inbound messages (chains, crashes);
-//! - `writes`: the versioned writes and their one conflict-retry loop.
+//! - `writes`: the versioned writes and their one conflict-retry loop;
+//! - `agent`: what a human agent writes (a message, the hand-off).
 
+mod agent;
 mod inbound;
 pub mod messages;
 mod state;
@@ -32,9 +34,10 @@ pub use messages::{
     AgentAck, AgentContent, AgentSend, Apply, ConversationView, DueTimer, Fire, Read, SetHandoff, Stop, Wake,
 };
 
+pub use self::agent::HANDOFF_BY;
+use self::agent::{agent_send, set_handoff};
 use self::inbound::run_inbound;
 use self::state::{ensure_core, view, Core};
-use self::writes::{agent_send, set_handoff};
 use super::ai::AiActor;
 use super::db_writer::DbWriter;
 use super::middleware::Middleware;
@@ -84,6 +87,8 @@ pub(crate) struct SessionDeps {
     pub receipts: Arc<crate::whatsapp::read_receipts::ReadReceipts>,
     /// The templates each conversation may send.
     pub templates: Arc<crate::whatsapp::templates::Templates>,
+    /// The team's webhooks: each write gets a row per event they subscribed to.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 pub struct SessionActor {
@@ -237,10 +242,9 @@ impl Handler<SetHandoff> for SessionActor {
     type Result = AtomicResponse<Self, Result<ConversationView>>;
 
     fn handle(&mut self, msg: SetHandoff, _: &mut Context<Self>) -> Self::Result {
-        let on = msg.0;
         self.atomic_loaded(move |deps, phone, mut core| {
             async move {
-                let r = set_handoff(&deps, &phone, &mut core, on).await;
+                let r = set_handoff(&deps, &phone, &mut core, msg).await;
                 (core, r)
             }
             .boxed()

@@ -48,8 +48,7 @@ pub(super) async fn apply_chain(
     for msg in &chain {
         if !kinds::is_stepped(&msg.payload) {
             let body = kinds::stored_body(&msg.payload);
-            let mut write = stored_write(phone, &at, msg, &body);
-            write.create_as = create_as(deps, phone, at.version);
+            let write = ready(deps, phone, &at, stored_write(phone, &at, msg, &body));
             at.last_customer_at = at.last_customer_at.max(write.time.customer_at);
             writes.push(write);
             steps.push((body, None));
@@ -77,9 +76,8 @@ pub(super) async fn apply_chain(
         };
         let time = inbound_time(deps, phone, at.handoff, &result, msg);
         let customer_at = time.customer_at.max(at.last_customer_at);
-        let mut write = inbound_write(phone, &at, msg, &text, &result, time);
-        write.create_as = create_as(deps, phone, at.version);
-        writes.push(write);
+        let write = inbound_write(phone, &at, msg, &text, &result, time);
+        writes.push(ready(deps, phone, &at, write));
         at = Snapshot {
             state: result.state.clone(),
             data: result.data.clone(),
@@ -116,6 +114,19 @@ pub(super) async fn apply_chain(
     Ok(ChainEnd { rest, crash })
 }
 
+/// A chain's write made ready on `at`: its session created if missing (at
+/// version 0), the team's webhooks told of it in the same transaction.
+fn ready(
+    deps: &SessionDeps,
+    phone: &str,
+    at: &Snapshot,
+    mut write: crate::db::steps::StepWrite,
+) -> crate::db::steps::StepWrite {
+    write.create_as = create_as(deps, phone, at.version);
+    deps.webhooks.add_rows(&mut write, at.handoff);
+    write
+}
+
 /// A step of `msg` committed at `version`: count it, publish it, and make
 /// its result the actor's state.
 pub(super) fn committed(
@@ -145,6 +156,7 @@ pub(super) fn stored(deps: &SessionDeps, phone: &str, core: &mut Core, version: 
         .with_messages(vec![EventMessage {
             origin: "user".into(),
             body: body.to_string(),
+            author: None,
         }])
         .applying(&msg.provider_message_id);
     // Best-effort, like every event.
@@ -281,10 +293,12 @@ pub(super) fn publish(
     let mut messages = vec![EventMessage {
         origin: "user".into(),
         body: inbound.to_string(),
+        author: None,
     }];
     messages.extend(r.replies.iter().map(|m| EventMessage {
         origin: "bot".into(),
         body: m.text.clone(),
+        author: None,
     }));
     // Best-effort: no subscriber, or a slow one, never fails a message.
     let event = Event::conversation(EventKind::Transition, phone, version, &r.state, r.handoff)

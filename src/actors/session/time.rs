@@ -191,12 +191,14 @@ fn publish(deps: &SessionDeps, phone: &str, version: i64, f: &Fired) {
         .map(|m| EventMessage {
             origin: "bot".into(),
             body: m.text.clone(),
+            author: None,
         })
         .collect();
     if let Some(t) = &f.template {
         messages.push(EventMessage {
             origin: "bot".into(),
             body: format!("[plantilla {}]", t.name),
+            author: None,
         });
     }
     let event = Event::conversation(EventKind::Timer, phone, version, &f.result.state, f.result.handoff)

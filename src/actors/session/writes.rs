@@ -1,18 +1,17 @@
 //! The session's versioned writes: one conflict-retry loop for every kind of
-//! step, and the rows an inbound step, an agent message and a hand-off write.
+//! step, and the rows an inbound step and an outbound message write (an
+//! agent's are in `agent`).
 
 use std::sync::atomic::Ordering;
 
 use serde_json::json;
 
-use super::messages::{AgentAck, AgentContent, AgentSend, ConversationView};
-use super::state::{load_core, view, Core, Snapshot};
+use super::state::{load_core, Core, Snapshot};
 use super::SessionDeps;
 use crate::actors::db_writer::Persist;
 use crate::db::resume::PendingInbound;
 use crate::db::steps::{NewMedia, NewMessage, NewOutbox, NewOutcome, StepTime, StepWrite, WriteOutcome};
 use crate::error::{Error, Result};
-use crate::events::{Event, EventKind, EventMessage};
 use crate::flow::{Reply, StepResult};
 use crate::phone::mask;
 use crate::whatsapp::templates::TemplateMessage;
@@ -54,6 +53,7 @@ pub(super) fn inbound_write(
         provider_message_id: Some(msg.provider_message_id.clone()),
         status: "received",
         outbox_key: None,
+        author: None,
     }];
     let mut outbox = Vec::new();
     for (i, reply) in r.replies.iter().enumerate() {
@@ -63,6 +63,7 @@ pub(super) fn inbound_write(
             inbox_id: Some(msg.id),
             key: &format!("in:{}:{i}", msg.id),
             sendable,
+            author: None,
         };
         out.push_parts(reply, &mut messages, &mut outbox);
     }
@@ -109,6 +110,8 @@ pub(super) struct Outbound<'a> {
     /// False outside the 24-hour window: the message is recorded as
     /// skipped and not sent.
     pub(super) sendable: bool,
+    /// The named agent who wrote it.
+    pub(super) author: Option<&'a str>,
 }
 
 impl<'a> Outbound<'a> {
@@ -120,6 +123,7 @@ impl<'a> Outbound<'a> {
             inbox_id: None,
             key,
             sendable: true,
+            author: None,
         }
     }
 
@@ -140,6 +144,7 @@ impl<'a> Outbound<'a> {
                 provider_message_id: None,
                 status: if self.sendable { "queued" } else { "skipped" },
                 outbox_key: Some(key.clone()),
+                author: self.author.map(str::to_string),
             });
             if !self.sendable {
                 continue;
@@ -172,6 +177,7 @@ impl<'a> Outbound<'a> {
             provider_message_id: None,
             status: "queued",
             outbox_key: Some(self.key.to_string()),
+            author: self.author.map(str::to_string),
         });
         outbox.push(NewOutbox {
             phone: self.phone.to_string(),
@@ -219,9 +225,12 @@ where
 {
     let retries = deps.settings.conflict_retries;
     for n in 0..=retries {
-        let Some((write, made)) = attempt(Snapshot::of(core)).await else {
+        let was_handoff = core.handoff;
+        let Some((mut write, made)) = attempt(Snapshot::of(core)).await else {
             return Ok(None);
         };
+        // The team's webhooks hear of it in the same transaction.
+        deps.webhooks.add_rows(&mut write, was_handoff);
         match persist_one(deps, write).await? {
             Ok(WriteOutcome::Committed { version }) => return Ok(Some(Written::Committed { version, made })),
             Ok(WriteOutcome::AlreadyApplied) => {
@@ -259,6 +268,7 @@ pub(super) fn stored_write(phone: &str, at: &Snapshot, msg: &PendingInbound, bod
             provider_message_id: Some(msg.provider_message_id.clone()),
             status: "received",
             outbox_key: None,
+            author: None,
         }],
         media: media_jobs(phone, msg),
         time: StepTime {
@@ -315,104 +325,4 @@ pub(super) fn same_state(phone: &str, c: &Snapshot) -> StepWrite {
         media: Vec::new(),
         time: StepTime::default(),
     }
-}
-
-/// Stores and queues an agent's message (no flow step), bumping the
-/// version: free-form text only inside the 24-hour window, a template any
-/// time. In a hand-off it restarts the hand-off timeout.
-pub(super) async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core, msg: AgentSend) -> Result<AgentAck> {
-    let key = format!("agent:{}", msg.idempotency_key);
-    if matches!(msg.content, AgentContent::Text(_)) && !Window::now(core.last_customer_at).open {
-        // Another process may have applied the customer's latest message,
-        // and a retry of a request stored while the window was open is
-        // answered "stored": both are read before refusing.
-        if deps.db.outbox_key_exists(phone, &key).await? {
-            return Ok(AgentAck {
-                version: core.version,
-                idempotency_key: msg.idempotency_key,
-                created: false,
-            });
-        }
-        *core = super::state::load_core(deps, phone, std::mem::take(&mut core.recent)).await?;
-        let window = Window::now(core.last_customer_at);
-        if !window.open {
-            return Err(Error::OutsideWindow(window));
-        }
-    }
-    let flow = deps.flows.of(phone);
-    let written = retry_conflicts(deps, phone, core, |at| {
-        let mut w = same_state(phone, &at);
-        w.dedupe_key = Some(key.clone());
-        if at.handoff {
-            w.time.timers = Some(super::time::new_timers(flow.resting_timers(&at.state, true)));
-        }
-        let out = Outbound {
-            phone,
-            origin: "agent",
-            inbox_id: None,
-            key: &key,
-            sendable: true,
-        };
-        match &msg.content {
-            AgentContent::Text(body) => {
-                let text = Reply {
-                    text: body.clone(),
-                    choices: Vec::new(),
-                    list_button: None,
-                };
-                out.push_parts(&text, &mut w.messages, &mut w.outbox);
-            }
-            AgentContent::Template(t) => out.push_template(t, &mut w.messages, &mut w.outbox),
-        }
-        std::future::ready(Some((w, ())))
-    })
-    .await?;
-    let created = matches!(written, Some(Written::Committed { .. }));
-    if let Some(Written::Committed { version, .. }) = written {
-        core.stepped_to(version);
-        let event = Event::conversation(EventKind::AgentMessage, phone, version, &core.state, core.handoff)
-            .with_messages(vec![EventMessage {
-                origin: "agent".into(),
-                body: match &msg.content {
-                    AgentContent::Text(body) => body.clone(),
-                    AgentContent::Template(t) => t.transcript(),
-                },
-            }]);
-        let _ = deps.events.send(event);
-    }
-    Ok(AgentAck {
-        version: core.version,
-        idempotency_key: msg.idempotency_key,
-        created,
-    })
-}
-
-/// Hands the conversation to a human agent or back to the bot.
-pub(super) async fn set_handoff(
-    deps: &SessionDeps,
-    phone: &str,
-    core: &mut Core,
-    on: bool,
-) -> Result<ConversationView> {
-    let flow = deps.flows.of(phone);
-    let written = retry_conflicts(deps, phone, core, |at| {
-        let write = (at.handoff != on).then(|| StepWrite {
-            handoff: on,
-            time: StepTime {
-                timers: Some(super::time::new_timers(flow.resting_timers(&at.state, on))),
-                ..Default::default()
-            },
-            ..same_state(phone, &at)
-        });
-        std::future::ready(write.map(|w| (w, ())))
-    })
-    .await?;
-    if let Some(Written::Committed { version, .. }) = written {
-        core.stepped_to(version);
-        core.handoff = on;
-        let _ = deps
-            .events
-            .send(Event::conversation(EventKind::Handoff, phone, version, &core.state, on));
-    }
-    Ok(view(phone, core))
 }

@@ -130,8 +130,8 @@ fn insert_messages<'c>(conn: &'c AsyncPgConnection, valid: &[&StepWrite]) -> Opt
     let opt = |f: fn(&NewMessage) -> Option<&str>| msgs.iter().map(|m| f(m)).collect::<Vec<Option<&str>>>();
     Some(
         Cached::new(
-            "INSERT INTO messages (phone, direction, origin, body, inbox_id, provider_message_id, status, outbox_key) \
-             SELECT u.phone, u.direction, u.origin, u.body, u.inbox_id, u.provider_message_id, u.status, u.outbox_key \
+            "INSERT INTO messages (phone, direction, origin, body, inbox_id, provider_message_id, status, outbox_key, author) \
+             SELECT u.phone, u.direction, u.origin, u.body, u.inbox_id, u.provider_message_id, u.status, u.outbox_key, u.author \
              FROM unnest(",
         )
         .bind::<Array<Text>, _>(col(|m| &m.phone))
@@ -149,9 +149,11 @@ fn insert_messages<'c>(conn: &'c AsyncPgConnection, valid: &[&StepWrite]) -> Opt
         .bind::<Array<Text>, _>(col(|m| m.status))
         .sql("::text[], ")
         .bind::<Array<Nullable<Text>>, _>(opt(|m| m.outbox_key.as_deref()))
+        .sql("::text[], ")
+        .bind::<Array<Nullable<Text>>, _>(opt(|m| m.author.as_deref()))
         .sql(
             "::text[]) WITH ORDINALITY \
-             AS u(phone, direction, origin, body, inbox_id, provider_message_id, status, outbox_key, ord) \
+             AS u(phone, direction, origin, body, inbox_id, provider_message_id, status, outbox_key, author, ord) \
              ORDER BY u.ord",
         )
         .execute(&mut &*conn),

@@ -38,6 +38,8 @@ pub struct NewMessage {
     pub provider_message_id: Option<String>,
     pub status: &'static str,
     pub outbox_key: Option<String>,
+    /// The named agent who wrote it (`api.tokens`); `None` otherwise.
+    pub author: Option<String>,
 }
 
 /// An outbox row to insert.

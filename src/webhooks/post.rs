@@ -1,0 +1,79 @@
+//! One webhook delivery over HTTP: the row's event as the body, signed,
+//! within the endpoint's timeout. Any answer but 2xx, and any failure to
+//! get one, is retried by the outbox (with backoff, then dead-lettered).
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::signature::Key;
+use super::Webhooks;
+use crate::db::outbox::Claimed;
+use crate::whatsapp::sender::SendOutcome;
+
+/// Posts webhook rows to their endpoints.
+pub struct Poster {
+    client: reqwest::Client,
+    endpoints: Vec<(String, String, Key, Duration)>,
+}
+
+impl Poster {
+    /// Every configured endpoint's URL, key and timeout (their secrets
+    /// were checked when the configuration loaded).
+    pub fn new(webhooks: &Webhooks) -> Self {
+        let endpoints = webhooks
+            .endpoints()
+            .iter()
+            .filter_map(|e| {
+                let key = Key::parse(e.secret.expose()).ok()?;
+                Some((e.name.clone(), e.url.clone(), key, Duration::from_millis(e.timeout_ms)))
+            })
+            .collect();
+        Self {
+            client: reqwest::Client::new(),
+            endpoints,
+        }
+    }
+
+    /// Delivers `row`: `Sent` on a 2xx (its "provider id" the status),
+    /// `Retry` otherwise; `Failed` for a row whose endpoint is no longer
+    /// configured (kept in the dead letters to replay once it is again).
+    pub async fn post(&self, row: &Claimed) -> SendOutcome {
+        let name = row.payload.get("webhook").and_then(Value::as_str).unwrap_or_default();
+        let Some((_, url, key, timeout)) = self.endpoints.iter().find(|(n, ..)| n == name) else {
+            return SendOutcome::Failed {
+                reason: format!("webhook {name:?} is not configured"),
+            };
+        };
+        let mut event = row.payload.clone();
+        if let Some(o) = event.as_object_mut() {
+            o.remove("webhook");
+        }
+        let body = serde_json::to_vec(&event).unwrap_or_default();
+        // The attempt's own time: a consumer refuses one over 5 minutes off.
+        let at = chrono::Utc::now().timestamp();
+        let sent = self
+            .client
+            .post(url)
+            .timeout(*timeout)
+            .header("content-type", "application/json")
+            .header("webhook-id", &row.idempotency_key)
+            .header("webhook-timestamp", at.to_string())
+            .header("webhook-signature", key.sign(&row.idempotency_key, at, &body))
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => SendOutcome::Sent {
+                provider_id: format!("webhook {}", r.status().as_u16()),
+            },
+            Ok(r) => SendOutcome::Retry {
+                reason: format!("webhook {name} answered {}", r.status()),
+            },
+            Err(e) => SendOutcome::Retry {
+                // Without the URL: it may hold a credential.
+                reason: format!("webhook {name}: {}", e.without_url()),
+            },
+        }
+    }
+}

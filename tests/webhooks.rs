@@ -1,0 +1,262 @@
+//! Outgoing webhooks end to end: a consumer of the team's (a local HTTP
+//! server) hears every event of a conversation in order, once per
+//! `webhook-id`, each signed per Standard Webhooks — also after it was
+//! down a while, and without holding the customer's replies meanwhile.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde_json::{json, Value};
+use support::app::{TestApp, APP_SECRET};
+use support::TestDb;
+use switchboard::config::{Secret, WebhookSettings, EVENT_KINDS};
+use switchboard::db::schema::outbox;
+use switchboard::webhooks::signature::Key;
+
+const PHONE: &str = "5215512347788";
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const TOKEN: &str = "webhook-test-token";
+
+/// What the consumer saw: every request, and whether it was taken.
+#[derive(Default)]
+struct Seen {
+    down: bool,
+    refused: usize,
+    /// Taken deliveries: (webhook-id, event).
+    taken: Vec<(String, Value)>,
+    bad_signatures: usize,
+}
+
+struct Consumer {
+    url: String,
+    seen: Arc<Mutex<Seen>>,
+    /// Told on every request.
+    hit: Arc<tokio::sync::Notify>,
+}
+
+async fn receive(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<(Arc<Mutex<Seen>>, Arc<tokio::sync::Notify>)>,
+) -> HttpResponse {
+    let header = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (id, at, sig) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    );
+    let key = Key::parse(SECRET).unwrap();
+    let at: i64 = at.parse().unwrap_or(0);
+    let fresh = (chrono::Utc::now().timestamp() - at).abs() <= 300;
+    let mut seen = state.0.lock().unwrap();
+    let answer = if !key.verify(&id, at, &body, &sig) || !fresh {
+        seen.bad_signatures += 1;
+        HttpResponse::Unauthorized().finish()
+    } else if seen.down {
+        seen.refused += 1;
+        HttpResponse::ServiceUnavailable().finish()
+    } else {
+        seen.taken.push((id, serde_json::from_slice(&body).unwrap()));
+        HttpResponse::NoContent().finish()
+    };
+    drop(seen);
+    state.1.notify_waiters();
+    answer
+}
+
+async fn consumer(down: bool) -> Consumer {
+    let seen = Arc::new(Mutex::new(Seen {
+        down,
+        ..Seen::default()
+    }));
+    let hit = Arc::new(tokio::sync::Notify::new());
+    let data = web::Data::new((seen.clone(), hit.clone()));
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/hook", web::post().to(receive))
+    })
+    .workers(1)
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let port = server.addrs()[0].port();
+    actix_web::rt::spawn(server.run());
+    Consumer {
+        url: format!("http://127.0.0.1:{port}/hook"),
+        seen,
+        hit,
+    }
+}
+
+async fn app(db: &TestDb, url: &str) -> TestApp {
+    let url = url.to_string();
+    TestApp::spawn(
+        db,
+        move |s| {
+            s.whatsapp.app_secret = Some(Secret::new(APP_SECRET));
+            s.api.tokens = vec![Secret::new(TOKEN).into()];
+            s.integrations.webhooks = vec![WebhookSettings {
+                name: "tickets".into(),
+                url,
+                secret: Secret::new(SECRET),
+                events: EVENT_KINDS.iter().map(|k| k.to_string()).collect(),
+                timeout_ms: 2_000,
+            }];
+            // Quick retries: the consumer is down for a few of them.
+            s.outbox.base_delay_ms = 20;
+            s.outbox.max_delay_ms = 100;
+            s.outbox.max_attempts = 1_000;
+        },
+        None,
+    )
+    .await
+}
+
+async fn open_rows(db: &TestDb, webhooks: bool) -> i64 {
+    let lanes = outbox::table.filter(outbox::status.ne("sent")).into_boxed();
+    let lanes = if webhooks {
+        lanes.filter(outbox::phone.like("webhook:%"))
+    } else {
+        lanes.filter(outbox::phone.not_like("webhook:%"))
+    };
+    lanes.count().get_result(&mut db.admin().await).await.unwrap()
+}
+
+#[actix_web::test]
+async fn a_consumer_hears_every_event_in_order_once_signed_after_being_down() {
+    let db = TestDb::migrated().await;
+    let hook = consumer(true).await;
+    let app = app(&db, &hook.url).await;
+    let said = ["hola", "refrigerador", "1234567890", "si"];
+    for (i, text) in said.iter().enumerate() {
+        app.say(PHONE, &format!("wamid.hook.{i}"), text).await;
+    }
+    let conv = format!("/api/conversations/{PHONE}");
+    let post = |path: String, body: Value| app.client.post(app.url(&path)).bearer_auth(TOKEN).json(&body).send();
+    assert_eq!(
+        post(format!("{conv}/handoff"), json!({"active": true}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        post(format!("{conv}/messages"), json!({"text": "Soy Ana."}))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    assert_eq!(
+        post(format!("{conv}/handoff"), json!({"active": false}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Down: it refuses a few attempts; the customer's replies go out meanwhile.
+    loop {
+        let notified = hook.hit.notified();
+        if hook.seen.lock().unwrap().refused >= 3 {
+            break;
+        }
+        notified.await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while open_rows(&db, false).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replies waited for the webhook"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        open_rows(&db, true).await > 0,
+        "the events are still waiting for the consumer"
+    );
+
+    hook.seen.lock().unwrap().down = false;
+    app.engine.outbox().wait_drained().await;
+    let rows: i64 = outbox::table
+        .filter(outbox::phone.like("webhook:tickets:%"))
+        .count()
+        .get_result(&mut db.admin().await)
+        .await
+        .unwrap();
+    let (bad_signatures, taken) = {
+        let seen = hook.seen.lock().unwrap();
+        (seen.bad_signatures, seen.taken.clone())
+    };
+    assert_eq!(bad_signatures, 0);
+    assert_eq!(taken.len() as i64, rows, "each event once");
+    let mut ids: Vec<&str> = taken.iter().map(|(id, _)| id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), taken.len(), "one delivery per webhook-id");
+
+    let events: Vec<&Value> = taken.iter().map(|(_, e)| e).collect();
+    // In the conversation's order: versions never go back.
+    let versions: Vec<i64> = events.iter().map(|e| e["data"]["version"].as_i64().unwrap()).collect();
+    assert!(versions.windows(2).all(|w| w[0] <= w[1]), "{versions:?}");
+    let received: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "message.received")
+        .map(|e| e["data"]["message"]["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(received, said);
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    for kind in [
+        "message.queued",
+        "outcome.recorded",
+        "handoff.requested",
+        "handoff.returned",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    let pos = |k: &str| kinds.iter().position(|x| *x == k).unwrap();
+    assert!(pos("outcome.recorded") < pos("handoff.requested") && pos("handoff.requested") < pos("handoff.returned"));
+    let agent = events
+        .iter()
+        .find(|e| e["type"] == "message.queued" && e["data"]["message"]["origin"] == "agent")
+        .expect("the agent's message");
+    assert_eq!(agent["data"]["message"]["body"], "Soy Ana.");
+    assert!(events
+        .iter()
+        .all(|e| e["data"]["conversation"] == PHONE && e["timestamp"].is_string()));
+    app.stop().await;
+}
+
+#[test]
+fn a_webhook_is_refused_at_load_naming_what_is_wrong() {
+    let text = r#"
+[[integrations.webhooks]]
+name = "tickets"
+url = "ftp://example.com"
+secret = "not-a-secret!"
+events = ["message.received", "message.deleted"]
+"#;
+    let problems = match switchboard::config::parse_str(text) {
+        Err(switchboard::config::ConfigError::Invalid(p)) => p.join("\n"),
+        other => panic!("refused as invalid, not {other:?}"),
+    };
+    for part in [
+        "integrations.webhooks[0].url",
+        "integrations.webhooks[0].secret",
+        "unknown kind \"message.deleted\"",
+    ] {
+        assert!(problems.contains(part), "{part} in:\n{problems}");
+    }
+}
