@@ -19,10 +19,12 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use support::app::{status, text_message, TestApp};
 use support::TestDb;
-use switchboard::config::{Secret, TemplateSettings};
+use switchboard::config::{ApiToken, Role, Secret, TemplateSettings};
 use switchboard::db::schema::messages;
 
 const TOKEN: &str = "console-test-token";
+/// A named agent's token (role `agent`: the conversations, no operations).
+const ANA_TOKEN: &str = "t-ana";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A chromedriver process, killed on drop.
@@ -205,7 +207,7 @@ async fn console_app(db: &TestDb, more: impl FnOnce(&mut switchboard::config::Se
     TestApp::spawn(
         db,
         |s| {
-            s.api.tokens = vec![Secret::new(TOKEN)];
+            s.api.tokens = vec![Secret::new(TOKEN).into()];
             s.whatsapp.app_secret = Some(Secret::new(support::app::APP_SECRET));
             more(s);
         },
@@ -216,9 +218,14 @@ async fn console_app(db: &TestDb, more: impl FnOnce(&mut switchboard::config::Se
 
 /// Opens the console and signs in with the token.
 async fn sign_in(c: &Client, app: &TestApp) {
+    sign_in_with(c, app, TOKEN).await;
+}
+
+/// Opens the console and signs in with `token`.
+async fn sign_in_with(c: &Client, app: &TestApp, token: &str) {
     c.goto(&app.url("/console")).await.unwrap();
     until(c, "the sign-in form", "!document.getElementById('login').hidden").await;
-    type_into(c, "#token", TOKEN).await;
+    type_into(c, "#token", token).await;
     click(c, "#login-button").await;
 }
 
@@ -588,7 +595,7 @@ async fn the_console_shows_a_username_contact_and_the_photo_it_sent() {
         &db,
         |s| {
             s.whatsapp = whatsapp;
-            s.api.tokens = vec![Secret::new(TOKEN)];
+            s.api.tokens = vec![Secret::new(TOKEN).into()];
             s.media.dir = media_dir;
             s.media.poll_interval_ms = 20;
         },
@@ -755,6 +762,205 @@ async fn the_console_shows_the_closed_window_and_sends_a_template() {
     save_screenshot(&c, "template.png").await;
     let errors = errors_past_sign_in(&c).await;
     assert!(errors.is_empty(), "browser console errors: {errors:?}");
+    c.close().await.unwrap();
+    app.stop().await;
+}
+
+/// An agent's message through the API, written with `token` (and its name).
+async fn agent_says(app: &TestApp, token: &str, phone: &str, text: &str) {
+    let r = app
+        .client
+        .post(app.url(&format!("/api/conversations/{phone}/messages")))
+        .bearer_auth(token)
+        .json(&json!({"text": text}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{text}");
+}
+
+/// The ids of `phone`'s stored messages, oldest first.
+async fn message_ids(db: &TestDb, phone: &str) -> Vec<i64> {
+    messages::table
+        .filter(messages::phone.eq(phone))
+        .order(messages::id.asc())
+        .select(messages::id)
+        .load(&mut db.admin().await)
+        .await
+        .unwrap()
+}
+
+/// JavaScript: whether a message with body `text` is in the list.
+fn shown(text: &str) -> String {
+    format!("[...document.querySelectorAll('#messages .msg .body')].some(e => e.textContent === {text:?})")
+}
+
+/// JavaScript: the origin label of the agent message with body `text`.
+fn origin_of(text: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#messages .msg.agent')].find(e => e.querySelector('.body').textContent === {text:?})\
+         .querySelector('.origin')"
+    )
+}
+
+#[actix_web::test]
+async fn the_console_pages_back_through_history_and_names_the_agents() {
+    let db = TestDb::migrated().await;
+    let app = console_app(&db, |s| {
+        s.api.tokens = vec![
+            ApiToken::named("Ana", ANA_TOKEN, Role::Agent),
+            Secret::new(TOKEN).into(),
+        ];
+    })
+    .await;
+    // More than a page (50) of history: customer messages with the bot's
+    // replies, Ana's messages early and late, one of an anonymous token.
+    let phone = "5215598760001";
+    let first = "hola, les escribo por primera vez";
+    let ana_early = "Hola, soy Ana; reviso tu caso.";
+    let ana_late = "Ana otra vez: ya casi queda.";
+    let anonymous = "Mensaje del equipo.";
+    app.say(phone, "wamid.page.0", first).await;
+    agent_says(&app, ANA_TOKEN, phone, ana_early).await;
+    for i in 1..28 {
+        app.say(phone, &format!("wamid.page.{i}"), "hola").await;
+    }
+    agent_says(&app, ANA_TOKEN, phone, ana_late).await;
+    agent_says(&app, TOKEN, phone, anonymous).await;
+    app.say(phone, "wamid.page.last", "gracias").await;
+    let ids = message_ids(&db, phone).await;
+    assert!(
+        (51..=100).contains(&ids.len()),
+        "one page back holds the rest: {} messages",
+        ids.len()
+    );
+
+    let driver = Driver::start();
+    let profile = tempfile::tempdir().unwrap();
+    let c = driver.browser(profile.path()).await;
+    sign_in_with(&c, &app, ANA_TOKEN).await;
+    until(&c, "the console", "!document.getElementById('app').hidden").await;
+
+    // An agent's token: a note where the operations panel was.
+    until(
+        &c,
+        "the note instead of the operations panel",
+        "!document.getElementById('ops-note').hidden && document.getElementById('ops-toggle').hidden \
+         && document.getElementById('ops').hidden \
+         && getComputedStyle(document.getElementById('ops')).display === 'none'",
+    )
+    .await;
+    assert_eq!(
+        js(&c, "document.getElementById('ops-note').textContent").await,
+        "Operations: admins only"
+    );
+
+    let row = format!("li.conv[data-phone='{phone}']");
+    until(&c, "the conversation", &format!("document.querySelector(\"{row}\")")).await;
+    click(&c, &row).await;
+
+    // The newest page: the latest messages, the first one a page back.
+    until(&c, "the newest customer message", &shown("gracias")).await;
+    until(&c, "the anonymous agent's message", &shown(anonymous)).await;
+    until(
+        &c,
+        "the mark of older messages",
+        "document.getElementById('history-mark').dataset.older === 'true'",
+    )
+    .await;
+    assert_eq!(js(&c, &shown(first)).await, false, "the first message is a page back");
+
+    // Ana's message names her; the anonymous token's says "agent" alone.
+    assert_eq!(
+        js(
+            &c,
+            &format!("{}.querySelector('.author').textContent", origin_of(ana_late))
+        )
+        .await,
+        "Ana"
+    );
+    assert_eq!(js(&c, &format!("{}.textContent", origin_of(anonymous))).await, "agent");
+
+    // Scrolled to the top, the page before loads above; the message that
+    // was first stays where it was on screen.
+    Client::execute(
+        &c,
+        "const ol = document.getElementById('messages'); \
+         const m = ol.querySelector('.msg'); \
+         window.__anchor = m.dataset.id; \
+         ol.scrollTop = 0; \
+         window.__anchorTop = m.getBoundingClientRect().top;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    until(&c, "the first message, a page back", &shown(first)).await;
+    until(
+        &c,
+        "the start of the conversation",
+        "document.getElementById('history-mark').dataset.older === 'false' \
+         && document.getElementById('history-mark').textContent === 'start of the conversation'",
+    )
+    .await;
+    let moved = js(
+        &c,
+        "Math.abs(document.querySelector('#messages .msg[data-id=\"' + window.__anchor + '\"]')\
+         .getBoundingClientRect().top - window.__anchorTop)",
+    )
+    .await;
+    assert!(
+        moved.as_f64().unwrap() < 3.0,
+        "the message looked at stayed in place: moved {moved} px"
+    );
+    let in_list = "[...document.querySelectorAll('#messages .msg')].map(e => Number(e.dataset.id))";
+    assert_eq!(js(&c, in_list).await, json!(ids), "every message once, in order");
+    // The older page names Ana too.
+    assert_eq!(
+        js(
+            &c,
+            &format!("{}.querySelector('.author').textContent", origin_of(ana_early))
+        )
+        .await,
+        "Ana"
+    );
+    save_screenshot(&c, "history.png").await;
+
+    // Ana takes over: the header names her.
+    click(&c, "#handoff-button").await;
+    until(
+        &c,
+        "Ana's hand-off",
+        "document.getElementById('conv-handoff').textContent === 'Ana has it'",
+    )
+    .await;
+    // A live refresh (a new customer message) keeps the older page.
+    app.say(phone, "wamid.page.after", "sigo aquí").await;
+    until(&c, "the new message, live", &shown("sigo aquí")).await;
+    assert_eq!(js(&c, &shown(first)).await, true, "the older page is kept");
+    let ids = message_ids(&db, phone).await;
+    assert_eq!(js(&c, in_list).await, json!(ids), "every message once, in order");
+
+    // Handed back, the header says who did.
+    click(&c, "#handoff-button").await;
+    until(
+        &c,
+        "Ana's hand-back",
+        "document.getElementById('conv-handoff').textContent === 'the bot has it (handed back by Ana)'",
+    )
+    .await;
+
+    // No console errors, but the one 403 that told the console this token
+    // is an agent's (the browser logs every refused load; the panel then
+    // asks no more).
+    let (forbidden, others): (Vec<String>, Vec<String>) = errors_past_sign_in(&c)
+        .await
+        .into_iter()
+        .partition(|e| e.contains("/api/admin/overview") && e.contains("403"));
+    assert!(others.is_empty(), "browser console errors: {others:?}");
+    assert!(
+        forbidden.len() <= 1,
+        "the operations figures asked for once: {forbidden:?}"
+    );
     c.close().await.unwrap();
     app.stop().await;
 }

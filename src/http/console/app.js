@@ -9,11 +9,17 @@ const TOKEN_KEY = "switchboard.token";
 const UNREAD_KEY = "switchboard.unread";
 const CHART_POINTS = 60; // 2 minutes at one sample every 2 s
 const OPS_EVERY_MS = 2000;
+const PAGE = 50; // messages per page of history
+const NEAR_TOP_PX = 40; // this close to the top, the page before is read
 
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY) || "",
+  admin: null, // whether the token may read the operations figures (an agent's may not)
   open: null, // the phone of the open conversation
-  conversation: null, // its last fetched answer
+  conversation: null, // its last fetched answer (the newest page of its history)
+  messages: [], // every message shown: older pages the agent read, then the newest page
+  olderBefore: null, // the id to page back from (`older_before`); null: the start is shown
+  olderLoad: null, // the page-back request in flight (one at a time)
   pending: [], // agent messages not in the last fetch: {key, text, status, error, ackedAt}
   templateList: null, // the template list the form's <select> was built from (JSON)
   templateShown: null, // the template whose parameter inputs are shown
@@ -77,8 +83,15 @@ function describe(e) {
 
 async function signIn(token) {
   state.token = token;
-  // Any protected read tells whether the token is good.
-  await api("/api/admin/overview", { probe: true });
+  // Any protected read tells whether the token is good; this one also
+  // whether it is an admin's: an agent's is good but refused it (403).
+  try {
+    await api("/api/admin/overview", { probe: true });
+    state.admin = true;
+  } catch (e) {
+    if (e.status !== 403) throw e;
+    state.admin = false;
+  }
   sessionStorage.setItem(TOKEN_KEY, token);
   $("login").hidden = true;
   $("app").hidden = false;
@@ -89,6 +102,7 @@ async function signIn(token) {
 function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   state.token = "";
+  state.admin = null;
   stopApp();
   $("app").hidden = true;
   $("login").hidden = false;
@@ -209,6 +223,7 @@ async function openConversation(phone) {
   state.open = phone;
   state.pending = [];
   state.conversation = null;
+  forgetHistory();
   delete state.unread[phone];
   saveUnread();
   $("app").classList.add("open");
@@ -230,27 +245,113 @@ function closeConversation() {
   state.open = null;
   state.conversation = null;
   state.pending = [];
+  forgetHistory();
   $("app").classList.remove("open");
   $("conversation").hidden = true;
   $("placeholder").hidden = false;
   refreshList();
 }
 
+// The API path of a conversation, with `query` (e.g. a page of its
+// history) when given. The phone is the key the list gave, which already
+// names its business number: no `?number=` goes with it.
+function conversationPath(phone, query) {
+  const path = "/api/conversations/" + encodeURIComponent(phone);
+  return query ? path + "?" + new URLSearchParams(query) : path;
+}
+
+function forgetHistory() {
+  state.messages = [];
+  state.olderBefore = null;
+  state.olderLoad = null;
+}
+
+// Reads the newest page again (on every event of the conversation).
 async function refreshConversation() {
   const phone = state.open;
   if (!phone) return;
   const started = performance.now();
   try {
-    const data = await api("/api/conversations/" + encodeURIComponent(phone));
+    const data = await api(conversationPath(phone));
     if (state.open !== phone) return;
     state.conversation = data;
+    mergeNewest(data);
     // Messages acknowledged before this read began are in it now.
     state.pending = state.pending.filter((p) => !(p.status === "sent" && p.ackedAt <= started));
     $("conv-error").textContent = state.templateError;
     renderConversation();
+    maybeLoadOlder();
   } catch (e) {
     if (state.open === phone && e.status !== 401) $("conv-error").textContent = describe(e);
   }
+}
+
+// The newest page into what is shown: the older pages the agent paged back
+// through stay; the newest messages (their statuses may have moved) are
+// replaced by the page's.
+function mergeNewest(data) {
+  const page = data.messages;
+  const had = state.messages;
+  const first = page.length ? page[0].id : null;
+  const last = had.length ? had[had.length - 1].id : null;
+  // A page that does not reach back to what was shown (a page or more
+  // arrived meanwhile) could leave a hole between them: start from it alone.
+  if (first === null || last === null || first > last) {
+    state.messages = page.slice();
+    state.olderBefore = data.older_before;
+    return;
+  }
+  const kept = had.filter((m) => m.id < first);
+  state.messages = kept.concat(page);
+  if (!kept.length) state.olderBefore = data.older_before;
+}
+
+// A list not laid out (hidden) is at no top: paging back would not stop.
+function nearTop() {
+  const ol = $("messages");
+  return ol.clientHeight > 0 && ol.scrollTop < NEAR_TOP_PX;
+}
+
+// At the top of the list with more history behind it: read the page before.
+function maybeLoadOlder() {
+  if (state.conversation && state.olderBefore !== null && !state.olderLoad && nearTop()) loadOlder();
+}
+
+// Reads the page before the oldest message shown and puts it on top, the
+// message the agent was looking at staying where it was on screen.
+async function loadOlder() {
+  const phone = state.open;
+  const before = state.olderBefore;
+  if (!phone || before === null || state.olderLoad) return;
+  const load = { phone, before };
+  state.olderLoad = load;
+  renderHistoryMark();
+  let data = null;
+  try {
+    data = await api(conversationPath(phone, { before: String(before), limit: String(PAGE) }));
+  } catch (e) {
+    // No retry by itself: the next scroll to the top (or the button) asks again.
+    if (state.olderLoad === load && e.status !== 401) $("conv-error").textContent = "Older messages: " + describe(e);
+  }
+  // Another conversation opened meanwhile: its own state is not touched.
+  if (state.olderLoad !== load) return;
+  state.olderLoad = null;
+  // A refresh that started over meanwhile has its own place to page back from.
+  if (!data || state.olderBefore !== before) {
+    renderHistoryMark();
+    return;
+  }
+  const ol = $("messages");
+  // Messages put on top leave the distance from the bottom as it was.
+  const fromBottom = ol.scrollHeight - ol.scrollTop;
+  const have = new Set(state.messages.map((m) => m.id));
+  const older = data.messages.filter((m) => m.id < before && !have.has(m.id));
+  state.messages = older.concat(state.messages);
+  state.olderBefore = data.older_before;
+  renderConversation();
+  ol.scrollTop = ol.scrollHeight - fromBottom;
+  // A page too short to scroll leaves the agent at the top still.
+  maybeLoadOlder();
 }
 
 const ORIGIN_LABEL = { user: "customer", bot: "bot", agent: "agent" };
@@ -271,7 +372,7 @@ function renderConversation() {
   const s = data.session;
   $("conv-state").textContent = s.flow_state;
   $("conv-version").textContent = String(s.version);
-  $("conv-handoff").textContent = s.handoff ? "an agent has it" : "the bot has it";
+  $("conv-handoff").textContent = handoffLabel(s);
   const hb = $("handoff-button");
   hb.textContent = s.handoff ? "Hand back to bot" : "Take over";
   hb.dataset.active = String(s.handoff);
@@ -283,11 +384,12 @@ function renderConversation() {
 
   const ol = $("messages");
   const atBottom = ol.scrollHeight - ol.scrollTop - ol.clientHeight < 40;
-  ol.replaceChildren();
-  for (const m of data.messages) {
+  const top = ol.scrollTop;
+  ol.replaceChildren(historyMark());
+  for (const m of state.messages) {
     const li = el("li", `msg ${m.direction} ${m.origin}`);
     li.dataset.id = String(m.id);
-    li.append(el("div", "origin", ORIGIN_LABEL[m.origin] || m.origin));
+    li.append(originLabel(m.origin, m.author));
     if (m.context_id) li.append(el("div", "context", "↩ in reply to an earlier message"));
     if (m.reacts_to) li.append(el("div", "context", "reacted to a message"));
     li.append(el("div", "body", m.body));
@@ -302,7 +404,58 @@ function renderConversation() {
     ol.append(li);
   }
   for (const p of state.pending) ol.append(pendingItem(p));
-  if (atBottom || state.pending.length) ol.scrollTop = ol.scrollHeight;
+  // Rebuilt, the list keeps its place (an agent reading older pages is not
+  // moved by a new message), unless it was following the newest.
+  ol.scrollTop = atBottom || state.pending.length ? ol.scrollHeight : top;
+}
+
+// Who has the conversation, and which named agent took it or handed it
+// back (`_handoff_by`; not set when an anonymous token did).
+function handoffLabel(s) {
+  const by = s.data && typeof s.data._handoff_by === "string" ? s.data._handoff_by : "";
+  if (s.handoff) return by ? by + " has it" : "an agent has it";
+  return by ? "the bot has it (handed back by " + by + ")" : "the bot has it";
+}
+
+// Above a message: where it came from; for an agent's, the agent's name
+// when the token that wrote it has one.
+function originLabel(origin, author) {
+  const label = el("div", "origin", ORIGIN_LABEL[origin] || origin);
+  if (origin === "agent" && author) {
+    label.append(" · ");
+    label.append(el("span", "author", author));
+  }
+  return label;
+}
+
+// The first item of the list: more history to page back to, or its start.
+function historyMark() {
+  const li = el("li", "history");
+  li.id = "history-mark";
+  fillHistoryMark(li);
+  return li;
+}
+
+function renderHistoryMark() {
+  const li = $("history-mark");
+  if (li) fillHistoryMark(li);
+}
+
+function fillHistoryMark(li) {
+  const more = state.olderBefore !== null;
+  li.dataset.older = String(more);
+  li.replaceChildren();
+  if (!more) {
+    li.textContent = "start of the conversation";
+  } else if (state.olderLoad) {
+    li.textContent = "loading older messages…";
+  } else {
+    // Scrolling up loads them; the button does for a keyboard.
+    const b = el("button", "older", "↑ older messages");
+    b.type = "button";
+    b.addEventListener("click", loadOlder);
+    li.append(b);
+  }
 }
 
 // ---------- the 24-hour window and templates ----------
@@ -625,7 +778,7 @@ function schedule(name, fn, ms) {
 
 function onEvent(e) {
   if (e.kind === "breaker_state") {
-    schedule("ops", refreshOps, 100);
+    if (state.admin !== false) schedule("ops", refreshOps, 100);
     return;
   }
   if (e.kind === "transition" && e.phone !== state.open) {
@@ -671,6 +824,14 @@ async function refreshOps() {
     drawChart();
   } catch (e) {
     if (e.status === 401) return;
+    // The token became an agent's (a configuration reload): no more asking.
+    if (e.status === 403) {
+      state.admin = false;
+      clearInterval(state.timers.opsInterval);
+      delete state.timers.opsInterval;
+      applyRole();
+      return;
+    }
     ready = "unreachable: " + describe(e);
     $("ops-ready").className = "bad";
   }
@@ -712,14 +873,26 @@ function drawChart() {
 // over it on a narrow one: shown by default only when there is room.
 const WIDE = window.matchMedia("(min-width: 761px)");
 function fitOps() {
-  $("app").classList.toggle("show-ops", WIDE.matches);
+  $("app").classList.toggle("show-ops", WIDE.matches && state.admin !== false);
+}
+
+// An agent's token may not read the operations figures (403): the panel and
+// its button give way to a note, instead of an error every two seconds.
+function applyRole() {
+  const admin = state.admin !== false;
+  $("ops").hidden = !admin;
+  $("ops-toggle").hidden = !admin;
+  $("ops-note").hidden = admin;
+  fitOps();
 }
 
 function startApp() {
-  fitOps();
+  applyRole();
   refreshList();
-  refreshOps();
-  state.timers.opsInterval = setInterval(refreshOps, OPS_EVERY_MS);
+  if (state.admin !== false) {
+    refreshOps();
+    state.timers.opsInterval = setInterval(refreshOps, OPS_EVERY_MS);
+  }
   runStream();
 }
 
@@ -763,6 +936,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("template-name").addEventListener("change", renderTemplateParams);
   $("back").addEventListener("click", closeConversation);
+  $("messages").addEventListener("scroll", maybeLoadOlder, { passive: true });
   $("handoff-button").addEventListener("click", toggleHandoff);
   $("ops-toggle").addEventListener("click", () => $("app").classList.toggle("show-ops"));
   WIDE.addEventListener("change", fitOps);
