@@ -101,6 +101,10 @@ async fn consumer(down: bool) -> Consumer {
 }
 
 async fn app(db: &TestDb, url: &str) -> TestApp {
+    app_with_attempts(db, url, 1_000).await
+}
+
+async fn app_with_attempts(db: &TestDb, url: &str, attempts: i32) -> TestApp {
     let url = url.to_string();
     TestApp::spawn(
         db,
@@ -117,7 +121,7 @@ async fn app(db: &TestDb, url: &str) -> TestApp {
             // Quick retries: the consumer is down for a few of them.
             s.outbox.base_delay_ms = 20;
             s.outbox.max_delay_ms = 100;
-            s.outbox.max_attempts = 1_000;
+            s.outbox.max_attempts = attempts;
         },
         None,
     )
@@ -236,6 +240,51 @@ async fn a_consumer_hears_every_event_in_order_once_signed_after_being_down() {
     assert!(events
         .iter()
         .all(|e| e["data"]["conversation"] == PHONE && e["timestamp"].is_string()));
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_delivery_that_fails_every_attempt_is_a_dead_letter_and_its_replay_delivers_it() {
+    let db = TestDb::migrated().await;
+    let hook = consumer(true).await;
+    let app = app_with_attempts(&db, &hook.url, 2).await;
+    app.say(PHONE, "wamid.hook.dead", "hola").await;
+    app.engine.outbox().wait_drained().await;
+    let letters = app.get_json("/api/admin/dead-letters", TOKEN).await;
+    let lanes: Vec<&Value> = letters["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["phone"].as_str().unwrap().starts_with("webhook:tickets:"))
+        .collect();
+    assert!(!lanes.is_empty(), "{letters}");
+    assert!(
+        lanes.iter().all(|l| l["reason"].as_str().unwrap().contains("503")),
+        "{letters}"
+    );
+    assert!(hook.seen.lock().unwrap().taken.is_empty());
+
+    hook.seen.lock().unwrap().down = false;
+    for l in &lanes {
+        let path = format!(
+            "/api/admin/dead-letters/{}/{}/replay",
+            l["phone"].as_str().unwrap(),
+            l["id"]
+        );
+        let r = app.client.post(app.url(&path)).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(r.status(), 202, "{path}");
+    }
+    app.engine.outbox().wait_drained().await;
+    let taken: Vec<String> = hook
+        .seen
+        .lock()
+        .unwrap()
+        .taken
+        .iter()
+        .map(|(_, e)| e["type"].to_string())
+        .collect();
+    assert_eq!(taken.len(), lanes.len(), "each replayed once: {taken:?}");
+    assert!(taken.iter().any(|t| t.contains("message.received")), "{taken:?}");
     app.stop().await;
 }
 

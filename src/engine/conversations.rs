@@ -191,7 +191,11 @@ impl Engine {
     /// [`crate::db::dead_letters::replay`]) and wakes whatever must act on it.
     pub async fn replay_dead_letter(&self, phone: &str, id: i64) -> Result<()> {
         self.check_running()?;
-        let phone = self.inner.numbers.checked_key(phone).map_err(Error::InvalidInput)?;
+        // A webhook delivery's lane (`webhook:<name>:<conversation>`) is no phone.
+        let phone = match crate::webhooks::is_lane(phone) {
+            true => phone.to_string(),
+            false => self.inner.numbers.checked_key(phone).map_err(Error::InvalidInput)?,
+        };
         let db = &self.inner.db;
         let (phone, source) = db
             .run("replay_dead_letter", |c| {

@@ -59,7 +59,10 @@ async fn replay(
 ) -> Result<HttpResponse, ApiError> {
     authorize_admin(&state, &req)?;
     let (phone, id) = path.into_inner();
-    let phone = conversation_path::listed(&state, &phone)?;
+    let phone = match crate::webhooks::is_lane(&phone) {
+        true => phone,
+        false => conversation_path::listed(&state, &phone)?,
+    };
     state.engine.replay_dead_letter(&phone, id).await?;
     Ok(HttpResponse::Accepted().json(json!({"replayed": id})))
 }
