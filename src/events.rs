@@ -33,8 +33,8 @@ pub struct EventMessage {
     /// `user`, `bot` or `agent`.
     pub origin: std::borrow::Cow<'static, str>,
     pub body: String,
-    /// The named agent who wrote an agent message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The named agent who wrote an agent message (`name` in the JSON).
+    #[serde(rename = "name", default, skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
 }
 

@@ -104,14 +104,14 @@ async fn agent_messages_and_hand_offs_carry_the_agents_names() {
             .unwrap_or_else(|| panic!("{body} in {got}"))
             .clone()
     };
-    assert_eq!(by_body("Hola, soy Ana.")["author"], "Ana");
-    assert_eq!(by_body("Soy Luis, su supervisor.")["author"], "Luis");
+    assert_eq!(by_body("Hola, soy Ana.")["name"], "Ana");
+    assert_eq!(by_body("Soy Luis, su supervisor.")["name"], "Luis");
     let anonymous = by_body("Aviso del sistema.");
     assert_eq!(
-        (anonymous["origin"].as_str(), anonymous.get("author")),
+        (anonymous["origin"].as_str(), anonymous.get("name")),
         (Some("agent"), None)
     );
-    assert_eq!(by_body("hola").get("author"), None, "the customer has no agent name");
+    assert_eq!(by_body("hola").get("name"), None, "the customer has no agent name");
     // Luis returns it to the bot; an anonymous token clears the name.
     let r = post(&app, &format!("{conv}/handoff"), LUIS, json!({"active": false})).await;
     let back: Value = r.json().await.unwrap();

@@ -15,7 +15,7 @@ use diesel_async::RunQueryDsl;
 use serde_json::{json, Value};
 use support::app::{TestApp, APP_SECRET};
 use support::TestDb;
-use switchboard::config::{Secret, WebhookSettings, EVENT_KINDS};
+use switchboard::config::{Secret, WebhookSettings};
 use switchboard::db::schema::outbox;
 use switchboard::webhooks::signature::Key;
 
@@ -111,11 +111,12 @@ async fn app_with_attempts(db: &TestDb, url: &str, attempts: i32) -> TestApp {
         move |s| {
             s.whatsapp.app_secret = Some(Secret::new(APP_SECRET));
             s.api.tokens = vec![Secret::new(TOKEN).into()];
+            // No name (it is `webhook1`) and no kinds: every event.
             s.integrations.webhooks = vec![WebhookSettings {
-                name: "tickets".into(),
+                name: String::new(),
                 url,
                 secret: Secret::new(SECRET),
-                events: EVENT_KINDS.iter().map(|k| k.to_string()).collect(),
+                events: Vec::new(),
                 timeout_ms: 2_000,
             }];
             // Quick retries: the consumer is down for a few of them.
@@ -195,7 +196,7 @@ async fn a_consumer_hears_every_event_in_order_once_signed_after_being_down() {
     hook.seen.lock().unwrap().down = false;
     app.engine.outbox().wait_drained().await;
     let rows: i64 = outbox::table
-        .filter(outbox::phone.like("webhook:tickets:%"))
+        .filter(outbox::phone.like("webhook:webhook1:%"))
         .count()
         .get_result(&mut db.admin().await)
         .await
@@ -222,24 +223,21 @@ async fn a_consumer_hears_every_event_in_order_once_signed_after_being_down() {
         .collect();
     assert_eq!(received, said);
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    for kind in [
-        "message.queued",
-        "outcome.recorded",
-        "handoff.requested",
-        "handoff.returned",
-    ] {
-        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
-    }
-    let pos = |k: &str| kinds.iter().position(|x| *x == k).unwrap();
-    assert!(pos("outcome.recorded") < pos("handoff.requested") && pos("handoff.requested") < pos("handoff.returned"));
-    let agent = events
-        .iter()
-        .find(|e| e["type"] == "message.queued" && e["data"]["message"]["origin"] == "agent")
-        .expect("the agent's message");
-    assert_eq!(agent["data"]["message"]["body"], "Soy Ana.");
-    assert!(events
-        .iter()
-        .all(|e| e["data"]["conversation"] == PHONE && e["timestamp"].is_string()));
+    let tail: Vec<&str> = kinds.iter().copied().filter(|k| *k != "message.received").collect();
+    assert_eq!(tail, ["outcome", "handoff", "handoff"], "{kinds:?}");
+    let handoffs: Vec<&Value> = events.iter().filter(|e| e["type"] == "handoff").copied().collect();
+    assert_eq!(
+        (
+            handoffs[0]["data"]["active"].as_bool(),
+            handoffs[1]["data"]["active"].as_bool()
+        ),
+        (Some(true), Some(false))
+    );
+    let outcome = events.iter().find(|e| e["type"] == "outcome").unwrap();
+    assert!(outcome["data"]["outcome"]["ticket"].is_string(), "{outcome}");
+    assert!(events.iter().all(|e| e["conversation"]["contact"] == PHONE
+        && e["conversation"].get("number").is_some()
+        && e["timestamp"].is_string()));
     app.stop().await;
 }
 
@@ -255,7 +253,7 @@ async fn a_delivery_that_fails_every_attempt_is_a_dead_letter_and_its_replay_del
         .as_array()
         .unwrap()
         .iter()
-        .filter(|l| l["phone"].as_str().unwrap().starts_with("webhook:tickets:"))
+        .filter(|l| l["phone"].as_str().unwrap().starts_with("webhook:webhook1:"))
         .collect();
     assert!(!lanes.is_empty(), "{letters}");
     assert!(

@@ -58,7 +58,7 @@ impl Settings {
             "media.lease_ms",
             "must exceed twice media.timeout_ms (a fetch is two requests)",
         );
-        p.0.extend(super::integrations::problems(&self.integrations));
+        p.0.extend(super::integrations::problems(&self.integrations, self.outbox.lease_ms));
         for why in super::tokens::problems(&self.api.tokens) {
             p.check(false, "api.tokens", &why);
         }

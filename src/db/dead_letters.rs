@@ -122,8 +122,9 @@ pub async fn replay(conn: &mut AsyncPgConnection, phone: &str, id: i64) -> Resul
                 // Under the conversation's lock, as a step inserting rows
                 // takes it: a step's claim at insert and this row's return
                 // to the line never cross (see `outbox::claim`).
+                // A webhook lane's row: its conversation's lock.
                 diesel::sql_query("SELECT 1 FROM sessions WHERE phone = $1 FOR UPDATE")
-                    .bind::<diesel::sql_types::Text, _>(&phone)
+                    .bind::<diesel::sql_types::Text, _>(super::outbox::conversation_of(&phone))
                     .execute(conn)
                     .await?;
                 diesel::update(outbox::table.find((&phone, source_id)))

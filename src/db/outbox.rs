@@ -285,6 +285,19 @@ pub async fn backlog(conn: &mut AsyncPgConnection) -> Result<i64> {
         .await?)
 }
 
+/// The prefix of a webhook lane's key, `webhook:<name>:<conversation>`: one
+/// endpoint's events of one conversation, in the `phone` column.
+pub const WEBHOOK_LANE: &str = "webhook:";
+
+/// The conversation a row's key belongs to: its own, or a lane's (the
+/// name in a lane holds no `:`).
+pub fn conversation_of(key: &str) -> &str {
+    match key.strip_prefix(WEBHOOK_LANE) {
+        Some(rest) => rest.split_once(':').map_or(rest, |(_, conversation)| conversation),
+        None => key,
+    }
+}
+
 /// Applies a delivery status webhook to our outbound message with that
 /// provider id. Returns the message's phone if one was updated. A status
 /// never moves backwards (`read` is not overwritten by a late `delivered`).

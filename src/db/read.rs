@@ -137,8 +137,9 @@ pub struct MessageRow {
     pub error: Option<String>,
     pub provider_message_id: Option<String>,
     pub created_at: DateTime<Utc>,
-    /// The named agent who wrote an agent message.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The named agent who wrote an agent message (`name` in the JSON, as
+    /// the interface contract says).
+    #[serde(rename = "name", skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context_id: Option<String>,

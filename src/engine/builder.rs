@@ -111,7 +111,7 @@ impl EngineBuilder {
         let receipts = Arc::new(ReadReceipts::new(sender.clone(), numbers.clone()));
         let dispatcher = Dispatcher::start(
             db.clone(),
-            parts.outbound(sender, &numbers),
+            parts.outbound(sender, &numbers, settings.outbox.concurrency),
             settings.outbox.clone(),
             parts.outbound_breakers.clone(),
             parts.send_queue.clone(),
@@ -275,7 +275,7 @@ impl Parts {
         }
     }
 
-    fn new(settings: &Settings, numbers: &Numbers) -> Self {
+    fn new(settings: &Settings, numbers: &Arc<Numbers>) -> Self {
         let ai_breaker = CircuitBreaker::new("ai", settings.ai.breaker.clone());
         let outbound_breakers = OutboundBreakers::new(&settings.outbox.breaker, numbers);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
@@ -294,17 +294,17 @@ impl Parts {
             outbound_breakers,
             send_queue: Arc::new(SendQueue::new(&settings.outbox)),
             events,
-            webhooks: Arc::new(crate::webhooks::Webhooks::new(&settings.integrations)),
+            webhooks: Arc::new(crate::webhooks::Webhooks::new(&settings.integrations, numbers.clone())),
         }
     }
 
     /// What the dispatcher sends through: `sender` to WhatsApp from the
     /// conversations' `numbers`, the poster to the team's webhooks.
-    fn outbound(&self, sender: Arc<dyn Sender>, numbers: &Arc<Numbers>) -> Outbound {
+    fn outbound(&self, sender: Arc<dyn Sender>, numbers: &Arc<Numbers>, sends: usize) -> Outbound {
         Outbound {
             sender,
             numbers: numbers.clone(),
-            webhooks: Arc::new(crate::webhooks::post::Poster::new(&self.webhooks)),
+            webhooks: Arc::new(crate::webhooks::post::Poster::new(&self.webhooks, sends)),
         }
     }
 }

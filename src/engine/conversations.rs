@@ -191,10 +191,17 @@ impl Engine {
     /// [`crate::db::dead_letters::replay`]) and wakes whatever must act on it.
     pub async fn replay_dead_letter(&self, phone: &str, id: i64) -> Result<()> {
         self.check_running()?;
-        // A webhook delivery's lane (`webhook:<name>:<conversation>`) is no phone.
-        let phone = match crate::webhooks::is_lane(phone) {
-            true => phone.to_string(),
-            false => self.inner.numbers.checked_key(phone).map_err(Error::InvalidInput)?,
+        // A webhook delivery's lane (`webhook:<name>:<conversation>`) is no
+        // phone; its conversation's key must be one.
+        let conversation = crate::db::outbox::conversation_of(phone);
+        let checked = self
+            .inner
+            .numbers
+            .checked_key(conversation)
+            .map_err(Error::InvalidInput)?;
+        let phone = match conversation.len() == phone.len() {
+            true => checked,
+            false => phone.to_string(),
         };
         let db = &self.inner.db;
         let (phone, source) = db

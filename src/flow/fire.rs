@@ -96,6 +96,7 @@ pub fn fire(
         }
         (_, true, None) => (None, "silent"),
     };
+    super::handoff_by::settle(&mut out.data, handoff, out.handoff);
     Fired {
         result: out,
         template,

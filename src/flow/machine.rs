@@ -15,6 +15,7 @@ pub const REFERRAL_KEY: &str = "_referral";
 /// Key in the session data holding the id of the message the customer's
 /// last message replies to (`context.id`), while it is the last one.
 pub const REPLY_TO_KEY: &str = "_reply_to";
+pub use super::handoff_by::HANDOFF_BY_KEY;
 
 /// What the model understood of one message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -114,6 +115,7 @@ pub fn step(flow: &Flow, state: &str, data: &Value, handoff: bool, u: &Understan
     } else {
         on_transition(flow, current, u.intent.as_deref(), &mut out, ticket);
     }
+    super::handoff_by::settle(&mut out.data, handoff, out.handoff);
     out
 }
 
@@ -238,6 +240,7 @@ pub(super) fn enter(flow: &Flow, target: &str, out: &mut StepResult, ticket: &st
         if let Some(obj) = data.as_object_mut() {
             obj.remove(ATTEMPTS_KEY);
             obj.remove(REPLY_TO_KEY);
+            obj.remove(HANDOFF_BY_KEY);
             obj.insert("ticket".into(), Value::String(ticket.to_string()));
         }
         out.replies.push(prompt(state, &data));
@@ -351,6 +354,17 @@ outcome = "report"
         let outcome = r.outcome.unwrap();
         assert_eq!(outcome.data["label"]["id"], "m1");
         assert!(outcome.data.get(ATTEMPTS_KEY).is_none());
+    }
+
+    #[test]
+    fn an_agents_name_never_reaches_an_outcome() {
+        let flow = Flow::parse(FLOW, "t.toml").unwrap();
+        let photo = Understanding {
+            input: Some(json!({"id": "m1"})),
+            ..said(None)
+        };
+        let done = step(&flow, "photo", &json!({HANDOFF_BY_KEY: "Ana"}), false, &photo, "R2");
+        assert!(done.outcome.unwrap().data.get(HANDOFF_BY_KEY).is_none());
     }
 
     #[test]

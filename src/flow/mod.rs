@@ -3,11 +3,12 @@
 
 pub mod definition;
 pub mod fire;
+mod handoff_by;
 pub mod machine;
 pub mod per_number;
 pub mod time;
 
 pub use definition::{normalize_text, Flow, FlowError, GlobalIntent, Slot, SlotKind, State};
-pub use machine::{step, Needs, Outcome, Reply, StepResult, Understanding};
+pub use machine::{step, Needs, Outcome, Reply, StepResult, Understanding, HANDOFF_BY_KEY};
 pub use per_number::Flows;
 pub use time::{TemplateCall, TimerAction, TimerKind, TimerPlan};

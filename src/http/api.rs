@@ -59,10 +59,7 @@ async fn replay(
 ) -> Result<HttpResponse, ApiError> {
     authorize_admin(&state, &req)?;
     let (phone, id) = path.into_inner();
-    let phone = match crate::webhooks::is_lane(&phone) {
-        true => phone,
-        false => conversation_path::listed(&state, &phone)?,
-    };
+    // The engine checks the key (a conversation's, or a webhook lane's).
     state.engine.replay_dead_letter(&phone, id).await?;
     Ok(HttpResponse::Accepted().json(json!({"replayed": id})))
 }

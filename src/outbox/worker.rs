@@ -62,12 +62,21 @@ impl Worker {
         }
         if crate::webhooks::is_lane(&row.phone) {
             // A team's endpoint: no business number's rate or breaker.
-            let outcome = self.webhooks.post(row).await;
-            if let SendOutcome::Sent { provider_id } = outcome {
-                self.stats.sent.fetch_add(1, Relaxed);
-                return Delivery::Sent(provider_id);
-            }
-            return match self.record(row, outcome).await {
+            let recorded = match self.webhooks.post(row).await {
+                Some(SendOutcome::Sent { provider_id }) => {
+                    self.stats.sent.fetch_add(1, Relaxed);
+                    return Delivery::Sent(provider_id);
+                }
+                Some(outcome) => self.record(row, outcome).await,
+                None => {
+                    let at = Utc::now() + chrono::Duration::seconds(1);
+                    let released = self
+                        .db
+                        .run("outbox_release", |c| rows::release(c, row, at).scope_boxed());
+                    released.await.map(|()| Vec::new())
+                }
+            };
+            return match recorded {
                 Ok(next) => Delivery::Recorded(next),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not record a webhook result");

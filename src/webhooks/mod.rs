@@ -6,26 +6,40 @@
 //! of its own, `webhook:<name>:<conversation>`, so a slow consumer never
 //! holds a customer's replies), retried with backoff, dead-lettered, and
 //! signed per Standard Webhooks ([`signature`]). Its `webhook-id` is the
-//! row's idempotency key: stable across retries, for the consumer's dedupe.
+//! row's idempotency key: stable across retries, for the consumer's dedupe,
+//! and opaque (a hash of its cause: no phone in a header).
+//!
+//! Every process must run a build that knows lanes before an endpoint is
+//! configured: an older one would take a lane's row for a reply.
 
 pub mod post;
 pub mod signature;
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use crate::config::{IntegrationSettings, WebhookSettings};
 use crate::db::steps::{NewOutbox, StepWrite};
+use crate::numbers::Numbers;
+
+/// The session data key naming the agent who last took or returned the
+/// conversation (absent when the flow, a timer or an anonymous token did).
+pub const HANDOFF_BY: &str = "_handoff_by";
 
 /// The outbox row kind of a webhook delivery.
 pub const ROW_KIND: &str = "webhook";
 /// The lane key's prefix: `webhook:<name>:<conversation>`.
-const LANE: &str = "webhook:";
+const LANE: &str = crate::db::outbox::WEBHOOK_LANE;
 
 /// The configured endpoints.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Webhooks {
     endpoints: Vec<WebhookSettings>,
+    /// Which business number and contact a conversation key names.
+    numbers: Arc<Numbers>,
 }
 
 /// One event of a write: its kind and what it says.
@@ -36,10 +50,18 @@ pub struct Happening {
 }
 
 impl Webhooks {
-    pub fn new(settings: &IntegrationSettings) -> Self {
-        Self {
-            endpoints: settings.webhooks.clone(),
+    pub fn new(settings: &IntegrationSettings, numbers: Arc<Numbers>) -> Self {
+        let endpoints = settings.named();
+        for e in &endpoints {
+            let missing: Vec<&str> = crate::config::NOT_YET_DELIVERED
+                .into_iter()
+                .filter(|k| e.events.iter().any(|w| w == k))
+                .collect();
+            if !missing.is_empty() {
+                tracing::warn!(webhook = %e.name, kinds = ?missing, "this build does not deliver these event kinds yet");
+            }
         }
+        Self { endpoints, numbers }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -57,17 +79,18 @@ impl Webhooks {
             return;
         }
         let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let origin = event_key(write);
+        let cause = event_cause(write);
+        let (number, contact) = self.numbers.split(&write.phone);
+        let conversation = json!({"number": number, "contact": contact});
         for e in &self.endpoints {
-            for (n, h) in happened.iter().enumerate() {
-                if !e.events.iter().any(|k| k == h.kind) {
-                    continue;
-                }
+            for (n, h) in happened.iter().enumerate().filter(|(_, h)| e.wants(h.kind)) {
+                let payload = json!({"webhook": e.name, "type": h.kind, "timestamp": at,
+                    "conversation": conversation, "data": h.data});
                 write.outbox.push(NewOutbox {
                     phone: format!("{LANE}{}:{}", e.name, write.phone),
                     kind: ROW_KIND,
-                    payload: json!({"webhook": e.name, "type": h.kind, "timestamp": at, "data": h.data}),
-                    idempotency_key: format!("evt_{origin}_{n}"),
+                    payload,
+                    idempotency_key: event_id(&write.phone, &cause, n),
                 });
             }
         }
@@ -88,24 +111,38 @@ pub fn is_lane(key: &str) -> bool {
     key.starts_with(LANE)
 }
 
-/// A key naming the write's cause once: its inbound message, its agent
+/// What names the write's cause once: its inbound message, its agent
 /// request, its timer, or its version (a hand-off).
-fn event_key(w: &StepWrite) -> String {
-    let raw = match (&w.inbox_id, &w.dedupe_key, &w.time.fired) {
-        (Some(id), _, _) => format!("in{id}"),
-        (None, Some(key), _) => key.replace(':', "-"),
-        (None, None, Some(t)) => format!("timer{}", t.id),
-        (None, None, None) => format!("v{}", w.committed_version()),
-    };
-    format!("{}_{raw}", w.phone)
+fn event_cause(w: &StepWrite) -> String {
+    match (&w.inbox_id, &w.dedupe_key, &w.time.fired) {
+        (Some(id), _, _) => format!("in {id}"),
+        (None, Some(key), _) => format!("key {key}"),
+        (None, None, Some(t)) => format!("timer {}", t.id),
+        (None, None, None) => format!("version {}", w.committed_version()),
+    }
+}
+
+/// The `n`th event of a cause in conversation `phone`, as a `webhook-id`:
+/// `evt_` and a hash — distinct causes never meet, and no phone or
+/// caller-given text reaches a header.
+fn event_id(phone: &str, cause: &str, n: usize) -> String {
+    let digest = Sha256::new()
+        .chain_update(phone.as_bytes())
+        .chain_update([0])
+        .chain_update(cause.as_bytes())
+        .chain_update([0])
+        .chain_update(n.to_le_bytes())
+        .finalize();
+    format!("evt_{}", hex::encode(&digest[..16]))
 }
 
 /// What a write makes happen, in order: the timer it fires, the customer's
-/// message, the messages it queues, the outcome, the hand-off.
+/// message, the outcome, the hand-off. (A message the bot or an agent
+/// sends is `message.sent` once WhatsApp took it: not delivered yet.)
 pub fn happenings(w: &StepWrite, was_handoff: bool) -> Vec<Happening> {
     let version = w.committed_version();
     let base = |more: Value| {
-        let mut v = json!({"conversation": w.phone, "version": version, "state": w.flow_state});
+        let mut v = json!({"version": version, "state": w.flow_state});
         if let (Some(o), Value::Object(m)) = (v.as_object_mut(), more) {
             o.extend(m);
         }
@@ -114,38 +151,27 @@ pub fn happenings(w: &StepWrite, was_handoff: bool) -> Vec<Happening> {
     let mut out = Vec::new();
     if let Some(t) = &w.time.fired {
         out.push(Happening {
-            kind: "timer.fired",
+            kind: "timer",
             data: base(json!({"timer_id": t.id, "outcome": t.outcome})),
         });
     }
-    for m in &w.messages {
-        let (kind, data) = if m.direction == "in" {
-            let data = json!({"message": {"id": m.provider_message_id, "body": m.body}});
-            ("message.received", data)
-        } else if m.status == "queued" {
-            let data =
-                json!({"message": {"origin": m.origin, "author": m.author, "body": m.body, "key": m.outbox_key}});
-            ("message.queued", data)
-        } else {
-            continue;
-        };
-        out.push(Happening { kind, data: base(data) });
+    for m in w.messages.iter().filter(|m| m.direction == "in") {
+        out.push(Happening {
+            kind: "message.received",
+            data: base(json!({"message": {"id": m.provider_message_id, "body": m.body}})),
+        });
     }
     for o in &w.outcomes {
         out.push(Happening {
-            kind: "outcome.recorded",
+            kind: "outcome",
             data: base(json!({"outcome": {"kind": o.kind, "ticket": o.ticket, "data": o.data}})),
         });
     }
     if w.handoff != was_handoff {
-        let by = w.data.get("_handoff_by").cloned().unwrap_or(Value::Null);
+        let by = w.data.get(HANDOFF_BY).cloned().unwrap_or(Value::Null);
         out.push(Happening {
-            kind: if w.handoff {
-                "handoff.requested"
-            } else {
-                "handoff.returned"
-            },
-            data: base(json!({"by": by})),
+            kind: "handoff",
+            data: base(json!({"active": w.handoff, "by": by})),
         });
     }
     out

@@ -1,6 +1,8 @@
 //! One webhook delivery over HTTP: the row's event as the body, signed,
 //! within the endpoint's timeout. Any answer but 2xx, and any failure to
 //! get one, is retried by the outbox (with backoff, then dead-lettered).
+//! Webhook posts hold at most a quarter of the dispatcher's sends at once,
+//! so endpoints that hang never take the slots customers' replies need.
 
 use std::time::Duration;
 
@@ -15,12 +17,15 @@ use crate::whatsapp::sender::SendOutcome;
 pub struct Poster {
     client: reqwest::Client,
     endpoints: Vec<(String, String, Key, Duration)>,
+    /// Posts in flight at most.
+    slots: tokio::sync::Semaphore,
 }
 
 impl Poster {
     /// Every configured endpoint's URL, key and timeout (their secrets
-    /// were checked when the configuration loaded).
-    pub fn new(webhooks: &Webhooks) -> Self {
+    /// were checked when the configuration loaded); `sends`: the
+    /// dispatcher's concurrent sends (`outbox.concurrency`).
+    pub fn new(webhooks: &Webhooks, sends: usize) -> Self {
         let endpoints = webhooks
             .endpoints()
             .iter()
@@ -29,21 +34,29 @@ impl Poster {
                 Some((e.name.clone(), e.url.clone(), key, Duration::from_millis(e.timeout_ms)))
             })
             .collect();
+        // A redirect would turn the POST into a GET without its body.
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
         Self {
-            client: reqwest::Client::new(),
+            client,
             endpoints,
+            slots: tokio::sync::Semaphore::new((sends / 4).max(1)),
         }
     }
 
-    /// Delivers `row`: `Sent` on a 2xx (its "provider id" the status),
-    /// `Retry` otherwise; `Failed` for a row whose endpoint is no longer
-    /// configured (kept in the dead letters to replay once it is again).
-    pub async fn post(&self, row: &Claimed) -> SendOutcome {
+    /// Delivers `row`: `Sent` on a 2xx, `Retry` otherwise — also for a row
+    /// whose endpoint is no longer configured, so it ends in the dead
+    /// letters, to replay once it is again. `None`: every webhook slot is
+    /// busy; the row waits, its attempt uncounted.
+    pub async fn post(&self, row: &Claimed) -> Option<SendOutcome> {
+        let _slot = self.slots.try_acquire().ok()?;
         let name = row.payload.get("webhook").and_then(Value::as_str).unwrap_or_default();
         let Some((_, url, key, timeout)) = self.endpoints.iter().find(|(n, ..)| n == name) else {
-            return SendOutcome::Failed {
+            return Some(SendOutcome::Retry {
                 reason: format!("webhook {name:?} is not configured"),
-            };
+            });
         };
         let mut event = row.payload.clone();
         if let Some(o) = event.as_object_mut() {
@@ -63,9 +76,10 @@ impl Poster {
             .body(body)
             .send()
             .await;
-        match sent {
+        Some(match sent {
+            // The "provider id": the event's own, with the answer.
             Ok(r) if r.status().is_success() => SendOutcome::Sent {
-                provider_id: format!("webhook {}", r.status().as_u16()),
+                provider_id: format!("{} {}", row.idempotency_key, r.status().as_u16()),
             },
             Ok(r) => SendOutcome::Retry {
                 reason: format!("webhook {name} answered {}", r.status()),
@@ -74,6 +88,6 @@ impl Poster {
                 // Without the URL: it may hold a credential.
                 reason: format!("webhook {name}: {}", e.without_url()),
             },
-        }
+        })
     }
 }

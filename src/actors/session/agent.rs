@@ -9,12 +9,8 @@ use super::SessionDeps;
 use crate::db::steps::{StepTime, StepWrite};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventKind, EventMessage};
-use crate::flow::Reply;
+use crate::flow::{Reply, HANDOFF_BY_KEY};
 use crate::whatsapp::window::Window;
-
-/// The session data key naming the agent who last took or returned the
-/// conversation (absent when an anonymous token did), beside `_referral`.
-pub const HANDOFF_BY: &str = "_handoff_by";
 
 /// Stores and queues an agent's message (no flow step), bumping the
 /// version: free-form text only inside the 24-hour window, a template any
@@ -89,7 +85,7 @@ pub(super) async fn agent_send(deps: &SessionDeps, phone: &str, core: &mut Core,
 }
 
 /// Hands the conversation to a human agent or back to the bot, naming in
-/// its data ([`HANDOFF_BY`]) the agent who did.
+/// its data ([`HANDOFF_BY_KEY`]) the agent who did.
 pub(super) async fn set_handoff(
     deps: &SessionDeps,
     phone: &str,
@@ -110,8 +106,8 @@ pub(super) async fn set_handoff(
             };
             if let Some(data) = w.data.as_object_mut() {
                 match &by {
-                    Some(name) => data.insert(HANDOFF_BY.into(), name.clone().into()),
-                    None => data.remove(HANDOFF_BY),
+                    Some(name) => data.insert(HANDOFF_BY_KEY.into(), name.clone().into()),
+                    None => data.remove(HANDOFF_BY_KEY),
                 };
             }
             w

@@ -34,7 +34,6 @@ pub use messages::{
     AgentAck, AgentContent, AgentSend, Apply, ConversationView, DueTimer, Fire, Read, SetHandoff, Stop, Wake,
 };
 
-pub use self::agent::HANDOFF_BY;
 use self::agent::{agent_send, set_handoff};
 use self::inbound::run_inbound;
 use self::state::{ensure_core, view, Core};

@@ -389,7 +389,7 @@ function renderConversation() {
   for (const m of state.messages) {
     const li = el("li", `msg ${m.direction} ${m.origin}`);
     li.dataset.id = String(m.id);
-    li.append(originLabel(m.origin, m.author));
+    li.append(originLabel(m.origin, m.name));
     if (m.context_id) li.append(el("div", "context", "↩ in reply to an earlier message"));
     if (m.reacts_to) li.append(el("div", "context", "reacted to a message"));
     li.append(el("div", "body", m.body));
