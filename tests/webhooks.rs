@@ -27,6 +27,11 @@ const TOKEN: &str = "webhook-test-token";
 #[derive(Default)]
 struct Seen {
     down: bool,
+    /// Every request waits for `release` before it is answered.
+    hang: bool,
+    /// Requests waiting now, and the most ever at once.
+    hanging: usize,
+    most_hanging: usize,
     refused: usize,
     /// Taken deliveries: (webhook-id, event).
     taken: Vec<(String, Value)>,
@@ -38,13 +43,26 @@ struct Consumer {
     seen: Arc<Mutex<Seen>>,
     /// Told on every request.
     hit: Arc<tokio::sync::Notify>,
+    /// Lets hanging requests go (permits are added).
+    release: Arc<tokio::sync::Semaphore>,
 }
 
-async fn receive(
-    req: HttpRequest,
-    body: web::Bytes,
-    state: web::Data<(Arc<Mutex<Seen>>, Arc<tokio::sync::Notify>)>,
-) -> HttpResponse {
+type State = (Arc<Mutex<Seen>>, Arc<tokio::sync::Notify>, Arc<tokio::sync::Semaphore>);
+
+async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+    let hang = {
+        let mut seen = state.0.lock().unwrap();
+        if seen.hang {
+            seen.hanging += 1;
+            seen.most_hanging = seen.most_hanging.max(seen.hanging);
+        }
+        seen.hang
+    };
+    if hang {
+        state.1.notify_waiters();
+        let _go = state.2.acquire().await.unwrap();
+        state.0.lock().unwrap().hanging -= 1;
+    }
     let header = |n: &str| {
         req.headers()
             .get(n)
@@ -82,7 +100,8 @@ async fn consumer(down: bool) -> Consumer {
         ..Seen::default()
     }));
     let hit = Arc::new(tokio::sync::Notify::new());
-    let data = web::Data::new((seen.clone(), hit.clone()));
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let data = web::Data::new((seen.clone(), hit.clone(), release.clone()));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
@@ -97,6 +116,7 @@ async fn consumer(down: bool) -> Consumer {
         url: format!("http://127.0.0.1:{port}/hook"),
         seen,
         hit,
+        release,
     }
 }
 
@@ -105,6 +125,10 @@ async fn app(db: &TestDb, url: &str) -> TestApp {
 }
 
 async fn app_with_attempts(db: &TestDb, url: &str, attempts: i32) -> TestApp {
+    app_with(db, url, |s| s.outbox.max_attempts = attempts).await
+}
+
+async fn app_with(db: &TestDb, url: &str, more: impl FnOnce(&mut switchboard::config::Settings)) -> TestApp {
     let url = url.to_string();
     TestApp::spawn(
         db,
@@ -122,7 +146,8 @@ async fn app_with_attempts(db: &TestDb, url: &str, attempts: i32) -> TestApp {
             // Quick retries: the consumer is down for a few of them.
             s.outbox.base_delay_ms = 20;
             s.outbox.max_delay_ms = 100;
-            s.outbox.max_attempts = attempts;
+            s.outbox.max_attempts = 1_000;
+            more(s);
         },
         None,
     )
@@ -283,6 +308,39 @@ async fn a_delivery_that_fails_every_attempt_is_a_dead_letter_and_its_replay_del
         .collect();
     assert_eq!(taken.len(), lanes.len(), "each replayed once: {taken:?}");
     assert!(taken.iter().any(|t| t.contains("message.received")), "{taken:?}");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn an_endpoint_that_hangs_holds_no_customers_reply() {
+    let db = TestDb::migrated().await;
+    let hook = consumer(false).await;
+    hook.seen.lock().unwrap().hang = true;
+    // Four sends at once: the webhook posts may hold one of them.
+    let app = app_with(&db, &hook.url, |s| {
+        s.outbox.concurrency = 4;
+        s.integrations.webhooks[0].timeout_ms = 10_000;
+    })
+    .await;
+    for i in 0..6 {
+        app.say(&format!("52155123400{i:02}"), &format!("wamid.hang.{i}"), "hola")
+            .await;
+    }
+    // Every reply goes out while the posts hang (far before their timeout).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while open_rows(&db, false).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replies waited for the hanging webhook"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(hook.seen.lock().unwrap().most_hanging, 1, "one post at a time");
+    hook.seen.lock().unwrap().hang = false;
+    hook.release.add_permits(1_000);
+    app.engine.outbox().wait_drained().await;
+    let taken = hook.seen.lock().unwrap().taken.len();
+    assert_eq!(taken, 6, "each conversation's message.received, once");
     app.stop().await;
 }
 
