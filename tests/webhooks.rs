@@ -13,10 +13,10 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde_json::{json, Value};
-use support::app::{TestApp, APP_SECRET};
+use support::app::{status, TestApp, APP_SECRET};
 use support::TestDb;
 use switchboard::config::{Secret, WebhookSettings};
-use switchboard::db::schema::outbox;
+use switchboard::db::schema::{messages, outbox};
 use switchboard::webhooks::signature::Key;
 
 const PHONE: &str = "5215512347788";
@@ -341,6 +341,46 @@ async fn an_endpoint_that_hangs_holds_no_customers_reply() {
     app.engine.outbox().wait_drained().await;
     let taken = hook.seen.lock().unwrap().taken.len();
     assert_eq!(taken, 6, "each conversation's message.received, once");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_delivery_status_is_told_once_in_its_conversations_order() {
+    let db = TestDb::migrated().await;
+    let hook = consumer(false).await;
+    let app = app(&db, &hook.url).await;
+    app.say(PHONE, "wamid.hook.st", "hola").await;
+    app.engine.outbox().wait_drained().await;
+    let reply: String = messages::table
+        .filter(messages::origin.eq("bot"))
+        .select(messages::provider_message_id.assume_not_null())
+        .first(&mut db.admin().await)
+        .await
+        .unwrap();
+    // WhatsApp's `sent` repeats what our send recorded, and a late
+    // `delivered` after `read` changes nothing: neither tells anything.
+    for st in ["sent", "delivered", "read", "delivered"] {
+        let r = app.deliver_value(vec![], vec![status(&reply, PHONE, st)]).await;
+        assert_eq!(r.status(), 200);
+    }
+    app.engine.outbox().wait_drained().await;
+    let taken: Vec<Value> = hook.seen.lock().unwrap().taken.iter().map(|(_, e)| e.clone()).collect();
+    let told: Vec<(&str, &str)> = taken
+        .iter()
+        .map(|e| {
+            let what = e["data"]["message"]["status"].as_str().unwrap_or("-");
+            (e["type"].as_str().unwrap(), what)
+        })
+        .collect();
+    assert_eq!(
+        told,
+        [
+            ("message.received", "-"),
+            ("message.status", "delivered"),
+            ("message.status", "read")
+        ]
+    );
+    assert!(taken[1..].iter().all(|e| e["data"]["message"]["id"] == reply.as_str()));
     app.stop().await;
 }
 

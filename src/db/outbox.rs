@@ -299,9 +299,50 @@ pub fn conversation_of(key: &str) -> &str {
 }
 
 /// Applies a delivery status webhook to our outbound message with that
-/// provider id. Returns the message's phone if one was updated. A status
-/// never moves backwards (`read` is not overwritten by a late `delivered`).
+/// provider id, and inserts the rows `told` makes for its conversation (the
+/// team's webhooks), in one transaction under the conversation's lock, as
+/// a step inserts its rows. Returns the message's phone if one was updated,
+/// and whether rows were inserted. A status never moves backwards (`read`
+/// is not overwritten by a late `delivered`).
 pub async fn apply_status(
+    conn: &mut AsyncPgConnection,
+    recipient: Option<&str>,
+    provider_id: &str,
+    status: &str,
+    error: Option<&str>,
+    told: &(dyn Fn(&str) -> Vec<crate::db::steps::NewOutbox> + Sync),
+) -> Result<(Option<String>, bool)> {
+    conn.transaction::<_, DbError, _>(async move |conn| {
+        let Some(phone) = update_status(conn, recipient, provider_id, status, error).await? else {
+            return Ok((None, false));
+        };
+        let rows = told(&phone);
+        if !rows.is_empty() {
+            diesel::sql_query("SELECT 1 FROM sessions WHERE phone = $1 FOR UPDATE")
+                .bind::<diesel::sql_types::Text, _>(&phone)
+                .execute(conn)
+                .await?;
+        }
+        for r in &rows {
+            // A repeated `failed` is applied again; its event is told once.
+            diesel::insert_into(outbox::table)
+                .values((
+                    outbox::phone.eq(&r.phone),
+                    outbox::kind.eq(r.kind),
+                    outbox::payload.eq(&r.payload),
+                    outbox::idempotency_key.eq(&r.idempotency_key),
+                ))
+                .on_conflict_do_nothing()
+                .execute(conn)
+                .await?;
+        }
+        Ok((Some(phone), !rows.is_empty()))
+    })
+    .await
+}
+
+/// The status update itself: the message's phone if one was updated.
+async fn update_status(
     conn: &mut AsyncPgConnection,
     recipient: Option<&str>,
     provider_id: &str,

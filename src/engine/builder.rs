@@ -144,6 +144,7 @@ impl EngineBuilder {
                 owns_db,
                 flows: flow,
                 numbers,
+                webhooks: parts.webhooks,
                 registry,
                 supervisor: started.supervisor,
                 writer: started.writer,

@@ -172,12 +172,18 @@ impl Engine {
                 .map(|contact| self.inner.numbers.conversation(number, &contact)),
             None => None,
         };
-        let phone = db
+        let webhooks = &self.inner.webhooks;
+        let told = |phone: &str| webhooks.status_rows(phone, provider_id, status, error);
+        let (phone, queued) = db
             .run("apply_status", |c| {
-                crate::db::outbox::apply_status(c, recipient.as_deref(), provider_id, status, error).scope_boxed()
+                crate::db::outbox::apply_status(c, recipient.as_deref(), provider_id, status, error, &told)
+                    .scope_boxed()
             })
             .await?;
         let Some(phone) = phone else { return Ok(false) };
+        if queued {
+            self.inner.dispatcher.wake();
+        }
         let delivery = DeliveryEvent {
             provider_message_id: provider_id.to_string(),
             status: status.to_string(),

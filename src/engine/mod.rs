@@ -108,6 +108,8 @@ struct Inner {
     flows: Arc<Flows>,
     /// The business numbers served; never written.
     numbers: Arc<Numbers>,
+    /// The team's webhooks (the statuses' rows are written here).
+    webhooks: Arc<crate::webhooks::Webhooks>,
     settings: Settings,
     /// Contact identifier → conversation key, each as its own link is stored
     /// in the database. A sharded map read on every inbound message without

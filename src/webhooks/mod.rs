@@ -96,6 +96,31 @@ impl Webhooks {
         }
     }
 
+    /// The rows telling the endpoints that want `message.status` of a
+    /// delivery status WhatsApp reported for our message `provider_id` in
+    /// conversation `phone` (written with the status, under its lock).
+    pub fn status_rows(&self, phone: &str, provider_id: &str, status: &str, error: Option<&str>) -> Vec<NewOutbox> {
+        let (number, contact) = self.numbers.split(phone);
+        let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let id = event_id(
+            phone,
+            &format!("status {provider_id} {status} {}", error.unwrap_or("")),
+            0,
+        );
+        self.endpoints
+            .iter()
+            .filter(|e| e.wants("message.status"))
+            .map(|e| NewOutbox {
+                phone: format!("{LANE}{}:{phone}", e.name),
+                kind: ROW_KIND,
+                payload: json!({"webhook": e.name, "type": "message.status", "timestamp": at,
+                    "conversation": {"number": number, "contact": contact},
+                    "data": {"message": {"id": provider_id, "status": status, "error": error}}}),
+                idempotency_key: id.clone(),
+            })
+            .collect()
+    }
+
     /// The endpoint named `name`.
     pub fn endpoint(&self, name: &str) -> Option<&WebhookSettings> {
         self.endpoints.iter().find(|e| e.name == name)
