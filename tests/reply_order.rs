@@ -306,7 +306,7 @@ async fn a_late_record_from_a_sender_whose_lease_ran_out_changes_nothing() {
     put_row(&db, to, "in:7:1", "pending", 0).await;
     let mut conn = db.admin().await;
     let ours = claimed(to, first, "in:7:0", 1);
-    let next = rows::mark_sent_batch(&mut conn, &[(ours.clone(), "wamid.late".into())], 30_000)
+    let next = rows::mark_sent_batch(&mut conn, &[(ours.clone(), "wamid.late".into())], 30_000, None)
         .await
         .unwrap();
     assert!(next.is_empty(), "the next row stays behind the one in flight");
@@ -356,6 +356,7 @@ async fn a_row_replayed_from_the_dead_letters_waits_for_the_one_in_flight_then_g
         &mut conn,
         &[(claimed(to, second, "in:8:1", 1), "wamid.s".into())],
         30_000,
+        None,
     )
     .await
     .unwrap();

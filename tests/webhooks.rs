@@ -239,7 +239,8 @@ async fn a_consumer_hears_every_event_in_order_once_signed_after_being_down() {
 
     let events: Vec<&Value> = taken.iter().map(|(_, e)| e).collect();
     // In the conversation's order: versions never go back.
-    let versions: Vec<i64> = events.iter().map(|e| e["data"]["version"].as_i64().unwrap()).collect();
+    // (Steps carry a version; a send's mark does not.)
+    let versions: Vec<i64> = events.iter().filter_map(|e| e["data"]["version"].as_i64()).collect();
     assert!(versions.windows(2).all(|w| w[0] <= w[1]), "{versions:?}");
     let received: Vec<&str> = events
         .iter()
@@ -248,8 +249,24 @@ async fn a_consumer_hears_every_event_in_order_once_signed_after_being_down() {
         .collect();
     assert_eq!(received, said);
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    let tail: Vec<&str> = kinds.iter().copied().filter(|k| *k != "message.received").collect();
+    let tail: Vec<&str> = kinds.iter().copied().filter(|k| !k.starts_with("message.")).collect();
     assert_eq!(tail, ["outcome", "handoff", "handoff"], "{kinds:?}");
+    // Every reply the bot or the agent sent, told once it was accepted.
+    let sent: Vec<&Value> = events.iter().filter(|e| e["type"] == "message.sent").copied().collect();
+    let replies: i64 = messages::table
+        .filter(messages::phone.eq(PHONE))
+        .filter(messages::direction.eq("out"))
+        .count()
+        .get_result(&mut db.admin().await)
+        .await
+        .unwrap();
+    assert_eq!(sent.len() as i64, replies, "{kinds:?}");
+    let agent = sent
+        .iter()
+        .find(|e| e["data"]["message"]["origin"] == "agent")
+        .expect("the agent's");
+    assert_eq!(agent["data"]["message"]["body"], "Soy Ana.");
+    assert!(sent.iter().all(|e| e["data"]["message"]["id"].is_string()));
     let handoffs: Vec<&Value> = events.iter().filter(|e| e["type"] == "handoff").copied().collect();
     assert_eq!(
         (
@@ -340,7 +357,7 @@ async fn an_endpoint_that_hangs_holds_no_customers_reply() {
     hook.release.add_permits(1_000);
     app.engine.outbox().wait_drained().await;
     let taken = hook.seen.lock().unwrap().taken.len();
-    assert_eq!(taken, 6, "each conversation's message.received, once");
+    assert_eq!(taken, 12, "each conversation's message.received and message.sent, once");
     app.stop().await;
 }
 
@@ -376,11 +393,13 @@ async fn a_delivery_status_is_told_once_in_its_conversations_order() {
         told,
         [
             ("message.received", "-"),
+            ("message.sent", "-"),
             ("message.status", "delivered"),
             ("message.status", "read")
         ]
     );
     assert!(taken[1..].iter().all(|e| e["data"]["message"]["id"] == reply.as_str()));
+    assert_eq!(taken[1]["data"]["message"]["origin"], "bot");
     app.stop().await;
 }
 

@@ -24,6 +24,7 @@ pub mod sql;
 pub mod steps;
 pub mod templates;
 pub mod timers;
+pub mod told;
 
 use std::sync::{Arc, Mutex};
 

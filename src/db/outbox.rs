@@ -104,10 +104,13 @@ async fn claim_next(conn: &AsyncPgConnection, phones: &[&str], lease_ms: i64) ->
 /// row is marked only while its claim is still this one (`sending`, the
 /// same attempt): a row whose lease ran out and that another process
 /// claimed again is left to it, and its conversation's next row with it.
+/// With `told`, the rows it makes of the messages sent (the team's
+/// `message.sent` webhooks) are inserted in the same transaction.
 pub async fn mark_sent_batch(
     conn: &mut AsyncPgConnection,
     sent: &[(Claimed, String)],
     lease_ms: i64,
+    told: Option<super::told::SentRows<'_>>,
 ) -> Result<Vec<Claimed>> {
     use diesel::sql_types::{Array, BigInt, Text};
     #[derive(QueryableByName)]
@@ -155,6 +158,11 @@ pub async fn mark_sent_batch(
         .await?;
         if marked.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(told) = told {
+            let keys: Vec<&str> = sorted.iter().map(|(r, _)| r.idempotency_key.as_str()).collect();
+            let messages = super::told::sent_messages(conn, &phones, &keys).await?;
+            super::told::insert(conn, &told(&messages), conversation_of).await?;
         }
         let conversations: Vec<&str> = marked.iter().map(|m| m.phone.as_str()).collect();
         Ok(claim_next(conn, &conversations, lease_ms).await?)
@@ -316,26 +324,9 @@ pub async fn apply_status(
         let Some(phone) = update_status(conn, recipient, provider_id, status, error).await? else {
             return Ok((None, false));
         };
+        // A repeated `failed` is applied again; its event is told once.
         let rows = told(&phone);
-        if !rows.is_empty() {
-            diesel::sql_query("SELECT 1 FROM sessions WHERE phone = $1 FOR UPDATE")
-                .bind::<diesel::sql_types::Text, _>(&phone)
-                .execute(conn)
-                .await?;
-        }
-        for r in &rows {
-            // A repeated `failed` is applied again; its event is told once.
-            diesel::insert_into(outbox::table)
-                .values((
-                    outbox::phone.eq(&r.phone),
-                    outbox::kind.eq(r.kind),
-                    outbox::payload.eq(&r.payload),
-                    outbox::idempotency_key.eq(&r.idempotency_key),
-                ))
-                .on_conflict_do_nothing()
-                .execute(conn)
-                .await?;
-        }
+        super::told::insert(conn, &rows, conversation_of).await?;
         Ok((Some(phone), !rows.is_empty()))
     })
     .await

@@ -179,10 +179,21 @@ impl Worker {
     /// Marks rows sent in one commit; returns their conversations' next rows.
     pub(super) async fn mark_sent(&self, sent: Vec<(Claimed, String)>) -> Vec<Claimed> {
         let lease = self.settings.lease_ms;
+        // The team's `message.sent` webhooks, only when one wants it.
+        let webhooks = &self.webhooks.webhooks;
+        let told = webhooks
+            .wanted("message.sent")
+            .then_some(|m: &[crate::db::told::SentMessage]| webhooks.sent_rows(m));
         let marked = self
             .db
-            .run("outbox_sent", |c| rows::mark_sent_batch(c, &sent, lease).scope_boxed())
+            .run("outbox_sent", |c| {
+                rows::mark_sent_batch(c, &sent, lease, told.as_ref().map(|t| t as _)).scope_boxed()
+            })
             .await;
+        if told.is_some() {
+            // Its lane rows were inserted pending: claimed now, not at the next poll.
+            self.queue.wake.notify_one();
+        }
         marked.unwrap_or_else(|e| {
             // The lease makes the rows due again; they are sent again then
             // (and counted as possible repeats).

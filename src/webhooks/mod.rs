@@ -121,6 +121,35 @@ impl Webhooks {
             .collect()
     }
 
+    /// Whether any endpoint wants events of `kind`.
+    pub fn wanted(&self, kind: &str) -> bool {
+        self.endpoints.iter().any(|e| e.wants(kind))
+    }
+
+    /// The rows telling the endpoints that want `message.sent` of messages
+    /// WhatsApp just accepted (written with their send marks).
+    pub fn sent_rows(&self, sent: &[crate::db::told::SentMessage]) -> Vec<NewOutbox> {
+        let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut rows = Vec::new();
+        for m in sent {
+            let (number, contact) = self.numbers.split(&m.phone);
+            let key = m.outbox_key.as_deref().unwrap_or_default();
+            let id = event_id(&m.phone, &format!("sent {key}"), 0);
+            for e in self.endpoints.iter().filter(|e| e.wants("message.sent")) {
+                rows.push(NewOutbox {
+                    phone: format!("{LANE}{}:{}", e.name, m.phone),
+                    kind: ROW_KIND,
+                    payload: json!({"webhook": e.name, "type": "message.sent", "timestamp": at,
+                        "conversation": {"number": number, "contact": contact},
+                        "data": {"message": {"id": m.provider_message_id, "origin": m.origin,
+                            "name": m.author, "body": m.body, "key": key}}}),
+                    idempotency_key: id.clone(),
+                });
+            }
+        }
+        rows
+    }
+
     /// The endpoint named `name`.
     pub fn endpoint(&self, name: &str) -> Option<&WebhookSettings> {
         self.endpoints.iter().find(|e| e.name == name)

@@ -15,6 +15,8 @@ use crate::whatsapp::sender::SendOutcome;
 
 /// Posts webhook rows to their endpoints.
 pub struct Poster {
+    /// What the endpoints want (the sends' marks tell `message.sent`).
+    pub webhooks: std::sync::Arc<Webhooks>,
     client: reqwest::Client,
     endpoints: Vec<(String, String, Key, Duration)>,
     /// Posts in flight at most.
@@ -25,7 +27,7 @@ impl Poster {
     /// Every configured endpoint's URL, key and timeout (their secrets
     /// were checked when the configuration loaded); `sends`: the
     /// dispatcher's concurrent sends (`outbox.concurrency`).
-    pub fn new(webhooks: &Webhooks, sends: usize) -> Self {
+    pub fn new(webhooks: &std::sync::Arc<Webhooks>, sends: usize) -> Self {
         let endpoints = webhooks
             .endpoints()
             .iter()
@@ -40,6 +42,7 @@ impl Poster {
             .build()
             .unwrap_or_default();
         Self {
+            webhooks: webhooks.clone(),
             client,
             endpoints,
             slots: tokio::sync::Semaphore::new((sends / 4).max(1)),
