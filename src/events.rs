@@ -34,7 +34,8 @@ pub struct EventMessage {
     pub origin: std::borrow::Cow<'static, str>,
     pub body: String,
     /// The named agent who wrote an agent message (`name` in the JSON).
-    #[serde(rename = "name", default, skip_serializing_if = "Option::is_none")]
+    // `author` as relayed by a process of the build before the rename.
+    #[serde(rename = "name", alias = "author", default, skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
 }
 

@@ -117,6 +117,8 @@ pub async fn mark_sent_batch(
     struct Marked {
         #[diesel(sql_type = Text)]
         phone: String,
+        #[diesel(sql_type = Text)]
+        idempotency_key: String,
     }
     let mut sorted: Vec<&(Claimed, String)> = sent.iter().collect();
     sorted.sort_by(|a, b| (&a.0.phone, a.0.id).cmp(&(&b.0.phone, b.0.id)));
@@ -152,7 +154,7 @@ pub async fn mark_sent_batch(
              messages_sent AS (UPDATE messages AS m SET status = 'sent', \
                     provider_message_id = marked.provider_message_id, updated_at = now() \
                FROM marked WHERE m.phone = marked.phone AND m.outbox_key = marked.idempotency_key) \
-             SELECT DISTINCT phone FROM marked ORDER BY phone",
+             SELECT phone, idempotency_key FROM marked ORDER BY phone",
         )
         .load(conn)
         .await?;
@@ -160,11 +162,15 @@ pub async fn mark_sent_batch(
             return Ok(Vec::new());
         }
         if let Some(told) = told {
-            let keys: Vec<&str> = sorted.iter().map(|(r, _)| r.idempotency_key.as_str()).collect();
+            // Only the rows this mark took: one another process claimed
+            // again is told by that process's mark.
+            let phones: Vec<&str> = marked.iter().map(|m| m.phone.as_str()).collect();
+            let keys: Vec<&str> = marked.iter().map(|m| m.idempotency_key.as_str()).collect();
             let messages = super::told::sent_messages(conn, &phones, &keys).await?;
             super::told::insert(conn, &told(&messages), conversation_of).await?;
         }
-        let conversations: Vec<&str> = marked.iter().map(|m| m.phone.as_str()).collect();
+        let mut conversations: Vec<&str> = marked.iter().map(|m| m.phone.as_str()).collect();
+        conversations.dedup();
         Ok(claim_next(conn, &conversations, lease_ms).await?)
     })
     .await
@@ -318,13 +324,17 @@ pub async fn apply_status(
     provider_id: &str,
     status: &str,
     error: Option<&str>,
-    told: &(dyn Fn(&str) -> Vec<crate::db::steps::NewOutbox> + Sync),
+    told: Option<super::told::StatusRows<'_>>,
 ) -> Result<(Option<String>, bool)> {
+    let Some(told) = told else {
+        // No webhook wants statuses: the update alone, no transaction around it.
+        return Ok((update_status(conn, recipient, provider_id, status, error).await?, false));
+    };
     conn.transaction::<_, DbError, _>(async move |conn| {
         let Some(phone) = update_status(conn, recipient, provider_id, status, error).await? else {
             return Ok((None, false));
         };
-        // A repeated `failed` is applied again; its event is told once.
+        // Only a status that changed something gets here: told once.
         let rows = told(&phone);
         super::told::insert(conn, &rows, conversation_of).await?;
         Ok((Some(phone), !rows.is_empty()))

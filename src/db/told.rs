@@ -12,6 +12,9 @@ use super::error::Result;
 use super::schema::outbox;
 use super::steps::NewOutbox;
 
+/// What makes the webhook rows of a delivery status in a conversation.
+pub type StatusRows<'a> = &'a (dyn Fn(&str) -> Vec<NewOutbox> + Sync);
+
 /// What makes the webhook rows of the messages just marked sent.
 pub type SentRows<'a> = &'a (dyn Fn(&[SentMessage]) -> Vec<NewOutbox> + Sync);
 

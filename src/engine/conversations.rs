@@ -173,11 +173,13 @@ impl Engine {
             None => None,
         };
         let webhooks = &self.inner.webhooks;
-        let told = |phone: &str| webhooks.status_rows(phone, provider_id, status, error);
+        let told = webhooks
+            .wanted("message.status")
+            .then_some(|phone: &str| webhooks.status_rows(phone, provider_id, status, error));
         let (phone, queued) = db
             .run("apply_status", |c| {
-                crate::db::outbox::apply_status(c, recipient.as_deref(), provider_id, status, error, &told)
-                    .scope_boxed()
+                let told = told.as_ref().map(|t| t as _);
+                crate::db::outbox::apply_status(c, recipient.as_deref(), provider_id, status, error, told).scope_boxed()
             })
             .await?;
         let Some(phone) = phone else { return Ok(false) };

@@ -60,7 +60,11 @@ async fn replay(
     authorize_admin(&state, &req)?;
     let (phone, id) = path.into_inner();
     // The engine checks the key (a conversation's, or a webhook lane's).
-    state.engine.replay_dead_letter(&phone, id).await?;
+    let replayed = state.engine.replay_dead_letter(&phone, id).await;
+    if matches!(replayed, Err(crate::error::Error::InvalidInput(_))) {
+        state.metrics.rejected("api_phone");
+    }
+    replayed?;
     Ok(HttpResponse::Accepted().json(json!({"replayed": id})))
 }
 

@@ -69,7 +69,8 @@ impl Worker {
                 }
                 Some(outcome) => self.record(row, outcome).await,
                 None => {
-                    let at = Utc::now() + chrono::Duration::seconds(1);
+                    // About a second, spread: released rows do not all come back at once.
+                    let at = Utc::now() + chrono::Duration::milliseconds(rand::random_range(700..1300));
                     let released = self
                         .db
                         .run("outbox_release", |c| rows::release(c, row, at).scope_boxed());

@@ -18,9 +18,9 @@ pub struct Poster {
     /// What the endpoints want (the sends' marks tell `message.sent`).
     pub webhooks: std::sync::Arc<Webhooks>,
     client: reqwest::Client,
-    endpoints: Vec<(String, String, Key, Duration)>,
-    /// Posts in flight at most.
-    slots: tokio::sync::Semaphore,
+    /// Each endpoint's name, URL, key, timeout and posts in flight at most
+    /// (its share of the quarter: one slow endpoint never takes another's).
+    endpoints: Vec<(String, String, Key, Duration, tokio::sync::Semaphore)>,
 }
 
 impl Poster {
@@ -28,12 +28,20 @@ impl Poster {
     /// were checked when the configuration loaded); `sends`: the
     /// dispatcher's concurrent sends (`outbox.concurrency`).
     pub fn new(webhooks: &std::sync::Arc<Webhooks>, sends: usize) -> Self {
+        let share = (sends / 4 / webhooks.endpoints().len().max(1)).max(1);
         let endpoints = webhooks
             .endpoints()
             .iter()
             .filter_map(|e| {
                 let key = Key::parse(e.secret.expose()).ok()?;
-                Some((e.name.clone(), e.url.clone(), key, Duration::from_millis(e.timeout_ms)))
+                let slots = tokio::sync::Semaphore::new(share);
+                Some((
+                    e.name.clone(),
+                    e.url.clone(),
+                    key,
+                    Duration::from_millis(e.timeout_ms),
+                    slots,
+                ))
             })
             .collect();
         // A redirect would turn the POST into a GET without its body.
@@ -45,22 +53,21 @@ impl Poster {
             webhooks: webhooks.clone(),
             client,
             endpoints,
-            slots: tokio::sync::Semaphore::new((sends / 4).max(1)),
         }
     }
 
     /// Delivers `row`: `Sent` on a 2xx, `Retry` otherwise — also for a row
     /// whose endpoint is no longer configured, so it ends in the dead
-    /// letters, to replay once it is again. `None`: every webhook slot is
-    /// busy; the row waits, its attempt uncounted.
+    /// letters, to replay once it is again. `None`: every slot of its
+    /// endpoint is busy; the row waits, its attempt uncounted.
     pub async fn post(&self, row: &Claimed) -> Option<SendOutcome> {
-        let _slot = self.slots.try_acquire().ok()?;
         let name = row.payload.get("webhook").and_then(Value::as_str).unwrap_or_default();
-        let Some((_, url, key, timeout)) = self.endpoints.iter().find(|(n, ..)| n == name) else {
+        let Some((_, url, key, timeout, slots)) = self.endpoints.iter().find(|(n, ..)| n == name) else {
             return Some(SendOutcome::Retry {
                 reason: format!("webhook {name:?} is not configured"),
             });
         };
+        let _slot = slots.try_acquire().ok()?;
         let mut event = row.payload.clone();
         if let Some(o) = event.as_object_mut() {
             o.remove("webhook");
