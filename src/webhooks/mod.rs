@@ -44,9 +44,9 @@ pub struct Webhooks {
 
 /// One event of a write: its kind and what it says.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Happening {
-    pub kind: &'static str,
-    pub data: Value,
+struct Happening {
+    kind: &'static str,
+    data: Value,
 }
 
 impl Webhooks {
@@ -64,35 +64,17 @@ impl Webhooks {
         Self { endpoints, numbers }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.endpoints.is_empty()
-    }
-
     /// Adds to `write` a row per event per endpoint subscribed to its kind
     /// (`was_handoff`: the conversation's hand-off before the write).
     pub fn add_rows(&self, write: &mut StepWrite, was_handoff: bool) {
         if self.endpoints.is_empty() {
             return;
         }
-        let happened = happenings(write, was_handoff);
-        if happened.is_empty() {
-            return;
-        }
-        let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let cause = event_cause(write);
-        let (number, contact) = self.numbers.split(&write.phone);
-        let conversation = json!({"number": number, "contact": contact});
-        for e in &self.endpoints {
-            for (n, h) in happened.iter().enumerate().filter(|(_, h)| e.wants(h.kind)) {
-                let payload = json!({"webhook": e.name, "type": h.kind, "timestamp": at,
-                    "conversation": conversation, "data": h.data});
-                write.outbox.push(NewOutbox {
-                    phone: format!("{LANE}{}:{}", e.name, write.phone),
-                    kind: ROW_KIND,
-                    payload,
-                    idempotency_key: event_id(&write.phone, &cause, n),
-                });
-            }
+        for (n, h) in happenings(write, was_handoff).into_iter().enumerate() {
+            let id = event_id(&write.phone, &cause, n);
+            let rows = self.rows_for(&write.phone, h.kind, &h.data, &id);
+            write.outbox.extend(rows);
         }
     }
 
@@ -100,25 +82,9 @@ impl Webhooks {
     /// delivery status WhatsApp reported for our message `provider_id` in
     /// conversation `phone` (written with the status, under its lock).
     pub fn status_rows(&self, phone: &str, provider_id: &str, status: &str, error: Option<&str>) -> Vec<NewOutbox> {
-        let (number, contact) = self.numbers.split(phone);
-        let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let id = event_id(
-            phone,
-            &format!("status {provider_id} {status} {}", error.unwrap_or("")),
-            0,
-        );
-        self.endpoints
-            .iter()
-            .filter(|e| e.wants("message.status"))
-            .map(|e| NewOutbox {
-                phone: format!("{LANE}{}:{phone}", e.name),
-                kind: ROW_KIND,
-                payload: json!({"webhook": e.name, "type": "message.status", "timestamp": at,
-                    "conversation": {"number": number, "contact": contact},
-                    "data": {"message": {"id": provider_id, "status": status, "error": error}}}),
-                idempotency_key: id.clone(),
-            })
-            .collect()
+        let cause = format!("status {provider_id} {status} {}", error.unwrap_or(""));
+        let data = json!({"message": {"id": provider_id, "status": status, "error": error}});
+        self.rows_for(phone, "message.status", &data, &event_id(phone, &cause, 0))
     }
 
     /// Whether any endpoint wants events of `kind`.
@@ -129,30 +95,33 @@ impl Webhooks {
     /// The rows telling the endpoints that want `message.sent` of messages
     /// WhatsApp just accepted (written with their send marks).
     pub fn sent_rows(&self, sent: &[crate::db::told::SentMessage]) -> Vec<NewOutbox> {
-        let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut rows = Vec::new();
         for m in sent {
-            let (number, contact) = self.numbers.split(&m.phone);
             let key = m.outbox_key.as_deref().unwrap_or_default();
+            let data = json!({"message": {"id": m.provider_message_id, "origin": m.origin,
+                "name": m.author, "body": m.body, "key": key}});
             let id = event_id(&m.phone, &format!("sent {key}"), 0);
-            for e in self.endpoints.iter().filter(|e| e.wants("message.sent")) {
-                rows.push(NewOutbox {
-                    phone: format!("{LANE}{}:{}", e.name, m.phone),
-                    kind: ROW_KIND,
-                    payload: json!({"webhook": e.name, "type": "message.sent", "timestamp": at,
-                        "conversation": {"number": number, "contact": contact},
-                        "data": {"message": {"id": m.provider_message_id, "origin": m.origin,
-                            "name": m.author, "body": m.body, "key": key}}}),
-                    idempotency_key: id.clone(),
-                });
-            }
+            rows.extend(self.rows_for(&m.phone, "message.sent", &data, &id));
         }
         rows
     }
 
-    /// The endpoint named `name`.
-    pub fn endpoint(&self, name: &str) -> Option<&WebhookSettings> {
-        self.endpoints.iter().find(|e| e.name == name)
+    /// An event `kind` of conversation `phone` saying `data`, as a row in
+    /// the lane of each endpoint that wants it, all with the event's `id`.
+    fn rows_for(&self, phone: &str, kind: &'static str, data: &Value, id: &str) -> Vec<NewOutbox> {
+        let (number, contact) = self.numbers.split(phone);
+        let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        self.endpoints
+            .iter()
+            .filter(|e| e.wants(kind))
+            .map(|e| NewOutbox {
+                phone: format!("{LANE}{}:{phone}", e.name),
+                kind: ROW_KIND,
+                payload: json!({"webhook": e.name, "type": kind, "timestamp": at,
+                    "conversation": {"number": number, "contact": contact}, "data": data}),
+                idempotency_key: id.to_string(),
+            })
+            .collect()
     }
 
     pub fn endpoints(&self) -> &[WebhookSettings] {
@@ -193,7 +162,7 @@ fn event_id(phone: &str, cause: &str, n: usize) -> String {
 /// What a write makes happen, in order: the timer it fires, the customer's
 /// message, the outcome, the hand-off. (A message the bot or an agent
 /// sends is `message.sent` once WhatsApp took it: not delivered yet.)
-pub fn happenings(w: &StepWrite, was_handoff: bool) -> Vec<Happening> {
+fn happenings(w: &StepWrite, was_handoff: bool) -> Vec<Happening> {
     let version = w.committed_version();
     let base = |more: Value| {
         let mut v = json!({"version": version, "state": w.flow_state});
