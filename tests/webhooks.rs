@@ -138,7 +138,7 @@ async fn app_with(db: &TestDb, url: &str, more: impl FnOnce(&mut switchboard::co
             // No name (it is `webhook1`) and no kinds: every event.
             s.integrations.webhooks = vec![WebhookSettings {
                 name: String::new(),
-                url,
+                url: Secret::new(url),
                 secret: Secret::new(SECRET),
                 events: Vec::new(),
                 timeout_ms: 2_000,

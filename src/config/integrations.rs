@@ -55,7 +55,8 @@ pub struct WebhookSettings {
     /// `webhook<N>`, N its place in the list from 1.
     #[serde(default)]
     pub name: String,
-    pub url: String,
+    /// A secret: a URL often carries a token (`config check` shows it redacted).
+    pub url: Secret,
     /// `whsec_<base64 key>`, as the Standard Webhooks libraries take it.
     pub secret: Secret,
     /// The kinds it receives ([`EVENT_KINDS`]; empty: all).
@@ -100,7 +101,8 @@ pub fn problems(s: &IntegrationSettings, lease_ms: i64) -> Vec<String> {
         } else if !names.insert(w.name.as_str()) {
             out.push(format!("{key}.name: {:?} is given twice", w.name));
         }
-        if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+        let url = w.url.expose();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
             out.push(format!("{key}.url: an http:// or https:// URL"));
         }
         if webhook_key(w.secret.expose()).is_err() {

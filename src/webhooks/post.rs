@@ -37,7 +37,7 @@ impl Poster {
                 let slots = tokio::sync::Semaphore::new(share);
                 Some((
                     e.name.clone(),
-                    e.url.clone(),
+                    e.url.expose().to_string(),
                     key,
                     Duration::from_millis(e.timeout_ms),
                     slots,
