@@ -313,7 +313,7 @@ async fn a_late_record_from_a_sender_whose_lease_ran_out_changes_nothing() {
     let at = chrono::Utc::now();
     rows::mark_retry(&mut conn, &ours, at, "late").await.unwrap();
     rows::release(&mut conn, &ours, at).await.unwrap();
-    assert!(rows::mark_final(&mut conn, &ours, false, "late", 30_000)
+    assert!(rows::mark_final(&mut conn, &ours, false, "late", 30_000, &[])
         .await
         .unwrap()
         .is_empty());
@@ -335,7 +335,7 @@ async fn a_row_replayed_from_the_dead_letters_waits_for_the_one_in_flight_then_g
     // The first row went to the dead letters; the next one is being sent.
     let claimed_first = rows::claim(&mut conn, 10, 30_000).await.unwrap();
     assert_eq!(claimed_first.len(), 1);
-    rows::mark_final(&mut conn, &claimed_first[0], true, "gave up", 30_000)
+    rows::mark_final(&mut conn, &claimed_first[0], true, "gave up", 30_000, &[])
         .await
         .unwrap();
     let second = put_row(&db, to, "in:8:1", "sending", 1).await;

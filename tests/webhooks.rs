@@ -13,7 +13,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde_json::{json, Value};
-use support::app::{status, TestApp, APP_SECRET};
+use support::app::{status, text_message, TestApp, APP_SECRET};
 use support::TestDb;
 use switchboard::config::{Secret, WebhookSettings};
 use switchboard::db::schema::{messages, outbox};
@@ -400,6 +400,34 @@ async fn a_delivery_status_is_told_once_in_its_conversations_order() {
     );
     assert!(taken[1..].iter().all(|e| e["data"]["message"]["id"] == reply.as_str()));
     assert_eq!(taken[1]["data"]["message"]["origin"], "bot");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_message_kept_as_a_dead_letter_is_told_once() {
+    let db = TestDb::migrated().await;
+    let hook = consumer(false).await;
+    let app = app(&db, &hook.url).await;
+    // A text over WhatsApp's limit: kept as a dead letter, the delivery acked.
+    let long = text_message(PHONE, "wamid.hook.long", &"a".repeat(4097));
+    for _ in 0..2 {
+        let r = app.deliver_value(vec![long.clone()], vec![]).await;
+        assert_eq!(r.status(), 200);
+    }
+    app.engine.outbox().wait_drained().await;
+    let taken: Vec<Value> = hook.seen.lock().unwrap().taken.iter().map(|(_, e)| e.clone()).collect();
+    assert_eq!(
+        taken.len(),
+        1,
+        "a redelivery keeps nothing new, tells nothing: {taken:?}"
+    );
+    let dead = &taken[0]["data"]["dead_letter"];
+    assert_eq!(
+        (taken[0]["type"].as_str(), dead["source"].as_str()),
+        (Some("dead_letter"), Some("webhook"))
+    );
+    assert!(dead["reason"].as_str().unwrap().contains("4096"), "{dead}");
+    assert_eq!(taken[0]["conversation"]["contact"], PHONE);
     app.stop().await;
 }
 

@@ -63,12 +63,21 @@ pub struct Supervisor {
     breakers: Vec<CircuitBreaker>,
     /// Shared with the engine handle, which reads it for `/metrics`.
     stats: Arc<SupervisorStats>,
+    /// The team's webhooks: a quarantined message is told as a dead letter.
+    webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl Supervisor {
-    pub fn new(db: Database, max_crashes: u32, breakers: Vec<CircuitBreaker>, stats: Arc<SupervisorStats>) -> Self {
+    pub fn new(
+        db: Database,
+        max_crashes: u32,
+        breakers: Vec<CircuitBreaker>,
+        stats: Arc<SupervisorStats>,
+        webhooks: Arc<crate::webhooks::Webhooks>,
+    ) -> Self {
         Self {
             db,
+            webhooks,
             max_crashes: max_crashes.max(1),
             breakers,
             stats,
@@ -87,6 +96,7 @@ impl Handler<Crashed> for Supervisor {
         let db = self.db.clone();
         let max = self.max_crashes as i32;
         let stats = self.stats.clone();
+        let webhooks = self.webhooks.clone();
         stats.crashes.fetch_add(1, Ordering::Relaxed);
         Box::pin(async move {
             let attempts = db
@@ -95,8 +105,9 @@ impl Handler<Crashed> for Supervisor {
                 })
                 .await?;
             if attempts >= max {
+                let told = webhooks.dead_letter_rows(&msg.phone, "inbox", &msg.inbox_id.to_string(), &msg.reason);
                 db.run("quarantine", |c| {
-                    resume::quarantine(c, &msg.phone, msg.inbox_id, &msg.reason).scope_boxed()
+                    resume::quarantine(c, &msg.phone, msg.inbox_id, &msg.reason, &told).scope_boxed()
                 })
                 .await?;
                 stats.quarantined.fetch_add(1, Ordering::Relaxed);

@@ -18,10 +18,6 @@ pub const EVENT_KINDS: [&str; 7] = [
     "dead_letter",
 ];
 
-/// The kinds this build does not deliver yet (issue 24 continues): a
-/// subscription to them is accepted and warned of at start.
-pub const NOT_YET_DELIVERED: [&str; 1] = ["dead_letter"];
-
 /// `[integrations]` settings.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -25,7 +25,7 @@ pub use ai::{AiProvider, AiSettings, OpenAiSettings, SimulatedSettings};
 pub use breaker::BreakerSettings;
 pub use database::{DatabaseSettings, EmbeddedSettings, PgValue, RetrySettings, OWNED_SERVER_SETTINGS};
 pub use engine::{EngineSettings, GroupCommitSettings};
-pub use integrations::{webhook_key, IntegrationSettings, WebhookSettings, EVENT_KINDS, NOT_YET_DELIVERED};
+pub use integrations::{webhook_key, IntegrationSettings, WebhookSettings, EVENT_KINDS};
 pub use media::MediaSettings;
 pub use numbers::NumberSettings;
 pub use outbox::OutboxSettings;

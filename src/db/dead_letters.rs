@@ -69,8 +69,28 @@ pub struct NewUnusable<'a> {
 pub const UNUSABLE: &str = "webhook";
 
 /// Keeps an unusable item as a dead letter; true when it is new (a
-/// redelivery of the same item stores nothing).
-pub async fn record_unusable(conn: &mut AsyncPgConnection, u: &NewUnusable<'_>) -> Result<bool> {
+/// redelivery of the same item stores nothing). `told`: the rows telling
+/// the team's `dead_letter` webhooks, inserted with it (in one transaction
+/// then; the insert alone otherwise).
+pub async fn record_unusable(
+    conn: &mut AsyncPgConnection,
+    u: &NewUnusable<'_>,
+    told: &[super::steps::NewOutbox],
+) -> Result<bool> {
+    if told.is_empty() {
+        return keep_unusable(conn, u).await;
+    }
+    conn.transaction::<_, DbError, _>(async move |conn| {
+        let new = keep_unusable(conn, u).await?;
+        if new {
+            super::told::insert(conn, told, super::outbox::conversation_of).await?;
+        }
+        Ok(new)
+    })
+    .await
+}
+
+async fn keep_unusable(conn: &mut AsyncPgConnection, u: &NewUnusable<'_>) -> Result<bool> {
     let stored = diesel::insert_into(dead_letters::table)
         .values((
             dead_letters::phone.eq(u.from),

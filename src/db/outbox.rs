@@ -240,13 +240,15 @@ pub async fn release(conn: &mut AsyncPgConnection, row: &Claimed, at: DateTime<U
 /// copied to dead letters). Its message shows the failure. The
 /// conversation's next row is claimed in the same transaction (leased for
 /// `lease_ms`) and returned: a failed message does not hold back the ones
-/// after it.
+/// after it. A dead row's `told` rows (the team's `dead_letter` webhooks)
+/// are inserted with its dead letter.
 pub async fn mark_final(
     conn: &mut AsyncPgConnection,
     row: &Claimed,
     dead: bool,
     reason: &str,
     lease_ms: i64,
+    told: &[crate::db::steps::NewOutbox],
 ) -> Result<Vec<Claimed>> {
     let row = row.clone();
     let reason = reason.to_string();
@@ -284,6 +286,7 @@ pub async fn mark_final(
                 ))
                 .execute(conn)
                 .await?;
+            super::told::insert(conn, told, conversation_of).await?;
         }
         Ok(claim_next(conn, &[row.phone.as_str()], lease_ms).await?)
     })

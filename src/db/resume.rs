@@ -92,7 +92,15 @@ pub async fn record_failure(conn: &mut AsyncPgConnection, phone: &str, inbox_id:
 /// Moves a poison inbound message to dead letters and marks it handled, in
 /// one transaction, so the conversation goes on with the next message.
 #[tracing::instrument(skip_all, fields(phone = %mask(phone), inbox_id))]
-pub async fn quarantine(conn: &mut AsyncPgConnection, phone: &str, inbox_id: i64, reason: &str) -> Result<()> {
+/// `told`: the rows telling the team's `dead_letter` webhooks, inserted
+/// with the dead letter.
+pub async fn quarantine(
+    conn: &mut AsyncPgConnection,
+    phone: &str,
+    inbox_id: i64,
+    reason: &str,
+    told: &[super::steps::NewOutbox],
+) -> Result<()> {
     let phone = phone.to_string();
     let reason = reason.to_string();
     conn.transaction::<_, DbError, _>(async move |conn| {
@@ -116,6 +124,7 @@ pub async fn quarantine(conn: &mut AsyncPgConnection, phone: &str, inbox_id: i64
                 ))
                 .execute(conn)
                 .await?;
+            super::told::insert(conn, told, super::outbox::conversation_of).await?;
         }
         Ok(())
     })

@@ -37,6 +37,8 @@ pub(super) struct ActorParts {
     pub ai_stats: Arc<AiStats>,
     /// Shared with the engine handle, which reads what the actor counts.
     pub supervisor_stats: Arc<SupervisorStats>,
+    /// The team's webhooks, for the supervisor's dead letters.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 /// The singleton actors' addresses and the arbiters for session actors.
@@ -121,7 +123,14 @@ fn start_actors(p: ActorParts, arbiters: Vec<ArbiterHandle>) -> Started {
     let writer = DbWriter::new(p.db.clone(), group, p.writer_stats, p.send_queue, p.lease).start();
     let ai = AiActor::new(p.model, &p.settings.ai, p.ai_breaker.clone(), p.ai_stats).start();
     let breakers = std::iter::once(p.ai_breaker).chain(p.outbound_breakers.all()).collect();
-    let supervisor = Supervisor::new(p.db, p.settings.engine.max_crashes, breakers, p.supervisor_stats).start();
+    let supervisor = Supervisor::new(
+        p.db,
+        p.settings.engine.max_crashes,
+        breakers,
+        p.supervisor_stats,
+        p.webhooks,
+    )
+    .start();
     Started {
         writer,
         ai,

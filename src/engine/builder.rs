@@ -273,6 +273,7 @@ impl Parts {
             writer_stats: self.writer_stats.clone(),
             ai_stats: self.ai_stats.clone(),
             supervisor_stats: self.supervisor_stats.clone(),
+            webhooks: self.webhooks.clone(),
         }
     }
 

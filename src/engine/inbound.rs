@@ -148,10 +148,13 @@ impl Engine {
     #[tracing::instrument(skip_all)]
     pub async fn keep_unusable(&self, u: &NewUnusable<'_>) -> Result<bool> {
         self.check_running()?;
+        let told = self.inner.webhooks.dead_letter_rows(u.from, "webhook", u.key, u.reason);
         let new = self
             .inner
             .db
-            .run("record_unusable", |c| dead_letters::record_unusable(c, u).scope_boxed())
+            .run("record_unusable", |c| {
+                dead_letters::record_unusable(c, u, &told).scope_boxed()
+            })
             .await?;
         if new {
             self.inner.stats.unusable.fetch_add(1, Ordering::Relaxed);

@@ -170,9 +170,16 @@ impl Worker {
             self.stats.failed.fetch_add(1, Relaxed);
             tracing::warn!(%reason, "send failed permanently");
         }
+        let told = match retry {
+            true => self
+                .webhooks
+                .webhooks
+                .dead_letter_rows(&row.phone, "outbox", &row.id.to_string(), &reason),
+            false => Vec::new(),
+        };
         self.db
             .run("outbox_final", |c| {
-                rows::mark_final(c, row, retry, &reason, lease).scope_boxed()
+                rows::mark_final(c, row, retry, &reason, lease, &told).scope_boxed()
             })
             .await
     }

@@ -52,15 +52,6 @@ struct Happening {
 impl Webhooks {
     pub fn new(settings: &IntegrationSettings, numbers: Arc<Numbers>) -> Self {
         let endpoints = settings.named();
-        for e in &endpoints {
-            let missing: Vec<&str> = crate::config::NOT_YET_DELIVERED
-                .into_iter()
-                .filter(|k| e.events.iter().any(|w| w == k))
-                .collect();
-            if !missing.is_empty() {
-                tracing::warn!(webhook = %e.name, kinds = ?missing, "this build does not deliver these event kinds yet");
-            }
-        }
         Self { endpoints, numbers }
     }
 
@@ -85,6 +76,19 @@ impl Webhooks {
         let cause = format!("status {provider_id} {status} {}", error.unwrap_or(""));
         let data = json!({"message": {"id": provider_id, "status": status, "error": error}});
         self.rows_for(phone, "message.status", &data, &event_id(phone, &cause, 0))
+    }
+
+    /// The rows telling the endpoints that want `dead_letter` of what
+    /// `conversation` could not apply or deliver (`source`: `inbox`,
+    /// `outbox` or `webhook`; `id`: what names it in its source). None for
+    /// a webhook delivery's own lane: a dead event is not told again.
+    pub fn dead_letter_rows(&self, conversation: &str, source: &str, id: &str, reason: &str) -> Vec<NewOutbox> {
+        if is_lane(conversation) {
+            return Vec::new();
+        }
+        let data = json!({"dead_letter": {"source": source, "id": id, "reason": reason}});
+        let event = event_id(conversation, &format!("dead {source} {id}"), 0);
+        self.rows_for(conversation, "dead_letter", &data, &event)
     }
 
     /// Whether any endpoint wants events of `kind`.
@@ -161,7 +165,7 @@ fn event_id(phone: &str, cause: &str, n: usize) -> String {
 
 /// What a write makes happen, in order: the timer it fires, the customer's
 /// message, the outcome, the hand-off. (A message the bot or an agent
-/// sends is `message.sent` once WhatsApp took it: not delivered yet.)
+/// sends is told as `message.sent` by its send's mark, once WhatsApp took it.)
 fn happenings(w: &StepWrite, was_handoff: bool) -> Vec<Happening> {
     let version = w.committed_version();
     let base = |more: Value| {
