@@ -306,6 +306,11 @@ pub async fn backlog(conn: &mut AsyncPgConnection) -> Result<i64> {
 /// endpoint's events of one conversation, in the `phone` column.
 pub const WEBHOOK_LANE: &str = "webhook:";
 
+/// Endpoint `name`'s lane for `conversation` (the name holds no `:`).
+pub fn webhook_lane(name: &str, conversation: &str) -> String {
+    format!("{WEBHOOK_LANE}{name}:{conversation}")
+}
+
 /// The conversation a row's key belongs to: its own, or a lane's (the
 /// name in a lane holds no `:`).
 pub fn conversation_of(key: &str) -> &str {

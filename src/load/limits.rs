@@ -249,7 +249,7 @@ async fn commit(c: &Client, s: &[Statement], ids: &[i64], phones: &[String]) -> 
 /// Latency of a durable one-row autocommitted `INSERT`, open loop at
 /// `rate` for `run`, from each commit's intended start.
 async fn bare_commits(url: &str, run: Duration, rate: f64) -> anyhow::Result<Percentiles> {
-    let (due_tx, due_rx) = async_channel(BARE_CONNECTIONS);
+    let (due_tx, due_rx) = due_queue(BARE_CONNECTIONS);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..BARE_CONNECTIONS {
         let client = connect(url).await?;
@@ -257,7 +257,7 @@ async fn bare_commits(url: &str, run: Duration, rate: f64) -> anyhow::Result<Per
         workers.spawn(async move {
             let insert = client.prepare("INSERT INTO limits_commits DEFAULT VALUES").await?;
             let mut h = Histogram::<u64>::new(3).context("histogram")?;
-            while let Some(at) = recv(&due).await {
+            while let Some(at) = next_due(&due).await {
                 client.execute(&insert, &[]).await?;
                 h.saturating_record(at.elapsed().as_micros() as u64);
             }
@@ -285,11 +285,11 @@ async fn bare_commits(url: &str, run: Duration, rate: f64) -> anyhow::Result<Per
 type Due = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Instant>>>;
 
 /// A queue of due commits shared by the workers (each takes the next).
-fn async_channel(bound: usize) -> (tokio::sync::mpsc::Sender<Instant>, Due) {
+fn due_queue(bound: usize) -> (tokio::sync::mpsc::Sender<Instant>, Due) {
     let (tx, rx) = tokio::sync::mpsc::channel(bound);
     (tx, Arc::new(tokio::sync::Mutex::new(rx)))
 }
 
-async fn recv(due: &Due) -> Option<Instant> {
+async fn next_due(due: &Due) -> Option<Instant> {
     due.lock().await.recv().await
 }

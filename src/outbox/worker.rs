@@ -60,77 +60,76 @@ impl Worker {
             self.stats.resent_after_crash.fetch_add(1, Relaxed);
             tracing::warn!("sending again a row whose earlier attempt was never recorded; it may arrive twice");
         }
-        if crate::webhooks::is_lane(&row.phone) {
-            // A team's endpoint: no business number's rate or breaker.
-            let recorded = match self.webhooks.post(row).await {
-                Some(SendOutcome::Sent { provider_id }) => {
-                    self.stats.sent.fetch_add(1, Relaxed);
-                    return Delivery::Sent(provider_id);
-                }
-                Some(outcome) => self.record(row, outcome).await,
-                None => {
-                    // About a second, spread: released rows do not all come back at once.
-                    let at = Utc::now() + chrono::Duration::milliseconds(rand::random_range(700..1300));
-                    let released = self
-                        .db
-                        .run("outbox_release", |c| rows::release(c, row, at).scope_boxed());
-                    released.await.map(|()| Vec::new())
-                }
-            };
-            return match recorded {
-                Ok(next) => Delivery::Recorded(next),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not record a webhook result");
-                    Delivery::Recorded(Vec::new())
-                }
-            };
-        }
+        let delivered = match crate::webhooks::is_lane(&row.phone) {
+            true => self.to_endpoint(row).await,
+            false => self.to_whatsapp(row).await,
+        };
+        delivered.unwrap_or_else(|e| {
+            // The lease makes the row due again; it is retried then.
+            tracing::warn!(error = %e, "could not record a send result");
+            Delivery::Recorded(Vec::new())
+        })
+    }
+
+    /// A reply to WhatsApp: within its number's rate, behind its breaker.
+    async fn to_whatsapp(&self, row: &Claimed) -> Result<Delivery, DbError> {
+        use std::sync::atomic::Ordering::Relaxed;
         let (number, contact) = self.numbers.split(&row.phone);
         // The rate first: a wait for it (or a throttling pause) is not the
         // provider's slowness, which the breaker times.
         let rate = self.rates.of(number);
         rate.wait(&self.db).await;
-        let result = match self.breakers.of(number).try_acquire() {
-            Err(_) => {
-                let at = Utc::now() + chrono::Duration::milliseconds(self.settings.breaker.open_ms as i64);
-                self.db
-                    .run("outbox_release", |c| rows::release(c, row, at).scope_boxed())
-                    .await
-                    .map(|()| Vec::new())
-            }
-            Ok(permit) => {
-                let outcome = self
-                    .sender
-                    .send(OutboundMessage {
-                        tracking: Some(row.idempotency_key.clone()),
-                        from: number.map(str::to_string),
-                        ..OutboundMessage::from_outbox(contact, &row.payload)
-                    })
-                    .await;
-                permit.record(match outcome {
-                    SendOutcome::Retry { .. } => CallResult::Failure,
-                    _ => CallResult::Success,
-                });
-                match outcome {
-                    SendOutcome::Sent { provider_id } => {
-                        rate.accepted().await;
-                        self.stats.sent.fetch_add(1, Relaxed);
-                        return Delivery::Sent(provider_id);
-                    }
-                    SendOutcome::Throttled { pair: false, .. } => rate.throttled().await,
-                    _ => {}
-                }
-                self.record(row, outcome).await
-            }
+        let Ok(permit) = self.breakers.of(number).try_acquire() else {
+            let at = Utc::now() + chrono::Duration::milliseconds(self.settings.breaker.open_ms as i64);
+            return self.release(row, at).await;
         };
-        match result {
-            Ok(next) => Delivery::Recorded(next),
-            Err(e) => {
-                // The lease makes the row due again; it is retried then.
-                tracing::warn!(error = %e, "could not record a send result");
-                Delivery::Recorded(Vec::new())
+        let outcome = self
+            .sender
+            .send(OutboundMessage {
+                tracking: Some(row.idempotency_key.clone()),
+                from: number.map(str::to_string),
+                ..OutboundMessage::from_outbox(contact, &row.payload)
+            })
+            .await;
+        permit.record(match outcome {
+            SendOutcome::Retry { .. } => CallResult::Failure,
+            _ => CallResult::Success,
+        });
+        match outcome {
+            SendOutcome::Sent { provider_id } => {
+                rate.accepted().await;
+                self.stats.sent.fetch_add(1, Relaxed);
+                return Ok(Delivery::Sent(provider_id));
+            }
+            SendOutcome::Throttled { pair: false, .. } => rate.throttled().await,
+            _ => {}
+        }
+        self.record(row, outcome).await.map(Delivery::Recorded)
+    }
+
+    /// An event to a team's endpoint: no business number's rate or breaker.
+    async fn to_endpoint(&self, row: &Claimed) -> Result<Delivery, DbError> {
+        match self.webhooks.post(row).await {
+            Some(SendOutcome::Sent { provider_id }) => {
+                self.stats.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(Delivery::Sent(provider_id))
+            }
+            Some(outcome) => self.record(row, outcome).await.map(Delivery::Recorded),
+            None => {
+                // Its endpoint's slots are busy: about a second, spread, so
+                // released rows do not all come back at once.
+                let at = Utc::now() + chrono::Duration::milliseconds(rand::random_range(700..1300));
+                self.release(row, at).await
             }
         }
+    }
+
+    /// Gives the claim back untouched, due at `at` (the attempt uncounted).
+    async fn release(&self, row: &Claimed, at: chrono::DateTime<Utc>) -> Result<Delivery, DbError> {
+        let released = self
+            .db
+            .run("outbox_release", |c| rows::release(c, row, at).scope_boxed());
+        released.await.map(|()| Delivery::Recorded(Vec::new()))
     }
 
     /// Records a send that was not accepted; returns the conversation's

@@ -25,14 +25,8 @@ use crate::config::{IntegrationSettings, WebhookSettings};
 use crate::db::steps::{NewOutbox, StepWrite};
 use crate::numbers::Numbers;
 
-/// The session data key naming the agent who last took or returned the
-/// conversation (absent when the flow, a timer or an anonymous token did).
-pub const HANDOFF_BY: &str = "_handoff_by";
-
 /// The outbox row kind of a webhook delivery.
 pub const ROW_KIND: &str = "webhook";
-/// The lane key's prefix: `webhook:<name>:<conversation>`.
-const LANE: &str = crate::db::outbox::WEBHOOK_LANE;
 
 /// The configured endpoints.
 #[derive(Debug)]
@@ -119,7 +113,7 @@ impl Webhooks {
             .iter()
             .filter(|e| e.wants(kind))
             .map(|e| NewOutbox {
-                phone: format!("{LANE}{}:{phone}", e.name),
+                phone: crate::db::outbox::webhook_lane(&e.name, phone),
                 kind: ROW_KIND,
                 payload: json!({"webhook": e.name, "type": kind, "timestamp": at,
                     "conversation": {"number": number, "contact": contact}, "data": data}),
@@ -135,7 +129,7 @@ impl Webhooks {
 
 /// Whether an outbox row is a webhook delivery (by its lane).
 pub fn is_lane(key: &str) -> bool {
-    key.starts_with(LANE)
+    key.starts_with(crate::db::outbox::WEBHOOK_LANE)
 }
 
 /// What names the write's cause once: its inbound message, its agent
@@ -195,7 +189,7 @@ fn happenings(w: &StepWrite, was_handoff: bool) -> Vec<Happening> {
         });
     }
     if w.handoff != was_handoff {
-        let by = w.data.get(HANDOFF_BY).cloned().unwrap_or(Value::Null);
+        let by = w.data.get(crate::flow::HANDOFF_BY_KEY).cloned().unwrap_or(Value::Null);
         out.push(Happening {
             kind: "handoff",
             data: base(json!({"active": w.handoff, "by": by})),
