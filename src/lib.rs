@@ -18,9 +18,11 @@
 //! - [`startup`]: builds the application and stops it in order.
 //! - [`lifecycle`]: the one cancellation token and task tracker of a process.
 //! - [`events`]: the realtime events every part publishes.
+//! - [`actions`]: flow actions, the calls states make to the team's backend.
 //! - [`telemetry`]: logging set-up.
 //! - [`cli`]: the `switchboard` command line.
 
+pub mod actions;
 pub mod actors;
 pub mod ai;
 pub mod breaker;

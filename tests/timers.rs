@@ -519,26 +519,6 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// `switchboard serve` on `db`, its config in `dir`; returns the child and its HTTP port.
-fn serve(dir: &std::path::Path) -> (std::process::Child, u16) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["serve", "--config"])
-        .arg(dir.join("config.toml"))
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = support::stderr_lines(&mut child);
-    let seen = support::read_until(&rx, Duration::from_secs(60), "ready line", |l| {
-        l.contains("switchboard is ready")
-    });
-    let ready: Value = serde_json::from_str(seen.last().unwrap()).unwrap();
-    // Keep draining its output so it never blocks on a full pipe.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    (child, ready["port"].as_u64().unwrap() as u16)
-}
-
 #[actix_web::test]
 async fn a_reminder_fires_once_after_the_server_is_killed_while_it_waits() {
     let db = TestDb::migrated().await;
@@ -564,7 +544,7 @@ async fn a_reminder_fires_once_after_the_server_is_killed_while_it_waits() {
         ),
     )
     .unwrap();
-    let (mut first, port) = serve(dir.path());
+    let (mut first, port) = support::serve(dir.path());
     let phone = "5215590000009";
     let body = serde_json::to_vec(&delivery(vec![support::app::change(
         vec![text_message(phone, "wamid.k1", "reportar")],
@@ -584,7 +564,7 @@ async fn a_reminder_fires_once_after_the_server_is_killed_while_it_waits() {
     first.kill().unwrap();
     first.wait().unwrap();
     assert_eq!(timer_rows(&db, phone).await[0].1, "pending");
-    let (mut second, _) = serve(dir.path());
+    let (mut second, _) = support::serve(dir.path());
     let reminders = || {
         texts(&sent_to(&fake, phone))
             .iter()

@@ -23,6 +23,11 @@ pub const EVENT_KINDS: [&str; 7] = [
 #[serde(deny_unknown_fields, default)]
 pub struct IntegrationSettings {
     pub webhooks: Vec<WebhookSettings>,
+    /// Name → value: what flow actions' `{ secret = "NAME" }` headers and
+    /// URLs take (tokens stay out of flow files; `config check` redacts them).
+    pub secrets: std::collections::BTreeMap<String, Secret>,
+    /// The tuning of each flow action's breaker (`action:<name>`).
+    pub action_breaker: super::BreakerSettings,
 }
 
 impl IntegrationSettings {

@@ -39,6 +39,8 @@ pub(super) struct ActorParts {
     pub supervisor_stats: Arc<SupervisorStats>,
     /// The team's webhooks, for the supervisor's dead letters.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// The flow actions' breakers, listed and forced by the supervisor.
+    pub action_breakers: Vec<crate::breaker::CircuitBreaker>,
 }
 
 /// The singleton actors' addresses and the arbiters for session actors.
@@ -122,7 +124,10 @@ fn start_actors(p: ActorParts, arbiters: Vec<ArbiterHandle>) -> Started {
     let group = p.settings.engine.group_commit.clone();
     let writer = DbWriter::new(p.db.clone(), group, p.writer_stats, p.send_queue, p.lease).start();
     let ai = AiActor::new(p.model, &p.settings.ai, p.ai_breaker.clone(), p.ai_stats).start();
-    let breakers = std::iter::once(p.ai_breaker).chain(p.outbound_breakers.all()).collect();
+    let breakers = std::iter::once(p.ai_breaker)
+        .chain(p.outbound_breakers.all())
+        .chain(p.action_breakers)
+        .collect();
     let supervisor = Supervisor::new(
         p.db,
         p.settings.engine.max_crashes,

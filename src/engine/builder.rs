@@ -104,7 +104,7 @@ impl EngineBuilder {
         // Random per start, never 0 (the column's default): a restarted
         // process does not inherit the leases of its previous life.
         let instance = (rand::random::<u64>() >> 1).max(1) as i64;
-        let parts = Parts::new(&settings, &numbers);
+        let parts = Parts::new(&settings, &numbers, &flow)?;
         let life = Lifecycle::new();
         let (actors, started) = ActorThread::start(parts.for_actors(&db, &settings, model, instance)).await?;
         let in_flight = watch::channel(0).0;
@@ -135,6 +135,7 @@ impl EngineBuilder {
             receipts: receipts.clone(),
             templates: templates.clone(),
             webhooks: parts.webhooks.clone(),
+            actions: parts.actions.clone(),
         }));
         let engine = Engine {
             inner: Arc::new(Inner {
@@ -145,6 +146,7 @@ impl EngineBuilder {
                 flows: flow,
                 numbers,
                 webhooks: parts.webhooks,
+                actions: parts.actions,
                 registry,
                 supervisor: started.supervisor,
                 writer: started.writer,
@@ -254,6 +256,8 @@ struct Parts {
     events: broadcast::Sender<Event>,
     /// The team's webhooks: rows added by the session actors, posted by the dispatcher.
     webhooks: Arc<crate::webhooks::Webhooks>,
+    /// The flows' backend calls, made by the session actors; read by the handle.
+    actions: Arc<crate::actions::Actions>,
 }
 
 impl Parts {
@@ -274,20 +278,26 @@ impl Parts {
             ai_stats: self.ai_stats.clone(),
             supervisor_stats: self.supervisor_stats.clone(),
             webhooks: self.webhooks.clone(),
+            action_breakers: self.actions.breakers(),
         }
     }
 
-    fn new(settings: &Settings, numbers: &Arc<Numbers>) -> Self {
+    fn new(settings: &Settings, numbers: &Arc<Numbers>, flows: &Flows) -> Result<Self> {
         let ai_breaker = CircuitBreaker::new("ai", settings.ai.breaker.clone());
         let outbound_breakers = OutboundBreakers::new(&settings.outbox.breaker, numbers);
+        let actions = crate::actions::Actions::new(flows, &settings.integrations, settings.engine.inbox_lease_ms)
+            .map_err(Error::InvalidInput)?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        for b in std::iter::once(ai_breaker.clone()).chain(outbound_breakers.all()) {
+        let breakers = std::iter::once(ai_breaker.clone())
+            .chain(outbound_breakers.all())
+            .chain(actions.breakers());
+        for b in breakers {
             let tx: broadcast::Sender<Event> = events.clone();
             b.observe(Box::new(move |name, state| {
                 let _ = tx.send(Event::breaker(name, state));
             }));
         }
-        Self {
+        Ok(Self {
             stats: Arc::default(),
             writer_stats: Arc::default(),
             ai_stats: Arc::default(),
@@ -297,7 +307,8 @@ impl Parts {
             send_queue: Arc::new(SendQueue::new(&settings.outbox)),
             events,
             webhooks: Arc::new(crate::webhooks::Webhooks::new(&settings.integrations, numbers.clone())),
-        }
+            actions: Arc::new(actions),
+        })
     }
 
     /// What the dispatcher sends through: `sender` to WhatsApp from the

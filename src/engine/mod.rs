@@ -110,6 +110,8 @@ struct Inner {
     numbers: Arc<Numbers>,
     /// The team's webhooks (the statuses' rows are written here).
     webhooks: Arc<crate::webhooks::Webhooks>,
+    /// The flows' backend calls (their figures are read here).
+    actions: Arc<crate::actions::Actions>,
     settings: Settings,
     /// Contact identifier → conversation key, each as its own link is stored
     /// in the database. A sharded map read on every inbound message without
@@ -234,6 +236,11 @@ impl Engine {
             .send(GetBreakers)
             .await
             .unwrap_or_else(|_| vec![self.inner.ai_breaker.snapshot()])
+    }
+
+    /// Each flow action's calls so far.
+    pub fn action_figures(&self) -> Vec<crate::actions::ActionFigures> {
+        self.inner.actions.figures()
     }
 
     /// Forces a breaker open or closed; false if no breaker has that name.

@@ -1,6 +1,7 @@
 //! Flow files: the TOML that declares a conversation (`format`), its
 //! validation (`validate`), and the validated flow the engine runs.
 
+mod actions;
 mod format;
 mod validate;
 
@@ -26,6 +27,8 @@ pub struct Flow {
     pub states: BTreeMap<String, State>,
     /// Expiry and hand-off timeout (see [`super::time`]).
     pub timing: Timing,
+    /// The team's backend calls its states run (see [`super::action`]).
+    pub actions: BTreeMap<String, super::action::Action>,
 }
 
 /// WhatsApp's limits on interactive messages: a flow that passes them is
@@ -74,6 +77,10 @@ pub struct State {
     pub outcome: Option<String>,
     /// Reminders and escalations while the conversation rests here, shortest first.
     pub after: Vec<AfterRule>,
+    /// The action run on entering (or, with a slot, once it is filled).
+    pub action: Option<String>,
+    pub on_success: Option<String>,
+    pub on_failure: Option<String>,
 }
 
 impl State {
@@ -165,11 +172,11 @@ impl Flow {
             problems,
         };
         let raw: FileFlow = toml::from_str(text).map_err(|e| fail(vec![e.to_string()]))?;
-        let (states, timing, problems) = validate::validate(&raw, text);
+        let (states, timing, actions, problems) = validate::validate(&raw, text);
         if !problems.is_empty() {
             return Err(fail(problems));
         }
-        Ok(validate::assemble(raw, states, timing))
+        Ok(validate::assemble(raw, states, timing, actions))
     }
 
     pub fn state(&self, name: &str) -> Option<&State> {

@@ -4,6 +4,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::action::PendingAction;
 use super::definition::{Flow, GlobalIntent, Slot, SlotKind, State};
 
 /// Key in the session data counting invalid answers to the current slot.
@@ -69,6 +70,9 @@ pub struct StepResult {
     pub handoff: bool,
     pub replies: Vec<Reply>,
     pub outcome: Option<Outcome>,
+    /// An action the step stopped at: its call's answer decides the rest
+    /// (see [`super::action::after_action`]).
+    pub action: Option<PendingAction>,
 }
 
 impl Flow {
@@ -147,6 +151,7 @@ pub(super) fn unchanged(flow: &Flow, state: &str, data: &Value, handoff: bool) -
         handoff,
         replies: Vec::new(),
         outcome: None,
+        action: None,
     }
 }
 
@@ -189,6 +194,14 @@ fn on_slot_filled(flow: &Flow, current: &State, slot: &Slot, value: Value, out: 
         obj.insert(slot.name.clone(), value);
     }
     set_attempts(&mut out.data, 0);
+    if let Some(action) = &current.action {
+        // The backend judges the value first.
+        out.action = Some(PendingAction {
+            state: current.name.clone(),
+            action: action.clone(),
+        });
+        return;
+    }
     let next = current.next.clone().unwrap_or_else(|| flow.initial.clone());
     enter(flow, &next, out, ticket);
 }
@@ -231,10 +244,25 @@ fn on_transition(flow: &Flow, current: &State, intent: Option<&str>, out: &mut S
     }
 }
 
-/// Moves to `target`, prompting there; a terminal state records its outcome
-/// and returns the conversation to the initial state with empty data.
+/// Moves to `target`: stops at its action if it runs one on entering,
+/// else [`arrive`]s.
 pub(super) fn enter(flow: &Flow, target: &str, out: &mut StepResult, ticket: &str) {
     let state = flow.current(target);
+    match &state.action {
+        Some(action) if state.slot.is_none() => {
+            out.state = state.name.clone();
+            out.action = Some(PendingAction {
+                state: state.name.clone(),
+                action: action.clone(),
+            });
+        }
+        _ => arrive(flow, state, out, ticket),
+    }
+}
+
+/// Prompts in `state`; a terminal state records its outcome and returns
+/// the conversation to the initial state with empty data.
+pub(super) fn arrive(flow: &Flow, state: &State, out: &mut StepResult, ticket: &str) {
     if let Some(kind) = &state.outcome {
         let mut data = out.data.clone();
         if let Some(obj) = data.as_object_mut() {
@@ -281,9 +309,13 @@ pub(super) fn fill(text: &str, data: &Value) -> String {
     let mut t = text.to_string();
     if let Some(obj) = data.as_object() {
         for (k, v) in obj {
-            if let Some(s) = v.as_str() {
-                t = t.replace(&format!("{{{k}}}"), s);
-            }
+            let shown = match v {
+                Value::String(s) => s.clone(),
+                // A backend's ticket number may be a JSON number.
+                Value::Number(n) => n.to_string(),
+                _ => continue,
+            };
+            t = t.replace(&format!("{{{k}}}"), &shown);
         }
     }
     t

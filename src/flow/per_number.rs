@@ -56,6 +56,16 @@ impl Flows {
         id.and_then(|id| self.own.get(id)).unwrap_or(&self.default)
     }
 
+    /// The business numbers the flows are chosen by.
+    pub fn numbers(&self) -> &Arc<Numbers> {
+        &self.numbers
+    }
+
+    /// Every flow in use: the default first.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Flow>> {
+        std::iter::once(&self.default).chain(self.own.values())
+    }
+
     pub fn default_flow(&self) -> &Arc<Flow> {
         &self.default
     }

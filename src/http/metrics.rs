@@ -197,6 +197,27 @@ impl Metrics {
                 breakers,
             ));
         }
+        let actions: Vec<proto::Metric> = engine
+            .action_figures()
+            .iter()
+            .flat_map(|a| {
+                [
+                    ("failed", a.failed),
+                    ("refused", a.refused),
+                    ("rejected", a.rejected),
+                    ("succeeded", a.succeeded),
+                ]
+                .map(|(result, n)| counter(&[("action", &a.action), ("result", result)], n))
+            })
+            .collect();
+        if !actions.is_empty() {
+            families.push(family(
+                "switchboard_action_calls_total",
+                "Flow action calls by action and result: succeeded, refused (the backend said no), failed (after retries), rejected (open breaker).",
+                MetricType::COUNTER,
+                actions,
+            ));
+        }
         families.push(model_call_duration(&s.ai.call_duration));
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buf = Vec::new();

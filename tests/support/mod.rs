@@ -386,3 +386,23 @@ pub async fn engine_with_fake(
         .await
         .unwrap()
 }
+
+/// `switchboard serve` on `db`, its config in `dir`; returns the child and its HTTP port.
+pub fn serve(dir: &std::path::Path) -> (std::process::Child, u16) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--config"])
+        .arg(dir.join("config.toml"))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = stderr_lines(&mut child);
+    let seen = read_until(&rx, std::time::Duration::from_secs(60), "ready line", |l| {
+        l.contains("switchboard is ready")
+    });
+    let ready: serde_json::Value = serde_json::from_str(seen.last().unwrap()).unwrap();
+    // Keep draining its output so it never blocks on a full pipe.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    (child, ready["port"].as_u64().unwrap() as u16)
+}

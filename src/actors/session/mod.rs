@@ -13,8 +13,10 @@
 //! - `state`: the conversation in memory and how it is loaded;
 //! - `inbound`: the step pipeline of inbound messages (chains, crashes);
 //! - `writes`: the versioned writes and their one conflict-retry loop;
-//! - `agent`: what a human agent writes (a message, the hand-off).
+//! - `agent`: what a human agent writes (a message, the hand-off);
+//! - `actions`: the flow's calls to the team's backend, inside a step.
 
+mod actions;
 mod agent;
 mod inbound;
 pub mod messages;
@@ -88,6 +90,8 @@ pub(crate) struct SessionDeps {
     pub templates: Arc<crate::whatsapp::templates::Templates>,
     /// The team's webhooks: each write gets a row per event they subscribed to.
     pub webhooks: Arc<crate::webhooks::Webhooks>,
+    /// The flows' calls to the team's backend.
+    pub actions: Arc<crate::actions::Actions>,
 }
 
 pub struct SessionActor {

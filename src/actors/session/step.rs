@@ -272,14 +272,10 @@ pub(super) async fn understand_and_step(
             .and_then(serde_json::Value::as_str)
             .map(str::to_string);
     }
-    flow::step(
-        flow,
-        &core.state,
-        &core.data,
-        core.handoff,
-        &understanding,
-        &format!("R{}", msg.id),
-    )
+    let ticket = format!("R{}", msg.id);
+    let mut result = flow::step(flow, &core.state, &core.data, core.handoff, &understanding, &ticket);
+    super::actions::run(deps, phone, flow, &mut result, &msg.provider_message_id, &ticket).await;
+    result
 }
 
 pub(super) fn publish(

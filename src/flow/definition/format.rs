@@ -24,6 +24,9 @@ pub(super) struct FileFlow {
     /// A hand-off returns to the bot when no agent wrote for this long.
     pub(super) handoff_timeout: Option<Spanned<String>>,
     pub(super) handoff_timeout_reply: Option<String>,
+    /// The team's backend calls states may run (`[actions.NAME]`).
+    #[serde(default)]
+    pub(super) actions: BTreeMap<String, Spanned<FileAction>>,
 }
 
 fn default_fallback() -> String {
@@ -55,6 +58,47 @@ pub(super) struct FileState {
     /// Duration (`"10m"`) → what happens if the customer has not answered by then.
     #[serde(default)]
     pub(super) after: BTreeMap<String, Spanned<FileAfter>>,
+    /// An action run on entering the state (or, in a state with a slot,
+    /// when the slot is filled).
+    pub(super) action: Option<String>,
+    /// Where a successful action leads (default: stay, or the slot's `next`).
+    pub(super) on_success: Option<String>,
+    /// Where a failed action leads (required with `action`).
+    pub(super) on_failure: Option<String>,
+}
+
+/// `[actions.NAME]`: one call to the team's backend.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileAction {
+    /// `{slot}` placeholders are filled (percent-encoded).
+    pub(super) url: super::super::action::Text,
+    #[serde(default = "default_method")]
+    pub(super) method: String,
+    /// Header name → value, plain or `{ secret = "NAME" }` from `[integrations.secrets]`.
+    #[serde(default)]
+    pub(super) headers: BTreeMap<String, super::super::action::Text>,
+    #[serde(default = "default_action_timeout")]
+    pub(super) timeout_ms: u64,
+    /// Further attempts after a failure that may pass (timeout, 5xx, 408, 429, no connection).
+    #[serde(default = "one_u32")]
+    pub(super) retries: u32,
+    /// Calls of this action in flight at once (the bulkhead).
+    #[serde(default = "default_concurrency")]
+    pub(super) concurrency: usize,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+fn default_action_timeout() -> u64 {
+    5_000
+}
+fn one_u32() -> u32 {
+    1
+}
+fn default_concurrency() -> usize {
+    16
 }
 
 /// A reminder or escalation of a state.

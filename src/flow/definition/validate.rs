@@ -9,11 +9,12 @@ use toml::Spanned;
 
 use super::format::{FileAfter, FileFlow, FileSlot, FileState};
 use super::{limits, normalize_text, Flow, GlobalIntent, Slot, SlotKind, State};
+use crate::flow::action::Action;
 use crate::flow::time::{parse_duration, AfterRule, TemplateCall, Timing};
 
 /// Runs every check in file order, so one error lists every problem; reachability
 /// only on an otherwise sound flow, where a bad target cannot fake unreachable states.
-pub(super) fn validate(raw: &FileFlow, text: &str) -> (BTreeMap<String, State>, Timing, Vec<String>) {
+pub(super) fn validate(raw: &FileFlow, text: &str) -> Validated {
     let mut check = Check {
         raw,
         text,
@@ -22,14 +23,20 @@ pub(super) fn validate(raw: &FileFlow, text: &str) -> (BTreeMap<String, State>, 
     check.initial_declared();
     check.globals();
     let timing = check.timing();
+    let (actions, bad_actions) = super::actions::declared(raw, &|span| check.line(span));
+    check.problems.extend(bad_actions);
     let states = check.states();
     check.problems.extend(crate::flow::time::timer_loops(&states));
+    check.problems.extend(super::actions::loops(raw));
     check.intents_have_keywords();
     if check.problems.is_empty() {
         check.all_reachable(&states);
     }
-    (states, timing, check.problems)
+    (states, timing, actions, check.problems)
 }
+
+/// The states, timing and actions built, and every problem found.
+type Validated = (BTreeMap<String, State>, Timing, BTreeMap<String, Action>, Vec<String>);
 
 /// The file under validation and the problems found so far.
 struct Check<'a> {
@@ -158,6 +165,7 @@ impl Check<'_> {
             let at = self.line(spanned.span());
             let mut why = Vec::new();
             let state = self.state(name, spanned.get_ref(), &mut why);
+            super::actions::state_problems(self.raw, name, &mut why);
             self.problems
                 .extend(why.into_iter().map(|w| format!("state `{name}` (line {at}): {w}")));
             states.insert(name.clone(), state);
@@ -183,6 +191,9 @@ impl Check<'_> {
             next: s.next.clone(),
             outcome: s.outcome.clone(),
             after: self.after(s, why),
+            action: s.action.clone(),
+            on_success: s.on_success.clone(),
+            on_failure: s.on_failure.clone(),
         }
     }
 
@@ -277,7 +288,7 @@ fn shape(s: &FileState, why: &mut Vec<String>) {
     if s.outcome.is_some() && (s.slot.is_some() || !s.on.is_empty()) {
         why.push("a terminal state (with `outcome`) has no slot and no transitions".into());
     }
-    if s.outcome.is_none() && s.slot.is_none() && s.on.is_empty() {
+    if s.outcome.is_none() && s.slot.is_none() && s.on.is_empty() && s.on_success.is_none() {
         why.push("a dead end: no transitions, no slot, no outcome".into());
     }
 }
@@ -328,13 +339,20 @@ fn reachable(raw: &FileFlow, states: &BTreeMap<String, State>) -> BTreeSet<Strin
             queue.extend(st.next.as_deref());
             queue.extend(st.slot.as_ref().and_then(|sl| sl.exhausted_target.as_deref()));
             queue.extend(st.after.iter().filter_map(|r| r.target.as_deref()));
+            queue.extend(st.on_success.as_deref());
+            queue.extend(st.on_failure.as_deref());
         }
     }
     seen
 }
 
 /// The validated flow, with keywords normalized once here rather than per message.
-pub(super) fn assemble(raw: FileFlow, states: BTreeMap<String, State>, timing: Timing) -> Flow {
+pub(super) fn assemble(
+    raw: FileFlow,
+    states: BTreeMap<String, State>,
+    timing: Timing,
+    actions: BTreeMap<String, Action>,
+) -> Flow {
     Flow {
         name: raw.name,
         initial: raw.initial.into_inner(),
@@ -361,5 +379,6 @@ pub(super) fn assemble(raw: FileFlow, states: BTreeMap<String, State>, timing: T
             .collect(),
         states,
         timing,
+        actions,
     }
 }
