@@ -439,11 +439,14 @@ async fn an_sse_subscriber_receives_the_events_of_a_processed_message() {
             .unwrap();
         buf.push_str(&String::from_utf8_lossy(&chunk));
     };
-    assert!(frame.starts_with("event: transition\ndata: "), "{frame}");
-    let data: Value = serde_json::from_str(frame.lines().nth(1).unwrap().trim_start_matches("data: ")).unwrap();
-    assert_eq!(data["phone"], PHONE, "only this conversation's events");
-    assert_eq!(data["flow_state"], "refri_sap");
-    assert_eq!(data["messages"][0]["body"], "mi refri no enfría");
+    // A feed event: its position as the id, its kind, its JSON.
+    let lines: Vec<&str> = frame.lines().collect();
+    assert!(lines[0].starts_with("id: ") && lines[0].len() == 4 + 32, "{frame}");
+    assert_eq!(lines[1], "event: message.received", "{frame}");
+    let data: Value = serde_json::from_str(lines[2].trim_start_matches("data: ")).unwrap();
+    assert_eq!(data["conversation"]["key"], PHONE, "only this conversation's events");
+    assert_eq!(data["data"]["state"], "refri_sap");
+    assert_eq!(data["data"]["message"]["body"], "mi refri no enfría");
     app.stop().await;
 }
 

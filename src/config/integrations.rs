@@ -19,7 +19,7 @@ pub const EVENT_KINDS: [&str; 7] = [
 ];
 
 /// `[integrations]` settings.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IntegrationSettings {
     pub webhooks: Vec<WebhookSettings>,
@@ -28,6 +28,22 @@ pub struct IntegrationSettings {
     pub secrets: std::collections::BTreeMap<String, Secret>,
     /// The tuning of each flow action's breaker (`action:<name>`).
     pub action_breaker: super::BreakerSettings,
+    /// Seconds the event feed keeps an event (`GET /api/events` with
+    /// `Last-Event-ID` replays what is kept); 0: no feed, the streams are
+    /// live only.
+    pub events_keep_s: u64,
+}
+
+impl Default for IntegrationSettings {
+    fn default() -> Self {
+        Self {
+            webhooks: Vec::new(),
+            secrets: Default::default(),
+            action_breaker: Default::default(),
+            // A day: a consumer down overnight still resumes.
+            events_keep_s: 86_400,
+        }
+    }
 }
 
 impl IntegrationSettings {

@@ -8,6 +8,7 @@ pub mod contacts;
 pub mod dead_letters;
 pub mod embedded;
 pub mod error;
+pub mod events;
 pub mod inbox;
 pub mod media;
 pub mod migrations;

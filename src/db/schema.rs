@@ -81,6 +81,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    events (phone, id) {
+        id -> Int8,
+        phone -> Text,
+        kind -> Text,
+        event_key -> Text,
+        payload -> Jsonb,
+        release -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     outbox (phone, id) {
         id -> Int8,
         phone -> Text,
@@ -162,6 +174,7 @@ diesel::table! {
 diesel::allow_tables_to_appear_in_same_query!(
     contact_links,
     dead_letters,
+    events,
     inbox,
     media,
     messages,

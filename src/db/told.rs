@@ -52,13 +52,18 @@ pub async fn insert(conn: &mut AsyncPgConnection, rows: &[NewOutbox], of: impl F
     if rows.is_empty() {
         return Ok(());
     }
-    let mut conversations: Vec<&str> = rows.iter().map(|r| of(&r.phone)).collect();
+    let (rows, feed) = super::events::split(rows);
+    let mut conversations: Vec<&str> = rows.iter().chain(&feed).map(|r| of(&r.phone)).collect();
     conversations.sort_unstable();
     conversations.dedup();
     diesel::sql_query("SELECT 1 FROM sessions WHERE phone = ANY($1) ORDER BY phone FOR UPDATE")
         .bind::<Array<Text>, _>(&conversations)
         .execute(conn)
         .await?;
+    super::events::insert(conn, &feed).await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
     // One statement, the rows in their order (their ids: each lane's order).
     diesel::sql_query(
         "INSERT INTO outbox (phone, kind, payload, idempotency_key) \

@@ -179,6 +179,7 @@ impl Engine {
         self.resume(true).await?;
         self.start_resume_sweeper();
         self.start_timer_poller();
+        self.start_feed_pruner();
         Ok(())
     }
 }

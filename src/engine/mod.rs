@@ -17,6 +17,7 @@ mod actor_thread;
 mod builder;
 mod contacts;
 mod conversations;
+mod feed;
 mod inbound;
 mod mailbox;
 pub mod presence;

@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod console;
 mod conversation_path;
+mod feed;
 mod figures;
 pub mod limits;
 mod media;

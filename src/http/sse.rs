@@ -1,8 +1,10 @@
 //! Server-Sent Events: `GET /api/events` and `GET /api/conversations/{phone}/events`.
 //!
-//! Each subscriber reads from the engine's broadcast channel with its own
-//! bounded buffer; one that falls behind is disconnected (it can reconnect
-//! and re-read state) — processing never waits for a subscriber.
+//! With the event feed on (the default) they read the feed: ids, and
+//! `Last-Event-ID` resumes (see [`super::feed`]). Without it each subscriber
+//! reads from the engine's broadcast channel with its own bounded buffer;
+//! one that falls behind is disconnected (it can reconnect and re-read
+//! state) — processing never waits for a subscriber.
 
 use std::time::Duration;
 
@@ -28,14 +30,49 @@ pub fn encode(e: &Event) -> String {
     format!("event: {kind}\ndata: {data}\n\n")
 }
 
-fn stream(state: &AppState, only: Option<String>) -> Result<HttpResponse, ApiError> {
-    let Some(place) = state.streams.try_open() else {
+/// A place among the open streams, or 503.
+fn place(state: &AppState) -> Result<super::limits::StreamSlot, ApiError> {
+    state.streams.try_open().ok_or_else(|| {
         state.metrics.rejected("sse_subscribers");
-        return Err(ApiError::new(
+        ApiError::new(
             actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
             "too many event streams open",
-        ));
-    };
+        )
+    })
+}
+
+/// A stream of `only`'s events (every conversation's when `None`): from the
+/// feed when it is on, else live.
+async fn open(state: &AppState, req: &HttpRequest, only: Option<String>) -> Result<HttpResponse, ApiError> {
+    if !state.engine.feed_enabled() {
+        return stream(state, only);
+    }
+    let from = super::feed::resume_from(req)?;
+    let place = place(state)?;
+    let reader = super::feed::Reader::open(state.engine.clone(), only, from).await?;
+    let closed = state.closing.clone().cancelled_owned();
+    let body = futures_util::stream::unfold(reader, |mut r| async move { r.next().await.map(|f| (f, r)) })
+        .take_until(closed)
+        .map(move |frame| {
+            // The place is held as long as the stream.
+            let _held = &place;
+            Ok::<_, actix_web::Error>(web::Bytes::from(frame))
+        });
+    Ok(events_response(body))
+}
+
+fn events_response(
+    body: impl futures_util::Stream<Item = Result<web::Bytes, actix_web::Error>> + 'static,
+) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body)
+}
+
+fn stream(state: &AppState, only: Option<String>) -> Result<HttpResponse, ApiError> {
+    let place = place(state)?;
     let events = BroadcastStream::new(state.engine.subscribe())
         .take_while(|r| std::future::ready(!matches!(r, Err(BroadcastStreamRecvError::Lagged(_)))))
         .filter_map(move |r| {
@@ -64,16 +101,12 @@ fn stream(state: &AppState, only: Option<String>) -> Result<HttpResponse, ApiErr
         let _held = &place;
         std::future::ready(x.map(|s| Ok::<_, actix_web::Error>(web::Bytes::from(s))))
     });
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body))
+    Ok(events_response(body))
 }
 
 pub async fn all(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    stream(&state, None)
+    open(&state, &req, None).await
 }
 
 pub async fn conversation(
@@ -83,5 +116,5 @@ pub async fn conversation(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let p = super::conversation_path::named(&state, &req, &path).await?;
-    stream(&state, Some(p))
+    open(&state, &req, Some(p)).await
 }

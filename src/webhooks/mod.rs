@@ -32,6 +32,8 @@ pub const ROW_KIND: &str = "webhook";
 #[derive(Debug)]
 pub struct Webhooks {
     endpoints: Vec<WebhookSettings>,
+    /// Whether every event is also kept in the feed (`events`).
+    feed: bool,
     /// Which business number and contact a conversation key names.
     numbers: Arc<Numbers>,
 }
@@ -46,13 +48,17 @@ struct Happening {
 impl Webhooks {
     pub fn new(settings: &IntegrationSettings, numbers: Arc<Numbers>) -> Self {
         let endpoints = settings.named();
-        Self { endpoints, numbers }
+        Self {
+            endpoints,
+            feed: settings.events_keep_s > 0,
+            numbers,
+        }
     }
 
     /// Adds to `write` a row per event per endpoint subscribed to its kind
     /// (`was_handoff`: the conversation's hand-off before the write).
     pub fn add_rows(&self, write: &mut StepWrite, was_handoff: bool) {
-        if self.endpoints.is_empty() {
+        if self.endpoints.is_empty() && !self.feed {
             return;
         }
         let cause = event_cause(write);
@@ -85,9 +91,9 @@ impl Webhooks {
         self.rows_for(conversation, "dead_letter", &data, &event)
     }
 
-    /// Whether any endpoint wants events of `kind`.
+    /// Whether the feed or any endpoint wants events of `kind`.
     pub fn wanted(&self, kind: &str) -> bool {
-        self.endpoints.iter().any(|e| e.wants(kind))
+        self.feed || self.endpoints.iter().any(|e| e.wants(kind))
     }
 
     /// The rows telling the endpoints that want `message.sent` of messages
@@ -105,10 +111,18 @@ impl Webhooks {
     }
 
     /// An event `kind` of conversation `phone` saying `data`, as a row in
-    /// the lane of each endpoint that wants it, all with the event's `id`.
+    /// the lane of each endpoint that wants it, all with the event's `id`,
+    /// and as the feed's row.
     fn rows_for(&self, phone: &str, kind: &'static str, data: &Value, id: &str) -> Vec<NewOutbox> {
         let (number, contact) = self.numbers.split(phone);
         let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let feed = self.feed.then(|| NewOutbox {
+            phone: phone.to_string(),
+            kind: crate::db::events::FEED_ROW,
+            payload: json!({"id": id, "type": kind, "timestamp": at,
+                "conversation": {"number": number, "contact": contact, "key": phone}, "data": data}),
+            idempotency_key: id.to_string(),
+        });
         self.endpoints
             .iter()
             .filter(|e| e.wants(kind))
@@ -119,6 +133,7 @@ impl Webhooks {
                     "conversation": {"number": number, "contact": contact}, "data": data}),
                 idempotency_key: id.to_string(),
             })
+            .chain(feed)
             .collect()
     }
 

@@ -55,10 +55,10 @@ pub(super) async fn commit(
                     .map(|(_, w)| w.phone.as_str());
                 replica.note(written, lsn);
             }
-            queued_outbound = outcomes
-                .iter()
-                .zip(&writes)
-                .any(|(o, w)| matches!(o, WriteOutcome::Committed { .. }) && !w.outbox.is_empty());
+            queued_outbound = outcomes.iter().zip(&writes).any(|(o, w)| {
+                matches!(o, WriteOutcome::Committed { .. })
+                    && w.outbox.iter().any(|r| r.kind != crate::db::events::FEED_ROW)
+            });
             let mut outcomes = outcomes.into_iter();
             for (n, tx) in lengths.into_iter().zip(waiters) {
                 let _ = tx.send(Ok(outcomes.by_ref().take(n).collect()));

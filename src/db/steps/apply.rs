@@ -32,7 +32,10 @@ pub(super) async fn apply(
 ) -> Result<Vec<Claimed>> {
     let conn: &AsyncPgConnection = conn;
     let claim = Claim::new(claim_ms);
-    let out: Vec<&NewOutbox> = valid.iter().flat_map(|w| &w.outbox).collect();
+    let (out, feed): (Vec<&NewOutbox>, Vec<&NewOutbox>) = valid
+        .iter()
+        .flat_map(|w| &w.outbox)
+        .partition(|o| o.kind != crate::db::events::FEED_ROW);
     let (sessions, session_rows) = update_sessions(conn, valid);
     let mut pipeline: Vec<Pending<'_>> = vec![sessions];
     pipeline.extend(insert_messages(conn, valid));
@@ -41,6 +44,7 @@ pub(super) async fn apply(
     pipeline.extend(mark_processed(conn, valid));
     pipeline.extend(super::timers::mark_fired(conn, valid));
     pipeline.extend(super::timers::replace(conn, valid));
+    pipeline.extend(insert_feed(conn, &feed));
     let outbox = insert_outbox(conn, &out, &claim);
     let (counts, inserted) = futures_util::try_join!(future::try_join_all(pipeline), outbox)?;
     if counts[0] != session_rows {
@@ -337,6 +341,14 @@ async fn insert_outbox(
         )
         .load::<InsertedOutbox>(&mut &*conn)
         .await
+}
+
+/// The events of the feed the steps caused (their sessions are locked).
+fn insert_feed<'c>(conn: &'c AsyncPgConnection, feed: &[&'c NewOutbox]) -> Option<Pending<'c>> {
+    if feed.is_empty() {
+        return None;
+    }
+    Some(Box::pin(crate::db::events::insert_statement(feed).execute(&mut &*conn)))
 }
 
 /// The claimed rows, for the dispatcher: the payloads are ours already,

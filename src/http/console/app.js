@@ -720,10 +720,10 @@ async function runStream() {
     const ctl = new AbortController();
     state.stream = ctl;
     try {
-      const res = await fetch("/api/events", {
-        headers: { Authorization: "Bearer " + state.token, Accept: "text/event-stream" },
-        signal: ctl.signal,
-      });
+      // Back with the last event's id: the server replays what we missed.
+      const headers = { Authorization: "Bearer " + state.token, Accept: "text/event-stream" };
+      if (state.lastEventId) headers["Last-Event-ID"] = state.lastEventId;
+      const res = await fetch("/api/events", { headers, signal: ctl.signal });
       if (res.status === 401) {
         signOut("The token was refused (401).");
         return;
@@ -745,8 +745,10 @@ async function runStream() {
         while ((cut = buf.indexOf("\n\n")) >= 0) {
           const frame = buf.slice(0, cut);
           buf = buf.slice(cut + 2);
-          const data = frame
-            .split("\n")
+          const lines = frame.split("\n");
+          const id = lines.find((l) => l.startsWith("id:"));
+          if (id) state.lastEventId = id.slice(3).trim();
+          const data = lines
             .filter((l) => l.startsWith("data:"))
             .map((l) => l.slice(5).trim())
             .join("\n");
@@ -776,17 +778,21 @@ function schedule(name, fn, ms) {
   }, ms);
 }
 
+// Feed events (`type`, `conversation.key`) and, with the feed off, the
+// live events (`kind`, `phone`).
 function onEvent(e) {
   if (e.kind === "breaker_state") {
     if (state.admin !== false) schedule("ops", refreshOps, 100);
     return;
   }
-  if (e.kind === "transition" && e.phone !== state.open) {
-    state.unread[e.phone] = (state.unread[e.phone] || 0) + 1;
+  const phone = e.conversation ? e.conversation.key : e.phone;
+  const fresh = e.type ? e.type === "message.received" : e.kind === "transition";
+  if (fresh && phone !== state.open) {
+    state.unread[phone] = (state.unread[phone] || 0) + 1;
     saveUnread();
   }
   schedule("list", refreshList, 150);
-  if (e.phone === state.open) schedule("conversation", refreshConversation, 50);
+  if (phone === state.open) schedule("conversation", refreshConversation, 50);
 }
 
 // ---------- operations ----------

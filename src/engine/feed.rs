@@ -1,0 +1,78 @@
+//! The event feed (`events`, see [`crate::db::events`]): reads for the SSE
+//! streams of any process — where a subscriber is, what follows a position
+//! — and the retention job that forgets events after
+//! `integrations.events_keep_s`, in small batches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use scoped_futures::ScopedFutureExt;
+
+use super::Engine;
+use crate::db::events::{self, FeedEvent, Position};
+use crate::error::Result;
+
+/// Events the retention job deletes per statement: short locks, short WAL bursts.
+const PRUNE_BATCH: i64 = 1_000;
+/// How often the retention job looks for expired events.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+impl Engine {
+    /// Whether events are kept (`integrations.events_keep_s` > 0).
+    pub fn feed_enabled(&self) -> bool {
+        self.inner.settings.integrations.events_keep_s > 0
+    }
+
+    /// The position after every event released now.
+    pub async fn feed_head(&self) -> Result<Position> {
+        Ok(self
+            .inner
+            .db
+            .run("feed_head", |c| events::head(c).scope_boxed())
+            .await?)
+    }
+
+    /// Up to `limit` released events after `from` (of conversation `only`), in feed order.
+    pub async fn feed_after(&self, from: Position, only: Option<&str>, limit: i64) -> Result<Vec<FeedEvent>> {
+        Ok(self
+            .inner
+            .db
+            .run("feed_after", |c| events::after(c, from, only, limit).scope_boxed())
+            .await?)
+    }
+
+    /// Starts the retention job: every minute, expired events go in batches.
+    pub(super) fn start_feed_pruner(&self) {
+        let keep_s = self.inner.settings.integrations.events_keep_s;
+        if keep_s == 0 {
+            return;
+        }
+        let keep_s = i64::try_from(keep_s).unwrap_or(i64::MAX);
+        let weak = Arc::downgrade(&self.inner);
+        let stop = self.inner.life.cancelled();
+        self.inner.actors.spawn(self.inner.life.track(async move {
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(PRUNE_EVERY) => {}
+                }
+                let Some(inner) = weak.upgrade() else { break };
+                loop {
+                    let gone = inner
+                        .db
+                        .run("prune_events", |c| events::prune(c, keep_s, PRUNE_BATCH).scope_boxed())
+                        .await;
+                    match gone {
+                        Ok(n) if n as i64 == PRUNE_BATCH => continue,
+                        Ok(_) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "event retention: will try again");
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+}
