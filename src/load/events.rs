@@ -1,6 +1,8 @@
 //! Follows the server's event stream (`/api/events`) to time each message
-//! end to end: from its intended send time until its transition is
-//! published (the reply is committed by then).
+//! end to end: from its intended send time until the event of its step is
+//! read (its reply is committed by then) — `message.received` from the
+//! event feed, resumed with `Last-Event-ID` after a lost stream, or a live
+//! `transition` from a server without the feed.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,10 +26,14 @@ pub(super) async fn follow_events(target: Target, rec: Arc<Recorder>) {
     // With several processes, the first one relays every process's events.
     let base = target.bases.first().cloned().unwrap_or_default();
     let mut connected_once = false;
+    let mut last_id: Option<String> = None;
     loop {
         let mut req = client.get(format!("{base}/api/events"));
         if let Some(t) = &target.api_token {
             req = req.bearer_auth(t.expose());
+        }
+        if let Some(id) = &last_id {
+            req = req.header("Last-Event-ID", id.as_str());
         }
         match req.send().await {
             Ok(resp) if resp.status().is_success() => {
@@ -35,7 +41,7 @@ pub(super) async fn follow_events(target: Target, rec: Arc<Recorder>) {
                     rec.event_reconnects.fetch_add(1, Ordering::Relaxed);
                 }
                 connected_once = true;
-                read_events(&rec, resp).await;
+                read_events(&rec, resp, &mut last_id).await;
             }
             _ => {}
         }
@@ -44,13 +50,16 @@ pub(super) async fn follow_events(target: Target, rec: Arc<Recorder>) {
 }
 
 /// Reads the stream's frames as they come, until it ends, recording each
-/// message they name as seen applied.
-async fn read_events(rec: &Recorder, mut resp: reqwest::Response) {
+/// message they name as seen applied and keeping the last event id.
+async fn read_events(rec: &Recorder, mut resp: reqwest::Response, last_id: &mut Option<String>) {
     let mut buf = String::new();
     while let Ok(Some(chunk)) = resp.chunk().await {
         buf.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(end) = buf.find("\n\n") {
             let frame: String = buf.drain(..end + 2).collect();
+            if let Some(id) = frame.lines().find_map(|l| l.strip_prefix("id: ")) {
+                *last_id = Some(id.trim().to_string());
+            }
             if let Some(id) = message_id(&frame) {
                 rec.seen_applied(&id);
             }
@@ -58,14 +67,17 @@ async fn read_events(rec: &Recorder, mut resp: reqwest::Response) {
     }
 }
 
-/// The provider message id a frame's event names, if it names one.
+/// The provider message id of the inbound message a frame's event tells
+/// of: a feed's `message.received`, or a live transition.
 fn message_id(frame: &str) -> Option<String> {
     let data = frame.lines().find_map(|l| l.strip_prefix("data: "))?;
     let event: Value = serde_json::from_str(data).ok()?;
-    event
-        .get("provider_message_id")
-        .and_then(Value::as_str)
-        .map(str::to_string)
+    let id = match event.get("type").and_then(Value::as_str) {
+        Some("message.received") => event.pointer("/data/message/id"),
+        Some(_) => None,
+        None => event.get("provider_message_id"),
+    };
+    id.and_then(Value::as_str).map(str::to_string)
 }
 
 #[cfg(test)]
@@ -75,6 +87,14 @@ mod tests {
     use super::*;
     use std::time::Instant;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_feed_event_names_its_inbound_message_and_other_kinds_name_none() {
+        let received = "id: 00\nevent: message.received\ndata: {\"type\":\"message.received\",\"data\":{\"message\":{\"id\":\"wamid.r\"}}}\n\n";
+        assert_eq!(message_id(received).as_deref(), Some("wamid.r"));
+        let sent = "id: 01\nevent: message.sent\ndata: {\"type\":\"message.sent\",\"data\":{\"message\":{\"id\":\"wamid.s\"}}}\n\n";
+        assert_eq!(message_id(sent), None);
+    }
 
     /// A server whose event stream ends after one event (as the real one
     /// drops a subscriber that falls behind): the follower connects again
