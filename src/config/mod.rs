@@ -12,6 +12,7 @@ mod integrations;
 mod media;
 mod numbers;
 mod outbox;
+mod retention;
 mod secret;
 mod settings;
 mod templates;
@@ -29,6 +30,7 @@ pub use integrations::{webhook_key, IntegrationSettings, WebhookSettings, EVENT_
 pub use media::MediaSettings;
 pub use numbers::NumberSettings;
 pub use outbox::OutboxSettings;
+pub use retention::RetentionSettings;
 pub use secret::{redact_url, Secret, REDACTED};
 pub use settings::*;
 pub use templates::TemplateSettings;

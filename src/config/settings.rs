@@ -28,6 +28,7 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub media: MediaSettings,
     pub timers: TimerSettings,
+    pub retention: super::RetentionSettings,
     pub integrations: super::IntegrationSettings,
     pub flow: FlowSettings,
     pub log: LogSettings,

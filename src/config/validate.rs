@@ -59,6 +59,7 @@ impl Settings {
             "must exceed twice media.timeout_ms (a fetch is two requests)",
         );
         p.0.extend(super::integrations::problems(&self.integrations, self.outbox.lease_ms));
+        p.0.extend(super::retention::problems(&self.retention));
         for why in super::tokens::problems(&self.api.tokens) {
             p.check(false, "api.tokens", &why);
         }

@@ -2,7 +2,7 @@
 //! The identifier is the table's `phone` column: every table is distributed
 //! by a contact key.
 
-use diesel::sql_types::{Array, Text};
+use diesel::sql_types::{Array, BigInt, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::sql::Cached;
@@ -29,11 +29,27 @@ struct Link {
 /// is registered next with a synchronous commit, whose flush covers this
 /// earlier WAL too, so no link of an acknowledged message can be lost —
 /// and a new contact's first message does not pay a second disk flush.
-pub async fn link(conn: &mut AsyncPgConnection, ids: &[&str], fresh: &str) -> Result<Vec<(String, String)>> {
+///
+/// An identifier erased after the message was sent (`sent_at`, Unix
+/// seconds) is not linked again: the message is a redelivery of erased data.
+pub async fn link(
+    conn: &mut AsyncPgConnection,
+    ids: &[&str],
+    fresh: &str,
+    sent_at: Option<i64>,
+) -> Result<Vec<(String, String)>> {
+    let markers: Vec<String> = ids.iter().map(|id| super::erasure::marker(id)).collect();
     let rows: Vec<Link> = Cached::new("WITH ids AS (SELECT u.identifier, u.ord FROM unnest(")
         .bind::<Array<Text>, _>(ids)
+        .sql("::text[], ")
+        .bind::<Array<Text>, _>(markers)
         .sql(
-            "::text[]) WITH ORDINALITY AS u(identifier, ord)), \
+            "::text[]) WITH ORDINALITY AS u(identifier, marker, ord) WHERE NOT EXISTS (SELECT 1 FROM erasures e \
+              WHERE e.phone = u.marker AND e.erased_at >= to_timestamp(",
+        )
+        .bind::<Nullable<BigInt>, _>(sent_at)
+        .sql(
+            "::int8))), \
              found AS (SELECT c.contact FROM contact_links c JOIN ids ON ids.identifier = c.phone \
                        ORDER BY ids.ord LIMIT 1), \
              cfg AS (SELECT set_config('synchronous_commit', 'off', true)), \

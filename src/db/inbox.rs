@@ -70,6 +70,42 @@ pub async fn get(conn: &mut AsyncPgConnection, phone: &str, provider_message_id:
         .optional()?)
 }
 
+/// When the customer sent a message (its `timestamp`, Unix seconds), if it says.
+pub fn sent_at(payload: &serde_json::Value) -> Option<i64> {
+    match payload.get("timestamp")? {
+        serde_json::Value::String(s) => s.parse().ok(),
+        v => v.as_i64(),
+    }
+}
+
+/// The registrations in the batch's order (the statement returns them in key order).
+fn in_input_order(rows: Vec<Registered>, batch: &[OwnedDelivery]) -> Result<Vec<Registration>> {
+    let found: std::collections::HashMap<(String, String), Registration> = rows
+        .into_iter()
+        .map(|r| {
+            (
+                (r.phone, r.provider_message_id),
+                Registration {
+                    inbox_id: r.id,
+                    first: r.delivery_count == 1,
+                    delivery_count: r.delivery_count,
+                    processed: r.processed,
+                    leased_by: r.leased_by,
+                },
+            )
+        })
+        .collect();
+    batch
+        .iter()
+        .map(|d| {
+            found
+                .get(&(d.phone.clone(), d.provider_message_id.clone()))
+                .copied()
+                .ok_or_else(|| crate::db::DbError::NotFound("a registered delivery was not returned".into()))
+        })
+        .collect()
+}
+
 /// A delivery to register, owned (it waits in a batch).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OwnedDelivery {
@@ -125,18 +161,15 @@ pub async fn register_batch(
     let names: Vec<Option<&str>> = batch.iter().map(|d| d.contact_name.as_deref()).collect();
     let usernames: Vec<Option<&str>> = batch.iter().map(|d| d.contact_username.as_deref()).collect();
     let arrival: Vec<i64> = (0..batch.len() as i64).collect();
+    // A message of an erased contact sent before its erasure is a
+    // redelivery of erased data: answered as processed, never stored.
+    let markers: Vec<String> = batch.iter().map(|d| crate::db::erasure::marker(&d.phone)).collect();
+    let sent_at: Vec<Option<i64>> = batch.iter().map(|d| sent_at(&d.payload)).collect();
     let rows: Vec<Registered> = crate::db::sql::Cached::new("WITH lease AS (SELECT ")
         .bind::<BigInt, _>(lease.holder)
         .sql("::int8 AS holder, ")
         .bind::<BigInt, _>(lease.millis)
-        .sql(
-            "::int8 AS millis) \
-             INSERT INTO inbox (id, phone, provider_message_id, payload, contact_name, contact_username, \
-                                leased_by, lease_until) \
-             SELECT s.id, s.phone, s.pid, s.payload, s.name, s.username, lease.holder, \
-                    now() + lease.millis * interval '1 millisecond' \
-             FROM (SELECT u.*, nextval('inbox_id_seq') AS id FROM unnest(",
-        )
+        .sql("::int8 AS millis), u AS (SELECT * FROM unnest(")
         .bind::<Array<Text>, _>(&phones)
         .sql("::text[], ")
         .bind::<Array<Text>, _>(&ids)
@@ -148,8 +181,22 @@ pub async fn register_batch(
         .bind::<Array<Nullable<Text>>, _>(&usernames)
         .sql("::text[], ")
         .bind::<Array<BigInt>, _>(&arrival)
+        .sql("::int8[], ")
+        .bind::<Array<Text>, _>(&markers)
+        .sql("::text[], ")
+        .bind::<Array<Nullable<BigInt>>, _>(&sent_at)
         .sql(
-            "::int8[]) AS u(phone, pid, payload, name, username, arrival) ORDER BY u.arrival OFFSET 0) AS s, lease \
+            "::int8[]) AS u(phone, pid, payload, name, username, arrival, marker, sent_at)), \
+             erased AS (SELECT u.phone, u.pid FROM u JOIN erasures e \
+                        ON e.phone = u.marker AND e.erased_at >= to_timestamp(u.sent_at)), \
+             registered AS ( \
+             INSERT INTO inbox (id, phone, provider_message_id, payload, contact_name, contact_username, \
+                                leased_by, lease_until) \
+             SELECT s.id, s.phone, s.pid, s.payload, s.name, s.username, lease.holder, \
+                    now() + lease.millis * interval '1 millisecond' \
+             FROM (SELECT u.*, nextval('inbox_id_seq') AS id FROM u \
+                   WHERE NOT EXISTS (SELECT 1 FROM erased x WHERE x.phone = u.phone AND x.pid = u.pid) \
+                   ORDER BY u.arrival OFFSET 0) AS s, lease \
              ORDER BY s.phone, s.pid \
              ON CONFLICT (phone, provider_message_id) DO UPDATE \
                 SET delivery_count = inbox.delivery_count + 1, last_delivery_at = now(), \
@@ -158,32 +205,11 @@ pub async fn register_batch(
                     lease_until = CASE WHEN inbox.lease_until < now() THEN EXCLUDED.lease_until \
                                        ELSE inbox.lease_until END \
              RETURNING phone, provider_message_id, id, delivery_count, processed_at IS NOT NULL AS processed, \
-                       leased_by",
+                       leased_by) \
+             SELECT * FROM registered \
+             UNION ALL SELECT phone, pid, 0::int8, 2, true, 0::int8 FROM erased",
         )
         .load(conn)
         .await?;
-    let found: std::collections::HashMap<(String, String), Registration> = rows
-        .into_iter()
-        .map(|r| {
-            (
-                (r.phone, r.provider_message_id),
-                Registration {
-                    inbox_id: r.id,
-                    first: r.delivery_count == 1,
-                    delivery_count: r.delivery_count,
-                    processed: r.processed,
-                    leased_by: r.leased_by,
-                },
-            )
-        })
-        .collect();
-    batch
-        .iter()
-        .map(|d| {
-            found
-                .get(&(d.phone.clone(), d.provider_message_id.clone()))
-                .copied()
-                .ok_or_else(|| crate::db::DbError::NotFound("a registered delivery was not returned".into()))
-        })
-        .collect()
+    in_input_order(rows, batch)
 }

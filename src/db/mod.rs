@@ -7,6 +7,7 @@
 pub mod contacts;
 pub mod dead_letters;
 pub mod embedded;
+pub mod erasure;
 pub mod error;
 pub mod events;
 pub mod inbox;
@@ -17,6 +18,7 @@ pub mod pool;
 pub mod read;
 pub mod replica;
 pub mod resume;
+pub mod retention;
 pub mod send_budget;
 #[rustfmt::skip]
 pub mod schema;

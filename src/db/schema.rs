@@ -81,6 +81,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    erasures (phone) {
+        phone -> Text,
+        erased_at -> Timestamptz,
+        requested_by -> Nullable<Text>,
+        counts -> Jsonb,
+    }
+}
+
+diesel::table! {
     events (phone, id) {
         id -> Int8,
         phone -> Text,
@@ -174,6 +183,7 @@ diesel::table! {
 diesel::allow_tables_to_appear_in_same_query!(
     contact_links,
     dead_letters,
+    erasures,
     events,
     inbox,
     media,

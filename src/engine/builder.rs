@@ -109,15 +109,10 @@ impl EngineBuilder {
         let (actors, started) = ActorThread::start(parts.for_actors(&db, &settings, model, instance)).await?;
         let in_flight = watch::channel(0).0;
         let receipts = Arc::new(ReadReceipts::new(sender.clone(), numbers.clone()));
-        let dispatcher = Dispatcher::start(
-            db.clone(),
-            parts.outbound(sender, &numbers, settings.outbox.concurrency),
-            settings.outbox.clone(),
-            parts.outbound_breakers.clone(),
-            parts.send_queue.clone(),
-            quiesced(&life, &in_flight),
-            |round| actors.spawn(life.track(round)),
-        );
+        let until = quiesced(&life, &in_flight);
+        let dispatcher = parts.dispatcher(&db, sender, &numbers, &settings, until, |round| {
+            actors.spawn(life.track(round))
+        });
         let media = spawn_background(&actors, &life, &db, &settings, &numbers, instance, &parts.events);
         let registry = Registry::new(started.arbiters, settings.engine.max_live_sessions);
         registry.set_deps(Arc::new(SessionDeps {
@@ -147,6 +142,7 @@ impl EngineBuilder {
                 numbers,
                 webhooks: parts.webhooks,
                 actions: parts.actions,
+                retention: Arc::default(),
                 registry,
                 supervisor: started.supervisor,
                 writer: started.writer,
@@ -180,6 +176,7 @@ impl Engine {
         self.start_resume_sweeper();
         self.start_timer_poller();
         self.start_feed_pruner();
+        self.start_retention();
         Ok(())
     }
 }
@@ -310,6 +307,28 @@ impl Parts {
             webhooks: Arc::new(crate::webhooks::Webhooks::new(&settings.integrations, numbers.clone())),
             actions: Arc::new(actions),
         })
+    }
+
+    /// Starts the outbox dispatcher: its rounds run until `until`, each
+    /// `spawn`ed on the actor thread.
+    fn dispatcher(
+        &self,
+        db: &Database,
+        sender: Arc<dyn Sender>,
+        numbers: &Arc<Numbers>,
+        settings: &Settings,
+        until: impl std::future::Future<Output = ()> + Send + 'static,
+        spawn: impl FnOnce(futures_util::future::BoxFuture<'static, ()>),
+    ) -> Dispatcher {
+        Dispatcher::start(
+            db.clone(),
+            self.outbound(sender, numbers, settings.outbox.concurrency),
+            settings.outbox.clone(),
+            self.outbound_breakers.clone(),
+            self.send_queue.clone(),
+            until,
+            spawn,
+        )
     }
 
     /// What the dispatcher sends through: `sender` to WhatsApp from the

@@ -47,11 +47,17 @@ impl Engine {
             }
         }
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let sent = crate::db::inbox::sent_at(payload);
         let links = self
             .inner
             .db
-            .run("link_contact", |c| contacts::link(c, &refs, &key).scope_boxed())
+            .run("link_contact", |c| contacts::link(c, &refs, &key, sent).scope_boxed())
             .await?;
+        if links.is_empty() {
+            // Erased after this message was sent: a redelivery, which the
+            // inbox drops; nothing linked, nothing cached.
+            return Ok(key);
+        }
         if self.inner.contacts.len() >= CACHED_LINKS {
             self.inner.contacts.clear();
         }

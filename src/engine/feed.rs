@@ -41,11 +41,17 @@ impl Engine {
             .await?)
     }
 
-    /// Starts the retention job: every minute, expired events go in batches.
+    /// Starts the retention job: at start and every minute, expired events
+    /// go in batches. An event holds message bodies: it is kept no longer
+    /// than `retention.message_days` either.
     pub(super) fn start_feed_pruner(&self) {
-        let keep_s = self.inner.settings.integrations.events_keep_s;
+        let settings = &self.inner.settings;
+        let mut keep_s = settings.integrations.events_keep_s;
         if keep_s == 0 {
             return;
+        }
+        if settings.retention.message_days > 0 {
+            keep_s = keep_s.min(u64::from(settings.retention.message_days) * 86_400);
         }
         let keep_s = i64::try_from(keep_s).unwrap_or(i64::MAX);
         let weak = Arc::downgrade(&self.inner);
@@ -53,10 +59,6 @@ impl Engine {
         self.inner.actors.spawn(self.inner.life.track(async move {
             tokio::pin!(stop);
             loop {
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = tokio::time::sleep(PRUNE_EVERY) => {}
-                }
                 let Some(inner) = weak.upgrade() else { break };
                 loop {
                     let gone = inner
@@ -71,6 +73,11 @@ impl Engine {
                             break;
                         }
                     }
+                }
+                drop(inner);
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(PRUNE_EVERY) => {}
                 }
             }
         }));

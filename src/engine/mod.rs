@@ -17,12 +17,14 @@ mod actor_thread;
 mod builder;
 mod contacts;
 mod conversations;
+mod erasure;
 mod feed;
 mod inbound;
 mod mailbox;
 pub mod presence;
 mod reads;
 mod resume;
+mod retention;
 mod shutdown;
 mod stats;
 mod timers;
@@ -111,6 +113,8 @@ struct Inner {
     numbers: Arc<Numbers>,
     /// The team's webhooks (the statuses' rows are written here).
     webhooks: Arc<crate::webhooks::Webhooks>,
+    /// Counted by the retention job.
+    retention: Arc<retention::RetentionStats>,
     /// The flows' backend calls (their figures are read here).
     actions: Arc<crate::actions::Actions>,
     settings: Settings,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::definition::Flow;
-use super::machine::{arrive, enter, StepResult};
+use super::machine::{arrive, enter, PendingAction, StepResult};
 
 /// A value in an action's declaration: written in the flow, or a secret
 /// named in `[integrations.secrets]` (tokens stay out of flow files).
@@ -55,14 +55,6 @@ impl Action {
 /// The pause before retry `n` (from 0): 100 ms, doubling, at most 1 s.
 pub fn retry_pause(n: u32) -> Duration {
     Duration::from_millis((100u64 << n.min(4)).min(1_000))
-}
-
-/// An action a step stopped at: the state that runs it. The actor calls it
-/// and hands the answer to [`after_action`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingAction {
-    pub state: String,
-    pub action: String,
 }
 
 /// What an action's call came to: the fields of the backend's JSON answer,

@@ -4,7 +4,6 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::action::PendingAction;
 use super::definition::{Flow, GlobalIntent, Slot, SlotKind, State};
 
 /// Key in the session data counting invalid answers to the current slot.
@@ -60,6 +59,14 @@ pub struct Outcome {
     pub kind: String,
     pub ticket: String,
     pub data: Value,
+}
+
+/// An action a step stopped at: the state that runs it. The actor calls it
+/// and hands the answer to [`super::action::after_action`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAction {
+    pub state: String,
+    pub action: String,
 }
 
 /// The result of one step.
@@ -336,102 +343,5 @@ fn set_attempts(data: &mut Value, n: u32) {
 }
 
 #[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    const FLOW: &str = r#"
-name = "t"
-initial = "a"
-[intents]
-go = ["go"]
-[states.a]
-prompt = "A"
-[states.a.on]
-go = "photo"
-[states.photo]
-prompt = "Send a photo"
-next = "done"
-[states.photo.slot]
-name = "label"
-kind = "media"
-invalid = "A photo, please."
-[states.done]
-prompt = "Thanks {ticket}"
-outcome = "report"
-"#;
-
-    fn said(intent: Option<&str>) -> Understanding {
-        Understanding {
-            intent: intent.map(str::to_string),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn a_typed_slot_takes_the_input_not_the_text() {
-        let flow = Flow::parse(FLOW, "t.toml").unwrap();
-        let text = Understanding {
-            slot_value: Some("a photo".into()),
-            ..Default::default()
-        };
-        let r = step(&flow, "photo", &json!({}), false, &text, "R1");
-        assert_eq!((r.state.as_str(), &r.data[ATTEMPTS_KEY]), ("photo", &json!(1)));
-        let photo = Understanding {
-            input: Some(json!({"kind": "image", "id": "m1"})),
-            ..Default::default()
-        };
-        let r = step(&flow, "photo", &r.data, false, &photo, "R2");
-        let outcome = r.outcome.unwrap();
-        assert_eq!(outcome.data["label"]["id"], "m1");
-        assert!(outcome.data.get(ATTEMPTS_KEY).is_none());
-    }
-
-    #[test]
-    fn an_agents_name_never_reaches_an_outcome() {
-        let flow = Flow::parse(FLOW, "t.toml").unwrap();
-        let photo = Understanding {
-            input: Some(json!({"id": "m1"})),
-            ..said(None)
-        };
-        let done = step(&flow, "photo", &json!({HANDOFF_BY_KEY: "Ana"}), false, &photo, "R2");
-        assert!(done.outcome.unwrap().data.get(HANDOFF_BY_KEY).is_none());
-    }
-
-    #[test]
-    fn the_ad_that_opened_the_chat_reaches_the_outcome_and_a_reply_to_lasts_one_step() {
-        let flow = Flow::parse(FLOW, "t.toml").unwrap();
-        let from_ad = Understanding {
-            referral: Some(json!({"source_id": "120200", "source_type": "ad"})),
-            reply_to: Some("wamid.bot.1".into()),
-            ..said(Some("go"))
-        };
-        let r = step(&flow, "a", &json!({}), false, &from_ad, "R1");
-        assert_eq!(
-            (
-                r.data[REFERRAL_KEY]["source_id"].as_str(),
-                r.data[REPLY_TO_KEY].as_str()
-            ),
-            (Some("120200"), Some("wamid.bot.1"))
-        );
-        let next = step(&flow, "photo", &r.data, false, &said(None), "R1b");
-        assert_eq!(next.state, "photo", "not terminal: the data is kept");
-        assert!(
-            next.data.get(REPLY_TO_KEY).is_none(),
-            "the next message replies to nothing"
-        );
-        assert_eq!(next.data[REFERRAL_KEY]["source_id"], "120200");
-        let photo = Understanding {
-            input: Some(json!({"id": "m1"})),
-            ..said(None)
-        };
-        let r = step(&flow, "photo", &r.data, false, &photo, "R2");
-        let outcome = r.outcome.unwrap();
-        assert_eq!(
-            outcome.data[REFERRAL_KEY]["source_id"], "120200",
-            "attributed to its ad"
-        );
-        assert!(outcome.data.get(REPLY_TO_KEY).is_none(), "no longer the last message's");
-    }
-}
+#[path = "machine_tests.rs"]
+mod tests;

@@ -9,8 +9,8 @@ pub mod machine;
 pub mod per_number;
 pub mod time;
 
-pub use action::{after_action, Action, Answer, PendingAction};
+pub use action::{after_action, Action, Answer};
 pub use definition::{normalize_text, Flow, FlowError, GlobalIntent, Slot, SlotKind, State};
-pub use machine::{step, Needs, Outcome, Reply, StepResult, Understanding, HANDOFF_BY_KEY};
+pub use machine::{step, Needs, Outcome, PendingAction, Reply, StepResult, Understanding, HANDOFF_BY_KEY};
 pub use per_number::Flows;
 pub use time::{TemplateCall, TimerAction, TimerKind, TimerPlan};

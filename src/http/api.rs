@@ -31,6 +31,7 @@ pub fn scope() -> Scope {
         .route("/admin/breakers", web::get().to(breakers))
         .route("/admin/overview", web::get().to(overview))
         .route("/admin/breakers/{name}", web::post().to(force_breaker))
+        .route("/contacts/{phone}", web::delete().to(erase_contact))
 }
 
 #[derive(Debug, Deserialize)]
@@ -358,4 +359,17 @@ async fn handoff(
         .set_handoff(&phone, body.active, caller.name.as_deref())
         .await?;
     Ok(HttpResponse::Ok().json(json!({"session": view})))
+}
+
+/// Erases a contact's personal data everywhere (admin): 200 with what
+/// changed per table and the marker that replaced the key.
+async fn erase_contact(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = super::auth::authorize_admin(&state, &req)?;
+    let phone = conversation_path::named(&state, &req, &path).await?;
+    let erased = state.engine.erase_contact(&phone, caller.name.as_deref()).await?;
+    Ok(HttpResponse::Ok().json(json!({"erased": erased})))
 }

@@ -218,6 +218,12 @@ impl Metrics {
                 actions,
             ));
         }
+        families.push(family(
+            "switchboard_retention_expired_rows_total",
+            "Rows whose expired personal data the retention job blanked or deleted.",
+            MetricType::COUNTER,
+            vec![counter(&[], engine.retention_expired())],
+        ));
         families.push(model_call_duration(&s.ai.call_duration));
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buf = Vec::new();

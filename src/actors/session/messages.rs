@@ -81,6 +81,17 @@ pub struct SetHandoff {
     pub by: Option<String>,
 }
 
+/// Erase the conversation's personal data (see [`crate::db::erasure`]),
+/// after every message queued before this one; the actor forgets it too.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<crate::db::erasure::Erased>")]
+pub struct Erase {
+    /// The conversation's contact (its identifiers are erased too).
+    pub contact: String,
+    /// Who asked (a named admin), for the audit row.
+    pub by: Option<String>,
+}
+
 /// Read the conversation, after every message queued before this one.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "Result<ConversationView>")]

@@ -31,9 +31,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::FutureExt;
+use scoped_futures::ScopedFutureExt;
 
 pub use messages::{
-    AgentAck, AgentContent, AgentSend, Apply, ConversationView, DueTimer, Fire, Read, SetHandoff, Stop, Wake,
+    AgentAck, AgentContent, AgentSend, Apply, ConversationView, DueTimer, Erase, Fire, Read, SetHandoff, Stop, Wake,
 };
 
 use self::agent::{agent_send, set_handoff};
@@ -249,6 +250,31 @@ impl Handler<SetHandoff> for SessionActor {
             async move {
                 let r = set_handoff(&deps, &phone, &mut core, msg).await;
                 (core, r)
+            }
+            .boxed()
+        })
+    }
+}
+
+impl Handler<Erase> for SessionActor {
+    type Result = AtomicResponse<Self, Result<crate::db::erasure::Erased>>;
+
+    fn handle(&mut self, msg: Erase, _: &mut Context<Self>) -> Self::Result {
+        self.atomic(move |deps, phone, core| {
+            async move {
+                let by = msg.by.as_deref();
+                let contact = msg.contact.as_str();
+                let erased = deps
+                    .db
+                    .run("erase_contact", |c| {
+                        crate::db::erasure::erase(c, &phone, contact, by).scope_boxed()
+                    })
+                    .await
+                    .map_err(crate::error::Error::from);
+                // Erased: the next message starts a new conversation, loaded
+                // afresh. Not erased: nothing changed.
+                let core = if erased.is_ok() { None } else { core };
+                (core, erased)
             }
             .boxed()
         })
