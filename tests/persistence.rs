@@ -49,6 +49,7 @@ async fn migrations_go_all_up_all_down_and_all_up_again() {
         [
             "contact_links",
             "dead_letters",
+            "erasures",
             "events",
             "inbox",
             "media",
@@ -96,7 +97,7 @@ async fn every_table_has_a_comment_and_the_phone_in_its_primary_key() {
     .load(&mut db.admin().await)
     .await
     .unwrap();
-    assert_eq!(rows.len(), 12);
+    assert_eq!(rows.len(), 13);
     for t in rows {
         // The send budget is the deployment's, per business number and
         // second, and template statuses are the business account's — no

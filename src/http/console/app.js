@@ -152,9 +152,14 @@ function listQuery() {
   return q.toString();
 }
 
+// Only the newest request's answer is shown: an older one (events arrive
+// while the filters change) must not overwrite it.
+let listSeq = 0;
 async function refreshList() {
+  const seq = ++listSeq;
   try {
     const data = await api("/api/conversations?" + listQuery());
+    if (seq !== listSeq) return;
     $("list-error").textContent = "";
     renderList(data.conversations);
   } catch (e) {
