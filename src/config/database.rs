@@ -41,6 +41,14 @@ pub struct DatabaseSettings {
     /// Per-connection `idle_in_transaction_session_timeout`: a transaction left
     /// open by a stuck task is killed, releasing its locks.
     pub idle_in_transaction_timeout_ms: u64,
+    /// Seconds after which a connection whose server stopped answering is
+    /// closed by the kernel (`tcp_user_timeout`, with keepalives); 0 leaves
+    /// the system's defaults (minutes). See `db::tcp`.
+    pub tcp_user_timeout_s: u64,
+    /// Milliseconds a caller waits for the server's answer to one attempt,
+    /// beyond `statement_timeout_ms` (which the server enforces — if it is
+    /// still there): past it the attempt fails, retryably, never hangs.
+    pub answer_grace_ms: u64,
     pub retry: RetrySettings,
     pub embedded: EmbeddedSettings,
 }
@@ -62,6 +70,8 @@ impl Default for DatabaseSettings {
             checkout_query: false,
             statement_timeout_ms: 10_000,
             idle_in_transaction_timeout_ms: 15_000,
+            tcp_user_timeout_s: 10,
+            answer_grace_ms: 2_000,
             retry: RetrySettings::default(),
             embedded: EmbeddedSettings::default(),
         }
@@ -69,6 +79,11 @@ impl Default for DatabaseSettings {
 }
 
 impl DatabaseSettings {
+    /// The longest one attempt of an operation waits for the server.
+    pub fn answer_timeout(&self) -> Duration {
+        Duration::from_millis(self.statement_timeout_ms + self.answer_grace_ms)
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }

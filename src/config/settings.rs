@@ -53,6 +53,10 @@ pub struct ServerSettings {
     pub request_head_timeout_ms: u64,
     /// Largest total size of a request's header names and values (431).
     pub max_header_bytes: usize,
+    /// Milliseconds a webhook delivery may take to be stored; past it, 503
+    /// (the provider delivers it again): a database that stopped answering
+    /// never holds a request open.
+    pub webhook_deadline_ms: u64,
 }
 
 impl Default for ServerSettings {
@@ -64,6 +68,7 @@ impl Default for ServerSettings {
             max_connections: 10_000,
             request_head_timeout_ms: 5_000,
             max_header_bytes: 16 * 1024,
+            webhook_deadline_ms: 10_000,
         }
     }
 }

@@ -89,6 +89,11 @@ fn server(s: &Settings, p: &mut Problems) {
         "must be positive",
     );
     p.check(
+        s.server.webhook_deadline_ms > 0,
+        "server.webhook_deadline_ms",
+        "must be positive",
+    );
+    p.check(
         (1024..=64 * 1024).contains(&s.server.max_header_bytes),
         "server.max_header_bytes",
         "must be between 1024 and 65536",

@@ -25,6 +25,7 @@ pub mod schema;
 pub mod sessions;
 pub mod sql;
 pub mod steps;
+pub mod tcp;
 pub mod templates;
 pub mod timers;
 pub mod told;
@@ -55,6 +56,8 @@ pub struct Database {
     embedded: Option<Arc<Mutex<EmbeddedPostgres>>>,
     /// The streaming replica for conversation reads, if configured.
     replica: Option<Arc<replica::Replica>>,
+    /// The longest one attempt waits for the server's answer.
+    answer_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Database {
@@ -99,6 +102,7 @@ impl Database {
         Self {
             pool: DbPool::build(url.expose(), settings),
             retry: (&settings.retry).into(),
+            answer_timeout: settings.answer_timeout(),
             url,
             embedded,
             replica: settings
@@ -171,7 +175,7 @@ impl Database {
         let mut attempt = 1;
         loop {
             let result = match self.pool.get().await {
-                Ok(mut conn) => op(&mut conn).await,
+                Ok(mut conn) => self.answered(op(&mut conn)).await,
                 Err(e) => Err(e),
             };
             match result {
@@ -191,7 +195,20 @@ impl Database {
         T: Send + 'a,
     {
         let mut conn = self.pool.get().await?;
-        op(&mut conn).await
+        self.answered(op(&mut conn)).await
+    }
+
+    /// `attempt`, or a retryable error once the server has not answered
+    /// within the answer timeout (it stopped answering without closing).
+    async fn answered<T>(&self, attempt: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        tokio::time::timeout(self.answer_timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(DbError::Connection(format!(
+                    "no answer from the database within {:?}",
+                    self.answer_timeout
+                )))
+            })
     }
 
     /// The URL in use (a secret: it may carry a password).
@@ -236,9 +253,13 @@ impl Database {
 
     /// Whether the database answers now (for readiness).
     pub async fn ping(&self) -> Result<()> {
+        // A readiness probe: a server silent for two seconds is not ready.
+        let within = self.answer_timeout.min(std::time::Duration::from_secs(2));
         let mut conn = self.pool.get().await?;
-        diesel::sql_query("SELECT 1").execute(&mut *conn).await?;
-        Ok(())
+        match tokio::time::timeout(within, diesel::sql_query("SELECT 1").execute(&mut *conn)).await {
+            Ok(answer) => answer.map(|_| ()).map_err(DbError::from),
+            Err(_) => Err(DbError::Connection(format!("no answer to a ping within {within:?}"))),
+        }
     }
 
     /// Stops the embedded cluster, if this process runs one. Idempotent.

@@ -60,6 +60,7 @@ impl DbPool {
         let mut config = ManagerConfig::<AsyncPgConnection>::default();
         config.custom_setup = session_setup(s);
         config.recycling_method = checkout_test(s.checkout_query);
+        let url = super::tcp::with_dead_peer_detection(url, s.tcp_user_timeout_s);
         let manager = AsyncDieselConnectionManager::new_with_config(url, config);
         let pool = Pool::builder()
             .max_size(s.max_connections)

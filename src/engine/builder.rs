@@ -369,8 +369,10 @@ fn spawn_background(
     instance: i64,
     events: &broadcast::Sender<Event>,
 ) -> Arc<MediaStats> {
+    let presence_url =
+        crate::db::tcp::with_dead_peer_detection(db.url().expose(), settings.database.tcp_user_timeout_s);
     actors.spawn(life.track(presence::run(
-        db.url().clone(),
+        crate::config::Secret::new(presence_url),
         instance,
         events.clone(),
         settings.engine.share_events,

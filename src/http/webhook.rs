@@ -86,7 +86,31 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
             Err(reason) => unusable.push(filed(&m, numbers, Unusable::new(&m.raw, reason))),
         }
     }
-    let engine = &state.engine;
+    // Bounded: a database that stopped answering gets the provider a 503
+    // (it redelivers) within the deadline, never a hung request.
+    let deadline = std::time::Duration::from_millis(state.settings.server.webhook_deadline_ms);
+    let stored = store(&state.engine, unusable, usable, &delivery.statuses, &delivery.templates);
+    match tokio::time::timeout(deadline, stored).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            state.metrics.rejected("webhook_deadline");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the delivery was not stored in time; deliver it again",
+            ))
+        }
+    }
+}
+
+/// Stores a delivery's items: unusable ones as dead letters, messages in
+/// the inbox, then its reports; the answer says how many of each.
+async fn store(
+    engine: &crate::engine::Engine,
+    unusable: Vec<Unusable>,
+    usable: Vec<InboundWa>,
+    statuses: &[StatusWa],
+    templates: &[TemplateStatusWa],
+) -> Result<HttpResponse, ApiError> {
     let mut dead_lettered = 0;
     for u in &unusable {
         let letter = NewUnusable {
@@ -106,12 +130,12 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
             duplicates += 1;
         }
     }
-    let statuses = apply_reports(engine, &delivery.statuses, &delivery.templates).await?;
+    let statuses = apply_reports(engine, statuses, templates).await?;
     Ok(HttpResponse::Ok().json(json!({
         "accepted": accepted,
         "duplicates": duplicates,
         "statuses": statuses,
-        "templates": delivery.templates.len(),
+        "templates": templates.len(),
         "dead_lettered": dead_lettered,
     })))
 }
