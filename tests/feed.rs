@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
 use support::app::{text_message, TestApp};
 use support::TestDb;
@@ -199,5 +199,45 @@ async fn a_position_that_is_not_one_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    a.stop().await;
+}
+
+#[actix_web::test]
+async fn an_event_of_an_older_transaction_committed_later_is_not_passed_over() {
+    use diesel_async::AsyncConnection;
+    let db = TestDb::migrated().await;
+    let a = TestApp::spawn(&db, |_| {}, None).await;
+    let mut sub = Sub::open(&a, "/api/events", None).await;
+    // A transaction takes its id and writes an event first, and commits last.
+    let mut held = db.admin().await;
+    diesel::sql_query("BEGIN").execute(&mut held).await.unwrap();
+    diesel::sql_query(
+        "INSERT INTO events (phone, kind, event_key, payload, release) \
+         VALUES ('5215599990000', 'held', 'evt_held', '{\"id\": \"evt_held\"}', pg_current_xact_id()::text::int8 + 1)",
+    )
+    .execute(&mut held)
+    .await
+    .unwrap();
+    // Newer transactions commit events meanwhile: none may be read past the held one.
+    a.deliver_value(vec![text_message("5215511110009", "wamid.h1", "hola")], vec![])
+        .await;
+    settle(&[&a]).await;
+    let early = tokio::time::timeout(Duration::from_millis(600), sub.next()).await;
+    assert!(
+        early.is_err(),
+        "an event was read while an older transaction was open: {early:?}"
+    );
+    diesel::sql_query("COMMIT").execute(&mut held).await.unwrap();
+    let all = logged(&db).await;
+    let heard = sub.take(all.len()).await;
+    assert_eq!(heard[0].kind, "held", "the older transaction's event comes first");
+    let ids: Vec<String> = heard
+        .iter()
+        .map(|s| s.data["id"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = all.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(ids, expected, "every event once, in the feed's order");
+    drop(held);
+    let _ = AsyncPgConnection::establish;
     a.stop().await;
 }

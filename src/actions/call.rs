@@ -28,7 +28,7 @@ impl Actions {
         let Some(rt) = self.by_name.get(name) else {
             return Err(format!("action `{name}` is not declared"));
         };
-        let url = fill_url(&rt.url, data);
+        let url = fill_url(&rt.url, data)?;
         let body = Value::Object(slot_values(data));
         let mut last = String::new();
         for attempt in 0..=rt.action.retries {
@@ -88,7 +88,8 @@ impl Actions {
         .await;
         let (status, bytes) = match sent {
             Err(_) => return Attempt::Failed(format!("no answer within {} ms", rt.action.timeout.as_millis())),
-            Ok(Err(e)) => return Attempt::Failed(format!("request failed: {e}")),
+            // Without the URL: it may hold a secret or the customer's values.
+            Ok(Err(e)) => return Attempt::Failed(format!("request failed: {}", e.without_url())),
             Ok(Ok(answer)) => answer,
         };
         let code = status.as_u16();
@@ -108,18 +109,27 @@ impl Actions {
     }
 }
 
-/// `url` with `{slot}` placeholders filled from `data`, percent-encoded.
-fn fill_url(url: &str, data: &Value) -> String {
+/// `url` with `{slot}` placeholders filled from `data`, percent-encoded. A
+/// value of dots alone is refused: in a path it would climb (`..`), and
+/// URL parsers read `%2e%2e` as `..` too.
+fn fill_url(url: &str, data: &Value) -> Result<String, String> {
     let mut out = url.to_string();
     for (k, v) in slot_values(data) {
+        let placeholder = format!("{{{k}}}");
+        if !out.contains(&placeholder) {
+            continue;
+        }
         let shown = match v {
             Value::String(s) => s,
             Value::Number(n) => n.to_string(),
             _ => continue,
         };
-        out = out.replace(&format!("{{{k}}}"), &encode(&shown));
+        if !shown.is_empty() && shown.chars().all(|c| c == '.') {
+            return Err(format!("slot `{k}` is only dots: not placed in a URL"));
+        }
+        out = out.replace(&placeholder, &encode(&shown));
     }
-    out
+    Ok(out)
 }
 
 /// Percent-encodes all but RFC 3986's unreserved characters.
@@ -140,8 +150,10 @@ mod tests {
     fn slot_values_fill_the_url_encoded() {
         let data = json!({"sap": "12 34/5", "n": 7, "_x": "no"});
         assert_eq!(
-            super::fill_url("http://crm/sap/{sap}?n={n}&x={_x}", &data),
+            super::fill_url("http://crm/sap/{sap}?n={n}&x={_x}", &data).unwrap(),
             "http://crm/sap/12%2034%2F5?n=7&x={_x}"
         );
+        let climbing = json!({"id": ".."});
+        assert!(super::fill_url("http://crm/tickets/{id}/close", &climbing).is_err());
     }
 }

@@ -38,18 +38,21 @@ pub async fn link(
     fresh: &str,
     sent_at: Option<i64>,
 ) -> Result<Vec<(String, String)>> {
-    let markers: Vec<String> = ids.iter().map(|id| super::erasure::marker(id)).collect();
-    let rows: Vec<Link> = Cached::new("WITH ids AS (SELECT u.identifier, u.ord FROM unnest(")
+    let markers: Vec<String> = ids.iter().map(|id| super::erasure::identifier_marker(id)).collect();
+    // All or nothing: one identifier erased after the message was sent
+    // makes it a redelivery of erased data, and nothing is linked.
+    let rows: Vec<Link> = Cached::new("WITH u AS (SELECT * FROM unnest(")
         .bind::<Array<Text>, _>(ids)
         .sql("::text[], ")
         .bind::<Array<Text>, _>(markers)
         .sql(
-            "::text[]) WITH ORDINALITY AS u(identifier, marker, ord) WHERE NOT EXISTS (SELECT 1 FROM erasures e \
-              WHERE e.phone = u.marker AND e.erased_at >= to_timestamp(",
+            "::text[]) WITH ORDINALITY AS u(identifier, marker, ord)), \
+             erased AS (SELECT 1 FROM u JOIN erasures e ON e.phone = u.marker AND e.erased_at >= to_timestamp(",
         )
         .bind::<Nullable<BigInt>, _>(sent_at)
         .sql(
-            "::int8))), \
+            "::int8)), \
+             ids AS (SELECT identifier, ord FROM u WHERE NOT EXISTS (SELECT 1 FROM erased)), \
              found AS (SELECT c.contact FROM contact_links c JOIN ids ON ids.identifier = c.phone \
                        ORDER BY ids.ord LIMIT 1), \
              cfg AS (SELECT set_config('synchronous_commit', 'off', true)), \

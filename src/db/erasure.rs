@@ -43,6 +43,13 @@ pub const TABLES: [(&str, &str); 14] = [
     ("__diesel_schema_migrations", "no personal data"),
 ];
 
+/// The marker of contact identifier `id` (a phone, a BSUID) in `erasures`:
+/// apart from conversation markers, so erasing one number's conversation
+/// never reads as another's.
+pub fn identifier_marker(id: &str) -> String {
+    marker(&format!("identifier\0{id}"))
+}
+
 /// The marker that replaces conversation key `key`: `erased:` and a hash.
 /// It cannot be read back; whoever knows a key can compute it (that is
 /// how a redelivery of an erased message is recognised).
@@ -91,7 +98,9 @@ async fn run(conn: &mut AsyncPgConnection, sql: &str, key: &str, marker: &str) -
 
 /// A `phone` that is the conversation `$1` or one of its webhook lanes
 /// (`webhook:<name>:$1`), and the same with `$1` replaced by `$2`.
-const OF_CONVERSATION: &str = "(phone = $1 OR (phone LIKE 'webhook:%' AND right(phone, length($1) + 1) = ':' || $1))";
+/// (A webhook's name holds no `:`, so the lane's conversation is all after its second.)
+const OF_CONVERSATION: &str =
+    "(phone = $1 OR (phone LIKE 'webhook:%' AND substring(phone from '^webhook:[^:]*:(.*)$') = $1))";
 const RENAMED: &str = "CASE WHEN phone = $1 THEN $2 ELSE left(phone, length(phone) - length($1)) || $2 END";
 
 /// Erases conversation `key` of contact `contact` (see the module); `by`
@@ -123,14 +132,18 @@ async fn erase_in(conn: &mut AsyncPgConnection, key: &str, contact: &str, by: Op
         ..Erased::default()
     };
     blank_rows(conn, key, m, &mut e).await?;
-    // The contact's identifiers (phone, BSUID) are erased too: each gets
-    // an audit row of its own, by which a redelivery is not linked again.
-    let ids: Vec<FilePath> = diesel::sql_query("DELETE FROM contact_links WHERE contact = $1 RETURNING phone AS path")
-        .bind::<Text, _>(contact)
-        .load(conn)
-        .await?;
+    // The contact's identifiers (phone, BSUID), once no conversation of it
+    // is left (another number's keeps them): each gets an audit row of its
+    // own, by which a redelivery is not linked again.
+    let ids: Vec<FilePath> = diesel::sql_query(
+        "DELETE FROM contact_links WHERE contact = $1 AND NOT EXISTS \
+         (SELECT 1 FROM sessions WHERE phone = $1 OR phone LIKE '%:' || $1) RETURNING phone AS path",
+    )
+    .bind::<Text, _>(contact)
+    .load(conn)
+    .await?;
     e.contact_links = ids.len();
-    let id_markers: Vec<String> = ids.iter().map(|i| self::marker(&i.path)).collect();
+    let id_markers: Vec<String> = ids.iter().map(|i| identifier_marker(&i.path)).collect();
     diesel::sql_query(
         "INSERT INTO erasures (phone, requested_by, counts) SELECT m, $2, '{}' FROM unnest($1::text[]) AS m \
          ON CONFLICT (phone) DO UPDATE SET erased_at = now()",
@@ -166,7 +179,8 @@ async fn blank_rows(conn: &mut AsyncPgConnection, key: &str, m: &str, e: &mut Er
     e.inbox = run(
         conn,
         "UPDATE inbox SET phone = $2, payload = '{}', provider_message_id = 'erased:' || id, \
-         contact_name = NULL, contact_username = NULL, last_error = NULL WHERE phone = $1",
+         contact_name = NULL, contact_username = NULL, last_error = NULL, \
+         processed_at = coalesce(processed_at, now()) WHERE phone = $1",
         key,
         m,
     )
@@ -190,6 +204,7 @@ async fn blank_rows(conn: &mut AsyncPgConnection, key: &str, m: &str, e: &mut Er
     e.media = run(
         conn,
         "UPDATE media SET phone = $2, caption = NULL, sha256 = NULL, path = NULL, \
+         media_id = 'erased:' || md5(media_id), status = CASE WHEN status = 'pending' THEN 'failed' ELSE status END, \
          provider_message_id = 'erased', last_error = NULL WHERE phone = $1",
         key,
         m,

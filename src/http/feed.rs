@@ -19,6 +19,9 @@ use crate::engine::{Engine, Event, EventKind};
 
 /// How often the log is read when nothing here woke the stream.
 const POLL: Duration = Duration::from_millis(250);
+/// The least time between two reads of one stream: a busy process wakes
+/// every stream on every event, and each read takes a pooled connection.
+const MIN_GAP: Duration = Duration::from_millis(100);
 /// Events read per query.
 const PAGE: i64 = 500;
 /// A comment line this often keeps proxies from closing an idle stream.
@@ -51,6 +54,7 @@ pub struct Reader {
     wake: broadcast::Receiver<Event>,
     ready: VecDeque<String>,
     last_sent: Instant,
+    last_read: Instant,
 }
 
 impl Reader {
@@ -61,13 +65,17 @@ impl Reader {
             Some(p) => p,
             None => engine.feed_head().await.map_err(ApiError::from)?,
         };
+        // The position first: a subscriber that drops before any event
+        // resumes from here and misses nothing released since.
+        let ready = VecDeque::from([format!("id: {}\n\n", at.encode())]);
         Ok(Self {
             engine,
             only,
             at,
             wake,
-            ready: VecDeque::new(),
+            ready,
             last_sent: Instant::now(),
+            last_read: Instant::now() - MIN_GAP,
         })
     }
 
@@ -79,6 +87,11 @@ impl Reader {
                 self.last_sent = Instant::now();
                 return Some(frame);
             }
+            let since = self.last_read.elapsed();
+            if since < MIN_GAP {
+                tokio::time::sleep(MIN_GAP - since).await;
+            }
+            self.last_read = Instant::now();
             match self.engine.feed_after(self.at, self.only.as_deref(), PAGE).await {
                 Ok(events) if !events.is_empty() => {
                     for e in events {
@@ -101,13 +114,19 @@ impl Reader {
         }
     }
 
-    /// Until this process publishes something or the poll period passes;
-    /// a breaker change is queued to send as it is.
+    /// Until this process publishes something of the stream's
+    /// conversations or the poll period passes; a breaker change is queued
+    /// to send as it is.
     async fn wait(&mut self) {
-        let woke = tokio::time::timeout(POLL, self.wake.recv()).await;
-        if let Ok(Ok(e)) = woke {
+        let until = tokio::time::Instant::now() + POLL;
+        while let Ok(woke) = tokio::time::timeout_at(until, self.wake.recv()).await {
+            let Ok(e) = woke else { return };
             if e.kind == EventKind::BreakerState && self.only.is_none() {
                 self.ready.push_back(super::sse::encode(&e));
+                return;
+            }
+            if self.only.as_ref().is_none_or(|c| *c == e.phone) {
+                return;
             }
         }
     }

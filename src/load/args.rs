@@ -129,6 +129,11 @@ pub struct LoadArgs {
     /// run against them as ratios.
     #[arg(long, value_parser = positive_seconds)]
     pub limits: Option<f64>,
+    /// A soak: every this many seconds, sample each server's memory and
+    /// threads, its live conversations, the database's connections, size
+    /// and WAL per message (the report's `soak` section).
+    #[arg(long, value_parser = positive_seconds)]
+    pub sample_every: Option<f64>,
     /// Seconds to wait after the last send for messages to be applied.
     #[arg(long, default_value_t = 30)]
     pub drain: u64,

@@ -34,6 +34,7 @@ mod run_dir;
 pub mod scenario;
 pub mod send_order;
 mod servers;
+pub mod soak;
 pub mod timer_figures;
 mod verdict;
 
@@ -78,6 +79,13 @@ async fn load_and_check(
     let limits = measure_limits(args, servers).await?;
     let before = cost::Sample::take(&servers.cost_sources(), servers.database_url(args).as_deref()).await;
     let wave_on = servers.database_url(args).filter(|_| args.timer_wave > 0);
+    let stop_sampling = tokio_util::sync::CancellationToken::new();
+    let sampling = soak_samples(
+        args,
+        (servers.cost_sources(), servers.database_url(args)),
+        &target,
+        stop_sampling.clone(),
+    );
     let sending = async {
         let driving = driver::drive(
             target.clone(),
@@ -100,16 +108,35 @@ async fn load_and_check(
         let (measured, chaos, wave) = tokio::join!(driving, chaos::run(args, servers.processes_mut()), wave);
         (measured, chaos.and_then(|c| wave.map(|()| c)))
     };
-    let outcome = tokio::select! {
-        pair = sending => Some(pair),
-        () = interrupt => None,
+    let running = async {
+        let outcome = tokio::select! {
+            pair = sending => Some(pair),
+            () = interrupt => None,
+        };
+        stop_sampling.cancel();
+        outcome
     };
+    let (outcome, soak) = tokio::join!(running, sampling);
     let Some((measured, chaos)) = outcome else {
         anyhow::bail!("interrupted: the run was stopped and its own servers and database removed");
     };
     let mut report = verdict::report(args, servers, &target, measured, chaos?, before).await?;
     report.limits = limits.map(|l| l.against(&report));
+    report.soak = soak;
     Ok(report)
+}
+
+/// With `--sample-every`: samples the servers (`from`: their processes
+/// and database) until `stop` (see [`soak`]).
+async fn soak_samples(
+    args: &LoadArgs,
+    from: (cost::Sources, Option<String>),
+    target: &client::Target,
+    stop: tokio_util::sync::CancellationToken,
+) -> Option<soak::Soak> {
+    let every = std::time::Duration::from_secs_f64(args.sample_every?);
+    let (sources, url) = from;
+    Some(soak::sample(sources, url, target.bases.clone(), every, stop, !args.quiet).await)
 }
 
 /// With `--limits`: the database's own limits for the job, on the run's

@@ -126,6 +126,8 @@ pub struct Report {
     /// With `--limits`: the database's own limits for the job, and the run
     /// against them.
     pub limits: Option<super::limits::Limits>,
+    /// With `--sample-every`: the soak's samples and its memory verdict.
+    pub soak: Option<super::soak::Soak>,
 }
 
 impl Report {

@@ -204,5 +204,6 @@ fn assemble(args: &LoadArgs, target: &Target, m: Measured, served: Served, check
         timers: checked.timers,
         cost: None,
         limits: None,
+        soak: None,
     }
 }

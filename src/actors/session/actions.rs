@@ -22,11 +22,21 @@ pub(super) async fn run(
 ) {
     // Validation refuses loops of actions; the bound only guards a flow
     // changed under a live conversation.
+    let mut called: Vec<&str> = Vec::new();
     for _ in 0..flow.actions.len().max(1) * 2 {
         let Some(pending) = result.action.take() else {
             return;
         };
-        let key = format!("{applying}:{}", pending.action);
+        // One action reached twice in one step (from two states): the
+        // second call is another request, with a key of its own.
+        let nth = called.iter().filter(|a| **a == pending.action).count();
+        let key = match nth {
+            0 => format!("{applying}:{}", pending.action),
+            n => format!("{applying}:{}:{}", pending.action, n + 1),
+        };
+        if let Some(a) = flow.actions.get(&pending.action) {
+            called.push(a.name.as_str());
+        }
         let answer = deps.actions.call(&pending.action, phone, &result.data, &key).await;
         if let Err(why) = &answer {
             tracing::info!(phone = %mask(phone), action = %pending.action, reason = %why, "action failed: the flow takes on_failure");

@@ -55,25 +55,19 @@ pub(super) async fn apply_chain(
             continue;
         }
         let text = inbound_text(&msg.payload);
-        let stepped = std::panic::AssertUnwindSafe(async {
-            if let Some(m) = &deps.middleware {
-                m.before_step(phone, &text)?;
-            }
-            Ok::<_, String>(understand_and_step(deps, phone, &at, &text, msg).await)
-        })
-        .catch_unwind()
-        .await;
-        let result = match stepped {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                crash = Some(Error::Processing(e).to_string());
-                break;
-            }
-            Err(panic) => {
-                crash = Some(panic_text(panic.as_ref()));
+        let mut result = match guarded_step(deps, phone, &at, &text, msg).await {
+            Ok(r) => r,
+            Err(why) => {
+                crash = Some(why);
                 break;
             }
         };
+        if result.action.is_some() && !writes.is_empty() {
+            // An action calls the backend on committed state only: this
+            // message waits for the ones before it to commit, then goes alone.
+            break;
+        }
+        call_actions(deps, phone, &mut result, msg).await;
         let time = inbound_time(deps, phone, at.handoff, &result, msg);
         let customer_at = time.customer_at.max(at.last_customer_at);
         let write = inbound_write(phone, &at, msg, &text, &result, time);
@@ -112,6 +106,30 @@ pub(super) async fn apply_chain(
     }
     tracing::debug!(phone = %mask(phone), version = core.version, left = rest.len(), "chain applied");
     Ok(ChainEnd { rest, crash })
+}
+
+/// Steps `msg` of the chain, its middleware first; a middleware's refusal
+/// or a panic is the crash it reports.
+async fn guarded_step(
+    deps: &SessionDeps,
+    phone: &str,
+    at: &Snapshot,
+    text: &str,
+    msg: &PendingInbound,
+) -> std::result::Result<StepResult, String> {
+    let stepped = std::panic::AssertUnwindSafe(async {
+        if let Some(m) = &deps.middleware {
+            m.before_step(phone, text)?;
+        }
+        Ok::<_, String>(understand(deps, phone, at, text, msg).await)
+    })
+    .catch_unwind()
+    .await;
+    match stepped {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(Error::Processing(e).to_string()),
+        Err(panic) => Err(panic_text(panic.as_ref())),
+    }
 }
 
 /// A chain's write made ready on `at`: its session created if missing (at
@@ -231,6 +249,8 @@ async fn apply_stored(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Pen
     Ok(())
 }
 
+/// Understands and steps one message, calling the flow's actions the step
+/// reaches (see [`super::actions`]).
 pub(super) async fn understand_and_step(
     deps: &SessionDeps,
     phone: &str,
@@ -238,6 +258,23 @@ pub(super) async fn understand_and_step(
     text: &str,
     msg: &PendingInbound,
 ) -> StepResult {
+    let mut result = understand(deps, phone, core, text, msg).await;
+    call_actions(deps, phone, &mut result, msg).await;
+    result
+}
+
+/// Calls the actions `result` stopped at, for inbound message `msg`.
+async fn call_actions(deps: &SessionDeps, phone: &str, result: &mut StepResult, msg: &PendingInbound) {
+    if result.action.is_none() {
+        return;
+    }
+    let ticket = format!("R{}", msg.id);
+    let flow = deps.flows.of(phone);
+    super::actions::run(deps, phone, flow, result, &msg.provider_message_id, &ticket).await;
+}
+
+/// Understands and steps one message; the result may stop at an action.
+async fn understand(deps: &SessionDeps, phone: &str, core: &Snapshot, text: &str, msg: &PendingInbound) -> StepResult {
     let flow = deps.flows.of(phone);
     let expired = super::time::met_expired(flow, core, msg);
     let core = expired.as_ref().unwrap_or(core);
@@ -272,10 +309,14 @@ pub(super) async fn understand_and_step(
             .and_then(serde_json::Value::as_str)
             .map(str::to_string);
     }
-    let ticket = format!("R{}", msg.id);
-    let mut result = flow::step(flow, &core.state, &core.data, core.handoff, &understanding, &ticket);
-    super::actions::run(deps, phone, flow, &mut result, &msg.provider_message_id, &ticket).await;
-    result
+    flow::step(
+        flow,
+        &core.state,
+        &core.data,
+        core.handoff,
+        &understanding,
+        &format!("R{}", msg.id),
+    )
 }
 
 pub(super) fn publish(

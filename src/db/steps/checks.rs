@@ -118,13 +118,15 @@ where
     // Pairs joined on the primary key: `phone = ANY(..) AND id = ANY(..)`
     // over a chain repeats one phone, and the planner, counting each copy,
     // scanned the whole table for a busy phone.
-    let rows: Vec<PhoneId> = Cached::new("SELECT i.phone, i.id FROM unnest(")
+    // A row that is gone — its contact erased since the message was
+    // taken up — counts as applied: the step is dropped, nothing comes back.
+    let rows: Vec<PhoneId> = Cached::new("SELECT u.phone, u.id FROM unnest(")
         .bind::<Array<Text>, _>(&phones)
         .sql("::text[], ")
         .bind::<Array<BigInt>, _>(&ids)
         .sql(
-            "::int8[]) AS u(phone, id) JOIN inbox i ON i.phone = u.phone AND i.id = u.id \
-             WHERE i.processed_at IS NOT NULL",
+            "::int8[]) AS u(phone, id) LEFT JOIN inbox i ON i.phone = u.phone AND i.id = u.id \
+             WHERE i.id IS NULL OR i.processed_at IS NOT NULL",
         )
         .load(conn)
         .await?;
