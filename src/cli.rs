@@ -84,11 +84,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    crate::telemetry::init(&settings.log);
+    // The exporter's client blocks: built (and stopped) off the runtime.
+    let telemetry = settings.telemetry.clone();
+    let exporter = tokio::task::spawn_blocking(move || crate::telemetry::Exporter::build(&telemetry))
+        .await?
+        .context("starting the trace exporter")?;
+    crate::telemetry::install(&settings.log, exporter.as_ref());
     let app = Application::build(settings).await.context("starting switchboard")?;
-    app.run_until_stopped(shutdown_signal())
-        .await
-        .context("stopping switchboard")?;
+    let stopped = app.run_until_stopped(shutdown_signal()).await;
+    if let Some(exporter) = exporter {
+        // The spans of the last work go out before the process ends.
+        tokio::task::spawn_blocking(move || exporter.shutdown()).await?;
+    }
+    stopped.context("stopping switchboard")?;
     Ok(())
 }
 

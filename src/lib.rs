@@ -19,7 +19,7 @@
 //! - [`lifecycle`]: the one cancellation token and task tracker of a process.
 //! - [`events`]: the realtime events every part publishes.
 //! - [`actions`]: flow actions, the calls states make to the team's backend.
-//! - [`telemetry`]: logging set-up.
+//! - [`telemetry`]: logs, and traces over OTLP.
 //! - [`cli`]: the `switchboard` command line.
 
 pub mod actions;

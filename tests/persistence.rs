@@ -267,6 +267,7 @@ async fn a_batch_of_registrations_dedupes_like_single_ones_and_answers_in_input_
         payload: json!({"id": id}),
         contact_name: None,
         contact_username: None,
+        traceparent: None,
     };
     let first = register_batch(
         &mut conn,
@@ -335,6 +336,7 @@ async fn an_accepted_message_is_resumed_by_another_process_only_when_its_holder_
         payload: json!({"id": id}),
         contact_name: None,
         contact_username: None,
+        traceparent: None,
     };
     // A holds w.1 for a long time; A's hold on w.2 has already run out (A is late).
     register_batch(
@@ -455,6 +457,7 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
         payload: json!({"id": id}),
         contact_name: None,
         contact_username: None,
+        traceparent: None,
     };
     let regs = register_batch(&mut conn, &[d("w.1"), d("w.2"), d("w.3"), d("w.4"), d("w.5")], lease)
         .await
@@ -609,6 +612,7 @@ async fn a_step_can_claim_its_outbox_rows_at_insert_and_the_claim_query_leaves_t
             kind: "text",
             payload: json!({"text": format!("reply {key}")}),
             idempotency_key: key.into(),
+            traceparent: None,
         }],
         outcomes: Vec::new(),
         media: Vec::new(),
@@ -688,6 +692,7 @@ async fn a_batch_waiting_for_a_session_lock_sees_what_the_holder_committed() {
         payload: json!({"id": "w.locked"}),
         contact_name: None,
         contact_username: None,
+        traceparent: None,
     };
     let inbox_id = register_batch(&mut conn, &[delivery], lease).await.unwrap()[0].inbox_id;
     // Another writer holds the session's lock and marks the message applied.

@@ -292,6 +292,7 @@ fn claimed(to: &str, id: i64, key: &str, attempts: i32) -> switchboard::db::outb
         idempotency_key: key.into(),
         attempts,
         lapsed: false,
+        traceparent: None,
     }
 }
 

@@ -25,6 +25,13 @@ impl Actions {
     /// values from `data`; `key` is its `Idempotency-Key` (the same for
     /// every attempt, and for a repeat after a crash).
     pub async fn call(&self, name: &str, conversation: &str, data: &Value, key: &str) -> Answer {
+        use tracing::Instrument;
+        let span = tracing::info_span!(target: crate::telemetry::TARGET, "action", action = name);
+        self.attempts(name, conversation, data, key).instrument(span).await
+    }
+
+    /// [`Actions::call`]'s attempts, within its retries.
+    async fn attempts(&self, name: &str, conversation: &str, data: &Value, key: &str) -> Answer {
         let Some(rt) = self.by_name.get(name) else {
             return Err(format!("action `{name}` is not declared"));
         };
@@ -65,9 +72,7 @@ impl Actions {
     async fn attempt(&self, rt: &Runtime, url: &str, body: &Value, key: &str, conversation: &str) -> Attempt {
         // Who the call is about, beside the slot values.
         let (number, contact) = self.numbers.split(conversation);
-        let mut req = self
-            .client
-            .request(rt.action.method.clone(), url)
+        let mut req = crate::telemetry::inject(self.client.request(rt.action.method.clone(), url))
             .headers(rt.headers.clone())
             .header("Idempotency-Key", key)
             .header("Switchboard-Contact", contact);

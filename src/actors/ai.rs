@@ -15,6 +15,7 @@ use futures_util::FutureExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::ai::{rules, AiSettings, IntentCandidate, IntentRequest, Model, ModelError, SlotRequest};
 use crate::breaker::{CallResult, CircuitBreaker};
@@ -26,6 +27,8 @@ use crate::flow::Understanding;
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Understood")]
 pub struct Understand {
+    /// The asking step's span (see [`crate::telemetry::trace`]).
+    pub trace: Option<String>,
     pub text: String,
     pub intents: Vec<IntentCandidate>,
     pub global_count: usize,
@@ -256,7 +259,9 @@ impl Handler<Understand> for AiActor {
         let model = self.model.clone();
         let (intent_timeout, extract_timeout) = (self.intent_timeout, self.extract_timeout);
         let fallback_to_rules = self.fallback_to_rules;
-        Box::pin(async move {
+        let span = tracing::info_span!(target: crate::telemetry::TARGET, "model", provider = model.name());
+        crate::telemetry::continue_from(&span, msg.trace.as_deref());
+        let understood = async move {
             let mut out = Understood::default();
             let req = Arc::new(IntentRequest {
                 text: msg.text.clone(),
@@ -293,6 +298,7 @@ impl Handler<Understand> for AiActor {
                 caller.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
             }
             out
-        })
+        };
+        Box::pin(understood.instrument(span))
     }
 }

@@ -57,9 +57,8 @@ impl OpenAiModel {
                 {"role": "user", "content": user},
             ],
         });
-        let resp = self
-            .client
-            .post(&self.url)
+        let request = self.client.post(&self.url);
+        let resp = crate::telemetry::inject(request)
             .bearer_auth(self.key.expose())
             .json(&body)
             .send()

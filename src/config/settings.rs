@@ -32,6 +32,7 @@ pub struct Settings {
     pub integrations: super::IntegrationSettings,
     pub flow: FlowSettings,
     pub log: LogSettings,
+    pub telemetry: super::TelemetrySettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -60,6 +60,7 @@ impl Settings {
         );
         p.0.extend(super::integrations::problems(&self.integrations, self.outbox.lease_ms));
         p.0.extend(super::retention::problems(&self.retention));
+        p.0.extend(super::telemetry::problems(&self.telemetry));
         for why in super::tokens::problems(&self.api.tokens) {
             p.check(false, "api.tokens", &why);
         }

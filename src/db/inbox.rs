@@ -114,6 +114,8 @@ pub struct OwnedDelivery {
     pub payload: serde_json::Value,
     pub contact_name: Option<String>,
     pub contact_username: Option<String>,
+    /// The span that accepted it (see [`crate::telemetry::trace`]).
+    pub traceparent: Option<String>,
 }
 
 #[derive(diesel::QueryableByName)]
@@ -160,6 +162,7 @@ pub async fn register_batch(
     let payloads: Vec<&serde_json::Value> = batch.iter().map(|d| &d.payload).collect();
     let names: Vec<Option<&str>> = batch.iter().map(|d| d.contact_name.as_deref()).collect();
     let usernames: Vec<Option<&str>> = batch.iter().map(|d| d.contact_username.as_deref()).collect();
+    let traces: Vec<Option<&str>> = batch.iter().map(|d| d.traceparent.as_deref()).collect();
     let arrival: Vec<i64> = (0..batch.len() as i64).collect();
     // A message of an erased contact sent before its erasure is a
     // redelivery of erased data: answered as processed, never stored.
@@ -185,15 +188,17 @@ pub async fn register_batch(
         .bind::<Array<Text>, _>(&markers)
         .sql("::text[], ")
         .bind::<Array<Nullable<BigInt>>, _>(&sent_at)
+        .sql("::int8[], ")
+        .bind::<Array<Nullable<Text>>, _>(&traces)
         .sql(
-            "::int8[]) AS u(phone, pid, payload, name, username, arrival, marker, sent_at)), \
+            "::text[]) AS u(phone, pid, payload, name, username, arrival, marker, sent_at, trace)), \
              erased AS (SELECT u.phone, u.pid FROM u JOIN erasures e \
                         ON e.phone = u.marker AND e.erased_at >= to_timestamp(u.sent_at)), \
              registered AS ( \
              INSERT INTO inbox (id, phone, provider_message_id, payload, contact_name, contact_username, \
-                                leased_by, lease_until) \
+                                leased_by, lease_until, traceparent) \
              SELECT s.id, s.phone, s.pid, s.payload, s.name, s.username, lease.holder, \
-                    now() + lease.millis * interval '1 millisecond' \
+                    now() + lease.millis * interval '1 millisecond', s.trace \
              FROM (SELECT u.*, nextval('inbox_id_seq') AS id FROM u \
                    WHERE NOT EXISTS (SELECT 1 FROM erased x WHERE x.phone = u.phone AND x.pid = u.pid) \
                    ORDER BY u.arrival OFFSET 0) AS s, lease \

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Integer, Jsonb, Text};
+use diesel::sql_types::{BigInt, Bool, Integer, Jsonb, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::schema::{dead_letters, messages, outbox};
@@ -40,6 +40,9 @@ pub struct Claimed {
     /// repeat it.
     #[diesel(sql_type = Bool)]
     pub lapsed: bool,
+    /// The span that made the row (see [`crate::telemetry::trace`]).
+    #[diesel(sql_type = Nullable<Text>)]
+    pub traceparent: Option<String>,
 }
 
 /// Claims up to `limit` due rows, each the next of its conversation: a row
@@ -68,7 +71,8 @@ pub async fn claim(conn: &mut AsyncPgConnection, limit: i64, lease_ms: i64) -> R
                     next_attempt_at = now() + make_interval(secs => claim.lease_ms / 1000.0), updated_at = now() \
              FROM claim, due \
              WHERE o.phone = due.phone AND o.id = due.id \
-             RETURNING o.id, o.phone, o.payload, o.idempotency_key, o.attempts, due.was = 'sending' AS lapsed",
+             RETURNING o.id, o.phone, o.payload, o.idempotency_key, o.attempts, due.was = 'sending' AS lapsed, \
+                       o.traceparent",
         )
         .load(conn)
         .await?)
@@ -92,7 +96,7 @@ async fn claim_next(conn: &AsyncPgConnection, phones: &[&str], lease_ms: i64) ->
                (SELECT h.id FROM outbox h WHERE h.phone = c.phone AND h.status IN ('pending', 'sending') \
                 ORDER BY h.id LIMIT 1) AS head \
              WHERE o.phone = c.phone AND o.id = head.id AND o.status = 'pending' AND o.next_attempt_at <= now() \
-             RETURNING o.id, o.phone, o.payload, o.idempotency_key, o.attempts, false AS lapsed",
+             RETURNING o.id, o.phone, o.payload, o.idempotency_key, o.attempts, false AS lapsed, o.traceparent",
         )
         .load::<Claimed>(&mut &*conn)
         .await

@@ -4,7 +4,7 @@
 
 use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Jsonb, Text};
+use diesel::sql_types::{BigInt, Bool, Jsonb, Nullable, Text};
 use diesel_async::{AsyncConnection, AsyncConnectionCore, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
@@ -22,6 +22,9 @@ pub struct PendingInbound {
     pub provider_message_id: String,
     #[diesel(sql_type = Jsonb)]
     pub payload: serde_json::Value,
+    /// The span that accepted it (see [`crate::telemetry::trace`]).
+    #[diesel(sql_type = Nullable<Text>)]
+    pub traceparent: Option<String>,
 }
 
 /// Rows `$holder` may resume: its own; those whose lease ran out; those
@@ -44,7 +47,7 @@ where
 {
     Ok(Cached::new("WITH me AS (SELECT ")
         .bind::<BigInt, _>(holder)
-        .sql("::int8 AS holder) SELECT i.id, i.provider_message_id, i.payload FROM inbox i, me WHERE i.phone = ")
+        .sql("::int8 AS holder) SELECT i.id, i.provider_message_id, i.payload, i.traceparent FROM inbox i, me WHERE i.phone = ")
         .bind::<Text, _>(phone)
         .sql(" AND i.processed_at IS NULL AND ")
         .sql(RESUMABLE)

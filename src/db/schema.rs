@@ -39,6 +39,7 @@ diesel::table! {
         lease_until -> Timestamptz,
         contact_username -> Nullable<Text>,
         version -> Nullable<Int8>,
+        traceparent -> Nullable<Text>,
     }
 }
 
@@ -115,6 +116,7 @@ diesel::table! {
         provider_message_id -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        traceparent -> Nullable<Text>,
     }
 }
 

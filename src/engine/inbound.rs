@@ -7,6 +7,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use scoped_futures::ScopedFutureExt;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 use super::mailbox::{InFlightGuard, Turn};
 use super::{Accepted, Engine, InboundMessage};
@@ -18,6 +19,7 @@ use crate::db::inbox::OwnedDelivery;
 use crate::db::resume::PendingInbound;
 use crate::error::{Error, Result};
 use crate::phone;
+use crate::telemetry;
 use crate::whatsapp::kinds;
 
 impl Engine {
@@ -40,6 +42,14 @@ impl Engine {
         };
         let phone = self.inner.numbers.conversation(m.business_number.as_deref(), &contact);
         let permit = self.enqueue_permit().await?;
+        // The message's trace: under the request's span, on in its inbox row.
+        let kind = m
+            .payload
+            .get("type")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("unknown");
+        let span = tracing::info_span!(target: telemetry::TARGET, "inbound", kind);
+        let traceparent = telemetry::traceparent(&span);
         // The registration is handed to the DB writer as the phone's ticket
         // is taken, so the writer sees a phone's messages in ticket order and
         // numbers them in that order; registrations of concurrent requests
@@ -54,6 +64,7 @@ impl Engine {
                 payload: m.payload.clone(),
                 contact_name: m.contact_name.clone(),
                 contact_username: m.contact_username.clone(),
+                traceparent: traceparent.clone(),
             }))
         });
         // The rest goes on even if the caller stops waiting: once its
@@ -64,14 +75,19 @@ impl Engine {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let this = self.clone();
         let guard = InFlightGuard::new(&self.inner.in_flight);
-        self.inner.actors.spawn(self.inner.life.track(async move {
-            let pending = (m.provider_message_id, m.payload);
-            let r = this
-                .enqueue_registered(phone, pending, live, ticket, registration, permit)
-                .await;
-            drop(guard);
-            let _ = tx.send(r);
-        }));
+        self.inner.actors.spawn(
+            self.inner.life.track(
+                async move {
+                    let pending = (m.provider_message_id, m.payload, traceparent);
+                    let r = this
+                        .enqueue_registered(phone, pending, live, ticket, registration, permit)
+                        .await;
+                    drop(guard);
+                    let _ = tx.send(r);
+                }
+                .instrument(span),
+            ),
+        );
         let wait = Duration::from_millis(self.inner.settings.engine.enqueue_timeout_ms);
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(r)) => r,
@@ -88,13 +104,14 @@ impl Engine {
     async fn enqueue_registered(
         &self,
         phone: String,
-        (provider_message_id, payload): (String, serde_json::Value),
+        (provider_message_id, payload, traceparent): (String, serde_json::Value, Option<String>),
         live: LiveActor,
         ticket: Ticket,
         registration: Request<DbWriter, Register>,
         permit: OwnedSemaphorePermit,
     ) -> Result<Accepted> {
         let reg = registration
+            .instrument(tracing::info_span!(target: telemetry::TARGET, "inbox.commit"))
             .await
             .unwrap_or_else(|e| Err(Error::Unavailable(format!("DB writer: {e}"))));
         let reg = match reg {
@@ -134,6 +151,7 @@ impl Engine {
             id: reg.inbox_id,
             provider_message_id,
             payload,
+            traceparent,
         };
         self.post(phone, Apply(pending.clone()), Some(turn), Some(permit), Some(pending))
             .await?;

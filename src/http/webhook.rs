@@ -4,12 +4,14 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::{ApiError, AppState};
 use crate::engine::{InboundMessage, NewUnusable};
 use crate::error::Error;
 use crate::numbers::Numbers;
 use crate::phone;
+use crate::telemetry;
 use crate::whatsapp::webhook::{
     has_nul, parse, secure_eq, verify_signature, InboundWa, StatusWa, TemplateStatusWa, Unusable,
 };
@@ -89,7 +91,15 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
     // Bounded: a database that stopped answering gets the provider a 503
     // (it redelivers) within the deadline, never a hung request.
     let deadline = std::time::Duration::from_millis(state.settings.server.webhook_deadline_ms);
-    let stored = store(&state.engine, unusable, usable, &delivery.statuses, &delivery.templates);
+    // Each message's trace starts here (or under the caller's, if it sent one).
+    let span = tracing::info_span!(
+        target: telemetry::TARGET,
+        "webhook",
+        messages = usable.len(),
+        statuses = delivery.statuses.len()
+    );
+    telemetry::continue_from(&span, req.headers().get("traceparent").and_then(|h| h.to_str().ok()));
+    let stored = store(&state.engine, unusable, usable, &delivery.statuses, &delivery.templates).instrument(span);
     match tokio::time::timeout(deadline, stored).await {
         Ok(answer) => answer,
         Err(_) => {

@@ -57,6 +57,8 @@ pub struct Arrival {
     pub answered: Option<std::time::Instant>,
     /// Whether the answer accepted it.
     pub accepted: bool,
+    /// Its `traceparent` header, if it had one.
+    pub traceparent: Option<String>,
 }
 
 /// The fake; cheap to clone.
@@ -103,7 +105,8 @@ impl FakeGraph {
                               body: web::Json<Value>| {
                             let (s, r) = (s.clone(), r.clone());
                             let token = bearer(&req);
-                            let sender = (path.into_inner().1, token);
+                            let trace = req.headers().get("traceparent").and_then(|h| h.to_str().ok());
+                            let sender = (path.into_inner().1, token, trace.map(str::to_string));
                             async move { message(&s, &r, body.into_inner(), sender).await }
                         },
                     ),
@@ -307,7 +310,7 @@ async fn message(
     state: &Mutex<State>,
     released: &tokio::sync::Notify,
     body: Value,
-    sender: (String, String),
+    sender: (String, String, Option<String>),
 ) -> HttpResponse {
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     if body["status"] == "read" {
@@ -340,6 +343,7 @@ async fn message(
             arrived,
             answered: None,
             accepted: false,
+            traceparent: sender.2.clone(),
         });
         st.log.len() - 1
     };
@@ -356,7 +360,7 @@ async fn message(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let resp = answer(state, body, sender);
+    let resp = answer(state, body, (sender.0, sender.1));
     lock().log[entry].accepted = resp.status().is_success();
     resp
 }

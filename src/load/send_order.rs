@@ -107,6 +107,7 @@ mod tests {
             arrived: t0.0 + Duration::from_millis(at),
             answered: Some(t0.0 + Duration::from_millis(answered)),
             accepted: true,
+            traceparent: None,
         }
     }
 

@@ -224,9 +224,14 @@ pub(super) async fn run(
 
 /// One row's send, with the row for the caller.
 fn send(worker: Arc<Worker>, row: Claimed) -> BoxFuture<'static, (Claimed, Delivery)> {
+    use tracing::Instrument;
+    // On the trace of the step that made the row.
+    let span = tracing::info_span!(target: crate::telemetry::TARGET, "send", attempt = row.attempts);
+    crate::telemetry::continue_from(&span, row.traceparent.as_deref());
     async move {
         let delivery = worker.deliver(&row).await;
         (row, delivery)
     }
+    .instrument(span)
     .boxed()
 }

@@ -121,6 +121,7 @@ mod tests {
             idempotency_key: format!("k.{id}"),
             attempts: 1,
             lapsed: false,
+            traceparent: None,
         }
     }
 

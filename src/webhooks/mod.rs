@@ -122,6 +122,7 @@ impl Webhooks {
             payload: json!({"id": id, "type": kind, "timestamp": at,
                 "conversation": {"number": number, "contact": contact, "key": phone}, "data": data}),
             idempotency_key: id.to_string(),
+            traceparent: None,
         });
         self.endpoints
             .iter()
@@ -132,6 +133,7 @@ impl Webhooks {
                 payload: json!({"webhook": e.name, "type": kind, "timestamp": at,
                     "conversation": {"number": number, "contact": contact}, "data": data}),
                 idempotency_key: id.to_string(),
+                traceparent: None,
             })
             .chain(feed)
             .collect()

@@ -75,9 +75,7 @@ impl Poster {
         let body = serde_json::to_vec(&event).unwrap_or_default();
         // The attempt's own time: a consumer refuses one over 5 minutes off.
         let at = chrono::Utc::now().timestamp();
-        let sent = self
-            .client
-            .post(url)
+        let sent = crate::telemetry::inject(self.client.post(url))
             .timeout(*timeout)
             .header("content-type", "application/json")
             .header("webhook-id", &row.idempotency_key)

@@ -85,9 +85,8 @@ impl Sender for CloudApi {
     fn send(&self, msg: OutboundMessage) -> BoxFuture<'static, SendOutcome> {
         let this = self.clone();
         async move {
-            let resp = this
-                .client
-                .post(&this.url)
+            let request = this.client.post(&this.url);
+            let resp = crate::telemetry::inject(request)
                 .bearer_auth(this.token.expose())
                 .json(&msg.to_graph_json())
                 .send()

@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use futures_util::FutureExt;
+use tracing::Instrument;
 
 use super::state::{create_as, Core, Snapshot};
 use super::time::inbound_time;
@@ -19,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::events::{inbound_text, Event, EventKind, EventMessage};
 use crate::flow::{self, SlotKind, StepResult};
 use crate::phone::mask;
+use crate::telemetry;
 use crate::whatsapp::kinds;
 
 /// How a chain ended.
@@ -45,17 +47,22 @@ pub(super) async fn apply_chain(
     let mut steps = Vec::with_capacity(chain.len());
     let mut writes = Vec::with_capacity(chain.len());
     let mut crash = None;
+    // Each message's step on its own trace; the chain's commit under the first.
+    let mut spans = Vec::with_capacity(chain.len());
     for msg in &chain {
+        let span = step_span(msg);
         if !kinds::is_stepped(&msg.payload) {
             let body = kinds::stored_body(&msg.payload);
             let write = ready(deps, phone, &at, stored_write(phone, &at, msg, &body));
             at.last_customer_at = at.last_customer_at.max(write.time.customer_at);
             writes.push(write);
             steps.push((body, None));
+            spans.push(span);
             continue;
         }
         let text = inbound_text(&msg.payload);
-        let mut result = match guarded_step(deps, phone, &at, &text, msg).await {
+        let stepped = guarded_step(deps, phone, &at, &text, msg).instrument(span.clone());
+        let mut result = match stepped.await {
             Ok(r) => r,
             Err(why) => {
                 crash = Some(why);
@@ -67,11 +74,15 @@ pub(super) async fn apply_chain(
             // message waits for the ones before it to commit, then goes alone.
             break;
         }
-        call_actions(deps, phone, &mut result, msg).await;
+        call_actions(deps, phone, &mut result, msg)
+            .instrument(span.clone())
+            .await;
         let time = inbound_time(deps, phone, at.handoff, &result, msg);
         let customer_at = time.customer_at.max(at.last_customer_at);
-        let write = inbound_write(phone, &at, msg, &text, &result, time);
-        writes.push(ready(deps, phone, &at, write));
+        let mut write = ready(deps, phone, &at, inbound_write(phone, &at, msg, &text, &result, time));
+        write.traced(telemetry::traceparent(&span));
+        writes.push(write);
+        spans.push(span);
         at = Snapshot {
             state: result.state.clone(),
             data: result.data.clone(),
@@ -83,11 +94,33 @@ pub(super) async fn apply_chain(
         steps.push((text, Some(result)));
     }
     let (total, stepped) = (chain.len(), writes.len());
+    let first = spans.first().and_then(tracing::Span::id);
+    let commit = tracing::info_span!(target: telemetry::TARGET, parent: first, "commit", steps = stepped);
     let outcomes = deps
         .writer
         .send(Persist(writes))
+        .instrument(commit)
         .await
         .map_err(|e| Error::Unavailable(format!("DB writer: {e}")))??;
+    let rest = settle(deps, phone, core, chain, steps, outcomes);
+    // A crash is the first of `rest`'s only when every step before it committed.
+    if rest.len() > total - stepped {
+        crash = None;
+    }
+    tracing::debug!(phone = %mask(phone), version = core.version, left = rest.len(), "chain applied");
+    Ok(ChainEnd { rest, crash })
+}
+
+/// Makes the chain's committed steps the actor's state, in order, up to the
+/// first that did not commit; returns the messages from that one on.
+fn settle(
+    deps: &SessionDeps,
+    phone: &str,
+    core: &mut Core,
+    chain: Vec<PendingInbound>,
+    steps: Vec<(String, Option<StepResult>)>,
+    outcomes: Vec<WriteOutcome>,
+) -> Vec<PendingInbound> {
     let mut rest = Vec::new();
     let mut steps = steps.into_iter();
     let mut outcomes = outcomes.into_iter();
@@ -100,12 +133,7 @@ pub(super) async fn apply_chain(
             _ => rest.push(msg),
         }
     }
-    // A crash is the first of `rest`'s only when every step before it committed.
-    if rest.len() > total - stepped {
-        crash = None;
-    }
-    tracing::debug!(phone = %mask(phone), version = core.version, left = rest.len(), "chain applied");
-    Ok(ChainEnd { rest, crash })
+    rest
 }
 
 /// Steps `msg` of the chain, its middleware first; a middleware's refusal
@@ -211,6 +239,7 @@ pub(super) async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Co
         write.create_as = create_as(deps, phone, at.version);
         Some((write, result))
     })
+    .instrument(step_span(&msg))
     .await?;
     match written {
         Some(Written::Committed { version, made: result }) => {
@@ -237,6 +266,7 @@ async fn apply_stored(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Pen
         write.create_as = create_as(deps, phone, at.version);
         std::future::ready(Some((write, ())))
     })
+    .instrument(step_span(&msg))
     .await?;
     match written {
         Some(Written::Committed { version, .. }) => stored(deps, phone, core, version, &msg, &body),
@@ -247,6 +277,13 @@ async fn apply_stored(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Pen
         None => {}
     }
     Ok(())
+}
+
+/// The span of `msg`'s step, on the message's trace.
+fn step_span(msg: &PendingInbound) -> tracing::Span {
+    let span = tracing::info_span!(target: telemetry::TARGET, "step", inbox_id = msg.id);
+    telemetry::continue_from(&span, msg.traceparent.as_deref());
+    span
 }
 
 /// Understands and steps one message, calling the flow's actions the step
@@ -285,6 +322,7 @@ async fn understand(deps: &SessionDeps, phone: &str, core: &Snapshot, text: &str
         // input; the model is asked for text slots only.
         let typed = needs.slot.filter(|s| s.kind != SlotKind::Text);
         let request = Understand {
+            trace: telemetry::trace::current(),
             text: text.to_string(),
             intents: candidates(flow, &needs.intents),
             global_count: flow.global.len(),

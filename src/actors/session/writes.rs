@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 
 use serde_json::json;
+use tracing::Instrument;
 
 use super::state::{load_core, Core, Snapshot};
 use super::SessionDeps;
@@ -14,6 +15,7 @@ use crate::db::steps::{NewMedia, NewMessage, NewOutbox, NewOutcome, StepTime, St
 use crate::error::{Error, Result};
 use crate::flow::{Reply, StepResult};
 use crate::phone::mask;
+use crate::telemetry;
 use crate::whatsapp::templates::TemplateMessage;
 use crate::whatsapp::window::{self, Window};
 use crate::whatsapp::{kinds, split};
@@ -157,6 +159,7 @@ impl<'a> Outbound<'a> {
                     _ => json!({"text": text, "choices": choices}),
                 },
                 idempotency_key: key,
+                traceparent: None,
             });
         }
     }
@@ -184,6 +187,7 @@ impl<'a> Outbound<'a> {
             kind: "template",
             payload: t.payload(),
             idempotency_key: self.key.to_string(),
+            traceparent: None,
         });
     }
 }
@@ -231,7 +235,9 @@ where
         };
         // The team's webhooks hear of it in the same transaction.
         deps.webhooks.add_rows(&mut write, was_handoff);
-        match persist_one(deps, write).await? {
+        write.traced(telemetry::trace::current());
+        let commit = tracing::info_span!(target: telemetry::TARGET, "commit", steps = 1);
+        match persist_one(deps, write).instrument(commit).await? {
             Ok(WriteOutcome::Committed { version }) => return Ok(Some(Written::Committed { version, made })),
             Ok(WriteOutcome::AlreadyApplied) => {
                 *core = load_core(deps, phone, std::mem::take(&mut core.recent)).await?;

@@ -327,13 +327,17 @@ async fn insert_outbox(
         .bind::<Array<Jsonb>, _>(out.iter().map(|o| &o.payload).collect::<Vec<_>>())
         .sql("::jsonb[], ")
         .bind::<Array<Text>, _>(out.iter().map(|o| o.idempotency_key.as_str()).collect::<Vec<_>>())
+        .sql("::text[], ")
+        .bind::<Array<Nullable<Text>>, _>(out.iter().map(|o| o.traceparent.as_deref()).collect::<Vec<_>>())
         .sql(
-            "::text[]) WITH ORDINALITY AS u(phone, kind, payload, key, ord)) \
-             INSERT INTO outbox (phone, kind, payload, idempotency_key, status, attempts, next_attempt_at) \
+            "::text[]) WITH ORDINALITY AS u(phone, kind, payload, key, trace, ord)) \
+             INSERT INTO outbox (phone, kind, payload, idempotency_key, status, attempts, next_attempt_at, \
+                                 traceparent) \
              SELECT u.phone, u.kind, u.payload, u.key, \
                     CASE WHEN h.next THEN claim.status ELSE 'pending' END, \
                     CASE WHEN h.next THEN claim.attempts ELSE 0 END, \
-                    now() + CASE WHEN h.next THEN claim.lease_ms ELSE 0 END * interval '1 millisecond' \
+                    now() + CASE WHEN h.next THEN claim.lease_ms ELSE 0 END * interval '1 millisecond', \
+                    u.trace \
              FROM claim, u CROSS JOIN LATERAL (SELECT u.nth = 1 AND NOT EXISTS \
                    (SELECT 1 FROM outbox p WHERE p.phone = u.phone AND p.status IN ('pending', 'sending')) AS next) AS h \
              ORDER BY u.ord \
@@ -366,6 +370,7 @@ fn claimed(inserted: Vec<InsertedOutbox>, out: &[&NewOutbox], attempts: i32) -> 
             Some(Claimed {
                 id: r.id,
                 payload: o.payload.clone(),
+                traceparent: o.traceparent.clone(),
                 phone: r.phone,
                 idempotency_key: r.idempotency_key,
                 attempts,

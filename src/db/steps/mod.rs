@@ -49,6 +49,8 @@ pub struct NewOutbox {
     pub kind: &'static str,
     pub payload: serde_json::Value,
     pub idempotency_key: String,
+    /// The span that made it (see [`crate::telemetry::trace`]).
+    pub traceparent: Option<String>,
 }
 
 /// An outcome row to insert.
@@ -135,6 +137,15 @@ pub struct StepWrite {
 }
 
 impl StepWrite {
+    /// Its outbox rows were made in the span `traceparent` names: their
+    /// sends go on that trace.
+    pub fn traced(&mut self, traceparent: Option<String>) {
+        let Some(traceparent) = traceparent else { return };
+        for row in &mut self.outbox {
+            row.traceparent.get_or_insert_with(|| traceparent.clone());
+        }
+    }
+
     /// The session's version once this write is committed.
     pub fn committed_version(&self) -> i64 {
         self.expected_version + i64::from(self.stepped)
