@@ -238,3 +238,59 @@ async fn a_send_the_provider_holds_does_not_hold_back_the_others() {
     assert_eq!((fake.requests().len(), tracking.len()), (7, 7));
     e.shutdown().await.unwrap();
 }
+
+#[actix_web::test]
+async fn while_the_send_api_stalls_messages_are_applied_and_the_replies_drain_in_order_after() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start().unwrap();
+    let phones: Vec<String> = (0..4).map(|i| format!("52155700003{i:02}")).collect();
+    // The API takes every send and answers none.
+    for phone in &phones {
+        fake.hold(phone);
+    }
+    let e = engine(&db, &fake, |_| {}).await;
+    for (i, phone) in phones.iter().enumerate() {
+        say(&e, phone, &format!("wamid.stall{i}a"), "hola").await;
+        say(&e, phone, &format!("wamid.stall{i}b"), "refrigerador").await;
+    }
+    // Acknowledged and applied, every one, while no send was answered.
+    e.wait_idle().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while fake.waiting() < phones.len() {
+        assert!(std::time::Instant::now() < deadline, "the heads were not sent");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(fake.accepted_tracking().is_empty());
+    assert_eq!(fake.waiting(), phones.len(), "one send in flight per conversation");
+    let queued = rows(&db).await.len();
+    assert!(queued >= 2 * phones.len(), "{queued} replies queued");
+    for phone in &phones {
+        fake.release(phone);
+    }
+    e.outbox().wait_drained().await;
+    let r = rows(&db).await;
+    assert!(r.iter().all(|r| r.0 == "sent" && r.1 == 1), "{r:?}");
+    // Each sent once, and each conversation's in the order they were committed.
+    let committed: Vec<(String, String)> = outbox::table
+        .order(outbox::id)
+        .select((outbox::phone, outbox::idempotency_key))
+        .load(&mut db.admin().await)
+        .await
+        .unwrap();
+    let arrivals = fake.arrivals();
+    assert_eq!(arrivals.len(), committed.len());
+    for phone in &phones {
+        let sent: Vec<&str> = arrivals
+            .iter()
+            .filter(|a| &a.to == phone)
+            .map(|a| a.tracking.as_str())
+            .collect();
+        let made: Vec<&str> = committed
+            .iter()
+            .filter(|c| &c.0 == phone)
+            .map(|c| c.1.as_str())
+            .collect();
+        assert_eq!(sent, made, "{phone}");
+    }
+    e.shutdown().await.unwrap();
+}

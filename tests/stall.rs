@@ -2,6 +2,7 @@
 //! held by a proxy between the engine and PostgreSQL): webhooks get 503
 //! within their deadline and readiness goes 503 — nothing hangs; once the
 //! path heals, everything goes on by itself and nothing acknowledged is lost.
+//! A slow one (every packet late) slows the engine down and breaks nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,17 +11,14 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::app::{text_message, TestApp};
-use support::proxy::Proxy;
 use support::TestDb;
 use switchboard::config::Secret;
 use switchboard::db::Database;
+use switchboard::load::proxy::Proxy;
 
 /// The test database's URL, through `proxy`.
 fn proxied(db: &TestDb, proxy: &Proxy) -> String {
-    let url = db.url.expose();
-    let at = url.rfind(':').unwrap();
-    let slash = url[at..].find('/').unwrap() + at;
-    format!("{}:{}{}", &url[..at], proxy.port, &url[slash..])
+    proxy.route(db.url.expose())
 }
 
 fn target(db: &TestDb) -> std::net::SocketAddr {
@@ -33,7 +31,7 @@ fn target(db: &TestDb) -> std::net::SocketAddr {
 #[actix_web::test]
 async fn a_database_that_stops_answering_gets_503s_within_deadlines_and_recovery_by_itself() {
     let db = TestDb::migrated().await;
-    let proxy = Proxy::start(target(&db)).await;
+    let proxy = Proxy::start(target(&db)).await.unwrap();
     let url = Secret::new(proxied(&db, &proxy));
     let adjust = |s: &mut switchboard::config::Settings| {
         s.database.url = Some(url.clone());
@@ -94,5 +92,60 @@ async fn a_database_that_stops_answering_gets_503s_within_deadlines_and_recovery
     // Every acknowledged message applied once: two for the known contact, one for the new.
     assert_eq!(support::user_messages(&db, known).await, ["hola", "hola"]);
     assert_eq!(support::user_messages(&db, new).await, ["hola"]);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_slow_database_slows_the_engine_down_without_errors_or_a_connection_storm() {
+    let db = TestDb::migrated().await;
+    let proxy = Proxy::start(target(&db)).await.unwrap();
+    let url = Secret::new(proxied(&db, &proxy));
+    let adjust = |s: &mut switchboard::config::Settings| {
+        s.database.url = Some(url.clone());
+    };
+    let mut settings = support::engine_settings(&db);
+    adjust(&mut settings);
+    let pool = settings.database.max_connections as usize;
+    let database = Database::connect(url.clone(), &settings.database);
+    let app = TestApp::spawn_with(&db, adjust, |b| b.database(database)).await;
+    // Every packet, either way, 50 to 200 ms late.
+    proxy.slow(Duration::from_millis(50), Duration::from_millis(200));
+    let started = Instant::now();
+    let phones: Vec<String> = (0..8).map(|c| format!("52155122200{c:02}")).collect();
+    // Each conversation's three messages in order; the conversations at once.
+    let conversations = phones.iter().map(|phone| {
+        let app = &app;
+        async move {
+            let mut statuses = Vec::new();
+            for (n, text) in ["uno", "dos", "tres"].into_iter().enumerate() {
+                let id = format!("wamid.slow.{phone}.{n}");
+                let r = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    app.deliver_value(vec![text_message(phone, &id, text)], vec![]),
+                )
+                .await
+                .expect("the webhook hung");
+                statuses.push(r.status().as_u16());
+            }
+            statuses
+        }
+    });
+    let statuses = futures_util::future::join_all(conversations).await;
+    app.engine.wait_idle().await;
+    let took = started.elapsed();
+    assert!(statuses.iter().flatten().all(|s| *s == 200), "{statuses:?}");
+    for phone in &phones {
+        assert_eq!(
+            support::user_messages(&db, phone).await,
+            ["uno", "dos", "tres"],
+            "{phone}"
+        );
+    }
+    // Slow answers did not make the engine open connection after connection:
+    // the pool's, plus the few of its own (presence, notifications).
+    let opened = proxy.connections();
+    assert!(opened <= pool + 4, "{opened} connections for a pool of {pool}");
+    eprintln!("24 messages over a slow path in {took:?}, {opened} connections");
+    proxy.slow(Duration::ZERO, Duration::ZERO);
     app.stop().await;
 }

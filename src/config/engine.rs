@@ -20,9 +20,10 @@ pub struct EngineSettings {
     /// Accepted messages waiting to be applied, engine-wide; above it new
     /// messages wait up to `enqueue_timeout_ms`, then get "overloaded" (503).
     pub max_queued: usize,
-    /// Also bounds a webhook message's wait to be stored and queued in its
-    /// conversation's line (then 503; a message stored meanwhile keeps its
-    /// place and is applied in order).
+    /// Also bounds a webhook message's wait for its place in its
+    /// conversation's line, on top of the wait to be stored (bounded by the
+    /// database's statement timeout and answer grace); then 503 — a message
+    /// stored meanwhile keeps its place and is applied in order.
     pub enqueue_timeout_ms: u64,
     /// Threads (actix arbiters) running session actors; 0 = one per core.
     pub arbiters: usize,

@@ -87,6 +87,8 @@ const TRANSIENT_MESSAGES: &[(&str, &str)] = &[
     ("server closed the connection", "connection terminated"),
     ("connection closed", "connection terminated"),
     ("could not serialize access", "serialization failure"),
+    // A full disk (an insert could not extend its table): space may return.
+    ("No space left on device", "disk full"),
 ];
 
 impl From<DieselError> for DbError {

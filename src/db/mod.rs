@@ -14,6 +14,7 @@ pub mod inbox;
 pub mod media;
 pub mod migrations;
 pub mod outbox;
+pub mod pipelined;
 pub mod pool;
 pub mod read;
 pub mod replica;
@@ -160,6 +161,11 @@ impl Database {
 
     pub fn retry_policy(&self) -> RetryPolicy {
         self.retry
+    }
+
+    /// The longest one attempt waits for the server's answer.
+    pub fn answer_timeout(&self) -> std::time::Duration {
+        self.answer_timeout
     }
 
     /// Runs `op` on a pooled connection, retrying transient errors (a lost

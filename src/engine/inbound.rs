@@ -88,7 +88,11 @@ impl Engine {
                 .instrument(span),
             ),
         );
-        let wait = Duration::from_millis(self.inner.settings.engine.enqueue_timeout_ms);
+        // Being stored is bounded by the database's answer (a slow path to
+        // it slows acknowledgements down, it does not refuse them); the
+        // place in line by the enqueue timeout.
+        let queued = Duration::from_millis(self.inner.settings.engine.enqueue_timeout_ms);
+        let wait = queued + self.inner.db.answer_timeout();
         match tokio::time::timeout(wait, rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err(Error::Unavailable("the engine is shutting down".into())),

@@ -46,6 +46,30 @@ pub struct LoadArgs {
     /// servers' database connections (`pg_terminate_backend`).
     #[arg(long)]
     pub kill_connections_every_ms: Option<u64>,
+    /// This many seconds in, restart the processes one after the other: each
+    /// stopped with SIGTERM (it drains), started again, ready, then the next.
+    #[arg(long)]
+    pub rolling_restart_at: Option<u64>,
+    /// The binary the restarted processes run (a new release, whose
+    /// migrations run while the old processes still serve); default: the same.
+    #[arg(long)]
+    pub restart_bin: Option<PathBuf>,
+    /// Fault: every packet between the processes and the database held
+    /// this many milliseconds (`N` or `MIN-MAX`), the whole run.
+    #[arg(long, value_parser = latency_range)]
+    pub db_delay_ms: Option<LatencyRange>,
+    /// Fault: this many seconds in, the path to the database forwards
+    /// nothing (no packet, no close) for --db-stall-ms.
+    #[arg(long)]
+    pub db_stall_at: Option<u64>,
+    #[arg(long, default_value_t = 10_000)]
+    pub db_stall_ms: u64,
+    /// Fault: this many seconds in, the fake send API takes every send and
+    /// answers none for --send-stall-ms.
+    #[arg(long)]
+    pub send_stall_at: Option<u64>,
+    #[arg(long, default_value_t = 10_000)]
+    pub send_stall_ms: u64,
     /// The `switchboard` binary the processes run (default: this one). Given,
     /// the server runs in processes of its own even with `--processes 1`:
     /// the cost section then tells the server's CPU from the generator's.
@@ -235,7 +259,17 @@ impl LoadArgs {
     /// Whether a fault is asked for: each needs processes and a database
     /// the harness can kill or restart.
     fn chaos_asked(&self) -> bool {
-        self.kill_at.is_some() || self.pg_restart_at.is_some() || self.kill_connections_every_ms.is_some()
+        self.kill_at.is_some()
+            || self.pg_restart_at.is_some()
+            || self.kill_connections_every_ms.is_some()
+            || self.db_path_faults()
+            || self.send_stall_at.is_some()
+            || self.rolling_restart_at.is_some()
+    }
+
+    /// Whether the processes reach the database through the harness's proxy.
+    pub(super) fn db_path_faults(&self) -> bool {
+        self.db_delay_ms.is_some() || self.db_stall_at.is_some()
     }
 
     /// Whether the harness runs `serve` processes of its own (several, or

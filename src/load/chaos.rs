@@ -1,6 +1,8 @@
 //! The faults injected beside the load (`--kill-connections-every-ms`,
-//! `--pg-restart-at`, `--kill-at`), on the harness's own processes: the
-//! checker then shows whether every invariant survived them.
+//! `--pg-restart-at`, `--kill-at`; and those that close nothing:
+//! `--db-delay-ms`, `--db-stall-at`, `--send-stall-at`), on the harness's
+//! own processes: the checker then shows whether every invariant survived
+//! them.
 
 use std::time::{Duration, Instant};
 
@@ -19,11 +21,19 @@ pub(super) async fn run(args: &LoadArgs, procs: Option<&mut Processes>) -> anyho
     };
     let started = Instant::now();
     let mut notes = Vec::new();
-    let (kills, restart) = tokio::join!(kill_connections(args, &*p, started), restart_database(args, &*p));
+    let (kills, restart, paths) = tokio::join!(
+        kill_connections(args, &*p, started),
+        restart_database(args, &*p),
+        silent_faults(args, &*p, started)
+    );
     notes.extend(kills?);
     notes.extend(restart?);
+    notes.extend(paths);
     if let Some(at) = args.kill_at {
         notes.push(kill_last_process(p, at, started).await?);
+    }
+    if let Some(at) = args.rolling_restart_at {
+        notes.push(rolling_restart(p, at, args.restart_bin.as_deref(), started).await?);
     }
     Ok((!notes.is_empty()).then(|| notes.join("; ")))
 }
@@ -57,6 +67,68 @@ async fn restart_database(args: &LoadArgs, p: &Processes) -> anyhow::Result<Opti
         "PostgreSQL stopped ({mode}) at {at} s for {} ms",
         args.pg_down_ms
     )))
+}
+
+/// The faults that close nothing: a slow path to the database (the whole
+/// run), a stalled one, a stalled send API.
+async fn silent_faults(args: &LoadArgs, p: &Processes, started: Instant) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let (Some(delay), Some(proxy)) = (args.db_delay_ms, &p.proxy) {
+        proxy.slow(delay.min(), delay.max());
+        notes.push(format!("every packet to and from the database held {delay} ms"));
+    }
+    let db_stall = async {
+        let (Some(at), Some(proxy)) = (args.db_stall_at, &p.proxy) else {
+            return None;
+        };
+        tokio::time::sleep(Duration::from_secs(at).saturating_sub(started.elapsed())).await;
+        proxy.stall();
+        tokio::time::sleep(Duration::from_millis(args.db_stall_ms)).await;
+        proxy.heal();
+        Some(format!(
+            "the database path stalled (nothing forwarded, nothing closed) at {at} s for {} ms",
+            args.db_stall_ms
+        ))
+    };
+    let send_stall = async {
+        let at = args.send_stall_at?;
+        tokio::time::sleep(Duration::from_secs(at).saturating_sub(started.elapsed())).await;
+        p.graph.hold(crate::load::fake_graph::ALL);
+        tokio::time::sleep(Duration::from_millis(args.send_stall_ms)).await;
+        p.graph.release(crate::load::fake_graph::ALL);
+        Some(format!(
+            "the send API answered nothing at {at} s for {} ms",
+            args.send_stall_ms
+        ))
+    };
+    let (db, send) = tokio::join!(db_stall, send_stall);
+    notes.extend(db);
+    notes.extend(send);
+    notes
+}
+
+/// Restarts every process in turn with SIGTERM, `at` seconds in.
+async fn rolling_restart(
+    p: &mut Processes,
+    at: u64,
+    bin: Option<&std::path::Path>,
+    started: Instant,
+) -> anyhow::Result<String> {
+    tokio::time::sleep(Duration::from_secs(at).saturating_sub(started.elapsed())).await;
+    let mut away = Vec::new();
+    for i in 0..p.bases().len() {
+        let took = p.terminate_and_restart(i, bin).await?;
+        away.push(format!("{:.1}", took.as_secs_f64()));
+    }
+    let release = match bin {
+        Some(b) => format!(" onto {}", b.display()),
+        None => String::new(),
+    };
+    Ok(format!(
+        "{} processes restarted in turn with SIGTERM{release} from {at} s (each away {} s)",
+        away.len(),
+        away.join(" / ")
+    ))
 }
 
 /// Kills the last process with SIGKILL `at` seconds in, and starts it again.

@@ -35,18 +35,25 @@ pub struct Target {
 }
 
 impl Target {
-    /// A base URL for the next request about conversation `key`.
-    pub fn pick(&self, key: &str) -> &str {
+    /// Where the next request about conversation `key` goes first: its
+    /// process (by phone) or any.
+    fn slot(&self, key: &str) -> usize {
         use std::hash::{Hash, Hasher};
+        if self.by_phone {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut h);
+            h.finish() as usize
+        } else {
+            rand::random::<u64>() as usize
+        }
+    }
+
+    /// The base URL of try `nth` from `slot`: the next process after one
+    /// that refused the connection, as a balancer retries elsewhere.
+    fn base(&self, slot: usize, nth: usize) -> &str {
         match self.bases.len() {
             0 => "",
-            1 => &self.bases[0],
-            n if self.by_phone => {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                key.hash(&mut h);
-                &self.bases[h.finish() as usize % n]
-            }
-            n => &self.bases[rand::random::<u64>() as usize % n],
+            n => &self.bases[slot.wrapping_add(nth) % n],
         }
     }
 }
@@ -72,55 +79,65 @@ impl Client {
 
     /// Sends one action: `Ok` when the server took it (a read of an unknown
     /// conversation too), else what went wrong, for the error samples.
+    /// A refused connection (a process stopping or starting) is tried on
+    /// the next process, as a balancer in front of them would.
     pub(super) async fn send(&self, action: &Action) -> Result<(), String> {
-        match self.request(action).send().await {
-            Ok(r) if r.status().is_success() || (matches!(action, Action::Read { .. }) && r.status() == 404) => Ok(()),
-            Ok(r) => {
-                let status = r.status();
-                Err(format!("HTTP {status}: {}", r.text().await.unwrap_or_default()))
-            }
-            Err(e) => Err(format!("request failed: {e}")),
+        let slot = self.target.slot(&action_key(action));
+        let tries = self.target.bases.len().max(1);
+        for nth in 0..tries {
+            let answer = self.request(action, self.target.base(slot, nth)).send().await;
+            return match answer {
+                Ok(r) if r.status().is_success() || (matches!(action, Action::Read { .. }) && r.status() == 404) => {
+                    Ok(())
+                }
+                Ok(r) => {
+                    let status = r.status();
+                    Err(format!("HTTP {status}: {}", r.text().await.unwrap_or_default()))
+                }
+                Err(e) if e.is_connect() && nth + 1 < tries => continue,
+                Err(e) => Err(format!("request failed: {e}")),
+            };
         }
+        Err("no server to send to".into())
     }
 
     /// The request an action makes, to the server [`Target::pick`] chooses
     /// for its conversation.
-    fn request(&self, action: &Action) -> RequestBuilder {
-        let t = &self.target;
+    fn request(&self, action: &Action, base: &str) -> RequestBuilder {
         match action {
             Action::Webhook { to, messages } => {
                 let messages = messages.iter().map(|m| payloads::message(to, m)).collect();
-                self.webhook(&to.key(), payloads::delivery_body(to, messages, Vec::new()))
+                self.webhook(base, payloads::delivery_body(to, messages, Vec::new()))
             }
             Action::Status { to, id, status } => {
                 let statuses = vec![payloads::status(to, id, status)];
-                self.webhook(&to.key(), payloads::delivery_body(to, Vec::new(), statuses))
+                self.webhook(base, payloads::delivery_body(to, Vec::new(), statuses))
             }
             Action::Agent { to, text } => self.api(
                 self.http
                     .post(format!(
                         "{}/api/conversations/{}/messages{}",
-                        t.pick(&to.key()),
+                        base,
                         to.contact.id(),
                         to.query()
                     ))
                     .json(&json!({"text": text})),
             ),
-            Action::Read { to } => self.api(self.http.get(format!(
-                "{}/api/conversations/{}{}",
-                t.pick(&to.key()),
-                to.contact.id(),
-                to.query()
-            ))),
+            Action::Read { to } => {
+                self.api(
+                    self.http
+                        .get(format!("{}/api/conversations/{}{}", base, to.contact.id(), to.query())),
+                )
+            }
         }
     }
 
-    /// A delivery to `/webhook` about conversation `key`, signed as Meta
-    /// signs it when the target has an app secret.
-    fn webhook(&self, key: &str, body: Vec<u8>) -> RequestBuilder {
+    /// A delivery to `base`'s `/webhook`, signed as Meta signs it when the
+    /// target has an app secret.
+    fn webhook(&self, base: &str, body: Vec<u8>) -> RequestBuilder {
         let mut r = self
             .http
-            .post(format!("{}/webhook", self.target.pick(key)))
+            .post(format!("{base}/webhook"))
             .header("content-type", "application/json");
         if let Some(s) = &self.target.app_secret {
             r = r.header("x-hub-signature-256", sign(s.expose().as_bytes(), &body));
@@ -156,4 +173,13 @@ async fn metric(base: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0)
+}
+
+/// The conversation an action is about (what a balancer by phone hashes).
+fn action_key(action: &Action) -> String {
+    match action {
+        Action::Webhook { to, .. } | Action::Status { to, .. } | Action::Agent { to, .. } | Action::Read { to } => {
+            to.key()
+        }
+    }
 }

@@ -61,6 +61,9 @@ pub struct Arrival {
     pub traceparent: Option<String>,
 }
 
+/// The recipient that holds (and releases) every send.
+pub const ALL: &str = "*";
+
 /// The fake; cheap to clone.
 #[derive(Clone)]
 pub struct FakeGraph {
@@ -159,8 +162,8 @@ impl FakeGraph {
         self.lock().hold_receipts = hold;
     }
 
-    /// Sends to `to` get no answer until [`FakeGraph::release`] (a provider
-    /// hanging on one request).
+    /// Sends to `to` (every send for [`ALL`]) get no answer until
+    /// [`FakeGraph::release`] (a provider hanging on its requests).
     pub fn hold(&self, to: &str) {
         self.lock().held.push(to.to_string());
     }
@@ -289,7 +292,7 @@ async fn hold(state: &Mutex<State>, released: &tokio::sync::Notify, to: &str) {
         notified.as_mut().enable();
         {
             let mut st = lock();
-            if !st.held.iter().any(|h| h == to) {
+            if !st.held.iter().any(|h| h == to || h == ALL) {
                 if counted {
                     st.waiting -= 1;
                 }

@@ -25,11 +25,20 @@ struct Proc {
     child: Child,
 }
 
+/// The processes' database: its server settings, and whether they reach it
+/// through the harness's proxy (for the faults of that path).
+pub struct Cluster<'a> {
+    pub server_settings: &'a BTreeMap<String, PgValue>,
+    pub via_proxy: bool,
+}
+
 /// The processes, their database and the fake send API.
 pub struct Processes {
     pub graph: FakeGraph,
     pub app_secret: Secret,
     pub db: Database,
+    /// Between the processes and the database, for the faults of its path.
+    pub proxy: Option<crate::load::proxy::Proxy>,
     bin: PathBuf,
     procs: Vec<Proc>,
     dir: PathBuf,
@@ -54,8 +63,12 @@ impl Processes {
         numbers: usize,
         send_rate: u32,
         dir: &Path,
-        server_settings: &BTreeMap<String, PgValue>,
+        cluster: Cluster<'_>,
     ) -> anyhow::Result<Self> {
+        let Cluster {
+            server_settings,
+            via_proxy,
+        } = cluster;
         let graph = FakeGraph::start()?;
         graph.serve_any_media(IMAGE, IMAGE_MIME);
         let app_secret = Secret::new(format!("{:032x}", rand::random::<u128>()));
@@ -65,10 +78,18 @@ impl Processes {
         db_settings.embedded.server_settings = server_settings.clone();
         db_settings.max_connections = 8;
         let db = Database::open(&db_settings).await.context("starting the database")?;
+        let proxy = match via_proxy {
+            true => {
+                let target = std::net::SocketAddr::from(([127, 0, 0, 1], db_settings.embedded.port));
+                Some(crate::load::proxy::Proxy::start(target).await?)
+            }
+            false => None,
+        };
         let mut me = Self {
             graph,
             app_secret,
             db,
+            proxy,
             bin: bin.to_path_buf(),
             procs: Vec::new(),
             dir: dir.to_path_buf(),
@@ -124,7 +145,10 @@ impl Processes {
              [flow]\npath = {flow}\n\
              [media]\ndir = {media}\n\
              [log]\nlevel = \"warn\"\n{ai}",
-            url = quoted(self.db.url().expose()),
+            url = quoted(&match &self.proxy {
+                Some(p) => p.route(self.db.url().expose()),
+                None => self.db.url().expose().to_string(),
+            }),
             secret = quoted(self.app_secret.expose()),
             token = quoted(wa.access_token.as_ref().map(Secret::expose).unwrap_or_default()),
             pnid = quoted(wa.phone_number_id.as_deref().unwrap_or_default()),
@@ -195,6 +219,30 @@ impl Processes {
         let (config, log) = (p.config.clone(), p.log.clone());
         self.procs[i].child = self.spawn(&config, &log)?;
         self.wait_ready(i).await
+    }
+
+    /// Stops process `i` with SIGTERM (it drains and exits), starts it
+    /// again — running `bin` from now on, if given (a new release) — and
+    /// waits until it is ready. Returns how long it was away.
+    pub async fn terminate_and_restart(&mut self, i: usize, bin: Option<&Path>) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let pid = nix::unistd::Pid::from_raw(self.procs[i].child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = started + Duration::from_secs(60);
+        while self.procs[i].child.try_wait()?.is_none() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "serve process {i} still runs 60 s after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(bin) = bin {
+            self.bin = bin.to_path_buf();
+        }
+        let (config, log) = (self.procs[i].config.clone(), self.procs[i].log.clone());
+        self.procs[i].child = self.spawn(&config, &log)?;
+        self.wait_ready(i).await?;
+        Ok(started.elapsed())
     }
 
     /// Restarts the database (`fast` or `immediate`), down for `down_for`.

@@ -45,7 +45,10 @@ impl Servers {
             args.numbers as usize,
             args.send_rate,
             dir.path(),
-            &args.cluster_settings(),
+            super::procs::Cluster {
+                server_settings: &args.cluster_settings(),
+                via_proxy: args.db_path_faults(),
+            },
         )
         .await?;
         procs

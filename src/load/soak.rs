@@ -134,17 +134,21 @@ async fn take(sources: &Sources, url: Option<&str>, bases: &[String], client: &r
             live = Some(live.unwrap_or(0) + n);
         }
     }
+    // The processes serving now (one restarted has a new pid).
+    let pids: Vec<i32> = match sources.server_pids.is_empty() {
+        true => Vec::new(),
+        false => bases
+            .iter()
+            .filter_map(|b| b.rsplit(':').next()?.parse::<u16>().ok())
+            .filter_map(super::listeners::pid_listening_on)
+            .collect(),
+    };
     SoakSample {
-        rss_bytes: sources
-            .server_pids
+        rss_bytes: pids
             .iter()
             .filter_map(|p| rss_bytes(*p).map(|r| (*p, r as u64)))
             .collect(),
-        threads: sources
-            .server_pids
-            .iter()
-            .filter_map(|p| threads(*p).map(|t| (*p, t)))
-            .collect(),
+        threads: pids.iter().filter_map(|p| threads(*p).map(|t| (*p, t))).collect(),
         live_conversations: live,
         db_connections: db.as_ref().map(|d| d.connections),
         db_bytes: db.as_ref().map(|d| d.bytes),

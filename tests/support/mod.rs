@@ -9,7 +9,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod app;
-pub mod proxy;
 pub mod rows;
 
 use std::net::TcpListener;
@@ -223,6 +222,23 @@ impl TestDb {
     /// A new, empty database (no migrations).
     pub async fn empty() -> Self {
         Self::create(None).await
+    }
+
+    /// A new migrated database whose tables live in `tablespace`, made at
+    /// `location` (an empty folder the server's user owns).
+    pub async fn migrated_in(tablespace: &str, location: &Path) -> Self {
+        use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+        let cluster = cluster().await;
+        let name = format!("t_{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let mut conn = AsyncPgConnection::establish(cluster.pg.url_for("postgres").expose())
+            .await
+            .unwrap();
+        let made = format!("CREATE TABLESPACE {tablespace} LOCATION '{}'", location.display());
+        diesel::sql_query(made).execute(&mut conn).await.unwrap();
+        let sql = format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE} TABLESPACE {tablespace}");
+        diesel::sql_query(sql).execute(&mut conn).await.unwrap();
+        let url = cluster.pg.url_for(&name);
+        Self { name, url }
     }
 
     async fn create(template: Option<&str>) -> Self {

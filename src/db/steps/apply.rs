@@ -46,7 +46,8 @@ pub(super) async fn apply(
     pipeline.extend(super::timers::replace(conn, valid));
     pipeline.extend(insert_feed(conn, &feed));
     let outbox = insert_outbox(conn, &out, &claim);
-    let (counts, inserted) = futures_util::try_join!(future::try_join_all(pipeline), outbox)?;
+    let (counts, inserted) = futures_util::join!(future::join_all(pipeline), outbox);
+    let (counts, inserted) = crate::db::pipelined::both(crate::db::pipelined::all(counts), inserted)?;
     if counts[0] != session_rows {
         // Impossible while the rows are locked; refuse to commit half a batch.
         return Err(DbError::Invariant(format!(

@@ -198,13 +198,16 @@ pub async fn commit_batch_claiming(
         let shared: &AsyncPgConnection = conn;
         let (mut c1, mut c2, mut c3, mut c4) = (shared, shared, shared, shared);
         let mut c5 = shared;
-        let ((), versions, mut processed, keys, moot) = futures_util::try_join!(
+        let (created, versions, processed, keys, moot) = futures_util::join!(
             checks::create_sessions(&mut c1, writes),
             checks::lock_sessions(&mut c2, &phones),
             checks::processed_inbox(&mut c3, writes),
             checks::existing_keys(&mut c4, writes),
             checks::moot_timers(&mut c5, writes),
-        )?;
+        );
+        use crate::db::pipelined::both;
+        let (((((), versions), mut processed), keys), moot) =
+            both(both(both(both(created, versions), processed), keys), moot)?;
         processed.extend(keys);
         processed.extend(moot);
         let (results, valid) = judge(writes, &versions, &processed);

@@ -1,0 +1,151 @@
+//! A TCP proxy between the engine and PostgreSQL, for the faults that do
+//! not close a connection (the tests' and `load --db-stall-at`,
+//! `--db-delay-ms`). Stalled, it forwards nothing either way and closes
+//! nothing — a server that stopped answering (a frozen host, a black-holed
+//! path as the client's kernel sees it until its user timeout); healing
+//! forwards what waited. Slow, it holds each chunk a random delay before it
+//! goes on (the machine has no netem).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// The proxy; dropping it leaves its connections to the runtime.
+pub struct Proxy {
+    pub port: u16,
+    stalled: Arc<AtomicBool>,
+    gate: watch::Sender<bool>,
+    delay: Arc<Delay>,
+    accepted: Arc<AtomicUsize>,
+}
+
+/// The delay of each chunk, in milliseconds, drawn from `min..=max`.
+#[derive(Default)]
+struct Delay {
+    min: AtomicU64,
+    max: AtomicU64,
+}
+
+impl Delay {
+    fn draw(&self) -> std::time::Duration {
+        let (min, max) = (self.min.load(Ordering::Relaxed), self.max.load(Ordering::Relaxed));
+        let ms = if max > min { rand::random_range(min..=max) } else { min };
+        std::time::Duration::from_millis(ms)
+    }
+}
+
+impl Proxy {
+    /// Listens on a free loopback port, forwarding each connection to `target`.
+    pub async fn start(target: std::net::SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let (gate, _) = watch::channel(false);
+        let open = gate.clone();
+        let delay = Arc::new(Delay::default());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (slow, counted) = (delay.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, open.subscribe(), slow.clone()));
+                tokio::spawn(pump(sr, cw, open.subscribe(), slow.clone()));
+            }
+        });
+        Ok(Self {
+            port,
+            stalled,
+            gate,
+            delay,
+            accepted,
+        })
+    }
+
+    /// `url` (a PostgreSQL URL) with its port replaced by the proxy's.
+    pub fn route(&self, url: &str) -> String {
+        let host = url.rfind('@').map_or(0, |at| at + 1);
+        let path = url[host..].find('/').map_or(url.len(), |p| p + host);
+        match url[host..path].rfind(':') {
+            Some(colon) => format!("{}:{}{}", &url[..host + colon], self.port, &url[path..]),
+            None => format!("{}:{}{}", &url[..path], self.port, &url[path..]),
+        }
+    }
+
+    /// Holds every chunk, either way, `min` to `max` before it goes on.
+    pub fn slow(&self, min: std::time::Duration, max: std::time::Duration) {
+        self.delay.min.store(min.as_millis() as u64, Ordering::Relaxed);
+        self.delay.max.store(max.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Forwards nothing from now on, closes nothing.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+        let _ = self.gate.send(true);
+    }
+
+    /// Forwards again, what waited first.
+    pub fn heal(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
+        let _ = self.gate.send(false);
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk while the gate says stalled
+/// and for the delay drawn for it.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: watch::Receiver<bool>,
+    delay: Arc<Delay>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while *stalled.borrow_and_update() {
+            if stalled.changed().await.is_err() {
+                return;
+            }
+        }
+        let wait = delay.draw();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn a_url_is_routed_through_the_proxys_port() {
+        let target = "127.0.0.1:5432".parse().unwrap();
+        let p = super::Proxy::start(target).await.unwrap();
+        let port = p.port;
+        assert_eq!(
+            p.route("postgres://u:pw@127.0.0.1:5432/db?sslmode=disable"),
+            format!("postgres://u:pw@127.0.0.1:{port}/db?sslmode=disable")
+        );
+        assert_eq!(
+            p.route("postgres://u@localhost/db"),
+            format!("postgres://u@localhost:{port}/db")
+        );
+    }
+}
