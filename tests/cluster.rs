@@ -99,7 +99,7 @@ async fn a_process_killed_mid_run_loses_nothing_and_applies_nothing_twice() {
 }
 
 #[actix_web::test]
-async fn postgres_crashing_mid_run_gives_503s_then_recovers_without_losing_an_acked_message() {
+async fn postgres_crashing_mid_run_is_waited_out_or_refused_with_503_and_loses_no_acked_message() {
     let _one = SERIAL.lock().await;
     let report = load::run(args(
         "--scenario steady --processes 1 --pg-restart-at 2 --pg-restart-mode immediate --pg-down-ms 1500 \
@@ -108,9 +108,16 @@ async fn postgres_crashing_mid_run_gives_503s_then_recovers_without_losing_an_ac
     .await
     .unwrap();
     holds(&report, "immediate");
-    // While it was down the webhook said 503 (WhatsApp redelivers), and
-    // only that; before and after, messages were acked and applied.
-    assert!(report.errors > 0, "the outage was felt");
+    // A webhook waits for the database up to its deadline: an outage
+    // shorter than that is felt as latency; anything refused is a 503
+    // (WhatsApp redelivers), and only that; before and after, messages
+    // were acked and applied.
+    assert!(
+        report.errors > 0 || report.ack_latency_ms.max >= 1_000.0,
+        "the outage was felt: {} errors, ack max {} ms",
+        report.errors,
+        report.ack_latency_ms.max
+    );
     assert!(
         report.error_samples.iter().all(|e| e.starts_with("HTTP 503")),
         "{:?}",

@@ -87,6 +87,13 @@ impl Drop for SmallDisk {
 }
 
 fn run(program: &str, args: &[&str]) {
+    // Administrators' tools may be off a plain user's PATH.
+    let program = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|dir| format!("{dir}/{program}"))
+        .find(|path| std::path::Path::new(path).exists())
+        .unwrap_or_else(|| program.to_string());
+    let program = program.as_str();
     let out = Command::new(program)
         .args(args)
         .output()

@@ -80,7 +80,9 @@ impl Client {
     /// Sends one action: `Ok` when the server took it (a read of an unknown
     /// conversation too), else what went wrong, for the error samples.
     /// A refused connection (a process stopping or starting) is tried on
-    /// the next process, as a balancer in front of them would.
+    /// the next process, as a balancer in front of them would; so is a
+    /// delivery whose connection a stopping process closed under it (the
+    /// provider delivers again; the inbox dedupes).
     pub(super) async fn send(&self, action: &Action) -> Result<(), String> {
         let slot = self.target.slot(&action_key(action));
         let tries = self.target.bases.len().max(1);
@@ -94,7 +96,7 @@ impl Client {
                     let status = r.status();
                     Err(format!("HTTP {status}: {}", r.text().await.unwrap_or_default()))
                 }
-                Err(e) if e.is_connect() && nth + 1 < tries => continue,
+                Err(e) if retried_elsewhere(action, &e) && nth + 1 < tries => continue,
                 Err(e) => Err(format!("request failed: {e}")),
             };
         }
@@ -182,4 +184,12 @@ fn action_key(action: &Action) -> String {
             to.key()
         }
     }
+}
+
+/// Whether a failed request goes to the next process: a refused connection
+/// always; a delivery (webhooks are idempotent) also when its connection
+/// was closed before the answer — not when it timed out.
+fn retried_elsewhere(action: &Action, e: &reqwest::Error) -> bool {
+    let delivery = matches!(action, Action::Webhook { .. } | Action::Status { .. });
+    e.is_connect() || (delivery && e.is_request() && !e.is_timeout())
 }

@@ -103,33 +103,46 @@ impl Proxy {
     }
 }
 
-/// Copies `from` to `to`, holding each chunk while the gate says stalled
-/// and for the delay drawn for it.
+/// Copies `from` to `to`: each chunk goes on once the delay drawn for it
+/// has passed since it was read (a latency, as on a long path: chunks in
+/// flight overlap, and keep their order), and not while the gate says
+/// stalled.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut stalled: watch::Receiver<bool>,
     delay: Arc<Delay>,
 ) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        while *stalled.borrow_and_update() {
-            if stalled.changed().await.is_err() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let reading = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut last = tokio::time::Instant::now();
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            // Never before the chunk ahead of it: TCP keeps the order.
+            last = last.max(tokio::time::Instant::now() + delay.draw());
+            if tx.send((last, buf[..n].to_vec())).is_err() {
                 return;
             }
         }
-        let wait = delay.draw();
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+    };
+    let writing = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            while *stalled.borrow_and_update() {
+                if stalled.changed().await.is_err() {
+                    return;
+                }
+            }
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
         }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
+    };
+    tokio::join!(reading, writing);
 }
 
 #[cfg(test)]
