@@ -397,19 +397,8 @@ async fn a_crash_between_the_call_and_the_commit_repeats_the_call_with_the_same_
     let (mut first, port) = support::serve(dir.path());
     let phone = "5215512340006";
     for (n, text) in [(1, "reportar"), (2, "12345"), (3, "si")] {
-        let body = serde_json::to_vec(&support::app::delivery(vec![support::app::change(
-            vec![support::app::text_message(phone, &format!("wamid.k{n}"), text)],
-            vec![],
-        )]))
-        .unwrap();
-        let r = reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{port}/webhook"))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let id = format!("wamid.k{n}");
+        assert_eq!(support::app::post_text(port, phone, &id, text).await, 200);
     }
     // The call to file the report is in flight (the backend holds it): kill.
     backend.tickets_called(1).await;

@@ -546,19 +546,7 @@ async fn a_reminder_fires_once_after_the_server_is_killed_while_it_waits() {
     .unwrap();
     let (mut first, port) = support::serve(dir.path());
     let phone = "5215590000009";
-    let body = serde_json::to_vec(&delivery(vec![support::app::change(
-        vec![text_message(phone, "wamid.k1", "reportar")],
-        vec![],
-    )]))
-    .unwrap();
-    let r = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/webhook"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(support::app::post_text(port, phone, "wamid.k1", "reportar").await, 200);
     // The step committed (its reply went): the reminder is waiting. Kill.
     until("prompt", || sent_to(&fake, phone).len() == 1).await;
     first.kill().unwrap();

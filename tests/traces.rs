@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::Value;
-use support::app::{change, delivery, text_message};
+use support::app::post_text;
 use support::TestDb;
 use switchboard::load::fake_graph::FakeGraph;
 
@@ -86,19 +86,7 @@ async fn one_message_is_one_trace_from_the_webhook_to_the_send() {
     .unwrap();
     let (mut child, port) = support::serve(dir.path());
     let phone = "5215577770001";
-    let body = serde_json::to_vec(&delivery(vec![change(
-        vec![text_message(phone, "wamid.trace1", "hola")],
-        vec![],
-    )]))
-    .unwrap();
-    let r = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/webhook"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(post_text(port, phone, "wamid.trace1", "hola").await, 200);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while fake.arrivals().is_empty() {
         assert!(std::time::Instant::now() < deadline, "no reply was sent");

@@ -45,9 +45,9 @@ pub fn install(settings: &LogSettings, exporter: Option<&Exporter>) {
     let traces = exporter.map(|e| {
         tracing_opentelemetry::layer()
             .with_tracer(e.tracer())
-            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-                m.target() == TARGET && m.is_span()
-            }))
+            // Our spans only (events carry no span data there), decided once
+            // per call site: the other call sites' levels stay off.
+            .with_filter(tracing_subscriber::filter::Targets::new().with_target(TARGET, tracing::Level::INFO))
     });
     let installed = tracing_subscriber::registry()
         .with(logs.with_filter(filter))

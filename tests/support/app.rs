@@ -190,3 +190,18 @@ pub fn status(id: &str, recipient: &str, status: &str) -> Value {
     }
     s
 }
+
+/// Posts one unsigned text message to the webhook of `switchboard serve`
+/// on `port` (a process started by [`super::serve`]); returns the status.
+pub async fn post_text(port: u16, phone: &str, id: &str, text: &str) -> u16 {
+    let body = serde_json::to_vec(&delivery(vec![change(vec![text_message(phone, id, text)], vec![])])).unwrap();
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhook"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
