@@ -21,8 +21,8 @@ pub struct EngineSettings {
     /// messages wait up to `enqueue_timeout_ms`, then get "overloaded" (503).
     pub max_queued: usize,
     /// Also bounds a webhook message's wait for its place in its
-    /// conversation's line, on top of the wait to be stored (bounded by the
-    /// database's statement timeout and answer grace); then 503 — a message
+    /// conversation's line: with being stored, at most this plus one
+    /// database answer (statement timeout + answer grace); then 503 — a message
     /// stored meanwhile keeps its place and is applied in order.
     pub enqueue_timeout_ms: u64,
     /// Threads (actix arbiters) running session actors; 0 = one per core.

@@ -103,8 +103,7 @@ impl Client {
         Err("no server to send to".into())
     }
 
-    /// The request an action makes, to the server [`Target::pick`] chooses
-    /// for its conversation.
+    /// The request an action makes, to `base` (see [`Target::base`]).
     fn request(&self, action: &Action, base: &str) -> RequestBuilder {
         match action {
             Action::Webhook { to, messages } => {

@@ -1,8 +1,9 @@
 //! A TCP proxy between the engine and PostgreSQL, for the faults that do
 //! not close a connection (the tests' and `load --db-stall-at`,
 //! `--db-delay-ms`). Stalled, it forwards nothing either way and closes
-//! nothing — a server that stopped answering (a frozen host, a black-holed
-//! path as the client's kernel sees it until its user timeout); healing
+//! nothing — a server that stopped answering (a frozen host, a full
+//! disk's backlog; unlike a black-holed path, the proxy still takes the
+//! client's bytes, so its kernel's user timeout does not fire); healing
 //! forwards what waited. Slow, it holds each chunk a random delay before it
 //! goes on (the machine has no netem).
 
