@@ -294,3 +294,62 @@ async fn while_the_send_api_stalls_messages_are_applied_and_the_replies_drain_in
     }
     e.shutdown().await.unwrap();
 }
+
+#[actix_web::test]
+async fn a_row_the_rate_holds_past_half_its_lease_is_given_back_not_sent_late_or_twice() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start().unwrap();
+    // Far more rows claimed than the number's rate sends within half a
+    // lease: most wait for the rate longer than that.
+    let e = engine(&db, &fake, |s| {
+        s.outbox.lease_ms = 1_000;
+        s.outbox.rate_per_s = 4;
+        s.outbox.concurrency = 16;
+    })
+    .await;
+    let phones: Vec<String> = (0..6).map(|i| format!("52155700004{i:02}")).collect();
+    for (i, phone) in phones.iter().enumerate() {
+        say(&e, phone, &format!("wamid.late{i}a"), "hola").await;
+        say(&e, phone, &format!("wamid.late{i}b"), "refrigerador").await;
+    }
+    e.wait_idle().await;
+    // Bounded: rows sent late are claimed again and again (each lease runs
+    // out while it waits), which keeps the outbox from draining.
+    tokio::time::timeout(std::time::Duration::from_secs(60), e.outbox().wait_drained())
+        .await
+        .expect("the replies did not drain in 60 s");
+    let stats = &e.outbox().stats;
+    // (`AtomicU64::load` by name: diesel's `load` is in scope.)
+    let count =
+        |a: &std::sync::atomic::AtomicU64| std::sync::atomic::AtomicU64::load(a, std::sync::atomic::Ordering::Relaxed);
+    let late = count(&stats.given_back_late);
+    assert!(late > 0, "no row waited past half its lease: the test shows nothing");
+    assert_eq!(
+        count(&stats.resent_after_crash),
+        0,
+        "a row's lease ran out while it waited, and it was claimed again"
+    );
+    // Each sent once, and each conversation's in the order they were committed.
+    let committed: Vec<(String, String)> = outbox::table
+        .order(outbox::id)
+        .select((outbox::phone, outbox::idempotency_key))
+        .load(&mut db.admin().await)
+        .await
+        .unwrap();
+    let arrivals = fake.arrivals();
+    assert_eq!(arrivals.len(), committed.len(), "{late} given back");
+    for phone in &phones {
+        let sent: Vec<&str> = arrivals
+            .iter()
+            .filter(|a| &a.to == phone)
+            .map(|a| a.tracking.as_str())
+            .collect();
+        let made: Vec<&str> = committed
+            .iter()
+            .filter(|c| &c.0 == phone)
+            .map(|c| c.1.as_str())
+            .collect();
+        assert_eq!(sent, made, "{phone}");
+    }
+    e.shutdown().await.unwrap();
+}

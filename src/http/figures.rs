@@ -18,7 +18,7 @@ type Counter = (&'static str, &'static str, u64);
 /// them (no copy is kept here). One line per metric, as a table (so not
 /// formatted).
 #[rustfmt::skip]
-pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats, r: &ReadReceipts, m: &MediaStats) -> [Counter; 31] {
+pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats, r: &ReadReceipts, m: &MediaStats) -> [Counter; 32] {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     [
         ("switchboard_deliveries_total", "Inbound messages accepted (first deliveries).", s.accepted),
@@ -50,6 +50,11 @@ pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats, r: &ReadReceip
             "switchboard_outbox_resent_after_crash_total",
             "Rows sent again whose earlier attempt's answer was never recorded (its sender died mid-send): each may reach the customer twice.",
             l(&o.resent_after_crash),
+        ),
+        (
+            "switchboard_outbox_given_back_late_total",
+            "Claimed rows given back unsent because half their lease went by before their send began (the dispatcher or the number's rate was behind).",
+            l(&o.given_back_late),
         ),
         ("switchboard_read_receipts_total", "Inbound messages marked read.", l(&r.sent)),
         (

@@ -72,6 +72,10 @@ pub struct OutboxStats {
     /// Rows sent again whose earlier attempt's answer was never recorded
     /// (its sender died mid-send): each may reach the customer twice.
     pub resent_after_crash: std::sync::atomic::AtomicU64,
+    /// Claimed rows given back unsent because half their lease went by
+    /// before their send could begin (the dispatcher or the number's rate
+    /// was behind); atomic, as above.
+    pub given_back_late: std::sync::atomic::AtomicU64,
 }
 
 /// Longest time the dispatcher goes without counting its backlog.

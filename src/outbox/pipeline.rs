@@ -4,7 +4,11 @@
 //! queue), the marks (each conversation's next row, claimed in the commit
 //! that marks the row before it sent, or failed), and the claim query
 //! (retries, rows left pending, leases run out), run on a wake-up with
-//! nothing handed over and at least every `poll_interval_ms`. Up to
+//! nothing handed over and at least every `poll_interval_ms`. Rows are
+//! sent oldest claim first, and a row whose lease is half gone before its
+//! send begins is given back unsent (see [`Worker::deliver`]): sent that
+//! late, it could reach the provider after the lease ran out and another
+//! dispatcher sent it — and the conversation's next rows — again. Up to
 //! `concurrency` sends run at once; accepted sends gather for at most
 //! [`MARK_GATHER`] (or a batch), wait for the one mark commit in flight, and
 //! the next commit marks them all (group commit): the window in which a
@@ -27,8 +31,11 @@ use crate::db::outbox::Claimed;
 use crate::db::DbError;
 
 type Backlog = watch::Sender<(Option<Instant>, i64)>;
-/// A claim query in flight: how many rows it asked for, and its answer.
-type Claiming = BoxFuture<'static, (usize, Result<Vec<Claimed>, DbError>)>;
+/// A claim query in flight: how many rows it asked for, when it began
+/// (the rows' leases began after), and its answer.
+type Claiming = BoxFuture<'static, (usize, Instant, Result<Vec<Claimed>, DbError>)>;
+/// A mark commit in flight: when it began, and the next rows it claimed.
+type Marking = BoxFuture<'static, (Instant, Vec<Claimed>)>;
 /// A backlog count in flight: when it began, and its answer.
 type Counting = BoxFuture<'static, (Instant, Result<i64, DbError>)>;
 
@@ -62,14 +69,15 @@ async fn in_flight<T>(slot: &mut Option<BoxFuture<'static, T>>) -> T {
 struct Pipeline {
     worker: Arc<Worker>,
     drain_waiters: Arc<AtomicUsize>,
-    /// Claimed rows waiting for a send slot (from the marks and the claim query).
-    ready: VecDeque<Claimed>,
+    /// Claimed rows waiting for a send slot (from the marks and the claim
+    /// query), each with when it was claimed.
+    ready: VecDeque<(Claimed, Instant)>,
     sending: FuturesUnordered<BoxFuture<'static, (Claimed, Delivery)>>,
     /// Accepted sends waiting for the next mark commit, and when the
     /// first of them was accepted.
     to_mark: Vec<(Claimed, String)>,
     first_unmarked: Option<Instant>,
-    marking: Option<BoxFuture<'static, Vec<Claimed>>>,
+    marking: Option<Marking>,
     claiming: Option<Claiming>,
     counting: Option<Counting>,
     /// When the claim query and the count last began; when a wake-up came.
@@ -89,11 +97,17 @@ impl Pipeline {
         let concurrency = settings.concurrency.max(1);
         if !self.stopping {
             while self.sending.len() < concurrency {
-                // The queue first: its rows are dropped past half their lease.
-                let Some(row) = self.worker.queue.take(1).pop().or_else(|| self.ready.pop_front()) else {
-                    break;
+                // The oldest claim first: neither source starves the other.
+                let queued_first = match (self.worker.queue.oldest(), self.ready.front()) {
+                    (Some(queued), Some((_, ready))) => queued <= *ready,
+                    (queued, _) => queued.is_some(),
                 };
-                self.sending.push(send(self.worker.clone(), row));
+                let next = match queued_first {
+                    true => self.worker.queue.take(1).pop(),
+                    false => self.ready.pop_front(),
+                };
+                let Some((row, claimed_at)) = next else { break };
+                self.sending.push(send(self.worker.clone(), row, claimed_at));
             }
             let room = concurrency
                 .saturating_sub(self.sending.len())
@@ -104,7 +118,13 @@ impl Pipeline {
                 self.woken = false;
                 self.looked = Some(Instant::now());
                 let w = self.worker.clone();
-                self.claiming = Some(async move { (room, w.claim(room as i64).await) }.boxed());
+                self.claiming = Some(
+                    async move {
+                        let began = Instant::now();
+                        (room, began, w.claim(room as i64).await)
+                    }
+                    .boxed(),
+                );
             }
         }
         let mark_due = self.to_mark.len() >= settings.batch.max(1) as usize
@@ -113,7 +133,13 @@ impl Pipeline {
         if self.marking.is_none() && !self.to_mark.is_empty() && mark_due {
             self.first_unmarked = None;
             let (w, sent) = (self.worker.clone(), std::mem::take(&mut self.to_mark));
-            self.marking = Some(async move { w.mark_sent(sent).await }.boxed());
+            self.marking = Some(
+                async move {
+                    let began = Instant::now();
+                    (began, w.mark_sent(sent).await)
+                }
+                .boxed(),
+            );
         }
         let idle =
             self.sending.is_empty() && self.marking.is_none() && self.claiming.is_none() && self.ready.is_empty();
@@ -180,19 +206,22 @@ pub(super) async fn run(
                     p.first_unmarked.get_or_insert_with(Instant::now);
                     p.to_mark.push((row, provider_id));
                 }
-                Delivery::Recorded(next) => p.ready.extend(next),
+                Delivery::Recorded(next) => {
+                    let now = Instant::now();
+                    p.ready.extend(next.into_iter().map(|r| (r, now)));
+                }
             },
-            next = in_flight(&mut p.marking), if p.marking.is_some() => {
+            (began, next) = in_flight(&mut p.marking), if p.marking.is_some() => {
                 p.marking = None;
-                p.ready.extend(next);
+                p.ready.extend(next.into_iter().map(|r| (r, began)));
             }
-            (asked, claimed) = in_flight(&mut p.claiming), if p.claiming.is_some() => {
+            (asked, began, claimed) = in_flight(&mut p.claiming), if p.claiming.is_some() => {
                 p.claiming = None;
                 match claimed {
                     // A full claim: more may be due right away.
                     Ok(rows) => {
                         p.woken |= rows.len() == asked;
-                        p.ready.extend(rows);
+                        p.ready.extend(rows.into_iter().map(|r| (r, began)));
                     }
                     Err(e) => tracing::warn!(error = %e, "outbox claim failed"),
                 }
@@ -217,19 +246,21 @@ pub(super) async fn run(
         }
     }
     p.worker.queue.closed.store(true, Ordering::SeqCst);
-    let mut left: Vec<Claimed> = p.worker.queue.take(usize::MAX);
-    left.extend(p.ready);
+    let mut left: Vec<Claimed> = p.worker.queue.take(usize::MAX).into_iter().map(|(r, _)| r).collect();
+    left.extend(p.ready.into_iter().map(|(r, _)| r));
     p.worker.give_back(left).await;
 }
 
-/// One row's send, with the row for the caller.
-fn send(worker: Arc<Worker>, row: Claimed) -> BoxFuture<'static, (Claimed, Delivery)> {
+/// One row's send, with the row for the caller; it must begin before half
+/// the lease taken at `claimed_at` is gone.
+fn send(worker: Arc<Worker>, row: Claimed, claimed_at: Instant) -> BoxFuture<'static, (Claimed, Delivery)> {
     use tracing::Instrument;
     // On the trace of the step that made the row.
     let span = tracing::info_span!(target: crate::telemetry::TARGET, "send", attempt = row.attempts);
     crate::telemetry::continue_from(&span, row.traceparent.as_deref());
     async move {
-        let delivery = worker.deliver(&row).await;
+        let begin_by = claimed_at + worker.half_lease();
+        let delivery = worker.deliver(&row, begin_by).await;
         (row, delivery)
     }
     .instrument(span)

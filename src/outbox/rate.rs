@@ -90,21 +90,37 @@ impl RateLimit {
         }
     }
 
-    /// Waits until this process may begin one send of the number. While
-    /// the database cannot be asked, waits (a send now could not be
-    /// recorded either).
-    pub(super) async fn wait(&self, db: &Database) {
+    /// Waits until this process may begin one send of the number, if that
+    /// is before `begin_by`; `false` (and no send of the budget taken) when
+    /// it is not. While the database cannot be asked, waits (a send now
+    /// could not be recorded either).
+    pub(super) async fn wait(&self, db: &Database, begin_by: Instant) -> bool {
+        // Sleeps `d`, unless that ends at or past `begin_by`.
+        let sleep_within = |d: Duration| async move {
+            let until = Instant::now() + d;
+            if until >= begin_by {
+                return false;
+            }
+            tokio::time::sleep_until(until.into()).await;
+            true
+        };
         loop {
-            let mut b = self.bucket.lock().await;
+            let Ok(mut b) = tokio::time::timeout_at(begin_by.into(), self.bucket.lock()).await else {
+                return false;
+            };
             if let Some(until) = b.paused_until.filter(|u| *u > Instant::now()) {
                 drop(b);
-                tokio::time::sleep_until(until.into()).await;
+                if !sleep_within(until - Instant::now()).await {
+                    return false;
+                }
                 continue;
             }
             let (second, into) = wall();
             if into + GUARD >= Duration::from_secs(1) {
                 drop(b);
-                tokio::time::sleep(Duration::from_secs(1) - into).await;
+                if !sleep_within(Duration::from_secs(1) - into).await {
+                    return false;
+                }
                 continue;
             }
             if b.second != second {
@@ -122,7 +138,9 @@ impl RateLimit {
                 if b.held == 0 {
                     // Spent for this second (by this process or others).
                     drop(b);
-                    tokio::time::sleep(Duration::from_secs(1).saturating_sub(wall().1)).await;
+                    if !sleep_within(Duration::from_secs(1).saturating_sub(wall().1)).await {
+                        return false;
+                    }
                     continue;
                 }
             }
@@ -136,14 +154,20 @@ impl RateLimit {
                 b.held = 0;
                 b.next = at;
                 drop(b);
-                tokio::time::sleep(Duration::from_secs(1).saturating_sub(wall().1)).await;
+                if !sleep_within(Duration::from_secs(1).saturating_sub(wall().1)).await {
+                    return false;
+                }
                 continue;
+            }
+            if at >= begin_by {
+                // Its turn comes too late: left to the sends behind it.
+                return false;
             }
             b.held -= 1;
             b.next = at + self.every;
             drop(b);
             tokio::time::sleep_until(at.into()).await;
-            return;
+            return true;
         }
     }
 

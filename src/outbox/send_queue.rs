@@ -12,9 +12,9 @@ use crate::db::outbox::{Claimed, ClaimedRows};
 /// Outbox rows claimed by the step transaction that inserted them, on their
 /// way to this process's dispatcher in memory (no claim query, no commit of
 /// their own). Bounded: while it is full, steps insert their rows pending
-/// for the claim query. A row that waits here past half its lease is left
-/// to the claim query too (taken when the lease runs out), so it is never
-/// sent by two dispatchers.
+/// for the claim query. Each row keeps when it was handed over: the
+/// dispatcher gives back, unsent, a row whose lease is half gone (see
+/// [`super::pipeline`]), so it is never sent by two dispatchers.
 pub struct SendQueue {
     /// A mutex: pushed by step commits on the writer, popped by the
     /// dispatcher's pipeline. A std one: held for a push or a pop, never across an await.
@@ -66,27 +66,16 @@ impl SendQueue {
         self.wake.notify_one();
     }
 
-    /// Up to `n` rows, oldest first; rows older than half the lease are
-    /// dropped (the claim query takes them once the lease runs out).
-    pub(super) fn take(&self, n: usize) -> Vec<Claimed> {
-        self.take_at(n, Instant::now())
+    /// Up to `n` rows, oldest first, each with when it was claimed.
+    pub(super) fn take(&self, n: usize) -> Vec<(Claimed, Instant)> {
+        let mut rows = self.lock();
+        let n = n.min(rows.len());
+        rows.drain(..n).collect()
     }
 
-    fn take_at(&self, n: usize, now: Instant) -> Vec<Claimed> {
-        let mut rows = self.lock();
-        let mut out = Vec::with_capacity(n.min(rows.len()));
-        while out.len() < n {
-            let Some((row, at)) = rows.pop_front() else { break };
-            if now.saturating_duration_since(at) < self.lease / 2 {
-                out.push(row);
-            } else {
-                tracing::warn!(
-                    outbox_id = row.id,
-                    "a handed-over row waited past half its lease; the claim query takes it"
-                );
-            }
-        }
-        out
+    /// When the oldest row waiting was claimed.
+    pub(super) fn oldest(&self) -> Option<Instant> {
+        self.lock().front().map(|(_, at)| *at)
     }
 
     pub(super) fn len(&self) -> usize {
@@ -137,7 +126,7 @@ mod tests {
         h.hand((1..=16).map(row).collect());
         // Eight batches' worth fill it: later commits insert their rows pending.
         assert_eq!(h.claim_ms(), None);
-        assert_eq!(h.take(3).iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(h.take(3).iter().map(|(r, _)| r.id).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(h.claim_ms(), Some(10_000));
         assert_eq!(h.take(usize::MAX).len(), 13);
     }
@@ -161,19 +150,6 @@ mod tests {
         };
         assert_eq!(SendQueue::limit(&settings), 160);
         assert_eq!(SendQueue::limit(&OutboxSettings::default()), 256);
-    }
-
-    #[test]
-    fn a_row_that_waited_past_half_its_lease_is_left_to_the_claim_query() {
-        let settings = OutboxSettings {
-            lease_ms: 10_000,
-            ..OutboxSettings::default()
-        };
-        let h = SendQueue::new(&settings);
-        h.hand(vec![row(1), row(2)]);
-        let later = Instant::now() + Duration::from_secs(5);
-        assert!(h.take_at(10, later).is_empty());
-        assert_eq!(h.len(), 0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! recorded in batches by the pipeline).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use scoped_futures::ScopedFutureExt;
@@ -50,10 +50,19 @@ pub(super) enum Delivery {
 }
 
 impl Worker {
-    /// Sends one row; records any result but success.
+    /// Half the rows' lease: a claimed row's send must begin within it.
+    pub(super) fn half_lease(&self) -> Duration {
+        Duration::from_millis(self.settings.lease_ms.max(0) as u64) / 2
+    }
+
+    /// Sends one row unless `begin_by` has passed (then it is given back
+    /// unsent: see [`super::pipeline`]); records any result but success.
     #[tracing::instrument(skip_all, fields(phone = %mask(&row.phone), outbox_id = row.id, attempt = row.attempts))]
-    pub(super) async fn deliver(&self, row: &Claimed) -> Delivery {
+    pub(super) async fn deliver(&self, row: &Claimed, begin_by: Instant) -> Delivery {
         use std::sync::atomic::Ordering::Relaxed;
+        if Instant::now() >= begin_by {
+            return self.give_back_late(row).await;
+        }
         if row.lapsed {
             // Its earlier attempt's answer was never recorded: the
             // provider may have accepted it (see `db::outbox::Claimed`).
@@ -62,7 +71,7 @@ impl Worker {
         }
         let delivered = match crate::webhooks::is_lane(&row.phone) {
             true => self.to_endpoint(row).await,
-            false => self.to_whatsapp(row).await,
+            false => self.to_whatsapp(row, begin_by).await,
         };
         delivered.unwrap_or_else(|e| {
             // The lease makes the row due again; it is retried then.
@@ -72,13 +81,16 @@ impl Worker {
     }
 
     /// A reply to WhatsApp: within its number's rate, behind its breaker.
-    async fn to_whatsapp(&self, row: &Claimed) -> Result<Delivery, DbError> {
+    async fn to_whatsapp(&self, row: &Claimed, begin_by: Instant) -> Result<Delivery, DbError> {
         use std::sync::atomic::Ordering::Relaxed;
         let (number, contact) = self.numbers.split(&row.phone);
         // The rate first: a wait for it (or a throttling pause) is not the
         // provider's slowness, which the breaker times.
         let rate = self.rates.of(number);
-        rate.wait(&self.db).await;
+        if !rate.wait(&self.db, begin_by).await {
+            // The number's rate would begin it too late.
+            return Ok(self.give_back_late(row).await);
+        }
         let Ok(permit) = self.breakers.of(number).try_acquire() else {
             let at = Utc::now() + chrono::Duration::milliseconds(self.settings.breaker.open_ms as i64);
             return self.release(row, at).await;
@@ -122,6 +134,22 @@ impl Worker {
                 self.release(row, at).await
             }
         }
+    }
+
+    /// A row whose lease is half gone before its send began: given back
+    /// due now (the attempt uncounted), for the claim query to take again
+    /// in the conversation's order. Sent later, it could arrive after the
+    /// lease ran out and another dispatcher sent it and the rows after it.
+    async fn give_back_late(&self, row: &Claimed) -> Delivery {
+        self.stats
+            .given_back_late
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!("a claimed row waited past half its lease for its send; given back unsent");
+        self.release(row, Utc::now()).await.unwrap_or_else(|e| {
+            // Its lease makes it due again.
+            tracing::warn!(error = %e, "could not give back a late row");
+            Delivery::Recorded(Vec::new())
+        })
     }
 
     /// Gives the claim back untouched, due at `at` (the attempt uncounted).
