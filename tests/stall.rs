@@ -1,8 +1,10 @@
-//! A database that stops answering without closing anything (every byte
-//! held by a proxy between the engine and PostgreSQL): webhooks get 503
-//! within their deadline and readiness goes 503 — nothing hangs; once the
-//! path heals, everything goes on by itself and nothing acknowledged is lost.
-//! A slow one (every packet late) slows the engine down and breaks nothing.
+//! A database that stops answering without closing anything — every byte
+//! held by a proxy between the engine and PostgreSQL, or every packet
+//! dropped on a black-holed path (a network namespace of the test's own,
+//! nftables in it): webhooks get 503 within their deadline and readiness
+//! goes 503 — nothing hangs; once the path heals, everything goes on by
+//! itself within seconds and nothing acknowledged is lost. A slow one (every
+//! packet late) slows the engine down and breaks nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,6 +13,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::app::{text_message, TestApp};
+use support::netns::Netns;
 use support::TestDb;
 use switchboard::config::Secret;
 use switchboard::db::Database;
@@ -147,5 +150,85 @@ async fn a_slow_database_slows_the_engine_down_without_errors_or_a_connection_st
     assert!(opened <= pool + 4, "{opened} connections for a pool of {pool}");
     eprintln!("24 messages over a slow path in {took:?}, {opened} connections");
     proxy.slow(Duration::ZERO, Duration::ZERO);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_black_holed_database_gets_503s_within_deadlines_and_recovers_within_seconds_of_healing() {
+    let db = TestDb::migrated().await;
+    // The engine reaches PostgreSQL through a proxy listening inside the
+    // test's namespace: dropping its packets there black-holes the path.
+    let ns = Netns::create();
+    let proxy = Proxy::start_on(ns.listen(), target(&db)).unwrap();
+    let url = Secret::new(proxied(&db, &proxy).replacen("127.0.0.1", &ns.inner.to_string(), 1));
+    let adjust = |s: &mut switchboard::config::Settings| {
+        s.database.url = Some(url.clone());
+        s.database.statement_timeout_ms = 2_000;
+        s.database.answer_grace_ms = 1_000;
+        s.database.tcp_user_timeout_s = 2;
+        s.server.webhook_deadline_ms = 3_000;
+        s.engine.resume_interval_s = 1;
+    };
+    let mut settings = support::engine_settings(&db);
+    adjust(&mut settings);
+    let database = Database::connect(url.clone(), &settings.database);
+    let app = TestApp::spawn_with(&db, adjust, |b| b.database(database)).await;
+    let (known, new) = ("5215511114444", "5215511115555");
+    let deliver = |phone: &'static str, id: &'static str| {
+        let app = &app;
+        async move {
+            let started = Instant::now();
+            let r = tokio::time::timeout(
+                Duration::from_secs(20),
+                app.deliver_value(vec![text_message(phone, id, "hola")], vec![]),
+            )
+            .await
+            .expect("the webhook hung");
+            (r.status().as_u16(), started.elapsed())
+        }
+    };
+    assert_eq!(deliver(known, "wamid.b1").await.0, 200);
+    app.engine.wait_idle().await;
+
+    ns.black_hole(proxy.port);
+    for (phone, id) in [(known, "wamid.b2"), (new, "wamid.b3")] {
+        let (status, took) = deliver(phone, id).await;
+        assert_eq!(status, 503, "{phone}");
+        assert!(took < Duration::from_secs(8), "{phone}: answered after {took:?}");
+    }
+    let started = Instant::now();
+    let ready = tokio::time::timeout(Duration::from_secs(20), app.client.get(app.url("/readyz")).send())
+        .await
+        .expect("readiness hung")
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+    // By now (over the 2 s user timeout) the kernel has given up the
+    // connections whose packets went unanswered.
+    let opened = proxy.connections();
+
+    ns.heal();
+    let healed = Instant::now();
+    let deadline = healed + Duration::from_secs(60);
+    for (phone, id) in [(known, "wamid.b2"), (new, "wamid.b3")] {
+        while deliver(phone, id).await.0 != 200 {
+            assert!(Instant::now() < deadline, "{phone} never stored after the path healed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let recovered = healed.elapsed();
+    assert!(
+        recovered < Duration::from_secs(15),
+        "stored again {recovered:?} after healing"
+    );
+    app.engine.wait_idle().await;
+    assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(support::user_messages(&db, known).await, ["hola", "hola"]);
+    assert_eq!(support::user_messages(&db, new).await, ["hola"]);
+    assert!(
+        proxy.connections() > opened,
+        "no new connection after healing: the black-holed ones were not given up"
+    );
+    eprintln!("black hole: stored again {recovered:?} after healing");
     app.stop().await;
 }

@@ -41,7 +41,15 @@ impl Delay {
 impl Proxy {
     /// Listens on a free loopback port, forwarding each connection to `target`.
     pub async fn start(target: std::net::SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(std::net::TcpListener::bind("127.0.0.1:0")?, target)
+    }
+
+    /// Forwards each connection `listener` accepts to `target` (a listener
+    /// bound elsewhere: in a network namespace of its own, whose packets
+    /// nftables can drop). Within a Tokio runtime.
+    pub fn start_on(listener: std::net::TcpListener, target: std::net::SocketAddr) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
         let port = listener.local_addr()?.port();
         let stalled = Arc::new(AtomicBool::new(false));
         let (gate, _) = watch::channel(false);
