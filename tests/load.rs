@@ -176,6 +176,47 @@ async fn the_cost_of_a_message_is_reported_by_process_the_generator_apart_from_t
     assert!(report.table().contains("cost/message server"), "{}", report.table());
 }
 
+/// Three `serve` processes behind the harness's balancer, each stopped
+/// with SIGTERM in turn under load (drains, stops, starts, is ready again):
+/// no request refused (a refused connection is retried on the next
+/// process), every invariant holds.
+#[actix_web::test]
+async fn three_processes_restarted_in_turn_under_load_refuse_nothing_and_hold_every_invariant() {
+    let (at, duration) = (2.0, 20.0);
+    let a = args(&format!(
+        "--scenario steady --processes 3 --serve-bin {} --rate 50 --duration {duration} --phones 60 \
+         --drain 60 --rolling-restart-at {at} --quiet",
+        env!("CARGO_BIN_EXE_switchboard")
+    ));
+    let report = load::run(a).await.unwrap();
+    assert!(report.invariants_checked);
+    assert!(
+        report.invariant_violations.is_empty(),
+        "{:?}",
+        report.invariant_violations
+    );
+    assert_eq!(report.errors, 0, "{:?}", report.error_samples);
+    assert_eq!(report.acked, report.sent);
+    assert!(report.outbox_drained_after_s.is_some(), "replies left unsent");
+    let chaos = report.chaos.clone().expect("a chaos note");
+    assert!(
+        chaos.starts_with("3 processes restarted in turn with SIGTERM"),
+        "{chaos}"
+    );
+    // Every restart fell within the load, not after it.
+    let away: f64 = chaos
+        .rsplit_once("(each away ")
+        .and_then(|(_, s)| s.strip_suffix(" s)"))
+        .expect(&chaos)
+        .split(" / ")
+        .map(|s| s.parse::<f64>().unwrap())
+        .sum();
+    assert!(
+        at + away < duration,
+        "the restarts ended {away} s after {at} s: {chaos}"
+    );
+}
+
 #[actix_web::test]
 async fn the_limits_mode_measures_the_databases_ceilings_and_sets_the_run_against_them() {
     let a = args("--scenario steady --rate 40 --duration 2 --phones 10 --drain 30 --limits 1 --quiet");
