@@ -50,6 +50,11 @@ impl Settings {
             "must be between 10 and 60000",
         );
         p.check(self.timers.lease_ms >= 1000, "timers.lease_ms", "must be at least 1000");
+        p.check(
+            self.outbox.lease_ms >= 1000,
+            "outbox.lease_ms",
+            "must be at least 1000 (a claimed reply's send must begin within half of it)",
+        );
         p.check(self.media.max_attempts >= 1, "media.max_attempts", "must be at least 1");
         p.check(self.media.concurrency >= 1, "media.concurrency", "must be at least 1");
         p.check(self.media.max_bytes >= 1, "media.max_bytes", "must be at least 1");

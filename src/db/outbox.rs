@@ -17,8 +17,8 @@ pub trait ClaimedRows: Send + Sync {
     /// The lease to claim a commit's rows with, or `None` to leave them
     /// pending (the queue is full or closing).
     fn claim_ms(&self) -> Option<i64>;
-    /// Takes rows claimed by a commit, to send them.
-    fn hand(&self, claimed: Vec<Claimed>);
+    /// Takes rows claimed by a commit that began at `began`, to send them.
+    fn hand(&self, claimed: Vec<Claimed>, began: std::time::Instant);
 }
 
 /// A claimed row, leased to this process until `lease` passes.
@@ -181,21 +181,34 @@ pub async fn mark_sent_batch(
 }
 
 /// Claimed rows not sent go back to pending, due now, their attempt
-/// uncounted (a dispatcher stopping with rows handed to it in memory).
+/// uncounted (a dispatcher stopping with rows handed to it in memory) —
+/// each only while its claim is still this one: a row whose lease ran out
+/// and that another process claimed again is left to it.
 pub async fn give_back(conn: &mut AsyncPgConnection, rows: &[Claimed]) -> Result<()> {
     use diesel::sql_types::Array;
     let mut sorted: Vec<&Claimed> = rows.iter().collect();
     sorted.sort_by(|a, b| (&a.phone, a.id).cmp(&(&b.phone, b.id)));
     let phones: Vec<&str> = sorted.iter().map(|r| r.phone.as_str()).collect();
     let ids: Vec<i64> = sorted.iter().map(|r| r.id).collect();
+    let attempts: Vec<i32> = sorted.iter().map(|r| r.attempts).collect();
+    let lapsed: Vec<bool> = sorted.iter().map(|r| r.lapsed).collect();
+    // A lapsed row stays `sending`, its attempt kept (see `release`).
     Cached::new(
-        "UPDATE outbox AS o SET status = 'pending', attempts = greatest(o.attempts - 1, 0), \
+        "UPDATE outbox AS o SET status = CASE WHEN u.lapsed THEN 'sending' ELSE 'pending' END, \
+                attempts = CASE WHEN u.lapsed THEN o.attempts ELSE greatest(o.attempts - 1, 0) END, \
                 next_attempt_at = now(), updated_at = now() FROM unnest(",
     )
     .bind::<Array<Text>, _>(&phones)
     .sql("::text[], ")
     .bind::<Array<BigInt>, _>(&ids)
-    .sql("::bigint[]) AS u(phone, id) WHERE o.phone = u.phone AND o.id = u.id AND o.status = 'sending'")
+    .sql("::bigint[], ")
+    .bind::<Array<Integer>, _>(&attempts)
+    .sql("::int4[], ")
+    .bind::<Array<Bool>, _>(&lapsed)
+    .sql(
+        "::bool[]) AS u(phone, id, attempts, lapsed) \
+         WHERE o.phone = u.phone AND o.id = u.id AND o.status = 'sending' AND o.attempts = u.attempts",
+    )
     .execute(conn)
     .await?;
     Ok(())
@@ -226,13 +239,17 @@ pub async fn mark_retry(conn: &mut AsyncPgConnection, row: &Claimed, at: DateTim
     Ok(())
 }
 
-/// Gives a claim back untouched (the sender's breaker is open): the attempt
-/// does not count.
+/// Gives a claim back untouched, due at `at` (the number's breaker is open,
+/// the endpoint's slots are busy, or its send could not begin within half
+/// its lease): the attempt does not count. A lapsed row (its earlier
+/// attempt's answer never recorded) stays `sending`, due at `at`, its
+/// attempt kept: claimed again, it is still known as possibly sent, and
+/// the earlier sender's claim is not this one.
 pub async fn release(conn: &mut AsyncPgConnection, row: &Claimed, at: DateTime<Utc>) -> Result<()> {
     diesel::update(still_claimed!(row))
         .set((
-            outbox::status.eq("pending"),
-            outbox::attempts.eq(outbox::attempts - 1),
+            outbox::status.eq(if row.lapsed { "sending" } else { "pending" }),
+            outbox::attempts.eq(outbox::attempts - i32::from(!row.lapsed)),
             outbox::next_attempt_at.eq(at),
         ))
         .execute(conn)

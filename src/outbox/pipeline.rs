@@ -157,6 +157,18 @@ impl Pipeline {
         }
     }
 
+    /// Rows claimed by a statement that began at `began`, in line by it
+    /// (oldest claim first: the statements answer in any order).
+    fn take_claims(&mut self, rows: Vec<Claimed>, began: Instant) {
+        if rows.is_empty() {
+            return;
+        }
+        let at = self.ready.partition_point(|(_, claimed)| *claimed <= began);
+        for (i, row) in rows.into_iter().enumerate() {
+            self.ready.insert(at + i, (row, began));
+        }
+    }
+
     /// Stopping, with nothing left in flight.
     fn done(&self) -> bool {
         self.stopping
@@ -206,14 +218,11 @@ pub(super) async fn run(
                     p.first_unmarked.get_or_insert_with(Instant::now);
                     p.to_mark.push((row, provider_id));
                 }
-                Delivery::Recorded(next) => {
-                    let now = Instant::now();
-                    p.ready.extend(next.into_iter().map(|r| (r, now)));
-                }
+                Delivery::Recorded(next, began) => p.take_claims(next, began),
             },
             (began, next) = in_flight(&mut p.marking), if p.marking.is_some() => {
                 p.marking = None;
-                p.ready.extend(next.into_iter().map(|r| (r, began)));
+                p.take_claims(next, began);
             }
             (asked, began, claimed) = in_flight(&mut p.claiming), if p.claiming.is_some() => {
                 p.claiming = None;
@@ -221,7 +230,7 @@ pub(super) async fn run(
                     // A full claim: more may be due right away.
                     Ok(rows) => {
                         p.woken |= rows.len() == asked;
-                        p.ready.extend(rows.into_iter().map(|r| (r, began)));
+                        p.take_claims(rows, began);
                     }
                     Err(e) => tracing::warn!(error = %e, "outbox claim failed"),
                 }

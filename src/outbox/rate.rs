@@ -92,8 +92,8 @@ impl RateLimit {
 
     /// Waits until this process may begin one send of the number, if that
     /// is before `begin_by`; `false` (and no send of the budget taken) when
-    /// it is not. While the database cannot be asked, waits (a send now
-    /// could not be recorded either).
+    /// it is not. While the database cannot be asked, waits — up to
+    /// `begin_by` (a send now could not be recorded either).
     pub(super) async fn wait(&self, db: &Database, begin_by: Instant) -> bool {
         // Sleeps `d`, unless that ends at or past `begin_by`.
         let sleep_within = |d: Duration| async move {

@@ -18,6 +18,7 @@ use crate::db::outbox::{Claimed, ClaimedRows};
 pub struct SendQueue {
     /// A mutex: pushed by step commits on the writer, popped by the
     /// dispatcher's pipeline. A std one: held for a push or a pop, never across an await.
+    /// Each row with when the commit that claimed it began.
     rows: std::sync::Mutex<std::collections::VecDeque<(Claimed, Instant)>>,
     /// Wakes the dispatcher when a commit hands it rows; an `Arc`, shared
     /// with the dispatcher's handle, which wakes it the same way.
@@ -57,23 +58,29 @@ impl SendQueue {
         (open && self.len() < self.limit && !self.lease.is_zero()).then_some(self.lease.as_millis() as i64)
     }
 
-    /// Rows a commit claimed for this dispatcher; wakes it.
-    pub fn hand(&self, claimed: Vec<Claimed>) {
+    /// Rows a commit that began at `began` claimed for this dispatcher
+    /// (their leases began after it); wakes it.
+    pub fn hand(&self, claimed: Vec<Claimed>, began: Instant) {
         if !claimed.is_empty() {
-            let now = Instant::now();
-            self.lock().extend(claimed.into_iter().map(|c| (c, now)));
+            // In line by `began`: step commits overlap and end in any order.
+            let mut rows = self.lock();
+            let at = rows.partition_point(|(_, b)| *b <= began);
+            for (i, row) in claimed.into_iter().enumerate() {
+                rows.insert(at + i, (row, began));
+            }
         }
         self.wake.notify_one();
     }
 
-    /// Up to `n` rows, oldest first, each with when it was claimed.
+    /// Up to `n` rows, oldest first, each with when the commit that
+    /// claimed it began.
     pub(super) fn take(&self, n: usize) -> Vec<(Claimed, Instant)> {
         let mut rows = self.lock();
         let n = n.min(rows.len());
         rows.drain(..n).collect()
     }
 
-    /// When the oldest row waiting was claimed.
+    /// When the commit that claimed the oldest row waiting began.
     pub(super) fn oldest(&self) -> Option<Instant> {
         self.lock().front().map(|(_, at)| *at)
     }
@@ -92,8 +99,8 @@ impl ClaimedRows for SendQueue {
         SendQueue::claim_ms(self)
     }
 
-    fn hand(&self, claimed: Vec<Claimed>) {
-        SendQueue::hand(self, claimed)
+    fn hand(&self, claimed: Vec<Claimed>, began: Instant) {
+        SendQueue::hand(self, claimed, began)
     }
 }
 
@@ -123,7 +130,7 @@ mod tests {
         };
         let h = SendQueue::new(&settings);
         assert_eq!(h.claim_ms(), Some(10_000));
-        h.hand((1..=16).map(row).collect());
+        h.hand((1..=16).map(row).collect(), Instant::now());
         // Eight batches' worth fill it: later commits insert their rows pending.
         assert_eq!(h.claim_ms(), None);
         assert_eq!(h.take(3).iter().map(|(r, _)| r.id).collect::<Vec<_>>(), [1, 2, 3]);

@@ -45,14 +45,19 @@ pub(super) enum Delivery {
     /// Accepted, with the provider's id: to be marked `sent` (in a batch).
     Sent(String),
     /// Recorded otherwise (retry, failure, breaker open): with the
-    /// conversation's next rows, claimed when a failure ended this one.
-    Recorded(Vec<Claimed>),
+    /// conversation's next rows, claimed when a failure ended this one,
+    /// and when the commit that claimed them began.
+    Recorded(Vec<Claimed>, Instant),
 }
 
 impl Worker {
-    /// Half the rows' lease: a claimed row's send must begin within it.
+    /// Half the rows' lease: a claimed row's send must begin within it (a
+    /// day without a lease, which only settings left unchecked can have).
     pub(super) fn half_lease(&self) -> Duration {
-        Duration::from_millis(self.settings.lease_ms.max(0) as u64) / 2
+        match self.settings.lease_ms {
+            ..=0 => Duration::from_secs(86_400),
+            ms => Duration::from_millis(ms as u64) / 2,
+        }
     }
 
     /// Sends one row unless `begin_by` has passed (then it is given back
@@ -76,7 +81,7 @@ impl Worker {
         delivered.unwrap_or_else(|e| {
             // The lease makes the row due again; it is retried then.
             tracing::warn!(error = %e, "could not record a send result");
-            Delivery::Recorded(Vec::new())
+            Delivery::Recorded(Vec::new(), Instant::now())
         })
     }
 
@@ -116,7 +121,7 @@ impl Worker {
             SendOutcome::Throttled { pair: false, .. } => rate.throttled().await,
             _ => {}
         }
-        self.record(row, outcome).await.map(Delivery::Recorded)
+        self.recorded(row, outcome).await
     }
 
     /// An event to a team's endpoint: no business number's rate or breaker.
@@ -126,7 +131,7 @@ impl Worker {
                 self.stats.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(Delivery::Sent(provider_id))
             }
-            Some(outcome) => self.record(row, outcome).await.map(Delivery::Recorded),
+            Some(outcome) => self.recorded(row, outcome).await,
             None => {
                 // Its endpoint's slots are busy: about a second, spread, so
                 // released rows do not all come back at once.
@@ -148,7 +153,7 @@ impl Worker {
         self.release(row, Utc::now()).await.unwrap_or_else(|e| {
             // Its lease makes it due again.
             tracing::warn!(error = %e, "could not give back a late row");
-            Delivery::Recorded(Vec::new())
+            Delivery::Recorded(Vec::new(), Instant::now())
         })
     }
 
@@ -157,7 +162,14 @@ impl Worker {
         let released = self
             .db
             .run("outbox_release", |c| rows::release(c, row, at).scope_boxed());
-        released.await.map(|()| Delivery::Recorded(Vec::new()))
+        released.await.map(|()| Delivery::Recorded(Vec::new(), Instant::now()))
+    }
+
+    /// [`Worker::record`], with when its commit began.
+    async fn recorded(&self, row: &Claimed, outcome: SendOutcome) -> Result<Delivery, DbError> {
+        let began = Instant::now();
+        let next = self.record(row, outcome).await?;
+        Ok(Delivery::Recorded(next, began))
     }
 
     /// Records a send that was not accepted; returns the conversation's

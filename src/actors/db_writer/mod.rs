@@ -171,8 +171,10 @@ impl DbWriter {
             async move {
                 // Claimed for this dispatcher at insert while it has room.
                 let claim_ms = outbox.claim_ms();
+                // Before the commit: the leases begin after it.
+                let began = std::time::Instant::now();
                 if let Some(claimed) = commit(db, batch, stats, claim_ms).await {
-                    outbox.hand(claimed);
+                    outbox.hand(claimed, began);
                 }
             }
             .into_actor(self)
