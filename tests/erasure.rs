@@ -241,3 +241,101 @@ async fn expired_bodies_and_payloads_are_blanked_and_dead_letters_deleted() {
     assert!(app.engine.retention_expired() >= 4, "in batches of one");
     app.stop().await;
 }
+
+/// Acknowledgement times (ms, sorted) of `n` conversations sending `each`
+/// messages in turn, all at once; every one must be acknowledged.
+async fn load(app: &TestApp, tag: &str, n: usize, each: usize) -> Vec<f64> {
+    let conversations = (0..n).map(|c| async move {
+        let phone = format!("5215577{c:06}");
+        let mut took = Vec::new();
+        for m in 0..each {
+            let started = Instant::now();
+            let r = tokio::time::timeout(
+                Duration::from_secs(20),
+                app.deliver_value(
+                    vec![text_message(&phone, &format!("wamid.{tag}.{c}.{m}"), "hola")],
+                    vec![],
+                ),
+            )
+            .await
+            .expect("a webhook hung");
+            assert_eq!(r.status(), 200, "{phone}");
+            took.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        took
+    });
+    let mut all: Vec<f64> = futures_util::future::join_all(conversations).await.concat();
+    all.sort_by(f64::total_cmp);
+    all
+}
+
+#[actix_web::test]
+async fn expiring_a_large_backlog_while_messages_arrive_holds_none_of_them_back() {
+    let db = TestDb::migrated().await;
+    // A year of someone else's history, expired: 200,000 message bodies.
+    const OLD: i64 = 200_000;
+    diesel::sql_query(format!(
+        "INSERT INTO messages (phone, direction, origin, body, status, created_at) \
+         SELECT '5215566' || lpad((g % 2000)::text, 6, '0'), 'in', 'user', repeat('x', 200), 'received', \
+                now() - interval '400 days' + g * interval '1 minute' \
+         FROM generate_series(1, {OLD}) AS g"
+    ))
+    .execute(&mut db.admin().await)
+    .await
+    .unwrap();
+    let (conversations, each) = (16, 10);
+    // The same load without the job, then with it: side by side.
+    let app = TestApp::spawn(&db, secure, None).await;
+    let without = load(&app, "a", conversations, each).await;
+    app.engine.wait_idle().await;
+    app.stop().await;
+    let app = TestApp::spawn(
+        &db,
+        |s| {
+            secure(s);
+            s.retention.message_days = 30;
+        },
+        None,
+    )
+    .await;
+    // Its first round begins at start, in batches of 1,000.
+    let with = load(&app, "b", conversations, each).await;
+    let expired_meanwhile = app.engine.retention_expired();
+    app.engine.wait_idle().await;
+    assert!(
+        expired_meanwhile < OLD as u64,
+        "the round ended ({expired_meanwhile} rows) before the load did: nothing was measured under load"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while app.engine.retention_expired() < OLD as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {OLD} expired",
+            app.engine.retention_expired()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) AS n FROM messages WHERE body <> '' AND phone LIKE '5215566%'"
+        )
+        .await,
+        0
+    );
+    // The messages of the load: every one applied, none blanked (fresh).
+    let fresh = "SELECT count(*) AS n FROM messages WHERE phone LIKE '5215577%' AND direction = 'in' AND body = 'hola'";
+    assert_eq!(count(&db, fresh).await, 2 * (conversations * each) as i64);
+    let at = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "acks without the job: p50 {:.1} p99 {:.1} max {:.1} ms; during its round ({expired_meanwhile} of {OLD} rows \
+         expired meanwhile): p50 {:.1} p99 {:.1} max {:.1} ms",
+        at(&without, 0.5),
+        at(&without, 0.99),
+        at(&without, 1.0),
+        at(&with, 0.5),
+        at(&with, 0.99),
+        at(&with, 1.0)
+    );
+    app.stop().await;
+}

@@ -13,10 +13,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::app::{text_message, TestApp};
-use support::netns::Netns;
 use support::TestDb;
 use switchboard::config::Secret;
 use switchboard::db::Database;
+use switchboard::load::netns::Netns;
 use switchboard::load::proxy::Proxy;
 
 /// The test database's URL, through `proxy`.
@@ -31,45 +31,42 @@ fn target(db: &TestDb) -> std::net::SocketAddr {
     url[at + 1..slash].parse().unwrap()
 }
 
-#[actix_web::test]
-async fn a_database_that_stops_answering_gets_503s_within_deadlines_and_recovery_by_itself() {
-    let db = TestDb::migrated().await;
-    let proxy = Proxy::start(target(&db)).await.unwrap();
-    let url = Secret::new(proxied(&db, &proxy));
+/// An app whose database is `url` (through a proxy), with short bounds:
+/// statements 2 s, the answer's grace 1 s, the kernel's user timeout 2 s,
+/// the webhook's deadline 3 s, a resume sweep every second.
+async fn app_through(db: &TestDb, url: &Secret) -> TestApp {
     let adjust = |s: &mut switchboard::config::Settings| {
         s.database.url = Some(url.clone());
         s.database.statement_timeout_ms = 2_000;
         s.database.answer_grace_ms = 1_000;
+        s.database.tcp_user_timeout_s = 2;
         s.server.webhook_deadline_ms = 3_000;
         s.engine.resume_interval_s = 1;
     };
-    let mut settings = support::engine_settings(&db);
+    let mut settings = support::engine_settings(db);
     adjust(&mut settings);
     let database = Database::connect(url.clone(), &settings.database);
-    let app = TestApp::spawn_with(&db, adjust, |b| b.database(database)).await;
-    let (known, new) = ("5215511112222", "5215511113333");
-    let deliver = |phone: &'static str, id: &'static str| {
-        let app = &app;
-        async move {
-            let started = Instant::now();
-            // Bounded: a hang fails the test instead of holding it.
-            let r = tokio::time::timeout(
-                Duration::from_secs(20),
-                app.deliver_value(vec![text_message(phone, id, "hola")], vec![]),
-            )
-            .await
-            .expect("the webhook hung");
-            (r.status().as_u16(), started.elapsed())
-        }
-    };
-    assert_eq!(deliver(known, "wamid.s1").await.0, 200);
-    app.engine.wait_idle().await;
+    TestApp::spawn_with(db, adjust, |b| b.database(database)).await
+}
 
-    proxy.stall();
-    // A known contact (its link cached): the registration waits on the
-    // stalled writer; a new one: its link waits on a stalled connection.
-    for (phone, id) in [(known, "wamid.s2"), (new, "wamid.s3")] {
-        let (status, took) = deliver(phone, id).await;
+/// One message delivered: the webhook's status and how long it took
+/// (bounded: a hang fails the test instead of holding it).
+async fn deliver(app: &TestApp, phone: &str, id: &str) -> (u16, Duration) {
+    let started = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        app.deliver_value(vec![text_message(phone, id, "hola")], vec![]),
+    )
+    .await
+    .expect("the webhook hung");
+    (r.status().as_u16(), started.elapsed())
+}
+
+/// While the path is out: each of `messages` refused with 503 within its
+/// deadline, and readiness 503 soon.
+async fn refused_in_time(app: &TestApp, messages: &[(&str, &str)]) {
+    for (phone, id) in messages {
+        let (status, took) = deliver(app, phone, id).await;
         assert_eq!(status, 503, "{phone}");
         assert!(took < Duration::from_secs(8), "{phone}: answered after {took:?}");
     }
@@ -80,18 +77,39 @@ async fn a_database_that_stops_answering_gets_503s_within_deadlines_and_recovery
         .unwrap();
     assert_eq!(ready.status(), 503);
     assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+}
 
-    proxy.heal();
-    // WhatsApp delivers again until a 200.
+/// Once the path healed: `messages` redelivered (as WhatsApp does) until
+/// stored, applied, and readiness back.
+async fn stored_again(app: &TestApp, messages: &[(&str, &str)]) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    for (phone, id) in [(known, "wamid.s2"), (new, "wamid.s3")] {
-        while deliver(phone, id).await.0 != 200 {
+    for (phone, id) in messages {
+        while deliver(app, phone, id).await.0 != 200 {
             assert!(Instant::now() < deadline, "{phone} never stored after the path healed");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     app.engine.wait_idle().await;
     assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), 200);
+}
+
+#[actix_web::test]
+async fn a_database_that_stops_answering_gets_503s_within_deadlines_and_recovery_by_itself() {
+    let db = TestDb::migrated().await;
+    let proxy = Proxy::start(target(&db)).await.unwrap();
+    let app = app_through(&db, &Secret::new(proxied(&db, &proxy))).await;
+    let (known, new) = ("5215511112222", "5215511113333");
+    assert_eq!(deliver(&app, known, "wamid.s1").await.0, 200);
+    app.engine.wait_idle().await;
+
+    proxy.stall();
+    // A known contact (its link cached): the registration waits on the
+    // stalled writer; a new one: its link waits on a stalled connection.
+    let waiting = [(known, "wamid.s2"), (new, "wamid.s3")];
+    refused_in_time(&app, &waiting).await;
+
+    proxy.heal();
+    stored_again(&app, &waiting).await;
     // Every acknowledged message applied once: two for the known contact, one for the new.
     assert_eq!(support::user_messages(&db, known).await, ["hola", "hola"]);
     assert_eq!(support::user_messages(&db, new).await, ["hola"]);
@@ -158,77 +176,34 @@ async fn a_black_holed_database_gets_503s_within_deadlines_and_recovers_within_s
     let db = TestDb::migrated().await;
     // The engine reaches PostgreSQL through a proxy listening inside the
     // test's namespace: dropping its packets there black-holes the path.
-    let ns = Netns::create();
-    let proxy = Proxy::start_on(ns.listen(), target(&db)).unwrap();
-    let url = Secret::new(proxied(&db, &proxy).replacen("127.0.0.1", &ns.inner.to_string(), 1));
-    let adjust = |s: &mut switchboard::config::Settings| {
-        s.database.url = Some(url.clone());
-        s.database.statement_timeout_ms = 2_000;
-        s.database.answer_grace_ms = 1_000;
-        s.database.tcp_user_timeout_s = 2;
-        s.server.webhook_deadline_ms = 3_000;
-        s.engine.resume_interval_s = 1;
-    };
-    let mut settings = support::engine_settings(&db);
-    adjust(&mut settings);
-    let database = Database::connect(url.clone(), &settings.database);
-    let app = TestApp::spawn_with(&db, adjust, |b| b.database(database)).await;
+    let ns = Netns::create().unwrap();
+    let proxy = Proxy::start_on(ns.listen().unwrap(), target(&db)).unwrap();
+    let app = app_through(&db, &Secret::new(proxied(&db, &proxy))).await;
     let (known, new) = ("5215511114444", "5215511115555");
-    let deliver = |phone: &'static str, id: &'static str| {
-        let app = &app;
-        async move {
-            let started = Instant::now();
-            let r = tokio::time::timeout(
-                Duration::from_secs(20),
-                app.deliver_value(vec![text_message(phone, id, "hola")], vec![]),
-            )
-            .await
-            .expect("the webhook hung");
-            (r.status().as_u16(), started.elapsed())
-        }
-    };
-    assert_eq!(deliver(known, "wamid.b1").await.0, 200);
+    assert_eq!(deliver(&app, known, "wamid.b1").await.0, 200);
     app.engine.wait_idle().await;
 
-    ns.black_hole(proxy.port);
-    for (phone, id) in [(known, "wamid.b2"), (new, "wamid.b3")] {
-        let (status, took) = deliver(phone, id).await;
-        assert_eq!(status, 503, "{phone}");
-        assert!(took < Duration::from_secs(8), "{phone}: answered after {took:?}");
-    }
-    let started = Instant::now();
-    let ready = tokio::time::timeout(Duration::from_secs(20), app.client.get(app.url("/readyz")).send())
-        .await
-        .expect("readiness hung")
-        .unwrap();
-    assert_eq!(ready.status(), 503);
-    assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+    ns.black_hole(proxy.port).unwrap();
+    let waiting = [(known, "wamid.b2"), (new, "wamid.b3")];
+    refused_in_time(&app, &waiting).await;
     // By now (over the 2 s user timeout) the kernel has given up the
     // connections whose packets went unanswered.
     let opened = proxy.connections();
 
-    ns.heal();
+    ns.heal().unwrap();
     let healed = Instant::now();
-    let deadline = healed + Duration::from_secs(60);
-    for (phone, id) in [(known, "wamid.b2"), (new, "wamid.b3")] {
-        while deliver(phone, id).await.0 != 200 {
-            assert!(Instant::now() < deadline, "{phone} never stored after the path healed");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    stored_again(&app, &waiting).await;
     let recovered = healed.elapsed();
     assert!(
         recovered < Duration::from_secs(15),
-        "stored again {recovered:?} after healing"
+        "applied again {recovered:?} after healing"
     );
-    app.engine.wait_idle().await;
-    assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), 200);
     assert_eq!(support::user_messages(&db, known).await, ["hola", "hola"]);
     assert_eq!(support::user_messages(&db, new).await, ["hola"]);
     assert!(
         proxy.connections() > opened,
         "no new connection after healing: the black-holed ones were not given up"
     );
-    eprintln!("black hole: stored again {recovered:?} after healing");
+    eprintln!("black hole: stored and applied again {recovered:?} after healing");
     app.stop().await;
 }

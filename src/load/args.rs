@@ -64,6 +64,14 @@ pub struct LoadArgs {
     pub db_stall_at: Option<u64>,
     #[arg(long, default_value_t = 10_000)]
     pub db_stall_ms: u64,
+    /// Fault: this many seconds in, every packet of the path to the
+    /// database is dropped (nftables in a network namespace of the run's
+    /// own: nothing answered, acknowledged or closed) for
+    /// --db-black-hole-ms. Needs root, `ip` and `nft`.
+    #[arg(long)]
+    pub db_black_hole_at: Option<u64>,
+    #[arg(long, default_value_t = 10_000)]
+    pub db_black_hole_ms: u64,
     /// Fault: this many seconds in, the fake send API takes every send and
     /// answers none for --send-stall-ms.
     #[arg(long)]
@@ -269,7 +277,7 @@ impl LoadArgs {
 
     /// Whether the processes reach the database through the harness's proxy.
     pub(super) fn db_path_faults(&self) -> bool {
-        self.db_delay_ms.is_some() || self.db_stall_at.is_some()
+        self.db_delay_ms.is_some() || self.db_stall_at.is_some() || self.db_black_hole_at.is_some()
     }
 
     /// Whether the harness runs `serve` processes of its own (several, or

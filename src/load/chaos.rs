@@ -1,6 +1,6 @@
 //! The faults injected beside the load (`--kill-connections-every-ms`,
 //! `--pg-restart-at`, `--kill-at`; and those that close nothing:
-//! `--db-delay-ms`, `--db-stall-at`, `--send-stall-at`), on the harness's
+//! `--db-delay-ms`, `--db-stall-at`, `--db-black-hole-at`, `--send-stall-at`), on the harness's
 //! own processes: the checker then shows whether every invariant survived
 //! them.
 
@@ -90,6 +90,23 @@ async fn silent_faults(args: &LoadArgs, p: &Processes, started: Instant) -> Vec<
             args.db_stall_ms
         ))
     };
+    let db_black_hole = async {
+        let (Some(at), Some(proxy), Some(ns)) = (args.db_black_hole_at, &p.proxy, &p.netns) else {
+            return None;
+        };
+        tokio::time::sleep(Duration::from_secs(at).saturating_sub(started.elapsed())).await;
+        if let Err(e) = ns.black_hole(proxy.port) {
+            return Some(format!("the database path could not be black-holed: {e:#}"));
+        }
+        tokio::time::sleep(Duration::from_millis(args.db_black_hole_ms)).await;
+        if let Err(e) = ns.heal() {
+            return Some(format!("the black-holed database path could not be healed: {e:#}"));
+        }
+        Some(format!(
+            "the database path black-holed (every packet dropped, nothing closed) at {at} s for {} ms",
+            args.db_black_hole_ms
+        ))
+    };
     let send_stall = async {
         let at = args.send_stall_at?;
         tokio::time::sleep(Duration::from_secs(at).saturating_sub(started.elapsed())).await;
@@ -101,8 +118,9 @@ async fn silent_faults(args: &LoadArgs, p: &Processes, started: Instant) -> Vec<
             args.send_stall_ms
         ))
     };
-    let (db, send) = tokio::join!(db_stall, send_stall);
+    let (db, hole, send) = tokio::join!(db_stall, db_black_hole, send_stall);
     notes.extend(db);
+    notes.extend(hole);
     notes.extend(send);
     notes
 }

@@ -25,6 +25,7 @@ pub mod limits;
 mod listeners;
 mod measure;
 mod mixed;
+pub mod netns;
 mod own_server;
 pub mod payloads;
 pub mod plan;

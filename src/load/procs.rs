@@ -26,10 +26,12 @@ struct Proc {
 }
 
 /// The processes' database: its server settings, and whether they reach it
-/// through the harness's proxy (for the faults of that path).
+/// through the harness's proxy (for the faults of that path), listening in
+/// a network namespace of its own (to black-hole the path).
 pub struct Cluster<'a> {
     pub server_settings: &'a BTreeMap<String, PgValue>,
     pub via_proxy: bool,
+    pub in_namespace: bool,
 }
 
 /// The processes, their database and the fake send API.
@@ -39,6 +41,8 @@ pub struct Processes {
     pub db: Database,
     /// Between the processes and the database, for the faults of its path.
     pub proxy: Option<crate::load::proxy::Proxy>,
+    /// Where the proxy listens, to drop its packets.
+    pub netns: Option<crate::load::netns::Netns>,
     bin: PathBuf,
     procs: Vec<Proc>,
     dir: PathBuf,
@@ -68,6 +72,7 @@ impl Processes {
         let Cluster {
             server_settings,
             via_proxy,
+            in_namespace,
         } = cluster;
         let graph = FakeGraph::start()?;
         graph.serve_any_media(IMAGE, IMAGE_MIME);
@@ -78,18 +83,22 @@ impl Processes {
         db_settings.embedded.server_settings = server_settings.clone();
         db_settings.max_connections = 8;
         let db = Database::open(&db_settings).await.context("starting the database")?;
-        let proxy = match via_proxy {
-            true => {
-                let target = std::net::SocketAddr::from(([127, 0, 0, 1], db_settings.embedded.port));
-                Some(crate::load::proxy::Proxy::start(target).await?)
-            }
+        let target = std::net::SocketAddr::from(([127, 0, 0, 1], db_settings.embedded.port));
+        let netns = match in_namespace {
+            true => Some(crate::load::netns::Netns::create().context("a network namespace for the black hole")?),
             false => None,
+        };
+        let proxy = match (&netns, via_proxy) {
+            (Some(ns), _) => Some(crate::load::proxy::Proxy::start_on(ns.listen()?, target)?),
+            (None, true) => Some(crate::load::proxy::Proxy::start(target).await?),
+            (None, false) => None,
         };
         let mut me = Self {
             graph,
             app_secret,
             db,
             proxy,
+            netns,
             bin: bin.to_path_buf(),
             procs: Vec::new(),
             dir: dir.to_path_buf(),
@@ -229,13 +238,22 @@ impl Processes {
         let pid = nix::unistd::Pid::from_raw(self.procs[i].child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
         let deadline = started + Duration::from_secs(60);
-        while self.procs[i].child.try_wait()?.is_none() {
+        let status = loop {
+            if let Some(status) = self.procs[i].child.try_wait()? {
+                break status;
+            }
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "serve process {i} still runs 60 s after SIGTERM"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        // SIGTERM is an orderly stop: anything but success is a defect.
+        anyhow::ensure!(
+            status.success(),
+            "serve process {i} ended with {status} after SIGTERM (its log: {})",
+            self.procs[i].log.display()
+        );
         if let Some(bin) = bin {
             self.bin = bin.to_path_buf();
         }

@@ -1,5 +1,6 @@
 //! A TCP proxy between the engine and PostgreSQL, for the faults that do
 //! not close a connection (the tests' and `load --db-stall-at`,
+//! `--db-black-hole-at` — listening in a network namespace —,
 //! `--db-delay-ms`). Stalled, it forwards nothing either way and closes
 //! nothing — a server that stopped answering (a frozen host, a full
 //! disk's backlog; unlike a black-holed path, the proxy still takes the
@@ -16,6 +17,8 @@ use tokio::sync::watch;
 
 /// The proxy; dropping it leaves its connections to the runtime.
 pub struct Proxy {
+    /// Where it listens.
+    pub ip: std::net::IpAddr,
     pub port: u16,
     stalled: Arc<AtomicBool>,
     gate: watch::Sender<bool>,
@@ -50,7 +53,7 @@ impl Proxy {
     pub fn start_on(listener: std::net::TcpListener, target: std::net::SocketAddr) -> std::io::Result<Self> {
         listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(listener)?;
-        let port = listener.local_addr()?.port();
+        let (ip, port) = (listener.local_addr()?.ip(), listener.local_addr()?.port());
         let stalled = Arc::new(AtomicBool::new(false));
         let (gate, _) = watch::channel(false);
         let open = gate.clone();
@@ -70,6 +73,7 @@ impl Proxy {
             }
         });
         Ok(Self {
+            ip,
             port,
             stalled,
             gate,
@@ -78,14 +82,13 @@ impl Proxy {
         })
     }
 
-    /// `url` (a PostgreSQL URL) with its port replaced by the proxy's.
+    /// `url` (a PostgreSQL URL `…@host[:port]/…`) with its host and port
+    /// replaced by the proxy's.
     pub fn route(&self, url: &str) -> String {
-        let host = url.rfind('@').map_or(0, |at| at + 1);
+        let scheme = url.find("://").map_or(0, |s| s + 3);
+        let host = url.rfind('@').map_or(scheme, |at| at + 1);
         let path = url[host..].find('/').map_or(url.len(), |p| p + host);
-        match url[host..path].rfind(':') {
-            Some(colon) => format!("{}:{}{}", &url[..host + colon], self.port, &url[path..]),
-            None => format!("{}:{}{}", &url[..path], self.port, &url[path..]),
-        }
+        format!("{}{}:{}{}", &url[..host], self.ip, self.port, &url[path..])
     }
 
     /// Holds every chunk, either way, `min` to `max` before it goes on.
@@ -157,7 +160,7 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     #[tokio::test]
-    async fn a_url_is_routed_through_the_proxys_port() {
+    async fn a_url_is_routed_through_the_proxys_address() {
         let target = "127.0.0.1:5432".parse().unwrap();
         let p = super::Proxy::start(target).await.unwrap();
         let port = p.port;
@@ -166,8 +169,13 @@ mod tests {
             format!("postgres://u:pw@127.0.0.1:{port}/db?sslmode=disable")
         );
         assert_eq!(
+            p.route("postgres://localhost:5432/db"),
+            format!("postgres://127.0.0.1:{port}/db")
+        );
+        assert_eq!(
             p.route("postgres://u@localhost/db"),
-            format!("postgres://u@localhost:{port}/db")
+            format!("postgres://u@127.0.0.1:{port}/db"),
+            "to where the proxy listens"
         );
     }
 }

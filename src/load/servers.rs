@@ -48,6 +48,7 @@ impl Servers {
             super::procs::Cluster {
                 server_settings: &args.cluster_settings(),
                 via_proxy: args.db_path_faults(),
+                in_namespace: args.db_black_hole_at.is_some(),
             },
         )
         .await?;

@@ -9,7 +9,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod app;
-pub mod netns;
 pub mod rows;
 
 use std::net::TcpListener;
