@@ -18,8 +18,8 @@ pub(super) enum Servers {
     Own(OwnServer),
     /// No `--target`, several processes or a fault: `serve` children on one
     /// embedded database. `procs` is declared first so it is dropped first:
-    /// the cluster stops before its folder goes.
-    Processes { procs: Processes, dir: RunDir },
+    /// the cluster stops before its folder goes. Boxed: the larger variant.
+    Processes { procs: Box<Processes>, dir: RunDir },
     /// `--target`: running elsewhere, nothing to start or stop.
     Elsewhere,
 }
@@ -55,7 +55,10 @@ impl Servers {
         procs
             .graph
             .set_latency_range(args.send_latency_ms.min(), args.send_latency_ms.max());
-        Ok(Self::Processes { procs, dir })
+        Ok(Self::Processes {
+            procs: Box::new(procs),
+            dir,
+        })
     }
 
     /// Where the requests go, and the credentials they carry.
