@@ -326,13 +326,7 @@ async fn timers_smoke_run_fires_and_cancels_reminders_and_holds_every_invariant(
     // timers due in one second.
     let a = args("--scenario timers --rate 20 --duration 4 --phones 30 --drain 30 --quiet --timer-wave 50");
     let report = load::run(a).await.unwrap();
-    assert!(report.invariants_checked);
-    assert!(
-        report.invariant_violations.is_empty(),
-        "{:?}",
-        report.invariant_violations
-    );
-    assert_eq!(report.errors, 0, "{:?}", report.error_samples);
+    assert_clean(&report);
     assert_eq!(report.quarantined, 0, "steps kept failing");
     let timers = report.timers.expect("the run set timers");
     assert!(timers.all.fired > 0 && timers.all.cancelled > 0, "{timers:?}");
