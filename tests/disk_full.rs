@@ -16,7 +16,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use support::app::{text_message, TestApp};
 use support::TestDb;
-use switchboard::db::schema::{dead_letters, inbox};
+use switchboard::db::schema::dead_letters;
 
 /// A 32 MB ext4 file system on a loop device, mounted for the test.
 struct SmallDisk {
@@ -105,15 +105,6 @@ fn run(program: &str, args: &[&str]) {
     );
 }
 
-async fn unapplied(db: &TestDb) -> i64 {
-    inbox::table
-        .filter(inbox::processed_at.is_null())
-        .count()
-        .get_result(&mut db.admin().await)
-        .await
-        .unwrap()
-}
-
 async fn letters(db: &TestDb) -> i64 {
     dead_letters::table
         .count()
@@ -173,7 +164,7 @@ async fn a_full_disk_gets_503s_loses_nothing_acknowledged_and_recovers_when_spac
     }
     // What was acknowledged before is applied too (resumed if its step
     // could not commit while the disk was full).
-    while unapplied(&db).await > 0 {
+    while db.unprocessed().await > 0 {
         assert!(Instant::now() < deadline, "acknowledged messages were never applied");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

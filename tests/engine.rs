@@ -30,15 +30,6 @@ async fn engine(db: &TestDb, adjust: impl FnOnce(&mut switchboard::config::Setti
         .unwrap()
 }
 
-async fn unprocessed(db: &TestDb) -> i64 {
-    inbox::table
-        .filter(inbox::processed_at.is_null())
-        .count()
-        .get_result(&mut db.admin().await)
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_thousand_messages_to_one_phone_are_applied_in_order_with_contiguous_versions() {
     let db = TestDb::migrated().await;
@@ -52,7 +43,7 @@ async fn a_thousand_messages_to_one_phone_are_applied_in_order_with_contiguous_v
     let inbound = user_messages(&db, PHONE).await;
     let expected: Vec<String> = (0..1000).map(|i| format!("mensaje {i}")).collect();
     assert_eq!(inbound, expected, "applied in the order accepted");
-    assert_eq!(unprocessed(&db).await, 0);
+    assert_eq!(db.unprocessed().await, 0);
     let stats = engine.stats();
     assert_eq!(stats.processed, 1000);
     assert_eq!(stats.conflicts, 0);
@@ -128,7 +119,7 @@ async fn messages_that_queue_up_behind_a_busy_conversation_are_applied_as_one_ch
         .map(|_| events.try_recv().expect("an event per step").version)
         .collect();
     assert_eq!(versions, (1..=21).collect::<Vec<i64>>());
-    assert_eq!(unprocessed(&db).await, 0);
+    assert_eq!(db.unprocessed().await, 0);
     engine.shutdown().await.unwrap();
 }
 
@@ -164,7 +155,7 @@ async fn concurrent_messages_to_one_phone_share_registration_commits_and_are_app
         "one phone's registrations share commits: {} statements for 200",
         st.registration_batches
     );
-    assert_eq!(unprocessed(&db).await, 0);
+    assert_eq!(db.unprocessed().await, 0);
     engine.shutdown().await.unwrap();
 }
 
@@ -410,7 +401,7 @@ async fn a_poison_message_goes_to_dead_letters_and_the_next_message_is_still_pro
     assert_eq!(attempts, 3);
     let st = engine.stats();
     assert_eq!((st.crashes, st.restarts, st.quarantined), (3, 2, 1));
-    assert_eq!(unprocessed(&db).await, 0);
+    assert_eq!(db.unprocessed().await, 0);
     engine.shutdown().await.unwrap();
 }
 
@@ -471,7 +462,7 @@ async fn passivation_and_eviction_under_a_small_cap_lose_no_queued_message() {
         t.await.unwrap();
     }
     engine.wait_idle().await;
-    assert_eq!(unprocessed(&db).await, 0, "every accepted message was applied");
+    assert_eq!(db.unprocessed().await, 0, "every accepted message was applied");
     for p in &phones {
         let s = engine.conversation(p).await.unwrap().unwrap();
         assert_eq!(s.version, 10, "{p}");
@@ -516,7 +507,7 @@ async fn messages_accepted_but_not_applied_are_resumed_at_start() {
     engine.wait_idle().await;
     let s = engine.conversation(PHONE).await.unwrap().unwrap();
     assert_eq!((s.version, s.flow_state.as_str()), (3, "vehiculo_problema"));
-    assert_eq!(unprocessed(&db).await, 0);
+    assert_eq!(db.unprocessed().await, 0);
     engine.shutdown().await.unwrap();
 }
 

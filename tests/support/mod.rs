@@ -284,6 +284,19 @@ impl TestDb {
             .await
             .unwrap()
     }
+
+    /// Inbox rows not yet processed.
+    pub async fn unprocessed(&self) -> i64 {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use switchboard::db::schema::inbox;
+        inbox::table
+            .filter(inbox::processed_at.is_null())
+            .count()
+            .get_result(&mut self.admin().await)
+            .await
+            .unwrap()
+    }
 }
 
 /// The shipped example flow.
