@@ -160,6 +160,18 @@ mod tests {
     }
 
     #[test]
+    fn rows_of_overlapping_commits_line_up_by_when_their_commit_began() {
+        let h = SendQueue::new(&OutboxSettings::default());
+        let t0 = Instant::now();
+        // The later commit ends first.
+        h.hand(vec![row(3), row(4)], t0 + Duration::from_millis(5));
+        h.hand(vec![row(1), row(2)], t0);
+        assert_eq!(h.oldest(), Some(t0));
+        let ids: Vec<i64> = h.take(usize::MAX).iter().map(|(r, _)| r.id).collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+    }
+
+    #[test]
     fn with_no_lease_nothing_is_claimed_at_insert() {
         let settings = OutboxSettings {
             lease_ms: 0,
