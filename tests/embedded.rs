@@ -194,3 +194,58 @@ async fn serve_runs_on_the_embedded_database_and_stops_cleanly_on_sigterm() {
         "{logs:?}"
     );
 }
+
+#[tokio::test]
+async fn the_embedded_cluster_is_started_again_when_its_postmaster_is_gone() {
+    let base = scratch_dir("keep-up");
+    let data_dir = base.join("data");
+    spawn_watchdog(std::process::id(), &data_dir, &base);
+    let settings = switchboard::config::DatabaseSettings {
+        embedded: embedded_settings(&data_dir, free_port()),
+        ..Default::default()
+    };
+    let database = db::Database::open(&settings).await.unwrap();
+    database
+        .load_or_create_session("5215512340001", "inicio")
+        .await
+        .unwrap();
+    // The postmaster ends on its own (SIGQUIT: an immediate shutdown, as
+    // when PostgreSQL gives up), with nobody asking switchboard to stop it.
+    let pid = support::postmaster_pid(&data_dir);
+    kill(Pid::from_raw(pid), Signal::SIGQUIT).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while alive(pid) {
+        assert!(std::time::Instant::now() < deadline, "postmaster {pid} did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Started again by the engine's watch: reads and writes go on.
+    loop {
+        match database.load_session("5215512340001").await {
+            Ok(s) => {
+                assert!(s.is_some(), "the data survived");
+                break;
+            }
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "the cluster was not started again: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = support::postmaster_pid(&data_dir);
+    assert_ne!(again, pid, "a new postmaster");
+    database
+        .load_or_create_session("5215512340002", "inicio")
+        .await
+        .unwrap();
+    drop(database);
+    // Dropping the last handle stops it (the watch holds none between looks).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while alive(again) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "postmaster {again} still running after the drop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

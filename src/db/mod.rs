@@ -83,7 +83,11 @@ impl Database {
                     .await
                     .map_err(|e| DbError::Embedded(format!("start task failed: {e}")))??;
                 create_database_if_missing(pg.url_for("postgres").expose(), embedded::DATABASE).await?;
-                (pg.url(), Some(Arc::new(Mutex::new(pg))))
+                let url = pg.url();
+                let pg = Arc::new(Mutex::new(pg));
+                // Started again if its postmaster goes (see `keep_up`).
+                tokio::spawn(embedded::keep_up::watch(Arc::downgrade(&pg)));
+                (url, Some(pg))
             }
         };
         let applied = migrations::run_pending(url.expose()).await?;

@@ -4,11 +4,13 @@
 //!
 //! Code map: `binaries` (finding them), `runner` (running them, and as whom),
 //! `data_dir` (creating it, checking the server user can reach it), `init`
-//! (`initdb`, the password, the settings file), `pg_ctl` (start, stop, restart).
+//! (`initdb`, the password, the settings file), `pg_ctl` (start, stop, restart),
+//! `keep_up` (started again when its postmaster is gone).
 
 mod binaries;
 mod data_dir;
 mod init;
+pub mod keep_up;
 mod pg_ctl;
 mod runner;
 
