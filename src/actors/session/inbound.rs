@@ -169,8 +169,12 @@ async fn try_chain(
                 None => Step::Next,
             }
         }
+        // Left in the inbox (resumed later) with the messages after it: the
+        // state is dropped, so the next message re-activates and reads
+        // them from the inbox first, in acceptance order — kept, the next
+        // message would be applied before them.
         Ok(Err(e)) if e.is_retryable() => Step::Stop {
-            keep_core: true,
+            keep_core: false,
             error: e,
         },
         _ => {
@@ -203,9 +207,10 @@ async fn try_single(deps: &SessionDeps, phone: &str, core: &mut Core, item: Pend
     match outcome {
         Ok(Ok(())) => Step::Next,
         // The database is unreachable beyond the retry budget: leave the row
-        // in the inbox (resumed later) and report it.
+        // in the inbox (resumed later) and report it; the state is dropped
+        // so the next message is applied after it (see `try_chain`).
         Ok(Err(e)) if e.is_retryable() => Step::Stop {
-            keep_core: true,
+            keep_core: false,
             error: e,
         },
         Ok(Err(e)) => Step::Crashed {
