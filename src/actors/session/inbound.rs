@@ -63,7 +63,9 @@ pub(super) async fn run_inbound(
         let (id, reason) = match step {
             Step::Next => continue,
             Step::Crashed { id, reason } => (id, reason),
-            Step::Stop { keep_core, error } => return (keep_core.then_some(core), Err(error)),
+            // The state is dropped: what stays in the inbox is read first
+            // by the next activation (see `try_chain`).
+            Step::Stop { error } => return (None, Err(error)),
         };
         match restart_after_crash(deps, phone, core, id, reason).await {
             Ok((restarted, rows)) => {
@@ -83,8 +85,8 @@ enum Step {
     Next,
     /// Message `id` crashed: the supervisor decides.
     Crashed { id: i64, reason: String },
-    /// Stop with `error`; `keep_core` says whether the state is still good.
-    Stop { keep_core: bool, error: Error },
+    /// Stop with `error`, dropping the state.
+    Stop { error: Error },
 }
 
 /// The state to step on and the messages to apply, in order: `first`, the
@@ -173,21 +175,13 @@ async fn try_chain(
         // state is dropped, so the next message re-activates and reads
         // them from the inbox first, in acceptance order — kept, the next
         // message would be applied before them.
-        Ok(Err(e)) if e.is_retryable() => Step::Stop {
-            keep_core: false,
-            error: e,
-        },
+        Ok(Err(e)) if e.is_retryable() => Step::Stop { error: e },
         _ => {
             // The commit itself failed: find which message fails, one at a
             // time, from the database's state.
             match load_core(deps, phone, std::mem::take(&mut core.recent)).await {
                 Ok(c) => *core = c,
-                Err(e) => {
-                    return Step::Stop {
-                        keep_core: false,
-                        error: e,
-                    }
-                }
+                Err(e) => return Step::Stop { error: e },
             }
             *singles = chain.len();
             for p in chain.into_iter().rev() {
@@ -209,10 +203,7 @@ async fn try_single(deps: &SessionDeps, phone: &str, core: &mut Core, item: Pend
         // The database is unreachable beyond the retry budget: leave the row
         // in the inbox (resumed later) and report it; the state is dropped
         // so the next message is applied after it (see `try_chain`).
-        Ok(Err(e)) if e.is_retryable() => Step::Stop {
-            keep_core: false,
-            error: e,
-        },
+        Ok(Err(e)) if e.is_retryable() => Step::Stop { error: e },
         Ok(Err(e)) => Step::Crashed {
             id,
             reason: e.to_string(),
