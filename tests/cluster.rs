@@ -80,6 +80,23 @@ async fn three_processes_on_one_database_keep_every_contract_and_share_events() 
     );
 }
 
+/// A phone's messages spread at random over two processes while every
+/// packet to the database is held 50–200 ms: a message accepted by one
+/// process may reach its step while an earlier one, accepted by the other,
+/// is still being stepped there. The checker wants each phone's messages
+/// applied in inbox-id order whichever process took them.
+#[actix_web::test]
+async fn one_phone_spread_over_two_processes_on_a_slow_database_is_applied_in_acceptance_order() {
+    let _one = SERIAL.lock().await;
+    let report = load::run(args(
+        "--scenario steady --processes 2 --rate 24 --duration 6 --phones 4 --db-delay-ms 50-200",
+    ))
+    .await
+    .unwrap();
+    holds(&report, "held 50-200 ms");
+    assert_eq!(report.acked, report.sent, "{} of {} acked", report.acked, report.sent);
+}
+
 #[actix_web::test]
 async fn a_process_killed_mid_run_loses_nothing_and_applies_nothing_twice() {
     let _one = SERIAL.lock().await;

@@ -561,7 +561,31 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
     );
     assert_eq!(state_and_version(&mut conn, PHONE).await, ("s4".to_string(), 4));
     assert_eq!(bodies(&mut conn, PHONE).await, ["s1", "s2", "s3", "s4"]);
-    // Batches of 4 and 1 messages went in through one prepared statement.
+    // A later message while an earlier one waits unapplied (accepted by
+    // another process, say): behind it, nothing written; the two as a
+    // chain in acceptance order commit.
+    let later = register_batch(&mut conn, &[d("w.6")], lease).await.unwrap()[0].inbox_id;
+    assert_eq!(
+        commit_batch(&mut conn, &[step(PHONE, 4, "s6", Some(later))])
+            .await
+            .unwrap(),
+        [WriteOutcome::Behind { earlier: ids[4] }]
+    );
+    assert_eq!(state_and_version(&mut conn, PHONE).await, ("s4".to_string(), 4));
+    assert_eq!(
+        commit_batch(
+            &mut conn,
+            &[step(PHONE, 4, "s5", Some(ids[4])), step(PHONE, 5, "s6", Some(later))]
+        )
+        .await
+        .unwrap(),
+        [
+            WriteOutcome::Committed { version: 5 },
+            WriteOutcome::Committed { version: 6 }
+        ]
+    );
+    assert_eq!(bodies(&mut conn, PHONE).await, ["s1", "s2", "s3", "s4", "s5", "s6"]);
+    // Batches of 4, 1 and 2 messages went in through one prepared statement.
     assert_eq!(prepared(&mut conn, "INSERT INTO messages").await, 1);
     // A phone without a session: its first step creates it, in the step's
     // transaction; a second writer that also started from "no session"

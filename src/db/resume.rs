@@ -57,6 +57,60 @@ where
         .await?)
 }
 
+/// An unprocessed inbox row accepted before another, and whether the
+/// asking process may take it up (see [`RESUMABLE`]).
+#[derive(Debug, QueryableByName)]
+pub struct Waiting {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    provider_message_id: String,
+    #[diesel(sql_type = Jsonb)]
+    payload: serde_json::Value,
+    #[diesel(sql_type = Nullable<Text>)]
+    traceparent: Option<String>,
+    /// Its own, its holder gone, or its lease run out; otherwise a live
+    /// process holds it and is applying it.
+    #[diesel(sql_type = Bool)]
+    pub free: bool,
+}
+
+impl Waiting {
+    pub fn into_row(self) -> PendingInbound {
+        PendingInbound {
+            id: self.id,
+            provider_message_id: self.provider_message_id,
+            payload: self.payload,
+            traceparent: self.traceparent,
+        }
+    }
+}
+
+/// Unprocessed inbox rows of one phone accepted before row `before`,
+/// whichever process holds them, in acceptance order: what a step found
+/// waiting before its message (see `steps::WriteOutcome::Behind`).
+#[tracing::instrument(skip_all, fields(phone = %mask(phone)))]
+pub async fn waiting_before(
+    conn: &mut AsyncPgConnection,
+    phone: &str,
+    holder: i64,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<Waiting>> {
+    Ok(Cached::new("WITH me AS (SELECT ")
+        .bind::<BigInt, _>(holder)
+        .sql("::int8 AS holder) SELECT i.id, i.provider_message_id, i.payload, i.traceparent, ")
+        .sql(RESUMABLE)
+        .sql(" AS free FROM inbox i, me WHERE i.phone = ")
+        .bind::<Text, _>(phone)
+        .sql(" AND i.processed_at IS NULL AND i.id < ")
+        .bind::<BigInt, _>(before)
+        .sql(" ORDER BY i.id LIMIT ")
+        .bind::<BigInt, _>(limit)
+        .load(conn)
+        .await?)
+}
+
 #[derive(QueryableByName)]
 struct PhoneRow {
     #[diesel(sql_type = Text)]

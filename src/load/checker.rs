@@ -123,14 +123,13 @@ const CHECKS: &[(&str, On, &str)] = &[
                                  ", stepped!(), "))))"),
     ),
     (
-        // In the order each process accepted them (`leased_by`: the
-        // accepting engine instance); processes run side by side.
+        // In inbox-id order, whichever process accepted each one (the
+        // message rows' ids are the apply order).
         "messages of a phone are applied in acceptance order",
         On::Rows,
         "SELECT phone AS key FROM (SELECT m.phone, m.inbox_id, \
-                lag(m.inbox_id) OVER (PARTITION BY m.phone, i.leased_by ORDER BY m.id) AS prev \
-              FROM messages m JOIN inbox i ON i.phone = m.phone AND i.id = m.inbox_id \
-              WHERE m.origin = 'user') t \
+                lag(m.inbox_id) OVER (PARTITION BY m.phone ORDER BY m.id) AS prev \
+              FROM messages m WHERE m.origin = 'user' AND m.inbox_id IS NOT NULL) t \
          WHERE prev IS NOT NULL AND inbox_id < prev GROUP BY phone",
     ),
     (

@@ -32,6 +32,9 @@ pub struct Cluster<'a> {
     pub server_settings: &'a BTreeMap<String, PgValue>,
     pub via_proxy: bool,
     pub in_namespace: bool,
+    /// The processes' `outbox.lease_ms`: a claimed reply must begin its
+    /// send within half of it, so a slow path needs a longer one.
+    pub outbox_lease_ms: u64,
 }
 
 /// The processes, their database and the fake send API.
@@ -73,6 +76,7 @@ impl Processes {
             server_settings,
             via_proxy,
             in_namespace,
+            outbox_lease_ms,
         } = cluster;
         let graph = FakeGraph::start()?;
         graph.serve_any_media(IMAGE, IMAGE_MIME);
@@ -107,7 +111,8 @@ impl Processes {
         for i in 0..n {
             let port = free_port()?;
             let config = dir.join(format!("serve-{i}.toml"));
-            std::fs::write(&config, me.config_text(port, scenario, numbers, send_rate))?;
+            let outbox = (send_rate, outbox_lease_ms);
+            std::fs::write(&config, me.config_text(port, scenario, numbers, outbox))?;
             let log = dir.join(format!("serve-{i}.log"));
             let child = me.spawn(&config, &log)?;
             me.procs.push(Proc {
@@ -126,7 +131,9 @@ impl Processes {
     /// A process's configuration: its port, the shared database, flow and
     /// media folder, and the business numbers (the home one, then
     /// `[[whatsapp.numbers]]`).
-    fn config_text(&self, port: u16, scenario: Scenario, numbers: usize, send_rate: u32) -> String {
+    /// `outbox`: its rate per second and lease.
+    fn config_text(&self, port: u16, scenario: Scenario, numbers: usize, outbox: (u32, u64)) -> String {
+        let (send_rate, outbox_lease_ms) = outbox;
         let wa = self.graph.settings();
         let others: String = other_numbers(numbers)
             .iter()
@@ -150,7 +157,7 @@ impl Processes {
              {others}\
              [api]\nrate_per_s = 1000000\nburst = 1000000\n\
              [engine]\nshare_events = true\nresume_interval_s = 1\ninbox_lease_ms = 5000\n\
-             [outbox]\nrate_per_s = {send_rate}\nlease_ms = 3000\n\
+             [outbox]\nrate_per_s = {send_rate}\nlease_ms = {outbox_lease_ms}\n\
              [flow]\npath = {flow}\n\
              [media]\ndir = {media}\n\
              [log]\nlevel = \"warn\"\n{ai}",

@@ -49,6 +49,9 @@ impl Servers {
                 server_settings: &args.cluster_settings(),
                 via_proxy: args.db_path_faults(),
                 in_namespace: args.db_black_hole_at.is_some(),
+                // Short, so a killed process's claims return soon; on a slow
+                // path, long enough for a commit's few round trips.
+                outbox_lease_ms: args.db_delay_ms.map_or(3_000, |d| (d.max * 40).max(3_000)),
             },
         )
         .await?;

@@ -3,15 +3,17 @@
 //! crash handed to the supervisor.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 
-use super::state::{fetch_unprocessed, load_core, load_core_and_unprocessed, Core};
-use super::step::{apply_chain, apply_inbound, panic_text};
+use super::state::{fetch_unprocessed, fetch_waiting_before, load_core, load_core_and_unprocessed, Core};
+use super::step::{apply_chain, apply_inbound, panic_text, Applied};
 use super::{Inbound, SessionDeps};
 use crate::actors::supervisor::{CrashDecision, Crashed};
 use crate::db::resume::PendingInbound;
 use crate::error::{Error, Result};
+use crate::phone::mask;
 
 /// The bot takes up `items`: each message it steps is marked read (with
 /// the typing indicator), once, unless a person has the conversation.
@@ -62,6 +64,15 @@ pub(super) async fn run_inbound(
         };
         let (id, reason) = match step {
             Step::Next => continue,
+            Step::Behind { msg, earlier } => {
+                if let Err(e) = wait_for_earlier(deps, phone, msg, earlier, &mut queue).await {
+                    // Stopped like any failed step: what waits is read from
+                    // the inbox first by the next activation.
+                    return (None, Err(e));
+                }
+                singles = 0;
+                continue;
+            }
             Step::Crashed { id, reason } => (id, reason),
             // The state is dropped: what stays in the inbox is read first
             // by the next activation (see `try_chain`).
@@ -87,6 +98,46 @@ enum Step {
     Crashed { id: i64, reason: String },
     /// Stop with `error`, dropping the state.
     Stop { error: Error },
+    /// `msg` was not applied: inbox row `earlier` waits before it.
+    Behind { msg: PendingInbound, earlier: i64 },
+}
+
+/// `msg` was found behind unapplied messages accepted before it (inbox row
+/// `earlier` the first): waits while a live process applies them — it holds
+/// them and is at them (see `db::resume::waiting_before`) — and takes up
+/// those no live process holds; then puts them and `msg` back at the front
+/// of `queue`, in acceptance order. So a phone's messages are applied in
+/// the order they were accepted even when a balancer spreads them over
+/// processes. Bounded: a held row is free once its lease runs out.
+async fn wait_for_earlier(
+    deps: &SessionDeps,
+    phone: &str,
+    msg: PendingInbound,
+    earlier: i64,
+    queue: &mut VecDeque<PendingInbound>,
+) -> Result<()> {
+    let (id, lease) = (msg.id, Duration::from_millis(deps.settings.inbox_lease_ms));
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    queue.push_front(msg);
+    loop {
+        let waiting = fetch_waiting_before(deps, phone, id).await?;
+        if waiting.iter().all(|w| w.free) {
+            tracing::debug!(phone = %mask(phone), inbox_id = id, earlier, taken = waiting.len(), waited_ms = started.elapsed().as_millis() as u64, "behind earlier messages: applying them first");
+            for w in waiting.into_iter().rev() {
+                queue.push_front(w.into_row());
+            }
+            return Ok(());
+        }
+        if started.elapsed() > lease * 2 {
+            return Err(Error::Unavailable(format!(
+                "inbox row {id} still waits behind row {earlier}, held by a live process, after {} ms",
+                started.elapsed().as_millis()
+            )));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
 }
 
 /// The state to step on and the messages to apply, in order: `first`, the
@@ -159,7 +210,16 @@ async fn try_chain(
         .catch_unwind()
         .await;
     match outcome {
-        Ok(Ok(end)) => {
+        Ok(Ok(mut end)) => {
+            if let Some(earlier) = end.behind.filter(|_| !end.rest.is_empty()) {
+                // Nothing after the first not committed was either: it
+                // waits for the earlier ones, the rest behind it.
+                let msg = end.rest.remove(0);
+                for p in end.rest.into_iter().rev() {
+                    queue.push_front(p);
+                }
+                return Step::Behind { msg, earlier };
+            }
             let crashed = end.crash.and_then(|reason| end.rest.first().map(|m| (m.id, reason)));
             // The first one not committed goes the careful way.
             *singles = usize::from(!end.rest.is_empty());
@@ -199,7 +259,8 @@ async fn try_single(deps: &SessionDeps, phone: &str, core: &mut Core, item: Pend
         .catch_unwind()
         .await;
     match outcome {
-        Ok(Ok(())) => Step::Next,
+        Ok(Ok(Applied::Done)) => Step::Next,
+        Ok(Ok(Applied::Behind { msg, earlier })) => Step::Behind { msg, earlier },
         // The database is unreachable beyond the retry budget: leave the row
         // in the inbox (resumed later) and report it; the state is dropped
         // so the next message is applied after it (see `try_chain`).

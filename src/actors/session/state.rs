@@ -143,6 +143,17 @@ pub(super) fn create_as(deps: &SessionDeps, phone: &str, expected_version: i64) 
     (expected_version == 0).then(|| deps.flows.of(phone).initial.clone())
 }
 
+/// The unprocessed messages accepted before inbox row `before`, whoever holds them.
+pub(super) async fn fetch_waiting_before(deps: &SessionDeps, phone: &str, before: i64) -> Result<Vec<resume::Waiting>> {
+    let rows = deps
+        .db
+        .run("waiting before", |c| {
+            resume::waiting_before(c, phone, deps.instance, before, RESUME_BATCH).scope_boxed()
+        })
+        .await?;
+    Ok(rows)
+}
+
 pub(super) async fn fetch_unprocessed(deps: &SessionDeps, phone: &str) -> Result<Vec<PendingInbound>> {
     let rows = deps
         .db

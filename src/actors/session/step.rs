@@ -30,6 +30,8 @@ pub(super) struct ChainEnd {
     /// Why the first of `rest` crashed while being stepped (it and the rest
     /// were not sent to the database; those before it were committed).
     pub(super) crash: Option<String>,
+    /// The first of `rest` was behind this unapplied earlier inbox row.
+    pub(super) behind: Option<i64>,
 }
 
 /// Applies several queued messages of the phone as one chain: each is
@@ -102,13 +104,17 @@ pub(super) async fn apply_chain(
         .instrument(commit)
         .await
         .map_err(|e| Error::Unavailable(format!("DB writer: {e}")))??;
+    let behind = outcomes.iter().find_map(|o| match o {
+        WriteOutcome::Behind { earlier } => Some(*earlier),
+        _ => None,
+    });
     let rest = settle(deps, phone, core, chain, steps, outcomes);
     // A crash is the first of `rest`'s only when every step before it committed.
     if rest.len() > total - stepped {
         crash = None;
     }
     tracing::debug!(phone = %mask(phone), version = core.version, left = rest.len(), "chain applied");
-    Ok(ChainEnd { rest, crash })
+    Ok(ChainEnd { rest, crash, behind })
 }
 
 /// Makes the chain's committed steps the actor's state, in order, up to the
@@ -221,9 +227,23 @@ pub(super) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     format!("panic: {msg}")
 }
 
+/// How applying one message alone ended.
+pub(super) enum Applied {
+    /// Committed, or found applied before.
+    Done,
+    /// Not applied: a message accepted before it, inbox row `earlier`,
+    /// waits unapplied (accepted by another process, say). Handed back.
+    Behind { msg: PendingInbound, earlier: i64 },
+}
+
 /// Applies one inbound message: understand, step the flow, commit — and on
 /// a version conflict reload and run the transition again on fresh state.
-pub(super) async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Core, msg: PendingInbound) -> Result<()> {
+pub(super) async fn apply_inbound(
+    deps: &SessionDeps,
+    phone: &str,
+    core: &mut Core,
+    msg: PendingInbound,
+) -> Result<Applied> {
     if !kinds::is_stepped(&msg.payload) {
         return apply_stored(deps, phone, core, msg).await;
     }
@@ -251,14 +271,15 @@ pub(super) async fn apply_inbound(deps: &SessionDeps, phone: &str, core: &mut Co
             deps.stats.already_applied.fetch_add(1, Ordering::Relaxed);
             core.remember(msg.id);
         }
+        Some(Written::Behind { earlier }) => return Ok(Applied::Behind { msg, earlier }),
         // Every attempt makes a write.
         None => {}
     }
-    Ok(())
+    Ok(Applied::Done)
 }
 
 /// Applies one message the flow does not step: stored, at the same version.
-async fn apply_stored(deps: &SessionDeps, phone: &str, core: &mut Core, msg: PendingInbound) -> Result<()> {
+async fn apply_stored(deps: &SessionDeps, phone: &str, core: &mut Core, msg: PendingInbound) -> Result<Applied> {
     let body = kinds::stored_body(&msg.payload);
     let (msg_ref, body_ref) = (&msg, body.as_str());
     let written = retry_conflicts(deps, phone, core, |at| {
@@ -274,9 +295,10 @@ async fn apply_stored(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Pen
             deps.stats.already_applied.fetch_add(1, Ordering::Relaxed);
             core.remember(msg.id);
         }
+        Some(Written::Behind { earlier }) => return Ok(Applied::Behind { msg, earlier }),
         None => {}
     }
-    Ok(())
+    Ok(Applied::Done)
 }
 
 /// The span of `msg`'s step, on the message's trace.

@@ -136,7 +136,8 @@ pub(super) async fn fire_timer(deps: &SessionDeps, phone: &str, core: &mut Core,
         Some(Written::AlreadyApplied) => {
             deps.stats.timers_moot.fetch_add(1, Ordering::Relaxed);
         }
-        None => {}
+        // A timer's write carries no inbound message: never behind one.
+        Some(Written::Behind { .. }) | None => {}
     }
     Ok(())
 }

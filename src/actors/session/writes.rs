@@ -210,6 +210,10 @@ pub(super) enum Written<T> {
     /// Its inbound message or idempotency key was applied before: the core
     /// was reloaded, nothing was written.
     AlreadyApplied,
+    /// A message of the conversation accepted before its inbound message
+    /// (inbox row `earlier`) waits, unapplied: nothing was written. Only a
+    /// write of an inbound message can be behind.
+    Behind { earlier: i64 },
 }
 
 /// The one conflict-retry loop. `attempt` makes a write (and a value) from
@@ -243,6 +247,7 @@ where
                 *core = load_core(deps, phone, std::mem::take(&mut core.recent)).await?;
                 return Ok(Some(Written::AlreadyApplied));
             }
+            Ok(WriteOutcome::Behind { earlier }) => return Ok(Some(Written::Behind { earlier })),
             Ok(WriteOutcome::Conflict { actual }) => {
                 deps.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(phone = %mask(phone), expected = core.version, ?actual, attempt = n, "version conflict; re-running on fresh state");

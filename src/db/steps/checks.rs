@@ -1,7 +1,7 @@
 //! What a batch reads under its locks before it writes: creating the new
-//! sessions, locking the batch's rows, and the two "already applied" checks.
-//! Each is generic over the connection so the four run pipelined on one
-//! shared `&AsyncPgConnection`.
+//! sessions, locking the batch's rows, the "already applied" checks and
+//! the messages still waiting before the batch's. Each is generic over the
+//! connection so they run pipelined on one shared `&AsyncPgConnection`.
 
 use std::collections::{HashMap, HashSet};
 
@@ -161,4 +161,46 @@ where
         .load(conn)
         .await?;
     Ok(rows.into_iter().map(|r| (r.phone, Key::Timer(r.id))).collect())
+}
+
+#[derive(QueryableByName)]
+struct PhoneFirst {
+    #[diesel(sql_type = Text)]
+    phone: String,
+    #[diesel(sql_type = BigInt)]
+    first: i64,
+}
+
+/// Per phone, the first unprocessed inbox row below the batch's last
+/// message that the batch does not apply itself: a message accepted
+/// before the batch's, waiting — for another process, say, that accepted
+/// it. Read under the session locks, so every step committed before them
+/// is seen (a registration commits before its message can be stepped).
+pub(super) async fn waiting_before<C>(conn: &mut C, writes: &[StepWrite]) -> Result<HashMap<String, i64>>
+where
+    C: AsyncConnectionCore<Backend = Pg> + Send,
+{
+    let (phones, ids): (Vec<&str>, Vec<i64>) = writes
+        .iter()
+        .filter_map(|w| w.inbox_id.map(|id| (w.phone.as_str(), id)))
+        .unzip();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // The first row of the partial index `inbox_unprocessed` past the
+    // batch's own: a few index entries per phone.
+    let rows: Vec<PhoneFirst> = Cached::new(
+        "SELECT b.phone, w.id AS first FROM (SELECT u.phone, array_agg(u.id) AS ids, max(u.id) AS top FROM unnest(",
+    )
+    .bind::<Array<Text>, _>(&phones)
+    .sql("::text[], ")
+    .bind::<Array<BigInt>, _>(&ids)
+    .sql(
+        "::int8[]) AS u(phone, id) GROUP BY u.phone) AS b CROSS JOIN LATERAL \
+             (SELECT i.id FROM inbox i WHERE i.phone = b.phone AND i.processed_at IS NULL \
+                AND i.id < b.top AND NOT (i.id = ANY(b.ids)) ORDER BY i.id LIMIT 1) AS w",
+    )
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.phone, r.first)).collect())
 }

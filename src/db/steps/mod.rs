@@ -161,6 +161,11 @@ pub enum WriteOutcome {
     Conflict { actual: Option<i64> },
     /// The inbound message was already applied (by a restart or another process).
     AlreadyApplied,
+    /// A message of the conversation accepted before this write's (inbox
+    /// row `earlier`) is not applied yet: nothing was written, so that the
+    /// conversation's messages are applied in the order they were accepted
+    /// whichever process accepted each (see `actors::session::inbound`).
+    Behind { earlier: i64 },
 }
 
 /// Commits a batch of writes in one transaction. Several writes of one
@@ -197,20 +202,23 @@ pub async fn commit_batch_claiming(
         // were granted, as when each waited for the one before.
         let shared: &AsyncPgConnection = conn;
         let (mut c1, mut c2, mut c3, mut c4) = (shared, shared, shared, shared);
-        let mut c5 = shared;
-        let (created, versions, processed, keys, moot) = futures_util::join!(
+        let (mut c5, mut c6) = (shared, shared);
+        let (created, versions, processed, keys, moot, waiting) = futures_util::join!(
             checks::create_sessions(&mut c1, writes),
             checks::lock_sessions(&mut c2, &phones),
             checks::processed_inbox(&mut c3, writes),
             checks::existing_keys(&mut c4, writes),
             checks::moot_timers(&mut c5, writes),
+            checks::waiting_before(&mut c6, writes),
         );
         use crate::db::pipelined::both;
-        let (((((), versions), mut processed), keys), moot) =
-            both(both(both(both(created, versions), processed), keys), moot)?;
+        let ((((((), versions), mut processed), keys), moot), waiting) = both(
+            both(both(both(both(created, versions), processed), keys), moot),
+            waiting,
+        )?;
         processed.extend(keys);
         processed.extend(moot);
-        let (results, valid) = judge(writes, &versions, &processed);
+        let (results, valid) = judge(writes, &versions, &processed, &waiting);
         let claimed = if valid.is_empty() {
             Vec::new()
         } else {
@@ -221,13 +229,14 @@ pub async fn commit_batch_claiming(
     .await
 }
 
-/// Decides each write's outcome from the versions read under the locks and
-/// the keys already applied; returns the outcomes in input order and the
-/// writes to apply.
+/// Decides each write's outcome from the versions read under the locks,
+/// the keys already applied and the messages waiting before the batch's;
+/// returns the outcomes in input order and the writes to apply.
 fn judge<'w>(
     writes: &'w [StepWrite],
     versions: &HashMap<String, i64>,
     processed: &std::collections::HashSet<(String, Key)>,
+    waiting: &HashMap<String, i64>,
 ) -> (Vec<WriteOutcome>, Vec<&'w StepWrite>) {
     // Per phone: the version its chain has reached, and whether it broke.
     let mut reached: HashMap<&str, (Option<i64>, bool)> = HashMap::new();
@@ -253,6 +262,12 @@ fn judge<'w>(
         } else if *at != Some(w.expected_version) {
             *broken = true;
             WriteOutcome::Conflict { actual }
+        } else if let Some(&earlier) = waiting
+            .get(w.phone.as_str())
+            .filter(|e| w.inbox_id.is_some_and(|id| **e < id))
+        {
+            *broken = true;
+            WriteOutcome::Behind { earlier }
         } else {
             valid.push(w);
             let version = w.expected_version + i64::from(w.stepped);
