@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::Value;
-use support::app::post_text;
 use support::TestDb;
 use switchboard::load::fake_graph::FakeGraph;
 
@@ -63,11 +62,18 @@ impl Receiver {
     }
 }
 
-#[actix_web::test]
-async fn one_message_is_one_trace_from_the_webhook_to_the_send() {
+/// `serve` exporting its traces to `receiver` (`extra`: more of
+/// `[telemetry]`), answered by `fake`; the message `id` of `phone` posted
+/// (with `traceparent`, if given) and replied to, then the process stopped
+/// gracefully, which exports the spans still waiting.
+async fn traced_message(
+    receiver: &Receiver,
+    fake: &FakeGraph,
+    extra: &str,
+    (phone, id): (&str, &str),
+    traceparent: Option<&str>,
+) {
     let db = TestDb::migrated().await;
-    let fake = FakeGraph::start().unwrap();
-    let receiver = Receiver::default();
     let otlp = receiver.start();
     let dir = tempfile::tempdir().unwrap();
     let w = fake.settings();
@@ -77,7 +83,7 @@ async fn one_message_is_one_trace_from_the_webhook_to_the_send() {
             "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"{}\"\n[log]\nformat = \"json\"\n\
              [outbox]\npoll_interval_ms = 20\n\
              [whatsapp]\napi_base = \"{}\"\naccess_token = \"t\"\nphone_number_id = \"{}\"\nread_receipts = false\n\
-             [telemetry]\notlp_endpoint = \"{otlp}\"\nexport_every_ms = 100\n",
+             [telemetry]\notlp_endpoint = \"{otlp}\"\nexport_every_ms = 100\n{extra}",
             db.url.expose(),
             w.api_base,
             w.phone_number_id.unwrap(),
@@ -85,20 +91,37 @@ async fn one_message_is_one_trace_from_the_webhook_to_the_send() {
     )
     .unwrap();
     let (mut child, port) = support::serve(dir.path());
-    let phone = "5215577770001";
-    assert_eq!(post_text(port, phone, "wamid.trace1", "hola").await, 200);
+    let sent_before = fake.arrivals().len();
+    let body = serde_json::to_vec(&support::app::delivery(vec![support::app::change(
+        vec![support::app::text_message(phone, id, "hola")],
+        vec![],
+    )]))
+    .unwrap();
+    let mut post = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/webhook"))
+        .header("content-type", "application/json");
+    if let Some(t) = traceparent {
+        post = post.header("traceparent", t);
+    }
+    assert_eq!(post.body(body).send().await.unwrap().status().as_u16(), 200);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while fake.arrivals().is_empty() {
+    while fake.arrivals().len() == sent_before {
         assert!(std::time::Instant::now() < deadline, "no reply was sent");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // A graceful stop exports the spans still waiting.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     assert!(child.wait().unwrap().success());
+}
+
+#[actix_web::test]
+async fn one_message_is_one_trace_from_the_webhook_to_the_send() {
+    let fake = FakeGraph::start().unwrap();
+    let receiver = Receiver::default();
+    traced_message(&receiver, &fake, "", ("5215577770001", "wamid.trace1"), None).await;
 
     let spans = receiver.spans();
     let named = |name: &str| -> Vec<&Value> { spans.iter().filter(|s| s["name"] == name).collect() };
@@ -152,4 +175,34 @@ async fn one_message_is_one_trace_from_the_webhook_to_the_send() {
     let attributes = serde_json::to_string(&spans.iter().map(|s| &s["attributes"]).collect::<Vec<_>>()).unwrap();
     assert!(!attributes.contains("5577770001"), "{attributes}");
     assert!(!attributes.contains("hola"), "{attributes}");
+}
+
+/// A `traceparent` on the webhook chooses the trace (and whether it is
+/// kept) only when `telemetry.trust_traceparent` says so: Meta sends none,
+/// and anyone can send one.
+#[actix_web::test]
+async fn a_webhooks_traceparent_is_followed_only_when_trusted() {
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CALLER: &str = "00f067aa0ba902b7";
+    let header = format!("00-{TRACE}-{CALLER}-01");
+    let fake = FakeGraph::start().unwrap();
+    let webhook_span = |receiver: &Receiver| {
+        let spans = receiver.spans();
+        let found: Vec<Value> = spans.into_iter().filter(|s| s["name"] == "webhook").collect();
+        assert_eq!(found.len(), 1, "{found:#?}");
+        found.into_iter().next().unwrap()
+    };
+
+    let untrusted = Receiver::default();
+    traced_message(&untrusted, &fake, "", ("5215577770002", "wamid.trace2"), Some(&header)).await;
+    let webhook = webhook_span(&untrusted);
+    assert_ne!(webhook["traceId"], TRACE, "an outsider chose the trace");
+    assert!(webhook["parentSpanId"].as_str().unwrap_or_default().is_empty());
+
+    let trusted = Receiver::default();
+    let extra = "trust_traceparent = true\n";
+    traced_message(&trusted, &fake, extra, ("5215577770003", "wamid.trace3"), Some(&header)).await;
+    let webhook = webhook_span(&trusted);
+    assert_eq!(webhook["traceId"], TRACE);
+    assert_eq!(webhook["parentSpanId"], CALLER);
 }

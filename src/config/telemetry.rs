@@ -17,6 +17,11 @@ pub struct TelemetrySettings {
     pub sample_ratio: f64,
     /// Milliseconds between exports of finished spans (and at stop).
     pub export_every_ms: u64,
+    /// Whether a webhook's `traceparent` header is followed (its trace id
+    /// and its sampling choice). Meta sends none: one comes from a gateway
+    /// of the team's own, or from anyone on the internet choosing trace ids
+    /// and forcing every trace kept. Off: each delivery starts its trace.
+    pub trust_traceparent: bool,
 }
 
 impl Default for TelemetrySettings {
@@ -26,6 +31,7 @@ impl Default for TelemetrySettings {
             service_name: "switchboard".into(),
             sample_ratio: 1.0,
             export_every_ms: 5_000,
+            trust_traceparent: false,
         }
     }
 }

@@ -91,14 +91,20 @@ pub async fn receive(state: web::Data<AppState>, req: HttpRequest, body: web::By
     // Bounded: a database that stopped answering gets the provider a 503
     // (it redelivers) within the deadline, never a hung request.
     let deadline = std::time::Duration::from_millis(state.settings.server.webhook_deadline_ms);
-    // Each message's trace starts here (or under the caller's, if it sent one).
+    // Each message's trace starts here (or under the caller's, if it sent
+    // one and `telemetry.trust_traceparent` says to follow it).
     let span = tracing::info_span!(
         target: telemetry::TARGET,
         "webhook",
         messages = usable.len(),
         statuses = delivery.statuses.len()
     );
-    telemetry::continue_from(&span, req.headers().get("traceparent").and_then(|h| h.to_str().ok()));
+    let caller = req
+        .headers()
+        .get("traceparent")
+        .filter(|_| state.settings.telemetry.trust_traceparent)
+        .and_then(|h| h.to_str().ok());
+    telemetry::continue_from(&span, caller);
     let stored = store(&state.engine, unusable, usable, &delivery.statuses, &delivery.templates).instrument(span);
     match tokio::time::timeout(deadline, stored).await {
         Ok(answer) => answer,

@@ -118,7 +118,9 @@ async fn wait_for_earlier(
 ) -> Result<()> {
     let (id, lease) = (msg.id, Duration::from_millis(deps.settings.inbox_lease_ms));
     let started = Instant::now();
-    let mut pause = Duration::from_millis(10);
+    // Its holder is one commit from done, typically; each look is a query,
+    // so the looks space out (many phones waiting on a slow path).
+    let mut pause = Duration::from_millis(25);
     queue.push_front(msg);
     loop {
         let waiting = fetch_waiting_before(deps, phone, id).await?;
@@ -136,7 +138,7 @@ async fn wait_for_earlier(
             )));
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(250));
+        pause = (pause * 2).min(Duration::from_secs(1));
     }
 }
 
