@@ -91,6 +91,7 @@ mod tests {
             sample_ratio: 1.5,
             export_every_ms: 0,
             service_name: " ".into(),
+            trust_traceparent: false,
         };
         let found = problems(&s).join("\n");
         for key in ["otlp_endpoint", "sample_ratio", "export_every_ms", "service_name"] {
