@@ -585,7 +585,18 @@ async fn a_chain_of_steps_of_one_phone_commits_in_order_and_stops_at_the_first_i
         ]
     );
     assert_eq!(bodies(&mut conn, PHONE).await, ["s1", "s2", "s3", "s4", "s5", "s6"]);
-    // Batches of 4, 1 and 2 messages went in through one prepared statement.
+    // One message twice in one chain: the second is a duplicate.
+    let next = register_batch(&mut conn, &[d("w.7")], lease).await.unwrap()[0].inbox_id;
+    assert_eq!(
+        commit_batch(
+            &mut conn,
+            &[step(PHONE, 6, "s7", Some(next)), step(PHONE, 7, "s7 again", Some(next))]
+        )
+        .await
+        .unwrap(),
+        [WriteOutcome::Committed { version: 7 }, WriteOutcome::AlreadyApplied]
+    );
+    // Batches of every size went in through one prepared statement.
     assert_eq!(prepared(&mut conn, "INSERT INTO messages").await, 1);
     // A phone without a session: its first step creates it, in the step's
     // transaction; a second writer that also started from "no session"

@@ -76,6 +76,10 @@ pub struct Waiting {
 }
 
 impl Waiting {
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
     pub fn into_row(self) -> PendingInbound {
         PendingInbound {
             id: self.id,

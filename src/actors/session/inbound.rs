@@ -2,7 +2,7 @@
 //! several queued messages as one chain, one at a time after a failure, and a
 //! crash handed to the supervisor.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -17,12 +17,11 @@ use crate::phone::mask;
 
 /// The bot takes up `items`: each message it steps is marked read (with
 /// the typing indicator), once, unless a person has the conversation.
-fn mark_read(deps: &SessionDeps, phone: &str, core: &Core, items: &[PendingInbound], receipted: &mut i64) {
+fn mark_read(deps: &SessionDeps, phone: &str, core: &Core, items: &[PendingInbound], receipted: &mut HashSet<i64>) {
     for m in items {
-        if m.id <= *receipted {
+        if !receipted.insert(m.id) {
             continue;
         }
-        *receipted = m.id;
         if !core.handoff && crate::whatsapp::kinds::is_stepped(&m.payload) {
             deps.receipts.taken_up(phone, &m.provider_message_id);
         }
@@ -48,9 +47,9 @@ pub(super) async fn run_inbound(
     // Messages at the front to apply one at a time (after a chain stopped
     // on a conflict, a duplicate or a crash).
     let mut singles = 0usize;
-    // The newest message marked read (inbox ids grow in acceptance order):
-    // a message retried after a conflict is not marked twice.
-    let mut receipted = 0i64;
+    // The messages marked read: one retried after a conflict, or put back
+    // behind earlier ones, is not marked twice.
+    let mut receipted = HashSet::new();
     while !queue.is_empty() {
         let step = if singles == 0 && queue.len() > 1 && chain_max > 1 {
             let chain: Vec<PendingInbound> = queue.drain(..queue.len().min(chain_max)).collect();
@@ -103,12 +102,14 @@ enum Step {
 }
 
 /// `msg` was found behind unapplied messages accepted before it (inbox row
-/// `earlier` the first): waits while a live process applies them — it holds
-/// them and is at them (see `db::resume::waiting_before`) — and takes up
-/// those no live process holds; then puts them and `msg` back at the front
-/// of `queue`, in acceptance order. So a phone's messages are applied in
-/// the order they were accepted even when a balancer spreads them over
-/// processes. Bounded: a held row is free once its lease runs out.
+/// `earlier` the first). Takes up those before the first one a live
+/// process holds (this process's own, or a dead one's, or past their
+/// lease: see `db::resume::waiting_before`); with none, waits while that
+/// process applies it. Puts them and `msg` back at the front of `queue`
+/// in acceptance order (no copy left further back). So a phone's messages
+/// are applied in the order they were accepted even when a balancer
+/// spreads them over processes. Bounded: a held row is free once its
+/// lease runs out.
 async fn wait_for_earlier(
     deps: &SessionDeps,
     phone: &str,
@@ -124,10 +125,17 @@ async fn wait_for_earlier(
     queue.push_front(msg);
     loop {
         let waiting = fetch_waiting_before(deps, phone, id).await?;
-        if waiting.iter().all(|w| w.free) {
-            tracing::debug!(phone = %mask(phone), inbox_id = id, earlier, taken = waiting.len(), waited_ms = started.elapsed().as_millis() as u64, "behind earlier messages: applying them first");
-            for w in waiting.into_iter().rev() {
-                queue.push_front(w.into_row());
+        let held = waiting.iter().any(|w| !w.free);
+        let free: Vec<PendingInbound> = waiting
+            .into_iter()
+            .take_while(|w| w.free)
+            .map(|w| w.into_row())
+            .collect();
+        if !free.is_empty() || !held {
+            tracing::debug!(phone = %mask(phone), inbox_id = id, earlier, taken = free.len(), waited_ms = started.elapsed().as_millis() as u64, "behind earlier messages: applying them first");
+            queue.retain(|q| !free.iter().any(|f| f.id == q.id));
+            for row in free.into_iter().rev() {
+                queue.push_front(row);
             }
             return Ok(());
         }

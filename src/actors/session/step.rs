@@ -71,9 +71,10 @@ pub(super) async fn apply_chain(
                 break;
             }
         };
-        if result.action.is_some() && !writes.is_empty() {
+        if result.action.is_some() && (!writes.is_empty() || first_waiting(deps, phone, msg).await.is_some()) {
             // An action calls the backend on committed state only: this
-            // message waits for the ones before it to commit, then goes alone.
+            // message waits for the ones before it to commit (in this chain,
+            // or accepted by another process), then goes alone.
             break;
         }
         call_actions(deps, phone, &mut result, msg)
@@ -252,8 +253,18 @@ pub(super) async fn apply_inbound(
         m.before_step(phone, &text).map_err(Error::Processing)?;
     }
     let (msg_ref, text_ref) = (&msg, text.as_str());
+    // Set when the step reached an action while an earlier message waits.
+    let behind = std::sync::Mutex::new(None::<i64>);
+    let behind_ref = &behind;
     let written = retry_conflicts(deps, phone, core, |at| async move {
-        let result = understand_and_step(deps, phone, &at, text_ref, msg_ref).await;
+        let mut result = understand(deps, phone, &at, text_ref, msg_ref).await;
+        if result.action.is_some() {
+            if let Some(earlier) = first_waiting(deps, phone, msg_ref).await {
+                *behind_ref.lock().unwrap_or_else(|p| p.into_inner()) = Some(earlier);
+                return None;
+            }
+        }
+        call_actions(deps, phone, &mut result, msg_ref).await;
         let time = inbound_time(deps, phone, at.handoff, &result, msg_ref);
         let mut write = inbound_write(phone, &at, msg_ref, text_ref, &result, time);
         write.create_as = create_as(deps, phone, at.version);
@@ -272,10 +283,26 @@ pub(super) async fn apply_inbound(
             core.remember(msg.id);
         }
         Some(Written::Behind { earlier }) => return Ok(Applied::Behind { msg, earlier }),
-        // Every attempt makes a write.
-        None => {}
+        // Every attempt makes a write, unless it stopped at an action
+        // behind an earlier message.
+        None => {
+            let earlier = behind.into_inner().unwrap_or_else(|p| p.into_inner());
+            if let Some(earlier) = earlier {
+                return Ok(Applied::Behind { msg, earlier });
+            }
+        }
     }
     Ok(Applied::Done)
+}
+
+/// The first message accepted before `msg` and still unapplied, if any:
+/// asked before a step calls the team's backend, which must see the state
+/// those messages leave (an action's idempotency key is the message's).
+/// Unknown (the database cannot be asked) counts as none: the commit
+/// checks again.
+async fn first_waiting(deps: &SessionDeps, phone: &str, msg: &PendingInbound) -> Option<i64> {
+    let waiting = super::state::fetch_waiting_before(deps, phone, msg.id).await.ok()?;
+    waiting.first().map(|w| w.id())
 }
 
 /// Applies one message the flow does not step: stored, at the same version.
@@ -306,20 +333,6 @@ fn step_span(msg: &PendingInbound) -> tracing::Span {
     let span = tracing::info_span!(target: telemetry::TARGET, "step", inbox_id = msg.id);
     telemetry::continue_from(&span, msg.traceparent.as_deref());
     span
-}
-
-/// Understands and steps one message, calling the flow's actions the step
-/// reaches (see [`super::actions`]).
-pub(super) async fn understand_and_step(
-    deps: &SessionDeps,
-    phone: &str,
-    core: &Snapshot,
-    text: &str,
-    msg: &PendingInbound,
-) -> StepResult {
-    let mut result = understand(deps, phone, core, text, msg).await;
-    call_actions(deps, phone, &mut result, msg).await;
-    result
 }
 
 /// Calls the actions `result` stopped at, for inbound message `msg`.

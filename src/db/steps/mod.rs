@@ -242,15 +242,18 @@ fn judge<'w>(
     let mut reached: HashMap<&str, (Option<i64>, bool)> = HashMap::new();
     let mut results = Vec::with_capacity(writes.len());
     let mut valid = Vec::with_capacity(writes.len());
+    // Inbound messages applied by this batch's writes before: a second
+    // write of one is a duplicate too.
+    let mut applying: std::collections::HashSet<(&str, i64)> = std::collections::HashSet::new();
     for w in writes {
         let actual = versions.get(w.phone.as_str()).copied();
         let (at, broken) = reached.entry(w.phone.as_str()).or_insert((actual, false));
-        let applied = w
-            .inbox_id
-            .is_some_and(|id| processed.contains(&(w.phone.clone(), Key::Inbox(id))))
-            || w.dedupe_key
-                .as_ref()
-                .is_some_and(|k| processed.contains(&(w.phone.clone(), Key::Outbox(k.clone()))))
+        let applied = w.inbox_id.is_some_and(|id| {
+            processed.contains(&(w.phone.clone(), Key::Inbox(id))) || applying.contains(&(w.phone.as_str(), id))
+        }) || w
+            .dedupe_key
+            .as_ref()
+            .is_some_and(|k| processed.contains(&(w.phone.clone(), Key::Outbox(k.clone()))))
             || w.time
                 .fired
                 .is_some_and(|f| processed.contains(&(w.phone.clone(), Key::Timer(f.id))));
@@ -270,6 +273,9 @@ fn judge<'w>(
             WriteOutcome::Behind { earlier }
         } else {
             valid.push(w);
+            if let Some(id) = w.inbox_id {
+                applying.insert((w.phone.as_str(), id));
+            }
             let version = w.expected_version + i64::from(w.stepped);
             *at = Some(version);
             WriteOutcome::Committed { version }
