@@ -3,11 +3,11 @@
 //! — and the retention job that forgets events after
 //! `integrations.events_keep_s`, in small batches.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use scoped_futures::ScopedFutureExt;
 
+use super::rounds::Next;
 use super::Engine;
 use crate::db::events::{self, FeedEvent, Position};
 use crate::error::Result;
@@ -54,32 +54,23 @@ impl Engine {
             keep_s = keep_s.min(u64::from(settings.retention.message_days) * 86_400);
         }
         let keep_s = i64::try_from(keep_s).unwrap_or(i64::MAX);
-        let weak = Arc::downgrade(&self.inner);
-        let stop = self.inner.life.cancelled();
-        self.inner.actors.spawn(self.inner.life.track(async move {
-            tokio::pin!(stop);
+        self.run_rounds(PRUNE_EVERY, false, move |engine| async move {
             loop {
-                let Some(inner) = weak.upgrade() else { break };
-                loop {
-                    let gone = inner
-                        .db
-                        .run("prune_events", |c| events::prune(c, keep_s, PRUNE_BATCH).scope_boxed())
-                        .await;
-                    match gone {
-                        Ok(n) if n as i64 == PRUNE_BATCH => continue,
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "event retention: will try again");
-                            break;
-                        }
+                let gone = engine
+                    .inner
+                    .db
+                    .run("prune_events", |c| events::prune(c, keep_s, PRUNE_BATCH).scope_boxed())
+                    .await;
+                match gone {
+                    Ok(n) if n as i64 == PRUNE_BATCH => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event retention: will try again");
+                        break;
                     }
                 }
-                drop(inner);
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = tokio::time::sleep(PRUNE_EVERY) => {}
-                }
             }
-        }));
+            Next::Pause
+        });
     }
 }

@@ -25,6 +25,7 @@ pub mod presence;
 mod reads;
 mod resume;
 mod retention;
+mod rounds;
 mod shutdown;
 mod stats;
 mod timers;

@@ -3,9 +3,9 @@
 //! another process that died holding them).
 
 use scoped_futures::ScopedFutureExt;
-use std::sync::Arc;
 use std::time::Duration;
 
+use super::rounds::Next;
 use super::Engine;
 use crate::actors::session::Wake;
 use crate::db::resume;
@@ -31,34 +31,20 @@ impl Engine {
         Ok(())
     }
 
-    /// Periodically resumes rows left behind by failures, until stop. It
-    /// holds the engine weakly: an engine dropped without a shutdown is not
-    /// kept alive by its own sweeper.
+    /// Periodically resumes rows left behind by failures, until stop.
     pub(super) fn start_resume_sweeper(&self) {
         let every = self.inner.settings.engine.resume_interval_s;
         if every == 0 {
             return;
         }
-        let weak = Arc::downgrade(&self.inner);
-        let stop = self.inner.life.cancelled();
-        self.inner.actors.spawn(self.inner.life.track(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(every));
-            tick.tick().await;
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = tick.tick() => {}
-                }
-                let Some(inner) = weak.upgrade() else { break };
-                let engine = Engine { inner };
-                // Other processes' rows (gone, or past their lease) always;
-                // this process's own only when idle (when busy, they are in
-                // its mailboxes, being applied).
-                if let Err(e) = engine.resume(engine.in_flight() == 0).await {
-                    tracing::warn!(error = %e, "resume sweep failed");
-                }
+        self.run_rounds(Duration::from_secs(every), true, |engine| async move {
+            // Other processes' rows (gone, or past their lease) always;
+            // this process's own only when idle (when busy, they are in
+            // its mailboxes, being applied).
+            if let Err(e) = engine.resume(engine.in_flight() == 0).await {
+                tracing::warn!(error = %e, "resume sweep failed");
             }
-        }));
+            Next::Pause
+        });
     }
 }

@@ -3,11 +3,11 @@
 //! short transaction) each, until none is left.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use scoped_futures::ScopedFutureExt;
 
+use super::rounds::Next;
 use super::Engine;
 use crate::db::retention::{self, EXPIRING};
 
@@ -27,21 +27,11 @@ impl Engine {
         // The age of each kind of `EXPIRING`, in its order; 0 keeps it.
         let days = [s.message_days, s.message_days, s.payload_days, s.dead_letter_days];
         let every = Duration::from_secs(u64::from(s.every_minutes.max(1)) * 60);
-        let weak = Arc::downgrade(&self.inner);
-        let stop = self.inner.life.cancelled();
-        self.inner.actors.spawn(self.inner.life.track(async move {
-            tokio::pin!(stop);
-            loop {
-                let Some(inner) = weak.upgrade() else { break };
-                let engine = Engine { inner };
-                engine.expire_round(&days, s.batch).await;
-                drop(engine);
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = tokio::time::sleep(every) => {}
-                }
-            }
-        }));
+        let batch = s.batch;
+        self.run_rounds(every, false, move |engine| async move {
+            engine.expire_round(&days, batch).await;
+            Next::Pause
+        });
     }
 
     /// One round: each kind that expires, batch after batch until a batch

@@ -4,41 +4,30 @@
 //! queued. Pending timers cost nothing while they wait: no task, no memory,
 //! an index entry.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use scoped_futures::ScopedFutureExt;
 
+use super::rounds::Next;
 use super::Engine;
 use crate::actors::session::{DueTimer, Fire};
 use crate::db::timers::{self, ClaimedTimer};
 use crate::flow::TimerKind;
 
 impl Engine {
-    /// Claims due timers until stop. Holds the engine weakly, like the
-    /// resume sweeper.
+    /// Claims due timers until stop, a round per poll (see `rounds`).
     pub(super) fn start_timer_poller(&self) {
         let settings = self.inner.settings.timers.clone();
         let every = Duration::from_millis(settings.poll_interval_ms.max(10));
-        let weak = Arc::downgrade(&self.inner);
-        let stop = self.inner.life.cancelled();
-        self.inner.actors.spawn(self.inner.life.track(async move {
-            tokio::pin!(stop);
-            loop {
-                let Some(inner) = weak.upgrade() else { break };
-                let engine = Engine { inner };
-                let claimed = engine.fire_due(settings.batch, settings.lease_ms).await;
-                drop(engine);
-                // A full batch: more may be due now.
-                if claimed >= settings.batch as usize {
-                    continue;
-                }
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = tokio::time::sleep(every) => {}
-                }
+        let (batch, lease_ms) = (settings.batch, settings.lease_ms);
+        self.run_rounds(every, false, move |engine| async move {
+            let claimed = engine.fire_due(batch, lease_ms).await;
+            // A full batch: more may be due now.
+            match claimed >= batch as usize {
+                true => Next::Now,
+                false => Next::Pause,
             }
-        }));
+        });
     }
 
     /// Claims up to `batch` due timers and puts each in its conversation's

@@ -104,14 +104,19 @@ struct PhoneId {
     id: i64,
 }
 
+/// The (phone, inbox row) of each write that applies an inbound message.
+fn inbox_pairs(writes: &[StepWrite]) -> (Vec<&str>, Vec<i64>) {
+    writes
+        .iter()
+        .filter_map(|w| w.inbox_id.map(|id| (w.phone.as_str(), id)))
+        .unzip()
+}
+
 pub(super) async fn processed_inbox<C>(conn: &mut C, writes: &[StepWrite]) -> Result<HashSet<(String, Key)>>
 where
     C: AsyncConnectionCore<Backend = Pg> + Send,
 {
-    let (phones, ids): (Vec<&str>, Vec<i64>) = writes
-        .iter()
-        .filter_map(|w| w.inbox_id.map(|id| (w.phone.as_str(), id)))
-        .unzip();
+    let (phones, ids) = inbox_pairs(writes);
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
@@ -163,14 +168,6 @@ where
     Ok(rows.into_iter().map(|r| (r.phone, Key::Timer(r.id))).collect())
 }
 
-#[derive(QueryableByName)]
-struct PhoneFirst {
-    #[diesel(sql_type = Text)]
-    phone: String,
-    #[diesel(sql_type = BigInt)]
-    first: i64,
-}
-
 /// Per phone, the first unprocessed inbox row below the batch's last
 /// message that the batch does not apply itself: a message accepted
 /// before the batch's, waiting — for another process, say, that accepted
@@ -180,27 +177,23 @@ pub(super) async fn waiting_before<C>(conn: &mut C, writes: &[StepWrite]) -> Res
 where
     C: AsyncConnectionCore<Backend = Pg> + Send,
 {
-    let (phones, ids): (Vec<&str>, Vec<i64>) = writes
-        .iter()
-        .filter_map(|w| w.inbox_id.map(|id| (w.phone.as_str(), id)))
-        .unzip();
+    let (phones, ids) = inbox_pairs(writes);
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
     // The first row of the partial index `inbox_unprocessed` past the
     // batch's own: a few index entries per phone.
-    let rows: Vec<PhoneFirst> = Cached::new(
-        "SELECT b.phone, w.id AS first FROM (SELECT u.phone, array_agg(u.id) AS ids, max(u.id) AS top FROM unnest(",
-    )
-    .bind::<Array<Text>, _>(&phones)
-    .sql("::text[], ")
-    .bind::<Array<BigInt>, _>(&ids)
-    .sql(
-        "::int8[]) AS u(phone, id) GROUP BY u.phone) AS b CROSS JOIN LATERAL \
+    let rows: Vec<PhoneId> =
+        Cached::new("SELECT b.phone, w.id FROM (SELECT u.phone, array_agg(u.id) AS ids, max(u.id) AS top FROM unnest(")
+            .bind::<Array<Text>, _>(&phones)
+            .sql("::text[], ")
+            .bind::<Array<BigInt>, _>(&ids)
+            .sql(
+                "::int8[]) AS u(phone, id) GROUP BY u.phone) AS b CROSS JOIN LATERAL \
              (SELECT i.id FROM inbox i WHERE i.phone = b.phone AND i.processed_at IS NULL \
                 AND i.id < b.top AND NOT (i.id = ANY(b.ids)) ORDER BY i.id LIMIT 1) AS w",
-    )
-    .load(conn)
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.phone, r.first)).collect())
+            )
+            .load(conn)
+            .await?;
+    Ok(rows.into_iter().map(|r| (r.phone, r.id)).collect())
 }
