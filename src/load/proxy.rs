@@ -115,17 +115,22 @@ impl Proxy {
     }
 }
 
+/// Chunks (of up to 64 KiB) a direction holds at most: far more than a
+/// delayed path has in flight, a bound on what a long stall keeps.
+const IN_FLIGHT: usize = 1024;
+
 /// Copies `from` to `to`: each chunk goes on once the delay drawn for it
 /// has passed since it was read (a latency, as on a long path: chunks in
 /// flight overlap, and keep their order), and not while the gate says
-/// stalled.
+/// stalled. At most `IN_FLIGHT` chunks wait: beyond, it stops reading, and
+/// TCP's own window holds the sender back, as on a stalled path.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut stalled: watch::Receiver<bool>,
     delay: Arc<Delay>,
 ) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(IN_FLIGHT);
     let reading = async move {
         let mut buf = vec![0u8; 64 * 1024];
         let mut last = tokio::time::Instant::now();
@@ -136,7 +141,7 @@ async fn pump(
             };
             // Never before the chunk ahead of it: TCP keeps the order.
             last = last.max(tokio::time::Instant::now() + delay.draw());
-            if tx.send((last, buf[..n].to_vec())).is_err() {
+            if tx.send((last, buf[..n].to_vec())).await.is_err() {
                 return;
             }
         }
