@@ -58,7 +58,8 @@ where
 }
 
 /// An unprocessed inbox row accepted before another, and whether the
-/// asking process may take it up (see [`RESUMABLE`]).
+/// asking process may take it up (see [`RESUMABLE`]). `PendingInbound`'s
+/// columns and one more (diesel's `embed` does not take its derive).
 #[derive(Debug, QueryableByName)]
 pub struct Waiting {
     #[diesel(sql_type = BigInt)]

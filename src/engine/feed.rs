@@ -55,22 +55,20 @@ impl Engine {
         }
         let keep_s = i64::try_from(keep_s).unwrap_or(i64::MAX);
         self.run_rounds(PRUNE_EVERY, false, move |engine| async move {
-            loop {
-                let gone = engine
-                    .inner
-                    .db
-                    .run("prune_events", |c| events::prune(c, keep_s, PRUNE_BATCH).scope_boxed())
-                    .await;
-                match gone {
-                    Ok(n) if n as i64 == PRUNE_BATCH => continue,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "event retention: will try again");
-                        break;
-                    }
+            let gone = engine
+                .inner
+                .db
+                .run("prune_events", |c| events::prune(c, keep_s, PRUNE_BATCH).scope_boxed())
+                .await;
+            match gone {
+                // A full batch: more may be old enough now.
+                Ok(n) if n as i64 == PRUNE_BATCH => Next::Now,
+                Ok(_) => Next::Pause,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event retention: will try again");
+                    Next::Pause
                 }
             }
-            Next::Pause
         });
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 
-use super::state::{fetch_unprocessed, fetch_waiting_before, load_core, load_core_and_unprocessed, Core};
+use super::state::{fetch_unprocessed, fetch_waiting_before, load_core, load_core_and_unprocessed, Core, RESUME_BATCH};
 use super::step::{apply_chain, apply_inbound, panic_text, Applied};
 use super::{Inbound, SessionDeps};
 use crate::actors::supervisor::{CrashDecision, Crashed};
@@ -124,7 +124,7 @@ async fn wait_for_earlier(
     let mut pause = Duration::from_millis(25);
     queue.push_front(msg);
     loop {
-        let waiting = fetch_waiting_before(deps, phone, id).await?;
+        let waiting = fetch_waiting_before(deps, phone, id, RESUME_BATCH).await?;
         let held = waiting.iter().any(|w| !w.free);
         let free: Vec<PendingInbound> = waiting
             .into_iter()

@@ -143,12 +143,18 @@ pub(super) fn create_as(deps: &SessionDeps, phone: &str, expected_version: i64) 
     (expected_version == 0).then(|| deps.flows.of(phone).initial.clone())
 }
 
-/// The unprocessed messages accepted before inbox row `before`, whoever holds them.
-pub(super) async fn fetch_waiting_before(deps: &SessionDeps, phone: &str, before: i64) -> Result<Vec<resume::Waiting>> {
+/// The unprocessed messages accepted before inbox row `before`, whoever
+/// holds them, the first `limit` at most.
+pub(super) async fn fetch_waiting_before(
+    deps: &SessionDeps,
+    phone: &str,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<resume::Waiting>> {
     let rows = deps
         .db
         .run("waiting before", |c| {
-            resume::waiting_before(c, phone, deps.instance, before, RESUME_BATCH).scope_boxed()
+            resume::waiting_before(c, phone, deps.instance, before, limit).scope_boxed()
         })
         .await?;
     Ok(rows)

@@ -301,7 +301,7 @@ pub(super) async fn apply_inbound(
 /// Unknown (the database cannot be asked) counts as none: the commit
 /// checks again.
 async fn first_waiting(deps: &SessionDeps, phone: &str, msg: &PendingInbound) -> Option<i64> {
-    let waiting = super::state::fetch_waiting_before(deps, phone, msg.id).await.ok()?;
+    let waiting = super::state::fetch_waiting_before(deps, phone, msg.id, 1).await.ok()?;
     waiting.first().map(|w| w.id())
 }
 
