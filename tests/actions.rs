@@ -3,7 +3,9 @@
 //! a hanging backend costs the step its timeout, not more; a backend that
 //! is down opens the action's breaker and later calls fail at once; a
 //! process killed between the call and the commit makes the call again
-//! with the same idempotency key.
+//! with the same idempotency key; a step that would call the backend
+//! while an earlier message of its conversation waits in another live
+//! process waits for it instead, and never calls on the state before it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -423,4 +425,69 @@ async fn a_crash_between_the_call_and_the_commit_repeats_the_call_with_the_same_
     assert_eq!(outcomes[0]["folio"], "SAP-4711");
     second.kill().unwrap();
     second.wait().unwrap();
+}
+
+#[actix_web::test]
+async fn a_step_reaching_an_action_waits_for_an_earlier_message_another_process_holds() {
+    use diesel_async::RunQueryDsl;
+    use switchboard::db::inbox::{register_batch, Lease, OwnedDelivery};
+    let db = TestDb::migrated().await;
+    let backend = Backend::start(Tickets::Ok);
+    let e = engine(&db, &backend, |_| {}).await;
+    let phone = "5215512340007";
+    say(&e, phone, "wamid.h1", "reportar").await;
+    e.wait_idle().await;
+    // Another process, alive (it holds its presence lock), accepted a SAP
+    // number the backend does not know and has not applied it yet.
+    const OTHER: i64 = 0x5EED_0001;
+    let mut other = db.admin().await;
+    diesel::sql_query(format!("SELECT pg_advisory_lock({OTHER})"))
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let held = OwnedDelivery {
+        phone: phone.into(),
+        provider_message_id: "wamid.h2".into(),
+        payload: support::text("99999"),
+        contact_name: None,
+        contact_username: None,
+        traceparent: None,
+    };
+    let lease = Lease {
+        holder: OTHER,
+        millis: 60_000,
+    };
+    register_batch(&mut other, &[held], lease).await.unwrap();
+    // A later message whose step, on the state before the earlier one,
+    // would validate its SAP number with the backend.
+    say(&e, phone, "wamid.h3", "12345").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while e.stats().waited_behind == 0 {
+        assert!(Instant::now() < deadline, "the later message never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The other process dies: its message is taken up, applied first.
+    drop(other);
+    e.wait_idle().await;
+    let validated: Vec<String> = backend
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.1.clone())
+        .filter(|p| p.starts_with("/sap/"))
+        .collect();
+    assert_eq!(
+        validated,
+        ["/sap/99999"],
+        "the backend saw only the step the earlier message made, never one on the state before it"
+    );
+    let inbound: Vec<String> = transcript(&db, phone)
+        .await
+        .into_iter()
+        .filter(|(origin, _)| origin == "user")
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(inbound, ["reportar", "99999", "12345"]);
+    assert_eq!(e.conversation(phone).await.unwrap().unwrap().flow_state, "desconocido");
 }

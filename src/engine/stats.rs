@@ -22,6 +22,8 @@ pub struct StatsSnapshot {
     pub redeliveries: u64,
     pub processed: u64,
     pub already_applied: u64,
+    /// Messages that waited for an earlier one held by another process.
+    pub waited_behind: u64,
     pub conflicts: u64,
     pub retries: u64,
     /// Delivery items kept as dead letters because they cannot be applied.
@@ -64,6 +66,7 @@ impl Engine {
             redeliveries: l(&i.stats.redeliveries),
             processed: l(&i.stats.processed),
             already_applied: l(&i.stats.already_applied),
+            waited_behind: l(&i.stats.waited_behind),
             conflicts: l(&i.stats.conflicts),
             retries: l(&i.stats.retries),
             unusable: l(&i.stats.unusable),

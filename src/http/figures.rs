@@ -18,13 +18,14 @@ type Counter = (&'static str, &'static str, u64);
 /// them (no copy is kept here). One line per metric, as a table (so not
 /// formatted).
 #[rustfmt::skip]
-pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats, r: &ReadReceipts, m: &MediaStats) -> [Counter; 32] {
+pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats, r: &ReadReceipts, m: &MediaStats) -> [Counter; 33] {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     [
         ("switchboard_deliveries_total", "Inbound messages accepted (first deliveries).", s.accepted),
         ("switchboard_duplicate_deliveries_total", "Redeliveries of messages already accepted.", s.redeliveries),
         ("switchboard_messages_processed_total", "Inbound messages applied.", s.processed),
         ("switchboard_version_conflicts_total", "Versioned writes that found another version.", s.conflicts),
+        ("switchboard_waits_behind_earlier_total", "Messages that waited for an earlier one of their conversation, accepted by another process and not yet applied.", s.waited_behind),
         ("switchboard_retries_total", "Steps retried after a conflict or a transient error.", s.retries),
         ("switchboard_session_crashes_total", "Session actor crashes.", s.crashes),
         ("switchboard_dead_letters_inbound_total", "Inbound messages moved to dead letters.", s.quarantined),

@@ -3,6 +3,7 @@
 //! crash handed to the supervisor.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -64,6 +65,7 @@ pub(super) async fn run_inbound(
         let (id, reason) = match step {
             Step::Next => continue,
             Step::Behind { msg, earlier } => {
+                deps.stats.waited_behind.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = wait_for_earlier(deps, phone, msg, earlier, &mut queue).await {
                     // Stopped like any failed step: what waits is read from
                     // the inbox first by the next activation.
