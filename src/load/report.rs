@@ -100,6 +100,10 @@ pub struct Report {
     pub e2e_latency_ms: Percentiles,
     pub conflicts: u64,
     pub retries: u64,
+    /// Steps that waited for an earlier message of their phone another
+    /// process had accepted and not yet applied (a phone's messages taking
+    /// turns between processes).
+    pub waits_behind_earlier: u64,
     /// Inbound messages that kept crashing their step and were moved to
     /// dead letters (applied never, lost never: a load run should have none).
     pub quarantined: u64,
@@ -161,6 +165,12 @@ impl Report {
             self.conflicts,
             self.retries
         );
+        if self.waits_behind_earlier > 0 {
+            t.push_str(&format!(
+                "  {} waits behind an earlier message held by another process\n",
+                self.waits_behind_earlier
+            ));
+        }
         if self.numbers > 1 || self.username_share > 0.0 {
             t.push_str(&format!(
                 "  {} contacts over {} business number{}, {:.0}% of them username-only\n",
