@@ -142,6 +142,46 @@ impl Report {
                 p.p50, p.p90, p.p99, p.p999, p.max, p.count
             )
         };
+        let mut t = self.heading();
+        t.push_str(&row("ack", &self.ack_latency_ms));
+        t.push_str(&row("end-to-end", &self.e2e_latency_ms));
+        if let Some(n) = self.outbound_requests {
+            t.push_str(&format!(
+                "  replies: {n} sends to the fake API (answering in {} ms), {}\n",
+                self.send_latency_ms,
+                match self.outbox_drained_after_s {
+                    Some(s) => format!("all sent {s:.1} s after the last message was applied"),
+                    None => "NOT all sent within --drain".into(),
+                }
+            ));
+        }
+        if let Some(cost) = &self.cost {
+            t.push_str(&cost.lines());
+        }
+        if let Some(limits) = &self.limits {
+            t.push_str(&limits.lines());
+        }
+        if let Some(timers) = &self.timers {
+            t.push_str(&timers.lines());
+        }
+        if self.quarantined > 0 {
+            t.push_str(&format!(
+                "  QUARANTINED {} inbound messages (their steps kept failing): see the dead letters\n",
+                self.quarantined
+            ));
+        }
+        if self.event_reconnects > 0 {
+            t.push_str(&format!(
+                "  event stream lost {} times and followed again: the messages applied meanwhile are not timed\n",
+                self.event_reconnects
+            ));
+        }
+        t.push_str(&self.verdict_lines());
+        t
+    }
+
+    /// The run's first lines: what ran against what, and the counts.
+    fn heading(&self) -> String {
         let mode = if self.mode == "open-loop" {
             format!(
                 "open-loop, {} connection{}",
@@ -180,40 +220,6 @@ impl Report {
                 self.username_share * 100.0
             ));
         }
-        t.push_str(&row("ack", &self.ack_latency_ms));
-        t.push_str(&row("end-to-end", &self.e2e_latency_ms));
-        if let Some(n) = self.outbound_requests {
-            t.push_str(&format!(
-                "  replies: {n} sends to the fake API (answering in {} ms), {}\n",
-                self.send_latency_ms,
-                match self.outbox_drained_after_s {
-                    Some(s) => format!("all sent {s:.1} s after the last message was applied"),
-                    None => "NOT all sent within --drain".into(),
-                }
-            ));
-        }
-        if let Some(cost) = &self.cost {
-            t.push_str(&cost.lines());
-        }
-        if let Some(limits) = &self.limits {
-            t.push_str(&limits.lines());
-        }
-        if let Some(timers) = &self.timers {
-            t.push_str(&timers.lines());
-        }
-        if self.quarantined > 0 {
-            t.push_str(&format!(
-                "  QUARANTINED {} inbound messages (their steps kept failing): see the dead letters\n",
-                self.quarantined
-            ));
-        }
-        if self.event_reconnects > 0 {
-            t.push_str(&format!(
-                "  event stream lost {} times and followed again: the messages applied meanwhile are not timed\n",
-                self.event_reconnects
-            ));
-        }
-        t.push_str(&self.verdict_lines());
         t
     }
 
