@@ -1,5 +1,5 @@
 //! Flow files: validation errors and the example flow walked end to end
-//! through the real engine.
+//! through the real engine, with the welcome a user opening the chat gets.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -285,5 +285,97 @@ async fn while_a_human_agent_holds_the_conversation_the_bot_does_not_reply() {
     assert!(!v.handoff);
     let r = walk(&e, &db, &["refrigerador"]).await;
     assert!(r[0].contains("número SAP"), "{r:?}");
+    e.shutdown().await.unwrap();
+}
+
+fn welcome_request(id: &str) -> switchboard::InboundMessage {
+    switchboard::InboundMessage {
+        user_id: None,
+        business_number: None,
+        phone: PHONE.into(),
+        provider_message_id: id.into(),
+        payload: serde_json::json!({"type": "request_welcome"}),
+        contact_name: None,
+        contact_username: None,
+    }
+}
+
+/// What the outbox holds for `PHONE`: each row's payload, oldest first.
+async fn outbox_payloads(db: &TestDb) -> Vec<serde_json::Value> {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use switchboard::db::schema::outbox;
+    outbox::table
+        .filter(outbox::phone.eq(PHONE))
+        .order(outbox::id)
+        .select(outbox::payload)
+        .load(&mut db.admin().await)
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn a_user_opening_the_chat_is_welcomed_once_with_the_first_prompt_and_its_choices() {
+    use support::app::{message, TestApp};
+    use switchboard::load::fake_graph::FakeGraph;
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start().unwrap();
+    let whatsapp = fake.settings();
+    let app = TestApp::spawn(&db, |s| s.whatsapp = whatsapp, None).await;
+    // WhatsApp's request as it sends it (no body of its own), then its
+    // redelivery.
+    let mut opened = message(PHONE, "wamid.welcome", "request_welcome", serde_json::Value::Null);
+    opened.as_object_mut().unwrap().remove("request_welcome");
+    for _ in 0..2 {
+        let r = app.deliver_value(vec![opened.clone()], vec![]).await;
+        assert_eq!(r.status(), 200);
+        app.engine.wait_idle().await;
+    }
+    app.engine.outbox().wait_drained().await;
+    let greeting = "¡Hola! 👋 Soy el asistente de reportes. ¿Qué quieres reportar?";
+    let t = transcript(&db, PHONE).await;
+    let expected = [("user", "[request_welcome]"), ("bot", greeting)];
+    assert_eq!(t, expected.map(|(o, b)| (o.to_string(), b.to_string())));
+    let sent = fake.requests();
+    assert_eq!(sent.len(), 1, "answered once: {sent:?}");
+    assert_eq!(sent[0]["to"], PHONE);
+    assert_eq!(sent[0]["type"], "interactive", "{}", sent[0]);
+    let buttons: Vec<&str> = sent[0]["interactive"]["action"]["buttons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["reply"]["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(buttons, ["Refrigerador", "Vehículo"]);
+    let s = app.engine.conversation(PHONE).await.unwrap().unwrap();
+    assert_eq!(
+        (s.flow_state.as_str(), s.version),
+        ("inicio", 0),
+        "a welcome is not a step"
+    );
+    // The customer's first words then go the usual way.
+    app.say(PHONE, "wamid.first", "refrigerador").await;
+    assert_eq!(app.state(PHONE).await, "refri_sap");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_welcome_in_the_flow_a_welcome_request_is_only_stored() {
+    let db = TestDb::migrated().await;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("flows/reporte.toml");
+    let text = std::fs::read_to_string(path).unwrap().replace("welcome = true", "");
+    let flow = switchboard::flow::Flow::parse(&text, "reporte.toml").unwrap();
+    assert!(!flow.welcome);
+    let e = Engine::builder(engine_settings(&db))
+        .database(db.database())
+        .flow(flow)
+        .start()
+        .await
+        .unwrap();
+    e.submit_inbound(welcome_request("wamid.welcome")).await.unwrap();
+    e.wait_idle().await;
+    let t = transcript(&db, PHONE).await;
+    assert_eq!(t, [("user".to_string(), "[request_welcome]".to_string())]);
+    assert!(outbox_payloads(&db).await.is_empty());
     e.shutdown().await.unwrap();
 }

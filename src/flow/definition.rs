@@ -29,6 +29,10 @@ pub struct Flow {
     pub timing: Timing,
     /// The team's backend calls its states run (see [`super::action`]).
     pub actions: BTreeMap<String, super::action::Action>,
+    /// Whether a `request_welcome` (a user opening the chat for the first
+    /// time) is answered with the conversation's state's prompt — the
+    /// initial state's greeting and choices, for a new chat.
+    pub welcome: bool,
 }
 
 /// WhatsApp's limits on interactive messages: a flow that passes them is

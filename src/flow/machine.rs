@@ -301,6 +301,14 @@ pub(super) fn text(s: &str) -> Reply {
     }
 }
 
+/// What the bot answers a user who opens the chat for the first time
+/// (WhatsApp's `request_welcome`), when the flow says to: the state's prompt,
+/// as on entering it. Nothing while a human agent has the conversation.
+pub fn welcome(flow: &Flow, state: &str, data: &Value, handoff: bool) -> Option<Reply> {
+    let state = flow.state(state).filter(|_| flow.welcome && !handoff)?;
+    Some(prompt(state, data))
+}
+
 /// The state's prompt with `{slot}` placeholders filled from `data`.
 fn prompt(state: &State, data: &Value) -> Reply {
     Reply {

@@ -97,3 +97,21 @@ fn the_ad_that_opened_the_chat_reaches_the_outcome_and_a_reply_to_lasts_one_step
     );
     assert!(outcome.data.get(REPLY_TO_KEY).is_none(), "no longer the last message's");
 }
+
+#[test]
+fn a_welcome_is_the_state_s_prompt_only_when_the_flow_asks_and_no_agent_holds_it() {
+    let silent = Flow::parse(FLOW, "t.toml").unwrap();
+    let data = json!({"ticket": "R7"});
+    assert!(
+        welcome(&silent, "a", &data, false).is_none(),
+        "off unless the flow says welcome"
+    );
+    let flow = Flow::parse(&format!("welcome = true\n{FLOW}"), "t.toml").unwrap();
+    assert_eq!(welcome(&flow, "a", &data, false).map(|r| r.text), Some("A".into()));
+    assert_eq!(
+        welcome(&flow, "done", &data, false).map(|r| r.text),
+        Some("Thanks R7".into()),
+        "the prompt of the state the conversation is in, filled"
+    );
+    assert!(welcome(&flow, "a", &data, true).is_none(), "an agent holds it");
+}

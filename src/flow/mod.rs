@@ -11,6 +11,6 @@ pub mod time;
 
 pub use action::{after_action, Action, Answer};
 pub use definition::{normalize_text, Flow, FlowError, GlobalIntent, Slot, SlotKind, State};
-pub use machine::{step, Needs, Outcome, PendingAction, Reply, StepResult, Understanding, HANDOFF_BY_KEY};
+pub use machine::{step, welcome, Needs, Outcome, PendingAction, Reply, StepResult, Understanding, HANDOFF_BY_KEY};
 pub use per_number::Flows;
 pub use time::{TemplateCall, TimerAction, TimerKind, TimerPlan};

@@ -7,7 +7,8 @@
 //! | `text`, `interactive` (button / list reply), `button` (template reply) | stepped: the text, or the choice the reply's id names |
 //! | `image`, `audio`, `video`, `document`, `sticker` | stepped: the caption (if any) is the text |
 //! | `location`, `contacts` | stepped (no text) |
-//! | `reaction`, `system`, `unsupported`, `errors`, `request_welcome`, `order`, any type not listed here | stored |
+//! | `request_welcome` (a user opened the chat for the first time) | stored; answered with the state's prompt when the flow says `welcome = true` |
+//! | `reaction`, `system`, `unsupported`, `errors`, `order`, any type not listed here | stored |
 //! | any message from a group (`group_id`) | stored in the group's own conversation (`g.<group_id>`), out of the sender's 1:1 one; never answered |
 //!
 //! A slot of kind `media`, `location` or `contacts` is filled by the typed
@@ -47,6 +48,12 @@ pub fn is_stepped(payload: &Value) -> bool {
         .get("type")
         .and_then(Value::as_str)
         .is_some_and(|t| STEPPED.contains(&t))
+}
+
+/// Whether `payload` is WhatsApp's `request_welcome`: a user opened the
+/// chat for the first time (stored; answered when the flow says `welcome`).
+pub fn asks_welcome(payload: &Value) -> bool {
+    payload.get("type").and_then(Value::as_str) == Some("request_welcome") && group_of(payload).is_none()
 }
 
 /// The text a stored-only message shows in the conversation: the reaction's

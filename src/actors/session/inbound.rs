@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 
+use super::panic_text;
 use super::state::{fetch_unprocessed, fetch_waiting_before, load_core, load_core_and_unprocessed, Core, RESUME_BATCH};
-use super::step::{apply_chain, apply_inbound, panic_text, Applied};
+use super::step::{apply_chain, apply_inbound, Applied};
 use super::{Inbound, SessionDeps};
 use crate::actors::supervisor::{CrashDecision, Crashed};
 use crate::db::resume::PendingInbound;

@@ -299,3 +299,13 @@ impl Handler<Stop> for SessionActor {
         ctx.stop();
     }
 }
+
+/// A caught panic's message, for the crash report.
+pub(super) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("panic: {msg}")
+}

@@ -9,8 +9,8 @@ use tracing::Instrument;
 
 use super::state::{create_as, Core, Snapshot};
 use super::time::inbound_time;
-use super::writes::{customer_at, inbound_write, retry_conflicts, stored_write, Written};
-use super::SessionDeps;
+use super::writes::{customer_at, inbound_write, retry_conflicts, stored_write, welcome_reply, Written};
+use super::{panic_text, SessionDeps};
 use crate::actors::ai::Understand;
 use crate::actors::db_writer::Persist;
 use crate::ai::{candidates, SlotRequest};
@@ -55,7 +55,7 @@ pub(super) async fn apply_chain(
         let span = step_span(msg);
         if !kinds::is_stepped(&msg.payload) {
             let body = kinds::stored_body(&msg.payload);
-            let write = ready(deps, phone, &at, stored_write(phone, &at, msg, &body));
+            let write = ready(deps, phone, &at, stored_write(deps, phone, &at, msg, &body));
             at.last_customer_at = at.last_customer_at.max(write.time.customer_at);
             writes.push(write);
             steps.push((body, None));
@@ -202,30 +202,26 @@ pub(super) fn committed(
 }
 
 /// A message only stored (not stepped) committed at `version` (the
-/// session's, unchanged): count it and publish it.
+/// session's, unchanged): count it and publish it, with the welcome it
+/// was answered with, if any.
 pub(super) fn stored(deps: &SessionDeps, phone: &str, core: &mut Core, version: i64, msg: &PendingInbound, body: &str) {
     deps.stats.processed.fetch_add(1, Ordering::Relaxed);
+    let user = (body.to_string(), "user");
+    let welcome = welcome_reply(deps.flows.of(phone), &core.state, &core.data, core.handoff, msg);
+    let messages = std::iter::once(user).chain(welcome.map(|r| (r.text, "bot")));
+    let messages = messages.map(|(body, origin)| EventMessage {
+        origin: origin.into(),
+        body,
+        author: None,
+    });
     let event = Event::conversation(EventKind::Stored, phone, version, &core.state, core.handoff)
-        .with_messages(vec![EventMessage {
-            origin: "user".into(),
-            body: body.to_string(),
-            author: None,
-        }])
+        .with_messages(messages.collect())
         .applying(&msg.provider_message_id);
     // Best-effort, like every event.
     let _ = deps.events.send(event);
     core.version = version;
     core.last_customer_at = core.last_customer_at.max(customer_at(msg));
     core.remember(msg.id);
-}
-
-pub(super) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    let msg = p
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into());
-    format!("panic: {msg}")
 }
 
 /// How applying one message alone ended.
@@ -310,7 +306,7 @@ async fn apply_stored(deps: &SessionDeps, phone: &str, core: &mut Core, msg: Pen
     let body = kinds::stored_body(&msg.payload);
     let (msg_ref, body_ref) = (&msg, body.as_str());
     let written = retry_conflicts(deps, phone, core, |at| {
-        let mut write = stored_write(phone, &at, msg_ref, body_ref);
+        let mut write = stored_write(deps, phone, &at, msg_ref, body_ref);
         write.create_as = create_as(deps, phone, at.version);
         std::future::ready(Some((write, ())))
     })

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use tracing::Instrument;
 
 use super::state::{load_core, Core, Snapshot};
@@ -13,7 +13,7 @@ use crate::actors::db_writer::Persist;
 use crate::db::resume::PendingInbound;
 use crate::db::steps::{NewMedia, NewMessage, NewOutbox, NewOutcome, StepTime, StepWrite, WriteOutcome};
 use crate::error::{Error, Result};
-use crate::flow::{Reply, StepResult};
+use crate::flow::{Flow, Reply, StepResult};
 use crate::phone::mask;
 use crate::telemetry;
 use crate::whatsapp::templates::TemplateMessage;
@@ -265,29 +265,65 @@ where
 
 /// The write of an inbound message the flow does not step (see
 /// [`crate::whatsapp::kinds`]): the message stored and its inbox row marked,
-/// at the same version, the session unchanged.
-pub(super) fn stored_write(phone: &str, at: &Snapshot, msg: &PendingInbound, body: &str) -> StepWrite {
+/// at the same version, the session unchanged — and a welcome request
+/// answered with the state's prompt when the flow says `welcome`.
+pub(super) fn stored_write(
+    deps: &SessionDeps,
+    phone: &str,
+    at: &Snapshot,
+    msg: &PendingInbound,
+    body: &str,
+) -> StepWrite {
+    let customer_at = customer_at(msg);
+    let mut messages = vec![NewMessage {
+        phone: phone.to_string(),
+        direction: "in",
+        origin: "user",
+        body: body.to_string(),
+        inbox_id: Some(msg.id),
+        provider_message_id: Some(msg.provider_message_id.clone()),
+        status: "received",
+        outbox_key: None,
+        author: None,
+    }];
+    let mut outbox = Vec::new();
+    let flow = deps.flows.of(phone);
+    if let Some(reply) = welcome_reply(flow, &at.state, &at.data, at.handoff, msg) {
+        let out = Outbound {
+            phone,
+            origin: "bot",
+            inbox_id: Some(msg.id),
+            key: &format!("in:{}:0", msg.id),
+            sendable: Window::now(customer_at.max(at.last_customer_at)).open,
+            author: None,
+        };
+        out.push_parts(&reply, &mut messages, &mut outbox);
+    }
     StepWrite {
         stepped: false,
         inbox_id: Some(msg.id),
-        messages: vec![NewMessage {
-            phone: phone.to_string(),
-            direction: "in",
-            origin: "user",
-            body: body.to_string(),
-            inbox_id: Some(msg.id),
-            provider_message_id: Some(msg.provider_message_id.clone()),
-            status: "received",
-            outbox_key: None,
-            author: None,
-        }],
+        messages,
+        outbox,
         media: media_jobs(phone, msg),
         time: StepTime {
-            customer_at: customer_at(msg),
+            customer_at,
             ..Default::default()
         },
         ..same_state(phone, at)
     }
+}
+
+/// The reply to `msg` if it is a welcome request the flow answers.
+pub(super) fn welcome_reply(
+    flow: &Flow,
+    state: &str,
+    data: &Value,
+    handoff: bool,
+    msg: &PendingInbound,
+) -> Option<Reply> {
+    kinds::asks_welcome(&msg.payload)
+        .then(|| crate::flow::welcome(flow, state, data, handoff))
+        .flatten()
 }
 
 /// When the customer sent `msg` (its own timestamp; when it gives none,

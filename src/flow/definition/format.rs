@@ -27,6 +27,9 @@ pub(super) struct FileFlow {
     /// The team's backend calls states may run (`[actions.NAME]`).
     #[serde(default)]
     pub(super) actions: BTreeMap<String, Spanned<FileAction>>,
+    /// Answer WhatsApp's `request_welcome` with the state's prompt.
+    #[serde(default)]
+    pub(super) welcome: bool,
 }
 
 fn default_fallback() -> String {

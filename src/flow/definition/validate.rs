@@ -380,5 +380,6 @@ pub(super) fn assemble(
         states,
         timing,
         actions,
+        welcome: raw.welcome,
     }
 }
