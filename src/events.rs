@@ -13,7 +13,8 @@ pub enum EventKind {
     /// An inbound message was applied (with the bot's replies).
     Transition,
     /// An inbound message of a kind the flow does not step (a reaction, a
-    /// system notice, an unsupported type) was stored; the version is unchanged.
+    /// system notice, an unsupported type) was stored; the version is
+    /// unchanged. A welcome request comes with the bot's welcome, if any.
     Stored,
     /// A human agent's message was stored and queued.
     AgentMessage,

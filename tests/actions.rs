@@ -490,4 +490,5 @@ async fn a_step_reaching_an_action_waits_for_an_earlier_message_another_process_
         .collect();
     assert_eq!(inbound, ["reportar", "99999", "12345"]);
     assert_eq!(e.conversation(phone).await.unwrap().unwrap().flow_state, "desconocido");
+    e.shutdown().await.unwrap();
 }

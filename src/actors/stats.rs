@@ -15,8 +15,9 @@ pub struct EngineStats {
     pub processed: AtomicU64,
     /// Steps skipped because their message had been applied already.
     pub already_applied: AtomicU64,
-    /// Messages that found an earlier one of their conversation still
-    /// unapplied (accepted by another process) and waited for it.
+    /// Times a message's step found an earlier one of its conversation
+    /// still unapplied (accepted by another process) and went back to
+    /// apply it, or wait for it, first.
     pub waited_behind: AtomicU64,
     /// Writes refused for a stale version (then re-run on fresh state).
     pub conflicts: AtomicU64,

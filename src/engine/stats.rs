@@ -22,7 +22,7 @@ pub struct StatsSnapshot {
     pub redeliveries: u64,
     pub processed: u64,
     pub already_applied: u64,
-    /// Messages that waited for an earlier one held by another process.
+    /// Times a step went back for an earlier unapplied message.
     pub waited_behind: u64,
     pub conflicts: u64,
     pub retries: u64,

@@ -85,7 +85,7 @@ pub struct StepResult {
 impl Flow {
     /// The state to use for `name`; an unknown name (a flow changed under a
     /// live conversation) falls back to the initial state.
-    fn current<'a>(&'a self, name: &str) -> &'a State {
+    pub(crate) fn current<'a>(&'a self, name: &str) -> &'a State {
         match self.state(name).or_else(|| self.state(&self.initial)) {
             Some(s) => s,
             // `Flow::parse` guarantees the initial state exists.
@@ -303,10 +303,10 @@ pub(super) fn text(s: &str) -> Reply {
 
 /// What the bot answers a user who opens the chat for the first time
 /// (WhatsApp's `request_welcome`), when the flow says to: the state's prompt,
-/// as on entering it. Nothing while a human agent has the conversation.
+/// as on entering it (a state the flow no longer has: the initial one's).
+/// Nothing while a human agent has the conversation.
 pub fn welcome(flow: &Flow, state: &str, data: &Value, handoff: bool) -> Option<Reply> {
-    let state = flow.state(state).filter(|_| flow.welcome && !handoff)?;
-    Some(prompt(state, data))
+    (flow.welcome && !handoff).then(|| prompt(flow.current(state), data))
 }
 
 /// The state's prompt with `{slot}` placeholders filled from `data`.

@@ -113,5 +113,10 @@ fn a_welcome_is_the_state_s_prompt_only_when_the_flow_asks_and_no_agent_holds_it
         Some("Thanks R7".into()),
         "the prompt of the state the conversation is in, filled"
     );
+    assert_eq!(
+        welcome(&flow, "renamed", &data, false).map(|r| r.text),
+        Some("A".into()),
+        "a state the flow no longer has: the initial one's, as a step does"
+    );
     assert!(welcome(&flow, "a", &data, true).is_none(), "an agent holds it");
 }

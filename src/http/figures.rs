@@ -25,7 +25,7 @@ pub(super) fn engine_counters(s: &StatsSnapshot, o: &OutboxStats, r: &ReadReceip
         ("switchboard_duplicate_deliveries_total", "Redeliveries of messages already accepted.", s.redeliveries),
         ("switchboard_messages_processed_total", "Inbound messages applied.", s.processed),
         ("switchboard_version_conflicts_total", "Versioned writes that found another version.", s.conflicts),
-        ("switchboard_waits_behind_earlier_total", "Messages that waited for an earlier one of their conversation, accepted by another process and not yet applied.", s.waited_behind),
+        ("switchboard_waits_behind_earlier_total", "Times a message's step found an earlier message of its conversation unapplied (accepted by another process) and went back to apply or wait for it first.", s.waited_behind),
         ("switchboard_retries_total", "Steps retried after a conflict or a transient error.", s.retries),
         ("switchboard_session_crashes_total", "Session actor crashes.", s.crashes),
         ("switchboard_dead_letters_inbound_total", "Inbound messages moved to dead letters.", s.quarantined),

@@ -100,9 +100,9 @@ pub struct Report {
     pub e2e_latency_ms: Percentiles,
     pub conflicts: u64,
     pub retries: u64,
-    /// Steps that waited for an earlier message of their phone another
-    /// process had accepted and not yet applied (a phone's messages taking
-    /// turns between processes).
+    /// Times a step went back for an earlier message of its phone that
+    /// another process had accepted and not yet applied (a phone's messages
+    /// taking turns between processes).
     pub waits_behind_earlier: u64,
     /// Inbound messages that kept crashing their step and were moved to
     /// dead letters (applied never, lost never: a load run should have none).
@@ -207,7 +207,7 @@ impl Report {
         );
         if self.waits_behind_earlier > 0 {
             t.push_str(&format!(
-                "  {} waits behind an earlier message held by another process\n",
+                "  {} times behind an earlier message another process accepted\n",
                 self.waits_behind_earlier
             ));
         }

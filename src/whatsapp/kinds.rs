@@ -1,6 +1,7 @@
 //! What each kind of inbound WhatsApp message means for the flow: stepped
 //! (the flow sees it as input and may answer) or only stored (kept in the
-//! conversation and shown, never answered, no flow attempt used).
+//! conversation and shown, no flow attempt used, never answered — but a
+//! welcome request, when the flow says `welcome = true`).
 //!
 //! | kind | treatment |
 //! |---|---|

@@ -207,7 +207,7 @@ pub(super) fn committed(
 pub(super) fn stored(deps: &SessionDeps, phone: &str, core: &mut Core, version: i64, msg: &PendingInbound, body: &str) {
     deps.stats.processed.fetch_add(1, Ordering::Relaxed);
     let user = (body.to_string(), "user");
-    let welcome = welcome_reply(deps.flows.of(phone), &core.state, &core.data, core.handoff, msg);
+    let welcome = welcome_reply(deps.flows.of(phone), &Snapshot::of(core), msg);
     let messages = std::iter::once(user).chain(welcome.map(|r| (r.text, "bot")));
     let messages = messages.map(|(body, origin)| EventMessage {
         origin: origin.into(),

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tracing::Instrument;
 
 use super::state::{load_core, Core, Snapshot};
@@ -288,7 +288,7 @@ pub(super) fn stored_write(
     }];
     let mut outbox = Vec::new();
     let flow = deps.flows.of(phone);
-    if let Some(reply) = welcome_reply(flow, &at.state, &at.data, at.handoff, msg) {
+    if let Some(reply) = welcome_reply(flow, at, msg) {
         let out = Outbound {
             phone,
             origin: "bot",
@@ -313,17 +313,16 @@ pub(super) fn stored_write(
     }
 }
 
-/// The reply to `msg` if it is a welcome request the flow answers.
-pub(super) fn welcome_reply(
-    flow: &Flow,
-    state: &str,
-    data: &Value,
-    handoff: bool,
-    msg: &PendingInbound,
-) -> Option<Reply> {
-    kinds::asks_welcome(&msg.payload)
-        .then(|| crate::flow::welcome(flow, state, data, handoff))
-        .flatten()
+/// The reply to `msg` if it is a welcome request the flow answers, on the
+/// state the customer's next step will meet (an idle conversation past its
+/// expiry starts over there, so it is greeted from the start).
+pub(super) fn welcome_reply(flow: &Flow, at: &Snapshot, msg: &PendingInbound) -> Option<Reply> {
+    if !kinds::asks_welcome(&msg.payload) {
+        return None;
+    }
+    let expired = super::time::met_expired(flow, at, msg);
+    let at = expired.as_ref().unwrap_or(at);
+    crate::flow::welcome(flow, &at.state, &at.data, at.handoff)
 }
 
 /// When the customer sent `msg` (its own timestamp; when it gives none,
