@@ -43,32 +43,7 @@ pub(super) fn inbound_write(
     r: &StepResult,
     time: StepTime,
 ) -> StepWrite {
-    // A message that reaches the bot over 24 hours after it was sent (a
-    // long outage) cannot be answered free-form: its replies are skipped.
-    let sendable = Window::now(time.customer_at.max(at.last_customer_at)).open;
-    let mut messages = vec![NewMessage {
-        phone: phone.to_string(),
-        direction: "in",
-        origin: "user",
-        body: text.to_string(),
-        inbox_id: Some(msg.id),
-        provider_message_id: Some(msg.provider_message_id.clone()),
-        status: "received",
-        outbox_key: None,
-        author: None,
-    }];
-    let mut outbox = Vec::new();
-    for (i, reply) in r.replies.iter().enumerate() {
-        let out = Outbound {
-            phone,
-            origin: "bot",
-            inbox_id: Some(msg.id),
-            key: &format!("in:{}:{i}", msg.id),
-            sendable,
-            author: None,
-        };
-        out.push_parts(reply, &mut messages, &mut outbox);
-    }
+    let (messages, outbox) = answered(phone, at, msg, text, &r.replies, time.customer_at);
     StepWrite {
         phone: phone.to_string(),
         expected_version: at.version,
@@ -85,6 +60,44 @@ pub(super) fn inbound_write(
         outcomes: outcome_rows(phone, r, Some(msg.id)),
         time,
     }
+}
+
+/// An inbound message's row and its replies' rows, keyed by its inbox row.
+/// A message that reaches the bot over 24 hours after it was sent (a long
+/// outage) cannot be answered free-form: its replies are skipped.
+fn answered(
+    phone: &str,
+    at: &Snapshot,
+    msg: &PendingInbound,
+    body: &str,
+    replies: &[Reply],
+    customer_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> (Vec<NewMessage>, Vec<NewOutbox>) {
+    let sendable = Window::now(customer_at.max(at.last_customer_at)).open;
+    let mut messages = vec![NewMessage {
+        phone: phone.to_string(),
+        direction: "in",
+        origin: "user",
+        body: body.to_string(),
+        inbox_id: Some(msg.id),
+        provider_message_id: Some(msg.provider_message_id.clone()),
+        status: "received",
+        outbox_key: None,
+        author: None,
+    }];
+    let mut outbox = Vec::new();
+    for (i, reply) in replies.iter().enumerate() {
+        let out = Outbound {
+            phone,
+            origin: "bot",
+            inbox_id: Some(msg.id),
+            key: &format!("in:{}:{i}", msg.id),
+            sendable,
+            author: None,
+        };
+        out.push_parts(reply, &mut messages, &mut outbox);
+    }
+    (messages, outbox)
 }
 
 /// The outcome a step reached, as its row (`inbox_id`: the message that reached it).
@@ -275,30 +288,8 @@ pub(super) fn stored_write(
     body: &str,
 ) -> StepWrite {
     let customer_at = customer_at(msg);
-    let mut messages = vec![NewMessage {
-        phone: phone.to_string(),
-        direction: "in",
-        origin: "user",
-        body: body.to_string(),
-        inbox_id: Some(msg.id),
-        provider_message_id: Some(msg.provider_message_id.clone()),
-        status: "received",
-        outbox_key: None,
-        author: None,
-    }];
-    let mut outbox = Vec::new();
-    let flow = deps.flows.of(phone);
-    if let Some(reply) = welcome_reply(flow, at, msg) {
-        let out = Outbound {
-            phone,
-            origin: "bot",
-            inbox_id: Some(msg.id),
-            key: &format!("in:{}:0", msg.id),
-            sendable: Window::now(customer_at.max(at.last_customer_at)).open,
-            author: None,
-        };
-        out.push_parts(&reply, &mut messages, &mut outbox);
-    }
+    let welcome = welcome_reply(deps.flows.of(phone), at, msg);
+    let (messages, outbox) = answered(phone, at, msg, body, welcome.as_slice(), customer_at);
     StepWrite {
         stepped: false,
         inbox_id: Some(msg.id),
