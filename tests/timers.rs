@@ -740,6 +740,46 @@ async fn a_customer_back_after_the_expiry_meets_a_fresh_start_even_if_its_timer_
     e.shutdown().await.unwrap();
 }
 
+#[actix_web::test]
+async fn a_welcome_after_the_expiry_greets_from_the_start_even_if_its_timer_has_not_fired() {
+    let db = TestDb::migrated().await;
+    let fake = FakeGraph::start().unwrap();
+    let flow = without_reminder(&with_top("expire_after = \"1h\"\nwelcome = true"));
+    let e = engine(&db, &fake, &flow, |s| s.timers.poll_interval_ms = 60_000).await;
+    let phone = "5215590000014";
+    say(&e, phone, "wamid.w0", "reportar").await;
+    e.wait_idle().await;
+    e.shutdown().await.unwrap();
+    // Two hours pass while no process runs: the expiry is overdue, not fired.
+    diesel::sql_query(
+        "UPDATE sessions SET last_customer_at = last_customer_at - interval '2 hours', \
+         updated_at = updated_at - interval '2 hours'",
+    )
+    .execute(&mut db.admin().await)
+    .await
+    .unwrap();
+    let e = engine(&db, &fake, &flow, |s| s.timers.poll_interval_ms = 60_000).await;
+    e.submit_inbound(switchboard::InboundMessage {
+        user_id: None,
+        business_number: None,
+        phone: phone.into(),
+        provider_message_id: "wamid.w1".into(),
+        payload: json!({"type": "request_welcome"}),
+        contact_name: None,
+        contact_username: None,
+    })
+    .await
+    .unwrap();
+    e.wait_idle().await;
+    let said = bot_said(&db, phone).await;
+    assert_eq!(
+        said,
+        ["¿Tu número de cliente?", "Hola"],
+        "greeted from the start its next step will meet, not asked the stale question"
+    );
+    e.shutdown().await.unwrap();
+}
+
 /// What the bot said in the conversation, oldest first.
 async fn bot_said(db: &TestDb, phone: &str) -> Vec<String> {
     support::transcript(db, phone)
