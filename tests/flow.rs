@@ -288,18 +288,6 @@ async fn while_a_human_agent_holds_the_conversation_the_bot_does_not_reply() {
     e.shutdown().await.unwrap();
 }
 
-fn welcome_request(id: &str) -> switchboard::InboundMessage {
-    switchboard::InboundMessage {
-        user_id: None,
-        business_number: None,
-        phone: PHONE.into(),
-        provider_message_id: id.into(),
-        payload: serde_json::json!({"type": "request_welcome"}),
-        contact_name: None,
-        contact_username: None,
-    }
-}
-
 /// What the outbox holds for `PHONE`: each row's payload, oldest first.
 async fn outbox_payloads(db: &TestDb) -> Vec<serde_json::Value> {
     use diesel::prelude::*;
@@ -372,7 +360,13 @@ async fn without_welcome_in_the_flow_a_welcome_request_is_only_stored() {
         .start()
         .await
         .unwrap();
-    e.submit_inbound(welcome_request("wamid.welcome")).await.unwrap();
+    support::submit(
+        &e,
+        PHONE,
+        "wamid.welcome",
+        serde_json::json!({"type": "request_welcome"}),
+    )
+    .await;
     e.wait_idle().await;
     let t = transcript(&db, PHONE).await;
     assert_eq!(t, [("user".to_string(), "[request_welcome]".to_string())]);

@@ -759,17 +759,7 @@ async fn a_welcome_after_the_expiry_greets_from_the_start_even_if_its_timer_has_
     .await
     .unwrap();
     let e = engine(&db, &fake, &flow, |s| s.timers.poll_interval_ms = 60_000).await;
-    e.submit_inbound(switchboard::InboundMessage {
-        user_id: None,
-        business_number: None,
-        phone: phone.into(),
-        provider_message_id: "wamid.w1".into(),
-        payload: json!({"type": "request_welcome"}),
-        contact_name: None,
-        contact_username: None,
-    })
-    .await
-    .unwrap();
+    support::submit(&e, phone, "wamid.w1", json!({"type": "request_welcome"})).await;
     e.wait_idle().await;
     let said = bot_said(&db, phone).await;
     assert_eq!(

@@ -323,13 +323,23 @@ pub fn text(body: &str) -> serde_json::Value {
 
 /// Submits one text message.
 pub async fn say(engine: &switchboard::Engine, phone: &str, id: &str, body: &str) -> switchboard::engine::Accepted {
+    submit(engine, phone, id, text(body)).await
+}
+
+/// Submits one inbound message object of any kind from `phone`.
+pub async fn submit(
+    engine: &switchboard::Engine,
+    phone: &str,
+    id: &str,
+    payload: serde_json::Value,
+) -> switchboard::engine::Accepted {
     engine
         .submit_inbound(switchboard::InboundMessage {
             user_id: None,
             business_number: None,
             phone: phone.into(),
             provider_message_id: id.into(),
-            payload: text(body),
+            payload,
             contact_name: None,
             contact_username: None,
         })
